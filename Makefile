@@ -1,0 +1,56 @@
+# The two commands of the README: `make demo` and `make test`. Both set up
+# what they need on a fresh Debian machine and are safe to run again.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV := .venv
+PY := $(VENV)/bin/python
+CPP_BUILD := build/cpp
+# Debian packages: compilers and libraries for the C++ core, the real
+# components the tests start (sshd, rsync, PostgreSQL, Chromium), and the
+# peers the benchmarks compare against (pssh, ClusterShell).
+DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-dev \
+	libfmt-dev libgtest-dev rsync openssh-server openssh-client postgresql \
+	chromium chromium-driver pssh clustershell
+
+.PHONY: demo test test-cpp test-python deps venv install cpp-tests clean
+
+demo: install
+	$(PY) -m buildbot_steps.demo
+
+test: test-cpp test-python
+
+deps:
+	missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEBIAN_PACKAGES) 2>/dev/null \
+	  | awk '$$NF != "installed" {print $$1}'; \
+	  for p in $(DEBIAN_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done)
+	if [ -n "$$missing" ]; then
+	  echo "installing Debian packages: $$(echo $$missing | tr '\n' ' ')"
+	  apt-get update -qq
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$(echo $$missing | tr '\n' ' ' ) >/dev/null
+	fi
+
+venv: deps
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip scikit-build-core pybind11 cmake ninja
+
+# An editable install: Python sources are used in place, the extension is
+# compiled into build/ and reinstalled here when C++ changes.
+install: venv
+	mkdir -p build
+	flock build/.install.lock $(PY) -m pip install -q --no-build-isolation -e '.[test]'
+
+cpp-tests: venv
+	$(VENV)/bin/cmake -S . -B $(CPP_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(VENV)/bin/ninja \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCD_BUILD_PYTHON=OFF >/dev/null
+	$(VENV)/bin/cmake --build $(CPP_BUILD) -j2
+
+test-cpp: cpp-tests
+	$(VENV)/bin/ctest --test-dir $(CPP_BUILD) --output-on-failure -j2
+
+test-python: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf build $(VENV)
