@@ -22,7 +22,7 @@ demo: install
 test: test-cpp test-python
 
 deps:
-	missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEBIAN_PACKAGES) 2>/dev/null \
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEBIAN_PACKAGES) 2>/dev/null \
 	  | awk '$$NF != "installed" {print $$1}'; \
 	  for p in $(DEBIAN_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done)
 	if [ -n "$$missing" ]; then
@@ -32,18 +32,18 @@ deps:
 	fi
 
 venv: deps
-	[ -x $(PY) ] || python3 -m venv $(VENV)
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip scikit-build-core pybind11 cmake ninja
 
 # An editable install: Python sources are used in place, the extension is
 # compiled into build/ and reinstalled here when C++ changes.
 install: venv
-	mkdir -p build
+	@mkdir -p build
 	flock build/.install.lock $(PY) -m pip install -q --no-build-isolation -e '.[test]'
 
 cpp-tests: venv
 	$(VENV)/bin/cmake -S . -B $(CPP_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(VENV)/bin/ninja \
-	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCD_BUILD_PYTHON=OFF >/dev/null
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCD_BUILD_PYTHON=OFF -DCD_BUILD_TESTS=ON >/dev/null
 	$(VENV)/bin/cmake --build $(CPP_BUILD) -j2
 
 test-cpp: cpp-tests

@@ -1,0 +1,148 @@
+// Bindings of the shard scheduler: enums travel as strings, structs as
+// read-only attribute objects; next_batch and report hold the GIL only for
+// conversion since the dispatcher has its own lock.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "cd/shard.hpp"
+
+namespace py = pybind11;
+
+namespace cd::bindings {
+
+namespace {
+
+using namespace cd::shard;
+
+const char* kind_name(Assignment::Kind kind) {
+  switch (kind) {
+    case Assignment::Kind::Run: return "run";
+    case Assignment::Kind::Wait: return "wait";
+    case Assignment::Kind::Done: return "done";
+  }
+  return "unknown";
+}
+
+void bind_estimates(py::module_& module) {
+  py::class_<TestEstimate>(module, "TestEstimate")
+      .def(py::init([](std::string id, double seconds) { return TestEstimate{std::move(id), seconds}; }),
+           py::arg("id"), py::arg("seconds"))
+      .def_readonly("id", &TestEstimate::id)
+      .def_readonly("seconds", &TestEstimate::seconds)
+      .def_property_readonly("source", [](const TestEstimate& e) { return to_string(e.source); })
+      .def("__repr__", [](const TestEstimate& e) {
+        return "TestEstimate(" + e.id + ", " + std::to_string(e.seconds) + ", " + to_string(e.source) + ")";
+      });
+  module.def("estimate_durations", &estimate_durations, py::arg("tests"), py::arg("history"),
+             py::call_guard<py::gil_scoped_release>(),
+             "One estimate per test from past runs (oldest first): {test id: seconds} each.");
+  module.def("file_of", &file_of, py::arg("test_id"));
+}
+
+void bind_plan(py::module_& module) {
+  py::class_<Shard>(module, "Shard")
+      .def_readonly("tests", &Shard::tests)
+      .def_readonly("estimate_s", &Shard::estimate_s);
+  py::class_<Plan>(module, "Plan")
+      .def_readonly("shards", &Plan::shards)
+      .def_readonly("lower_bound_s", &Plan::lower_bound_s)
+      .def_property_readonly("makespan_s", &Plan::makespan_s);
+  module.def(
+      "plan_static",
+      [](const std::vector<TestEstimate>& tests, int shards, double split_file_fraction, int max_improvement_passes) {
+        PlanOptions options;
+        options.shards = shards;
+        options.split_file_fraction = split_file_fraction;
+        options.max_improvement_passes = max_improvement_passes;
+        return plan_static(tests, options);
+      },
+      py::arg("tests"), py::arg("shards"), py::arg("split_file_fraction") = PlanOptions{}.split_file_fraction,
+      py::arg("max_improvement_passes") = PlanOptions{}.max_improvement_passes,
+      py::call_guard<py::gil_scoped_release>());
+}
+
+void bind_results(py::module_& module) {
+  py::class_<Batch>(module, "Batch")
+      .def_readonly("id", &Batch::id)
+      .def_readonly("tests", &Batch::tests)
+      .def_readonly("estimate_s", &Batch::estimate_s)
+      .def_readonly("speculative", &Batch::speculative)
+      .def_readonly("retry", &Batch::retry);
+  py::class_<Assignment>(module, "Assignment")
+      .def_property_readonly("kind", [](const Assignment& a) { return kind_name(a.kind); })
+      .def_readonly("batch", &Assignment::batch);
+  py::class_<TestResult>(module, "TestResult")
+      .def(py::init([](std::string id, bool passed, double seconds, std::string message) {
+             return TestResult{std::move(id), passed, seconds, std::move(message)};
+           }),
+           py::arg("id"), py::arg("passed"), py::arg("seconds"), py::arg("message") = "")
+      .def_readonly("id", &TestResult::id)
+      .def_readonly("passed", &TestResult::passed)
+      .def_readonly("seconds", &TestResult::seconds)
+      .def_readonly("message", &TestResult::message);
+  py::class_<Attempt>(module, "Attempt")
+      .def_readonly("worker", &Attempt::worker)
+      .def_readonly("passed", &Attempt::passed)
+      .def_readonly("seconds", &Attempt::seconds)
+      .def_readonly("message", &Attempt::message);
+  py::class_<TestOutcome>(module, "TestOutcome")
+      .def_readonly("id", &TestOutcome::id)
+      .def_property_readonly("verdict", [](const TestOutcome& o) { return to_string(o.verdict); })
+      .def_readonly("estimate_s", &TestOutcome::estimate_s)
+      .def_readonly("attempts", &TestOutcome::attempts);
+  py::class_<DispatchStats>(module, "DispatchStats")
+      .def_readonly("tests", &DispatchStats::tests)
+      .def_readonly("resolved", &DispatchStats::resolved)
+      .def_readonly("passed", &DispatchStats::passed)
+      .def_readonly("flaky", &DispatchStats::flaky)
+      .def_readonly("failed", &DispatchStats::failed)
+      .def_readonly("batches_handed_out", &DispatchStats::batches_handed_out)
+      .def_readonly("batches_in_flight", &DispatchStats::batches_in_flight)
+      .def_readonly("speculative_batches", &DispatchStats::speculative_batches)
+      .def_readonly("requeued_batches", &DispatchStats::requeued_batches)
+      .def_readonly("queued_estimate_s", &DispatchStats::queued_estimate_s);
+}
+
+void bind_dispatcher(py::module_& module) {
+  const DispatchOptions defaults;
+  py::class_<Dispatcher>(module, "Dispatcher")
+      .def(py::init([](std::vector<TestEstimate> tests, int workers, int max_attempts, double min_batch_s,
+                       int max_batch_tests, bool speculate, double min_speculation_s, double split_file_fraction) {
+             DispatchOptions options;
+             options.workers = workers;
+             options.max_attempts = max_attempts;
+             options.min_batch_s = min_batch_s;
+             options.max_batch_tests = max_batch_tests;
+             options.speculate = speculate;
+             options.min_speculation_s = min_speculation_s;
+             options.split_file_fraction = split_file_fraction;
+             return std::make_unique<Dispatcher>(std::move(tests), options);
+           }),
+           py::arg("tests"), py::arg("workers") = defaults.workers, py::arg("max_attempts") = defaults.max_attempts,
+           py::arg("min_batch_s") = defaults.min_batch_s, py::arg("max_batch_tests") = defaults.max_batch_tests,
+           py::arg("speculate") = defaults.speculate, py::arg("min_speculation_s") = defaults.min_speculation_s,
+           py::arg("split_file_fraction") = defaults.split_file_fraction)
+      .def("next_batch", &Dispatcher::next_batch, py::arg("worker"), py::arg("now_s"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("report", &Dispatcher::report, py::arg("worker"), py::arg("batch_id"), py::arg("results"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("report_error", &Dispatcher::report_error, py::arg("worker"), py::arg("batch_id"), py::arg("message"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("worker_lost", &Dispatcher::worker_lost, py::arg("worker"), py::call_guard<py::gil_scoped_release>())
+      .def("batch_obsolete", &Dispatcher::batch_obsolete, py::arg("batch_id"))
+      .def("done", &Dispatcher::done)
+      .def("stats", &Dispatcher::stats)
+      .def("outcomes", &Dispatcher::outcomes);
+}
+
+}  // namespace
+
+void bind_shard(py::module_& module) {
+  bind_estimates(module);
+  bind_plan(module);
+  bind_results(module);
+  bind_dispatcher(module);
+}
+
+}  // namespace cd::bindings

@@ -1,0 +1,450 @@
+#include "cd/shard.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "cd/error.hpp"
+
+namespace cd::shard {
+namespace {
+
+std::vector<TestEstimate> suite(const std::vector<std::pair<std::string, double>>& tests) {
+  std::vector<TestEstimate> estimates;
+  for (const auto& [id, seconds] : tests) estimates.push_back({id, seconds, EstimateSource::History});
+  return estimates;
+}
+
+// n tests in files of `per_file`, log-normal durations from a fixed seed.
+std::vector<TestEstimate> random_suite(std::size_t n, std::size_t per_file, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::lognormal_distribution<double> duration(0.0, 1.2);
+  std::vector<TestEstimate> estimates;
+  for (std::size_t i = 0; i < n; ++i) {
+    estimates.push_back({"tests/test_" + std::to_string(i / per_file) + ".py::test_" + std::to_string(i),
+                         duration(rng), EstimateSource::History});
+  }
+  return estimates;
+}
+
+std::multiset<std::string> planned_tests(const Plan& plan) {
+  std::multiset<std::string> all;
+  for (const auto& shard : plan.shards) all.insert(shard.tests.begin(), shard.tests.end());
+  return all;
+}
+
+// ---------------------------------------------------------------- estimates
+
+TEST(Estimates, LowerMedianOfRecentRunsIgnoresOneSlowOutlier) {
+  std::vector<DurationMap> history = {{{"a.py::t", 1.0}}, {{"a.py::t", 30.0}}, {{"a.py::t", 1.2}}};
+  auto estimates = estimate_durations({"a.py::t"}, history);
+  ASSERT_EQ(estimates.size(), 1u);
+  EXPECT_DOUBLE_EQ(estimates[0].seconds, 1.2);
+  EXPECT_EQ(estimates[0].source, EstimateSource::History);
+}
+
+TEST(Estimates, TwoRunsTakeTheFasterSoAnOutlierCannotWin) {
+  auto estimates = estimate_durations({"a.py::t"}, {{{"a.py::t", 2.0}}, {{"a.py::t", 50.0}}});
+  EXPECT_DOUBLE_EQ(estimates[0].seconds, 2.0);
+}
+
+TEST(Estimates, OnlyTheMostRecentRunsCount) {
+  std::vector<DurationMap> history;
+  for (int run = 0; run < 10; ++run) history.push_back({{"a.py::t", run < 5 ? 100.0 : 1.0}});
+  EXPECT_DOUBLE_EQ(estimate_durations({"a.py::t"}, history)[0].seconds, 1.0);
+}
+
+TEST(Estimates, UnknownTestGetsFileMedianThenGlobalMedian) {
+  DurationMap run = {{"a.py::x", 1.0}, {"a.py::y", 3.0}, {"a.py::z", 5.0}, {"b.py::x", 10.0}, {"b.py::y", 20.0}};
+  auto estimates = estimate_durations({"a.py::new", "c.py::new", "b.py::x"}, {run});
+  EXPECT_DOUBLE_EQ(estimates[0].seconds, 3.0);
+  EXPECT_EQ(estimates[0].source, EstimateSource::FileMedian);
+  EXPECT_DOUBLE_EQ(estimates[1].seconds, 5.0);  // lower median of 1, 3, 5, 10, 20
+  EXPECT_EQ(estimates[1].source, EstimateSource::GlobalMedian);
+  EXPECT_EQ(estimates[2].source, EstimateSource::History);
+}
+
+TEST(Estimates, NoHistoryAtAllGivesEveryTestTheDefault) {
+  auto estimates = estimate_durations({"a.py::x", "b.py::y"}, {});
+  for (const auto& estimate : estimates) {
+    EXPECT_EQ(estimate.source, EstimateSource::Default);
+    EXPECT_DOUBLE_EQ(estimate.seconds, kDefaultEstimateSeconds);
+  }
+}
+
+TEST(Estimates, NegativeOrNonFiniteDurationIsNamed) {
+  try {
+    estimate_durations({"a.py::t"}, {{{"a.py::t", 1.0}}, {{"a.py::bad", -3.0}}});
+    FAIL() << "expected InvalidInput";
+  } catch (const InvalidInput& error) {
+    EXPECT_NE(std::string(error.what()).find("a.py::bad"), std::string::npos);
+    EXPECT_NE(std::string(error.what()).find("history run 2"), std::string::npos);
+  }
+  EXPECT_THROW(estimate_durations({"a"}, {{{"a", std::nan("")}}}), InvalidInput);
+  EXPECT_THROW(estimate_durations({"a"}, {{{"a", INFINITY}}}), InvalidInput);
+}
+
+TEST(Estimates, DuplicateTestIdIsRejected) {
+  EXPECT_THROW(estimate_durations({"a", "a"}, {}), InvalidInput);
+}
+
+TEST(Estimates, FileOfSplitsPytestIds) {
+  EXPECT_EQ(file_of("tests/test_a.py::TestX::test_y[1]"), "tests/test_a.py");
+  EXPECT_EQ(file_of("com.example.FooTest"), "com.example.FooTest");
+}
+
+// -------------------------------------------------------------- static plan
+
+PlanOptions shards(int n) {
+  PlanOptions options;
+  options.shards = n;
+  return options;
+}
+
+TEST(StaticPlan, EveryTestAssignedExactlyOnce) {
+  auto tests = random_suite(5000, 7, 1);
+  auto plan = plan_static(tests, shards(13));
+  ASSERT_EQ(plan.shards.size(), 13u);
+  std::multiset<std::string> expected;
+  for (const auto& test : tests) expected.insert(test.id);
+  EXPECT_EQ(planned_tests(plan), expected);
+}
+
+TEST(StaticPlan, ShardEstimatesAddUpAndRespectTheBound) {
+  auto tests = random_suite(3000, 5, 2);
+  auto plan = plan_static(tests, shards(8));
+  double total = 0.0;
+  for (const auto& test : tests) total += test.seconds;
+  double planned = 0.0;
+  for (const auto& shard : plan.shards) planned += shard.estimate_s;
+  EXPECT_NEAR(planned, total, 1e-6 * total);
+  EXPECT_GE(plan.makespan_s(), plan.lower_bound_s - 1e-9);
+  EXPECT_LE(plan.makespan_s(), plan.lower_bound_s * 1.01);  // hundreds of files per shard: LPT is tight
+}
+
+TEST(StaticPlan, DeterministicForTheSameInput) {
+  auto tests = random_suite(2000, 4, 3);
+  auto first = plan_static(tests, shards(9));
+  auto second = plan_static(tests, shards(9));
+  for (std::size_t k = 0; k < first.shards.size(); ++k) EXPECT_EQ(first.shards[k].tests, second.shards[k].tests);
+}
+
+TEST(StaticPlan, FilesStayTogetherUnlessLong) {
+  // Ten short files of three tests, and one file as long as the rest together.
+  std::vector<std::pair<std::string, double>> tests;
+  for (int file = 0; file < 10; ++file) {
+    for (int t = 0; t < 3; ++t) tests.push_back({"f" + std::to_string(file) + ".py::t" + std::to_string(t), 1.0});
+  }
+  for (int t = 0; t < 6; ++t) tests.push_back({"long.py::t" + std::to_string(t), 5.0});
+  auto plan = plan_static(suite(tests), shards(4));
+  std::map<std::string, std::set<std::size_t>> shards_of_file;
+  for (std::size_t k = 0; k < plan.shards.size(); ++k) {
+    for (const auto& test : plan.shards[k].tests) shards_of_file[file_of(test)].insert(k);
+  }
+  for (const auto& [file, where] : shards_of_file) {
+    if (file == "long.py") {
+      EXPECT_GT(where.size(), 1u) << "a file longer than half a shard's share must be split";
+    } else {
+      EXPECT_EQ(where.size(), 1u) << file << " was split";
+    }
+  }
+  // 60 s over 4 shards: the bound is 15; pairwise moves reach 16 here.
+  EXPECT_GE(plan.makespan_s(), 15.0);
+  EXPECT_LE(plan.makespan_s(), 16.0);
+}
+
+TEST(StaticPlan, MoreShardsThanTestsLeavesTheRestEmpty) {
+  auto plan = plan_static(suite({{"a.py::x", 1.0}, {"a.py::y", 2.0}, {"b.py::z", 3.0}}), shards(5));
+  ASSERT_EQ(plan.shards.size(), 5u);
+  std::size_t non_empty = 0;
+  for (const auto& shard : plan.shards) non_empty += shard.tests.empty() ? 0 : 1;
+  EXPECT_EQ(non_empty, 3u);
+  EXPECT_EQ(planned_tests(plan).size(), 3u);
+}
+
+TEST(StaticPlan, NoEmptyShardWhileThereAreEnoughTests) {
+  // One file of 8 short tests and 3 shards: the file must be broken up.
+  std::vector<std::pair<std::string, double>> tests;
+  for (int t = 0; t < 8; ++t) tests.push_back({"only.py::t" + std::to_string(t), 0.0});
+  auto plan = plan_static(suite(tests), shards(3));
+  for (const auto& shard : plan.shards) EXPECT_FALSE(shard.tests.empty());
+}
+
+TEST(StaticPlan, AllUnknownDurationsSplitEvenlyByCount) {
+  std::vector<std::string> ids;
+  for (int t = 0; t < 100; ++t) ids.push_back("f" + std::to_string(t) + ".py::t");
+  auto plan = plan_static(estimate_durations(ids, {}), shards(7));
+  for (const auto& shard : plan.shards) {
+    EXPECT_GE(shard.tests.size(), 14u);
+    EXPECT_LE(shard.tests.size(), 15u);
+  }
+}
+
+TEST(StaticPlan, ImprovementPassBeatsPlainLongestFirst) {
+  // The classic LPT counter-example: 3, 3, 2, 2, 2 on two shards. LPT gives
+  // 7 / 5; the optimum is 6 / 6.
+  auto tests = suite({{"a::t", 3}, {"b::t", 3}, {"c::t", 2}, {"d::t", 2}, {"e::t", 2}});
+  PlanOptions plain = shards(2);
+  plain.max_improvement_passes = 0;
+  EXPECT_DOUBLE_EQ(plan_static(tests, plain).makespan_s(), 7.0);
+  EXPECT_DOUBLE_EQ(plan_static(tests, shards(2)).makespan_s(), 6.0);
+}
+
+TEST(StaticPlan, RejectsBadInput) {
+  EXPECT_THROW(plan_static({}, shards(2)), InvalidInput);
+  EXPECT_THROW(plan_static(suite({{"a", 1.0}}), shards(0)), InvalidInput);
+  EXPECT_THROW(plan_static(suite({{"a", -1.0}}), shards(1)), InvalidInput);
+  EXPECT_THROW(plan_static(suite({{"a", 1.0}, {"a", 2.0}}), shards(1)), InvalidInput);
+}
+
+// --------------------------------------------------------------- dispatcher
+
+DispatchOptions workers(int n) {
+  DispatchOptions options;
+  options.workers = n;
+  return options;
+}
+
+std::vector<TestResult> all_passed(const Batch& batch) {
+  std::vector<TestResult> results;
+  for (const auto& id : batch.tests) results.push_back({id, true, 1.0, ""});
+  return results;
+}
+
+TEST(Dispatcher, HandsOutLongestFirstWithShrinkingBatches) {
+  auto tests = random_suite(400, 1, 4);
+  Dispatcher dispatcher(tests, workers(4));
+  std::map<std::string, double> estimate;
+  for (const auto& test : tests) estimate[test.id] = test.seconds;
+  double previous_longest = INFINITY;
+  std::vector<double> batch_sizes;
+  for (int k = 0; k < 20; ++k) {
+    auto assignment = dispatcher.next_batch("w", 0.0);
+    ASSERT_EQ(assignment.kind, Assignment::Kind::Run);
+    for (const auto& id : assignment.batch.tests) {
+      EXPECT_LE(estimate[id], previous_longest);
+      previous_longest = estimate[id];
+    }
+    batch_sizes.push_back(assignment.batch.estimate_s);
+    dispatcher.report("w", assignment.batch.id, all_passed(assignment.batch));
+  }
+  // Guided self-scheduling: each target is a share of what remains.
+  EXPECT_GT(batch_sizes.front(), batch_sizes.back());
+}
+
+TEST(Dispatcher, EveryTestRunsOnceAndPasses) {
+  auto tests = random_suite(1000, 5, 5);
+  Dispatcher dispatcher(tests, workers(3));
+  std::multiset<std::string> ran;
+  for (int step = 0; !dispatcher.done(); ++step) {
+    std::string worker = "w" + std::to_string(step % 3);
+    auto assignment = dispatcher.next_batch(worker, step);
+    ASSERT_EQ(assignment.kind, Assignment::Kind::Run);
+    ran.insert(assignment.batch.tests.begin(), assignment.batch.tests.end());
+    dispatcher.report(worker, assignment.batch.id, all_passed(assignment.batch));
+  }
+  EXPECT_EQ(ran.size(), tests.size());
+  EXPECT_EQ(std::set<std::string>(ran.begin(), ran.end()).size(), tests.size());
+  EXPECT_EQ(dispatcher.stats().passed, tests.size());
+  EXPECT_EQ(dispatcher.next_batch("w0", 1e9).kind, Assignment::Kind::Done);
+}
+
+TEST(Dispatcher, LostWorkersBatchGoesToAnother) {
+  Dispatcher dispatcher(suite({{"a.py::t", 5}, {"b.py::t", 4}}), workers(2));
+  auto lost = dispatcher.next_batch("dies", 0.0);
+  ASSERT_EQ(lost.kind, Assignment::Kind::Run);
+  auto other = dispatcher.next_batch("lives", 0.0);
+  ASSERT_EQ(other.kind, Assignment::Kind::Run);
+  dispatcher.worker_lost("dies");
+  EXPECT_EQ(dispatcher.stats().requeued_batches, 1u);
+  dispatcher.report("lives", other.batch.id, all_passed(other.batch));
+  auto rerun = dispatcher.next_batch("lives", 1.0);
+  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+  EXPECT_EQ(rerun.batch.tests, lost.batch.tests);
+  dispatcher.report("lives", rerun.batch.id, all_passed(rerun.batch));
+  EXPECT_TRUE(dispatcher.done());
+  for (const auto& outcome : dispatcher.outcomes()) {
+    EXPECT_EQ(outcome.verdict, Verdict::Passed) << outcome.id;
+    EXPECT_EQ(outcome.attempts.size(), 1u);  // losing a worker costs no attempt
+  }
+  EXPECT_THROW(dispatcher.report("dies", lost.batch.id, all_passed(lost.batch)), InvalidState);
+}
+
+// Runs the suite on `worker_count` workers in lock step until done; a test
+// fails when `fails(test, worker, attempt)` says so.
+template <typename Fails>
+std::map<std::string, TestOutcome> run_all(Dispatcher& dispatcher, int worker_count, Fails fails) {
+  std::map<std::string, int> attempts;
+  for (int round = 0; !dispatcher.done() && round < 10000; ++round) {
+    for (int w = 0; w < worker_count; ++w) {
+      std::string worker = "w" + std::to_string(w);
+      auto assignment = dispatcher.next_batch(worker, round);
+      if (assignment.kind != Assignment::Kind::Run) continue;
+      std::vector<TestResult> results;
+      for (const auto& id : assignment.batch.tests) {
+        results.push_back({id, !fails(id, worker, attempts[id]++), 0.5, "boom"});
+      }
+      dispatcher.report(worker, assignment.batch.id, results);
+    }
+  }
+  std::map<std::string, TestOutcome> by_id;
+  for (auto& outcome : dispatcher.outcomes()) by_id[outcome.id] = outcome;
+  return by_id;
+}
+
+TEST(Dispatcher, FlakyIsToldApartFromFailedAndRerunsGoElsewhere) {
+  auto tests = suite({{"ok.py::t", 1}, {"flaky.py::t", 1}, {"broken.py::t", 1}});
+  Dispatcher dispatcher(tests, workers(2));
+  auto outcomes = run_all(dispatcher, 2, [](const std::string& id, const std::string&, int attempt) {
+    return id == "broken.py::t" || (id == "flaky.py::t" && attempt == 0);
+  });
+  EXPECT_EQ(outcomes["ok.py::t"].verdict, Verdict::Passed);
+  EXPECT_EQ(outcomes["flaky.py::t"].verdict, Verdict::Flaky);
+  EXPECT_EQ(outcomes["broken.py::t"].verdict, Verdict::Failed);
+  for (const char* id : {"flaky.py::t", "broken.py::t"}) {
+    const auto& tried = outcomes[id].attempts;
+    ASSERT_EQ(tried.size(), 2u) << id;
+    EXPECT_NE(tried[0].worker, tried[1].worker) << id << " re-ran on the same worker";
+  }
+  auto stats = dispatcher.stats();
+  EXPECT_EQ(stats.passed, 1u);
+  EXPECT_EQ(stats.flaky, 1u);
+  EXPECT_EQ(stats.failed, 1u);
+}
+
+TEST(Dispatcher, MaxAttemptsBoundsReruns) {
+  DispatchOptions options = workers(4);
+  options.max_attempts = 3;
+  Dispatcher dispatcher(suite({{"broken.py::t", 1}}), options);
+  auto outcomes = run_all(dispatcher, 4, [](auto&&...) { return true; });
+  EXPECT_EQ(outcomes["broken.py::t"].attempts.size(), 3u);
+  EXPECT_EQ(outcomes["broken.py::t"].verdict, Verdict::Failed);
+}
+
+TEST(Dispatcher, SingleWorkerStillRetriesOnItself) {
+  Dispatcher dispatcher(suite({{"flaky.py::t", 1}}), workers(1));
+  auto outcomes = run_all(dispatcher, 1, [](const std::string&, const std::string&, int attempt) {
+    return attempt == 0;
+  });
+  EXPECT_EQ(outcomes["flaky.py::t"].verdict, Verdict::Flaky);
+}
+
+TEST(Dispatcher, RerunWaitsForAnotherWorkerWhileOneIsAlive) {
+  DispatchOptions options = workers(2);
+  options.speculate = false;  // else b would copy a's straggler meanwhile
+  Dispatcher dispatcher(suite({{"long.py::t", 10}, {"flaky.py::t", 1}}), options);
+  auto long_batch = dispatcher.next_batch("a", 0.0);
+  auto flaky_batch = dispatcher.next_batch("b", 0.0);
+  ASSERT_EQ(flaky_batch.batch.tests, std::vector<std::string>{"flaky.py::t"});
+  dispatcher.report("b", flaky_batch.batch.id, {{"flaky.py::t", false, 1.0, "boom"}});
+  // b may not re-run its own failure while a is alive.
+  auto for_b = dispatcher.next_batch("b", 1.0);
+  EXPECT_NE(for_b.kind, Assignment::Kind::Run) << "retry handed back to the worker that failed it";
+  dispatcher.report("a", long_batch.batch.id, all_passed(long_batch.batch));
+  auto for_a = dispatcher.next_batch("a", 10.0);
+  ASSERT_EQ(for_a.kind, Assignment::Kind::Run);
+  EXPECT_TRUE(for_a.batch.retry);
+}
+
+TEST(Dispatcher, MissingResultsAndBatchErrorsCountAsFailedAttempts) {
+  DispatchOptions options = workers(1);
+  options.min_batch_s = 10.0;  // both tests in one batch
+  Dispatcher dispatcher(suite({{"a.py::t", 1}, {"b.py::t", 1}}), options);
+  auto batch = dispatcher.next_batch("w", 0.0);
+  ASSERT_EQ(batch.batch.tests.size(), 2u);
+  dispatcher.report("w", batch.batch.id, {{"a.py::t", true, 1.0, ""}});
+  auto rerun = dispatcher.next_batch("w", 1.0);
+  ASSERT_EQ(rerun.batch.tests, std::vector<std::string>{"b.py::t"});
+  dispatcher.report_error("w", rerun.batch.id, "junit xml truncated");
+  auto outcomes = dispatcher.outcomes();
+  auto b = std::find_if(outcomes.begin(), outcomes.end(), [](auto& o) { return o.id == "b.py::t"; });
+  EXPECT_EQ(b->verdict, Verdict::Failed);
+  EXPECT_EQ(b->attempts.back().message, "junit xml truncated");
+  EXPECT_TRUE(dispatcher.done());
+}
+
+TEST(Dispatcher, StragglerIsCopiedToAnIdleWorkerAndFirstResultWins) {
+  Dispatcher dispatcher(suite({{"slow.py::t", 100}, {"quick.py::t", 1}}), workers(2));
+  auto slow = dispatcher.next_batch("a", 0.0);
+  auto quick = dispatcher.next_batch("b", 0.0);
+  ASSERT_EQ(slow.batch.tests, std::vector<std::string>{"slow.py::t"});
+  dispatcher.report("b", quick.batch.id, all_passed(quick.batch));
+  auto copy = dispatcher.next_batch("b", 1.0);
+  ASSERT_EQ(copy.kind, Assignment::Kind::Run);
+  EXPECT_TRUE(copy.batch.speculative);
+  EXPECT_EQ(copy.batch.tests, slow.batch.tests);
+  EXPECT_EQ(dispatcher.next_batch("b", 1.0).kind, Assignment::Kind::Wait);  // one copy only
+  dispatcher.report("b", copy.batch.id, {{"slow.py::t", true, 40.0, ""}});
+  EXPECT_TRUE(dispatcher.done());
+  EXPECT_TRUE(dispatcher.batch_obsolete(slow.batch.id));
+  dispatcher.report("a", slow.batch.id, {{"slow.py::t", false, 100.0, "late"}});  // ignored
+  auto outcomes = dispatcher.outcomes();
+  auto found = std::find_if(outcomes.begin(), outcomes.end(), [](auto& o) { return o.id == "slow.py::t"; });
+  EXPECT_EQ(found->verdict, Verdict::Passed);
+  EXPECT_EQ(found->attempts.size(), 1u);
+}
+
+TEST(Dispatcher, NoStragglerCopyWhenDisabledOrNearlyDone) {
+  DispatchOptions options = workers(2);
+  options.speculate = false;
+  Dispatcher off(suite({{"slow.py::t", 100}}), options);
+  off.next_batch("a", 0.0);
+  EXPECT_EQ(off.next_batch("b", 1.0).kind, Assignment::Kind::Wait);
+
+  Dispatcher on(suite({{"slow.py::t", 100}}), workers(2));
+  on.next_batch("a", 0.0);
+  EXPECT_EQ(on.next_batch("b", 99.5).kind, Assignment::Kind::Wait);  // 0.5 s left: not worth it
+}
+
+TEST(Dispatcher, ConcurrentWorkersRunEveryTestExactlyOnce) {
+  constexpr int kThreads = 8;
+  auto tests = random_suite(20000, 3, 6);
+  DispatchOptions options = workers(kThreads);
+  options.speculate = false;  // so that "exactly once" is the contract
+  Dispatcher dispatcher(tests, options);
+  std::vector<std::vector<std::string>> ran(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::string worker = "w" + std::to_string(t);
+      for (;;) {
+        auto assignment = dispatcher.next_batch(worker, 0.0);
+        if (assignment.kind == Assignment::Kind::Done) return;
+        if (assignment.kind == Assignment::Kind::Wait) {
+          std::this_thread::yield();
+          continue;
+        }
+        ran[t].insert(ran[t].end(), assignment.batch.tests.begin(), assignment.batch.tests.end());
+        dispatcher.report(worker, assignment.batch.id, all_passed(assignment.batch));
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  std::multiset<std::string> all;
+  for (const auto& list : ran) all.insert(list.begin(), list.end());
+  EXPECT_EQ(all.size(), tests.size());
+  EXPECT_EQ(std::set<std::string>(all.begin(), all.end()).size(), tests.size());
+  EXPECT_EQ(dispatcher.stats().passed, tests.size());
+}
+
+TEST(Dispatcher, RejectsBadOptionsAndUnknownBatches) {
+  auto tests = suite({{"a", 1}});
+  EXPECT_THROW(Dispatcher(tests, workers(0)), InvalidInput);
+  DispatchOptions zero_attempts = workers(1);
+  zero_attempts.max_attempts = 0;
+  EXPECT_THROW(Dispatcher(tests, zero_attempts), InvalidInput);
+  EXPECT_THROW(Dispatcher({}, workers(1)), InvalidInput);
+  Dispatcher dispatcher(tests, workers(1));
+  EXPECT_THROW(dispatcher.report("w", 42, {}), InvalidState);
+  auto batch = dispatcher.next_batch("w", 0.0);
+  EXPECT_THROW(dispatcher.report("intruder", batch.batch.id, {}), InvalidState);
+}
+
+}  // namespace
+}  // namespace cd::shard
