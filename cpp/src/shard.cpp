@@ -47,12 +47,20 @@ std::string file_of(const std::string& test_id) { return std::string(detail::fil
 
 namespace detail {
 
-// The lower of the two middle values: with two runs it takes the faster one,
-// so a single slow outlier never sets the estimate.
+// The lower of the two middle values: a median that is one of the values.
 double lower_median(std::vector<double> values) {
   auto middle = values.begin() + static_cast<std::ptrdiff_t>((values.size() - 1) / 2);
   std::nth_element(values.begin(), middle, values.end());
   return *middle;
+}
+
+// The mean of the recent runs without the slowest one: a single slow outlier
+// is dropped, but a test that is often slow keeps that risk in its estimate.
+double trimmed_mean(std::vector<double> values) {
+  if (values.size() <= 2) return *std::min_element(values.begin(), values.end());  // nothing to average
+  std::iter_swap(std::max_element(values.begin(), values.end()), values.end() - 1);
+  double sum = std::accumulate(values.begin(), values.end() - 1, 0.0);
+  return sum / static_cast<double>(values.size() - 1);
 }
 
 void check_duration(double seconds, const std::string& test_id, const char* where) {
@@ -91,7 +99,7 @@ std::unordered_map<std::string, double> estimates_from_history(const std::vector
   }
   std::unordered_map<std::string, double> known;
   known.reserve(runs.size());
-  for (auto& [test_id, seconds] : runs) known.emplace(test_id, lower_median(std::move(seconds)));
+  for (auto& [test_id, seconds] : runs) known.emplace(test_id, trimmed_mean(std::move(seconds)));
   return known;
 }
 

@@ -23,7 +23,7 @@ using DurationMap = std::unordered_map<std::string, double>;
 
 // Where a test's estimate came from, most trustworthy first.
 enum class EstimateSource {
-  History,       // the lower median of its own recent runs
+  History,       // its own recent runs, the slowest one dropped, averaged
   FileMedian,    // new test: median of the known tests in its file
   GlobalMedian,  // new test in a new file: median of all known tests
   Default,       // nothing is known about any test: a flat guess
@@ -37,8 +37,8 @@ struct TestEstimate {
   EstimateSource source = EstimateSource::Default;
 };
 
-// Runs looked at per test: enough to outvote one slow outlier, few enough to
-// follow a test whose duration really changed.
+// Runs looked at per test: enough that dropping the slowest leaves a mean,
+// few enough to follow a test whose duration really changed.
 inline constexpr std::size_t kRecentRunsConsidered = 5;
 
 // With no history at all every test gets the same weight; the unit is moot.
@@ -107,7 +107,11 @@ struct DispatchOptions {
   double split_file_fraction = 0.5;
 };
 
-inline constexpr double kGuidedDivisor = 2.0;
+// Guided self-scheduling classically divides by the worker count alone; a
+// larger divisor keeps batches small enough that a test far slower than its
+// estimate (the real hypha suite has ~10 such per run, 40 s of database
+// set-up each) holds up little else. Measured in bench/shard_bench.py.
+inline constexpr double kGuidedDivisor = 8.0;
 
 struct Batch {
   std::uint64_t id = 0;

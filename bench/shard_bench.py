@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Shard scheduler benchmark: pytest-split against our static plan and our
+dynamic dispatcher, on the same inputs in one run.
+
+    .venv/bin/python bench/shard_bench.py [--repeat 3] [--quick]
+
+Makespans are scored on a virtual clock (buildbot_steps.sharding.simulate's
+model, with no per-batch cost): each test takes its duration from the
+"actual" run. Every makespan is printed as a ratio to the lower bound
+max(longest actual test, total actual / workers); no schedule beats it.
+Planning times are medians of --repeat runs, measured in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+from buildbot_steps import _core, sharding
+
+try:
+    from pytest_split.algorithms import Algorithms
+except ImportError:
+    sys.exit("pytest-split is not installed: run `make install` (it installs the test extras)")
+
+HYPHA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "test-durations" / "hypha"
+# The IMVU 2009 suite: ~15k tests in ~1000 files, 4.4 machine-hours, 36 machines.
+IMVU_TESTS, IMVU_FILES, IMVU_SECONDS, IMVU_WORKERS = 15_000, 1_000, 4.4 * 3600, 36
+RUN_TO_RUN_LOG_SD = 0.20   # real suites vary 15-20 % per test between runs
+HEAVY_TAIL_LOG_SD = 1.5    # log-normal spread of test durations: a few tests dominate
+HISTORY_RUNS = 3
+SCALE_TESTS, SCALE_SHARDS = 1_000_000, 1_000
+PEER_TIME_LIMIT_S = 120    # pytest-split at 1M x 1000 builds 1e9 list entries; cap it
+
+Item = namedtuple("Item", "nodeid")  # all pytest-split reads of a pytest item
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def hypha_versions():
+    """Every successive pair of the real suite: history = all earlier
+    versions, actual = the next one."""
+    files = sorted(glob.glob(str(HYPHA / "*.json")))
+    if len(files) < 3:
+        sys.exit(f"need the real suite's duration files in {HYPHA}")
+    runs = [sharding.read_durations(path) for path in files]
+    return [(Path(files[k]).stem, runs[:k], runs[k]) for k in range(2, len(runs))]
+
+
+def imvu_case(seed: int = 2009):
+    """15,000 tests in 1,000 files, log-normal durations scaled to 4.4 h, and
+    run-to-run noise of 20 % (log-sd) in every past run and in the actual one."""
+    rng = random.Random(seed)
+    sizes = [rng.lognormvariate(0, 0.6) for _ in range(IMVU_FILES)]
+    per_file = [max(1, round(IMVU_TESTS * s / sum(sizes))) for s in sizes]
+    tests = [f"tests/test_{f:04d}.py::test_{k}" for f, n in enumerate(per_file) for k in range(n)][:IMVU_TESTS]
+    raw = [rng.lognormvariate(0, HEAVY_TAIL_LOG_SD) for _ in tests]
+    scale = IMVU_SECONDS / sum(raw)
+    mean = {test: d * scale for test, d in zip(tests, raw)}
+
+    def noisy_run():
+        return {test: m * rng.lognormvariate(0, RUN_TO_RUN_LOG_SD) for test, m in mean.items()}
+
+    history = [noisy_run() for _ in range(HISTORY_RUNS)]
+    return history, noisy_run()
+
+
+# ------------------------------------------------------------------ scoring
+
+SCHEDULERS = ("pytest-split duration_based_chunks", "pytest-split least_duration", "ours static", "ours dynamic",
+              "(clairvoyant LPT: knows the actual)")
+
+
+def makespan_of(groups: list[list[str]], actual: dict[str, float]) -> float:
+    return max(sum(actual[test] for test in group) for group in groups)
+
+
+def pytest_split_groups(algorithm: str, tests, durations, workers: int) -> list[list[str]]:
+    """pytest-split as it ships: one durations file (its newest), its own
+    handling of unknown tests (their mean)."""
+    items = [Item(test) for test in tests]
+    groups = Algorithms[algorithm].value(workers, items, durations)
+    return [[item.nodeid for item in group.selected] for group in groups]
+
+
+def ratios(history, actual, workers: int) -> tuple[dict[str, float], float]:
+    """Each scheduler's makespan / lower bound on the tests of `actual`."""
+    tests = list(actual)
+    estimates = sharding.estimate(tests, history)
+    bound = sharding.lower_bound(list(actual.values()), workers)
+    plan = _core.plan_static(estimates, workers)
+    # Hindsight reference: longest-first on the durations that really happened.
+    clairvoyant = _core.plan_static([_core.TestEstimate(t, s) for t, s in actual.items()], workers,
+                                    split_file_fraction=0.0)
+    makespans = [
+        makespan_of(pytest_split_groups("duration_based_chunks", tests, history[-1], workers), actual),
+        makespan_of(pytest_split_groups("least_duration", tests, history[-1], workers), actual),
+        makespan_of([list(shard.tests) for shard in plan.shards], actual),
+        sharding.simulate(estimates, actual, workers, mode="dynamic").makespan_s,
+        makespan_of([list(shard.tests) for shard in clairvoyant.shards], actual),
+    ]
+    return {name: makespan / bound for name, makespan in zip(SCHEDULERS, makespans)}, bound
+
+
+def print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
+    print(f"\n{title}")
+    short = ["chunks", "least_dur", "static", "dynamic", "clairvoy"]
+    print(f"  {'case':26}" + "".join(f"{name:>11}" for name in short))
+    for label, row in rows:
+        print(f"  {label:26}" + "".join(f"{row[name]:11.3f}" for name in SCHEDULERS))
+    if len(rows) > 1:
+        medians = {name: statistics.median(row[name] for _, row in rows) for name in SCHEDULERS}
+        print(f"  {'median':26}" + "".join(f"{medians[name]:11.3f}" for name in SCHEDULERS))
+    print("  (chunks, least_dur: pytest-split's algorithms; clairvoy: LPT knowing the actual durations)")
+
+
+def hypha_tables() -> None:
+    versions = hypha_versions()
+    for workers in (8, 32):
+        rows = [(name, ratios(history, actual, workers)[0]) for name, history, actual in versions]
+        print_table(f"hypha, real suite, {workers} workers: makespan / lower bound, per version "
+                    f"(history = all earlier versions)", rows)
+
+
+def imvu_table() -> None:
+    history, actual = imvu_case()
+    row, bound = ratios(history, actual, IMVU_WORKERS)
+    print_table(f"IMVU-like synthetic: {len(actual)} tests in {IMVU_FILES} files, {sum(actual.values()) / 3600:.1f} h, "
+                f"{IMVU_WORKERS} workers, lower bound {bound:.0f} s", [("15k tests, 20% noise", row)])
+
+
+# ------------------------------------------------------------ planning time
+
+
+def scale_suite(n: int):
+    rng = random.Random(1)
+    ids = [f"tests/test_{i // 100}.py::test_{i}" for i in range(n)]
+    return ids, [rng.lognormvariate(0, HEAVY_TAIL_LOG_SD) for _ in ids]
+
+
+def time_ours(n: int, shards: int, repeat: int) -> float:
+    ids, seconds = scale_suite(n)
+    estimates = [_core.TestEstimate(i, s) for i, s in zip(ids, seconds)]
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        _core.plan_static(estimates, shards)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _time_peer_child(n: int, shards: int, queue) -> None:
+    ids, seconds = scale_suite(n)
+    items, durations = [Item(i) for i in ids], dict(zip(ids, seconds))
+    start = time.perf_counter()
+    Algorithms.least_duration.value(shards, items, durations)
+    queue.put(time.perf_counter() - start)
+
+
+def time_peer(n: int, shards: int) -> float | None:
+    """In a child process, so that a run past the limit can be stopped."""
+    queue = multiprocessing.Queue()
+    child = multiprocessing.Process(target=_time_peer_child, args=(n, shards, queue))
+    child.start()
+    child.join(PEER_TIME_LIMIT_S)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return None
+    return queue.get() if not queue.empty() else None
+
+
+def planning_times(repeat: int, quick: bool) -> None:
+    print(f"\nplanning time onto {SCALE_SHARDS} shards (median of {repeat} for ours; one run of the peer, "
+          f"stopped after {PEER_TIME_LIMIT_S} s)")
+    print(f"  {'tests':>9} {'ours s':>9} {'pytest-split least_duration s':>30} {'ratio':>8}")
+    sizes = (10_000, 100_000) if quick else (10_000, 100_000, SCALE_TESTS)
+    for n in sizes:
+        ours = time_ours(n, SCALE_SHARDS, repeat)
+        peer = time_peer(n, SCALE_SHARDS)
+        peer_text = f"{peer:.3f}" if peer is not None else f"> {PEER_TIME_LIMIT_S}"
+        ratio = f"{peer / ours:.0f}x" if peer is not None else f"> {PEER_TIME_LIMIT_S / ours:.0f}x"
+        print(f"  {n:9d} {ours:9.3f} {peer_text:>30} {ratio:>8}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="skip the 1M-test planning run")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores; ratios are makespan / lower bound (1.0 is perfect)")
+    hypha_tables()
+    imvu_table()
+    planning_times(args.repeat, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
