@@ -22,11 +22,11 @@ def _add_history_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def _tests_to_plan(args, history) -> list[str]:
+def _tests_to_plan(args, default: dict[str, float]) -> list[str]:
     from buildbot_steps import sharding
 
     if args.tests is None:
-        return list(history[-1])
+        return list(default)
     if args.tests == "-":
         return sharding.read_test_list(sys.stdin, "standard input")
     try:
@@ -42,7 +42,7 @@ def run_plan(args) -> int:
     if args.shards < 1:
         raise sharding.InputError(f"--shards must be at least 1, got {args.shards}")
     history = sharding.read_history(args.history)
-    estimates = sharding.estimate(_tests_to_plan(args, history), history)
+    estimates = sharding.estimate(_tests_to_plan(args, history[-1]), history)
     plan = sharding._core.plan_static(estimates, args.shards)
     if args.json:
         print(json.dumps(sharding.plan_to_dict(plan), indent=1))
@@ -56,7 +56,7 @@ def run_simulate(args) -> int:
 
     history = sharding.read_history(args.history)
     actual = sharding.read_durations(args.actual)
-    estimates = sharding.estimate(_tests_to_plan(args, history), history)
+    estimates = sharding.estimate(_tests_to_plan(args, actual), history)
     result = sharding.simulate(estimates, actual, args.workers, mode=args.mode,
                                batch_overhead_s=args.batch_overhead, flake_rate=args.flake_rate,
                                seed=args.seed, max_attempts=args.max_attempts)
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="durations the tests really take (a test absent there takes its estimate)")
     simulate.add_argument("--workers", type=int, required=True)
     simulate.add_argument("--mode", choices=("dynamic", "static"), default="dynamic")
-    simulate.add_argument("--tests", metavar="FILE", help="as for plan")
+    simulate.add_argument("--tests", metavar="FILE", help="test ids to run, one per line ('-' for stdin); "
+                          "default: the ids in --actual, the run being replayed")
     simulate.add_argument("--batch-overhead", type=float, default=0.0, metavar="S",
                           help="seconds each batch (dynamic) or shard and re-run (static) costs to start")
     simulate.add_argument("--flake-rate", type=float, default=0.0, metavar="P",

@@ -1,0 +1,99 @@
+"""The shard scheduler through its Python binding: values convert both ways,
+C++ errors arrive as our own exception classes, and the GIL is released."""
+
+import threading
+
+import pytest
+
+from buildbot_steps import _core
+
+
+def estimates(pairs):
+    return [_core.TestEstimate(test_id, seconds) for test_id, seconds in pairs]
+
+
+def test_estimates_say_where_they_came_from():
+    history = [{"a.py::known": 2.0, "a.py::other": 4.0}, {"a.py::known": 3.0, "a.py::other": 4.0}]
+    by_id = {e.id: e for e in _core.estimate_durations(["a.py::known", "a.py::new", "b.py::new"], history)}
+    assert by_id["a.py::known"].source == "history"
+    assert by_id["a.py::known"].seconds == 2.0
+    assert by_id["a.py::new"].source == "file_median"
+    assert by_id["b.py::new"].source == "global_median"
+    assert {e.source for e in _core.estimate_durations(["x"], [])} == {"default"}
+
+
+def test_plan_static_round_trip():
+    tests = estimates([(f"f{k}.py::t", float(k + 1)) for k in range(20)])
+    plan = _core.plan_static(tests, 4)
+    assert len(plan.shards) == 4
+    assert sorted(t for shard in plan.shards for t in shard.tests) == sorted(t.id for t in tests)
+    assert plan.makespan_s == max(shard.estimate_s for shard in plan.shards)
+    assert plan.makespan_s >= plan.lower_bound_s
+
+
+def test_invalid_input_is_our_exception_and_a_value_error():
+    with pytest.raises(_core.InvalidInputError, match="shards must be at least 1"):
+        _core.plan_static(estimates([("a", 1.0)]), 0)
+    with pytest.raises(ValueError):
+        _core.plan_static([], 2)
+    with pytest.raises(_core.CdError, match="'a.py::bad'"):
+        _core.estimate_durations(["a.py::bad"], [{"a.py::bad": -1.0}])
+    assert issubclass(_core.InvalidInputError, _core.CdError)
+
+
+def test_invalid_state_for_a_batch_never_handed_out():
+    dispatcher = _core.Dispatcher(estimates([("a", 1.0)]), workers=1)
+    with pytest.raises(_core.InvalidStateError, match="batch 99 is not in flight"):
+        dispatcher.report("w", 99, [])
+
+
+def test_dispatcher_flaky_and_failed_through_python():
+    dispatcher = _core.Dispatcher(estimates([("ok.py::t", 1), ("flaky.py::t", 1), ("bad.py::t", 1)]), workers=2)
+    runs = {}
+    while not dispatcher.done():
+        progressed = False
+        for worker in ("w1", "w2"):
+            assignment = dispatcher.next_batch(worker, 0.0)
+            if assignment.kind != "run":
+                continue
+            progressed = True
+            results = []
+            for test_id in assignment.batch.tests:
+                runs[test_id] = runs.get(test_id, 0) + 1
+                passed = test_id == "ok.py::t" or (test_id == "flaky.py::t" and runs[test_id] > 1)
+                results.append(_core.TestResult(test_id, passed, 0.1, "" if passed else "AssertionError"))
+            dispatcher.report(worker, assignment.batch.id, results)
+        assert progressed, "no worker got work before the suite was done"
+    verdicts = {o.id: o.verdict for o in dispatcher.outcomes()}
+    assert verdicts == {"ok.py::t": "passed", "flaky.py::t": "flaky", "bad.py::t": "failed"}
+    bad = next(o for o in dispatcher.outcomes() if o.id == "bad.py::t")
+    assert [a.message for a in bad.attempts] == ["AssertionError", "AssertionError"]
+    assert len({a.worker for a in bad.attempts}) == 2
+    stats = dispatcher.stats()
+    assert (stats.passed, stats.flaky, stats.failed, stats.resolved) == (1, 1, 1, 3)
+
+
+def test_python_threads_share_one_dispatcher():
+    tests = estimates([(f"f{k // 3}.py::t{k}", 0.01 * (k % 7 + 1)) for k in range(3000)])
+    dispatcher = _core.Dispatcher(tests, workers=4, speculate=False)
+    seen, lock = [], threading.Lock()
+
+    def work(worker):
+        while True:
+            assignment = dispatcher.next_batch(worker, 0.0)
+            if assignment.kind == "done":
+                return
+            if assignment.kind == "wait":
+                continue
+            with lock:
+                seen.extend(assignment.batch.tests)
+            dispatcher.report(worker, assignment.batch.id,
+                              [_core.TestResult(t, True, 0.01) for t in assignment.batch.tests])
+
+    threads = [threading.Thread(target=work, args=(f"w{k}",)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert sorted(seen) == sorted(t.id for t in tests)
