@@ -71,13 +71,26 @@ void check_duration(double seconds, const std::string& test_id, const char* wher
 }
 
 // `id_of` projects an element to its test id, so callers need not copy ids.
+// Sorting hashes beats a hash set here: one flat allocation instead of a node
+// per id, which matters at a million tests.
 template <typename Items, typename IdOf>
 void check_unique(const Items& items, IdOf id_of) {
-  std::unordered_set<std::string_view> seen;
-  seen.reserve(items.size());
-  for (const auto& item : items) {
-    const std::string& id = id_of(item);
-    if (!seen.insert(id).second) throw InvalidInput(fmt::format("test '{}' is listed twice", id));
+  std::vector<std::pair<std::size_t, std::size_t>> hashes;  // hash, index
+  hashes.reserve(items.size());
+  for (std::size_t index = 0; index < items.size(); ++index) {
+    hashes.emplace_back(std::hash<std::string_view>{}(id_of(items[index])), index);
+  }
+  std::sort(hashes.begin(), hashes.end());
+  for (std::size_t first = 0; first < hashes.size();) {
+    std::size_t last = first + 1;
+    while (last < hashes.size() && hashes[last].first == hashes[first].first) ++last;
+    for (std::size_t a = first; a < last; ++a) {
+      for (std::size_t b = a + 1; b < last; ++b) {
+        const std::string& id = id_of(items[hashes[a].second]);
+        if (id == id_of(items[hashes[b].second])) throw InvalidInput(fmt::format("test '{}' is listed twice", id));
+      }
+    }
+    first = last;
   }
 }
 
