@@ -47,4 +47,5 @@ PYBIND11_MODULE(_core, module) {
   });
 
   cd::bindings::bind_shard(module);
+  cd::bindings::bind_fanout(module);
 }
