@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Sharded test runs through a real Buildbot master: wall time against the bound.
+
+    .venv/bin/python bench/shard_buildbot_bench.py [--tests 600] [--total-s 240] [--workers 16]
+
+A synthetic suite of sleep-based tests (heavy-tailed durations, seeded) runs
+on N local buildbot-worker processes, one shard per worker, three ways:
+
+    dynamic      ShardedTest(mode="dynamic"): shards pull batches, longest first
+    static       ShardedTest(mode="static"): the core's LPT plan, fixed lists
+    pytest-split one shard build per worker running `pytest --splits N --group i`
+                 (pytest-split's default algorithm, duration_based_chunks)
+
+Every mode plans from the same knowledge: ours from the history of a warm-up
+build, pytest-split from a .test_durations file with the nominal durations.
+Each test sleeps its nominal duration times exp(N(0, JITTER_LOG_SD)), drawn
+anew on every run: the run-to-run variance that makes fixed plans finish late.
+
+Printed per mode: the build's wall time (force request to build complete, as
+seen from the REST API), the sharded part alone (first shard build started to
+last shard build finished) and both as ratios to the lower bound
+max(longest nominal test, nominal total / workers). The gap between the two
+columns is Buildbot's own overhead: build request, discovery, history reads,
+shard build start-up; inside the shards, each batch pays a pytest start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import random
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "buildbot"))
+
+import conftest  # noqa: E402 - the integration tests' cluster harness
+
+# Log-sd of a test's duration between runs: real suites vary ~15-20% per
+# test (DESIGN.md section 3).
+JITTER_LOG_SD = 0.15
+# Shape of the heavy tail: log-normal with this sigma before scaling.
+DURATION_LOG_SD = 1.0
+# No single test longer than this share of the per-worker share: the bound
+# stays total / workers, which is what sharding can reach.
+LONGEST_SHARE = 0.5
+TESTS_PER_FILE = 15
+SEED = 20091021
+# Seconds allowed for one sharded build of the synthetic suite.
+BUILD_DEADLINE_S = 900
+
+SPLIT_MASTER_CFG = """
+
+class TriggerGroups(steps.Trigger):
+    # One shard build per worker, each told its pytest-split group.
+    def getSchedulersAndProperties(self):
+        return [
+            {{"sched_name": "split-shard", "props_to_set": {{"split_group": group}}, "unimportant": False}}
+            for group in range(1, {groups} + 1)
+        ]
+
+c["builders"].append(util.BuilderConfig(
+    name="split-shard", workernames={shard_workers!r}, collapseRequests=False,
+    factory=util.BuildFactory([steps.ShellCommand(
+        name="pytest-split", workdir={suite!r},
+        command=[{python!r}, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--splits", "{groups}",
+                 "--group", util.Interpolate("%(prop:split_group)s"), "--durations-path", {durations!r}],
+    )]),
+))
+c["builders"].append(util.BuilderConfig(
+    name="split", workernames=["coordinator"],
+    factory=util.BuildFactory([TriggerGroups(schedulerNames=["split-shard"], waitForFinish=True)]),
+))
+c["schedulers"].append(schedulers.Triggerable(name="split-shard", builderNames=["split-shard"]))
+c["schedulers"].append(schedulers.ForceScheduler(name="force-split", builderNames=["split"]))
+"""
+
+
+def nominal_durations(tests: int, total_s: float, workers: int) -> list[float]:
+    rng = random.Random(SEED)
+    raw = [rng.lognormvariate(0.0, DURATION_LOG_SD) for _ in range(tests)]
+    cap = LONGEST_SHARE * total_s / workers
+    scaled = [min(cap, d * total_s / sum(raw)) for d in raw]
+    return [d * total_s / sum(scaled) for d in scaled]
+
+
+def write_suite(root: pathlib.Path, durations: list[float]) -> dict[str, float]:
+    tests_dir = root / "tests"
+    tests_dir.mkdir(parents=True)
+    (root / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
+    (tests_dir / "__init__.py").write_text("")
+    (tests_dir / "conftest.py").write_text(
+        textwrap.dedent(f"""
+            import math, os, random, time
+            import pytest
+
+            # Fresh jitter on every run: a test's duration varies between runs.
+            _rng = random.Random()
+
+            @pytest.fixture
+            def sleep_for():
+                def sleep(nominal_s):
+                    time.sleep(nominal_s * math.exp(_rng.gauss(0.0, {JITTER_LOG_SD})))
+                return sleep
+        """)
+    )
+    by_id = {}
+    for start in range(0, len(durations), TESTS_PER_FILE):
+        name = f"test_part{start // TESTS_PER_FILE:03d}.py"
+        lines = []
+        for index, seconds in enumerate(durations[start : start + TESTS_PER_FILE], start=start):
+            lines.append(f"def test_{index:04d}(sleep_for):\n    sleep_for({seconds:.4f})\n")
+            by_id[f"tests/{name}::test_{index:04d}"] = seconds
+        (tests_dir / name).write_text("\n".join(lines))
+    return by_id
+
+
+class BenchCluster(conftest.BuildbotCluster):
+    """The test harness's cluster plus a pytest-split builder pair."""
+
+    def __init__(self, root, workers, durations_path):
+        super().__init__(root, workers, None, {})
+        self.durations_path = durations_path
+        self.suite_source = None
+
+    def start_with_suite(self, suite_source: pathlib.Path) -> None:
+        self.suite_source = suite_source
+        self.start()
+
+    def _create_master(self) -> None:
+        super()._create_master()
+        master_cfg = self.root / "master" / "master.cfg"
+        master_cfg.write_text(
+            master_cfg.read_text()
+            + SPLIT_MASTER_CFG.format(
+                groups=len(self.shard_workers),
+                shard_workers=self.shard_workers,
+                suite=str(self.suite),
+                python=conftest.PYTHON,
+                durations=str(self.durations_path),
+            )
+        )
+
+    def start(self) -> None:
+        # Same as the harness, with the synthetic suite in place of the fixture one.
+        original = conftest.FIXTURE_SUITE
+        conftest.FIXTURE_SUITE = self.suite_source
+        try:
+            super().start()
+        finally:
+            conftest.FIXTURE_SUITE = original
+
+    def timed_build(self, builder: str, scheduler: str) -> dict:
+        started = time.monotonic()
+        brid = self.force_build(builder, scheduler)
+        build = self.wait_for_build(brid)
+        build["wall_s"] = time.monotonic() - started
+        children = self.api(f"builds/{build['buildid']}/triggered_builds")["builds"]
+        first_start = min(b["started_at"] for b in children)
+        last_end = max(b["complete_at"] for b in children)
+        build["before_s"] = first_start - build["started_at"]
+        build["shards_s"] = last_end - first_start
+        build["after_s"] = build["complete_at"] - last_end
+        build["batches"] = build["properties"].get("tests_batches", len(children))
+        return build
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tests", type=int, default=600)
+    parser.add_argument("--total-s", type=float, default=240.0)
+    parser.add_argument("--workers", type=int, default=16)
+    args = parser.parse_args()
+    conftest.BUILD_DEADLINE_S = BUILD_DEADLINE_S  # the harness's default suits the small fixture suite
+
+    durations = nominal_durations(args.tests, args.total_s, args.workers)
+    bound = max(max(durations), sum(durations) / args.workers)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="shard-buildbot-bench-"))
+    suite_source = root / "suite-source"
+    by_id = write_suite(suite_source, durations)
+    durations_path = root / "test_durations.json"
+    durations_path.write_text(json.dumps(by_id))
+    print(
+        f"{args.tests} tests, {sum(durations):.0f} s of sleep, longest {max(durations):.2f} s, "
+        f"median {statistics.median(durations):.2f} s; {args.workers} workers; "
+        f"lower bound {bound:.2f} s; jitter log-sd {JITTER_LOG_SD}"
+    )
+
+    cluster = BenchCluster(root / "cluster", args.workers, durations_path)
+    (root / "cluster").mkdir()
+    try:
+        cluster.start_with_suite(suite_source)
+        # Each builder plans from its own history: one warm-up build each.
+        for builder, scheduler in (("tests", "force"), ("tests-static", "force-static")):
+            warmup = cluster.timed_build(builder, scheduler)
+            print(f"warm-up {builder} (no history): wall {warmup['wall_s']:.1f} s; {warmup['state_string']}")
+        rows = [
+            ("dynamic", cluster.timed_build("tests", "force")),
+            ("static", cluster.timed_build("tests-static", "force-static")),
+            ("pytest-split", cluster.timed_build("split", "force-split")),
+        ]
+    finally:
+        cluster.stop()
+
+    print(
+        f"\n{'mode':<14}{'wall s':>8}{'x bound':>9}{'shards s':>10}{'x bound':>9}"
+        f"{'before s':>10}{'after s':>9}{'batches':>9}  result"
+    )
+    for mode, build in rows:
+        print(
+            f"{mode:<14}{build['wall_s']:>8.1f}{build['wall_s'] / bound:>9.2f}"
+            f"{build['shards_s']:>10.0f}{build['shards_s'] / bound:>9.2f}"
+            f"{build['before_s']:>10.0f}{build['after_s']:>9.0f}{build['batches']:>9}  {build['state_string']}"
+        )
+    print(
+        "\nwall: force request to build complete (REST API). shards: first shard build start to last "
+        "shard build end; before: parent start (discovery, history, plan, trigger) to first shard "
+        "start; after: last shard end to parent end (results, report). Buildbot's timestamps are "
+        "whole seconds. Each batch (pytest-split: each shard) pays one pytest start-up inside the "
+        "shards column; on a loaded machine that start-up dominates."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

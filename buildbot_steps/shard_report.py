@@ -1,0 +1,170 @@
+"""The HTML log of a sharded test run.
+
+Buildbot's web UI does not display test results, so the step renders its own
+report: failures with their output, flaky tests, slowest tests, and a
+per-worker timeline drawn as inline SVG (no scripts: dashboards that inject
+HTML do not run them).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+# Slowest tests listed: enough to spot what to split or speed up.
+SLOWEST_LISTED = 20
+
+# Timeline geometry, in SVG user units.
+TIMELINE_WIDTH = 900
+ROW_HEIGHT = 22
+LABEL_WIDTH = 160
+
+BATCH_COLOURS = {
+    "reported": "#4caf50",
+    "error": "#e53935",
+    "lost": "#9e9e9e",
+    "running": "#2196f3",
+}
+RETRY_COLOUR = "#ff9800"
+SPECULATIVE_COLOUR = "#8e24aa"
+
+
+def render_report(
+    outcomes: list[Any],
+    timeline: list[Any],
+    summary: dict[str, Any],
+    quarantine: set[str],
+    flake_record: dict[str, int] | None = None,
+) -> str:
+    """`flake_record`: test id -> number of earlier builds it was flaky in."""
+    parts = [
+        "<html><body style='font-family:sans-serif'>",
+        _summary_table(summary),
+        _failures(outcomes, quarantine),
+        _flaky(outcomes, flake_record or {}),
+        _flake_record(flake_record or {}),
+        _slowest(outcomes),
+        "<h3>Timeline per worker</h3>",
+        timeline_svg(timeline),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th align='left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in summary.items()
+    )
+    return f"<h3>Summary</h3><table>{rows}</table>"
+
+
+def _failures(outcomes: list[Any], quarantine: set[str]) -> str:
+    failed = [o for o in outcomes if o.verdict in ("failed", "pending")]
+    if not failed:
+        return "<h3>Failures</h3><p>none</p>"
+    items = []
+    for outcome in failed:
+        note = " (quarantined: does not gate)" if outcome.id in quarantine else ""
+        if outcome.verdict == "pending":
+            note += " (never ran to completion)"
+        items.append(f"<h4>{html.escape(outcome.id)}{note}</h4>{_attempts(outcome)}")
+    return "<h3>Failures</h3>" + "".join(items)
+
+
+def _flaky(outcomes: list[Any], flake_record: dict[str, int]) -> str:
+    flaky = [o for o in outcomes if o.verdict == "flaky"]
+    if not flaky:
+        return "<h3>Flaky tests</h3><p>none</p>"
+    items = "".join(
+        f"<h4>{html.escape(o.id)} (also flaky in {flake_record.get(o.id, 0)} earlier builds)</h4>"
+        f"{_attempts(o)}"
+        for o in flaky
+    )
+    return "<h3>Flaky tests (failed, then passed on another attempt)</h3>" + items
+
+
+def _flake_record(flake_record: dict[str, int]) -> str:
+    if not flake_record:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(test)}</td><td align='right'>{count}</td></tr>"
+        for test, count in sorted(flake_record.items(), key=lambda item: (-item[1], item[0]))
+    )
+    return (
+        "<h3>Flake record of the earlier builds read for durations</h3>"
+        f"<table><tr><th>test</th><th>builds flaky in</th></tr>{rows}</table>"
+        "<p>Tests that keep flaking are candidates for the quarantine list.</p>"
+    )
+
+
+def _attempts(outcome: Any) -> str:
+    rows = []
+    for number, attempt in enumerate(outcome.attempts, start=1):
+        verdict = "passed" if attempt.passed else "failed"
+        rows.append(
+            f"<li>attempt {number} on {html.escape(attempt.worker)}: {verdict} "
+            f"in {attempt.seconds:.3f} s<pre>{html.escape(attempt.message or '')}</pre></li>"
+        )
+    return f"<ul>{''.join(rows)}</ul>"
+
+
+def _slowest(outcomes: list[Any]) -> str:
+    timed = sorted(outcomes, key=lambda o: -_duration(o))[:SLOWEST_LISTED]
+    rows = "".join(
+        f"<tr><td>{html.escape(o.id)}</td><td align='right'>{_duration(o):.3f}</td>"
+        f"<td align='right'>{o.estimate_s:.3f}</td></tr>"
+        for o in timed
+    )
+    return (
+        f"<h3>Slowest {len(timed)} tests</h3><table><tr><th>test</th><th>seconds</th>"
+        f"<th>estimate</th></tr>{rows}</table>"
+    )
+
+
+def _duration(outcome: Any) -> float:
+    return outcome.attempts[-1].seconds if outcome.attempts else 0.0
+
+
+def timeline_svg(timeline: list[Any]) -> str:
+    workers = sorted({run.worker for run in timeline})
+    if not workers:
+        return "<p>no batches ran</p>"
+    end = max((run.end_s if run.end_s is not None else run.start_s) for run in timeline) or 1.0
+    scale = (TIMELINE_WIDTH - LABEL_WIDTH) / end
+    height = ROW_HEIGHT * (len(workers) + 1)
+    shapes = []
+    for row, worker in enumerate(workers):
+        y = row * ROW_HEIGHT
+        shapes.append(f"<text x='4' y='{y + 15}' font-size='12'>{html.escape(worker)}</text>")
+        for run in (r for r in timeline if r.worker == worker):
+            shapes.append(_batch_rect(run, y, scale, end))
+    shapes.append(
+        f"<text x='{LABEL_WIDTH}' y='{height - 6}' font-size='11'>0 s</text>"
+        f"<text x='{TIMELINE_WIDTH - 60}' y='{height - 6}' font-size='11'>{end:.1f} s</text>"
+    )
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{TIMELINE_WIDTH}' height='{height}'>"
+        + "".join(shapes)
+        + "</svg>"
+    )
+
+
+def _batch_rect(run: Any, y: int, scale: float, end: float) -> str:
+    finish = run.end_s if run.end_s is not None else end
+    colour = BATCH_COLOURS.get(run.outcome, "#2196f3")
+    if run.retry and run.outcome == "reported":
+        colour = RETRY_COLOUR
+    if run.speculative and run.outcome == "reported":
+        colour = SPECULATIVE_COLOUR
+    x = LABEL_WIDTH + run.start_s * scale
+    width = max(1.0, (finish - run.start_s) * scale)
+    title = (
+        f"batch {run.batch_id}: {run.tests} tests, {run.start_s:.2f}-{finish:.2f} s, {run.outcome}"
+        + (", retry" if run.retry else "")
+        + (", speculative copy" if run.speculative else "")
+    )
+    return (
+        f"<rect x='{x:.1f}' y='{y + 3}' width='{width:.1f}' height='{ROW_HEIGHT - 6}' "
+        f"fill='{colour}' stroke='#333' stroke-width='0.5'><title>{html.escape(title)}</title></rect>"
+    )

@@ -1,0 +1,82 @@
+"""Pure helpers of the sharded test steps: templates, listings, storage, report."""
+
+from __future__ import annotations
+
+from buildbot_steps import shard_report
+from buildbot_steps.junit_results import JUnitTestResult
+from buildbot_steps.shard_session import StaticShards
+from buildbot_steps.sharded_test import POSTGRES_INT4_MAX
+from buildbot_steps.sharded_test import check_test_command
+from buildbot_steps.sharded_test import duration_ns_for_db
+from buildbot_steps.sharded_test import expand_test_command
+from buildbot_steps.sharded_test import parse_test_listing
+
+
+def test_template_expands_one_argument_per_test():
+    argv = expand_test_command(
+        ["pytest", "--junitxml={junit}", "{tests}", "-x"], ["a::t[1 2]", "b::u"], "r/1.xml"
+    )
+    assert argv == ["pytest", "--junitxml=r/1.xml", "a::t[1 2]", "b::u", "-x"]
+
+
+def test_template_checks():
+    assert check_test_command(["pytest", "--junitxml={junit}", "{tests}"]) is None
+    assert "exactly one" in check_test_command(["pytest", "{tests}", "{tests}", "{junit}"])
+    assert "only strings" in check_test_command(["pytest", 3])
+    assert "non-empty" in check_test_command([])
+
+
+def test_collect_only_listing_is_parsed():
+    output = (
+        "tests/test_a.py::test_x\ntests/test_a.py::test_y[1]\ntests/test_a.py::test_x\n"
+        "\n3 tests collected in 0.02s\n"
+    )
+    assert parse_test_listing(output) == ["tests/test_a.py::test_x", "tests/test_a.py::test_y[1]"]
+    assert parse_test_listing("\nno tests ran in 0.01s\n") == []
+
+
+def test_durations_are_clamped_for_postgresql_int4():
+    assert duration_ns_for_db(1.5) == 1_500_000_000
+    assert duration_ns_for_db(2.5) == POSTGRES_INT4_MAX
+    assert duration_ns_for_db(-1.0) == 0
+
+
+def test_static_shards_rerun_failures_and_tell_flaky_from_failed():
+    shards = StaticShards([["a", "b"], ["c"]], {"a": 1.0, "b": 1.0, "c": 1.0}, max_attempts=2)
+    first = shards.next_batch("w1", 0).batch
+    shards.report("w1", first.id, [JUnitTestResult("a", True, 0.1), JUnitTestResult("b", False, 0.1)])
+    retry = shards.next_batch("w1", 0).batch
+    assert retry.retry and retry.tests == ["b"]
+    shards.report("w1", retry.id, [JUnitTestResult("b", True, 0.1)])
+    other = shards.next_batch("w2", 1).batch
+    shards.report_error("w2", other.id, "runner crashed")
+    again = shards.next_batch("w2", 1).batch
+    shards.report_error("w2", again.id, "runner crashed")
+    verdicts = {o.id: o.verdict for o in shards.outcomes()}
+    assert verdicts == {"a": "passed", "b": "flaky", "c": "failed"}
+    assert shards.done() and shards.next_batch("w1", 0).kind == "done"
+
+
+def test_static_shards_give_a_lost_workers_batch_back():
+    shards = StaticShards([["a", "b"]], {}, max_attempts=2)
+    lost = shards.next_batch("w1", 0).batch
+    shards.worker_lost("w1")
+    assert shards.stats().requeued_batches == 1
+    again = shards.next_batch("w2", 0).batch
+    assert again.tests == lost.tests and not again.retry
+
+
+def test_report_escapes_test_ids_and_draws_a_timeline():
+    class Attempt:
+        worker, passed, seconds, message = "w<1>", False, 1.0, "<script>x</script>"
+
+    class Outcome:
+        id, verdict, estimate_s, attempts = "t::<b>", "failed", 1.0, [Attempt()]
+
+    class Run:
+        worker, batch_id, tests, start_s, end_s = "w<1>", 1, 1, 0.0, 1.0
+        speculative, retry, outcome = False, False, "reported"
+
+    html = shard_report.render_report([Outcome()], [Run()], {"passed": 0}, set())
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "t::&lt;b&gt;" in html and "<svg" in html and "<rect" in html

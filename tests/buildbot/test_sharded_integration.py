@@ -1,0 +1,127 @@
+"""A real master and real workers run the fixture suite sharded.
+
+One cluster (SQLite, 4 shard workers + 1 coordinator) serves the tests of
+this module in order: the first build, the second build that plans from the
+first one's durations, and a build during which a worker is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+FAILURE = 2
+WARNINGS = 1
+EXCEPTION = 4
+RETRY = 5
+
+FLAKY_TEST = "tests/test_outcomes.py::test_flaky_first_run"
+FAILING_TEST = "tests/test_outcomes.py::test_always_fails"
+LONG_TEST = "tests/test_slow.py::test_slow_2500ms"
+SUITE_SIZE = 34
+
+# How long to wait for a shard worker to be mid-batch before killing it.
+BUSY_DEADLINE_S = 60
+
+
+@pytest.fixture(scope="module")
+def cluster(make_cluster):
+    return make_cluster(shard_workers=4)
+
+
+def result_set(cluster, buildid: int, description: str) -> dict:
+    sets = cluster.test_result_sets(buildid)
+    return next(s for s in sets if s["description"] == description)
+
+
+def test_first_build_classifies_flaky_and_failing_tests(cluster):
+    build = cluster.wait_for_build(cluster.force_build())
+    props = build["properties"]
+
+    assert build["results"] == FAILURE, build["state_string"]
+    assert FAILING_TEST in build["state_string"]
+    assert props["tests_total"] == SUITE_SIZE
+    assert props["tests_failed"] == 1
+    assert props["tests_flaky"] == 1
+    assert props["tests_passed"] == SUITE_SIZE - 2
+    assert props["shard_estimates_from_history"] == 0
+    assert props["tests_makespan_s"] >= props["tests_lower_bound_s"] * 0.5
+
+    outcomes = result_set(cluster, build["buildid"], "sharded tests")
+    assert outcomes["complete"] and outcomes["category"] == "pass_fail"
+    assert (outcomes["tests_passed"], outcomes["tests_failed"]) == (SUITE_SIZE - 1, 1)
+    values = {r["test_name"]: r["value"] for r in cluster.test_results(outcomes["test_result_setid"])}
+    assert values[FAILING_TEST] == "0"
+    assert values[FLAKY_TEST] == "1"
+
+    report = cluster.step_log(build["buildid"], "sharded-tests", "report")
+    assert "Flaky tests" in report and FLAKY_TEST in report and "<svg" in report
+    assert props["tests_flaky_names"] == [FLAKY_TEST]
+    flaky = result_set(cluster, build["buildid"], "sharded tests flaky")
+    assert [r["test_name"] for r in cluster.test_results(flaky["test_result_setid"])] == [FLAKY_TEST]
+
+
+def test_durations_over_2147_ms_are_stored_exactly(cluster):
+    builds = cluster.api("builders/tests/builds")["builds"]
+    durations = result_set(cluster, builds[0]["buildid"], "sharded tests durations")
+    rows = {r["test_name"]: r for r in cluster.test_results(durations["test_result_setid"])}
+    assert len(rows) == SUITE_SIZE
+    assert float(rows[LONG_TEST]["value"]) >= 2.5
+    assert rows[LONG_TEST]["duration_ns"] == 2**31 - 1  # clamped for PostgreSQL's int4
+
+
+def test_second_build_plans_from_first_build_durations(cluster):
+    build = cluster.wait_for_build(cluster.force_build())
+    props = build["properties"]
+
+    assert props["shard_history_builds"] == 1
+    assert props["shard_estimates_from_history"] == SUITE_SIZE
+    plan = cluster.step_log(build["buildid"], "sharded-tests", "plan")
+    assert f"history {SUITE_SIZE}" in plan
+    # The flaky test's marker exists now: it passes at once; the broken one
+    # still fails. The flake record remembers the first build's flake.
+    assert props["tests_flaky"] == 0
+    assert props["tests_failed"] == 1
+    report = cluster.step_log(build["buildid"], "sharded-tests", "report")
+    assert "Flake record" in report and FLAKY_TEST in report
+
+
+def test_killed_worker_costs_a_rerun_not_the_build(cluster):
+    brid = cluster.force_build()
+    victim = None
+    deadline = time.monotonic() + BUSY_DEADLINE_S
+    while victim is None and time.monotonic() < deadline:
+        victim = cluster.busy_worker()
+        time.sleep(0.05)
+    assert victim is not None, "no shard worker ever ran a batch"
+    cluster.kill_worker(victim)
+
+    build = cluster.wait_for_build(brid)
+    props = build["properties"]
+    assert build["results"] == FAILURE, build["state_string"]  # only the broken test gates
+    assert props["tests_not_run"] == 0
+    assert props["tests_failed"] == 1
+    assert props["tests_passed"] + props["tests_flaky"] == SUITE_SIZE - 1
+    assert props["tests_requeued_batches"] >= 1
+
+    shard_builds = cluster.api("builders/tests-shard/builds")["builds"]
+    lost = [b for b in shard_builds if b["results"] in (RETRY, EXCEPTION)]
+    assert lost, "the killed worker's shard build should end RETRY or EXCEPTION"
+
+
+def test_static_mode_hands_each_shard_its_fixed_list(cluster):
+    build = cluster.wait_for_build(cluster.force_build("tests-static", "force-static"))
+    props = build["properties"]
+    assert build["results"] == FAILURE, build["state_string"]
+    assert props["tests_total"] == SUITE_SIZE
+    assert props["tests_not_run"] == 0
+    assert props["tests_failed"] == 1
+
+    shard_builds = cluster.api(
+        f"builds?builderid={cluster.builder_id('tests-shard')}&property=shard_tests&property=shard_parent_buildid"
+    )["builds"]
+    mine = [b for b in shard_builds if b["properties"].get("shard_parent_buildid", [None])[0] == build["buildid"]]
+    lists = [b["properties"]["shard_tests"][0] for b in mine if b["results"] in (0, 1, 2)]
+    assert sorted(t for tests in lists for t in tests) == sorted(set(t for tests in lists for t in tests))
+    assert sum(len(tests) for tests in lists) == SUITE_SIZE
