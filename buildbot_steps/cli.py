@@ -2,6 +2,7 @@
 
     buildbot-cd plan --history OLD.json NEW.json --shards 8 [--tests FILE|-] [--json]
     buildbot-cd simulate --history ... --actual NEXT.json --workers 32 [--mode static]
+    buildbot-cd push|flip|rollback|status --inventory hosts.json ...   (see release_cli.py)
 
 Every error a person can cause ends in one line on stderr and exit status 2.
 """
@@ -12,6 +13,8 @@ import argparse
 import json
 import sys
 from typing import Sequence
+
+from buildbot_steps.release_cli import add_release_commands
 
 EXIT_USAGE = 2  # argparse's own status for bad arguments; ours match it
 
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--max-attempts", type=int, default=2, help="runs of a failing test before it is failed")
     simulate.set_defaults(func=run_simulate)
 
+    add_release_commands(commands)
     return parser
 
 

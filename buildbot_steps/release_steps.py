@@ -1,0 +1,290 @@
+"""Buildbot steps for the release engine: PushRelease, FlipRelease, RollbackRelease.
+
+    from buildbot.plugins import steps, util
+    hosts = [{"address": "web1.example", "deploy_root": "/srv/app", "tags": ["canary"]}, ...]
+    deploy_lock = util.MasterLock("deploy")           # one deploy at a time
+    factory.addStep(steps.PushRelease(inventory=hosts, source="/srv/builds/%(prop:buildnumber)s",
+                                      known_hosts="/etc/buildbot/known_hosts", identity_file="/etc/buildbot/deploy_key",
+                                      locks=[deploy_lock.access("exclusive")]))
+    factory.addStep(steps.FlipRelease(inventory=hosts, tag="canary", ...))
+    factory.addStep(steps.FlipRelease(inventory=hosts, ...))   # all pushed hosts
+    factory.addStep(steps.RollbackRelease(inventory=hosts, ...))
+
+The push runs on the master, from a directory on the master. The fan-out runs
+in a thread (threads.deferToThread); progress comes back to the reactor with
+callFromThread. Properties set, with ACTION one of push/flip/rollback:
+release_revision, release_ACTION_hosts_ok, release_ACTION_hosts_failed,
+release_ACTION_bytes_sent, release_ACTION_duration_s, release_pushed_hosts
+(names, read by FlipRelease), release_failed_hosts.
+"""
+
+from __future__ import annotations
+
+from buildbot import config
+from buildbot.interfaces import IRenderable
+from buildbot.process import buildstep, properties
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from twisted.internet import threads
+
+from buildbot_steps import release
+
+PUSHED_HOSTS_PROPERTY = "release_pushed_hosts"
+PROPERTY_SOURCE = "ReleaseStep"
+
+
+def is_renderable(value) -> bool:
+    return IRenderable.providedBy(value)
+
+
+class _ReleaseStep(buildstep.BuildStep):
+    """Shared options: where the hosts are, how to reach them, how hard to try."""
+
+    action = ""  # "push", "flip" or "rollback"
+    renderables = ["inventory", "revision", "known_hosts", "identity_file", "tag", "count", "fraction"]
+
+    def __init__(self, inventory=None, revision=None, transport="ssh", known_hosts=None, identity_file=None,
+                 ssh_options=(), slots=release.DEFAULT_SLOTS, concurrency=release.FanoutSettings.concurrency,
+                 host_timeout=release.FanoutSettings.host_timeout_s, retries=release.FanoutSettings.max_retries,
+                 max_fail_fraction=release.FanoutSettings.max_fail_fraction, tolerate_failures=0,
+                 tag=None, count=None, fraction=None, **kwargs):  # fmt: skip
+        super().__init__(**kwargs)
+        self.inventory = inventory
+        self.revision = revision
+        self.transport = transport
+        self.known_hosts = known_hosts
+        self.identity_file = identity_file
+        self.ssh_options = tuple(ssh_options)
+        self.slots = slots
+        self.tag, self.count, self.fraction = tag, count, fraction
+        self.tolerate_failures = tolerate_failures
+        self._runner = None
+        self._progress = (0, 0, 0)  # done, total, failed
+        self._check_static_arguments(concurrency, host_timeout, retries, max_fail_fraction)
+
+    # -- configuration ---------------------------------------------------
+
+    def _check_static_arguments(self, concurrency, host_timeout, retries, max_fail_fraction) -> None:
+        # config.error collects and returns while loading master.cfg: keep going safely.
+        self.settings = None
+        if self.inventory is None:
+            config.error(f"{type(self).__name__}: inventory is required (a list of hosts or a JSON file path)")
+        elif not is_renderable(self.inventory):
+            self._guard(lambda: self._load_inventory(self.inventory))
+        if self.transport not in release.TRANSPORTS:
+            config.error(f"{type(self).__name__}: transport must be one of {sorted(release.TRANSPORTS)}")
+        if not isinstance(self.tolerate_failures, int) or self.tolerate_failures < 0:
+            config.error(f"{type(self).__name__}: tolerate_failures must be a non-negative integer")
+        self._guard(lambda: setattr(self, "settings", release.FanoutSettings(
+            concurrency=concurrency, host_timeout_s=host_timeout, max_retries=retries,
+            max_fail_fraction=max_fail_fraction)))  # fmt: skip
+        self._guard(self._make_transport)
+        if not any(is_renderable(v) for v in (self.tag, self.count, self.fraction)):
+            self._guard(self._selection)
+        if self.revision is not None and not is_renderable(self.revision):
+            self._guard(lambda: release.check_word(self.revision, "revision"))
+        if isinstance(self.slots, bool) or not isinstance(self.slots, int) or not release.MIN_SLOTS <= self.slots <= release.MAX_SLOTS:
+            config.error(f"{type(self).__name__}: slots must be an integer {release.MIN_SLOTS}..{release.MAX_SLOTS}")
+
+    def _guard(self, check) -> None:
+        try:
+            check()
+        except release.InvalidInput as error:
+            config.error(f"{type(self).__name__}: {error}")
+
+    @staticmethod
+    def _load_inventory(value) -> release.Inventory:
+        if isinstance(value, release.Inventory):
+            return value
+        if isinstance(value, str):
+            return release.Inventory.from_file(value)
+        return release.Inventory.from_entries(value)
+
+    def _make_transport(self):
+        if self.transport == "local":
+            return release.LocalTransport()
+        return release.SshTransport(
+            known_hosts=self.known_hosts if not is_renderable(self.known_hosts) else None,
+            identity_file=self.identity_file if not is_renderable(self.identity_file) else None,
+            extra_options=self.ssh_options,
+        )
+
+    def _selection(self) -> release.Selection:
+        count = int(self.count) if self.count not in (None, "") else None
+        fraction = float(self.fraction) if self.fraction not in (None, "") else None
+        return release.Selection(tag=self.tag or None, count=count, fraction=fraction)
+
+    # -- running ---------------------------------------------------------
+
+    async def run(self):
+        try:
+            runner = release.ReleaseRunner(
+                self._load_inventory(self.inventory), self._make_transport(), self.settings,
+                self.slots, progress=self._progress_from_thread,
+            )  # fmt: skip
+            work = self._work(runner)
+        except (release.InvalidInput, ValueError) as error:
+            return await self._refuse(f"bad configuration: {error}")
+        self._runner = runner
+        self._progress = (0, 0, 0)
+        self.updateSummary()
+        try:
+            report = await threads.deferToThread(work)
+        except (release.InvalidInput, release.DeployInProgress) as error:
+            return await self._refuse(str(error))
+        finally:
+            self._runner = None
+        self._report = report
+        await self.addCompleteLog("hosts", report.to_text())
+        self._set_figures(report)
+        return self._results(report)
+
+    def _work(self, runner):
+        """Check the rendered arguments now; return the call the thread makes."""
+        raise NotImplementedError
+
+    async def _refuse(self, message: str):
+        self._failure_message = message
+        await self.addCompleteLog("error", message + "\n")
+        return FAILURE
+
+    def _results(self, report: release.RunReport) -> int:
+        failed = len(report.failed_hosts)
+        if not report.hosts:
+            return WARNINGS  # nothing selected: nothing done, say so
+        if failed == 0:
+            return SUCCESS
+        if failed <= self.tolerate_failures and report.ok_hosts:
+            return WARNINGS
+        return FAILURE
+
+    def _set_figures(self, report: release.RunReport) -> None:
+        prefix = f"release_{self.action}"
+        figures = {
+            f"{prefix}_hosts_ok": len(report.ok_hosts),
+            f"{prefix}_hosts_failed": len(report.failed_hosts),
+            f"{prefix}_bytes_sent": report.bytes_sent,
+            f"{prefix}_duration_s": round(report.duration_s, 3),
+            "release_failed_hosts": report.failed_hosts,
+        }
+        if report.revision:
+            figures["release_revision"] = report.revision
+        for name, value in figures.items():
+            self.setProperty(name, value, PROPERTY_SOURCE)
+
+    def _progress_from_thread(self, host_report, done: int, total: int, failed: int) -> None:
+        # Called in the fan-out thread: hand over to the reactor.
+        self.master.reactor.callFromThread(self._on_progress, done, total, failed)
+
+    def _on_progress(self, done: int, total: int, failed: int) -> None:
+        self._progress = (done, total, failed)
+        self.updateSummary()
+
+    def getCurrentSummary(self):
+        done, total, failed = self._progress
+        counts = f" {done}/{total} hosts" if total else ""
+        problems = f", {failed} failed" if failed else ""
+        return {"step": f"{self.description[0]}{counts}{problems}"}
+
+    def getResultSummary(self):
+        message = getattr(self, "_failure_message", None)
+        report = getattr(self, "_report", None)
+        if message:
+            summary = f"{self.action}: {message}"
+        elif report is not None:
+            summary = f"{self.action}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
+            if report.failed_hosts:
+                summary += f", failed: {', '.join(report.failed_hosts[:5])}"
+                summary += "..." if len(report.failed_hosts) > 5 else ""
+        else:
+            return super().getResultSummary()
+        return {"step": summary}
+
+    def interrupt(self, reason):
+        # Stop the fan-out: running transfers are killed, the rest cancelled.
+        runner = self._runner
+        if runner is not None:
+            runner.cancel()
+        return super().interrupt(reason)
+
+
+class PushRelease(_ReleaseStep):
+    """Transfer `source` (a directory on the master) into a free slot on every host."""
+
+    name = "push_release"
+    description = ["pushing"]
+    descriptionDone = ["pushed"]
+    action = "push"
+    renderables = ["source", "build_number"]
+
+    def __init__(self, source=None, revision=properties.Property("got_revision", default=properties.Property("revision")),
+                 build=properties.Property("buildnumber"), **kwargs):  # fmt: skip
+        self.source = source
+        self.build_number = build  # not self.build: that is the running Build
+        super().__init__(revision=revision, **kwargs)
+        if source is None:
+            config.error("PushRelease: source (a directory on the master) is required")
+
+    def _work(self, runner):
+        source, revision = self.source, self.revision
+        build = str(self.build_number) if self.build_number not in (None, "") else "0"
+        if not revision:
+            raise release.InvalidInput("no revision to push (set revision=, or the got_revision property)")
+        release.check_word(revision, "revision")
+        release.check_word(build, "build")
+        return lambda: runner.push(source, str(revision), build)
+
+    def _set_figures(self, report) -> None:
+        super()._set_figures(report)
+        self.setProperty(PUSHED_HOSTS_PROPERTY, report.ok_hosts, PROPERTY_SOURCE)
+
+
+class FlipRelease(_ReleaseStep):
+    """Make `revision` live on a subset (tag, count, fraction) or all pushed hosts.
+
+    By default only hosts listed in the release_pushed_hosts property (set by
+    PushRelease) are candidates: a host whose transfer failed is never flipped.
+    """
+
+    name = "flip_release"
+    description = ["flipping"]
+    descriptionDone = ["flipped"]
+    action = "flip"
+
+    def __init__(self, revision=properties.Property("release_revision"), only_pushed=True, **kwargs):
+        self.only_pushed = only_pushed
+        super().__init__(revision=revision, **kwargs)
+
+    def _work(self, runner):
+        if not self.revision:
+            raise release.InvalidInput("no revision to flip (set revision=, or run PushRelease first)")
+        revision = release.check_word(self.revision, "revision")
+        selection = self._selection()
+        only = None
+        if self.only_pushed:
+            only = self.getProperty(PUSHED_HOSTS_PROPERTY)
+            if only is None:
+                raise release.InvalidInput(
+                    f"no {PUSHED_HOSTS_PROPERTY} property: run PushRelease first, or set only_pushed=False"
+                )
+        return lambda: runner.flip(revision, selection, only_hosts=only)
+
+
+class RollbackRelease(_ReleaseStep):
+    """Flip hosts back to their recorded previous release.
+
+    With `revision` (the bad one, by default the release_revision property),
+    only hosts live on it move; without it every selected host steps back.
+    """
+
+    name = "rollback_release"
+    description = ["rolling back"]
+    descriptionDone = ["rolled back"]
+    action = "rollback"
+
+    def __init__(self, revision=properties.Property("release_revision"), **kwargs):
+        super().__init__(revision=revision, **kwargs)
+
+    def _work(self, runner):
+        revision = release.check_word(self.revision, "revision") if self.revision else None
+        selection = self._selection()
+        return lambda: runner.rollback(revision, selection)

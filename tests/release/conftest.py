@@ -1,0 +1,90 @@
+"""Fixtures for the release tests: a fleet of real sshd hosts per test.
+
+A fleet of 20 hosts starts in about half a second, so every test gets its own
+(its own temp dir, keys, ports and deploy roots) and may break it freely.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from buildbot_steps import release
+
+# The C++ fan-out engine must be built (`make install`): fail here, clearly.
+from buildbot_steps._core import Fanout  # noqa: F401
+
+HERE = Path(__file__).parent
+FLEET_SIZE = 20  # the issue asks for at least 20 real hosts
+
+
+def load_sibling(name: str):
+    """Import a helper module of this directory by path (pytest uses importlib mode)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sshd_hosts = load_sibling("sshd_hosts")
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    with sshd_hosts.SshdFleet(FLEET_SIZE, tmp_path / "fleet") as running:
+        yield running
+
+
+@pytest.fixture
+def control_dir():
+    # ssh's ControlPath is a unix socket: keep the path short, unlike tmp_path.
+    path = tempfile.mkdtemp(prefix="bbcd-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_runner(fleet, control_dir):
+    """make_runner(**settings, hosts=None, slots=5, progress=None) -> ReleaseRunner over ssh."""
+
+    def make(hosts=None, slots=release.DEFAULT_SLOTS, progress=None, **settings):
+        inventory = release.Inventory.from_entries(fleet.inventory_entries(hosts))
+        transport = release.SshTransport(
+            known_hosts=str(fleet.known_hosts),
+            identity_file=str(fleet.identity_file),
+            control_dir=control_dir,
+            control_persist_s=5,  # the fleet goes away with the test
+            # The default post-quantum key exchange costs ~0.1 s of client CPU
+            # per connection: too much for 20 hosts x many runs on 2 cores.
+            extra_options=("KexAlgorithms=curve25519-sha256",),
+        )
+        settings.setdefault("retry_backoff_s", 0.05)
+        return release.ReleaseRunner(inventory, transport, release.FanoutSettings(**settings), slots, progress)
+
+    return make
+
+
+@pytest.fixture
+def make_tree(tmp_path):
+    """make_tree(name, files={"path": bytes or str}) -> Path of a release tree."""
+
+    def make(name: str, files: dict) -> Path:
+        root = tmp_path / "trees" / name
+        for relative, content in files.items():
+            path = root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, str):
+                content = content.encode()
+            path.write_bytes(content)
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    return make

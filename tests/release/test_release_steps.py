@@ -1,0 +1,131 @@
+"""PushRelease, FlipRelease, RollbackRelease under Buildbot's step test harness.
+
+The hosts are local deploy roots (the "local" transport): these tests are
+about the steps (rendering, validation, results, logs, properties); the
+transport and the faults are covered over ssh in test_release.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from buildbot.process.properties import Property
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.steps import TestBuildStepMixin
+from buildbot.test.util.config import ConfigErrorsMixin
+from twisted.trial import unittest
+
+from buildbot_steps import release
+from buildbot_steps.release_steps import FlipRelease, PushRelease, RollbackRelease
+
+HOSTS = 4
+
+
+class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, unittest.TestCase):
+    def setUp(self):
+        self.setup_test_reactor()
+        self.setup_test_build_step()
+        self.workdir = Path(tempfile.mkdtemp(prefix="bbcd-steps-"))
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.tree = self.workdir / "tree"
+        (self.tree / "app").mkdir(parents=True)
+        (self.tree / "app/version.txt").write_text("r1\n")
+        self.hosts = [
+            {"name": f"h{i}", "address": "localhost", "deploy_root": str(self.workdir / f"root{i}"), "tags": ["canary"] if i == 0 else []}
+            for i in range(HOSTS)
+        ]
+
+    def common(self, **kwargs):
+        return {"inventory": self.hosts, "transport": "local", **kwargs}
+
+    def live_revisions(self):
+        runner = release.ReleaseRunner(release.Inventory.from_entries(self.hosts), release.LocalTransport())
+        return [h.details["live_revision"] for h in runner.status().hosts]
+
+    async def test_push_then_canary_flip_then_all_then_rollback(self):
+        self.setup_step(PushRelease(source=str(self.tree), revision="r1", build="7", **self.common()))
+        self.setup_step(FlipRelease(tag="canary", **self.common()))
+        self.setup_step(FlipRelease(**self.common()))
+        self.expect_outcome(result=SUCCESS)
+        self.expect_outcome(result=SUCCESS)
+        self.expect_outcome(result=SUCCESS)
+        # (expect_property is checked after every step: read them at the end)
+        self.expect_result_summary({"step": "push: 4/4 hosts ok"})
+        self.expect_result_summary({"step": "flip: 1/1 hosts ok"})
+        self.expect_result_summary({"step": "flip: 4/4 hosts ok"})
+        await self.run_step()
+        self.assertEqual(self.live_revisions(), ["r1"] * HOSTS)
+        self.assertIn("h3", self.get_nth_step(0).logs["hosts"].stdout)
+        props = self.build.getProperties()
+        self.assertEqual(props.getProperty("release_pushed_hosts"), ["h0", "h1", "h2", "h3"])
+        self.assertEqual(props.getProperty("release_revision"), "r1")
+        self.assertEqual(props.getProperty("release_push_hosts_ok"), HOSTS)
+        self.assertEqual(props.getProperty("release_push_hosts_failed"), 0)
+        self.assertGreater(props.getProperty("release_push_bytes_sent"), 0)
+        self.assertEqual(props.getProperty("release_flip_hosts_ok"), HOSTS)
+
+    async def test_rollback_returns_to_previous_release(self):
+        runner = release.ReleaseRunner(release.Inventory.from_entries(self.hosts), release.LocalTransport())
+        for revision in ("r1", "r2"):
+            runner.flip(revision, only_hosts=runner.push(self.tree, revision).ok_hosts)
+        self.setup_step(RollbackRelease(revision="r2", **self.common()))
+        self.expect_outcome(result=SUCCESS)
+        self.expect_property("release_rollback_hosts_ok", HOSTS, "ReleaseStep")
+        await self.run_step()
+        self.assertEqual(self.live_revisions(), ["r1"] * HOSTS)
+
+    async def test_a_host_that_fails_makes_the_push_fail_and_is_not_flipped(self):
+        blocker = self.workdir / "not-a-dir"
+        blocker.write_text("a file where a directory should be")
+        self.hosts[2]["deploy_root"] = str(blocker / "root")
+        self.setup_step(PushRelease(source=str(self.tree), revision="r1", retries=0, **self.common()))
+        self.setup_step(FlipRelease(**self.common()))
+        self.expect_outcome(result=FAILURE)
+        self.expect_outcome(result=SUCCESS)
+        self.expect_result_summary({"step": "push: 3/4 hosts ok, failed: h2"})
+        self.expect_result_summary({"step": "flip: 3/3 hosts ok"})
+        await self.run_step()
+        props = self.build.getProperties()
+        self.assertEqual(props.getProperty("release_pushed_hosts"), ["h0", "h1", "h3"])
+        self.assertEqual(props.getProperty("release_push_hosts_failed"), 1)
+        self.assertEqual(self.live_revisions(), ["r1", "r1", None, "r1"])
+
+    async def test_tolerated_failures_give_warnings(self):
+        self.hosts[1]["deploy_root"] = "/proc/no-such-place"
+        self.setup_step(PushRelease(source=str(self.tree), revision="r1", retries=0, tolerate_failures=1, **self.common()))
+        self.expect_outcome(result=WARNINGS)
+        await self.run_step()
+
+    async def test_flip_without_a_push_is_a_clear_failure(self):
+        self.setup_step(FlipRelease(revision="r1", **self.common()))
+        self.expect_outcome(result=FAILURE)
+        await self.run_step()
+        self.assertIn("run PushRelease first", self.get_nth_step(0).logs["error"].stdout)
+
+    async def test_rendered_revision_is_checked_at_run_time(self):
+        self.setup_step(PushRelease(source=str(self.tree), revision=Property("evil"), **self.common()))
+        self.build.setProperty("evil", "x; rm -rf /", "test")
+        self.expect_outcome(result=FAILURE)
+        await self.run_step()
+        self.assertIn("unsafe value", self.get_nth_step(0).logs["error"].stdout)
+
+    def test_static_arguments_are_validated(self):
+        with self.assertRaisesConfigError("inventory is required"):
+            PushRelease(source="/x", revision="r1")
+        with self.assertRaisesConfigError("PushRelease: source"):
+            PushRelease(**self.common())
+        with self.assertRaisesConfigError("inventory entry 1: unsafe or missing host address 'bad;host'"):
+            FlipRelease(inventory=[self.hosts[0], {"address": "bad;host", "deploy_root": "/srv"}], transport="local")
+        with self.assertRaisesConfigError("host count must be a positive integer"):
+            FlipRelease(count=0, **self.common())
+        with self.assertRaisesConfigError("by count or by fraction, not both"):
+            FlipRelease(count=1, fraction=0.5, **self.common())
+        with self.assertRaisesConfigError("transport must be one of"):
+            FlipRelease(inventory=self.hosts, transport="ftp")
+        with self.assertRaisesConfigError("concurrency"):
+            FlipRelease(concurrency=0, **self.common())
+        with self.assertRaisesConfigError("revision: unsafe value"):
+            RollbackRelease(revision="$(reboot)", **self.common())
