@@ -47,6 +47,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from buildbot_steps import _core
+
 # --- constants -------------------------------------------------------------
 
 DEFAULT_SLOTS = 5  # IMVU's five copies; enough for live + rollback target + spares
@@ -90,13 +92,6 @@ class InvalidInput(ReleaseError, ValueError):
 
 class DeployInProgress(ReleaseError):
     """Another push, flip or rollback is running in this process."""
-
-
-def fanout_api():
-    """The module providing Fanout, Command, HostJob and FanoutOptions."""
-    from buildbot_steps import _core
-
-    return _core
 
 
 # --- validation ------------------------------------------------------------
@@ -651,10 +646,8 @@ class ReleaseRunner:
     def _run(self, action, hosts: list[Host], steps_for, step_names, revision) -> RunReport:
         if not hosts:
             raise InvalidInput(f"{action}: no hosts selected")
-        api = fanout_api()
-        jobs = [make(api.HostJob, host=h.name, steps=[to_command(api, s) for s in steps_for(h)]) for h in hosts]
-        options = make(
-            api.FanoutOptions,
+        jobs = [_core.HostJob(host=h.name, steps=[to_command(s) for s in steps_for(h)]) for h in hosts]
+        options = _core.FanoutOptions(
             concurrency=self.settings.concurrency,
             host_timeout_s=float(self.settings.host_timeout_s),
             max_retries=self.settings.max_retries,
@@ -662,7 +655,7 @@ class ReleaseRunner:
             max_fail_fraction=float(self.settings.max_fail_fraction),
             output_tail_bytes=STATUS_OUTPUT_BYTES,
         )
-        fanout = api.Fanout(options)
+        fanout = _core.Fanout(options)
         with self._lock:
             if self._cancelled:
                 fanout.cancel()
@@ -686,16 +679,8 @@ class ReleaseRunner:
         return on_host_done
 
 
-def make(cls, **fields):
-    """Build a binding value type field by field (works for any pybind class)."""
-    obj = cls()
-    for name, value in fields.items():
-        setattr(obj, name, value)
-    return obj
-
-
-def to_command(api, spec: CommandSpec):
-    return make(api.Command, argv=list(spec.argv), stdin_data=spec.stdin_data, parse_rsync_stats=spec.parse_rsync_stats)
+def to_command(spec: CommandSpec) -> _core.Command:
+    return _core.Command(argv=list(spec.argv), stdin_data=spec.stdin_data, parse_rsync_stats=spec.parse_rsync_stats)
 
 
 def host_report(result, step_names) -> HostReport:
