@@ -18,9 +18,9 @@ Data shapes:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
+import math
 from typing import Any
 from typing import Callable
 
@@ -51,6 +51,8 @@ def lookup_session(parent_buildid: Any) -> ShardSession | None:
 
 @dataclasses.dataclass
 class Batch:
+    """A static shard's batch, under an id unique across all shards."""
+
     id: int
     tests: list[str]
     estimate_s: float = 0.0
@@ -65,23 +67,9 @@ class Assignment:
 
 
 @dataclasses.dataclass
-class Attempt:
-    worker: str
-    passed: bool
-    seconds: float
-    message: str = ""
-
-
-@dataclasses.dataclass
-class TestOutcome:
-    id: str
-    verdict: str
-    estimate_s: float
-    attempts: list[Attempt]
-
-
-@dataclasses.dataclass
 class Stats:
+    """The figures of all shards together, named as the core's DispatchStats."""
+
     tests: int = 0
     resolved: int = 0
     passed: int = 0
@@ -97,11 +85,12 @@ class Stats:
 class StaticShards:
     """Each shard runs its own fixed list from the static plan.
 
-    This is bookkeeping, not scheduling: the plan comes from the core's
-    plan_static. A static shard has one worker, so a failed test is re-run in
-    the same shard (the price of reproducibility; the dynamic mode re-runs on
-    another worker). A lost worker's batch goes back to its shard, which
-    Buildbot retries as a new build of the same shard request.
+    Every shard is a core Dispatcher of its own list with one puller: the core
+    keeps the attempts and verdicts, so both modes classify alike. A static
+    shard has one worker, so a failed test re-runs in the same shard (the
+    price of reproducibility; the dynamic mode re-runs on another worker). A
+    lost worker's batch goes back to its shard, which Buildbot retries as a
+    new build of the same shard request.
     """
 
     def __init__(
@@ -111,107 +100,70 @@ class StaticShards:
         max_attempts: int = 2,
         max_batch_tests: int = 1000,
     ):
-        self._queues = [collections.deque(tests) for tests in shard_lists]
-        self._retries: list[collections.deque[str]] = [collections.deque() for _ in shard_lists]
-        self._estimates_s = estimates_s
-        self._max_attempts = max_attempts
-        self._max_batch_tests = max_batch_tests
-        self._in_flight: dict[int, tuple[str, int, Batch]] = {}
-        self._attempts: dict[str, list[Attempt]] = {t: [] for tests in shard_lists for t in tests}
+        from buildbot_steps import _core
+
+        # An unbounded batch target: a static shard runs its list in as few
+        # runner starts as max_batch_tests allows, like one pytest-split group.
+        self._shards = [
+            _core.Dispatcher(
+                [_core.TestEstimate(test, estimates_s.get(test, 0.0)) for test in tests],
+                workers=1, max_attempts=max_attempts, min_batch_s=math.inf,
+                max_batch_tests=max_batch_tests, speculate=False,
+            ) if tests else None
+            for tests in shard_lists
+        ]  # fmt: skip
         self._batch_ids = itertools.count(1)
-        self._handed_out = 0
-        self._requeued = 0
+        self._in_flight: dict[int, tuple[int, int]] = {}  # id -> (shard, the shard's own batch id)
 
     def next_batch(self, worker: str, shard_index: int) -> Assignment:
-        if not 0 <= shard_index < len(self._queues):
+        shard = self._shards[shard_index] if 0 <= shard_index < len(self._shards) else None
+        if shard is None:
             return Assignment("done")
-        queue, retry = self._queues[shard_index], False
-        if not queue:
-            queue, retry = self._retries[shard_index], True
-        if not queue:
-            busy = any(index == shard_index for _, index, _ in self._in_flight.values())
-            return Assignment("wait" if busy else "done")
-        count = min(len(queue), self._max_batch_tests)
-        tests = [queue.popleft() for _ in range(count)]
-        batch = Batch(
-            next(self._batch_ids), tests, sum(self._estimates_s.get(t, 0.0) for t in tests), retry=retry
-        )
-        self._in_flight[batch.id] = (worker, shard_index, batch)
-        self._handed_out += 1
+        assignment = shard.next_batch(worker, 0.0)
+        if assignment.kind != "run":
+            return Assignment(assignment.kind)
+        local = assignment.batch
+        batch = Batch(next(self._batch_ids), list(local.tests), local.estimate_s, local.speculative, local.retry)
+        self._in_flight[batch.id] = (shard_index, local.id)
         return Assignment("run", batch)
 
     def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
-        _, shard_index, batch = self._take(worker, batch_id)
-        by_id = {r.id: r for r in results}
-        for test_id in batch.tests:
-            result = by_id.get(test_id)
-            attempt = (
-                Attempt(worker, bool(result.passed), float(result.seconds), result.message)
-                if result is not None
-                else Attempt(worker, False, 0.0, "no result reported")
-            )
-            self._record(shard_index, test_id, attempt)
+        shard_index, local_id = self._take(batch_id)
+        self._shards[shard_index].report(worker, local_id, results)
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
-        _, shard_index, batch = self._take(worker, batch_id)
-        for test_id in batch.tests:
-            self._record(shard_index, test_id, Attempt(worker, False, 0.0, message))
+        shard_index, local_id = self._take(batch_id)
+        self._shards[shard_index].report_error(worker, local_id, message)
 
     def worker_lost(self, worker: str) -> None:
-        for batch_id, (owner, shard_index, batch) in list(self._in_flight.items()):
-            if owner == worker:
-                del self._in_flight[batch_id]
-                target = self._retries if batch.retry else self._queues
-                target[shard_index].extendleft(reversed(batch.tests))
-                self._requeued += 1
+        for shard in self._live_shards():
+            shard.worker_lost(worker)
 
     def batch_obsolete(self, batch_id: int) -> bool:
-        return False
+        return False  # no straggler copies in static mode
 
     def done(self) -> bool:
-        return all(self._verdict(t) != "pending" for t in self._attempts)
+        return all(shard.done() for shard in self._live_shards())
 
-    def outcomes(self) -> list[TestOutcome]:
-        return [
-            TestOutcome(t, self._verdict(t), self._estimates_s.get(t, 0.0), list(attempts))
-            for t, attempts in self._attempts.items()
-        ]
+    def outcomes(self) -> list[Any]:
+        return [outcome for shard in self._live_shards() for outcome in shard.outcomes()]
 
     def stats(self) -> Stats:
-        verdicts = collections.Counter(self._verdict(t) for t in self._attempts)
-        queued = itertools.chain(*self._queues, *self._retries)
-        return Stats(
-            tests=len(self._attempts),
-            resolved=len(self._attempts) - verdicts["pending"],
-            passed=verdicts["passed"],
-            flaky=verdicts["flaky"],
-            failed=verdicts["failed"],
-            batches_handed_out=self._handed_out,
-            batches_in_flight=len(self._in_flight),
-            requeued_batches=self._requeued,
-            queued_estimate_s=sum(self._estimates_s.get(t, 0.0) for t in queued),
-        )
+        total = Stats()
+        for shard in self._live_shards():
+            figures = shard.stats()
+            for field in dataclasses.fields(Stats):
+                setattr(total, field.name, getattr(total, field.name) + getattr(figures, field.name))
+        return total
 
-    def _take(self, worker: str, batch_id: int) -> tuple[str, int, Batch]:
-        entry = self._in_flight.get(batch_id)
-        if entry is None or entry[0] != worker:
-            raise LookupError(f"batch {batch_id} is not in flight on {worker}")
-        del self._in_flight[batch_id]
+    def _live_shards(self) -> list[Any]:
+        return [shard for shard in self._shards if shard is not None]
+
+    def _take(self, batch_id: int) -> tuple[int, int]:
+        entry = self._in_flight.pop(batch_id, None)
+        if entry is None:
+            raise LookupError(f"batch {batch_id} is not in flight")
         return entry
-
-    def _record(self, shard_index: int, test_id: str, attempt: Attempt) -> None:
-        attempts = self._attempts[test_id]
-        if self._verdict(test_id) != "pending":
-            return
-        attempts.append(attempt)
-        if not attempt.passed and len(attempts) < self._max_attempts:
-            self._retries[shard_index].append(test_id)
-
-    def _verdict(self, test_id: str) -> str:
-        attempts = self._attempts[test_id]
-        if any(a.passed for a in attempts):
-            return "passed" if attempts[0].passed else "flaky"
-        return "failed" if len(attempts) >= self._max_attempts else "pending"
 
 
 # ------------------------------------------------------------------ session
@@ -337,8 +289,6 @@ class ShardSession:
             listener()
 
     def _to_core_results(self, results: list[Any]) -> list[Any]:
-        if not self.dynamic:
-            return results
-        from buildbot_steps import _core  # the dynamic mode exists only with the core
+        from buildbot_steps import _core
 
         return [_core.TestResult(r.id, r.passed, r.seconds, r.message) for r in results]

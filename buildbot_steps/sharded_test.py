@@ -622,6 +622,7 @@ class ShardedTest(BuildStep):
             "planned_lower_bound_s": round(plan.lower_bound_s, 3),
             "batches": len(session.timeline),
             "requeued_batches": session.batches.stats().requeued_batches,
+            "straggler_copies": session.batches.stats().speculative_batches,
         }
 
     def _verdict(self, outcomes: list[Any], figures: dict[str, Any]) -> tuple[int, str]:

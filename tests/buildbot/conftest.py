@@ -114,6 +114,8 @@ def descendants(pid: int) -> list[int]:
 
 
 class BuildbotCluster:
+    wait_until = staticmethod(wait_until)
+
     def __init__(self, root: pathlib.Path, shard_workers: int, db_url: str | None, step_kwargs: dict):
         self.root = root
         self.pb_port = free_port()
@@ -206,11 +208,11 @@ class BuildbotCluster:
                 pass
         process.wait(timeout=10)
 
-    def busy_worker(self) -> str | None:
-        """A shard worker that is running a test command right now."""
+    def worker_running(self, pid: int) -> str | None:
+        """The shard worker whose command tree holds process `pid`."""
         for name in self.shard_workers:
             process = self.workers[name]
-            if process.poll() is None and descendants(process.pid):
+            if process.poll() is None and pid in descendants(process.pid):
                 return name
         return None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from buildbot_steps import shard_report
-from buildbot_steps.junit_results import JUnitTestResult
+from buildbot_steps._core import TestResult
 from buildbot_steps.shard_session import StaticShards
 from buildbot_steps.sharded_test import POSTGRES_INT4_MAX
 from buildbot_steps.sharded_test import check_test_command
@@ -44,10 +44,10 @@ def test_durations_are_clamped_for_postgresql_int4():
 def test_static_shards_rerun_failures_and_tell_flaky_from_failed():
     shards = StaticShards([["a", "b"], ["c"]], {"a": 1.0, "b": 1.0, "c": 1.0}, max_attempts=2)
     first = shards.next_batch("w1", 0).batch
-    shards.report("w1", first.id, [JUnitTestResult("a", True, 0.1), JUnitTestResult("b", False, 0.1)])
+    shards.report("w1", first.id, [TestResult("a", True, 0.1), TestResult("b", False, 0.1)])
     retry = shards.next_batch("w1", 0).batch
     assert retry.retry and retry.tests == ["b"]
-    shards.report("w1", retry.id, [JUnitTestResult("b", True, 0.1)])
+    shards.report("w1", retry.id, [TestResult("b", True, 0.1)])
     other = shards.next_batch("w2", 1).batch
     shards.report_error("w2", other.id, "runner crashed")
     again = shards.next_batch("w2", 1).batch

@@ -1,9 +1,14 @@
 """Sleep-based slow tests: their durations are what the planner learns.
 
 `test_slow_2500ms` lasts longer than 2.147 s, the most nanoseconds a 32-bit
-`duration_ns` column (PostgreSQL) can hold.
+`duration_ns` column (PostgreSQL) can hold. It can also be held mid-run, so
+that an integration test kills its worker while a batch is surely in flight:
+while `$SHARD_FIXTURE_STATE_DIR/hold` exists it writes `holding.<pid>` there
+and waits for `hold` to go.
 """
 
+import os
+import pathlib
 import time
 
 import pytest
@@ -17,5 +22,22 @@ def test_sleep(label):
     time.sleep(SLEEPS_S[label])
 
 
+# Poll period and limit of a hold: a held run must not outlive a broken harness.
+HOLD_POLL_S = 0.05
+HOLD_LIMIT_S = 300
+
+
+def hold_while_asked():
+    state_dir = os.environ.get("SHARD_FIXTURE_STATE_DIR")
+    hold = pathlib.Path(state_dir, "hold") if state_dir else None
+    if hold is None or not hold.exists():
+        return
+    pathlib.Path(state_dir, f"holding.{os.getpid()}").touch()
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while hold.exists() and time.monotonic() < deadline:
+        time.sleep(HOLD_POLL_S)
+
+
 def test_slow_2500ms():
+    hold_while_asked()
     time.sleep(2.5)

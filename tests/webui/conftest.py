@@ -1,0 +1,79 @@
+"""A real master started from master.cfg.example, and a headless Chromium.
+
+The master and workers come from the demo's own harness
+(`buildbot_steps.demo.DemoCluster`: ports chosen by the OS, readiness polled
+through the REST API with deadlines), in a temporary directory. The failing
+test of the fixture suite is quarantined here, so the forced tests build is
+green (WARNINGS: one flaky test) and the pipeline's Trigger starts a deploy.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from buildbot_steps import demo
+
+FAILING_TEST = "tests/test_outcomes.py::test_always_fails"
+SHARD_WORKERS = 2  # enough to shard; the machine has 2 cores and is busy
+# Seconds the browser driver may take to load a page.
+PAGE_LOAD_DEADLINE_S = 90
+# Seconds for the forced tests build, and for the deploy it triggers.
+BUILD_DEADLINE_S = 240
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("webui")
+    cluster = demo.DemoCluster(
+        root, shard_workers=SHARD_WORKERS, hosts=("web1", "web2", "web3"),
+        extra_env={"BUILDBOT_CD_QUARANTINE": FAILING_TEST},
+    )  # fmt: skip
+    try:
+        cluster.start()
+        # Started now, so that it runs while the browser looks at other pages.
+        cluster.tests_brid = cluster.force("force-tests", "tests")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make deps)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):  # fmt: skip
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(PAGE_LOAD_DEADLINE_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="session")
+def tests_build(cluster):
+    """The forced tests build, finished."""
+    return cluster.wait_for_build(cluster.tests_brid, BUILD_DEADLINE_S)
+
+
+@pytest.fixture(scope="session")
+def triggered_deploy(cluster, tests_build):
+    """The deploy build that the tests build's Trigger started, finished."""
+    deploy_id = cluster.builder_id("deploy")
+    # The Trigger does not wait: the request may appear a moment after the build ends.
+    requests = demo.wait_until(
+        lambda: cluster.api(f"builders/{deploy_id}/buildrequests")["buildrequests"],
+        BUILD_DEADLINE_S, "the deploy build request the tests build triggers",
+    )  # fmt: skip
+    return cluster.wait_for_build(min(r["buildrequestid"] for r in requests), BUILD_DEADLINE_S)

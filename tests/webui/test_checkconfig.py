@@ -1,0 +1,51 @@
+"""`buildbot checkconfig` on master.cfg.example, as a user would copy it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILDBOT = Path(sys.executable).parent / "buildbot"
+
+
+def checkconfig(tmp_path: Path, **env_overrides: str) -> subprocess.CompletedProcess:
+    (tmp_path / "master.cfg").write_text((REPO / "master.cfg.example").read_text())
+    # The defaults: none of the example's variables set.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDBOT_CD_")}
+    env.update(env_overrides)
+    return subprocess.run(
+        [str(BUILDBOT), "checkconfig", "master.cfg"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_example_passes_checkconfig_with_the_defaults(tmp_path):
+    done = checkconfig(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Config file is good!" in done.stdout
+
+
+def test_example_passes_checkconfig_with_an_inventory_and_options(tmp_path):
+    inventory = tmp_path / "hosts.json"
+    inventory.write_text(json.dumps([
+        {"name": "web1", "address": "127.0.0.2", "deploy_root": "/srv/app", "tags": ["canary"]},
+        {"name": "web2", "address": "127.0.0.3", "deploy_root": "/srv/app"},
+    ]))  # fmt: skip
+    done = checkconfig(
+        tmp_path, BUILDBOT_CD_INVENTORY=str(inventory), BUILDBOT_CD_WORKERS="16",
+        BUILDBOT_CD_QUARANTINE="tests/test_outcomes.py::*", BUILDBOT_CD_DEPLOYERS="alice:secret",
+        BUILDBOT_CD_REPO_URL="https://example.org/app.git",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_bad_inventory_is_a_configuration_error_naming_the_entry(tmp_path):
+    inventory = tmp_path / "hosts.json"
+    inventory.write_text(json.dumps([{"address": "web1;reboot", "deploy_root": "/srv/app"}]))
+    done = checkconfig(tmp_path, BUILDBOT_CD_INVENTORY=str(inventory))
+    assert done.returncode != 0
+    assert "web1;reboot" in done.stdout + done.stderr
