@@ -192,6 +192,26 @@ def planning_times(repeat: int, quick: bool) -> None:
         print(f"  {n:9d} {ours:9.3f} {peer_text:>30} {ratio:>8}")
 
 
+def handout_costs(n: int = 100_000, workers: int = 100) -> None:
+    """Wall time of next_batch through the binding, with every batch reported
+    back (untimed) as it would be by a worker, until the suite is done."""
+    ids, seconds = scale_suite(n)
+    dispatcher = _core.Dispatcher([_core.TestEstimate(i, s) for i, s in zip(ids, seconds)], workers=workers)
+    costs, clock = [], 0.0
+    while not dispatcher.done():
+        for w in range(workers):
+            start = time.perf_counter()
+            assignment = dispatcher.next_batch(f"w{w}", clock)
+            costs.append(time.perf_counter() - start)
+            if assignment.kind == "run":
+                batch = assignment.batch
+                dispatcher.report(f"w{w}", batch.id, [_core.TestResult(t, True, 0.1) for t in batch.tests])
+        clock += 1.0
+    costs.sort()
+    print(f"\nhanding out a batch ({n} tests, {workers} workers, {len(costs)} calls through the binding): "
+          f"median {statistics.median(costs) * 1e6:.1f} us, p99 {costs[int(len(costs) * 0.99)] * 1e6:.1f} us")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -201,6 +221,7 @@ def main() -> int:
     hypha_tables()
     imvu_table()
     planning_times(args.repeat, args.quick)
+    handout_costs()
     return 0
 
 
