@@ -59,6 +59,7 @@ KbdInteractiveAuthentication no
 # fan-out opens many connections at once: raise sshd's small defaults.
 MaxSessions 64
 MaxStartups 200:30:400
+SetEnv SHLVL=1
 LogLevel ERROR
 """
 

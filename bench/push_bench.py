@@ -1,0 +1,967 @@
+#!/usr/bin/env python3
+"""Release push benchmark: our fan-out against a serial rsync loop, prsync and clush.
+
+    .venv/bin/python bench/push_bench.py [--hosts 50] [--concurrency 32] [--repeat 3] [--json]
+
+What it does (DESIGN.md section 4, issue 4):
+  * generates a release tree (default 50 MiB, a few thousand files of varied
+    sizes, text and binary, deterministic from a seeded RNG) and a second tree,
+    a copy of it with 1% of its bytes changed, spread over files;
+  * starts N real sshd hosts on 127.0.0.k (tests/release/sshd_hosts.py);
+  * per tool and repetition: empties the destinations (untimed), pushes tree 1
+    ("first push"), then tree 2 ("second push"), timing each;
+      ours    buildbot_steps.release push into a release slot (second push into
+              a fresh slot with --link-dest against the live slot), flipped
+              after each push; every push starts on cold ssh connections (its
+              own ControlMaster sockets, closed in between); the flip right
+              after a push, and a flip on cold connections, are timed too;
+      serial  one `rsync -a --delete` per host, one after another (run
+              --serial-repeat times, default once: it is the slowest);
+      prsync  pssh's parallel-rsync -p <concurrency>;
+      clush   ClusterShell's copy mode (-f <concurrency>) with rsync as its copy
+              tool (clush.conf scp_path/scp_options; its native `scp -r` has no
+              delta transfer and no --delete);
+      prsync-slots, clush-slots
+              the same two tools doing ours' job: every push rsyncs
+              (-a --delete) into a fresh directory push-<n> per host, the
+              second with --link-dest=../push-<n-1> (the host's previous copy);
+              after each push, a timed flip through the same tool
+              (parallel-ssh / clush: `ln -s push-<n> current.tmp && mv -T
+              current.tmp current` per host, on new ssh connections);
+      ours-setsid (optional diagnostic) ours with each child in its own session;
+    serial, prsync and clush are the peers as they ship: no slots, each pushes
+    into a plain directory per host, and the second push rsyncs tree 2 over
+    their copy of tree 1 in place (no atomic flip, no rollback);
+  * verifies every copy after every push (untimed);
+  * prints the median of the repetitions, ratios, bytes sent (rsync --stats),
+    and references: bytes / the loopback rate of one rsync stream of the tree,
+    one `ssh host true` round trip x hosts / concurrency, and a measured
+    `parallel-ssh -p <concurrency> true` to every host.
+
+By default (--storage tmpfs) everything lives in a private tmpfs, so that disk
+write-back shared with the rest of the machine does not bill the tools. The
+harness's sshd sets SHLVL=1, so bash does not source ~/.bashrc for each ssh
+command (root's runs `pyenv init` here, ~170 ms of CPU): a tool that runs more
+ssh commands per host is not billed for it.
+
+Every ssh connection uses the harness's key and known_hosts with
+StrictHostKeyChecking=yes and BatchMode=yes; all traffic is to 127.0.0.0/8.
+Processes are started with argument vectors, never through a local shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import random
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+HARNESS_PATH = REPO / "tests" / "release" / "sshd_hosts.py"
+
+MIB = 1024 * 1024
+T0 = 1_700_000_000  # mtime of every file of tree 1 (fixed: the trees are reproducible)
+T1 = T0 + 3600  # mtime of the files changed in tree 2
+TOOLS = ("ours", "serial", "prsync", "clush", "prsync-slots", "clush-slots")
+# The peers doing ours' job: a fresh directory per push with --link-dest, then a flip.
+SLOT_TOOLS = ("prsync-slots", "clush-slots")
+# A diagnostic, not in the default set: ours with every child process in its
+# own session (`setsid -w ssh ...`), as pssh starts its children. With the
+# kernel's autogroup scheduling, each session is a scheduling group of its own,
+# so on a machine shared with other work such children get more of the CPU.
+OPTIONAL_TOOLS = ("ours-setsid",)
+TOTAL_SENT_RE = re.compile(r"Total bytes sent:\s*([\d,.]+)")
+
+# Sizes, text/binary and names of a realistic release: lots of small source and
+# template files, some medium assets, a few large bundles.
+TEXT_EXTS = (".py", ".html", ".js", ".css", ".json", ".txt", ".po", ".sql", ".yaml", ".md")
+BIN_EXTS = (".so", ".png", ".woff2", ".bin", ".gz", ".jpg", ".mo")
+TOP_DIRS = ("bin", "lib", "lib/python", "share", "static/js", "static/css", "static/img",
+            "templates", "locale", "conf", "docs", "vendor")  # fmt: skip
+WORDS = ("the release deploy host push flip slot rollback return value self def class "
+         "import from for in if else while try except with as lambda none true false "
+         "config server request response user session cache query index table row "
+         "column id name status error warning info debug div span class href src").split()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# release trees
+
+
+@dataclasses.dataclass
+class Tree:
+    root: pathlib.Path
+    sizes: dict[str, int]  # relative path -> size
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)  # changed/added files
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+def _text_corpus(rng: random.Random, size: int) -> bytes:
+    lines, n = [], 0
+    while n < size:
+        indent = " " * (4 * rng.randrange(4))
+        line = indent + " ".join(rng.choices(WORDS, k=rng.randrange(3, 14))) + "\n"
+        lines.append(line)
+        n += len(line)
+    return "".join(lines).encode()
+
+
+def _content(rng: random.Random, corpus: bytes, rel: str, size: int) -> bytes:
+    if rel.endswith(TEXT_EXTS):
+        if size <= len(corpus):
+            start = rng.randrange(len(corpus) - size + 1)
+            return corpus[start : start + size]
+        reps = size // len(corpus) + 1
+        return (corpus * reps)[:size]
+    return rng.randbytes(size)
+
+
+def make_tree(root: pathlib.Path, total_bytes: int, nfiles: int, seed: int) -> Tree:
+    rng = random.Random(seed)
+    corpus = _text_corpus(rng, 2 * MIB)
+    dirs = []
+    for top in TOP_DIRS:
+        for i in range(rng.randrange(2, 9)):
+            d = f"{top}/mod{i:02d}"
+            dirs.append(d)
+            if rng.random() < 0.5:
+                dirs.extend(f"{d}/sub{j}" for j in range(rng.randrange(1, 5)))
+    # Log-normal sizes (median ~4 KiB), plus three large bundles.
+    raw = [rng.lognormvariate(8.3, 1.6) for _ in range(nfiles - 3)]
+    small_total = total_bytes * 0.88
+    scale = small_total / sum(raw)
+    sizes_list = [max(1, int(r * scale)) for r in raw]
+    sizes_list += [int(total_bytes * 0.06), int(total_bytes * 0.04)]
+    sizes_list.append(total_bytes - sum(sizes_list))
+    sizes: dict[str, int] = {}
+    for i, size in enumerate(sizes_list):
+        if i >= len(sizes_list) - 3:
+            rel = f"vendor/bundle{i - len(sizes_list) + 3}.bin"
+        else:
+            ext = rng.choice(TEXT_EXTS) if rng.random() < 0.7 else rng.choice(BIN_EXTS)
+            rel = f"{rng.choice(dirs)}/f{i:05d}{ext}"
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_content(rng, corpus, rel, size))
+        os.chmod(path, 0o755 if rel.startswith("bin/") else 0o644)
+        os.utime(path, (T0, T0))
+        sizes[rel] = size
+    assert sum(sizes.values()) == total_bytes
+    return Tree(root, sizes)
+
+
+def make_changed_tree(v1: Tree, root: pathlib.Path, fraction: float, seed: int) -> tuple[Tree, dict]:
+    """Copy v1 (mtimes kept) and change `fraction` of its bytes, spread over files."""
+    root.mkdir(parents=True)
+    run_checked(["cp", "-a", "--", f"{v1.root}/.", str(root)])
+    rng = random.Random(seed + 1)
+    corpus = _text_corpus(rng, 256 * 1024)
+    budget = int(v1.total_bytes * fraction)
+    per_file = max(4096, budget // 40)  # ~40 files touched
+    sizes = dict(v1.sizes)
+    digests: dict[str, str] = {}
+    changed_files = rewritten = 0
+    changed = 0
+    # A few files added and removed, as in a real release.
+    for k in range(3):
+        rel = f"static/js/mod00/added{k}.js"
+        data = _content(rng, corpus, rel, 4096)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        os.utime(root / rel, (T1, T1))
+        sizes[rel] = len(data)
+        digests[rel] = hashlib.sha256(data).hexdigest()
+        changed += len(data)
+    candidates = [r for r in v1.sizes if not r.startswith("vendor/bundle")]
+    rng.shuffle(candidates)
+    removed = []
+    for rel in candidates[:3]:
+        (root / rel).unlink()
+        del sizes[rel]
+        removed.append(rel)
+    for rel in candidates[3:]:
+        if changed >= budget:
+            break
+        size = sizes[rel]
+        path = root / rel
+        n = min(size, per_file, budget - changed)
+        data = bytearray(path.read_bytes())
+        if n >= size:
+            data[:] = _content(rng, corpus, rel, size)  # small file: rewritten
+            rewritten += 1
+        else:
+            off = rng.randrange(size - n + 1)
+            data[off : off + n] = _content(rng, corpus, rel, n)
+        path.write_bytes(data)
+        os.utime(path, (T1, T1))
+        digests[rel] = hashlib.sha256(data).hexdigest()
+        changed += n
+        changed_files += 1
+    info = {"changed_bytes": changed, "changed_files": changed_files, "rewritten_files": rewritten,
+            "added_files": 3, "removed_files": len(removed)}  # fmt: skip
+    return Tree(root, sizes, digests), info
+
+
+def verify_copy(dest: pathlib.Path, tree: Tree) -> str | None:
+    """None if `dest` holds exactly the files of `tree` (sizes, changed contents)."""
+    found: dict[str, int] = {}
+    for dirpath, _dirs, files in os.walk(dest):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, dest)
+            if rel == ".release":  # our manifest
+                continue
+            found[rel] = os.lstat(p).st_size
+    if found != tree.sizes:
+        missing = set(tree.sizes) - set(found)
+        extra = set(found) - set(tree.sizes)
+        wrong = [r for r in set(found) & set(tree.sizes) if found[r] != tree.sizes[r]]
+        return f"{dest}: {len(missing)} missing, {len(extra)} extra, {len(wrong)} wrong size"
+    for rel, digest in tree.digests.items():
+        if hashlib.sha256((dest / rel).read_bytes()).hexdigest() != digest:
+            return f"{dest}: {rel} has the wrong content"
+    return None
+
+
+# --------------------------------------------------------------------------
+# processes
+
+
+def run_checked(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, **kw)
+    if result.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+    return result
+
+
+def total_sent(text: str) -> int:
+    return sum(int(re.sub(r"\D", "", m)) for m in TOTAL_SENT_RE.findall(text))
+
+
+@dataclasses.dataclass
+class PushResult:
+    seconds: float
+    bytes_sent: int | None
+    failed_hosts: int
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------
+# the fleet and what every client needs
+
+
+class Env:
+    def __init__(self, fleet, workdir: pathlib.Path, concurrency: int):
+        self.fleet = fleet
+        self.hosts = fleet.hosts
+        self.workdir = workdir
+        self.concurrency = concurrency
+        self.peer_base = workdir / "peer"
+        # One ssh_config for the peers: per-host ports, the harness's key and
+        # known_hosts, strict host key checking, no prompts.
+        self.ssh_config = workdir / "ssh_config"
+        lines = []
+        for h in self.hosts:
+            lines += [f"Host {h.address}", f"  HostName {h.address}", f"  Port {h.port}", ""]
+        lines += [
+            "Host *",
+            f"  User {fleet.user}",
+            f"  IdentityFile {fleet.identity_file}",
+            "  IdentitiesOnly yes",
+            f"  UserKnownHostsFile {fleet.known_hosts}",
+            "  GlobalKnownHostsFile /dev/null",
+            "  StrictHostKeyChecking yes",
+            "  BatchMode yes",
+            "",
+        ]
+        self.ssh_config.write_text("\n".join(lines))
+        for p in (self.ssh_config, fleet.identity_file, fleet.known_hosts, self.peer_base):
+            # rsync's -e and --rsync-path are split on spaces by rsync/the remote shell.
+            if re.search(r"[\s'\"\\$`]", str(p)):
+                raise SystemExit(f"work directory path must not contain spaces or quotes: {p}")
+        self.rsh = f"ssh -F {self.ssh_config}"
+        # prsync and clush give every host the same remote path. The hosts share
+        # one filesystem here, so the remote side picks its own directory from
+        # the address it was reached at ($3 of SSH_CONNECTION).
+        self.rsync_path = f'set -- $SSH_CONNECTION && cd {self.peer_base}/"$3" && rsync'
+
+        self.push_no = 0  # pushes of the slot peers since the last reset
+
+    def peer_dir(self, host) -> pathlib.Path:
+        return self.peer_base / host.address
+
+    def next_slot(self) -> tuple[str, list[str]]:
+        """The fresh directory of the next slot push, and its --link-dest (none on the first)."""
+        self.push_no += 1
+        link = [f"--link-dest=../push-{self.push_no - 1}"] if self.push_no > 1 else []
+        return f"push-{self.push_no}", link
+
+    @property
+    def slot(self) -> str:
+        return f"push-{self.push_no}"
+
+    def flip_command(self, slot: str) -> str:
+        """Remote shell command of the slot peers' flip (one argument of their argv)."""
+        return (f'set -- $SSH_CONNECTION && cd {self.peer_base}/"$3" && rm -f current.tmp && '
+                f"ln -s {slot} current.tmp && mv -T current.tmp current")  # fmt: skip
+
+    def reset_peers(self) -> None:
+        self.push_no = 0
+        shutil.rmtree(self.peer_base, ignore_errors=True)
+        for h in self.hosts:
+            self.peer_dir(h).mkdir(parents=True)
+
+    def reset_ours(self) -> None:
+        for h in self.hosts:
+            for child in h.deploy_root.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+
+    def ssh_true_seconds(self, samples: int = 5) -> float:
+        times = []
+        for h in self.hosts[:samples]:
+            t = time.perf_counter()
+            run_checked(["ssh", "-F", str(self.ssh_config), h.address, "true"])
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    def parallel_ssh_true_seconds(self, runs: int = 3) -> float | None:
+        """`parallel-ssh -p <window> true` to every host: the floor of one command per host."""
+        if shutil.which("parallel-ssh") is None:
+            return None
+        hosts_file = self.workdir / "pssh-hosts"
+        hosts_file.write_text("".join(f"{h.address}\n" for h in self.hosts))
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            run_checked(["parallel-ssh", "-h", str(hosts_file), "-p", str(self.concurrency), "-t", "0",
+                         "-X", "-F", "-X", str(self.ssh_config), "true"])  # fmt: skip
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    def single_stream_rate(self, tree: Tree) -> tuple[float, int]:
+        """Bytes/s of one rsync of the whole tree to one host (best of two)."""
+        h = self.hosts[0]
+        dest = self.workdir / "bandwidth"
+        best, sent = float("inf"), 0
+        for _ in range(2):
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir()
+            t = time.perf_counter()
+            r = run_checked(["rsync", "-a", "--delete", "--stats", "-e", self.rsh,
+                             f"{tree.root}/", f"{h.address}:{dest}/"])  # fmt: skip
+            best = min(best, time.perf_counter() - t)
+            sent = total_sent(r.stdout)
+        shutil.rmtree(dest, ignore_errors=True)
+        return sent / best, sent
+
+
+# --------------------------------------------------------------------------
+# peers
+
+
+def push_serial(env: Env, tree: Tree) -> PushResult:
+    sent, failed, errors = 0, 0, []
+    t = time.perf_counter()
+    for h in env.hosts:
+        r = subprocess.run(
+            ["rsync", "-a", "--delete", "--stats", "-e", env.rsh, f"{tree.root}/", f"{h.address}:{env.peer_dir(h)}/"],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if r.returncode != 0:
+            failed += 1
+            errors.append(f"{h.address}: rc {r.returncode} {r.stderr.strip()[-300:]}")
+        sent += total_sent(r.stdout)
+    elapsed = time.perf_counter() - t
+    return PushResult(elapsed, sent, failed, "; ".join(errors[:3]))
+
+
+def push_prsync(env: Env, tree: Tree, slots: bool = False) -> PushResult:
+    run_dir = pathlib.Path(tempfile.mkdtemp(prefix="prsync-", dir=env.workdir))
+    hosts_file = run_dir / "hosts"
+    hosts_file.write_text("".join(f"{h.address}\n" for h in env.hosts))
+    dest, link = env.next_slot() if slots else (".", [])
+    argv = [
+        "parallel-rsync", "-h", str(hosts_file), "-p", str(env.concurrency), "-t", "0",
+        "-o", str(run_dir / "out"), "-e", str(run_dir / "err"),
+        "-a", "-S", f"-F {env.ssh_config}",
+        "-X", "--delete", "-X", "--stats", "-X", f"--rsync-path={env.rsync_path}",
+        *[x for opt in link for x in ("-X", opt)],
+        f"{tree.root}/", dest,
+    ]  # fmt: skip
+    t = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - t
+    sent = sum(total_sent(p.read_text()) for p in (run_dir / "out").iterdir())
+    failed = r.stdout.count("[FAILURE]")
+    detail = ""
+    if r.returncode != 0:
+        failed = max(failed, 1)
+        errs = [p.read_text().strip()[-300:] for p in (run_dir / "err").iterdir() if p.stat().st_size]
+        detail = f"rc {r.returncode}: {r.stdout.strip()[-300:]} {' | '.join(errs[:2])}"
+    shutil.rmtree(run_dir)
+    return PushResult(elapsed, sent, failed, detail)
+
+
+def clush_conf(env: Env) -> pathlib.Path:
+    conf = env.workdir / "clush.conf"
+    # connect_timeout 0: clush would append -oConnectTimeout=N to the copy
+    # tool's arguments, which is an ssh option, not an rsync one.
+    conf.write_text("[Main]\nfanout: 64\nconnect_timeout: 0\ncommand_timeout: 0\ncolor: never\n"
+                    "maxrc: yes\nnode_count: yes\nverbosity: 1\n")  # fmt: skip
+    return conf
+
+
+def push_clush(env: Env, tree: Tree, slots: bool = False) -> PushResult:
+    conf = clush_conf(env)
+    dest, link = env.next_slot() if slots else (".", [])
+    copy_options = shlex.join(["-a", "--delete", "--stats", "-e", env.rsh, f"--rsync-path={env.rsync_path}", *link])
+    argv = [
+        "clush", "--conf", str(conf), "-S", "-n",
+        "-w", ",".join(h.address for h in env.hosts), "-f", str(env.concurrency),
+        "-O", "scp_path=rsync", "-O", f"scp_options={copy_options}",
+        "--copy", f"{tree.root}/", "--dest", dest,
+    ]  # fmt: skip
+    t = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - t
+    failed = len(re.findall(r"exited with exit code", r.stderr))
+    detail = ""
+    if r.returncode != 0:
+        failed = max(failed, 1)
+        detail = f"rc {r.returncode}: {r.stderr.strip()[-400:]}"
+    return PushResult(elapsed, total_sent(r.stdout), failed, detail)
+
+
+def flip_pssh(env: Env, slot: str) -> PushResult:
+    """The prsync-slots flip: `parallel-ssh -p <window>` of the flip command (new connections)."""
+    hosts_file = env.workdir / "pssh-hosts"
+    hosts_file.write_text("".join(f"{h.address}\n" for h in env.hosts))
+    argv = ["parallel-ssh", "-h", str(hosts_file), "-p", str(env.concurrency), "-t", "0",
+            "-X", "-F", "-X", str(env.ssh_config), env.flip_command(slot)]  # fmt: skip
+    t = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - t
+    failed = r.stdout.count("[FAILURE]")
+    detail = ""
+    if r.returncode != 0:
+        failed = max(failed, 1)
+        detail = f"rc {r.returncode}: {r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}"
+    return PushResult(elapsed, None, failed, detail)
+
+
+def flip_clush(env: Env, slot: str) -> PushResult:
+    """The clush-slots flip: clush -f <window> of the flip command (new connections)."""
+    argv = [
+        "clush", "--conf", str(clush_conf(env)), "-S", "-q",
+        "-w", ",".join(h.address for h in env.hosts), "-f", str(env.concurrency),
+        "-O", f"ssh_options=-F {env.ssh_config}", env.flip_command(slot),
+    ]  # fmt: skip
+    t = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - t
+    failed = len(re.findall(r"exited with exit code", r.stderr))
+    detail = ""
+    if r.returncode != 0:
+        failed = max(failed, 1)
+        detail = f"rc {r.returncode}: {r.stderr.strip()[-400:]}"
+    return PushResult(elapsed, None, failed, detail)
+
+
+PEERS = {
+    "serial": push_serial, "prsync": push_prsync, "clush": push_clush,
+    "prsync-slots": lambda env, tree: push_prsync(env, tree, slots=True),
+    "clush-slots": lambda env, tree: push_clush(env, tree, slots=True),
+}  # fmt: skip
+PEER_FLIPS = {"prsync-slots": flip_pssh, "clush-slots": flip_clush}
+
+
+# --------------------------------------------------------------------------
+# ours
+
+
+class Ours:
+    """buildbot_steps.release through its Python API, on the C++ engine (_core.Fanout)."""
+
+    def __init__(self, env: Env, setsid: bool = False):
+        from buildbot_steps import _core, release  # noqa: PLC0415 (needs `make install`)
+
+        if not hasattr(_core, "Fanout"):
+            raise RuntimeError("buildbot_steps._core has no Fanout: run `make install`")
+        self.release = release
+        self.env = env
+        self.inventory = release.Inventory.from_entries(env.fleet.inventory_entries(), "bench inventory")
+        self.settings = release.FanoutSettings(concurrency=env.concurrency)
+        self.transport = None
+        self.runner = None
+        self.revision = None
+        self.pushed_ok: list[str] = []
+        self.transport_class = release.SshTransport
+        if setsid:
+
+            class SetsidSshTransport(release.SshTransport):
+                def script_command(self, host, action, args):
+                    spec = super().script_command(host, action, args)
+                    return dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv])
+
+                def rsync_command(self, host, source):
+                    spec = super().rsync_command(host, source)
+                    return dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv])
+
+            self.transport_class = SetsidSshTransport
+
+    def start_cold(self) -> None:
+        """A new runner and ssh transport: no ControlMaster connection survives."""
+        self.close()
+        # Our own socket directory (short: unix socket paths stay under ~100
+        # bytes), so close() can end exactly these masters.
+        self.transport = self.transport_class(
+            known_hosts=str(self.env.fleet.known_hosts),
+            identity_file=str(self.env.fleet.identity_file),
+            control_dir=tempfile.mkdtemp(prefix="pb-cm-", dir="/tmp"),
+        )
+        self.runner = self.release.ReleaseRunner(self.inventory, self.transport, self.settings)
+
+    @staticmethod
+    def _detail(report) -> str:
+        bad = [h for h in report.hosts if not h.ok]
+        return "; ".join(f"{h.host}: {h.status} step {h.failed_step} rc {h.exit_code}: {h.error}" for h in bad[:3])
+
+    def push(self, tree: Tree, revision: str) -> PushResult:
+        t = time.perf_counter()
+        report = self.runner.push(str(tree.root), revision=revision, build="bench")
+        elapsed = time.perf_counter() - t
+        self.revision, self.pushed_ok = revision, report.ok_hosts
+        return PushResult(elapsed, report.bytes_sent, len(report.failed_hosts), self._detail(report))
+
+    def flip(self, revision: str | None = None) -> PushResult:
+        t = time.perf_counter()
+        report = self.runner.flip(revision or self.revision, only_hosts=self.pushed_ok)
+        elapsed = time.perf_counter() - t
+        failed = len(report.failed_hosts) + len(self.inventory.hosts) - len(report.hosts)
+        return PushResult(elapsed, None, failed, self._detail(report))
+
+    def live_dirs(self) -> list[pathlib.Path]:
+        return [pathlib.Path(os.path.realpath(h.deploy_root / "current")) for h in self.env.hosts]
+
+    def hardlinked_share(self) -> float:
+        """Share of the live slot's files on the first host that are hard links (--link-dest)."""
+        return hardlinked_share(self.live_dirs()[0])
+
+    def close(self) -> None:
+        """End the ControlMaster connections of the current transport (untimed)."""
+        transport, self.transport = self.transport, None
+        if transport is None or transport.control_dir is None:
+            return
+        for host in self.inventory.hosts:
+            subprocess.run(["ssh", *transport.ssh_options(host), "-O", "exit", f"{host.user}@{host.address}"],
+                           capture_output=True, stdin=subprocess.DEVNULL)  # fmt: skip
+        shutil.rmtree(transport.control_dir, ignore_errors=True)
+
+
+def hardlinked_share(root: pathlib.Path) -> float:
+    """Share of the files under `root` (our manifest aside) that are hard links (--link-dest)."""
+    files = linked = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            if name != ".release":
+                files += 1
+                linked += st.st_nlink > 1
+    return linked / files if files else 0.0
+
+
+# --------------------------------------------------------------------------
+# the run
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def fmt_bytes(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if x >= div:
+            return f"{x / div:.1f} {unit}"
+    return f"{int(x)} B"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hosts", type=int, default=50, help="loopback sshd hosts (default 50)")
+    ap.add_argument("--concurrency", type=int, default=32, help="fan-out window of every parallel tool (default 32, pssh's)")
+    ap.add_argument("--repeat", type=int, default=3, help="repetitions; medians are reported (default 3)")
+    ap.add_argument("--serial-repeat", type=int, default=1,
+                    help="repetitions of the serial loop, the slowest and steadiest tool (default 1: keeps the "
+                         "default run to a few minutes)")  # fmt: skip
+    ap.add_argument("--size-mb", type=float, default=50, help="release tree size in MiB (default 50)")
+    ap.add_argument("--files", type=int, default=3000, help="files in the tree (default 3000)")
+    ap.add_argument("--change-percent", type=float, default=1.0, help="share of bytes changed in tree 2 (default 1)")
+    ap.add_argument("--seed", type=int, default=20261126)
+    ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated, from {','.join(TOOLS + OPTIONAL_TOOLS)} (default: {','.join(TOOLS)})")
+    ap.add_argument("--workdir", type=pathlib.Path, help="run in this directory instead of a temporary one (with --storage tmpfs, a tmpfs is mounted over it for the run)")
+    ap.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
+    ap.add_argument("--json-file", type=pathlib.Path, help="also write the JSON document to this file")
+    ap.add_argument("--storage", choices=("tmpfs", "disk"), default="tmpfs",
+                    help="tmpfs (default, needs root): trees, hosts and destinations in a private tmpfs, so the "
+                         "disk's write-back (shared with everything else on the machine) does not bill the tools; "
+                         "disk: a directory on disk, with sync(2) between timed steps")  # fmt: skip
+    args = ap.parse_args(argv)
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if unknown := set(tools) - set(TOOLS) - set(OPTIONAL_TOOLS):
+        ap.error(f"unknown tools: {sorted(unknown)}")
+    if args.concurrency < 1 or args.repeat < 1 or args.hosts < 1:
+        ap.error("--hosts, --concurrency and --repeat must be at least 1")
+    needed = {"rsync", "ssh"}
+    if {"prsync", "prsync-slots"} & set(tools):
+        needed.add("parallel-rsync")
+    if "prsync-slots" in tools:
+        needed.add("parallel-ssh")
+    if {"clush", "clush-slots"} & set(tools):
+        needed.add("clush")
+    for exe in sorted(needed):
+        if shutil.which(exe) is None:
+            ap.error(f"{exe} not found (apt-get install -y rsync pssh clustershell)")
+
+    spec = importlib.util.spec_from_file_location("sshd_hosts", HARNESS_PATH)
+    sshd_hosts = importlib.util.module_from_spec(spec)
+    sys.modules["sshd_hosts"] = sshd_hosts
+    spec.loader.exec_module(sshd_hosts)
+
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    tmp = None
+    if args.workdir:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="push-bench-")
+        workdir = pathlib.Path(tmp.name)
+    mounted = False
+    if args.storage == "tmpfs":
+        if os.geteuid() != 0:
+            ap.error("--storage tmpfs needs root (mount); use --storage disk")
+        size_mib = int(args.hosts * args.size_mb * 3 + 1024)
+        run_checked(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0700", "tmpfs", str(workdir)])
+        mounted = True
+
+    def settle() -> None:
+        """Untimed, between steps: write-back of one push does not bill the next."""
+        if args.storage == "disk":
+            os.sync()
+    report: dict = {
+        "config": {
+            "hosts": args.hosts, "concurrency": args.concurrency, "repeat": args.repeat, "serial_repeat": args.serial_repeat,
+            "size_mib": args.size_mb, "files": args.files, "change_percent": args.change_percent,
+            "seed": args.seed, "tools": tools, "storage": args.storage, "cpus": os.cpu_count(), "machine": platform.machine(), "sched_autogroup": autogroup_setting(),
+            "rsync": subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+            "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
+        },
+    }  # fmt: skip
+    ours_by_tool: dict[str, Ours] = {}
+    fleet = None
+    try:
+        t = time.perf_counter()
+        v1 = make_tree(workdir / "tree1", int(args.size_mb * MIB), args.files, args.seed)
+        v2, change = make_changed_tree(v1, workdir / "tree2", args.change_percent / 100, args.seed)
+        report["tree"] = {"bytes": v1.total_bytes, "files": len(v1.sizes), **change}
+        log(f"trees: {len(v1.sizes)} files, {fmt_bytes(v1.total_bytes)}; tree 2 changes "
+            f"{fmt_bytes(change['changed_bytes'])} in {change['changed_files']} files "
+            f"(+{change['added_files']} added, -{change['removed_files']} removed) [{time.perf_counter() - t:.1f}s]")  # fmt: skip
+
+        t = time.perf_counter()
+        fleet = sshd_hosts.SshdFleet(args.hosts, workdir / "fleet")
+        fleet.start()
+        env = Env(fleet, workdir, args.concurrency)
+        log(f"{args.hosts} sshd hosts up on 127.0.0.{sshd_hosts.FIRST_HOST_OCTET}.. [{time.perf_counter() - t:.1f}s]")
+
+        rtt = env.ssh_true_seconds()
+        pssh_true = env.parallel_ssh_true_seconds()
+        rate, single_sent = env.single_stream_rate(v1)
+        report["reference"] = {
+            "ssh_true_s": rtt,
+            "parallel_ssh_true_s": pssh_true,
+            "ssh_true_x_hosts_over_concurrency_s": rtt * args.hosts / args.concurrency,
+            "single_stream_bytes_per_s": rate,
+            "single_stream_bytes_sent": single_sent,
+        }
+        log(f"ssh true: {rtt * 1000:.0f} ms; parallel-ssh true to all: {fmt_s(pssh_true)} s; one rsync stream: {rate / MIB:.0f} MiB/s ({fmt_bytes(single_sent)} sent)")
+
+        samples: dict[str, dict[str, list]] = {
+            tool: {"first_s": [], "second_s": [], "first_bytes": [], "second_bytes": [], "flip_s": [], "flip_cold_s": []} for tool in tools
+        }
+        errors: list[str] = []
+        for tool in [t for t in tools if t.startswith("ours")]:
+            try:
+                ours_by_tool[tool] = Ours(env, setsid=tool == "ours-setsid")
+            except Exception as exc:  # noqa: BLE001 (reported, the peers still run)
+                errors.append(f"{tool}: not run: {type(exc).__name__}: {exc}")
+                log(errors[-1])
+                tools.remove(tool)
+                del samples[tool]
+        for rep in range(args.repeat):
+            order = tools[rep % len(tools) :] + tools[: rep % len(tools)]
+            for tool in order:
+                if tool == "serial" and rep >= args.serial_repeat:
+                    continue
+                s = samples[tool]
+                # Both emptied before every tool: only one tool's copies exist at a time.
+                env.reset_ours()
+                env.reset_peers()
+                settle()
+                ours = ours_by_tool.get(tool)
+                for phase, tree in (("first", v1), ("second", v2)):
+                    if ours is not None:
+                        # Cold ssh, like the peers: a real next push comes long
+                        # after ControlPersist has closed the last one's masters.
+                        ours.start_cold()
+                        res = ours.push(tree, revision=f"r{rep}-{phase}")
+                    else:
+                        res = PEERS[tool](env, tree)
+                    settle()
+                    if res.failed_hosts:
+                        errors.append(f"{tool} rep {rep} {phase}: {res.failed_hosts} hosts failed: {res.detail}")
+                        log(errors[-1])
+                    s[f"{phase}_s"].append(res.seconds)
+                    s[f"{phase}_bytes"].append(res.bytes_sent)
+                    extra = ""
+                    if ours is not None:
+                        flip = ours.flip()
+                        if flip.failed_hosts:
+                            errors.append(f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: {flip.detail}")
+                            log(errors[-1])
+                        s["flip_s"].append(flip.seconds)
+                        extra = f", flip {flip.seconds:.2f}s"
+                        dests = ours.live_dirs()
+                        if phase == "second":
+                            if tool == "ours":
+                                report["ours_hardlinked_share"] = ours.hardlinked_share()
+                            # And a flip on cold connections (back to the first
+                            # revision, still complete in its slot).
+                            ours.start_cold()
+                            cold = ours.flip(f"r{rep}-first")
+                            if cold.failed_hosts:
+                                errors.append(f"{tool} rep {rep} cold flip: {cold.failed_hosts} failed: {cold.detail}")
+                                log(errors[-1])
+                            s["flip_cold_s"].append(cold.seconds)
+                            extra += f", cold flip {cold.seconds:.2f}s"
+                    elif tool in PEER_FLIPS:
+                        slot = env.slot
+                        dests = [env.peer_dir(h) / slot for h in env.hosts]
+                        flip = PEER_FLIPS[tool](env, slot)
+                        if flip.failed_hosts:
+                            errors.append(f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: {flip.detail}")
+                            log(errors[-1])
+                        # The peers' flip always opens new ssh connections: compared with ours' cold flip.
+                        s["flip_cold_s"].append(flip.seconds)
+                        extra = f", flip (new connections) {flip.seconds:.2f}s"
+                        unflipped = [h.address for h in env.hosts if link_target(env.peer_dir(h) / "current") != slot]
+                        if unflipped:
+                            errors.append(f"{tool} rep {rep} flip after {phase}: current is not {slot} on "
+                                          f"{len(unflipped)} hosts, e.g. {unflipped[0]}")  # fmt: skip
+                            log(errors[-1])
+                        if phase == "second":
+                            report.setdefault("slots_hardlinked_share", {})[tool] = hardlinked_share(dests[0])
+                    else:
+                        dests = [env.peer_dir(h) for h in env.hosts]
+                    bad = [msg for d in dests if (msg := verify_copy(d, tree))]
+                    if bad:
+                        errors.append(f"{tool} rep {rep} {phase}: {len(bad)} hosts hold a wrong copy: {bad[0]}")
+                        log(errors[-1])
+                    log(f"rep {rep + 1}/{args.repeat} {tool:11s} {phase:6s} push {res.seconds:6.2f}s "
+                        f"sent {fmt_bytes(res.bytes_sent)}{extra}")  # fmt: skip
+    finally:
+        for ours in ours_by_tool.values():
+            ours.close()
+        if fleet is not None:
+            fleet.stop()
+        if mounted:
+            if subprocess.run(["umount", str(workdir)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(workdir)], capture_output=True)
+        if tmp is not None:
+            tmp.cleanup()
+
+    # -- summary -----------------------------------------------------------
+    results = {}
+    for tool, s in samples.items():
+        first, second = median(s["first_s"]), median(s["second_s"])
+        fb = [b for b in s["first_bytes"] if b is not None]
+        sb = [b for b in s["second_bytes"] if b is not None]
+        results[tool] = {
+            "first_s": first, "second_s": second,
+            "second_over_first": second / first if first and second is not None else None,
+            "first_bytes_sent": median(fb), "second_bytes_sent": median(sb),
+            "flip_s": median(s["flip_s"]),
+            "flip_cold_s": median(s["flip_cold_s"]),
+            "samples": s,
+        }  # fmt: skip
+    if "ours" in results:
+        o = results["ours"]
+        for tool, r in results.items():
+            r["ours_over_first"] = o["first_s"] / r["first_s"] if r["first_s"] else None
+            r["ours_over_second"] = o["second_s"] / r["second_s"] if r["second_s"] else None
+            r["ours_over_flip_cold"] = (o["flip_cold_s"] / r["flip_cold_s"]
+                                        if r["flip_cold_s"] and o["flip_cold_s"] is not None else None)  # fmt: skip
+    ref = report["reference"]
+    rate = ref["single_stream_bytes_per_s"]
+    bound_first = args.hosts * ref["single_stream_bytes_sent"] / rate
+    bound_second = None
+    if "ours" in results and results["ours"]["second_bytes_sent"]:
+        bound_second = results["ours"]["second_bytes_sent"] / rate
+    ref["bytes_over_single_stream_rate_first_s"] = bound_first
+    ref["bytes_over_single_stream_rate_second_s"] = bound_second
+    report["results"] = results
+    report["errors"] = errors
+    report["total_runtime_s"] = time.perf_counter() - started
+    report["loadavg_1m_start_end"] = [load_start[0], os.getloadavg()[0]]
+
+    if args.json_file:
+        args.json_file.write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(report, args)
+    return 1 if errors else 0
+
+
+def link_target(path: pathlib.Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def autogroup_setting() -> str:
+    try:
+        return pathlib.Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def print_table(report: dict, args) -> None:
+    cfg, tree, ref, results = report["config"], report["tree"], report["reference"], report["results"]
+    print(f"Release push: {cfg['hosts']} loopback sshd hosts, concurrency {cfg['concurrency']}, "
+          f"median of {cfg['repeat']}, {cfg['cpus']} CPUs, storage {cfg['storage']}; "
+          f"{cfg['rsync']}; {cfg['ssh']}")  # fmt: skip
+    print(f"Tree: {tree['files']} files, {fmt_bytes(tree['bytes'])}; second push: {fmt_bytes(tree['changed_bytes'])} "
+          f"({tree['changed_bytes'] / tree['bytes'] * 100:.2f}%) changed in {tree['changed_files']} files, "
+          f"+{tree['added_files']} files, -{tree['removed_files']} files")  # fmt: skip
+    print()
+    head = ("tool", "job", "window", "runs", "first s", "second s", "2nd/1st", "ours/tool 1st", "ours/tool 2nd",
+            "flip s", "cold flip s", "ours/tool cold flip", "sent 1st", "sent 2nd")  # fmt: skip
+    rows = []
+    for tool, r in results.items():
+        window = "1" if tool == "serial" else str(cfg["concurrency"])
+        job = "slots" if tool.startswith("ours") or tool in SLOT_TOOLS else "in place"
+        rows.append((tool, job, window, str(len(r["samples"]["first_s"])), fmt_s(r["first_s"]), fmt_s(r["second_s"]), fmt_ratio(r["second_over_first"]),
+                     fmt_ratio(r.get("ours_over_first")) if tool != "ours" else "",
+                     fmt_ratio(r.get("ours_over_second")) if tool != "ours" else "",
+                     fmt_s(r["flip_s"]) if r["flip_s"] is not None else "",
+                     fmt_s(r["flip_cold_s"]) if r["flip_cold_s"] is not None else "",
+                     fmt_ratio(r.get("ours_over_flip_cold")) if tool != "ours" and r["flip_cold_s"] is not None else "",
+                     fmt_bytes(r["first_bytes_sent"]), fmt_bytes(r["second_bytes_sent"])))  # fmt: skip
+    rows.append(("ref: bytes / 1-stream rate", "", "", "", fmt_s(ref["bytes_over_single_stream_rate_first_s"]),
+                 fmt_s(ref["bytes_over_single_stream_rate_second_s"]), "", "", "", "", "", "", "", ""))  # fmt: skip
+    rtt_ref = fmt_s(ref["ssh_true_x_hosts_over_concurrency_s"])
+    rows.append((f"ref: ssh true x {cfg['hosts']}/{cfg['concurrency']}", "", "", "", rtt_ref, rtt_ref, "", "", "", "", rtt_ref, "", "", ""))
+    if ref.get("parallel_ssh_true_s") is not None:
+        p = fmt_s(ref["parallel_ssh_true_s"])
+        rows.append((f"ref: parallel-ssh -p {cfg['concurrency']} true", "", "", "", p, p, "", "", "", "", p, "", "", ""))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for row in (head, *rows):
+        print("  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))))
+    print()
+    print("ours/tool: our time divided by the tool's (below 1: ours is faster). 2nd/1st: second push over first. "
+          "Times are medians over the runs.")
+    print("Job 'slots' (equal work: ours, prsync-slots, clush-slots): every push builds a complete new copy in a "
+          "fresh, previously non-existent directory per host (rsync -a --delete; the second push with --link-dest "
+          "against the host's previous copy, so unchanged files become hard links), and a separate, timed flip "
+          "then points `current` at it atomically (a new symlink renamed over `current`); the previous copy stays "
+          "intact for rollback. prsync-slots/clush-slots push into <host dir>/push-<n> with "
+          "--link-dest=../push-<n-1> and flip with `rm -f current.tmp && ln -s push-<n> current.tmp && mv -T "
+          "current.tmp current` run on every host by parallel-ssh -p <window> / clush -f <window> (one new ssh "
+          "connection per host). Job 'in place' (serial, prsync, clush: the peers as they ship): the second push "
+          "rsyncs over the copy of the first in place, so there is no atomic flip and no rollback; they have no "
+          "flip time.")  # fmt: skip
+    print("flip s: ours' flip right after each push, over the push's still-open ssh ControlMaster connections. "
+          "cold flip s: a flip on new ssh connections: ours' rollback flip to the first revision on a fresh "
+          "transport (once per run), and the slot peers' flip after each push (they keep no connections). "
+          "ours/tool cold flip compares these two.")  # fmt: skip
+    if "ours-setsid" in results:
+        print("ours-setsid (diagnostic): ours with each child started in its own session (`setsid -w ssh|rsync ...`), "
+              "as pssh starts its children; with autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled="
+              f"{autogroup_setting()}) every session is a CPU-scheduling group of its own, which matters when other "
+              "work shares the machine.")
+    o = results.get("ours")
+    if o and o["flip_s"] is not None:
+        cold = f"{o['flip_cold_s']:.2f} s on cold connections" if o.get("flip_cold_s") is not None else ""
+        print(f"Flip of all {cfg['hosts']} hosts (ours): {o['flip_s']:.2f} s right after a push (its ssh "
+              f"ControlMaster connections still open); {cold}. Reference: one `ssh host true` "
+              f"{ref['ssh_true_s'] * 1000:.0f} ms x {cfg['hosts']}/{cfg['concurrency']} = "
+              f"{ref['ssh_true_x_hosts_over_concurrency_s']:.2f} s; measured: `parallel-ssh -p {cfg['concurrency']} true` "
+              f"to all hosts {fmt_s(ref.get('parallel_ssh_true_s'))} s")  # fmt: skip
+    d = results.get("ours-setsid")
+    if d and d["flip_s"] is not None:
+        print(f"Flip of all {cfg['hosts']} hosts (ours-setsid): {d['flip_s']:.2f} s right after a push; "
+              f"{fmt_s(d.get('flip_cold_s'))} s on cold connections")  # fmt: skip
+    if report.get("ours_hardlinked_share") is not None:
+        print(f"Ours, second push: {report['ours_hardlinked_share'] * 100:.1f}% of the new slot's files (first host) "
+              "are hard links into the live slot (--link-dest)")  # fmt: skip
+    for tool, share in report.get("slots_hardlinked_share", {}).items():
+        print(f"{tool}, second push: {share * 100:.1f}% of push-2's files (first host) are hard links into push-1 "
+              "(--link-dest)")  # fmt: skip
+    print(f"ref: bytes / 1-stream rate = bytes sent (first push: the tree to every host; second: what ours sent) / "
+          f"the rate of one rsync of the tree to one host ({ref['single_stream_bytes_per_s'] / MIB:.0f} MiB/s, "
+          f"connection included); parallel streams on {cfg['cpus']} CPUs can beat it somewhat: a reference, not a "
+          "hard floor. ref: ssh true = one connection per host at the given window, the floor of any ssh fan-out.")  # fmt: skip
+    print("Setup: ours pushes into release slots (prepare, rsync into an emptied staging dir with --link-dest "
+          "against the live slot, commit: three ssh commands per host over one ControlMaster connection), starting "
+          "every push on cold ssh connections, and flips after each push (not in the push time). The in-place "
+          "peers rsync (-a --delete) into a plain directory per host, the second push over its copy of tree 1; the "
+          "slot peers as described above. All prsync/clush rows reach a per-host directory via --rsync-path "
+          "'cd .../$ADDR && rsync' (the flip command does the same cd). The hosts' sshd sets SHLVL=1 "
+          "(tests/release/sshd_hosts.py), so no ssh command sources root's ~/.bashrc. clush runs in copy mode "
+          "with rsync as its copy tool (its native scp -r has no delta and no --delete). 'sent' is rsync's "
+          "Total bytes sent summed over hosts. Every copy is verified after every push (untimed).")  # fmt: skip
+    la = report["loadavg_1m_start_end"]
+    print(f"Total benchmark runtime: {report['total_runtime_s']:.0f} s; 1-minute load average {la[0]:.1f} at the "
+          f"start, {la[1]:.1f} at the end (on a shared machine, other work competes for the {cfg['cpus']} CPUs)")
+    for e in report["errors"]:
+        print(f"ERROR: {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
