@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from buildbot_steps import _core, sharding
+from buildbot_steps import _core, rest_api, sharding
 
 REPO = Path(__file__).resolve().parent.parent
 HYPHA = REPO.parent / "shared" / "data" / "test-durations" / "hypha"
@@ -51,7 +51,6 @@ TESTS_BUILD_DEADLINE_S = 300
 DEPLOY_BUILD_DEADLINE_S = 180
 STOP_DEADLINE_S = 30
 POLL_S = 0.25
-GET_ATTEMPTS = 3
 RESULT_NAMES = {0: "SUCCESS", 1: "WARNINGS", 2: "FAILURE", 3: "SKIPPED", 4: "EXCEPTION", 5: "RETRY", 6: "CANCELLED"}
 
 
@@ -263,20 +262,7 @@ class DemoCluster:
     # ------------------------------------------------------------- REST API
 
     def api(self, path: str, body: dict | None = None):
-        url = f"{self.url}api/v2/{path}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-        # A GET is retried: a swamped web server now and then closes a
-        # response early. A POST (it may have started a build) is not.
-        attempts = GET_ATTEMPTS if body is None else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    return json.load(response)
-            except (http.client.IncompleteRead, ConnectionResetError):
-                if attempt == attempts:
-                    raise
-                time.sleep(POLL_S)
+        return rest_api.call(self.url, path, body)
 
     def _master_exited(self) -> str | None:
         pid = self.pids.get("master")

@@ -9,7 +9,6 @@ user in a temporary directory.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import pathlib
@@ -24,6 +23,8 @@ import urllib.request
 
 import pytest
 
+from buildbot_steps import rest_api
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURE_SUITE = REPO / "tests" / "sharding_fixture_suite"
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -37,8 +38,6 @@ BUILD_DEADLINE_S = 120
 POLL_S = 0.2
 
 WORKER_PASSWORD = "pass"
-# Tries of a REST GET before giving up (see BuildbotCluster.api).
-GET_ATTEMPTS = 3
 
 MASTER_CFG = """
 from buildbot.plugins import schedulers, steps, util, worker
@@ -219,20 +218,7 @@ class BuildbotCluster:
     # ------------------------------------------------------------- REST API
 
     def api(self, path: str, body: dict | None = None):
-        url = f"http://127.0.0.1:{self.web_port}/api/v2/{path}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-        # A GET is retried: on a swamped machine Buildbot's web server now and
-        # then closes a response early (IncompleteRead). A POST is not.
-        attempts = GET_ATTEMPTS if body is None else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    return json.load(response)
-            except (http.client.IncompleteRead, ConnectionResetError):
-                if attempt == attempts:
-                    raise
-                time.sleep(POLL_S)
+        return rest_api.call(f"http://127.0.0.1:{self.web_port}/", path, body)
 
     def wait_for_api(self) -> None:
         def ready():
