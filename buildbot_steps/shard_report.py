@@ -72,15 +72,18 @@ def _failures(outcomes: list[Any], quarantine: set[str]) -> str:
     return "<h3>Failures</h3>" + "".join(items)
 
 
+def _earlier_flakes(count: int) -> str:
+    if count == 0:
+        return " (first time flaky)"
+    return f" (also flaky in {count} earlier build{'s' if count > 1 else ''})"
+
+
 def _flaky(outcomes: list[Any], flake_record: dict[str, int]) -> str:
     flaky = [o for o in outcomes if o.verdict == "flaky"]
     if not flaky:
         return "<h3>Flaky tests</h3><p>none</p>"
-    items = "".join(
-        f"<h4>{html.escape(o.id)} (also flaky in {flake_record.get(o.id, 0)} earlier builds)</h4>"
-        f"{_attempts(o)}"
-        for o in flaky
-    )
+    items = "".join(f"<h4>{html.escape(o.id)}{_earlier_flakes(flake_record.get(o.id, 0))}</h4>{_attempts(o)}"
+                    for o in flaky)
     return "<h3>Flaky tests (failed, then passed on another attempt)</h3>" + items
 
 
