@@ -398,6 +398,31 @@ def push_serial(env: Env, tree: Tree) -> PushResult:
     return PushResult(elapsed, sent, failed, "; ".join(errors[:3]))
 
 
+def run_peer(argv: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """One timed run of a peer tool (its fan-out happens inside)."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return result, time.perf_counter() - start
+
+
+def peer_result(r: subprocess.CompletedProcess, elapsed: float, failed: int, sent: int | None,
+                detail: str) -> PushResult:
+    """A non-zero exit counts at least one failed host, with the tool's words."""
+    if r.returncode == 0:
+        return PushResult(elapsed, sent, failed)
+    return PushResult(elapsed, sent, max(failed, 1), f"rc {r.returncode}: {detail}")
+
+
+def clush_base(env: Env, conf: pathlib.Path, mode: str) -> list[str]:
+    """clush on every host at the window, failures in its exit code (-S)."""
+    return ["clush", "--conf", str(conf), "-S", mode,
+            "-w", ",".join(h.address for h in env.hosts), "-f", str(env.concurrency)]  # fmt: skip
+
+
+def clush_failures(r: subprocess.CompletedProcess) -> int:
+    return len(re.findall(r"exited with exit code", r.stderr))
+
+
 def push_prsync(env: Env, tree: Tree, slots: bool = False) -> PushResult:
     run_dir = pathlib.Path(tempfile.mkdtemp(prefix="prsync-", dir=env.workdir))
     hosts_file = run_dir / "hosts"
@@ -411,18 +436,12 @@ def push_prsync(env: Env, tree: Tree, slots: bool = False) -> PushResult:
         *[x for opt in link for x in ("-X", opt)],
         f"{tree.root}/", dest,
     ]  # fmt: skip
-    t = time.perf_counter()
-    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    elapsed = time.perf_counter() - t
+    r, elapsed = run_peer(argv)
     sent = sum(total_sent(p.read_text()) for p in (run_dir / "out").iterdir())
-    failed = r.stdout.count("[FAILURE]")
-    detail = ""
-    if r.returncode != 0:
-        failed = max(failed, 1)
-        errs = [p.read_text().strip()[-300:] for p in (run_dir / "err").iterdir() if p.stat().st_size]
-        detail = f"rc {r.returncode}: {r.stdout.strip()[-300:]} {' | '.join(errs[:2])}"
+    errs = [p.read_text().strip()[-300:] for p in (run_dir / "err").iterdir() if p.stat().st_size]
     shutil.rmtree(run_dir)
-    return PushResult(elapsed, sent, failed, detail)
+    return peer_result(r, elapsed, r.stdout.count("[FAILURE]"), sent,
+                       f"{r.stdout.strip()[-300:]} {' | '.join(errs[:2])}")
 
 
 def clush_conf(env: Env) -> pathlib.Path:
@@ -439,20 +458,12 @@ def push_clush(env: Env, tree: Tree, slots: bool = False) -> PushResult:
     dest, link = env.next_slot() if slots else (".", [])
     copy_options = shlex.join(["-a", "--delete", "--stats", "-e", env.rsh, f"--rsync-path={env.rsync_path}", *link])
     argv = [
-        "clush", "--conf", str(conf), "-S", "-n",
-        "-w", ",".join(h.address for h in env.hosts), "-f", str(env.concurrency),
+        *clush_base(env, conf, "-n"),
         "-O", "scp_path=rsync", "-O", f"scp_options={copy_options}",
         "--copy", f"{tree.root}/", "--dest", dest,
     ]  # fmt: skip
-    t = time.perf_counter()
-    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    elapsed = time.perf_counter() - t
-    failed = len(re.findall(r"exited with exit code", r.stderr))
-    detail = ""
-    if r.returncode != 0:
-        failed = max(failed, 1)
-        detail = f"rc {r.returncode}: {r.stderr.strip()[-400:]}"
-    return PushResult(elapsed, total_sent(r.stdout), failed, detail)
+    r, elapsed = run_peer(argv)
+    return peer_result(r, elapsed, clush_failures(r), total_sent(r.stdout), r.stderr.strip()[-400:])
 
 
 def flip_pssh(env: Env, slot: str) -> PushResult:
@@ -461,33 +472,16 @@ def flip_pssh(env: Env, slot: str) -> PushResult:
     hosts_file.write_text("".join(f"{h.address}\n" for h in env.hosts))
     argv = ["parallel-ssh", "-h", str(hosts_file), "-p", str(env.concurrency), "-t", "0",
             "-X", "-F", "-X", str(env.ssh_config), env.flip_command(slot)]  # fmt: skip
-    t = time.perf_counter()
-    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    elapsed = time.perf_counter() - t
-    failed = r.stdout.count("[FAILURE]")
-    detail = ""
-    if r.returncode != 0:
-        failed = max(failed, 1)
-        detail = f"rc {r.returncode}: {r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}"
-    return PushResult(elapsed, None, failed, detail)
+    r, elapsed = run_peer(argv)
+    return peer_result(r, elapsed, r.stdout.count("[FAILURE]"), None,
+                       f"{r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}")
 
 
 def flip_clush(env: Env, slot: str) -> PushResult:
     """The clush-slots flip: clush -f <window> of the flip command (new connections)."""
-    argv = [
-        "clush", "--conf", str(clush_conf(env)), "-S", "-q",
-        "-w", ",".join(h.address for h in env.hosts), "-f", str(env.concurrency),
-        "-O", f"ssh_options=-F {env.ssh_config}", env.flip_command(slot),
-    ]  # fmt: skip
-    t = time.perf_counter()
-    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    elapsed = time.perf_counter() - t
-    failed = len(re.findall(r"exited with exit code", r.stderr))
-    detail = ""
-    if r.returncode != 0:
-        failed = max(failed, 1)
-        detail = f"rc {r.returncode}: {r.stderr.strip()[-400:]}"
-    return PushResult(elapsed, None, failed, detail)
+    argv = [*clush_base(env, clush_conf(env), "-q"), "-O", f"ssh_options=-F {env.ssh_config}", env.flip_command(slot)]
+    r, elapsed = run_peer(argv)
+    return peer_result(r, elapsed, clush_failures(r), None, r.stderr.strip()[-400:])
 
 
 PEERS = {

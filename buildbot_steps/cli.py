@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Sequence
 
+from buildbot_steps import _core
 from buildbot_steps.release_cli import add_release_commands
 
 EXIT_USAGE = 2  # argparse's own status for bad arguments; ours match it
@@ -46,7 +47,7 @@ def run_plan(args) -> int:
         raise sharding.InputError(f"--shards must be at least 1, got {args.shards}")
     history = sharding.read_history(args.history)
     estimates = sharding.estimate(_tests_to_plan(args, history[-1]), history)
-    plan = sharding._core.plan_static(estimates, args.shards)
+    plan = _core.plan_static(estimates, args.shards)
     if args.json:
         print(json.dumps(sharding.plan_to_dict(plan), indent=1))
     else:

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from buildbot_steps import _core, rest_api, sharding
+from buildbot_steps import _core, local_master, sharding
+from buildbot_steps.local_master import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 HYPHA = REPO.parent / "shared" / "data" / "test-durations" / "hypha"
@@ -50,7 +50,6 @@ STARTUP_DEADLINE_S = 120
 TESTS_BUILD_DEADLINE_S = 300
 DEPLOY_BUILD_DEADLINE_S = 180
 STOP_DEADLINE_S = 30
-POLL_S = 0.25
 RESULT_NAMES = {0: "SUCCESS", 1: "WARNINGS", 2: "FAILURE", 3: "SKIPPED", 4: "EXCEPTION", 5: "RETRY", 6: "CANCELLED"}
 
 
@@ -94,24 +93,6 @@ class DemoError(Exception):
     """A problem the demo reports in one line (no traceback)."""
 
 
-def free_port() -> int:
-    # The OS picks an unused loopback port; the master binds it a moment later.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(POLL_S)
-
-
 def _is_our_process(pid: int) -> bool:
     """Alive and still a buildbot process (not a pid reused by something else)."""
     try:
@@ -139,7 +120,7 @@ def stop_processes(pids: list[int], deadline_s: float = STOP_DEADLINE_S) -> None
             if not _is_our_process(pid) or _is_zombie(pid):
                 alive.remove(pid)
         if alive:
-            time.sleep(POLL_S)
+            time.sleep(local_master.POLL_S)
     for pid in alive:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -262,7 +243,7 @@ class DemoCluster:
     # ------------------------------------------------------------- REST API
 
     def api(self, path: str, body: dict | None = None):
-        return rest_api.call(self.url, path, body)
+        return local_master.call(self.url, path, body)
 
     def _master_exited(self) -> str | None:
         pid = self.pids.get("master")
@@ -361,7 +342,7 @@ def stop_builds(url: str) -> None:
         # A master told to exit while builds are still stopping can hang.
         deadline = time.monotonic() + STOP_DEADLINE_S
         while call("builds?complete=false")["builds"] and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+            time.sleep(local_master.POLL_S)
     except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
         pass
 

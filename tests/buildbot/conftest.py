@@ -9,21 +9,18 @@ user in a temporary directory.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 import pytest
 
-from buildbot_steps import rest_api
+from buildbot_steps import local_master
+from buildbot_steps.local_master import free_port, wait_until
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURE_SUITE = REPO / "tests" / "sharding_fixture_suite"
@@ -34,9 +31,6 @@ PYTHON = sys.executable
 STARTUP_DEADLINE_S = 60
 # Seconds allowed for one sharded build of the fixture suite (~6 s of sleep).
 BUILD_DEADLINE_S = 120
-# Poll interval while waiting on the REST API: short, the waits are bounded.
-POLL_S = 0.2
-
 WORKER_PASSWORD = "pass"
 
 MASTER_CFG = """
@@ -78,24 +72,6 @@ c["schedulers"] = [
     shard_scheduler,
 ]
 """
-
-
-def free_port() -> int:
-    # The OS picks an unused port; the tiny race until the master binds it is
-    # acceptable on a loopback-only test machine.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise TimeoutError(f"timed out after {deadline_s} s waiting for {what}")
 
 
 def descendants(pid: int) -> list[int]:
@@ -218,7 +194,7 @@ class BuildbotCluster:
     # ------------------------------------------------------------- REST API
 
     def api(self, path: str, body: dict | None = None):
-        return rest_api.call(f"http://127.0.0.1:{self.web_port}/", path, body)
+        return local_master.call(f"http://127.0.0.1:{self.web_port}/", path, body)
 
     def wait_for_api(self) -> None:
         def ready():
