@@ -2,13 +2,14 @@
 // (constructible empty or by keyword), statuses travel as strings, results
 // are read-only. Fanout.run releases the GIL for the whole run and takes it
 // back only inside the progress callback.
+#include "cd/fanout.hpp"
+
 #include <Python.h>
 #include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
-#include "cd/fanout.hpp"
 
 namespace py = pybind11;
 
@@ -39,10 +40,14 @@ void bind_inputs(py::module_& module) {
           "stdin_data", [](const Command& c) { return py::bytes(c.stdin_data); },
           [](Command& c, std::string data) { c.stdin_data = std::move(data); })
       .def_readwrite("parse_rsync_stats", &Command::parse_rsync_stats)
-      .def("__repr__", [](const Command& c) { return "Command(" + py::repr(py::cast(c.argv)).cast<std::string>() + ")"; });
+      .def("__repr__", [](const Command& c) {
+        return "Command(" + py::repr(py::cast(c.argv)).cast<std::string>() + ")";
+      });
 
   py::class_<HostJob>(module, "HostJob")
-      .def(py::init([](std::string host, std::vector<Command> steps) { return HostJob{std::move(host), std::move(steps)}; }),
+      .def(py::init([](std::string host, std::vector<Command> steps) {
+             return HostJob{std::move(host), std::move(steps)};
+           }),
            py::arg("host") = std::string{}, py::arg("steps") = std::vector<Command>{})
       .def_readwrite("host", &HostJob::host)
       .def_readwrite("steps", &HostJob::steps)
@@ -53,12 +58,19 @@ void bind_inputs(py::module_& module) {
   const FanoutOptions defaults;
   py::class_<FanoutOptions>(module, "FanoutOptions")
       .def(py::init([](int concurrency, double host_timeout_s, int max_retries, double retry_backoff_s,
-                       std::vector<int> transient_exit_codes, double max_fail_fraction, std::size_t output_tail_bytes) {
-             return FanoutOptions{concurrency,       host_timeout_s,    max_retries,      retry_backoff_s,
-                                  std::move(transient_exit_codes), max_fail_fraction, output_tail_bytes};
+                       std::vector<int> transient_exit_codes, double max_fail_fraction,
+                       std::size_t output_tail_bytes) {
+             return FanoutOptions{concurrency,
+                                  host_timeout_s,
+                                  max_retries,
+                                  retry_backoff_s,
+                                  std::move(transient_exit_codes),
+                                  max_fail_fraction,
+                                  output_tail_bytes};
            }),
            py::arg("concurrency") = defaults.concurrency, py::arg("host_timeout_s") = defaults.host_timeout_s,
-           py::arg("max_retries") = defaults.max_retries, py::arg("retry_backoff_s") = defaults.retry_backoff_s,
+           py::arg("max_retries") = defaults.max_retries,
+           py::arg("retry_backoff_s") = defaults.retry_backoff_s,
            py::arg("transient_exit_codes") = defaults.transient_exit_codes,
            py::arg("max_fail_fraction") = defaults.max_fail_fraction,
            py::arg("output_tail_bytes") = defaults.output_tail_bytes)
@@ -85,8 +97,9 @@ void bind_outputs(py::module_& module) {
       .def_readonly("duration_s", &HostResult::duration_s)
       .def_readonly("bytes_sent", &HostResult::bytes_sent)
       .def("__repr__", [](const HostResult& r) {
-        return "HostResult(" + r.host + ", " + to_string(r.status) + ", exit_code=" + std::to_string(r.exit_code) +
-               ", attempts=" + std::to_string(r.attempts) + ")";
+        return "HostResult(" + r.host + ", " + to_string(r.status) +
+               ", exit_code=" + std::to_string(r.exit_code) + ", attempts=" + std::to_string(r.attempts) +
+               ")";
       });
 
   py::class_<Progress>(module, "Progress")
@@ -100,7 +113,8 @@ void bind_outputs(py::module_& module) {
       });
 }
 
-std::vector<HostResult> run_fanout(Fanout& fanout, const std::vector<HostJob>& jobs, const py::object& progress) {
+std::vector<HostResult> run_fanout(Fanout& fanout, const std::vector<HostJob>& jobs,
+                                   const py::object& progress) {
   ProgressCallback callback;
   if (!progress.is_none()) {
     // Copies, not references: Python may keep the objects after the call.

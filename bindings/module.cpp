@@ -31,8 +31,8 @@ PYBIND11_MODULE(_core, module) {
   // Our own exception classes, so that callers can tell bad input apart from
   // other errors; InvalidInputError is also a ValueError.
   cd_error = new_exception(module, "CdError", PyExc_RuntimeError);
-  invalid_input_error = new_exception(
-      module, "InvalidInputError", py::make_tuple(py::handle(cd_error), py::handle(PyExc_ValueError)));
+  invalid_input_error = new_exception(module, "InvalidInputError",
+                                      py::make_tuple(py::handle(cd_error), py::handle(PyExc_ValueError)));
   invalid_state_error = new_exception(module, "InvalidStateError", cd_error);
   py::register_exception_translator([](std::exception_ptr error) {
     try {

@@ -1,11 +1,12 @@
 // Bindings of the shard scheduler: enums travel as strings, structs as
 // read-only attribute objects; next_batch and report hold the GIL only for
 // conversion since the dispatcher has its own lock.
+#include "cd/shard.hpp"
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
-#include "cd/shard.hpp"
 
 namespace py = pybind11;
 
@@ -17,16 +18,21 @@ using namespace cd::shard;
 
 const char* kind_name(Assignment::Kind kind) {
   switch (kind) {
-    case Assignment::Kind::Run: return "run";
-    case Assignment::Kind::Wait: return "wait";
-    case Assignment::Kind::Done: return "done";
+    case Assignment::Kind::Run:
+      return "run";
+    case Assignment::Kind::Wait:
+      return "wait";
+    case Assignment::Kind::Done:
+      return "done";
   }
   return "unknown";
 }
 
 void bind_estimates(py::module_& module) {
   py::class_<TestEstimate>(module, "TestEstimate")
-      .def(py::init([](std::string id, double seconds) { return TestEstimate{std::move(id), seconds}; }),
+      .def(py::init([](std::string id, double seconds) {
+             return TestEstimate{std::move(id), seconds};
+           }),
            py::arg("id"), py::arg("seconds"))
       .def_readonly("id", &TestEstimate::id)
       .def_readonly("seconds", &TestEstimate::seconds)
@@ -50,7 +56,8 @@ void bind_plan(py::module_& module) {
       .def_property_readonly("makespan_s", &Plan::makespan_s);
   module.def(
       "plan_static",
-      [](const std::vector<TestEstimate>& tests, int shards, double split_file_fraction, int max_improvement_passes) {
+      [](const std::vector<TestEstimate>& tests, int shards, double split_file_fraction,
+         int max_improvement_passes) {
         PlanOptions options;
         options.shards = shards;
         options.split_file_fraction = split_file_fraction;
@@ -108,7 +115,8 @@ void bind_dispatcher(py::module_& module) {
   const DispatchOptions defaults;
   py::class_<Dispatcher>(module, "Dispatcher")
       .def(py::init([](std::vector<TestEstimate> tests, int workers, int max_attempts, double min_batch_s,
-                       int max_batch_tests, bool speculate, double min_speculation_s, double split_file_fraction) {
+                       int max_batch_tests, bool speculate, double min_speculation_s,
+                       double split_file_fraction) {
              DispatchOptions options;
              options.workers = workers;
              options.max_attempts = max_attempts;
@@ -119,17 +127,19 @@ void bind_dispatcher(py::module_& module) {
              options.split_file_fraction = split_file_fraction;
              return std::make_unique<Dispatcher>(std::move(tests), options);
            }),
-           py::arg("tests"), py::arg("workers") = defaults.workers, py::arg("max_attempts") = defaults.max_attempts,
-           py::arg("min_batch_s") = defaults.min_batch_s, py::arg("max_batch_tests") = defaults.max_batch_tests,
-           py::arg("speculate") = defaults.speculate, py::arg("min_speculation_s") = defaults.min_speculation_s,
+           py::arg("tests"), py::arg("workers") = defaults.workers,
+           py::arg("max_attempts") = defaults.max_attempts, py::arg("min_batch_s") = defaults.min_batch_s,
+           py::arg("max_batch_tests") = defaults.max_batch_tests, py::arg("speculate") = defaults.speculate,
+           py::arg("min_speculation_s") = defaults.min_speculation_s,
            py::arg("split_file_fraction") = defaults.split_file_fraction)
       .def("next_batch", &Dispatcher::next_batch, py::arg("worker"), py::arg("now_s"),
            py::call_guard<py::gil_scoped_release>())
       .def("report", &Dispatcher::report, py::arg("worker"), py::arg("batch_id"), py::arg("results"),
            py::call_guard<py::gil_scoped_release>())
-      .def("report_error", &Dispatcher::report_error, py::arg("worker"), py::arg("batch_id"), py::arg("message"),
+      .def("report_error", &Dispatcher::report_error, py::arg("worker"), py::arg("batch_id"),
+           py::arg("message"), py::call_guard<py::gil_scoped_release>())
+      .def("worker_lost", &Dispatcher::worker_lost, py::arg("worker"),
            py::call_guard<py::gil_scoped_release>())
-      .def("worker_lost", &Dispatcher::worker_lost, py::arg("worker"), py::call_guard<py::gil_scoped_release>())
       .def("batch_obsolete", &Dispatcher::batch_obsolete, py::arg("batch_id"))
       .def("done", &Dispatcher::done)
       .def("stats", &Dispatcher::stats)

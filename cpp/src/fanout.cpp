@@ -9,6 +9,7 @@
 #include "cd/fanout.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -16,6 +17,14 @@
 
 #include <algorithm>
 #include <array>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/process.hpp>
+#include <boost/process/extend.hpp>
+#include <boost/process/posix.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -25,27 +34,22 @@
 #include <system_error>
 #include <utility>
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/process.hpp>
-#include <boost/process/extend.hpp>
-#include <boost/process/posix.hpp>
-#include <fmt/format.h>
-
 #include "cd/error.hpp"
 
 namespace cd::fanout {
 
 const char* to_string(HostStatus status) {
   switch (status) {
-    case HostStatus::Ok: return "ok";
-    case HostStatus::Failed: return "failed";
-    case HostStatus::TimedOut: return "timed_out";
-    case HostStatus::Skipped: return "skipped";
-    case HostStatus::Cancelled: return "cancelled";
+    case HostStatus::Ok:
+      return "ok";
+    case HostStatus::Failed:
+      return "failed";
+    case HostStatus::TimedOut:
+      return "timed_out";
+    case HostStatus::Skipped:
+      return "skipped";
+    case HostStatus::Cancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -319,7 +323,7 @@ struct HostRun {
   HostResult result;
   Tail stderr_log;  // every attempt's stderr and the engine's notes
   std::size_t step = 0;
-  int retries = 0;  // of the current step
+  int retries = 0;                      // of the current step
   std::optional<HostStatus> interrupt;  // TimedOut or Cancelled, once decided
   bool started = false;
   bool finished = false;
@@ -338,9 +342,11 @@ void validate(const FanoutOptions& options, const std::vector<HostJob>& jobs) {
   if (options.max_retries < 0)
     throw InvalidInput(fmt::format("max_retries must not be negative, got {}", options.max_retries));
   if (!(options.retry_backoff_s >= 0) || !std::isfinite(options.retry_backoff_s))
-    throw InvalidInput(fmt::format("retry_backoff_s must be a finite number >= 0, got {}", options.retry_backoff_s));
+    throw InvalidInput(
+        fmt::format("retry_backoff_s must be a finite number >= 0, got {}", options.retry_backoff_s));
   if (!(options.max_fail_fraction >= 0 && options.max_fail_fraction <= 1))
-    throw InvalidInput(fmt::format("max_fail_fraction must be within [0, 1], got {}", options.max_fail_fraction));
+    throw InvalidInput(
+        fmt::format("max_fail_fraction must be within [0, 1], got {}", options.max_fail_fraction));
   for (const HostJob& job : jobs) {
     for (std::size_t i = 0; i < job.steps.size(); ++i) {
       const auto& argv = job.steps[i].argv;
@@ -373,7 +379,8 @@ class Engine {
          const ProgressCallback& progress)
       : io_(io), options_(options), progress_(progress) {
     hosts_.reserve(jobs.size());
-    for (const HostJob& job : jobs) hosts_.push_back(std::make_unique<HostRun>(io, job, options.output_tail_bytes));
+    for (const HostJob& job : jobs)
+      hosts_.push_back(std::make_unique<HostRun>(io, job, options.output_tail_bytes));
   }
 
   void start(bool cancelled) {
@@ -420,8 +427,8 @@ class Engine {
       } else if (over_failure_budget()) {
         ++next_;
         settle_unstarted(host, HostStatus::Skipped,
-                         fmt::format("skipped: {} of {} hosts failed, over the failure budget of {:g}%", failed_,
-                                     hosts_.size(), options_.max_fail_fraction * 100));
+                         fmt::format("skipped: {} of {} hosts failed, over the failure budget of {:g}%",
+                                     failed_, hosts_.size(), options_.max_fail_fraction * 100));
       } else if (running_ < static_cast<std::size_t>(options_.concurrency)) {
         ++next_;
         start_host(host);
@@ -447,7 +454,8 @@ class Engine {
     host.deadline.expires_after(to_duration(options_.host_timeout_s));
     host.deadline.async_wait([this, &host](const boost::system::error_code& ec) {
       if (ec || host.finished) return;
-      interrupt(host, HostStatus::TimedOut, fmt::format("timed out after {:g} s; killed", options_.host_timeout_s));
+      interrupt(host, HostStatus::TimedOut,
+                fmt::format("timed out after {:g} s; killed", options_.host_timeout_s));
     });
     run_step(host);
   }
@@ -489,15 +497,16 @@ class Engine {
 
     std::error_code ec;
     std::vector<std::string> args(command.argv.begin() + 1, command.argv.end());
-    process->child = bp::child(bp::exe = exe, bp::args = args, bp::posix::fd.bind(STDIN_FILENO, stdin_pipe->read.get()),
-                               bp::posix::fd.bind(STDOUT_FILENO, stdout_pipe->write.get()),
-                               bp::posix::fd.bind(STDERR_FILENO, stderr_pipe->write.get()), ChildSetup{}, io_,
-                               bp::on_exit([this, process](int, const std::error_code& exit_ec) {
-                                 // Posted: Boost may call this from inside the
-                                 // child's constructor, before `child` is set.
-                                 asio::post(io_, [this, process, exit_ec] { on_exit(process, exit_ec); });
-                               }),
-                               ec);
+    process->child =
+        bp::child(bp::exe = exe, bp::args = args, bp::posix::fd.bind(STDIN_FILENO, stdin_pipe->read.get()),
+                  bp::posix::fd.bind(STDOUT_FILENO, stdout_pipe->write.get()),
+                  bp::posix::fd.bind(STDERR_FILENO, stderr_pipe->write.get()), ChildSetup{}, io_,
+                  bp::on_exit([this, process](int, const std::error_code& exit_ec) {
+                    // Posted: Boost may call this from inside the
+                    // child's constructor, before `child` is set.
+                    asio::post(io_, [this, process, exit_ec] { on_exit(process, exit_ec); });
+                  }),
+                  ec);
     if (ec) {
       error = ec.message();
       return false;
@@ -518,24 +527,25 @@ class Engine {
 
   void read(const std::shared_ptr<Process>& process, asio::posix::stream_descriptor& stream,
             std::array<char, kReadChunkBytes>& buffer) {
-    stream.async_read_some(asio::buffer(buffer),
-                           [this, process, &stream, &buffer](const boost::system::error_code& ec, std::size_t size) {
-                             if (&stream == &process->out)
-                               process->stdout_tail.append(buffer.data(), size);
-                             else
-                               process->host.stderr_log.append(buffer.data(), size);
-                             if (!ec) return read(process, stream, buffer);
-                             --process->open_streams;  // EOF, or closed after the drain grace
-                             maybe_complete(process);
-                           });
+    stream.async_read_some(asio::buffer(buffer), [this, process, &stream, &buffer](
+                                                     const boost::system::error_code& ec, std::size_t size) {
+      if (&stream == &process->out)
+        process->stdout_tail.append(buffer.data(), size);
+      else
+        process->host.stderr_log.append(buffer.data(), size);
+      if (!ec) return read(process, stream, buffer);
+      --process->open_streams;  // EOF, or closed after the drain grace
+      maybe_complete(process);
+    });
   }
 
   void write_stdin(const std::shared_ptr<Process>& process, const std::string& data) {
     if (data.empty()) return close_quietly(process->in);
     // An error (EPIPE: the child exited without reading) is not the step's
     // failure; its exit code says whether it worked.
-    asio::async_write(process->in, asio::buffer(data),
-                      [process](const boost::system::error_code&, std::size_t) { close_quietly(process->in); });
+    asio::async_write(
+        process->in, asio::buffer(data),
+        [process](const boost::system::error_code&, std::size_t) { close_quietly(process->in); });
   }
 
   static void close_quietly(asio::posix::stream_descriptor& stream) {
@@ -578,7 +588,8 @@ class Engine {
     // Every attempt counts: its bytes crossed the network.
     if (command.parse_rsync_stats)
       host.result.bytes_sent += parse_rsync_bytes_sent(process.stdout_tail.last(kRsyncStatsTailBytes));
-    if (!process.exit_error.empty()) add_note(host, fmt::format("lost the exit status: {}", process.exit_error));
+    if (!process.exit_error.empty())
+      add_note(host, fmt::format("lost the exit status: {}", process.exit_error));
     if (host.interrupt) return finish_host(host, *host.interrupt);
     if (process.exit_code == 0) {
       ++host.step;
@@ -694,7 +705,9 @@ struct Fanout::State : SharedRunState {
   FanoutOptions options;
 };
 
-Fanout::Fanout(FanoutOptions options) : state_(std::make_unique<State>()) { state_->options = std::move(options); }
+Fanout::Fanout(FanoutOptions options) : state_(std::make_unique<State>()) {
+  state_->options = std::move(options);
+}
 
 Fanout::~Fanout() = default;
 

@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <optional>
 #include <queue>
@@ -19,20 +19,28 @@ namespace cd::shard {
 
 const char* to_string(EstimateSource source) {
   switch (source) {
-    case EstimateSource::History: return "history";
-    case EstimateSource::FileMedian: return "file_median";
-    case EstimateSource::GlobalMedian: return "global_median";
-    case EstimateSource::Default: return "default";
+    case EstimateSource::History:
+      return "history";
+    case EstimateSource::FileMedian:
+      return "file_median";
+    case EstimateSource::GlobalMedian:
+      return "global_median";
+    case EstimateSource::Default:
+      return "default";
   }
   return "unknown";
 }
 
 const char* to_string(Verdict verdict) {
   switch (verdict) {
-    case Verdict::Pending: return "pending";
-    case Verdict::Passed: return "passed";
-    case Verdict::Flaky: return "flaky";
-    case Verdict::Failed: return "failed";
+    case Verdict::Pending:
+      return "pending";
+    case Verdict::Passed:
+      return "passed";
+    case Verdict::Flaky:
+      return "flaky";
+    case Verdict::Failed:
+      return "failed";
   }
   return "unknown";
 }
@@ -87,7 +95,8 @@ void check_unique(const Items& items, IdOf id_of) {
     for (std::size_t a = first; a < last; ++a) {
       for (std::size_t b = a + 1; b < last; ++b) {
         const std::string& id = id_of(items[hashes[a].second]);
-        if (id == id_of(items[hashes[b].second])) throw InvalidInput(fmt::format("test '{}' is listed twice", id));
+        if (id == id_of(items[hashes[b].second]))
+          throw InvalidInput(fmt::format("test '{}' is listed twice", id));
       }
     }
     first = last;
@@ -131,7 +140,8 @@ std::vector<TestEstimate> estimate_durations(const std::vector<std::string>& tes
     all_known.push_back(seconds);
   }
   std::unordered_map<std::string, double> file_median;
-  for (auto& [file, seconds] : known_by_file) file_median.emplace(file, detail::lower_median(std::move(seconds)));
+  for (auto& [file, seconds] : known_by_file)
+    file_median.emplace(file, detail::lower_median(std::move(seconds)));
   const bool anything_known = !all_known.empty();
   const double global_median = anything_known ? detail::lower_median(std::move(all_known)) : 0.0;
 
@@ -205,7 +215,8 @@ std::vector<Unit> make_units(const std::vector<TestEstimate>& tests, double spli
   }
   std::sort(units.begin(), units.end(), longer_first);
   while (units.size() < min_units) {
-    auto splittable = std::find_if(units.begin(), units.end(), [](const Unit& u) { return u.tests.size() > 1; });
+    auto splittable =
+        std::find_if(units.begin(), units.end(), [](const Unit& u) { return u.tests.size() > 1; });
     if (splittable == units.end()) break;
     auto singles = split_into_singles(*splittable, tests);
     units.erase(splittable);
@@ -294,7 +305,8 @@ Exchange best_exchange(const PlanShard& full, const PlanShard& other, const std:
   return best;
 }
 
-void apply_exchange(PlanShard& full, PlanShard& other, const Exchange& exchange, const std::vector<Unit>& units) {
+void apply_exchange(PlanShard& full, PlanShard& other, const Exchange& exchange,
+                    const std::vector<Unit>& units) {
   auto moved = full.units[static_cast<std::size_t>(exchange.from_full)];
   if (exchange.from_other >= 0) {
     auto swapped = other.units[static_cast<std::size_t>(exchange.from_other)];
@@ -318,9 +330,8 @@ void improve(std::vector<PlanShard>& shards, const std::vector<Unit>& units, int
   std::vector<std::size_t> order(shards.size());
   for (int pass = 0; pass < max_passes; ++pass) {
     std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), [&](auto a, auto b) {
-      return std::tie(shards[a].load, a) < std::tie(shards[b].load, b);
-    });
+    std::sort(order.begin(), order.end(),
+              [&](auto a, auto b) { return std::tie(shards[a].load, a) < std::tie(shards[b].load, b); });
     PlanShard& full = shards[order.back()];
     bool improved = false;
     for (std::size_t k = 0; k < std::min(kPartnersPerPass, order.size() - 1) && !improved; ++k) {
@@ -345,7 +356,8 @@ double Plan::makespan_s() const {
 }
 
 Plan plan_static(const std::vector<TestEstimate>& tests, const PlanOptions& options) {
-  if (options.shards < 1) throw InvalidInput(fmt::format("shards must be at least 1, got {}", options.shards));
+  if (options.shards < 1)
+    throw InvalidInput(fmt::format("shards must be at least 1, got {}", options.shards));
   detail::check_estimates(tests);
   const auto shard_count = static_cast<std::size_t>(options.shards);
   const double total = detail::total_estimate(tests);
@@ -406,7 +418,7 @@ struct Dispatcher::State {
   DispatchOptions options;
   std::vector<TestEstimate> tests;
   std::vector<TestState> test_states;
-  std::vector<Item> fresh;         // longest first; consumed from next_fresh
+  std::vector<Item> fresh;  // longest first; consumed from next_fresh
   std::size_t next_fresh = 0;
   // Retries and lost batches, longest first; the first eligible one is
   // almost always at the front, since only re-runs exclude workers.
@@ -418,7 +430,8 @@ struct Dispatcher::State {
 
   bool tried_by(std::size_t test, const std::string& worker) const {
     const auto& attempts = test_states[test].attempts;
-    return std::any_of(attempts.begin(), attempts.end(), [&](const Attempt& a) { return a.worker == worker; });
+    return std::any_of(attempts.begin(), attempts.end(),
+                       [&](const Attempt& a) { return a.worker == worker; });
   }
 
   // A re-run goes to a worker that has not run the test yet, unless every
@@ -427,9 +440,9 @@ struct Dispatcher::State {
     if (!item.retry) return true;
     for (auto test : item.tests) {
       if (!tried_by(test, worker)) continue;
-      bool someone_else = std::any_of(live_workers.begin(), live_workers.end(), [&](const std::string& other) {
-        return other != worker && !tried_by(test, other);
-      });
+      bool someone_else =
+          std::any_of(live_workers.begin(), live_workers.end(),
+                      [&](const std::string& other) { return other != worker && !tried_by(test, other); });
       if (someone_else) return false;
     }
     return true;
@@ -507,7 +520,8 @@ struct Dispatcher::State {
     if (!options.speculate) return std::nullopt;
     while (InFlight* latest = latest_finishing(worker, now_s)) {
       auto open = unresolved(latest->tests);
-      bool tried_here = std::any_of(open.begin(), open.end(), [&](auto test) { return tried_by(test, worker); });
+      bool tried_here =
+          std::any_of(open.begin(), open.end(), [&](auto test) { return tried_by(test, worker); });
       if (open.empty() || tried_here) {
         latest->copied = true;  // not worth copying; do not look at it again
         continue;
@@ -605,7 +619,8 @@ struct Dispatcher::State {
 
 Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
     : state_(std::make_unique<State>()) {
-  if (options.workers < 1) throw InvalidInput(fmt::format("workers must be at least 1, got {}", options.workers));
+  if (options.workers < 1)
+    throw InvalidInput(fmt::format("workers must be at least 1, got {}", options.workers));
   if (options.max_attempts < 1) {
     throw InvalidInput(fmt::format("max_attempts must be at least 1, got {}", options.max_attempts));
   }
@@ -616,7 +631,8 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
   auto& state = *state_;
   state.options = options;
   const double share = detail::total_estimate(tests) / options.workers;
-  auto units = detail::make_units(tests, options.split_file_fraction * share, static_cast<std::size_t>(options.workers));
+  auto units = detail::make_units(tests, options.split_file_fraction * share,
+                                  static_cast<std::size_t>(options.workers));
   for (auto& unit : units) {
     state.stats.queued_estimate_s += unit.estimate_s;
     state.fresh.push_back({std::move(unit.tests), unit.estimate_s, false});
@@ -638,7 +654,8 @@ Assignment Dispatcher::next_batch(const std::string& worker, double now_s) {
   return Assignment{Assignment::Kind::Wait, {}};
 }
 
-void Dispatcher::report(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results) {
+void Dispatcher::report(const std::string& worker, std::uint64_t batch_id,
+                        const std::vector<TestResult>& results) {
   std::lock_guard lock(state_->mutex);
   auto& state = *state_;
   InFlight flight = state.finish(worker, batch_id);
@@ -718,7 +735,8 @@ std::vector<TestOutcome> Dispatcher::outcomes() const {
   outcomes.reserve(state.tests.size());
   for (std::size_t test = 0; test < state.tests.size(); ++test) {
     const auto& test_state = state.test_states[test];
-    outcomes.push_back({state.tests[test].id, test_state.verdict, state.tests[test].seconds, test_state.attempts});
+    outcomes.push_back(
+        {state.tests[test].id, test_state.verdict, state.tests[test].seconds, test_state.attempts});
   }
   return outcomes;
 }

@@ -3,6 +3,7 @@
 // something to be ready; time appears only as generous upper bounds.
 #include "cd/fanout.hpp"
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -22,8 +23,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "cd/error.hpp"
 
@@ -87,7 +86,9 @@ Command cmd(std::vector<std::string> argv, std::string stdin_data = "") {
   return command;
 }
 
-HostJob job(std::string host, std::vector<Command> steps) { return HostJob{std::move(host), std::move(steps)}; }
+HostJob job(std::string host, std::vector<Command> steps) {
+  return HostJob{std::move(host), std::move(steps)};
+}
 
 std::vector<HostJob> same_job_for(std::size_t count, const Command& step) {
   std::vector<HostJob> jobs;
@@ -211,9 +212,9 @@ TEST_F(FanoutTest, TimeoutKillsTheProcessGroupPromptly) {
   FanoutOptions options = fast_options();
   options.host_timeout_s = 0.5;
   auto start = std::chrono::steady_clock::now();
-  auto results = Fanout(options).run(
-      {job("slow", {cmd({"sleep", "60"})}), job("grandchild", {cmd({sleeper, path("bg.pid")})}),
-       job("fast", {cmd({"true"})})});
+  auto results = Fanout(options).run({job("slow", {cmd({"sleep", "60"})}),
+                                      job("grandchild", {cmd({sleeper, path("bg.pid")})}),
+                                      job("fast", {cmd({"true"})})});
   double elapsed = Seconds(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(elapsed, kPromptSeconds);
   for (int i : {0, 1}) {
@@ -273,8 +274,9 @@ TEST_F(FanoutTest, ReportsSignalDeathAsShellExitCode) {
 
 TEST_F(FanoutTest, StepsStopAtTheFirstFailure) {
   std::string marker = path("third-step-ran");
-  auto results = Fanout(fast_options()).run(
-      {job("h", {cmd({"true"}), cmd({"false"}), cmd({"touch", marker})}), job("ok", {cmd({"true"}), cmd({"true"})})});
+  auto results = Fanout(fast_options())
+                     .run({job("h", {cmd({"true"}), cmd({"false"}), cmd({"touch", marker})}),
+                           job("ok", {cmd({"true"}), cmd({"true"})})});
   EXPECT_EQ(results[0].status, HostStatus::Failed);
   EXPECT_EQ(results[0].failed_step, 1);
   EXPECT_EQ(results[0].exit_code, 1);
@@ -285,9 +287,10 @@ TEST_F(FanoutTest, StepsStopAtTheFirstFailure) {
 
 TEST_F(FanoutTest, FailureBudgetSkipsHostsNotYetStarted) {
   std::vector<HostJob> jobs;
-  for (int i = 0; i < 10; ++i) jobs.push_back(job("h" + std::to_string(i), {cmd({i < 3 ? "false" : "true"})}));
+  for (int i = 0; i < 10; ++i)
+    jobs.push_back(job("h" + std::to_string(i), {cmd({i < 3 ? "false" : "true"})}));
   FanoutOptions options = fast_options();
-  options.concurrency = 1;  // makes the order, hence the cut-off, deterministic
+  options.concurrency = 1;          // makes the order, hence the cut-off, deterministic
   options.max_fail_fraction = 0.2;  // more than 2 of 10 failed: stop
   auto results = Fanout(options).run(jobs);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(results[i].status, HostStatus::Failed);
@@ -349,15 +352,18 @@ TEST_F(FanoutTest, CancelBeforeRunCancelsEverything) {
 TEST_F(FanoutTest, MissingExecutableIsAFailedHostNotAnException) {
   std::string not_executable = path("plain.txt");
   std::ofstream(not_executable) << "not a program\n";
-  auto results = Fanout(fast_options()).run({
-      job("nowhere", {cmd({"no-such-program-for-fanout-test", "-a"})}),
-      job("bad-path", {cmd({"/nonexistent/rsync"})}),
-      job("no-x-bit", {cmd({not_executable})}),
-      job("directory", {cmd({dir_.string()})}),  // passes access(X_OK), exec fails
-      job("fine", {cmd({"true"})}),
-  });
-  EXPECT_TRUE(Contains(results[0].stderr_tail, "cannot start 'no-such-program-for-fanout-test': No such file or directory"));
-  EXPECT_TRUE(Contains(results[1].stderr_tail, "cannot start '/nonexistent/rsync': No such file or directory"));
+  auto results = Fanout(fast_options())
+                     .run({
+                         job("nowhere", {cmd({"no-such-program-for-fanout-test", "-a"})}),
+                         job("bad-path", {cmd({"/nonexistent/rsync"})}),
+                         job("no-x-bit", {cmd({not_executable})}),
+                         job("directory", {cmd({dir_.string()})}),  // passes access(X_OK), exec fails
+                         job("fine", {cmd({"true"})}),
+                     });
+  EXPECT_TRUE(Contains(results[0].stderr_tail,
+                       "cannot start 'no-such-program-for-fanout-test': No such file or directory"));
+  EXPECT_TRUE(
+      Contains(results[1].stderr_tail, "cannot start '/nonexistent/rsync': No such file or directory"));
   EXPECT_TRUE(Contains(results[2].stderr_tail, "Permission denied"));
   EXPECT_TRUE(Contains(results[3].stderr_tail, "cannot start '" + dir_.string() + "'"));
   for (int i = 0; i < 4; ++i) {
@@ -371,12 +377,13 @@ TEST_F(FanoutTest, MissingExecutableIsAFailedHostNotAnException) {
 
 TEST_F(FanoutTest, StdinIsDeliveredThenClosed) {
   std::string big(1 << 20, 'x');  // larger than a pipe buffer
-  auto results = Fanout(fast_options()).run({
-      job("cat", {cmd({"cat"}, "revision abc123\n")}),
-      job("count", {cmd({"wc", "-c"}, big)}),
-      job("eof", {cmd({"cat"})}),                 // empty stdin: EOF at once, no hang
-      job("ignores-stdin", {cmd({"true"}, big)}),  // EPIPE, not a SIGPIPE crash
-  });
+  auto results =
+      Fanout(fast_options())
+          .run({
+              job("cat", {cmd({"cat"}, "revision abc123\n")}), job("count", {cmd({"wc", "-c"}, big)}),
+              job("eof", {cmd({"cat"})}),                  // empty stdin: EOF at once, no hang
+              job("ignores-stdin", {cmd({"true"}, big)}),  // EPIPE, not a SIGPIPE crash
+          });
   EXPECT_EQ(results[0].stdout_tail, "revision abc123\n");
   EXPECT_EQ(results[1].stdout_tail, std::to_string(big.size()) + "\n");
   for (const auto& r : results) EXPECT_EQ(r.status, HostStatus::Ok) << r.host;
@@ -507,14 +514,15 @@ TEST_F(FanoutTest, FiveHundredHostsComplete) {
   std::size_t last_done = 0;
   bool monotonic = true;
   auto start = std::chrono::steady_clock::now();
-  auto results = Fanout(fast_options()).run(same_job_for(kHosts, cmd({"true"})),
-                                            [&](const HostResult&, const Progress& progress) {
-                                              ++calls;
-                                              monotonic = monotonic && progress.done == last_done + 1;
-                                              last_done = progress.done;
-                                              EXPECT_EQ(progress.total, kHosts);
-                                              EXPECT_LE(progress.running, 32u);
-                                            });
+  auto results =
+      Fanout(fast_options())
+          .run(same_job_for(kHosts, cmd({"true"})), [&](const HostResult&, const Progress& progress) {
+            ++calls;
+            monotonic = monotonic && progress.done == last_done + 1;
+            last_done = progress.done;
+            EXPECT_EQ(progress.total, kHosts);
+            EXPECT_LE(progress.running, 32u);
+          });
   double elapsed = Seconds(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(calls, kHosts);
   EXPECT_TRUE(monotonic);
@@ -525,8 +533,9 @@ TEST_F(FanoutTest, FiveHundredHostsComplete) {
 
 TEST_F(FanoutTest, ProgressCountsFailures) {
   std::vector<Progress> seen;
-  Fanout(fast_options()).run({job("a", {cmd({"false"})}), job("b", {cmd({"true"})})},
-                             [&](const HostResult&, const Progress& p) { seen.push_back(p); });
+  Fanout(fast_options())
+      .run({job("a", {cmd({"false"})}), job("b", {cmd({"true"})})},
+           [&](const HostResult&, const Progress& p) { seen.push_back(p); });
   ASSERT_EQ(seen.size(), 2u);
   EXPECT_EQ(seen.back().done, 2u);
   EXPECT_EQ(seen.back().failed, 1u);
@@ -536,10 +545,10 @@ TEST_F(FanoutTest, ProgressCountsFailures) {
 TEST_F(FanoutTest, ThrowingProgressCallbackCancelsAndRethrows) {
   std::vector<HostJob> jobs = {job("quick", {cmd({"true"})}), job("slow", {cmd({"sleep", "60"})})};
   auto start = std::chrono::steady_clock::now();
-  EXPECT_THROW(Fanout(fast_options()).run(jobs, [](const HostResult&, const Progress&) {
-    throw std::runtime_error("observer failed");
-  }),
-               std::runtime_error);
+  EXPECT_THROW(
+      Fanout(fast_options())
+          .run(jobs, [](const HostResult&, const Progress&) { throw std::runtime_error("observer failed"); }),
+      std::runtime_error);
   EXPECT_LT(Seconds(std::chrono::steady_clock::now() - start).count(), kPromptSeconds);
 }
 
@@ -548,7 +557,8 @@ void count_sigchld(int) { ++sigchld_count; }
 
 TEST_F(FanoutTest, RestoresThePreviousSigchldHandler) {
   // A Buildbot master runs Twisted, whose SIGCHLD handler must survive a run.
-  struct sigaction mine {}, previous {}, after {};
+  struct sigaction mine {
+  }, previous{}, after{};
   mine.sa_handler = count_sigchld;
   ASSERT_EQ(::sigaction(SIGCHLD, &mine, &previous), 0);
   Fanout(fast_options()).run(same_job_for(3, cmd({"true"})));

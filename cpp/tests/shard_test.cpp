@@ -66,7 +66,8 @@ TEST(Estimates, OnlyTheMostRecentRunsCount) {
 }
 
 TEST(Estimates, UnknownTestGetsFileMedianThenGlobalMedian) {
-  DurationMap run = {{"a.py::x", 1.0}, {"a.py::y", 3.0}, {"a.py::z", 5.0}, {"b.py::x", 10.0}, {"b.py::y", 20.0}};
+  DurationMap run = {
+      {"a.py::x", 1.0}, {"a.py::y", 3.0}, {"a.py::z", 5.0}, {"b.py::x", 10.0}, {"b.py::y", 20.0}};
   auto estimates = estimate_durations({"a.py::new", "c.py::new", "b.py::x"}, {run});
   EXPECT_DOUBLE_EQ(estimates[0].seconds, 3.0);
   EXPECT_EQ(estimates[0].source, EstimateSource::FileMedian);
@@ -95,9 +96,7 @@ TEST(Estimates, NegativeOrNonFiniteDurationIsNamed) {
   EXPECT_THROW(estimate_durations({"a"}, {{{"a", INFINITY}}}), InvalidInput);
 }
 
-TEST(Estimates, DuplicateTestIdIsRejected) {
-  EXPECT_THROW(estimate_durations({"a", "a"}, {}), InvalidInput);
-}
+TEST(Estimates, DuplicateTestIdIsRejected) { EXPECT_THROW(estimate_durations({"a", "a"}, {}), InvalidInput); }
 
 TEST(Estimates, FileOfSplitsPytestIds) {
   EXPECT_EQ(file_of("tests/test_a.py::TestX::test_y[1]"), "tests/test_a.py");
@@ -137,14 +136,16 @@ TEST(StaticPlan, DeterministicForTheSameInput) {
   auto tests = random_suite(2000, 4, 3);
   auto first = plan_static(tests, shards(9));
   auto second = plan_static(tests, shards(9));
-  for (std::size_t k = 0; k < first.shards.size(); ++k) EXPECT_EQ(first.shards[k].tests, second.shards[k].tests);
+  for (std::size_t k = 0; k < first.shards.size(); ++k)
+    EXPECT_EQ(first.shards[k].tests, second.shards[k].tests);
 }
 
 TEST(StaticPlan, FilesStayTogetherUnlessLong) {
   // Ten short files of three tests, and one file as long as the rest together.
   std::vector<std::pair<std::string, double>> tests;
   for (int file = 0; file < 10; ++file) {
-    for (int t = 0; t < 3; ++t) tests.push_back({"f" + std::to_string(file) + ".py::t" + std::to_string(t), 1.0});
+    for (int t = 0; t < 3; ++t)
+      tests.push_back({"f" + std::to_string(file) + ".py::t" + std::to_string(t), 1.0});
   }
   for (int t = 0; t < 6; ++t) tests.push_back({"long.py::t" + std::to_string(t), 5.0});
   auto plan = plan_static(suite(tests), shards(4));
@@ -334,9 +335,8 @@ TEST(Dispatcher, MaxAttemptsBoundsReruns) {
 
 TEST(Dispatcher, SingleWorkerStillRetriesOnItself) {
   Dispatcher dispatcher(suite({{"flaky.py::t", 1}}), workers(1));
-  auto outcomes = run_all(dispatcher, 1, [](const std::string&, const std::string&, int attempt) {
-    return attempt == 0;
-  });
+  auto outcomes = run_all(dispatcher, 1,
+                          [](const std::string&, const std::string&, int attempt) { return attempt == 0; });
   EXPECT_EQ(outcomes["flaky.py::t"].verdict, Verdict::Flaky);
 }
 

@@ -20,9 +20,9 @@
 namespace cd::fanout {
 
 struct Command {
-  std::vector<std::string> argv;  // argv[0] is looked up on PATH
-  std::string stdin_data;         // written to the process, then closed
-  bool parse_rsync_stats = false; // read "Total bytes sent" from stdout
+  std::vector<std::string> argv;   // argv[0] is looked up on PATH
+  std::string stdin_data;          // written to the process, then closed
+  bool parse_rsync_stats = false;  // read "Total bytes sent" from stdout
 };
 
 // Steps run in order; the first failing step (after its retries) ends the
@@ -37,10 +37,10 @@ struct HostJob {
 inline const std::vector<int> kDefaultTransientExitCodes = {10, 12, 23, 30, 35, 255};
 
 struct FanoutOptions {
-  int concurrency = 32;            // pssh's default window
-  double host_timeout_s = 600.0;   // whole sequence of one host, retries included
-  int max_retries = 2;             // per step, on a transient exit code only
-  double retry_backoff_s = 0.5;    // doubled on each retry of the same step
+  int concurrency = 32;           // pssh's default window
+  double host_timeout_s = 600.0;  // whole sequence of one host, retries included
+  int max_retries = 2;            // per step, on a transient exit code only
+  double retry_backoff_s = 0.5;   // doubled on each retry of the same step
   std::vector<int> transient_exit_codes = kDefaultTransientExitCodes;
   // Once more than this share of all hosts has failed, hosts not yet started
   // are skipped (Ansible's max_fail_percentage). 1.0 never aborts.
@@ -54,10 +54,10 @@ const char* to_string(HostStatus status);
 struct HostResult {
   std::string host;
   HostStatus status = HostStatus::Skipped;
-  int exit_code = -1;        // of the last process run; -1 if none ran
-  int attempts = 0;          // processes started for this host
-  int failed_step = -1;      // index of the step that failed, -1 if none
-  std::string stdout_tail;   // stdout of the last step
+  int exit_code = -1;       // of the last process run; -1 if none ran
+  int attempts = 0;         // processes started for this host
+  int failed_step = -1;     // index of the step that failed, -1 if none
+  std::string stdout_tail;  // stdout of the last step
   std::string stderr_tail;
   double duration_s = 0.0;
   std::int64_t bytes_sent = 0;  // summed over steps with parse_rsync_stats

@@ -188,8 +188,7 @@ class Dispatcher {
   // from `results` count as failed attempts ("no result reported"). Results
   // for a test already decided by another copy are ignored. Throws
   // InvalidState for a batch not in flight on this worker.
-  void report(const std::string& worker, std::uint64_t batch_id,
-              const std::vector<TestResult>& results);
+  void report(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results);
 
   // The batch failed as a whole (runner crashed, unreadable report): every
   // test in it counts as a failed attempt with `message`.
