@@ -17,12 +17,12 @@ DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-d
 .PHONY: demo demo-stop test test-cpp test-python deps venv install cpp-tests clean
 
 demo: install
-	$(PY) -m buildbot_steps.demo
+	PYTHONPATH=tests $(PY) -m harness.demo
 
 # The demo leaves its master and workers running for the web UI; this stops
 # exactly the processes it recorded in demo/pids.json.
 demo-stop:
-	@if [ -x $(PY) ]; then $(PY) -m buildbot_steps.demo --stop; else echo "demo: nothing to stop (no $(VENV))"; fi
+	@if [ -x $(PY) ]; then PYTHONPATH=tests $(PY) -m harness.demo --stop; else echo "demo: nothing to stop (no $(VENV))"; fi
 
 test: test-cpp test-python
 

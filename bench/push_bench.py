@@ -7,7 +7,7 @@ What it does (DESIGN.md section 4, issue 4):
   * generates a release tree (default 50 MiB, a few thousand files of varied
     sizes, text and binary, deterministic from a seeded RNG) and a second tree,
     a copy of it with 1% of its bytes changed, spread over files;
-  * starts N real sshd hosts on 127.0.0.k (tests/release/sshd_hosts.py);
+  * starts N real sshd hosts on 127.0.0.k (tests/harness/sshd_hosts.py);
   * per tool and repetition: empties the destinations (untimed), pushes tree 1
     ("first push"), then tree 2 ("second push"), timing each;
       ours    buildbot_steps.release push into a release slot (second push into
@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -70,7 +69,7 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-HARNESS_PATH = REPO / "tests" / "release" / "sshd_hosts.py"
+sys.path.insert(0, str(REPO / "tests"))  # the test harness, imported as the tests do
 
 MIB = 1024 * 1024
 T0 = 1_700_000_000  # mtime of every file of tree 1 (fixed: the trees are reproducible)
@@ -91,10 +90,7 @@ TEXT_EXTS = (".py", ".html", ".js", ".css", ".json", ".txt", ".po", ".sql", ".ya
 BIN_EXTS = (".so", ".png", ".woff2", ".bin", ".gz", ".jpg", ".mo")
 TOP_DIRS = ("bin", "lib", "lib/python", "share", "static/js", "static/css", "static/img",
             "templates", "locale", "conf", "docs", "vendor")  # fmt: skip
-WORDS = ("the release deploy host push flip slot rollback return value self def class "
-         "import from for in if else while try except with as lambda none true false "
-         "config server request response user session cache query index table row "
-         "column id name status error warning info debug div span class href src").split()
+WORDS = ["the", "release", "deploy", "host", "push", "flip", "slot", "rollback", "return", "value", "self", "def", "class", "import", "from", "for", "in", "if", "else", "while", "try", "except", "with", "as", "lambda", "none", "true", "false", "config", "server", "request", "response", "user", "session", "cache", "query", "index", "table", "row", "column", "id", "name", "status", "error", "warning", "info", "debug", "div", "span", "class", "href", "src"]
 
 
 def log(msg: str) -> None:
@@ -405,8 +401,9 @@ def run_peer(argv: list[str]) -> tuple[subprocess.CompletedProcess, float]:
     return result, time.perf_counter() - start
 
 
-def peer_result(r: subprocess.CompletedProcess, elapsed: float, failed: int, sent: int | None,
-                detail: str) -> PushResult:
+def peer_result(
+    r: subprocess.CompletedProcess, elapsed: float, failed: int, sent: int | None, detail: str
+) -> PushResult:
     """A non-zero exit counts at least one failed host, with the tool's words."""
     if r.returncode == 0:
         return PushResult(elapsed, sent, failed)
@@ -440,8 +437,9 @@ def push_prsync(env: Env, tree: Tree, slots: bool = False) -> PushResult:
     sent = sum(total_sent(p.read_text()) for p in (run_dir / "out").iterdir())
     errs = [p.read_text().strip()[-300:] for p in (run_dir / "err").iterdir() if p.stat().st_size]
     shutil.rmtree(run_dir)
-    return peer_result(r, elapsed, r.stdout.count("[FAILURE]"), sent,
-                       f"{r.stdout.strip()[-300:]} {' | '.join(errs[:2])}")
+    return peer_result(
+        r, elapsed, r.stdout.count("[FAILURE]"), sent, f"{r.stdout.strip()[-300:]} {' | '.join(errs[:2])}"
+    )
 
 
 def clush_conf(env: Env) -> pathlib.Path:
@@ -456,7 +454,9 @@ def clush_conf(env: Env) -> pathlib.Path:
 def push_clush(env: Env, tree: Tree, slots: bool = False) -> PushResult:
     conf = clush_conf(env)
     dest, link = env.next_slot() if slots else (".", [])
-    copy_options = shlex.join(["-a", "--delete", "--stats", "-e", env.rsh, f"--rsync-path={env.rsync_path}", *link])
+    copy_options = shlex.join(
+        ["-a", "--delete", "--stats", "-e", env.rsh, f"--rsync-path={env.rsync_path}", *link]
+    )
     argv = [
         *clush_base(env, conf, "-n"),
         "-O", "scp_path=rsync", "-O", f"scp_options={copy_options}",
@@ -473,13 +473,19 @@ def flip_pssh(env: Env, slot: str) -> PushResult:
     argv = ["parallel-ssh", "-h", str(hosts_file), "-p", str(env.concurrency), "-t", "0",
             "-X", "-F", "-X", str(env.ssh_config), env.flip_command(slot)]  # fmt: skip
     r, elapsed = run_peer(argv)
-    return peer_result(r, elapsed, r.stdout.count("[FAILURE]"), None,
-                       f"{r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}")
+    return peer_result(
+        r, elapsed, r.stdout.count("[FAILURE]"), None, f"{r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}"
+    )
 
 
 def flip_clush(env: Env, slot: str) -> PushResult:
     """The clush-slots flip: clush -f <window> of the flip command (new connections)."""
-    argv = [*clush_base(env, clush_conf(env), "-q"), "-O", f"ssh_options=-F {env.ssh_config}", env.flip_command(slot)]
+    argv = [
+        *clush_base(env, clush_conf(env), "-q"),
+        "-O",
+        f"ssh_options=-F {env.ssh_config}",
+        env.flip_command(slot),
+    ]
     r, elapsed = run_peer(argv)
     return peer_result(r, elapsed, clush_failures(r), None, r.stderr.strip()[-400:])
 
@@ -541,7 +547,9 @@ class Ours:
     @staticmethod
     def _detail(report) -> str:
         bad = [h for h in report.hosts if not h.ok]
-        return "; ".join(f"{h.host}: {h.status} step {h.failed_step} rc {h.exit_code}: {h.error}" for h in bad[:3])
+        return "; ".join(
+            f"{h.host}: {h.status} step {h.failed_step} rc {h.exit_code}: {h.error}" for h in bad[:3]
+        )
 
     def push(self, tree: Tree, revision: str) -> PushResult:
         t = time.perf_counter()
@@ -615,17 +623,32 @@ def fmt_bytes(x: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=50, help="loopback sshd hosts (default 50)")
-    ap.add_argument("--concurrency", type=int, default=32, help="fan-out window of every parallel tool (default 32, pssh's)")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="fan-out window of every parallel tool (default 32, pssh's)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="repetitions; medians are reported (default 3)")
     ap.add_argument("--serial-repeat", type=int, default=1,
                     help="repetitions of the serial loop, the slowest and steadiest tool (default 1: keeps the "
                          "default run to a few minutes)")  # fmt: skip
     ap.add_argument("--size-mb", type=float, default=50, help="release tree size in MiB (default 50)")
     ap.add_argument("--files", type=int, default=3000, help="files in the tree (default 3000)")
-    ap.add_argument("--change-percent", type=float, default=1.0, help="share of bytes changed in tree 2 (default 1)")
+    ap.add_argument(
+        "--change-percent", type=float, default=1.0, help="share of bytes changed in tree 2 (default 1)"
+    )
     ap.add_argument("--seed", type=int, default=20261126)
-    ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated, from {','.join(TOOLS + OPTIONAL_TOOLS)} (default: {','.join(TOOLS)})")
-    ap.add_argument("--workdir", type=pathlib.Path, help="run in this directory instead of a temporary one (with --storage tmpfs, a tmpfs is mounted over it for the run)")
+    ap.add_argument(
+        "--tools",
+        default=",".join(TOOLS),
+        help=f"comma-separated, from {','.join(TOOLS + OPTIONAL_TOOLS)} (default: {','.join(TOOLS)})",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=pathlib.Path,
+        help="run in this directory instead of a temporary one (with --storage tmpfs, a tmpfs is mounted over it for the run)",
+    )
     ap.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
     ap.add_argument("--json-file", type=pathlib.Path, help="also write the JSON document to this file")
     ap.add_argument("--storage", choices=("tmpfs", "disk"), default="tmpfs",
@@ -649,10 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(exe) is None:
             ap.error(f"{exe} not found (apt-get install -y rsync pssh clustershell)")
 
-    spec = importlib.util.spec_from_file_location("sshd_hosts", HARNESS_PATH)
-    sshd_hosts = importlib.util.module_from_spec(spec)
-    sys.modules["sshd_hosts"] = sshd_hosts
-    spec.loader.exec_module(sshd_hosts)
+    from harness import sshd_hosts  # noqa: PLC0415
 
     started = time.perf_counter()
     load_start = os.getloadavg()
@@ -675,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         """Untimed, between steps: write-back of one push does not bill the next."""
         if args.storage == "disk":
             os.sync()
+
     report: dict = {
         "config": {
             "hosts": args.hosts, "concurrency": args.concurrency, "repeat": args.repeat, "serial_repeat": args.serial_repeat,
@@ -699,7 +720,9 @@ def main(argv: list[str] | None = None) -> int:
         fleet = sshd_hosts.SshdFleet(args.hosts, workdir / "fleet")
         fleet.start()
         env = Env(fleet, workdir, args.concurrency)
-        log(f"{args.hosts} sshd hosts up on 127.0.0.{sshd_hosts.FIRST_HOST_OCTET}.. [{time.perf_counter() - t:.1f}s]")
+        log(
+            f"{args.hosts} sshd hosts up on 127.0.0.{sshd_hosts.FIRST_HOST_OCTET}.. [{time.perf_counter() - t:.1f}s]"
+        )
 
         rtt = env.ssh_true_seconds()
         pssh_true = env.parallel_ssh_true_seconds()
@@ -711,10 +734,20 @@ def main(argv: list[str] | None = None) -> int:
             "single_stream_bytes_per_s": rate,
             "single_stream_bytes_sent": single_sent,
         }
-        log(f"ssh true: {rtt * 1000:.0f} ms; parallel-ssh true to all: {fmt_s(pssh_true)} s; one rsync stream: {rate / MIB:.0f} MiB/s ({fmt_bytes(single_sent)} sent)")
+        log(
+            f"ssh true: {rtt * 1000:.0f} ms; parallel-ssh true to all: {fmt_s(pssh_true)} s; one rsync stream: {rate / MIB:.0f} MiB/s ({fmt_bytes(single_sent)} sent)"
+        )
 
         samples: dict[str, dict[str, list]] = {
-            tool: {"first_s": [], "second_s": [], "first_bytes": [], "second_bytes": [], "flip_s": [], "flip_cold_s": []} for tool in tools
+            tool: {
+                "first_s": [],
+                "second_s": [],
+                "first_bytes": [],
+                "second_bytes": [],
+                "flip_s": [],
+                "flip_cold_s": [],
+            }
+            for tool in tools
         }
         errors: list[str] = []
         for tool in [t for t in tools if t.startswith("ours")]:
@@ -746,7 +779,9 @@ def main(argv: list[str] | None = None) -> int:
                         res = PEERS[tool](env, tree)
                     settle()
                     if res.failed_hosts:
-                        errors.append(f"{tool} rep {rep} {phase}: {res.failed_hosts} hosts failed: {res.detail}")
+                        errors.append(
+                            f"{tool} rep {rep} {phase}: {res.failed_hosts} hosts failed: {res.detail}"
+                        )
                         log(errors[-1])
                     s[f"{phase}_s"].append(res.seconds)
                     s[f"{phase}_bytes"].append(res.bytes_sent)
@@ -754,7 +789,9 @@ def main(argv: list[str] | None = None) -> int:
                     if ours is not None:
                         flip = ours.flip()
                         if flip.failed_hosts:
-                            errors.append(f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: {flip.detail}")
+                            errors.append(
+                                f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: {flip.detail}"
+                            )
                             log(errors[-1])
                         s["flip_s"].append(flip.seconds)
                         extra = f", flip {flip.seconds:.2f}s"
@@ -767,7 +804,9 @@ def main(argv: list[str] | None = None) -> int:
                             ours.start_cold()
                             cold = ours.flip(f"r{rep}-first")
                             if cold.failed_hosts:
-                                errors.append(f"{tool} rep {rep} cold flip: {cold.failed_hosts} failed: {cold.detail}")
+                                errors.append(
+                                    f"{tool} rep {rep} cold flip: {cold.failed_hosts} failed: {cold.detail}"
+                                )
                                 log(errors[-1])
                             s["flip_cold_s"].append(cold.seconds)
                             extra += f", cold flip {cold.seconds:.2f}s"
@@ -776,12 +815,16 @@ def main(argv: list[str] | None = None) -> int:
                         dests = [env.peer_dir(h) / slot for h in env.hosts]
                         flip = PEER_FLIPS[tool](env, slot)
                         if flip.failed_hosts:
-                            errors.append(f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: {flip.detail}")
+                            errors.append(
+                                f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: {flip.detail}"
+                            )
                             log(errors[-1])
                         # The peers' flip always opens new ssh connections: compared with ours' cold flip.
                         s["flip_cold_s"].append(flip.seconds)
                         extra = f", flip (new connections) {flip.seconds:.2f}s"
-                        unflipped = [h.address for h in env.hosts if link_target(env.peer_dir(h) / "current") != slot]
+                        unflipped = [
+                            h.address for h in env.hosts if link_target(env.peer_dir(h) / "current") != slot
+                        ]
                         if unflipped:
                             errors.append(f"{tool} rep {rep} flip after {phase}: current is not {slot} on "
                                           f"{len(unflipped)} hosts, e.g. {unflipped[0]}")  # fmt: skip
@@ -792,7 +835,9 @@ def main(argv: list[str] | None = None) -> int:
                         dests = [env.peer_dir(h) for h in env.hosts]
                     bad = [msg for d in dests if (msg := verify_copy(d, tree))]
                     if bad:
-                        errors.append(f"{tool} rep {rep} {phase}: {len(bad)} hosts hold a wrong copy: {bad[0]}")
+                        errors.append(
+                            f"{tool} rep {rep} {phase}: {len(bad)} hosts hold a wrong copy: {bad[0]}"
+                        )
                         log(errors[-1])
                     log(f"rep {rep + 1}/{args.repeat} {tool:11s} {phase:6s} push {res.seconds:6.2f}s "
                         f"sent {fmt_bytes(res.bytes_sent)}{extra}")  # fmt: skip
@@ -890,16 +935,54 @@ def print_table(report: dict, args) -> None:
     rows.append(("ref: bytes / 1-stream rate", "", "", "", fmt_s(ref["bytes_over_single_stream_rate_first_s"]),
                  fmt_s(ref["bytes_over_single_stream_rate_second_s"]), "", "", "", "", "", "", "", ""))  # fmt: skip
     rtt_ref = fmt_s(ref["ssh_true_x_hosts_over_concurrency_s"])
-    rows.append((f"ref: ssh true x {cfg['hosts']}/{cfg['concurrency']}", "", "", "", rtt_ref, rtt_ref, "", "", "", "", rtt_ref, "", "", ""))
+    rows.append(
+        (
+            f"ref: ssh true x {cfg['hosts']}/{cfg['concurrency']}",
+            "",
+            "",
+            "",
+            rtt_ref,
+            rtt_ref,
+            "",
+            "",
+            "",
+            "",
+            rtt_ref,
+            "",
+            "",
+            "",
+        )
+    )
     if ref.get("parallel_ssh_true_s") is not None:
         p = fmt_s(ref["parallel_ssh_true_s"])
-        rows.append((f"ref: parallel-ssh -p {cfg['concurrency']} true", "", "", "", p, p, "", "", "", "", p, "", "", ""))
+        rows.append(
+            (
+                f"ref: parallel-ssh -p {cfg['concurrency']} true",
+                "",
+                "",
+                "",
+                p,
+                p,
+                "",
+                "",
+                "",
+                "",
+                p,
+                "",
+                "",
+                "",
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for row in (head, *rows):
-        print("  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))))
+        print(
+            "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths)))
+        )
     print()
-    print("ours/tool: our time divided by the tool's (below 1: ours is faster). 2nd/1st: second push over first. "
-          "Times are medians over the runs.")
+    print(
+        "ours/tool: our time divided by the tool's (below 1: ours is faster). 2nd/1st: second push over first. "
+        "Times are medians over the runs."
+    )
     print("Job 'slots' (equal work: ours, prsync-slots, clush-slots): every push builds a complete new copy in a "
           "fresh, previously non-existent directory per host (rsync -a --delete; the second push with --link-dest "
           "against the host's previous copy, so unchanged files become hard links), and a separate, timed flip "
@@ -915,10 +998,12 @@ def print_table(report: dict, args) -> None:
           "transport (once per run), and the slot peers' flip after each push (they keep no connections). "
           "ours/tool cold flip compares these two.")  # fmt: skip
     if "ours-setsid" in results:
-        print("ours-setsid (diagnostic): ours with each child started in its own session (`setsid -w ssh|rsync ...`), "
-              "as pssh starts its children; with autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled="
-              f"{autogroup_setting()}) every session is a CPU-scheduling group of its own, which matters when other "
-              "work shares the machine.")
+        print(
+            "ours-setsid (diagnostic): ours with each child started in its own session (`setsid -w ssh|rsync ...`), "
+            "as pssh starts its children; with autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled="
+            f"{autogroup_setting()}) every session is a CPU-scheduling group of its own, which matters when other "
+            "work shares the machine."
+        )
     o = results.get("ours")
     if o and o["flip_s"] is not None:
         cold = f"{o['flip_cold_s']:.2f} s on cold connections" if o.get("flip_cold_s") is not None else ""
@@ -947,12 +1032,14 @@ def print_table(report: dict, args) -> None:
           "peers rsync (-a --delete) into a plain directory per host, the second push over its copy of tree 1; the "
           "slot peers as described above. All prsync/clush rows reach a per-host directory via --rsync-path "
           "'cd .../$ADDR && rsync' (the flip command does the same cd). The hosts' sshd sets SHLVL=1 "
-          "(tests/release/sshd_hosts.py), so no ssh command sources root's ~/.bashrc. clush runs in copy mode "
+          "(tests/harness/sshd_hosts.py), so no ssh command sources root's ~/.bashrc. clush runs in copy mode "
           "with rsync as its copy tool (its native scp -r has no delta and no --delete). 'sent' is rsync's "
           "Total bytes sent summed over hosts. Every copy is verified after every push (untimed).")  # fmt: skip
     la = report["loadavg_1m_start_end"]
-    print(f"Total benchmark runtime: {report['total_runtime_s']:.0f} s; 1-minute load average {la[0]:.1f} at the "
-          f"start, {la[1]:.1f} at the end (on a shared machine, other work competes for the {cfg['cpus']} CPUs)")
+    print(
+        f"Total benchmark runtime: {report['total_runtime_s']:.0f} s; 1-minute load average {la[0]:.1f} at the "
+        f"start, {la[1]:.1f} at the end (on a shared machine, other work competes for the {cfg['cpus']} CPUs)"
+    )
     for e in report["errors"]:
         print(f"ERROR: {e}")
 

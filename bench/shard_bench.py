@@ -24,21 +24,22 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
-from buildbot_steps import _core, sharding
+from buildbot_steps import _core
+from buildbot_steps.shard import planning as sharding
 
 try:
     from pytest_split.algorithms import Algorithms
 except ImportError:
     sys.exit("pytest-split is not installed: run `make install` (it installs the test extras)")
 
-HYPHA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "test-durations" / "hypha"
+HYPHA = Path(__file__).resolve().parent.parent / "data" / "test-durations" / "hypha"
 # The IMVU 2009 suite: ~15k tests in ~1000 files, 4.4 machine-hours, 36 machines.
 IMVU_TESTS, IMVU_FILES, IMVU_SECONDS, IMVU_WORKERS = 15_000, 1_000, 4.4 * 3600, 36
-RUN_TO_RUN_LOG_SD = 0.20   # real suites vary 15-20 % per test between runs
-HEAVY_TAIL_LOG_SD = 1.5    # log-normal spread of test durations: a few tests dominate
+RUN_TO_RUN_LOG_SD = 0.20  # real suites vary 15-20 % per test between runs
+HEAVY_TAIL_LOG_SD = 1.5  # log-normal spread of test durations: a few tests dominate
 HISTORY_RUNS = 3
 SCALE_TESTS, SCALE_SHARDS = 1_000_000, 1_000
-PEER_TIME_LIMIT_S = 120    # pytest-split at 1M x 1000 builds 1e9 list entries; cap it
+PEER_TIME_LIMIT_S = 120  # pytest-split at 1M x 1000 builds 1e9 list entries; cap it
 
 Item = namedtuple("Item", "nodeid")  # all pytest-split reads of a pytest item
 
@@ -62,7 +63,9 @@ def imvu_case(seed: int = 2009):
     rng = random.Random(seed)
     sizes = [rng.lognormvariate(0, 0.6) for _ in range(IMVU_FILES)]
     per_file = [max(1, round(IMVU_TESTS * s / sum(sizes))) for s in sizes]
-    tests = [f"tests/test_{f:04d}.py::test_{k}" for f, n in enumerate(per_file) for k in range(n)][:IMVU_TESTS]
+    tests = [f"tests/test_{f:04d}.py::test_{k}" for f, n in enumerate(per_file) for k in range(n)][
+        :IMVU_TESTS
+    ]
     raw = [rng.lognormvariate(0, HEAVY_TAIL_LOG_SD) for _ in tests]
     scale = IMVU_SECONDS / sum(raw)
     mean = {test: d * scale for test, d in zip(tests, raw)}
@@ -76,8 +79,13 @@ def imvu_case(seed: int = 2009):
 
 # ------------------------------------------------------------------ scoring
 
-SCHEDULERS = ("pytest-split duration_based_chunks", "pytest-split least_duration", "ours static", "ours dynamic",
-              "(clairvoyant LPT: knows the actual)")
+SCHEDULERS = (
+    "pytest-split duration_based_chunks",
+    "pytest-split least_duration",
+    "ours static",
+    "ours dynamic",
+    "(clairvoyant LPT: knows the actual)",
+)
 
 
 def makespan_of(groups: list[list[str]], actual: dict[str, float]) -> float:
@@ -99,8 +107,9 @@ def ratios(history, actual, workers: int) -> tuple[dict[str, float], float]:
     bound = sharding.lower_bound(list(actual.values()), workers)
     plan = _core.plan_static(estimates, workers)
     # Hindsight reference: longest-first on the durations that really happened.
-    clairvoyant = _core.plan_static([_core.TestEstimate(t, s) for t, s in actual.items()], workers,
-                                    split_file_fraction=0.0)
+    clairvoyant = _core.plan_static(
+        [_core.TestEstimate(t, s) for t, s in actual.items()], workers, split_file_fraction=0.0
+    )
     makespans = [
         makespan_of(pytest_split_groups("duration_based_chunks", tests, history[-1], workers), actual),
         makespan_of(pytest_split_groups("least_duration", tests, history[-1], workers), actual),
@@ -127,15 +136,21 @@ def hypha_tables() -> None:
     versions = hypha_versions()
     for workers in (8, 32):
         rows = [(name, ratios(history, actual, workers)[0]) for name, history, actual in versions]
-        print_table(f"hypha, real suite, {workers} workers: makespan / lower bound, per version "
-                    f"(history = all earlier versions)", rows)
+        print_table(
+            f"hypha, real suite, {workers} workers: makespan / lower bound, per version "
+            f"(history = all earlier versions)",
+            rows,
+        )
 
 
 def imvu_table() -> None:
     history, actual = imvu_case()
     row, bound = ratios(history, actual, IMVU_WORKERS)
-    print_table(f"IMVU-like synthetic: {len(actual)} tests in {IMVU_FILES} files, {sum(actual.values()) / 3600:.1f} h, "
-                f"{IMVU_WORKERS} workers, lower bound {bound:.0f} s", [("15k tests, 20% noise", row)])
+    print_table(
+        f"IMVU-like synthetic: {len(actual)} tests in {IMVU_FILES} files, {sum(actual.values()) / 3600:.1f} h, "
+        f"{IMVU_WORKERS} workers, lower bound {bound:.0f} s",
+        [("15k tests, 20% noise", row)],
+    )
 
 
 # ------------------------------------------------------------ planning time
@@ -180,8 +195,10 @@ def time_peer(n: int, shards: int) -> float | None:
 
 
 def planning_times(repeat: int, quick: bool) -> None:
-    print(f"\nplanning time onto {SCALE_SHARDS} shards (median of {repeat} for ours; one run of the peer, "
-          f"stopped after {PEER_TIME_LIMIT_S} s)")
+    print(
+        f"\nplanning time onto {SCALE_SHARDS} shards (median of {repeat} for ours; one run of the peer, "
+        f"stopped after {PEER_TIME_LIMIT_S} s)"
+    )
     print(f"  {'tests':>9} {'ours s':>9} {'pytest-split least_duration s':>30} {'ratio':>8}")
     sizes = (10_000, 100_000) if quick else (10_000, 100_000, SCALE_TESTS)
     for n in sizes:
@@ -208,8 +225,10 @@ def handout_costs(n: int = 100_000, workers: int = 100) -> None:
                 dispatcher.report(f"w{w}", batch.id, [_core.TestResult(t, True, 0.1) for t in batch.tests])
         clock += 1.0
     costs.sort()
-    print(f"\nhanding out a batch ({n} tests, {workers} workers, {len(costs)} calls through the binding): "
-          f"median {statistics.median(costs) * 1e6:.1f} us, p99 {costs[int(len(costs) * 0.99)] * 1e6:.1f} us")
+    print(
+        f"\nhanding out a batch ({n} tests, {workers} workers, {len(costs)} calls through the binding): "
+        f"median {statistics.median(costs) * 1e6:.1f} us, p99 {costs[int(len(costs) * 0.99)] * 1e6:.1f} us"
+    )
 
 
 def main() -> int:

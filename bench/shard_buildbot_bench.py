@@ -37,9 +37,9 @@ import textwrap
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "buildbot"))
+sys.path.insert(0, str(REPO / "tests"))  # the local-master harness, as the tests import it
 
-import conftest  # noqa: E402 - the integration tests' cluster harness
+from harness import cluster  # noqa: E402
 
 # Log-sd of a test's duration between runs: real suites vary ~15-20% per
 # test (DESIGN.md section 3).
@@ -120,17 +120,14 @@ def write_suite(root: pathlib.Path, durations: list[float]) -> dict[str, float]:
     return by_id
 
 
-class BenchCluster(conftest.BuildbotCluster):
+class BenchCluster(cluster.BuildbotCluster):
     """The test harness's cluster plus a pytest-split builder pair."""
 
-    def __init__(self, root, workers, durations_path):
-        super().__init__(root, workers, None, {})
+    def __init__(self, root, workers, durations_path, suite_source: pathlib.Path):
+        super().__init__(
+            root, workers, None, {}, suite_source=suite_source, build_deadline_s=BUILD_DEADLINE_S
+        )
         self.durations_path = durations_path
-        self.suite_source = None
-
-    def start_with_suite(self, suite_source: pathlib.Path) -> None:
-        self.suite_source = suite_source
-        self.start()
 
     def _create_master(self) -> None:
         super()._create_master()
@@ -141,19 +138,10 @@ class BenchCluster(conftest.BuildbotCluster):
                 groups=len(self.shard_workers),
                 shard_workers=self.shard_workers,
                 suite=str(self.suite),
-                python=conftest.PYTHON,
+                python=cluster.PYTHON,
                 durations=str(self.durations_path),
             )
         )
-
-    def start(self) -> None:
-        # Same as the harness, with the synthetic suite in place of the fixture one.
-        original = conftest.FIXTURE_SUITE
-        conftest.FIXTURE_SUITE = self.suite_source
-        try:
-            super().start()
-        finally:
-            conftest.FIXTURE_SUITE = original
 
     def timed_build(self, builder: str, scheduler: str) -> dict:
         started = time.monotonic()
@@ -171,12 +159,13 @@ class BenchCluster(conftest.BuildbotCluster):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tests", type=int, default=600)
     parser.add_argument("--total-s", type=float, default=240.0)
     parser.add_argument("--workers", type=int, default=16)
     args = parser.parse_args()
-    conftest.BUILD_DEADLINE_S = BUILD_DEADLINE_S  # the harness's default suits the small fixture suite
 
     durations = nominal_durations(args.tests, args.total_s, args.workers)
     bound = max(max(durations), sum(durations) / args.workers)
@@ -191,21 +180,21 @@ def main() -> int:
         f"lower bound {bound:.2f} s; jitter log-sd {JITTER_LOG_SD}"
     )
 
-    cluster = BenchCluster(root / "cluster", args.workers, durations_path)
+    bench_cluster = BenchCluster(root / "cluster", args.workers, durations_path, suite_source)
     (root / "cluster").mkdir()
     try:
-        cluster.start_with_suite(suite_source)
+        bench_cluster.start()
         # Each builder plans from its own history: one warm-up build each.
         for builder, scheduler in (("tests", "force"), ("tests-static", "force-static")):
-            warmup = cluster.timed_build(builder, scheduler)
+            warmup = bench_cluster.timed_build(builder, scheduler)
             print(f"warm-up {builder} (no history): wall {warmup['wall_s']:.1f} s; {warmup['state_string']}")
         rows = [
-            ("dynamic", cluster.timed_build("tests", "force")),
-            ("static", cluster.timed_build("tests-static", "force-static")),
-            ("pytest-split", cluster.timed_build("split", "force-split")),
+            ("dynamic", bench_cluster.timed_build("tests", "force")),
+            ("static", bench_cluster.timed_build("tests-static", "force-static")),
+            ("pytest-split", bench_cluster.timed_build("split", "force-split")),
         ]
     finally:
-        cluster.stop()
+        bench_cluster.stop()
 
     print(
         f"\n{'mode':<14}{'wall s':>8}{'x bound':>9}{'shards s':>10}{'x bound':>9}"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from buildbot_steps.junit_results import JUnitReportError
-from buildbot_steps.junit_results import parse_junit_report
+from buildbot_steps.shard.junit import JUnitReportError, parse_junit_report
 
 IDS = [
     "tests/test_a.py::test_plain",
@@ -85,6 +84,8 @@ def test_huge_report_is_refused_before_parsing():
 
 
 def test_long_failure_text_is_capped():
-    data = report(f'<testcase classname="tests.test_a" name="test_plain"><failure>{"x" * 100_000}</failure></testcase>')
+    data = report(
+        f'<testcase classname="tests.test_a" name="test_plain"><failure>{"x" * 100_000}</failure></testcase>'
+    )
     (result,) = parse_junit_report(data, IDS)
     assert len(result.message) <= 8000

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from buildbot_steps import shard_report
 from buildbot_steps._core import TestResult
-from buildbot_steps.shard_session import StaticShards
-from buildbot_steps.sharded_test import POSTGRES_INT4_MAX
-from buildbot_steps.sharded_test import check_test_command
-from buildbot_steps.sharded_test import duration_ns_for_db
-from buildbot_steps.sharded_test import expand_test_command
-from buildbot_steps.sharded_test import parse_test_listing
+from buildbot_steps.shard import report as shard_report
+from buildbot_steps.shard.commands import check_test_command, expand_test_command, parse_test_listing
+from buildbot_steps.shard.history import POSTGRES_INT4_MAX, duration_ns_for_db
+from buildbot_steps.shard.session import StaticShards
 
 
 def test_template_expands_one_argument_per_test():

@@ -95,8 +95,11 @@ def test_killed_worker_costs_a_rerun_not_the_build(cluster):
     hold = cluster.state_dir / "hold"
     hold.touch()
     brid = cluster.force_build()
-    holding = cluster.wait_until(lambda: next(cluster.state_dir.glob("holding.*"), None), HOLD_DEADLINE_S,
-                                 "the held test to start on a shard worker")
+    holding = cluster.wait_until(
+        lambda: next(cluster.state_dir.glob("holding.*"), None),
+        HOLD_DEADLINE_S,
+        "the held test to start on a shard worker",
+    )
     victim = cluster.worker_running(int(holding.suffix[1:]))
     assert victim is not None, f"no shard worker runs process {holding.suffix[1:]}"
     cluster.kill_worker(victim)
@@ -128,7 +131,9 @@ def test_static_mode_hands_each_shard_its_fixed_list(cluster):
     shard_builds = cluster.api(
         f"builds?builderid={cluster.builder_id('tests-shard')}&property=shard_tests&property=shard_parent_buildid"
     )["builds"]
-    mine = [b for b in shard_builds if b["properties"].get("shard_parent_buildid", [None])[0] == build["buildid"]]
+    mine = [
+        b for b in shard_builds if b["properties"].get("shard_parent_buildid", [None])[0] == build["buildid"]
+    ]
     lists = [b["properties"]["shard_tests"][0] for b in mine if b["results"] in (0, 1, 2)]
     assert sorted(t for tests in lists for t in tests) == sorted(set(t for tests in lists for t in tests))
     assert sum(len(tests) for tests in lists) == SUITE_SIZE

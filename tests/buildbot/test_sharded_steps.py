@@ -9,29 +9,26 @@ from __future__ import annotations
 
 from unittest import mock
 
+from buildbot.interfaces import ITriggerableScheduler
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.steps import (
+    ExpectMkdir,
+    ExpectRemoteRef,
+    ExpectRmdir,
+    ExpectShell,
+    ExpectUploadFile,
+    TestBuildStepMixin,
+)
+from buildbot.test.util.config import ConfigErrorsMixin
 from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from buildbot.interfaces import ITriggerableScheduler
-
-from buildbot.process.results import FAILURE
-from buildbot.process.results import SUCCESS
-from buildbot.process.results import WARNINGS
-from buildbot.test.reactor import TestReactorMixin
-from buildbot.test.steps import ExpectMkdir
-from buildbot.test.steps import ExpectRemoteRef
-from buildbot.test.steps import ExpectRmdir
-from buildbot.test.steps import ExpectShell
-from buildbot.test.steps import ExpectUploadFile
-from buildbot.test.steps import TestBuildStepMixin
-from buildbot.test.util.config import ConfigErrorsMixin
-from buildbot_steps import shard_session
-from buildbot_steps.junit_results import JUnitTestResult
-from buildbot_steps.junit_results import MAX_REPORT_BYTES
-from buildbot_steps.sharded_test import RunShard
-from buildbot_steps.sharded_test import ShardedTest
-from buildbot_steps.sharded_test import _BytesWriter
+from buildbot_steps.shard import RunShard, ShardedTest
+from buildbot_steps.shard import session as shard_session
+from buildbot_steps.shard.junit import MAX_REPORT_BYTES, JUnitTestResult
+from buildbot_steps.shard.shard_step import _BytesWriter
 
 TEMPLATE = ["python", "-m", "pytest", "--junitxml={junit}", "{tests}"]
 TESTS = ["tests/test_a.py::test_one", "tests/test_a.py::test_two"]
@@ -268,7 +265,9 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         estimates = _core.estimate_durations(tests, [])
         dispatcher = _core.Dispatcher(estimates, workers=workers, speculate=False)
         settings = shard_session.ShardCommandSettings(TEMPLATE, None, {}, 1200, MAX_REPORT_BYTES)
-        session = shard_session.ShardSession(dispatcher, settings, self.reactor.seconds, dynamic=True)
+        session = shard_session.ShardSession(
+            shard_session.DynamicBatches(dispatcher), settings, self.reactor.seconds
+        )
         shard_session.register_session(self.PARENT, session)
         self.addCleanup(shard_session.unregister_session, self.PARENT)
         self.setup_step(RunShard())
@@ -379,11 +378,13 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
 
     def expect_stored(self, verdicts: dict[str, str]) -> None:
         """The three result sets, and each test's rows (all scripted at 2.5 s)."""
-        self.expect_test_result_sets([
-            ("sharded tests", "pass_fail", "boolean"),
-            ("sharded tests durations", "performance", "s"),
-            ("sharded tests flaky", "fail_only", "boolean"),
-        ])
+        self.expect_test_result_sets(
+            [
+                ("sharded tests", "pass_fail", "boolean"),
+                ("sharded tests durations", "performance", "s"),
+                ("sharded tests flaky", "fail_only", "boolean"),
+            ]
+        )
         clamped = 2**31 - 1  # 2.5 s does not fit PostgreSQL's int4 duration_ns
         rows = []
         for test, verdict in verdicts.items():

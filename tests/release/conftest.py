@@ -6,32 +6,17 @@ A fleet of 20 hosts starts in about half a second, so every test gets its own
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from buildbot_steps import release
+from harness import sshd_hosts
 
 HERE = Path(__file__).parent
 FLEET_SIZE = 20  # the issue asks for at least 20 real hosts
-
-
-def load_sibling(name: str):
-    """Import a helper module of this directory by path (pytest uses importlib mode)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sshd_hosts = load_sibling("sshd_hosts")
 
 
 @pytest.fixture
@@ -64,7 +49,9 @@ def make_runner(fleet, control_dir):
             extra_options=("KexAlgorithms=curve25519-sha256",),
         )
         settings.setdefault("retry_backoff_s", 0.05)
-        return release.ReleaseRunner(inventory, transport, release.FanoutSettings(**settings), slots, progress)
+        return release.ReleaseRunner(
+            inventory, transport, release.FanoutSettings(**settings), slots, progress
+        )
 
     return make
 

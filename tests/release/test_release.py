@@ -66,7 +66,10 @@ def test_push_flip_status_then_second_push_reuses_unchanged_files(make_runner, m
     assert second.bytes_sent < first.bytes_sent / 5, (first.bytes_sent, second.bytes_sent)
     host = fleet.hosts[0]
     new_slot = second.by_host()[host.name].details["slot"]
-    assert os.stat(slot_dir(host, new_slot) / "static/logo.bin").st_ino == os.stat(slot_dir(host, "0") / "static/logo.bin").st_ino
+    assert (
+        os.stat(slot_dir(host, new_slot) / "static/logo.bin").st_ino
+        == os.stat(slot_dir(host, "0") / "static/logo.bin").st_ino
+    )
     # Pushed is not live: nothing moved yet.
     assert set(live_of(runner).values()) == {"v1"}
 

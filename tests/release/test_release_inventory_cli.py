@@ -9,11 +9,18 @@ import sys
 
 import pytest
 
-from buildbot_steps import cli as buildbot_cd, release
-from buildbot_steps.release import Inventory, InvalidInput, Selection
+from buildbot_steps import cli as buildbot_cd
+from buildbot_steps import release
+from buildbot_steps.release import InvalidInput, Inventory, Selection
 
 BUILD_TIME = 1_700_000_000
-GOOD = {"address": "web1.example.com", "port": 2222, "user": "deploy", "deploy_root": "/srv/app", "tags": ["canary"]}
+GOOD = {
+    "address": "web1.example.com",
+    "port": 2222,
+    "user": "deploy",
+    "deploy_root": "/srv/app",
+    "tags": ["canary"],
+}
 
 
 @pytest.mark.parametrize(
@@ -70,7 +77,9 @@ def test_inventory_file_with_defaults(tmp_path):
 
 
 def test_selection_by_tag_count_and_fraction():
-    hosts = Inventory.from_entries([{**GOOD, "name": f"h{i}", "tags": ["canary"] if i < 2 else []} for i in range(10)]).hosts
+    hosts = Inventory.from_entries(
+        [{**GOOD, "name": f"h{i}", "tags": ["canary"] if i < 2 else []} for i in range(10)]
+    ).hosts
     names = lambda selection: [h.name for h in selection.apply(hosts)]  # noqa: E731
     assert names(Selection(tag="canary")) == ["h0", "h1"]
     assert names(Selection(count=3)) == ["h0", "h1", "h2"]
@@ -78,7 +87,13 @@ def test_selection_by_tag_count_and_fraction():
     assert names(Selection(fraction=0.01)) == ["h0"]  # at least one
     assert names(Selection(names=("h5", "h7"))) == ["h5", "h7"]
     assert len(names(Selection())) == 10
-    for bad in ({"count": 0}, {"fraction": 1.5}, {"fraction": 0}, {"count": 1, "fraction": 0.5}, {"tag": "a b"}):
+    for bad in (
+        {"count": 0},
+        {"fraction": 1.5},
+        {"fraction": 0},
+        {"count": 1, "fraction": 0.5},
+        {"tag": "a b"},
+    ):
         with pytest.raises(InvalidInput):
             Selection(**bad)
 
@@ -114,7 +129,11 @@ def test_ssh_commands_are_fixed_words_plus_checked_values():
 def local_inventory(tmp_path):
     path = tmp_path / "hosts.json"
     roots = [tmp_path / f"root{i}" for i in range(3)]
-    path.write_text(json.dumps([{"name": f"h{i}", "address": "localhost", "deploy_root": str(r)} for i, r in enumerate(roots)]))
+    path.write_text(
+        json.dumps(
+            [{"name": f"h{i}", "address": "localhost", "deploy_root": str(r)} for i, r in enumerate(roots)]
+        )
+    )
     return path, roots
 
 

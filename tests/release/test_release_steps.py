@@ -19,7 +19,7 @@ from buildbot.test.util.config import ConfigErrorsMixin
 from twisted.trial import unittest
 
 from buildbot_steps import release
-from buildbot_steps.release_steps import FlipRelease, PushRelease, RollbackRelease
+from buildbot_steps.release.steps import FlipRelease, PushRelease, RollbackRelease
 
 HOSTS = 4
 
@@ -34,7 +34,12 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         (self.tree / "app").mkdir(parents=True)
         (self.tree / "app/version.txt").write_text("r1\n")
         self.hosts = [
-            {"name": f"h{i}", "address": "localhost", "deploy_root": str(self.workdir / f"root{i}"), "tags": ["canary"] if i == 0 else []}
+            {
+                "name": f"h{i}",
+                "address": "localhost",
+                "deploy_root": str(self.workdir / f"root{i}"),
+                "tags": ["canary"] if i == 0 else [],
+            }
             for i in range(HOSTS)
         ]
 
@@ -95,7 +100,9 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
 
     async def test_tolerated_failures_give_warnings(self):
         self.hosts[1]["deploy_root"] = "/proc/no-such-place"
-        self.setup_step(PushRelease(source=str(self.tree), revision="r1", retries=0, tolerate_failures=1, **self.common()))
+        self.setup_step(
+            PushRelease(source=str(self.tree), revision="r1", retries=0, tolerate_failures=1, **self.common())
+        )
         self.expect_outcome(result=WARNINGS)
         await self.run_step()
 
@@ -118,7 +125,9 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         with self.assertRaisesConfigError("PushRelease: source"):
             PushRelease(**self.common())
         with self.assertRaisesConfigError("inventory entry 1: unsafe or missing host address 'bad;host'"):
-            FlipRelease(inventory=[self.hosts[0], {"address": "bad;host", "deploy_root": "/srv"}], transport="local")
+            FlipRelease(
+                inventory=[self.hosts[0], {"address": "bad;host", "deploy_root": "/srv"}], transport="local"
+            )
         with self.assertRaisesConfigError("host count must be a positive integer"):
             FlipRelease(count=0, **self.common())
         with self.assertRaisesConfigError("by count or by fraction, not both"):

@@ -39,8 +39,16 @@ def test_plan_json_covers_every_test_of_the_newest_file(history):
 
 
 def test_plan_text_and_tests_from_stdin(history):
-    result = run("plan", "--history", *history, "--shards", 3, "--tests", "-",
-                 stdin="tests/a.py::t1\n# a comment\ntests/new.py::t9\n\n")
+    result = run(
+        "plan",
+        "--history",
+        *history,
+        "--shards",
+        3,
+        "--tests",
+        "-",
+        stdin="tests/a.py::t1\n# a comment\ntests/new.py::t9\n\n",
+    )
     assert result.returncode == 0, result.stderr
     assert "tests/new.py::t9" in result.stdout
     assert "tests/b.py::t1" not in result.stdout
@@ -49,16 +57,39 @@ def test_plan_text_and_tests_from_stdin(history):
 
 def test_simulate_reports_the_bound_and_flakes(history, tmp_path):
     actual = tmp_path / "actual.json"
-    actual.write_text(json.dumps({"tests/a.py::t1": 1.5, "tests/a.py::t2": 2.0, "tests/b.py::t1": 12.0,
-                                  "tests/c.py::t1": 3.0, "tests/d.py::t1": 4.0}))
+    actual.write_text(
+        json.dumps(
+            {
+                "tests/a.py::t1": 1.5,
+                "tests/a.py::t2": 2.0,
+                "tests/b.py::t1": 12.0,
+                "tests/c.py::t1": 3.0,
+                "tests/d.py::t1": 4.0,
+            }
+        )
+    )
     result = run("simulate", "--history", *history, "--actual", actual, "--workers", 2, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["tests"] == 5 and report["workers"] == 2 and report["mode"] == "dynamic"
     assert report["lower_bound_s"] == 12.0  # the longest actual test beats half of the 22.5 s total
     assert report["makespan_s"] >= report["lower_bound_s"]
-    flaky = run("simulate", "--history", *history, "--actual", actual, "--workers", 2, "--mode", "static",
-                "--flake-rate", 0.5, "--seed", 1, "--json")
+    flaky = run(
+        "simulate",
+        "--history",
+        *history,
+        "--actual",
+        actual,
+        "--workers",
+        2,
+        "--mode",
+        "static",
+        "--flake-rate",
+        0.5,
+        "--seed",
+        1,
+        "--json",
+    )
     report = json.loads(flaky.stdout)
     assert report["mode"] == "static"
     assert report["flaky"] + report["failed"] > 0
@@ -99,7 +130,10 @@ def test_bad_history_gets_one_clear_line(tmp_path, content, message):
         (["simulate", "--workers", "0", "--actual", "{history}"], "--workers must be at least 1"),
         (["plan", "--shards", "2", "--tests", "/nonexistent/list"], "cannot read test list"),
         (["simulate", "--workers", "2", "--actual", "/nonexistent.json"], "cannot read duration file"),
-        (["simulate", "--workers", "2", "--actual", "{history}", "--flake-rate", "1.5"], "--flake-rate must be"),
+        (
+            ["simulate", "--workers", "2", "--actual", "{history}", "--flake-rate", "1.5"],
+            "--flake-rate must be",
+        ),
     ],
 )
 def test_bad_arguments_get_one_clear_line(history, args, message):

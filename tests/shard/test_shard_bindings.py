@@ -48,7 +48,9 @@ def test_invalid_state_for_a_batch_never_handed_out():
 
 
 def test_dispatcher_flaky_and_failed_through_python():
-    dispatcher = _core.Dispatcher(estimates([("ok.py::t", 1), ("flaky.py::t", 1), ("bad.py::t", 1)]), workers=2)
+    dispatcher = _core.Dispatcher(
+        estimates([("ok.py::t", 1), ("flaky.py::t", 1), ("bad.py::t", 1)]), workers=2
+    )
     runs = {}
     while not dispatcher.done():
         progressed = False
@@ -87,8 +89,9 @@ def test_python_threads_share_one_dispatcher():
                 continue
             with lock:
                 seen.extend(assignment.batch.tests)
-            dispatcher.report(worker, assignment.batch.id,
-                              [_core.TestResult(t, True, 0.01) for t in assignment.batch.tests])
+            dispatcher.report(
+                worker, assignment.batch.id, [_core.TestResult(t, True, 0.01) for t in assignment.batch.tests]
+            )
 
     threads = [threading.Thread(target=work, args=(f"w{k}",)) for k in range(4)]
     for thread in threads:

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from buildbot_steps import demo
+from harness import demo
 
 FAILING_TEST = "tests/test_outcomes.py::test_always_fails"
 SHARD_WORKERS = 2  # enough to shard; the machine has 2 cores and is busy

@@ -17,7 +17,7 @@ from selenium.common.exceptions import StaleElementReferenceException  # noqa: E
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from buildbot_steps import demo  # noqa: E402
+from harness import demo  # noqa: E402
 
 WARNINGS = 1
 # Seconds an element of the web UI may take to appear (a loaded 2-core box).
@@ -46,12 +46,16 @@ def test_builders_page_lists_the_pipeline_builders(cluster, browser):
 def test_deploy_force_dialog_shows_its_typed_parameters(cluster, browser):
     browser.get(f"{cluster.url}#/builders/{cluster.builder_id('deploy')}")
     button = wait(
-        browser, lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Deploy']"), "the Deploy button"
+        browser,
+        lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Deploy']"),
+        "the Deploy button",
     )[0]
     button.click()
     wait(
         browser,
-        lambda d: any("Deploy a release" in m.text for m in d.find_elements(By.CSS_SELECTOR, ".modal-dialog")),
+        lambda d: any(
+            "Deploy a release" in m.text for m in d.find_elements(By.CSS_SELECTOR, ".modal-dialog")
+        ),
         "the force dialog, titled",
     )
     dialog = browser.find_element(By.CSS_SELECTOR, ".modal-dialog")
@@ -81,7 +85,9 @@ def test_sharded_build_report_log_renders_with_its_svg_timeline(cluster, browser
         "the report's SVG timeline",
     )[0]
     batches = timeline.find_elements(By.XPATH, ".//*[local-name()='rect']")
-    labels = {t.get_attribute("textContent") for t in timeline.find_elements(By.XPATH, ".//*[local-name()='text']")}
+    labels = {
+        t.get_attribute("textContent") for t in timeline.find_elements(By.XPATH, ".//*[local-name()='text']")
+    }
     assert batches, "the timeline draws no batch"
     # One row per shard build ("<worker>#<build number>"), on the shard workers.
     rows = {label.split("#")[0] for label in labels if "#" in label}

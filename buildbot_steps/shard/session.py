@@ -5,10 +5,10 @@ its build id; each `RunShard` step of a triggered shard build (same master
 process) looks it up and pulls batches from it. No extra port: batches run as
 remote commands over the worker's own Buildbot connection.
 
-Two sources of batches behind one interface:
-    dynamic : buildbot_steps._core.Dispatcher (longest first, guided batch
-              sizes, re-runs on another worker, straggler copies)
-    static  : StaticShards below, a fixed list per shard from plan_static
+Two sources of batches behind one protocol, BatchSource:
+    dynamic : DynamicBatches, the core's Dispatcher (longest first, guided
+              batch sizes, re-runs on another worker, straggler copies)
+    static  : StaticShards, a fixed list per shard from plan_static
 
 Data shapes:
     session.next_batch(worker, shard_index) -> Assignment(kind="run"|"wait"|"done", batch)
@@ -21,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Any
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet import defer
+
+from buildbot_steps import _core
 
 # ------------------------------------------------------------------ registry
 
@@ -46,7 +48,51 @@ def lookup_session(parent_buildid: Any) -> ShardSession | None:
         return None
 
 
-# ------------------------------------------------------- static shard lists
+# ------------------------------------------------------------ batch sources
+
+
+class BatchSource(Protocol):
+    """Where a shard's batches come from; the same calls in both modes."""
+
+    def next_batch(self, worker: str, shard_index: int, now_s: float) -> Any: ...
+    def report(self, worker: str, batch_id: int, results: list[Any]) -> None: ...
+    def report_error(self, worker: str, batch_id: int, message: str) -> None: ...
+    def worker_lost(self, worker: str) -> None: ...
+    def batch_obsolete(self, batch_id: int) -> bool: ...
+    def done(self) -> bool: ...
+    def outcomes(self) -> list[Any]: ...
+    def stats(self) -> Any: ...
+
+
+class DynamicBatches:
+    """All shards pull from one core Dispatcher: the shard index plays no part."""
+
+    def __init__(self, dispatcher: _core.Dispatcher):
+        self._dispatcher = dispatcher
+
+    def next_batch(self, worker: str, shard_index: int, now_s: float) -> Any:
+        return self._dispatcher.next_batch(worker, now_s)
+
+    def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
+        self._dispatcher.report(worker, batch_id, results)
+
+    def report_error(self, worker: str, batch_id: int, message: str) -> None:
+        self._dispatcher.report_error(worker, batch_id, message)
+
+    def worker_lost(self, worker: str) -> None:
+        self._dispatcher.worker_lost(worker)
+
+    def batch_obsolete(self, batch_id: int) -> bool:
+        return self._dispatcher.batch_obsolete(batch_id)
+
+    def done(self) -> bool:
+        return self._dispatcher.done()
+
+    def outcomes(self) -> list[Any]:
+        return self._dispatcher.outcomes()
+
+    def stats(self) -> Any:
+        return self._dispatcher.stats()
 
 
 @dataclasses.dataclass
@@ -100,8 +146,6 @@ class StaticShards:
         max_attempts: int = 2,
         max_batch_tests: int = 1000,
     ):
-        from buildbot_steps import _core
-
         # An unbounded batch target: a static shard runs its list in as few
         # runner starts as max_batch_tests allows, like one pytest-split group.
         self._shards = [
@@ -115,7 +159,7 @@ class StaticShards:
         self._batch_ids = itertools.count(1)
         self._in_flight: dict[int, tuple[int, int]] = {}  # id -> (shard, the shard's own batch id)
 
-    def next_batch(self, worker: str, shard_index: int) -> Assignment:
+    def next_batch(self, worker: str, shard_index: int, now_s: float = 0.0) -> Assignment:
         shard = self._shards[shard_index] if 0 <= shard_index < len(self._shards) else None
         if shard is None:
             return Assignment("done")
@@ -123,7 +167,9 @@ class StaticShards:
         if assignment.kind != "run":
             return Assignment(assignment.kind)
         local = assignment.batch
-        batch = Batch(next(self._batch_ids), list(local.tests), local.estimate_s, local.speculative, local.retry)
+        batch = Batch(
+            next(self._batch_ids), list(local.tests), local.estimate_s, local.speculative, local.retry
+        )
         self._in_flight[batch.id] = (shard_index, local.id)
         return Assignment("run", batch)
 
@@ -199,14 +245,12 @@ class ShardSession:
 
     def __init__(
         self,
-        batches: Any,
+        batches: BatchSource,
         settings: ShardCommandSettings,
         clock: Callable[[], float],
-        dynamic: bool,
     ):
-        self.batches = batches  # _core.Dispatcher or StaticShards
+        self.batches = batches
         self.settings = settings
-        self.dynamic = dynamic
         self._clock = clock
         self._started_at = clock()
         self.timeline: list[BatchRun] = []
@@ -220,10 +264,7 @@ class ShardSession:
 
     def next_batch(self, worker: str, shard_index: int) -> Any:
         self.workers_seen.add(worker)
-        if self.dynamic:
-            assignment = self.batches.next_batch(worker, self.elapsed())
-        else:
-            assignment = self.batches.next_batch(worker, shard_index)
+        assignment = self.batches.next_batch(worker, shard_index, self.elapsed())
         if assignment.kind == "run":
             batch = assignment.batch
             run = BatchRun(
@@ -289,6 +330,4 @@ class ShardSession:
             listener()
 
     def _to_core_results(self, results: list[Any]) -> list[Any]:
-        from buildbot_steps import _core
-
         return [_core.TestResult(r.id, r.passed, r.seconds, r.message) for r in results]

@@ -16,21 +16,12 @@ import heapq
 import json
 import math
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from buildbot_steps import _core
-
-CdError = _core.CdError
-InvalidInputError = _core.InvalidInputError
-
-MODES = ("dynamic", "static")
-
-
-class InputError(Exception):
-    """A file or argument a person handed us is unusable; the message says
-    which one and why, fit to print as it is."""
-
+from buildbot_steps.errors import InvalidInputError
+from buildbot_steps.shard.commands import MODES
 
 # ------------------------------------------------------------------ reading
 
@@ -41,25 +32,31 @@ def read_durations(path: str | Path) -> dict[str, float]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
-        raise InputError(f"cannot read duration file {path}: {error.strerror or error}") from None
+        raise InvalidInputError(f"cannot read duration file {path}: {error.strerror or error}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise InputError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+        raise InvalidInputError(
+            f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
     if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a JSON object of test id to seconds, not a {type(data).__name__}")
+        raise InvalidInputError(
+            f"{path} must hold a JSON object of test id to seconds, not a {type(data).__name__}"
+        )
     for test_id, seconds in data.items():
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise InputError(f"{path}: test {test_id!r} has a non-numeric duration {seconds!r}")
+            raise InvalidInputError(f"{path}: test {test_id!r} has a non-numeric duration {seconds!r}")
         if not math.isfinite(seconds) or seconds < 0:
-            raise InputError(f"{path}: test {test_id!r} has duration {seconds!r}; durations are seconds >= 0")
+            raise InvalidInputError(
+                f"{path}: test {test_id!r} has duration {seconds!r}; durations are seconds >= 0"
+            )
     return {test_id: float(seconds) for test_id, seconds in data.items()}
 
 
 def read_history(paths: Sequence[str | Path]) -> list[dict[str, float]]:
     """Several duration files, oldest first."""
     if not paths:
-        raise InputError("no history files given: pass at least one --history FILE")
+        raise InvalidInputError("no history files given: pass at least one --history FILE")
     return [read_durations(path) for path in paths]
 
 
@@ -67,16 +64,16 @@ def read_test_list(lines: Iterable[str], source: str) -> list[str]:
     """One test id per line; blank lines and ``#`` comments are skipped."""
     tests = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not tests:
-        raise InputError(f"{source} lists no tests")
+        raise InvalidInputError(f"{source} lists no tests")
     repeated = [test for test, count in collections.Counter(tests).items() if count > 1]
     if repeated:
-        raise InputError(f"{source} lists {repeated[0]!r} more than once")
+        raise InvalidInputError(f"{source} lists {repeated[0]!r} more than once")
     return tests
 
 
 def estimate(tests: Sequence[str], history: Sequence[Mapping[str, float]]) -> list[_core.TestEstimate]:
     if not tests:
-        raise InputError("the suite is empty: there are no tests to schedule")
+        raise InvalidInputError("the suite is empty: there are no tests to schedule")
     return _core.estimate_durations(list(tests), [dict(run) for run in history])
 
 
@@ -135,13 +132,13 @@ def simulate(
     """Replay the suite: plan or dispatch from the estimates, then let each
     test take its ``actual`` duration (its estimate when absent there)."""
     if workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+        raise InvalidInputError(f"--workers must be at least 1, got {workers}")
     if mode not in MODES:
-        raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InvalidInputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not 0.0 <= flake_rate < 1.0:
-        raise InputError(f"--flake-rate must be in [0, 1), got {flake_rate}")
+        raise InvalidInputError(f"--flake-rate must be in [0, 1), got {flake_rate}")
     if batch_overhead_s < 0:
-        raise InputError(f"--batch-overhead must be >= 0, got {batch_overhead_s}")
+        raise InvalidInputError(f"--batch-overhead must be >= 0, got {batch_overhead_s}")
     durations = {e.id: actual.get(e.id, e.seconds) for e in estimates}
     clock = _Clock(durations, flake_rate, random.Random(seed))
     run = _simulate_dynamic if mode == "dynamic" else _simulate_static
@@ -182,8 +179,18 @@ def _simulate_dynamic(estimates, clock: _Clock, workers: int, overhead_s: float,
         heapq.heappush(events, (finish, sequence, worker, finished))
         sequence += 1
     stats = dispatcher.stats()
-    return SimulationResult("dynamic", workers, stats.tests, makespan, 0.0, stats.batches_handed_out,
-                            stats.flaky, stats.failed, _reruns(dispatcher), stats.speculative_batches)
+    return SimulationResult(
+        "dynamic",
+        workers,
+        stats.tests,
+        makespan,
+        0.0,
+        stats.batches_handed_out,
+        stats.flaky,
+        stats.failed,
+        _reruns(dispatcher),
+        stats.speculative_batches,
+    )
 
 
 @dataclasses.dataclass
@@ -228,7 +235,9 @@ def _simulate_static(estimates, clock: _Clock, workers: int, overhead_s: float, 
             flaky += 1
         else:
             failures.append((test_id, shard, attempts + 1))
-    return SimulationResult("static", workers, len(estimates), max(finish), 0.0, workers, flaky, failed, reruns)
+    return SimulationResult(
+        "static", workers, len(estimates), max(finish), 0.0, workers, flaky, failed, reruns
+    )
 
 
 def format_simulation(result: SimulationResult) -> str:
@@ -239,7 +248,8 @@ def format_simulation(result: SimulationResult) -> str:
         f"makespan      {result.makespan_s:.2f} s",
         f"lower bound   {result.lower_bound_s:.2f} s   (max(longest test, total / workers))",
         f"ratio         {result.ratio:.4f}",
-        f"batches       {result.batches}" + (f"  ({result.straggler_copies} straggler copies)" if result.straggler_copies else ""),
+        f"batches       {result.batches}"
+        + (f"  ({result.straggler_copies} straggler copies)" if result.straggler_copies else ""),
         f"re-runs       {result.reruns}",
         f"flaky         {result.flaky}",
         f"failed        {result.failed}",
@@ -259,7 +269,9 @@ def format_plan(plan, estimates: Sequence[_core.TestEstimate]) -> str:
         f"makespan {plan.makespan_s:.2f} s, lower bound {plan.lower_bound_s:.2f} s, "
         f"ratio {plan.makespan_s / plan.lower_bound_s if plan.lower_bound_s else 1.0:.4f}"
     )
-    lines.append("estimates: " + ", ".join(f"{count} from {source}" for source, count in sorted(sources.items())))
+    lines.append(
+        "estimates: " + ", ".join(f"{count} from {source}" for source, count in sorted(sources.items()))
+    )
     return "\n".join(lines)
 
 

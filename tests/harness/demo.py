@@ -29,11 +29,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from buildbot_steps import _core, local_master, sharding
-from buildbot_steps.local_master import free_port, wait_until
+from buildbot_steps import _core
+from buildbot_steps.shard import planning as sharding
+from harness import local_master
+from harness.local_master import free_port, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
-HYPHA = REPO.parent / "shared" / "data" / "test-durations" / "hypha"
+REPO = Path(__file__).resolve().parents[2]
+HYPHA = REPO / "data" / "test-durations" / "hypha"
 DEMO_WORKERS = 8
 DEMO_FLAKE_RATE = 0.002  # a few flaky runs in ~1,800 tests, to show the re-runs
 
@@ -50,7 +52,15 @@ STARTUP_DEADLINE_S = 120
 TESTS_BUILD_DEADLINE_S = 300
 DEPLOY_BUILD_DEADLINE_S = 180
 STOP_DEADLINE_S = 30
-RESULT_NAMES = {0: "SUCCESS", 1: "WARNINGS", 2: "FAILURE", 3: "SKIPPED", 4: "EXCEPTION", 5: "RETRY", 6: "CANCELLED"}
+RESULT_NAMES = {
+    0: "SUCCESS",
+    1: "WARNINGS",
+    2: "FAILURE",
+    3: "SKIPPED",
+    4: "EXCEPTION",
+    5: "RETRY",
+    6: "CANCELLED",
+}
 
 
 def banner(title: str) -> None:
@@ -72,17 +82,23 @@ def shard_stage(workers: int = DEMO_WORKERS) -> None:
     print("estimates: " + ", ".join(f"{count} from {source}" for source, count in sorted(sources.items())))
 
     plan = _core.plan_static(estimates, workers)
-    print(f"\nstatic plan from the estimates (makespan {plan.makespan_s:.1f} s, bound {plan.lower_bound_s:.1f} s):")
+    print(
+        f"\nstatic plan from the estimates (makespan {plan.makespan_s:.1f} s, bound {plan.lower_bound_s:.1f} s):"
+    )
     for index, shard in enumerate(plan.shards):
         bar = "#" * round(40 * shard.estimate_s / plan.makespan_s)
         print(f"  shard {index + 1:2d} {len(shard.tests):5d} tests {shard.estimate_s:7.1f} s  {bar}")
 
     print(f"\nthe next run replayed on a virtual clock (actual durations, flake rate {DEMO_FLAKE_RATE}):")
-    print(f"  {'mode':8} {'makespan s':>11} {'bound s':>8} {'ratio':>7} {'batches':>8} {'flaky':>6} {'failed':>7}")
+    print(
+        f"  {'mode':8} {'makespan s':>11} {'bound s':>8} {'ratio':>7} {'batches':>8} {'flaky':>6} {'failed':>7}"
+    )
     for mode in sharding.MODES[::-1]:
         result = sharding.simulate(estimates, actual, workers, mode=mode, flake_rate=DEMO_FLAKE_RATE, seed=1)
-        print(f"  {mode:8} {result.makespan_s:11.1f} {result.lower_bound_s:8.1f} {result.ratio:7.3f} "
-              f"{result.batches:8d} {result.flaky:6d} {result.failed:7d}")
+        print(
+            f"  {mode:8} {result.makespan_s:11.1f} {result.lower_bound_s:8.1f} {result.ratio:7.3f} "
+            f"{result.batches:8d} {result.flaky:6d} {result.failed:7d}"
+        )
     print("  (flaky: failed once, then passed on another worker; the dispatcher re-runs failures elsewhere)")
 
 
@@ -175,7 +191,10 @@ class DemoCluster:
         shutil.copytree(FIXTURE_SUITE, self.project_dir, ignore=shutil.ignore_patterns("__pycache__"))
         self._write_inventory()
         self.web_port, self.pb_port = free_port(), free_port()
-        self._run([str(VENV_BIN / "buildbot"), "create-master", "-q", str(self.master_dir)], "buildbot create-master")
+        self._run(
+            [str(VENV_BIN / "buildbot"), "create-master", "-q", str(self.master_dir)],
+            "buildbot create-master",
+        )
         shutil.copyfile(MASTER_CFG_EXAMPLE, self.master_dir / "master.cfg")
         self._spawn("master", [str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(self.master_dir)])
         self.wait_for_api()
@@ -224,7 +243,9 @@ class DemoCluster:
         except subprocess.TimeoutExpired:
             raise DemoError(f"{what} did not finish within {STARTUP_DEADLINE_S} s") from None
         if done.returncode != 0:
-            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [f"exit code {done.returncode}"]
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [
+                f"exit code {done.returncode}"
+            ]
             raise DemoError(f"{what} failed: {last[0]}")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -264,7 +285,9 @@ class DemoCluster:
         def ready():
             problem = self._master_exited()
             if problem is not None:
-                raise DemoError(f"the master exited; last log line: {problem} (see {self.master_dir}/twistd.log)")
+                raise DemoError(
+                    f"the master exited; last log line: {problem} (see {self.master_dir}/twistd.log)"
+                )
             try:
                 return self.api("builders")
             except (OSError, ValueError, http.client.HTTPException):
@@ -363,17 +386,26 @@ def stop_demo(root: Path = DEMO_DIR, quiet: bool = False) -> None:
         stop_builds(url)
     stop_processes(running)
     if not quiet:
-        print(f"demo: stopped {len(running)} process(es) of the demo in {root}" if running
-              else f"demo: nothing of the demo is running in {root}")
+        print(
+            f"demo: stopped {len(running)} process(es) of the demo in {root}"
+            if running
+            else f"demo: nothing of the demo is running in {root}"
+        )
 
 
 def cluster_stage(cluster: DemoCluster) -> dict:
-    banner(f"2. sharded tests on a real Buildbot master: 1 coordinator + {len(cluster.shard_workers)} shard workers")
+    banner(
+        f"2. sharded tests on a real Buildbot master: 1 coordinator + {len(cluster.shard_workers)} shard workers"
+    )
     print(f"master.cfg.example -> {cluster.master_dir / 'master.cfg'}")
-    print(f"code under test: {cluster.project_dir} (a copy of the fixture suite: fast, slow, failing, flaky tests)")
+    print(
+        f"code under test: {cluster.project_dir} (a copy of the fixture suite: fast, slow, failing, flaky tests)"
+    )
     started = time.monotonic()
     cluster.start()
-    print(f"master and {len(cluster.shard_workers) + 1} workers up in {time.monotonic() - started:.1f} s; web UI {cluster.url}")
+    print(
+        f"master and {len(cluster.shard_workers) + 1} workers up in {time.monotonic() - started:.1f} s; web UI {cluster.url}"
+    )
 
     brid = cluster.force("force-tests", "tests")
     print(f"forced a build of 'tests' (build request {brid}) through the REST API; waiting...")
@@ -382,14 +414,22 @@ def cluster_stage(cluster: DemoCluster) -> dict:
     if "tests_total" not in props:
         raise DemoError(f"the tests build ended {RESULT_NAMES.get(build['results'])} without results: "
                         f"{build['state_string']} (see {cluster.build_url(build)})")  # fmt: skip
-    print(f"\nbuild #{build['number']}: {RESULT_NAMES.get(build['results'], build['results'])}  -- {build['state_string']}")
+    print(
+        f"\nbuild #{build['number']}: {RESULT_NAMES.get(build['results'], build['results'])}  -- {build['state_string']}"
+    )
     print(f"  {props['tests_total']} tests: {props['tests_passed']} passed, {props['tests_failed']} failed, "
           f"{props['tests_flaky']} flaky (failed, then passed on another worker)")  # fmt: skip
-    ratio = props["tests_makespan_s"] / props["tests_lower_bound_s"] if props["tests_lower_bound_s"] else float("nan")
+    ratio = (
+        props["tests_makespan_s"] / props["tests_lower_bound_s"]
+        if props["tests_lower_bound_s"]
+        else float("nan")
+    )
     print(f"  makespan {props['tests_makespan_s']:.1f} s vs lower bound {props['tests_lower_bound_s']:.1f} s "
           f"(ratio {ratio:.2f}) on {props['tests_workers']} workers, {props['tests_batches']} batches")  # fmt: skip
-    print("  (a first build plans without history, and in a suite of ~6 s each batch's pytest start-up\n"
-          "   and the re-run of the failures weigh heavily; stage 1 shows the scheduler at scale)")
+    print(
+        "  (a first build plans without history, and in a suite of ~6 s each batch's pytest start-up\n"
+        "   and the re-run of the failures weigh heavily; stage 1 shows the scheduler at scale)"
+    )
     if props.get("tests_flaky_names"):
         print(f"  flaky: {', '.join(props['tests_flaky_names'])}")
     if build["results"] == 2:
@@ -466,8 +506,10 @@ def deploy_stage(cluster: DemoCluster) -> None:
     print()
     print_hosts(cluster, "after the rollback (to each host's recorded previous release)")
     print(f"\nthe master and workers keep running: {cluster.url}  (`make demo-stop` stops them)")
-    print(f"CLI, master not needed: {VENV_BIN / 'buildbot-cd'} status --transport local "
-          f"--inventory {cluster.inventory}")
+    print(
+        f"CLI, master not needed: {VENV_BIN / 'buildbot-cd'} status --transport local "
+        f"--inventory {cluster.inventory}"
+    )
 
 
 def run_cluster_stages(root: Path = DEMO_DIR) -> None:
@@ -486,7 +528,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the buildbot-cd pipeline locally.")
     parser.add_argument("--workers", type=int, default=DEMO_WORKERS)
     parser.add_argument("--stop", action="store_true", help="stop the master and workers of a previous demo")
-    parser.add_argument("--stage1-only", action="store_true", help="only the shard scheduler stage (no master)")
+    parser.add_argument(
+        "--stage1-only", action="store_true", help="only the shard scheduler stage (no master)"
+    )
     args = parser.parse_args(argv)
     if args.stop:
         stop_demo()

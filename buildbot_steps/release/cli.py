@@ -37,7 +37,8 @@ def add_release_commands(subparsers) -> None:
     rollback = subparsers.add_parser("rollback", help="flip back to each host's recorded previous release")
     add_common_options(rollback)
     rollback.add_argument(
-        "--revision", help="only hosts live on this (bad) revision move; without it every selected host steps back"
+        "--revision",
+        help="only hosts live on this (bad) revision move; without it every selected host steps back",
     )
     add_selection_options(rollback)
     rollback.set_defaults(func=run_rollback)
@@ -54,10 +55,14 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=sorted(release.TRANSPORTS), default="ssh")
     parser.add_argument("--known-hosts", help="ssh known_hosts file (host keys are always checked)")
     parser.add_argument("--identity", help="ssh private key")
-    parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh -o option")
+    parser.add_argument(
+        "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh -o option"
+    )
     parser.add_argument("--slots", type=int, default=release.DEFAULT_SLOTS)
     parser.add_argument("--concurrency", type=int, default=release.FanoutSettings.concurrency)
-    parser.add_argument("--timeout", type=float, default=release.FanoutSettings.host_timeout_s, help="seconds per host")
+    parser.add_argument(
+        "--timeout", type=float, default=release.FanoutSettings.host_timeout_s, help="seconds per host"
+    )
     parser.add_argument("--retries", type=int, default=release.FanoutSettings.max_retries)
     parser.add_argument(
         "--max-fail", type=float, default=release.FanoutSettings.max_fail_fraction,
@@ -98,7 +103,9 @@ def host_names(text: str | None):
 
 
 def selection_from(args) -> release.Selection:
-    return release.Selection(names=host_names(args.hosts), tag=args.tag, count=args.count, fraction=args.fraction)
+    return release.Selection(
+        names=host_names(args.hosts), tag=args.tag, count=args.count, fraction=args.fraction
+    )
 
 
 def guarded(action):

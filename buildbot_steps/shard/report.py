@@ -82,8 +82,10 @@ def _flaky(outcomes: list[Any], flake_record: dict[str, int]) -> str:
     flaky = [o for o in outcomes if o.verdict == "flaky"]
     if not flaky:
         return "<h3>Flaky tests</h3><p>none</p>"
-    items = "".join(f"<h4>{html.escape(o.id)}{_earlier_flakes(flake_record.get(o.id, 0))}</h4>{_attempts(o)}"
-                    for o in flaky)
+    items = "".join(
+        f"<h4>{html.escape(o.id)}{_earlier_flakes(flake_record.get(o.id, 0))}</h4>{_attempts(o)}"
+        for o in flaky
+    )
     return "<h3>Flaky tests (failed, then passed on another attempt)</h3>" + items
 
 

@@ -67,7 +67,9 @@ class _ReleaseStep(buildstep.BuildStep):
         # config.error collects and returns while loading master.cfg: keep going safely.
         self.settings = None
         if self.inventory is None:
-            config.error(f"{type(self).__name__}: inventory is required (a list of hosts or a JSON file path)")
+            config.error(
+                f"{type(self).__name__}: inventory is required (a list of hosts or a JSON file path)"
+            )
         elif not is_renderable(self.inventory):
             self._guard(lambda: self._load_inventory(self.inventory))
         if self.transport not in release.TRANSPORTS:
@@ -82,8 +84,14 @@ class _ReleaseStep(buildstep.BuildStep):
             self._guard(self._selection)
         if self.revision is not None and not is_renderable(self.revision):
             self._guard(lambda: release.check_word(self.revision, "revision"))
-        if isinstance(self.slots, bool) or not isinstance(self.slots, int) or not release.MIN_SLOTS <= self.slots <= release.MAX_SLOTS:
-            config.error(f"{type(self).__name__}: slots must be an integer {release.MIN_SLOTS}..{release.MAX_SLOTS}")
+        if (
+            isinstance(self.slots, bool)
+            or not isinstance(self.slots, int)
+            or not release.MIN_SLOTS <= self.slots <= release.MAX_SLOTS
+        ):
+            config.error(
+                f"{type(self).__name__}: slots must be an integer {release.MIN_SLOTS}..{release.MAX_SLOTS}"
+            )
 
     def _guard(self, check) -> None:
         try:

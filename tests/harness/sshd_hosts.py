@@ -1,8 +1,8 @@
 """A fleet of real sshd hosts on loopback addresses, for tests and benchmarks.
 
-Plain module (no pytest import) so that bench/ can load it by path:
+Plain module (no pytest import), shared by the tests and bench/:
 
-    spec = importlib.util.spec_from_file_location("sshd_hosts", path)
+    from harness import sshd_hosts
     ...
     with SshdFleet(20, workdir) as fleet:
         fleet.hosts[0].address, .port, .deploy_root
@@ -110,7 +110,7 @@ class SshdFleet:
 
     # -- lifecycle -------------------------------------------------------
 
-    def __enter__(self) -> "SshdFleet":
+    def __enter__(self) -> SshdFleet:
         self.start()
         return self
 
@@ -209,14 +209,29 @@ class SshdFleet:
 
     def _make_client_key(self) -> None:
         self.identity_file.unlink(missing_ok=True)
-        run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "sshd_hosts-client", "-f", str(self.identity_file)])
+        run(
+            [
+                SSH_KEYGEN,
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "sshd_hosts-client",
+                "-f",
+                str(self.identity_file),
+            ]
+        )
         shutil.copyfile(f"{self.identity_file}.pub", self.authorized_keys)
 
     def _make_host(self, index: int) -> SshdHost:
         address = f"127.0.0.{FIRST_HOST_OCTET + index}"
         directory = self.workdir / f"sshd{index:02d}"
         directory.mkdir(parents=True, exist_ok=True)
-        host = SshdHost(index, address, free_port(address), directory, self.workdir / "roots" / f"host{index:02d}")
+        host = SshdHost(
+            index, address, free_port(address), directory, self.workdir / "roots" / f"host{index:02d}"
+        )
         host.deploy_root.mkdir(parents=True, exist_ok=True)
         host_key = directory / "ssh_host_ed25519_key"
         host_key.unlink(missing_ok=True)

@@ -1,0 +1,50 @@
+"""Engine 2, the release push: parallel rsync fan-out into release slots, atomic flip, rollback.
+
+inventory.py      hosts, the inventory file, selections, and the checks on every value
+transports.py     ssh (the real one) and local paths: argument vectors for each host
+runner.py         ReleaseRunner (push, flip, rollback, status) over the core's Fanout
+steps.py          PushRelease, FlipRelease, RollbackRelease for master.cfg
+cli.py            `buildbot-cd push | flip | rollback | status`
+host_release.sh   the one fixed script each host runs (slots, manifest, flip)
+
+from buildbot_steps import release
+runner = release.ReleaseRunner(release.Inventory.from_file("hosts.json"), release.SshTransport(...))
+pushed = runner.push("build/", revision="abc123")
+"""
+
+from buildbot_steps.release.inventory import (
+    ALL_HOSTS,
+    DEFAULT_SLOTS,
+    MAX_SLOTS,
+    MIN_SLOTS,
+    DeployInProgress,
+    Host,
+    InvalidInput,
+    Inventory,
+    ReleaseError,
+    Selection,
+    check_word,
+)  # fmt: skip
+from buildbot_steps.release.runner import (
+    FanoutSettings,
+    HostReport,
+    ReleaseRunner,
+    RunReport,
+    deploy_in_progress,
+    deploy_lock,
+    parse_status,
+)  # fmt: skip
+from buildbot_steps.release.transports import (
+    TRANSPORTS,
+    LocalTransport,
+    SshTransport,
+    host_script_path,
+    host_script_text,
+)  # fmt: skip
+
+__all__ = [
+    "ALL_HOSTS", "DEFAULT_SLOTS", "MAX_SLOTS", "MIN_SLOTS", "TRANSPORTS", "DeployInProgress", "FanoutSettings",
+    "Host", "HostReport", "InvalidInput", "Inventory", "LocalTransport", "ReleaseError", "ReleaseRunner",
+    "RunReport", "Selection", "SshTransport", "check_word", "deploy_in_progress", "deploy_lock", "host_script_path",
+    "host_script_text", "parse_status",
+]  # fmt: skip

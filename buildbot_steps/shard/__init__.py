@@ -1,0 +1,17 @@
+"""Engine 1, test sharding: the suite split over many Buildbot workers.
+
+parent_step.py    ShardedTest: lists, plans, triggers the shard builds, gates the build
+shard_step.py     RunShard (in each shard build) and shard_builder_config for master.cfg
+session.py        what the parent and its shards share: batch sources, timeline
+commands.py       test command templates, collect-only listings, shard properties
+history.py        durations and flakes in Buildbot's own test-result tables
+junit.py          reading the runner's JUnit XML (untrusted input)
+report.py         the HTML report with its SVG timeline
+planning.py       duration files, plans and virtual-clock simulation outside Buildbot
+cli.py            `buildbot-cd plan | simulate`
+"""
+
+from buildbot_steps.shard.parent_step import ShardedTest
+from buildbot_steps.shard.shard_step import RunShard, shard_builder_config
+
+__all__ = ["RunShard", "ShardedTest", "shard_builder_config"]

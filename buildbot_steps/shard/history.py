@@ -1,0 +1,106 @@
+"""Test durations and flakes, kept in Buildbot's own test-result tables.
+
+Each build writes three result sets for its tests (DESIGN.md section 3):
+    "<description>"           category pass_fail, value "1"/"0", duration_ns
+                              clamped to 2**31-1 ns (for other consumers)
+    "<description> durations" category performance, value_unit "s", value the
+                              exact duration in seconds as text ("2.513402")
+    "<description> flaky"     category fail_only, one row per flaky test
+`test_results.duration_ns` is a 32-bit integer on PostgreSQL (at most
+2.147 s), so the planner reads only the durations set, where durations of any
+length survive.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+from twisted.internet import defer
+
+# The largest value of a PostgreSQL `integer` column (test_results.duration_ns).
+POSTGRES_INT4_MAX = 2**31 - 1
+NANOSECONDS = 1_000_000_000
+
+# Earlier builds read for durations: the core looks at the 5 most recent
+# runs of each test (kRecentRunsConsidered).
+HISTORY_BUILDS = 5
+
+
+class TestOutcomeLike(Protocol):
+    """What is stored of a test: the core's TestOutcome has these fields."""
+
+    id: str
+    verdict: Any
+    attempts: list[Any]
+
+
+def duration_ns_for_db(seconds: float) -> int:
+    """Nanoseconds clamped to what PostgreSQL's 32-bit column accepts."""
+    return max(0, min(int(round(seconds * NANOSECONDS)), POSTGRES_INT4_MAX))
+
+
+def durations_of(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """{test id: seconds} from the rows of a durations result set."""
+    durations = {}
+    for row in rows:
+        try:
+            seconds = float(row["value"])
+        except (TypeError, ValueError):
+            continue  # a hand-edited or foreign row: skip it, do not fail the plan
+        if row.get("test_name") and math.isfinite(seconds) and seconds >= 0:
+            durations[row["test_name"]] = seconds
+    return durations
+
+
+class TestHistory:
+    """Reads and writes one builder's test results under one description."""
+
+    def __init__(self, step: Any, description: str):
+        self._step = step  # the BuildStep writing results (addTestResultSet lives there)
+        self.description = description
+        self.durations_description = f"{description} durations"
+        self.flaky_description = f"{description} flaky"
+
+    @defer.inlineCallbacks
+    def read(self, builderid: int):
+        """(durations per earlier build, oldest first; {test: builds it was flaky in})."""
+        data = self._step.master.data
+        sets = yield data.get(("builders", builderid, "test_result_sets"))
+        complete = [s for s in sets if s["complete"]]
+        recent = sorted(
+            (s for s in complete if s["description"] == self.durations_description),
+            key=lambda s: s["test_result_setid"],
+        )[-HISTORY_BUILDS:]
+        history = []
+        for result_set in recent:
+            history.append(durations_of((yield self._results_of(result_set))))
+        recent_builds = {s["buildid"] for s in recent}
+        flake_record: dict[str, int] = {}
+        for result_set in complete:
+            if result_set["description"] == self.flaky_description and result_set["buildid"] in recent_builds:
+                for row in (yield self._results_of(result_set)):
+                    name = row.get("test_name")
+                    flake_record[name] = flake_record.get(name, 0) + 1
+        return history, flake_record
+
+    def _results_of(self, result_set: dict[str, Any]):
+        return self._step.master.data.get(("test_result_sets", result_set["test_result_setid"], "results"))
+
+    @defer.inlineCallbacks
+    def store(self, outcomes: list[TestOutcomeLike]):
+        step = self._step
+        outcome_set = yield step.addTestResultSet(self.description, "pass_fail", "boolean")
+        duration_set = yield step.addTestResultSet(self.durations_description, "performance", "s")
+        # Only the flaky tests, so the flake record costs a few rows per build.
+        flaky_set = yield step.addTestResultSet(self.flaky_description, "fail_only", "boolean")
+        for outcome in outcomes:
+            if not outcome.attempts:
+                continue  # never ran: no duration to learn from
+            seconds = outcome.attempts[-1].seconds
+            duration_ns = duration_ns_for_db(seconds)
+            passed = "1" if outcome.verdict in ("passed", "flaky") else "0"
+            step.addTestResult(outcome_set, passed, test_name=outcome.id, duration_ns=duration_ns)
+            step.addTestResult(duration_set, f"{seconds:.6f}", test_name=outcome.id, duration_ns=duration_ns)
+            if outcome.verdict == "flaky":
+                step.addTestResult(flaky_set, "0", test_name=outcome.id)

@@ -1,0 +1,462 @@
+"""The parent step of a sharded test run: `ShardedTest`, on the tests builder.
+
+It lists the tests, reads their durations from Buildbot's own test results of
+earlier builds (history.py), plans with the C++ shard scheduler and triggers
+one build per shard on a shard builder; each runs `RunShard` (shard_step.py),
+which pulls batches from this build's ShardSession (session.py). When every
+shard has finished it stores the results, renders the report (report.py) and
+gates the build.
+
+master.cfg wiring (see `shard_builder_config` for the shard side):
+
+    from buildbot.plugins import steps, util
+    from buildbot_steps.shard import shard_builder_config
+
+    checkout = steps.Git(repourl="https://example.org/app.git", mode="incremental")
+    shard_builder, shard_scheduler = shard_builder_config(
+        "tests-shard", workernames=["w1", "w2", "w3", "w4"], setup_steps=[checkout])
+    c["builders"] += [
+        shard_builder,
+        util.BuilderConfig(name="tests", workernames=["coordinator"],
+                           factory=util.BuildFactory([
+                               checkout,
+                               steps.ShardedTest(shard_scheduler="tests-shard"),
+                           ])),
+    ]
+    c["schedulers"].append(shard_scheduler)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot import config
+from buildbot.interfaces import IRenderable, ITriggerableScheduler
+from buildbot.process import remotecommand
+from buildbot.process.buildstep import BuildStep
+from buildbot.process.properties import Properties
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.reporters.utils import getURLForBuildrequest
+from twisted.internet import defer, threads
+
+from buildbot_steps import _core
+from buildbot_steps.shard import report
+from buildbot_steps.shard import session as shard_session
+from buildbot_steps.shard.commands import (
+    COMMAND_PROPERTY,
+    COUNT_PROPERTY,
+    DEFAULT_DISCOVER_COMMAND,
+    DEFAULT_TEST_COMMAND,
+    INDEX_PROPERTY,
+    MODE_PROPERTY,
+    MODES,
+    PARENT_PROPERTY,
+    TESTS_PROPERTY,
+    WORKDIR_PROPERTY,
+    ShardedTestError,
+    check_test_command,
+    is_quarantined,
+    names,
+    parse_test_listing,
+)  # fmt: skip
+from buildbot_steps.shard.history import TestHistory
+from buildbot_steps.shard.junit import MAX_REPORT_BYTES
+
+# Batches are topped up to about this many estimated seconds: each costs a
+# round trip and a runner start-up (0.5 s for a small pytest project, several
+# seconds for one that imports a framework, more on a loaded worker). The
+# guided batch sizes still shrink towards this at the tail, which keeps the
+# end balanced.
+DEFAULT_MIN_BATCH_S = 5.0
+
+# Cap on tests per batch, so that a lost worker costs little and the command
+# line stays far below the OS argument limit.
+DEFAULT_MAX_BATCH_TESTS = 200
+
+# A batch's command is stopped after this long: a hung runner must not hold
+# the build for ever, and no sane batch runs for twenty minutes.
+DEFAULT_BATCH_TIMEOUT_S = 20 * 60
+
+
+class ShardedTest(BuildStep):
+    """Runs a test suite as shard builds on a shard builder, and gates on it."""
+
+    name = "sharded-tests"
+    description = ["sharded", "tests"]
+    descriptionDone = ["sharded", "tests"]
+    renderables = [
+        "tests",
+        "discover_command",
+        "test_command",
+        "test_workdir",
+        "env",
+        "shards",
+        "quarantine",
+    ]
+
+    def __init__(
+        self,
+        shard_scheduler: str,
+        tests: list[str] | None = None,
+        discover_command: list[str] | None = None,
+        test_command: list[str] | None = None,
+        test_workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        shards: int | None = None,
+        mode: str = "dynamic",
+        max_attempts: int = 2,
+        quarantine: list[str] | None = None,
+        min_batch_s: float = DEFAULT_MIN_BATCH_S,
+        max_batch_tests: int = DEFAULT_MAX_BATCH_TESTS,
+        speculate: bool = True,
+        batch_timeout: float | None = DEFAULT_BATCH_TIMEOUT_S,
+        max_report_bytes: int = MAX_REPORT_BYTES,
+        results_description: str = "sharded tests",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.shard_scheduler = shard_scheduler
+        self.tests = tests
+        self.discover_command = discover_command or list(DEFAULT_DISCOVER_COMMAND)
+        self.test_command = test_command or list(DEFAULT_TEST_COMMAND)
+        self.test_workdir = test_workdir
+        self.env = env or {}
+        self.shards = shards
+        self.mode = mode
+        self.max_attempts = max_attempts
+        self.quarantine = quarantine or []
+        self.min_batch_s = min_batch_s
+        self.max_batch_tests = max_batch_tests
+        self.speculate = speculate
+        self.batch_timeout = batch_timeout
+        self.max_report_bytes = max_report_bytes
+        self.results_description = results_description
+        self._check_static_arguments()
+        self._session: shard_session.ShardSession | None = None
+        self._shard_total = 0
+        self._brids: list[int] = []
+        self._final_summary: str | None = None
+        self._flake_record: dict[str, int] = {}  # test id -> earlier builds it was flaky in
+        self._history = TestHistory(self, results_description)
+
+    # ------------------------------------------------------ configuration
+
+    def _check_static_arguments(self) -> None:
+        if not isinstance(self.shard_scheduler, str) or not self.shard_scheduler:
+            config.error("ShardedTest: shard_scheduler must name a Triggerable scheduler")
+        if self.mode not in MODES:
+            config.error(f"ShardedTest: mode must be one of {MODES}, not {self.mode!r}")
+        if not IRenderable.providedBy(self.test_command):
+            problem = check_test_command(self.test_command)
+            if problem:
+                config.error(f"ShardedTest: {problem}")
+        if self.tests is not None and not IRenderable.providedBy(self.tests):
+            if not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests):
+                config.error("ShardedTest: tests must be a list of test id strings")
+        for label, value, minimum in (
+            ("max_attempts", self.max_attempts, 1),
+            ("max_batch_tests", self.max_batch_tests, 1),
+            ("max_report_bytes", self.max_report_bytes, 1),
+        ):
+            if not isinstance(value, int) or value < minimum:
+                config.error(f"ShardedTest: {label} must be an integer >= {minimum}")
+        if self.shards is not None and not IRenderable.providedBy(self.shards):
+            if not isinstance(self.shards, int) or self.shards < 1:
+                config.error("ShardedTest: shards must be a positive integer (or None: one per worker)")
+
+    def _check_rendered_arguments(self) -> None:
+        problem = check_test_command(self.test_command)
+        if problem:
+            raise ShardedTestError(problem)
+        if self.shards is not None and (not isinstance(self.shards, int) or self.shards < 1):
+            raise ShardedTestError(f"shards must be a positive integer, not {self.shards!r}")
+        if not isinstance(self.discover_command, (list, tuple)) or not self.discover_command:
+            raise ShardedTestError("discover_command must be a non-empty argument vector")
+        if self.tests is not None and (
+            not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests)
+        ):
+            raise ShardedTestError("tests must render to a list of test id strings")
+
+    # --------------------------------------------------------------- run
+
+    @defer.inlineCallbacks
+    def run(self):
+        try:
+            self._check_rendered_arguments()
+            scheduler = self._triggerable()
+            tests = yield self._list_tests()
+            builderid = yield self.build.getBuilderId()
+            history, self._flake_record = yield self._history.read(builderid)
+            results = yield self._run_sharded(scheduler, tests, history)
+        except ShardedTestError as problem:
+            self._final_summary = f"{problem}"
+            yield self.addCompleteLog("problem", f"{problem}\n")
+            return FAILURE
+        return results
+
+    @defer.inlineCallbacks
+    def _list_tests(self):
+        if self.tests is not None:
+            tests = list(dict.fromkeys(self.tests))
+        else:
+            tests = yield self._discover_tests()
+        if not tests:
+            raise ShardedTestError("no tests to run (the list is empty or discovery found none)")
+        return tests
+
+    @defer.inlineCallbacks
+    def _discover_tests(self):
+        stdio = yield self.addLog("stdio")
+        cmd = remotecommand.RemoteShellCommand(
+            self.test_workdir or self.workdir,
+            list(self.discover_command),
+            env=self.env,
+            collectStdout=True,
+            logEnviron=False,
+            timeout=self.batch_timeout,
+        )
+        cmd.useLog(stdio, False)
+        yield self.runCommand(cmd)
+        if cmd.rc != 0:
+            raise ShardedTestError(
+                f"test discovery {self.discover_command} exited with {cmd.rc}; see the stdio log"
+            )
+        return parse_test_listing(cmd.stdout)
+
+    @defer.inlineCallbacks
+    def _run_sharded(self, scheduler: Any, tests: list[str], history: list[dict[str, float]]):
+        shards = self.shards or self._workers_of(scheduler)
+        # Milliseconds for thousands of tests, but not microseconds: off the reactor.
+        try:
+            estimates = yield threads.deferToThread(_core.estimate_durations, tests, history)
+            plan = yield threads.deferToThread(_core.plan_static, estimates, shards)
+        except _core.InvalidInputError as problem:
+            raise ShardedTestError(f"cannot plan the shards: {problem}") from None
+        session = self._make_session(estimates, plan, shards)
+        self._report_estimates(estimates, len(history))
+        yield self.addCompleteLog("plan", self._plan_text(estimates, plan, shards, len(history)))
+        self._session, self._shard_total = session, shards
+        session.listeners.append(self.updateSummary)
+        shard_session.register_session(self.build.buildid, session)
+        try:
+            yield self._trigger_shards(scheduler, plan, shards)
+        finally:
+            shard_session.unregister_session(self.build.buildid)
+            session.listeners.clear()
+        return (yield self._publish(session, plan, estimates))
+
+    def _triggerable(self) -> Any:
+        schedulers = self.master.scheduler_manager.namedServices
+        scheduler = schedulers.get(self.shard_scheduler)
+        if scheduler is None or not ITriggerableScheduler.providedBy(scheduler):
+            raise ShardedTestError(
+                f"shard_scheduler {self.shard_scheduler!r} is not a Triggerable scheduler of this master"
+            )
+        return scheduler
+
+    def _workers_of(self, scheduler: Any) -> int:
+        names = set()
+        for builder_name in scheduler.builderNames:
+            builder = self.master.botmaster.builders.get(builder_name)
+            if builder is not None and builder.config is not None:
+                names.update(builder.config.workernames)
+        if not names:
+            raise ShardedTestError(f"the shard builders of {self.shard_scheduler!r} list no workers")
+        return len(names)
+
+    def _make_session(self, estimates: Any, plan: Any, shards: int) -> shard_session.ShardSession:
+        settings = shard_session.ShardCommandSettings(
+            test_command=list(self.test_command),
+            workdir=self.test_workdir,
+            env=dict(self.env),
+            timeout_s=self.batch_timeout,
+            max_report_bytes=self.max_report_bytes,
+        )
+        clock = self.master.reactor.seconds
+        if self.mode == "static":
+            shard_lists = [list(shard.tests) for shard in plan.shards]
+            batches = shard_session.StaticShards(
+                shard_lists, {e.id: e.seconds for e in estimates}, self.max_attempts,
+                self.max_batch_tests,
+            )  # fmt: skip
+            return shard_session.ShardSession(batches, settings, clock)
+        dispatcher = _core.Dispatcher(
+            estimates,
+            workers=shards,
+            max_attempts=self.max_attempts,
+            min_batch_s=self.min_batch_s,
+            max_batch_tests=self.max_batch_tests,
+            speculate=self.speculate,
+        )
+        return shard_session.ShardSession(shard_session.DynamicBatches(dispatcher), settings, clock)
+
+    def _report_estimates(self, estimates: Any, history_builds: int) -> None:
+        sources = _count_sources(estimates)
+        self.setProperty("shard_history_builds", history_builds, "ShardedTest")
+        self.setProperty("shard_estimate_sources", sources, "ShardedTest")
+        self.setProperty("shard_estimates_from_history", sources.get("history", 0), "ShardedTest")
+
+    @staticmethod
+    def _plan_text(estimates: Any, plan: Any, shards: int, history_builds: int) -> str:
+        sources = _count_sources(estimates)
+        lines = [
+            f"tests: {len(estimates)}; shards: {shards}; earlier builds read: {history_builds}",
+            "estimate sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())),
+            f"estimated total: {sum(e.seconds for e in estimates):.2f} s; "
+            f"lower bound per shard: {plan.lower_bound_s:.2f} s; "
+            f"static plan makespan: {plan.makespan_s:.2f} s",
+        ]
+        for index, shard in enumerate(plan.shards):
+            lines.append(f"  shard {index}: {len(shard.tests)} tests, {shard.estimate_s:.2f} s")
+        return "\n".join(lines) + "\n"
+
+    @defer.inlineCallbacks
+    def _trigger_shards(self, scheduler: Any, plan: Any, shards: int):
+        sourcestamps = [ss.asDict() for ss in self.build.getAllSourceStamps()]
+        waiting = []
+        for index in range(shards):
+            ids, finished = scheduler.trigger(
+                waited_for=True,
+                sourcestamps=sourcestamps,
+                set_props=self._shard_properties(plan, index, shards),
+                parent_buildid=self.build.buildid,
+                parent_relationship="shard of",
+            )
+            _, brids = yield ids
+            for brid in brids.values():
+                self._brids.append(brid)
+                yield self.addURL(f"shard {index} (request {brid})", getURLForBuildrequest(self.master, brid))
+            waiting.append(finished)
+        yield defer.DeferredList(waiting, consumeErrors=True)
+
+    def _shard_properties(self, plan: Any, index: int, shards: int) -> Properties:
+        properties = Properties()
+        values: dict[str, Any] = {
+            PARENT_PROPERTY: self.build.buildid,
+            INDEX_PROPERTY: index,
+            COUNT_PROPERTY: shards,
+            MODE_PROPERTY: self.mode,
+            COMMAND_PROPERTY: list(self.test_command),
+        }
+        if self.test_workdir:
+            values[WORKDIR_PROPERTY] = self.test_workdir
+        if self.mode == "static" and index < len(plan.shards):
+            values[TESTS_PROPERTY] = list(plan.shards[index].tests)
+        for key, value in values.items():
+            properties.setProperty(key, value, "ShardedTest")
+        return properties
+
+    # ----------------------------------------------------------- results
+
+    @defer.inlineCallbacks
+    def _publish(self, session: shard_session.ShardSession, plan: Any, estimates: Any):
+        outcomes = list(session.batches.outcomes())
+        figures = self._figures(outcomes, session, plan)
+        yield self._history.store(outcomes)
+        for key, value in figures.items():
+            self.setProperty(f"tests_{key}", value, "ShardedTest")
+        flaky = [o.id for o in outcomes if o.verdict == "flaky"]
+        self.setProperty("tests_flaky_names", flaky, "ShardedTest")
+        quarantine = {o.id for o in outcomes if is_quarantined(o.id, self.quarantine)}
+        yield self.addHTMLLog(
+            "report",
+            report.render_report(outcomes, session.timeline, figures, quarantine, self._flake_record),
+        )
+        result, text = self._verdict(outcomes, figures)
+        self._final_summary = text
+        if result != SUCCESS:
+            yield self.addCompleteLog("failures", self._failures_text(outcomes))
+        return result
+
+    def _figures(self, outcomes: list[Any], session: Any, plan: Any) -> dict[str, Any]:
+        counts = {"passed": 0, "flaky": 0, "failed": 0, "pending": 0}
+        for outcome in outcomes:
+            counts[outcome.verdict] = counts.get(outcome.verdict, 0) + 1
+        durations = [o.attempts[-1].seconds for o in outcomes if o.attempts]
+        hosts = {puller.split("#")[0] for puller in session.workers_seen}
+        workers = max(1, len(hosts) or self._shard_total)
+        finished = [run.end_s for run in session.timeline if run.end_s is not None]
+        started = [run.start_s for run in session.timeline]
+        makespan = (max(finished) - min(started)) if finished and started else 0.0
+        bound = max(max(durations, default=0.0), sum(durations) / workers)
+        return {
+            "total": len(outcomes),
+            "passed": counts["passed"],
+            "failed": counts["failed"],
+            "flaky": counts["flaky"],
+            "not_run": counts["pending"],
+            "workers": workers,
+            "makespan_s": round(makespan, 3),
+            "lower_bound_s": round(bound, 3),
+            "planned_lower_bound_s": round(plan.lower_bound_s, 3),
+            "batches": len(session.timeline),
+            "requeued_batches": session.batches.stats().requeued_batches,
+            "straggler_copies": session.batches.stats().speculative_batches,
+        }
+
+    def _verdict(self, outcomes: list[Any], figures: dict[str, Any]) -> tuple[int, str]:
+        def bad(o: Any) -> bool:
+            return o.verdict in ("failed", "pending")
+
+        gating = [o.id for o in outcomes if bad(o) and not is_quarantined(o.id, self.quarantine)]
+        quarantined = [o.id for o in outcomes if bad(o) and is_quarantined(o.id, self.quarantine)]
+        flaky = [o.id for o in outcomes if o.verdict == "flaky"]
+        text = (
+            f"{figures['passed']} passed, {figures['failed']} failed, {figures['flaky']} flaky"
+            + (f", {figures['not_run']} not run" if figures["not_run"] else "")
+            + f"; makespan {figures['makespan_s']:.1f} s vs bound {figures['lower_bound_s']:.1f} s"
+        )
+        if gating:
+            return FAILURE, text + "; failed: " + names(gating)
+        if flaky or quarantined:
+            notes = ([f"flaky: {names(flaky)}"] if flaky else []) + (
+                [f"quarantined failures: {names(quarantined)}"] if quarantined else []
+            )
+            return WARNINGS, text + "; " + "; ".join(notes)
+        return SUCCESS, text
+
+    @staticmethod
+    def _failures_text(outcomes: list[Any]) -> str:
+        lines = []
+        for outcome in outcomes:
+            if outcome.verdict == "passed":
+                continue
+            lines.append(f"{outcome.verdict.upper()}: {outcome.id}")
+            for attempt in outcome.attempts:
+                state = "passed" if attempt.passed else "failed"
+                lines.append(f"  on {attempt.worker}: {state} in {attempt.seconds:.3f} s")
+                lines.extend(f"    {line}" for line in (attempt.message or "").splitlines())
+        return "\n".join(lines) + "\n"
+
+    # ---------------------------------------------------------- summaries
+
+    def getCurrentSummary(self):
+        session = self._session
+        if session is None:
+            return {"step": "planning shards"}
+        stats = session.batches.stats()
+        return {
+            "step": f"{stats.resolved}/{stats.tests} tests done, "
+            f"{session.busy_workers()}/{self._shard_total} workers busy"
+        }
+
+    def getResultSummary(self):
+        if self._final_summary:
+            return {"step": self._final_summary}
+        return super().getResultSummary()
+
+    @defer.inlineCallbacks
+    def interrupt(self, reason):
+        for brid in self._brids:
+            self.master.data.control(
+                "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", brid)
+            )
+        yield super().interrupt(reason)
+
+
+def _count_sources(estimates: Any) -> dict[str, int]:
+    """How many estimates came from history, file medians, etc."""
+    sources: dict[str, int] = {}
+    for estimate in estimates:
+        sources[estimate.source] = sources.get(estimate.source, 0) + 1
+    return sources

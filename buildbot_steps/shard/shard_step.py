@@ -1,0 +1,369 @@
+"""The shard side of a sharded run: `RunShard`, in each triggered shard build.
+
+It pulls batches from the parent's ShardSession (same master process, see
+session.py) and runs each as a remote command on its own worker, over
+Buildbot's worker protocol (no extra port); the runner's JUnit XML comes
+back with uploadFile and is read by junit.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot import config
+from buildbot.interfaces import IRenderable
+from buildbot.process import remotecommand
+from buildbot.process.buildstep import BuildStep, CommandMixin
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.worker.protocols import base as protocol_base
+from twisted.internet import defer, error, threads
+from twisted.python import log as twisted_log
+from twisted.spread import pb
+
+from buildbot_steps.shard import session as shard_session
+from buildbot_steps.shard.commands import (
+    COMMAND_PROPERTY,
+    DEFAULT_TEST_COMMAND,
+    INDEX_PROPERTY,
+    PARENT_PROPERTY,
+    TESTS_PROPERTY,
+    WORKDIR_PROPERTY,
+    ShardedTestError,
+    check_test_command,
+    expand_test_command,
+    names,
+)  # fmt: skip
+from buildbot_steps.shard.junit import MAX_REPORT_BYTES, JUnitReportError, parse_junit_report
+
+# A shard told to wait asks again after a report, or after this long anyway:
+# straggler copies depend on elapsed time, not only on reports.
+WAIT_POLL_S = 1.0
+
+# A shard told to wait while no batch runs anywhere gives up after this long:
+# the re-run it waits for must go to another worker and none is pulling. Its
+# tests are then reported "not run" (FAILURE) instead of the build hanging.
+STALL_TIMEOUT_S = 120.0
+
+# A standalone static shard (no parent on this master) has no parent step to
+# take its batch timeout from; the parent's default applies.
+STANDALONE_BATCH_TIMEOUT_S = 20 * 60
+
+
+def shard_builder_config(
+    name: str,
+    workernames: list[str],
+    setup_steps: list[Any] = (),
+    scheduler_name: str | None = None,
+    run_shard: RunShard | None = None,
+    **builder_kwargs: Any,
+) -> tuple[Any, Any]:
+    """The shard builder and its Triggerable scheduler, for master.cfg.
+
+    `setup_steps` run before the shard (typically the checkout: shard builds
+    get the parent build's source stamps, so a Git step checks out the same
+    revision). collapseRequests=False: Buildbot's default collapser ignores
+    trigger properties and would merge the shard requests into one build.
+    """
+    from buildbot.config import BuilderConfig
+    from buildbot.process.factory import BuildFactory
+    from buildbot.schedulers.triggerable import Triggerable
+
+    builder = BuilderConfig(
+        name=name,
+        workernames=list(workernames),
+        factory=BuildFactory([*setup_steps, run_shard or RunShard()]),
+        collapseRequests=False,
+        **builder_kwargs,
+    )
+    scheduler = Triggerable(name=scheduler_name or name, builderNames=[name])
+    return builder, scheduler
+
+
+def _connection_lost(failure_or_exc: Any) -> bool:
+    lost = (error.ConnectionLost, pb.PBConnectionLost)
+    if hasattr(failure_or_exc, "check"):
+        return failure_or_exc.check(*lost) is not None
+    return isinstance(failure_or_exc, lost)
+
+
+class _BytesWriter(protocol_base.FileWriterImpl):
+    """Receives an uploaded file into memory, refusing more than max_bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+
+    def remote_write(self, data: bytes | str) -> None:
+        chunk = data.encode() if isinstance(data, str) else bytes(data)
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            self.overflow = True
+            return
+        self.chunks.append(chunk)
+
+    def remote_utime(self, accessed_modified: Any) -> None:
+        pass
+
+    def remote_close(self) -> None:
+        pass
+
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+# ------------------------------------------------------------ parent step
+
+
+class RunShard(CommandMixin, BuildStep):
+    """Pulls batches from the parent's session and runs them on this worker.
+
+    Without a parent session on this master (multi-master, or a rebuild of a
+    static shard after its parent ended) a static shard runs its fixed list
+    from the `shard_tests` property alone and gates on its own results; only
+    then are this step's own test_command, test_workdir and env used (else the
+    parent's settings apply, so that one place configures the run).
+    """
+
+    name = "run-shard"
+    description = ["running", "shard"]
+    descriptionDone = ["shard"]
+    renderables = ["test_command", "test_workdir", "env"]
+
+    def __init__(
+        self,
+        test_command: list[str] | None = None,
+        test_workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        max_attempts: int = 2,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.test_command = test_command
+        self.test_workdir = test_workdir
+        self.env = env or {}
+        self.max_attempts = max_attempts
+        if test_command is not None and not IRenderable.providedBy(test_command):
+            problem = check_test_command(test_command)
+            if problem:
+                config.error(f"RunShard: {problem}")
+        self._session: shard_session.ShardSession | None = None
+        self._worker = ""
+        self._ran = {"batches": 0, "tests": 0, "failed attempts": 0}
+        self._summary: str | None = None
+
+    @defer.inlineCallbacks
+    def run(self):
+        self.stdio = yield self.addLog("stdio")
+        try:
+            session, standalone = self._find_session()
+        except ShardedTestError as problem:
+            self._summary = str(problem)
+            yield self.stdio.addStderr(f"{problem}\n")
+            return FAILURE
+        self._session, self._worker = session, self._puller_name()
+        reports_dir = f".shard-reports-{self.build.buildid}"
+        workdir = session.settings.workdir or self.workdir
+        # A standalone session holds only this shard's list, at index 0.
+        shard_index = 0 if standalone else self.getProperty(INDEX_PROPERTY, 0)
+        try:
+            yield self.runMkdir(self.build.path_module.join(workdir, reports_dir))
+            yield self._pull_batches(session, shard_index, workdir, reports_dir)
+            # A puller that has left is no longer live: the dispatcher must not
+            # keep a re-run waiting for it.
+            session.worker_lost(self._worker)
+        except Exception:
+            # Lost connection (Buildbot then marks this build RETRY), stop, or
+            # a bug: either way this worker's batches go back to the queue.
+            session.worker_lost(self._worker)
+            raise
+        yield self.runRmdir(self.build.path_module.join(workdir, reports_dir), abandonOnFailure=False)
+        self._summary = (
+            f"{self._ran['batches']} batches, {self._ran['tests']} tests run, "
+            f"{self._ran['failed attempts']} failed attempts"
+        )
+        if standalone:
+            return self._standalone_result(session)
+        return WARNINGS if self._ran["failed attempts"] else SUCCESS
+
+    def _puller_name(self) -> str:
+        """This shard build's name towards the dispatcher: "<worker>#<build number>".
+
+        Normally one shard build runs per worker, so this is the worker. After
+        a lost worker, Buildbot reruns its shard build on a worker that is
+        already running one; as a separate puller it can take the re-runs that
+        must go "elsewhere" instead of waiting for them forever.
+        """
+        return f"{self.getWorkerName()}#{self.build.number}"
+
+    def _find_session(self) -> tuple[shard_session.ShardSession, bool]:
+        parent = self.getProperty(PARENT_PROPERTY)
+        session = shard_session.lookup_session(parent)
+        if session is not None:
+            return session, False
+        tests = self.getProperty(TESTS_PROPERTY)
+        if tests is None:
+            raise ShardedTestError(
+                f"no running ShardedTest parent build (build id {parent!r}) on this master; "
+                "the dynamic mode needs the parent on the same master (use mode='static' "
+                "with several masters)"
+            )
+        command = self.test_command or self.getProperty(COMMAND_PROPERTY) or DEFAULT_TEST_COMMAND
+        problem = check_test_command(command)
+        if problem:
+            raise ShardedTestError(problem)
+        settings = shard_session.ShardCommandSettings(
+            test_command=list(command),
+            workdir=self.test_workdir or self.getProperty(WORKDIR_PROPERTY),
+            env=dict(self.env),
+            timeout_s=STANDALONE_BATCH_TIMEOUT_S,
+            max_report_bytes=MAX_REPORT_BYTES,
+        )
+        batches = shard_session.StaticShards([list(tests)], {}, self.max_attempts)
+        clock = self.master.reactor.seconds
+        return shard_session.ShardSession(batches, settings, clock), True
+
+    @defer.inlineCallbacks
+    def _pull_batches(self, session, shard_index, workdir, reports_dir):
+        idle_since = None
+        while not self.stopped:
+            assignment = session.next_batch(self._worker, shard_index)
+            if assignment.kind == "done":
+                return
+            if assignment.kind == "wait":
+                idle_since = self._idle_since(session, idle_since)
+                if self.master.reactor.seconds() - idle_since > STALL_TIMEOUT_S:
+                    yield self.stdio.addHeader(
+                        f"nothing ran anywhere for {STALL_TIMEOUT_S:.0f} s while waiting: "
+                        "leaving the remaining tests to other shards\n"
+                    )
+                    return
+                yield session.wait_for_change(self.master.reactor, WAIT_POLL_S)
+                continue
+            idle_since = None
+            yield self._run_batch(session, assignment.batch, workdir, reports_dir)
+            self.updateSummary()
+
+    def _idle_since(self, session, idle_since):
+        if session.batches.stats().batches_in_flight:
+            return self.master.reactor.seconds()  # someone is working: not stalled
+        return idle_since if idle_since is not None else self.master.reactor.seconds()
+
+    @defer.inlineCallbacks
+    def _run_batch(self, session, batch, workdir, reports_dir):
+        settings = session.settings
+        report_path = self.build.path_module.join(reports_dir, f"batch-{batch.id}.xml")
+        argv = expand_test_command(settings.test_command, list(batch.tests), report_path)
+        kind = "retry " if batch.retry else "speculative " if batch.speculative else ""
+        yield self.stdio.addHeader(
+            f"\n=== {kind}batch {batch.id}: {len(batch.tests)} tests, estimated {batch.estimate_s:.2f} s\n"
+        )
+        cmd = remotecommand.RemoteShellCommand(
+            workdir, argv, env=settings.env, timeout=settings.timeout_s, logEnviron=False
+        )
+        cmd.useLog(self.stdio, False)
+        cancel_if_obsolete = self._canceller(session, batch, cmd)
+        session.listeners.append(cancel_if_obsolete)
+        try:
+            yield self.runCommand(cmd)
+        finally:
+            session.listeners.remove(cancel_if_obsolete)
+        if session.batch_obsolete(batch.id):
+            self._drop_obsolete(session, batch)
+            return
+        data, problem = yield self._fetch_report(workdir, report_path, settings.max_report_bytes)
+        results = None
+        if problem is None:
+            try:
+                results = yield threads.deferToThread(
+                    parse_junit_report, data, list(batch.tests), settings.max_report_bytes
+                )
+            except JUnitReportError as bad_report:
+                problem = str(bad_report)
+        self._hand_in(session, batch, results, problem, cmd.rc)
+
+    def _canceller(self, session, batch, cmd):
+        """Stops this batch's command once another copy has decided all its tests."""
+
+        def cancel_if_obsolete() -> None:
+            if cmd.active and not cmd.interrupted and session.batch_obsolete(batch.id):
+                self.stdio.addHeader(f"batch {batch.id} finished elsewhere first: stopping this copy\n")
+                cmd.interrupt("batch finished on another worker")
+
+        return cancel_if_obsolete
+
+    def _drop_obsolete(self, session, batch) -> None:
+        # Every test of the batch was decided by another copy: close the
+        # batch; its (absent) results are ignored by the dispatcher.
+        self._ran["batches"] += 1
+        try:
+            session.report(self._worker, batch.id, [])
+        except Exception as stale:  # noqa: BLE001 - the core's InvalidStateError
+            twisted_log.msg(f"RunShard: obsolete batch {batch.id} not closed: {stale}")
+
+    def _hand_in(self, session, batch, results, problem, rc) -> None:
+        self._ran["batches"] += 1
+        self._ran["tests"] += len(batch.tests)
+        try:
+            if problem is not None:
+                message = f"{problem} (runner exit code {rc})"
+                self.stdio.addStderr(f"batch {batch.id} failed as a whole: {message}\n")
+                self._ran["failed attempts"] += len(batch.tests)
+                session.report_error(self._worker, batch.id, message)
+            else:
+                self._ran["failed attempts"] += sum(not r.passed for r in results)
+                self._ran["failed attempts"] += len(batch.tests) - len(results)
+                session.report(self._worker, batch.id, results)
+        except Exception as stale:  # noqa: BLE001 - the core's InvalidStateError, LookupError
+            # The batch was given back meanwhile (e.g. this worker was
+            # presumed lost); its results no longer count.
+            twisted_log.msg(f"RunShard: results of batch {batch.id} not accepted: {stale}")
+            self.stdio.addStderr(f"results of batch {batch.id} not accepted: {stale}\n")
+
+    @defer.inlineCallbacks
+    def _fetch_report(self, workdir, report_path, max_bytes):
+        """(bytes, None) or (None, why the report cannot be read)."""
+        writer = _BytesWriter(max_bytes)
+        args = {
+            "workdir": workdir,
+            "workersrc": report_path,
+            "writer": writer,
+            "maxsize": max_bytes + 1,  # one byte more tells "too big" from "exactly at the cap"
+            "blocksize": 64 * 1024,
+            "keepstamp": False,
+        }
+        cmd = remotecommand.RemoteCommand("uploadFile", args, decodeRC={0: SUCCESS})
+        cmd.useLog(self.stdio, False)
+        yield self.runCommand(cmd)
+        if writer.overflow or writer.size > max_bytes:
+            return None, f"JUnit report is over the {max_bytes} byte cap"
+        if cmd.didFail():
+            return None, f"no JUnit report at {report_path} (did the runner crash?)"
+        return writer.data(), None
+
+    def _standalone_result(self, session) -> int:
+        outcomes = session.batches.outcomes()
+        failed = [o.id for o in outcomes if o.verdict in ("failed", "pending")]
+        flaky = [o.id for o in outcomes if o.verdict == "flaky"]
+        if failed:
+            self._summary += "; failed: " + names(failed)
+            return FAILURE
+        if flaky:
+            self._summary += "; flaky: " + names(flaky)
+            return WARNINGS
+        return SUCCESS
+
+    @defer.inlineCallbacks
+    def interrupt(self, reason):
+        if self._session is not None and _connection_lost(reason):
+            self._session.worker_lost(self._worker)
+        yield super().interrupt(reason)
+
+    def getCurrentSummary(self):
+        return {"step": f"shard: {self._ran['batches']} batches, {self._ran['tests']} tests"}
+
+    def getResultSummary(self):
+        if self._summary:
+            return {"step": self._summary}
+        return super().getResultSummary()
