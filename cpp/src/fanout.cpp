@@ -51,8 +51,9 @@ std::int64_t parse_rsync_bytes_sent(std::string_view output) {
   while (i < output.size()) {
     char c = output[i];
     if (is_digit(i)) {
-      if (value > (INT64_MAX - 9) / 10) return 0;  // nonsense, not a byte count
-      value = value * 10 + (c - '0');
+      int digit = c - '0';
+      if (value > (INT64_MAX - digit) / 10) return 0;  // nonsense, not a byte count
+      value = value * 10 + digit;
       ++i;
     } else if ((c == ',' || c == '.' || c == '\'') && is_digit(i + 1) && is_digit(i + 2) && is_digit(i + 3) &&
                !is_digit(i + 4)) {
