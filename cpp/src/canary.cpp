@@ -75,6 +75,13 @@ namespace {
 
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 
+// Boost computes double functions in long double by default; double is
+// accurate to ~1e-15 here and several times faster (a look over 1,000 hosts
+// and 20 metrics is dominated by these calls).
+using Policy = boost::math::policies::policy<boost::math::policies::promote_double<false>>;
+using StudentsT = boost::math::students_t_distribution<double, Policy>;
+using Normal = boost::math::normal_distribution<double, Policy>;
+
 // A z beyond this is "certain" in double precision (the normal tail at 38 is
 // below the smallest double); it keeps exp() and logs finite.
 constexpr double kMaxZ = 38.0;
@@ -108,7 +115,7 @@ void check_summary(const Summary& arm, const char* name) {
 // One-sided p of a t statistic in the worse direction.
 double one_sided_p(double statistic, double df, Direction worse) {
   if (std::isinf(statistic)) return (statistic > 0) == (worse == Direction::Increase) ? 0.0 : 1.0;
-  boost::math::students_t_distribution<double> t(df);
+  StudentsT t(df);
   return worse == Direction::Increase ? cdf(complement(t, statistic)) : cdf(t, statistic);
 }
 
@@ -134,7 +141,7 @@ TTest t_test(double difference, double variance_a, double n_a, double variance_b
     result.statistic = shifted > 0.0 ? kInfinity : (shifted < 0.0 ? -kInfinity : 0.0);
   }
   result.p_value = one_sided_p(result.statistic, result.df, worse);
-  boost::math::students_t_distribution<double> t(result.df);
+  StudentsT t(result.df);
   const double half_width = quantile(complement(t, (1.0 - confidence) / 2.0)) * result.std_error;
   result.ci_low = difference - half_width;
   result.ci_high = difference + half_width;
@@ -144,18 +151,18 @@ TTest t_test(double difference, double variance_a, double n_a, double variance_b
 // P(X >= k) and P(X <= k) for X ~ Binomial(n, p), for real k and n through
 // the regularized incomplete beta (exact for integers, continuous between).
 double binomial_upper_tail(double k, double n, double p) {
-  return k <= 0.0 ? 1.0 : boost::math::ibeta(k, n - k + 1.0, p);
+  return k <= 0.0 ? 1.0 : boost::math::ibeta(k, n - k + 1.0, p, Policy());
 }
 
 double binomial_lower_tail(double k, double n, double p) {
-  return k >= n ? 1.0 : boost::math::ibetac(k + 1.0, n - k, p);
+  return k >= n ? 1.0 : boost::math::ibetac(k + 1.0, n - k, p, Policy());
 }
 
 // Clopper-Pearson interval of a binomial share.
 std::pair<double, double> share_interval(double k, double n, double confidence) {
   const double tail = (1.0 - confidence) / 2.0;
-  const double low = k <= 0.0 ? 0.0 : boost::math::ibeta_inv(k, n - k + 1.0, tail);
-  const double high = k >= n ? 1.0 : boost::math::ibeta_inv(k + 1.0, n - k, 1.0 - tail);
+  const double low = k <= 0.0 ? 0.0 : boost::math::ibeta_inv(k, n - k + 1.0, tail, Policy());
+  const double high = k >= n ? 1.0 : boost::math::ibeta_inv(k + 1.0, n - k, 1.0 - tail, Policy());
   return {low, high};
 }
 
@@ -281,15 +288,21 @@ struct Arm {
   int used() const { return hosts - missing; }
 };
 
-double checked(double value, const Where& where, const char* field) {
-  if (!std::isfinite(value))
-    throw InvalidInput(fmt::format("{} is {} (must be finite)", where(field), value));
+// Kept out of line: the checks below run for every host and every field, and
+// only the rare failure needs to build a message.
+[[noreturn, gnu::noinline]] void bad_value(double value, const Where& where, const char* field,
+                                           const char* rule) {
+  throw InvalidInput(fmt::format("{} is {} (must be {})", where(field), value, rule));
+}
+
+inline double checked(double value, const Where& where, const char* field) {
+  if (!std::isfinite(value)) bad_value(value, where, field, "finite");
   return value;
 }
 
-double checked_count(double value, const Where& where, const char* field) {
-  checked(value, where, field);
-  if (value < 0.0) throw InvalidInput(fmt::format("{} is {} (must be >= 0)", where(field), value));
+inline double checked_count(double value, const Where& where, const char* field) {
+  if (!(value >= 0.0 && value <= std::numeric_limits<double>::max()))
+    bad_value(value, where, field, "finite and >= 0");
   return value;
 }
 
@@ -339,6 +352,8 @@ void add_count(const HostData& host, const Where& where, Design design, Arm& arm
 Arm collect(const std::vector<HostData>& hosts, const MetricSpec& spec, const char* arm_name, Design design) {
   Arm arm;
   arm.hosts = static_cast<int>(hosts.size());
+  (spec.kind == MetricKind::Continuous ? arm.values : arm.events).reserve(hosts.size());
+  if (spec.kind == MetricKind::Count) arm.exposure.reserve(hosts.size());
   for (std::size_t i = 0; i < hosts.size(); ++i) {
     if (hosts[i].missing) {
       ++arm.missing;
@@ -385,8 +400,8 @@ double dispersion(const std::vector<double>& events, const std::vector<double>& 
 // degrees of freedom, as quasi-likelihood tests do) and mapped back to p.
 double with_dispersion_df(double p, double df) {
   if (p <= 0.0 || p >= 1.0 || p == 0.5) return p;
-  boost::math::normal_distribution<double> normal;
-  boost::math::students_t_distribution<double> t(df);
+  Normal normal;
+  StudentsT t(df);
   return cdf(complement(t, quantile(complement(normal, p))));
 }
 
@@ -463,7 +478,7 @@ double log_mixture_ratio(double z, double r) {
 double z_of(double p) {
   if (p <= 0.0) return kMaxZ;
   if (p >= 1.0) return -kMaxZ;
-  boost::math::normal_distribution<double> normal;
+  Normal normal;
   return std::min(kMaxZ, quantile(complement(normal, p)));
 }
 
