@@ -39,6 +39,10 @@ void bind_enums(py::module_& module) {
       .value("BEFORE_AFTER", Design::BeforeAfter)
       .value("DIFF_IN_DIFF", Design::DiffInDiff)
       .finalize();
+  py::native_enum<Sequential>(module, "Sequential", "enum.Enum")
+      .value("SPENDING", Sequential::Spending)
+      .value("MIXTURE", Sequential::Mixture)
+      .finalize();
   py::native_enum<Verdict>(module, "Verdict", "enum.Enum")
       .value("CONTINUE", Verdict::Continue)
       .value("PASS", Verdict::Pass)
@@ -234,13 +238,15 @@ void bind_judge(py::module_& module) {
   const JudgeOptions defaults;
   py::class_<Judge>(module, "Judge")
       .def(py::init([](std::vector<MetricSpec> metrics, Design design, double alpha, int looks_in_window,
-                       int min_hosts_per_arm, double max_missing_fraction, double mixture_ratio) {
+                       int min_hosts_per_arm, double max_missing_fraction, Sequential sequential,
+                       double mixture_ratio) {
              JudgeOptions options;
              options.design = design;
              options.alpha = alpha;
              options.looks_in_window = looks_in_window;
              options.min_hosts_per_arm = min_hosts_per_arm;
              options.max_missing_fraction = max_missing_fraction;
+             options.sequential = sequential;
              options.mixture_ratio = mixture_ratio;
              return std::make_unique<Judge>(std::move(metrics), options);
            }),
@@ -248,12 +254,13 @@ void bind_judge(py::module_& module) {
            py::arg("alpha") = defaults.alpha, py::arg("looks_in_window") = defaults.looks_in_window,
            py::arg("min_hosts_per_arm") = defaults.min_hosts_per_arm,
            py::arg("max_missing_fraction") = defaults.max_missing_fraction,
-           py::arg("mixture_ratio") = defaults.mixture_ratio)
+           py::arg("sequential") = defaults.sequential, py::arg("mixture_ratio") = defaults.mixture_ratio)
       .def("look", &Judge::look, py::arg("data"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("looks", &Judge::looks)
       .def_property_readonly("verdict", &Judge::verdict)
       .def_property_readonly("metrics", &Judge::metrics)
       .def_property_readonly("design", [](const Judge& judge) { return judge.options().design; })
+      .def_property_readonly("sequential", [](const Judge& judge) { return judge.options().sequential; })
       .def_property_readonly("alpha", [](const Judge& judge) { return judge.options().alpha; })
       .def_property_readonly("looks_in_window",
                              [](const Judge& judge) { return judge.options().looks_in_window; })

@@ -61,6 +61,16 @@ const char* to_string(Verdict verdict) {
   return "unknown";
 }
 
+const char* to_string(Sequential sequential) {
+  switch (sequential) {
+    case Sequential::Spending:
+      return "spending";
+    case Sequential::Mixture:
+      return "mixture";
+  }
+  return "unknown";
+}
+
 const char* to_string(MetricStatus status) {
   switch (status) {
     case MetricStatus::Tested:
@@ -482,6 +492,14 @@ double z_of(double p) {
   return std::min(kMaxZ, quantile(complement(normal, p)));
 }
 
+// This look's contribution to the p-value valid over the window.
+double sequential_p(double p_fixed, int look, const JudgeOptions& options) {
+  const double n = static_cast<double>(options.looks_in_window);
+  if (options.sequential == Sequential::Spending) return p_fixed * n * (n + 1.0) / (2.0 * look);
+  const double r = options.mixture_ratio * look / n;
+  return std::exp(-log_mixture_ratio(z_of(p_fixed), r));
+}
+
 }  // namespace
 
 struct Judge::State {
@@ -540,8 +558,7 @@ MetricResult Judge::State::judge_metric(std::size_t i, const MetricLook* data) c
   result.ci_high = tested.ci_high;
   result.threshold = tested.threshold;
   result.p_fixed = tested.p_fixed;
-  const double r = options.mixture_ratio * looks / options.looks_in_window;
-  const double p_now = std::exp(-log_mixture_ratio(z_of(tested.p_fixed), r));
+  const double p_now = sequential_p(tested.p_fixed, looks, options);
   result.p_value = std::min(result.p_value, std::min(1.0, p_now));
   return result;
 }

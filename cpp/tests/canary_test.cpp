@@ -328,6 +328,33 @@ TEST(Judge, AlwaysValidPNeverRises) {
   }
 }
 
+TEST(Judge, SpendingGivesLaterLooksMoreOfTheBudget) {
+  std::mt19937 rng(17);
+  Judge judge({latency()}, options(3));
+  auto canary = values(rng, 10, 100, 5, 5);
+  auto control = values(rng, 50, 100, 5);
+  double p_fixed = 0.0;
+  for (int look = 1; look <= 3; ++look) {
+    LookResult r = judge.look({{"latency", canary, control}});
+    p_fixed = r.metrics[0].p_fixed;
+    // Look k of 3 spends k / 6 of alpha: p_k = p_fixed * 6 / k, the running minimum.
+    EXPECT_NEAR(r.metrics[0].p_value, std::min(1.0, p_fixed * 6.0 / look), 1e-12);
+  }
+  EXPECT_GT(p_fixed, 0.0);
+}
+
+TEST(Judge, MixtureSprtIsAvailable) {
+  std::mt19937 rng(18);
+  JudgeOptions o = options(12);
+  o.sequential = Sequential::Mixture;
+  Judge judge({latency()}, o);
+  LookResult weak = judge.look({{"latency", values(rng, 10, 100, 5), values(rng, 50, 100, 5)}});
+  EXPECT_EQ(weak.verdict, Verdict::Continue);
+  LookResult strong = judge.look({{"latency", values(rng, 10, 100, 5, 50), values(rng, 50, 100, 5)}});
+  EXPECT_EQ(strong.verdict, Verdict::Fail);
+  EXPECT_STREQ(to_string(Sequential::Mixture), "mixture");
+}
+
 TEST(Judge, HolmLevelsStepDown) {
   std::mt19937 rng(12);
   MetricSpec other = latency();
