@@ -98,7 +98,9 @@ class Fleet:
     canaries: int
 
 
-def simulate(rng: np.random.Generator, deploys: int, scenario: Scenario, canaries: int, baseline: int) -> Fleet:
+def simulate(
+    rng: np.random.Generator, deploys: int, scenario: Scenario, canaries: int, baseline: int
+) -> Fleet:
     shape = (deploys, HOSTS)
     periods = baseline + WINDOW_LOOKS
     traffic = REQUESTS_PER_S * rng.lognormal(0.0, HOST_SPREAD["traffic"], shape)
@@ -122,7 +124,9 @@ def simulate(rng: np.random.Generator, deploys: int, scenario: Scenario, canarie
 # ------------------------------------------------------------------- ours
 
 
-def judge_ours(fleet: Fleet, design: _core.Design, min_hosts: int, sequential: _core.Sequential) -> np.ndarray:
+def judge_ours(
+    fleet: Fleet, design: _core.Design, min_hosts: int, sequential: _core.Sequential
+) -> np.ndarray:
     """Seconds after the flip at which our judge rolled back, NaN if it did not."""
     b, c = fleet.baseline, fleet.canaries
     window = {name: np.cumsum(getattr(fleet, name)[:, :, b:], axis=2) for name in ("requests", "errors")}
@@ -137,7 +141,11 @@ def judge_ours(fleet: Fleet, design: _core.Design, min_hosts: int, sequential: _
     detected = np.full(deploys, np.nan)
     for d in range(deploys):
         judge = _core.Judge(
-            SPECS, design=design, looks_in_window=WINDOW_LOOKS, min_hosts_per_arm=min_hosts, sequential=sequential
+            SPECS,
+            design=design,
+            looks_in_window=WINDOW_LOOKS,
+            min_hosts_per_arm=min_hosts,
+            sequential=sequential,
         )
         for look in range(WINDOW_LOOKS):
             data = [
@@ -270,6 +278,45 @@ def judge_flagger(fleet: Fleet) -> np.ndarray:
     return first_look(fired)
 
 
+# ------------------------------------------------------- count test alone
+
+COUNT_TESTS = ["pooled binomial", "quasi-binomial, same window", "quasi-binomial, diff-in-diff"]
+
+
+def count_test_false_positives(fleet: Fleet) -> dict[str, list[bool]]:
+    """A/A only: does one test of the error counts over the whole window reject at alpha?
+
+    The pooled binomial is the textbook exact test on the arms' totals, blind to host-to-host rate
+    differences; the other two are our judge with that one metric and a single look.
+    """
+    b, c = fleet.baseline, fleet.canaries
+    errors, requests = fleet.errors[:, :, b:].sum(axis=2), fleet.requests[:, :, b:].sum(axis=2)
+    base_errors, base_requests = fleet.errors[:, :, :b].sum(axis=2), fleet.requests[:, :, :b].sum(axis=2)
+    alpha = _core.Judge(SPECS).alpha
+    # No allowed increase here: a margin would hide how far each test is from its promise.
+    spec = _core.MetricSpec("errors", _core.MetricKind.COUNT, _core.Direction.INCREASE, 0.0)
+    fired: dict[str, list[bool]] = {name: [] for name in COUNT_TESTS}
+    for d in range(errors.shape[0]):
+        pooled = _core.rate_ratio_test(
+            errors[d, :c].sum(), requests[d, :c].sum(), errors[d, c:].sum(), requests[d, c:].sum(),
+            _core.Direction.INCREASE,
+        )
+        fired[COUNT_TESTS[0]].append(pooled.p_value < alpha)
+        data = [
+            _core.MetricLook.count(
+                "errors", errors[d, :c].tolist(), requests[d, :c].tolist(), errors[d, c:].tolist(),
+                requests[d, c:].tolist(), canary_baseline_events=base_errors[d, :c].tolist(),
+                canary_baseline_exposure=base_requests[d, :c].tolist(),
+                control_baseline_events=base_errors[d, c:].tolist(),
+                control_baseline_exposure=base_requests[d, c:].tolist(),
+            )
+        ]
+        for name, design in zip(COUNT_TESTS[1:], (_core.Design.SAME_WINDOW, _core.Design.DIFF_IN_DIFF)):
+            judge = _core.Judge([spec], design=design, looks_in_window=1, min_hosts_per_arm=c)
+            fired[name].append(judge.look(data).metrics[0].p_value < alpha)
+    return fired
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -289,8 +336,14 @@ JUDGES = ["ours", "ours-msprt", "naive", "kayenta", "flagger"]
 PEERS = ["naive", "kayenta", "flagger"]
 
 
-def run(deploys: int, seed: int, canaries: int, baseline: int, design: _core.Design) -> dict[str, dict[str, Outcome]]:
+Outcomes = dict[str, dict[str, Outcome]]
+
+
+def run(
+    deploys: int, seed: int, canaries: int, baseline: int, design: _core.Design
+) -> tuple[Outcomes, dict[str, list[bool]]]:
     outcomes = {s.name: {j: Outcome() for j in JUDGES} for s in SCENARIOS}
+    count_tests: dict[str, list[bool]] = {name: [] for name in COUNT_TESTS}
     for index, scenario in enumerate(SCENARIOS):
         rng = np.random.default_rng([seed, index])
         for start in range(0, deploys, CHUNK):
@@ -304,10 +357,15 @@ def run(deploys: int, seed: int, canaries: int, baseline: int, design: _core.Des
             }
             for judge, times in results.items():
                 outcomes[scenario.name][judge].times.extend(times.tolist())
-    return outcomes
+            if index == 0:
+                for name, fired in count_test_false_positives(fleet).items():
+                    count_tests[name].extend(fired)
+    return outcomes, count_tests
 
 
-def time_one_look(hosts: int = 1000, metrics: int = 20, canaries: int = 50, repeat: int = 200) -> tuple[float, float]:
+def time_one_look(
+    hosts: int = 1000, metrics: int = 20, canaries: int = 50, repeat: int = 200
+) -> tuple[float, float]:
     """Median thread CPU seconds of one look over `hosts` x `metrics`: (judge.look alone, with building
     the columns in Python). CPU time, because other builds share this machine's cores."""
     rng = np.random.default_rng(0)
@@ -352,13 +410,14 @@ def fmt_median(outcome: Outcome) -> str:
     return "   -" if np.isnan(median) else f"{median:4.0f}s"
 
 
-def print_table(outcomes: dict[str, dict[str, Outcome]]) -> None:
+def print_table(outcomes: Outcomes) -> None:
     header = f"{'scenario':<30}" + "".join(f"{j:>17}" for j in JUDGES)
     print(header)
     print(f"{'':<30}" + "".join(f"{'rolled back  med':>17}" for _ in JUDGES))
     for scenario in SCENARIOS:
         row = outcomes[scenario.name]
-        print(f"{scenario.name:<30}" + "".join(f"{fmt_rate(row[j]):>11} {fmt_median(row[j]):>5}" for j in JUDGES))
+        cells = "".join(f"{fmt_rate(row[j]):>11} {fmt_median(row[j]):>5}" for j in JUDGES)
+        print(f"{scenario.name:<30}{cells}")
     aa = outcomes[SCENARIOS[0].name]
     x2 = outcomes["errors x2"]
     print()
@@ -382,7 +441,7 @@ def upper_bound(rate: float, n: int, z: float = 1.96) -> float:
     return (centre + spread) / (1 + z * z / n)
 
 
-def print_goals(outcomes: dict[str, dict[str, Outcome]]) -> None:
+def print_goals(outcomes: Outcomes) -> None:
     aa = outcomes[SCENARIOS[0].name]
     x2 = outcomes["errors x2"]["ours"]
     within_60 = float(np.mean([not np.isnan(t) and t <= 60.0 for t in x2.times]))
@@ -405,7 +464,9 @@ def print_goals(outcomes: dict[str, dict[str, Outcome]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--deploys", type=int, default=1000, help="simulated deploys per scenario")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--canaries", type=int, default=_core.Judge(SPECS).min_hosts_per_arm,
@@ -417,14 +478,20 @@ def main() -> None:
     baseline = int(args.baseline_s / INTERVAL_S)
     design = _core.Design[args.design.upper()]
     print(f"{args.deploys} deploys per scenario; {HOSTS} hosts, {args.canaries} canaries, "
-          f"{INTERVAL_S:.0f} s looks, {WINDOW_LOOKS * INTERVAL_S:.0f} s window, {args.baseline_s:.0f} s baseline; "
+          f"{INTERVAL_S:.0f} s looks, {WINDOW_LOOKS * INTERVAL_S:.0f} s window, "
+          f"{args.baseline_s:.0f} s baseline; "
           f"ours: {design.name.lower()}, alpha {_core.Judge(SPECS).alpha} over 3 metrics and all looks")
     started = time.perf_counter()
-    outcomes = run(args.deploys, args.seed, args.canaries, baseline, design)
+    outcomes, count_tests = run(args.deploys, args.seed, args.canaries, baseline, design)
     print(f"(simulated and judged in {time.perf_counter() - started:.0f} s)")
     print()
     print_table(outcomes)
     print_goals(outcomes)
+    print()
+    print(f"error counts alone, A/A, one test over the whole window at alpha {_core.Judge(SPECS).alpha}, "
+          "no allowed increase:")
+    for name, fired in count_tests.items():
+        print(f"  {name:<30} rejects {100 * float(np.mean(fired)):5.2f}% of deploys that changed nothing")
     look_only, with_build = time_one_look()
     print()
     print(f"one look over 1,000 hosts x 20 metrics: {1e6 * look_only:.0f} us CPU "

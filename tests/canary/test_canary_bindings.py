@@ -99,7 +99,10 @@ def specs() -> list[_core.MetricSpec]:
 
 
 def look(
-    rng: np.random.Generator, latency_shift: float = 0.0, error_factor: float = 1.0, canary_exposure: float = 1e4
+    rng: np.random.Generator,
+    latency_shift: float = 0.0,
+    error_factor: float = 1.0,
+    canary_exposure: float = 1e4,
 ) -> list[_core.MetricLook]:
     canary_latency = rng.normal(100 + latency_shift, 5, 10)
     control_latency = rng.normal(100, 5, 50)
