@@ -126,6 +126,15 @@ def test_a_quiet_deploy_continues_then_passes() -> None:
         judge.look(look(rng))
 
 
+def test_both_sequential_methods_are_bound() -> None:
+    rng = np.random.default_rng(4)
+    for method in _core.Sequential:
+        judge = _core.Judge(specs(), sequential=method)
+        assert judge.sequential == method
+        assert judge.look(look(rng, latency_shift=60.0)).verdict == _core.Verdict.FAIL
+    assert _core.Judge(specs()).sequential == _core.Sequential.SPENDING
+
+
 def test_errors_five_times_fail_naming_the_metric() -> None:
     rng = np.random.default_rng(2)
     judge = _core.Judge(specs())

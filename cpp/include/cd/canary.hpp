@@ -8,7 +8,7 @@
 //   look    : [{metric, canary: [HostData], control: [HostData]}]
 //             one aggregate per host over the window so far (not time points)
 //   result  : {verdict, failed metric, per metric: estimate, interval,
-//              always-valid p, Holm level, hosts used and missing}
+//              p valid over all looks, Holm level, hosts used and missing}
 #pragma once
 
 #include <memory>
@@ -148,9 +148,10 @@ struct MetricLook {
 // needless rollback every two days.
 inline constexpr double kDefaultAlpha = 0.01;
 
-// Below this many hosts per arm the plug-in variance of the mixture SPRT
-// is too uncertain (DESIGN.md: 6.5% at a promised 5% from n = 3); 5 is the
-// smallest canary for which bench/judge_bench.py shows the budget holding.
+// Below this many hosts per arm a variance estimated from the hosts is too
+// uncertain to decide on (the mixture SPRT's plug-in variance gave 6.5% at a
+// promised 5% from n = 3, DESIGN.md); 5 is the smallest canary for which
+// bench/judge_bench.py shows the budget holding.
 inline constexpr int kDefaultMinHostsPerArm = 5;
 
 // More missing hosts than this in an arm and the rest may not represent it
