@@ -180,7 +180,8 @@ class ShardedTest(BuildStep):
         if self.shards is not None and not IRenderable.providedBy(self.shards):
             if not _is_count(self.shards, ABSOLUTE_MAX_SHARDS):
                 config.error(
-                    f"ShardedTest: shards must be an integer 1..{ABSOLUTE_MAX_SHARDS} (or None: one per worker)"
+                    f"ShardedTest: shards must be an integer 1..{ABSOLUTE_MAX_SHARDS} "
+                    "(or None: one per worker)"
                 )
             elif isinstance(self.max_shards, int) and self.shards > self.max_shards:
                 config.error(f"ShardedTest: shards={self.shards} is more than max_shards={self.max_shards}")
@@ -248,7 +249,9 @@ class ShardedTest(BuildStep):
         return parse_test_listing(cmd.stdout)
 
     @defer.inlineCallbacks
-    def _run_sharded(self, scheduler: Any, tests: list[str], history: list[dict[str, float]], shards: int | None):
+    def _run_sharded(
+        self, scheduler: Any, tests: list[str], history: list[dict[str, float]], shards: int | None
+    ):
         shards = shards or self._workers_of(scheduler)
         # Milliseconds for thousands of tests, but not microseconds: off the reactor.
         try:

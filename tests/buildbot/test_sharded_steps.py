@@ -45,6 +45,8 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
 <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
 <testsuites><testsuite><testcase classname="x" name="&lol3;"/></testsuite></testsuites>"""
 
+ASK_FEWER = "ask for fewer shards, or raise max_shards in the ShardedTest step"
+
 TRUNCATED_REPORT = GOOD_REPORT[: len(GOOD_REPORT) // 2]
 
 
@@ -162,20 +164,24 @@ class ShardedTestStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
     def test_a_forced_shard_count_above_the_default_cap_is_refused_before_anything_runs(self):
         """shards=300 from a force form: refused (4 per worker), no discovery, no trigger."""
         self.with_shard_workers(4)
-        self.setup_step(ShardedTest(shard_scheduler="shards", discover_command=["collect"], shards=Property("n")))
+        self.setup_step(
+            ShardedTest(shard_scheduler="shards", discover_command=["collect"], shards=Property("n"))
+        )
         self.build.setProperty("n", 300, "Force Build Form")
         self.expect_outcome(result=FAILURE)
-        self.expect_result_summary({"step": "refusing 300 shards: at most 16 (4 per shard worker, 4 workers); "
-                                    "ask for fewer shards, or raise max_shards in the ShardedTest step"})  # fmt: skip
+        self.expect_result_summary(
+            {"step": f"refusing 300 shards: at most 16 (4 per shard worker, 4 workers); {ASK_FEWER}"}
+        )
         yield self.run_step()
 
     @defer.inlineCallbacks
     def test_an_explicit_max_shards_is_the_cap_at_run_time(self):
-        self.setup_step(ShardedTest(shard_scheduler="shards", tests=TESTS, shards=Property("n"), max_shards=2))
+        self.setup_step(
+            ShardedTest(shard_scheduler="shards", tests=TESTS, shards=Property("n"), max_shards=2)
+        )
         self.build.setProperty("n", 3, "Force Build Form")
         self.expect_outcome(result=FAILURE)
-        self.expect_result_summary({"step": "refusing 3 shards: at most 2 (max_shards); "
-                                    "ask for fewer shards, or raise max_shards in the ShardedTest step"})  # fmt: skip
+        self.expect_result_summary({"step": f"refusing 3 shards: at most 2 (max_shards); {ASK_FEWER}"})
         yield self.run_step()
 
     @defer.inlineCallbacks
@@ -419,7 +425,9 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         shards = ScriptedShards(script)
         self.master.scheduler_manager = mock.Mock(namedServices={"shards": shards})
         # max_shards: the default cap counts the shard workers, which this fake master has none of.
-        self.setup_step(ShardedTest(shard_scheduler="shards", tests=list(script), shards=2, max_shards=4, **kwargs))
+        self.setup_step(
+            ShardedTest(shard_scheduler="shards", tests=list(script), shards=2, max_shards=4, **kwargs)
+        )
         self.build.getBuilderId = lambda: defer.succeed(100)  # FakeBuild lacks it
         return shards
 

@@ -180,7 +180,9 @@ class ReleaseRootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 
     def assert_nothing_pushed(self):
         self.assertEqual(list(self.deploy_root.rglob("state.sqlite")), [])
-        self.assertFalse((self.deploy_root / "releases").exists() and any(self.deploy_root.rglob("*.release")))
+        self.assertFalse(
+            (self.deploy_root / "releases").exists() and any(self.deploy_root.rglob("*.release"))
+        )
 
     async def test_a_directory_inside_the_root_is_pushed(self):
         await self.push(str(self.release_root / "r1"), SUCCESS)

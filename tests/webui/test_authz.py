@@ -78,10 +78,14 @@ class Client:
 
     def __init__(self, url: str, login: tuple[str, str] | None = None):
         self.url = url.rstrip("/")
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
         if login is not None:
             token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
-            request = urllib.request.Request(f"{self.url}/auth/login", headers={"Authorization": f"Basic {token}"})
+            request = urllib.request.Request(
+                f"{self.url}/auth/login", headers={"Authorization": f"Basic {token}"}
+            )
             with self.opener.open(request, timeout=REQUEST_TIMEOUT_S):
                 pass
             assert self.whoami().get("username") == login[0], f"login as {login[0]} failed"
@@ -221,7 +225,9 @@ def test_the_refusal_names_the_role_needed(secured, deployed):
     [("force-tests", "deploy"), ("force-tests", "rollback"), ("force-deploy", "tests"),
      ("force-rollback", "deploy"), ("force-deploy", "tests-shard")],
 )  # fmt: skip
-def test_a_force_scheduler_refuses_a_builder_not_its_own_even_to_a_deployer(secured, deployer, scheduler, builder):
+def test_a_force_scheduler_refuses_a_builder_not_its_own_even_to_a_deployer(
+    secured, deployer, scheduler, builder
+):
     requests_before = len(secured.api("buildrequests")["buildrequests"])
     status, reply = force(deployer, secured, scheduler, builder, deploy_revision="v1", release_dir="v1")
     assert status == INVALID_PARAMS, reply
@@ -238,7 +244,9 @@ def test_a_huge_shard_count_is_refused_by_the_force_form(secured, deployer):
     assert len(secured.api("buildrequests")["buildrequests"]) == requests_before
 
 
-def test_a_release_directory_outside_the_root_fails_the_deploy_and_pushes_nothing(secured, deployer, deployed):
+def test_a_release_directory_outside_the_root_fails_the_deploy_and_pushes_nothing(
+    secured, deployer, deployed
+):
     status, reply = force(deployer, secured, "force-deploy", "deploy", deploy_revision="evil",
                           release_dir=str(secured.master_dir))  # fmt: skip
     assert status == 200, reply
