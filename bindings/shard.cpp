@@ -80,19 +80,22 @@ void bind_results(py::module_& module) {
       .def_property_readonly("kind", [](const Assignment& a) { return kind_name(a.kind); })
       .def_readonly("batch", &Assignment::batch);
   py::class_<TestResult>(module, "TestResult")
-      .def(py::init([](std::string id, bool passed, double seconds, std::string message) {
-             return TestResult{std::move(id), passed, seconds, std::move(message)};
+      .def(py::init([](std::string id, bool passed, double seconds, std::string message, bool skipped) {
+             return TestResult{std::move(id), passed, seconds, std::move(message), skipped};
            }),
-           py::arg("id"), py::arg("passed"), py::arg("seconds"), py::arg("message") = "")
+           py::arg("id"), py::arg("passed"), py::arg("seconds"), py::arg("message") = "",
+           py::arg("skipped") = false)
       .def_readonly("id", &TestResult::id)
       .def_readonly("passed", &TestResult::passed)
       .def_readonly("seconds", &TestResult::seconds)
-      .def_readonly("message", &TestResult::message);
+      .def_readonly("message", &TestResult::message)
+      .def_readonly("skipped", &TestResult::skipped);
   py::class_<Attempt>(module, "Attempt")
       .def_readonly("worker", &Attempt::worker)
       .def_readonly("passed", &Attempt::passed)
       .def_readonly("seconds", &Attempt::seconds)
-      .def_readonly("message", &Attempt::message);
+      .def_readonly("message", &Attempt::message)
+      .def_readonly("skipped", &Attempt::skipped);
   py::class_<TestOutcome>(module, "TestOutcome")
       .def_readonly("id", &TestOutcome::id)
       .def_property_readonly("verdict", [](const TestOutcome& o) { return to_string(o.verdict); })
@@ -104,6 +107,7 @@ void bind_results(py::module_& module) {
       .def_readonly("passed", &DispatchStats::passed)
       .def_readonly("flaky", &DispatchStats::flaky)
       .def_readonly("failed", &DispatchStats::failed)
+      .def_readonly("skipped", &DispatchStats::skipped)
       .def_readonly("batches_handed_out", &DispatchStats::batches_handed_out)
       .def_readonly("batches_in_flight", &DispatchStats::batches_in_flight)
       .def_readonly("speculative_batches", &DispatchStats::speculative_batches)
