@@ -37,14 +37,10 @@ def element(children: st.SearchStrategy[list[str]]) -> st.SearchStrategy[str]:
         rendered = "".join(f" {key}={quoteattr(value)}" for key, value in attrs.items())
         return f"<{tag}{rendered}>{escape(text)}{''.join(kids)}</{tag}>"
 
-    return st.builds(
-        render, st.sampled_from(TAGS), attributes, children, st.text(max_size=6)
-    )
+    return st.builds(render, st.sampled_from(TAGS), attributes, children, st.text(max_size=6))
 
 
-trees = st.recursive(
-    element(st.just([])), lambda inner: element(st.lists(inner, max_size=4)), max_leaves=15
-)
+trees = st.recursive(element(st.just([])), lambda inner: element(st.lists(inner, max_size=4)), max_leaves=15)
 
 
 def reports() -> st.SearchStrategy[bytes]:
