@@ -130,6 +130,10 @@ std::vector<HostResult> run_fanout(Fanout& fanout, const std::vector<HostJob>& j
 }
 
 void bind_engine(py::module_& module) {
+  // Exposed for property tests of the parser of untrusted rsync output.
+  module.def("parse_rsync_bytes_sent", &parse_rsync_bytes_sent, py::arg("rsync_output"),
+             "The number after the last 'Total bytes sent:' in rsync --stats output (bytes or str), "
+             "or 0 when there is none.");
   py::class_<Fanout>(module, "Fanout")
       .def(py::init<FanoutOptions>(), py::arg("options") = FanoutOptions{})
       .def("run", &run_fanout, py::arg("jobs"), py::arg("progress") = py::none(),

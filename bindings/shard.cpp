@@ -84,6 +84,7 @@ void bind_duration_files(py::module_& module) {
       [](const DurationHistory& history) { return estimate_durations(history.newest_ids, history.runs); },
       py::arg("history"), py::call_guard<py::gil_scoped_release>(),
       "Estimates for the tests of the newest file.");
+  module.attr("kMaxTestDurationSeconds") = kMaxTestDurationSeconds;
   module.def("plan_to_json", &plan_to_json, py::arg("plan"), py::call_guard<py::gil_scoped_release>());
 }
 
@@ -121,19 +122,22 @@ void bind_results(py::module_& module) {
       .def_property_readonly("kind", [](const Assignment& a) { return kind_name(a.kind); })
       .def_readonly("batch", &Assignment::batch);
   py::class_<TestResult>(module, "TestResult")
-      .def(py::init([](std::string id, bool passed, double seconds, std::string message) {
-             return TestResult{std::move(id), passed, seconds, std::move(message)};
+      .def(py::init([](std::string id, bool passed, double seconds, std::string message, bool skipped) {
+             return TestResult{std::move(id), passed, seconds, std::move(message), skipped};
            }),
-           py::arg("id"), py::arg("passed"), py::arg("seconds"), py::arg("message") = "")
+           py::arg("id"), py::arg("passed"), py::arg("seconds"), py::arg("message") = "",
+           py::arg("skipped") = false)
       .def_readonly("id", &TestResult::id)
       .def_readonly("passed", &TestResult::passed)
       .def_readonly("seconds", &TestResult::seconds)
-      .def_readonly("message", &TestResult::message);
+      .def_readonly("message", &TestResult::message)
+      .def_readonly("skipped", &TestResult::skipped);
   py::class_<Attempt>(module, "Attempt")
       .def_readonly("worker", &Attempt::worker)
       .def_readonly("passed", &Attempt::passed)
       .def_readonly("seconds", &Attempt::seconds)
-      .def_readonly("message", &Attempt::message);
+      .def_readonly("message", &Attempt::message)
+      .def_readonly("skipped", &Attempt::skipped);
   py::class_<TestOutcome>(module, "TestOutcome")
       .def_readonly("id", &TestOutcome::id)
       .def_property_readonly("verdict", [](const TestOutcome& o) { return to_string(o.verdict); })
@@ -145,6 +149,7 @@ void bind_results(py::module_& module) {
       .def_readonly("passed", &DispatchStats::passed)
       .def_readonly("flaky", &DispatchStats::flaky)
       .def_readonly("failed", &DispatchStats::failed)
+      .def_readonly("skipped", &DispatchStats::skipped)
       .def_readonly("batches_handed_out", &DispatchStats::batches_handed_out)
       .def_readonly("batches_in_flight", &DispatchStats::batches_in_flight)
       .def_readonly("speculative_batches", &DispatchStats::speculative_batches)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from buildbot_steps.errors import CdError
 from buildbot_steps.release.cli import add_release_commands
 from buildbot_steps.shard.cli import add_shard_commands
+from buildbot_steps.shard.planning import printable
 
 EXIT_USAGE = 2  # argparse's own status for bad arguments; ours match it
 
@@ -32,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CdError as error:
-        print(f"buildbot-cd {args.command}: error: {error}", file=sys.stderr)
+        # One line whatever the message quotes (a test id or host name with a
+        # newline, from a file or from the C++ core's own message).
+        print(f"buildbot-cd {args.command}: error: {printable(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `buildbot-cd plan ... | head` is not an error
         return 0

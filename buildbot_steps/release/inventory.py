@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ DEFAULT_SSH_PORT = 22
 DEFAULT_USER = "root"
 # Values that reach a remote shell or rsync's -e splitting: no whitespace,
 # quotes, globs or shell metacharacters, so they mean the same after any split.
+# Always used with fullmatch: with match, "$" also matches before a final
+# newline, and "host\n" would pass as a host name.
 SAFE_WORD = re.compile(r"^[A-Za-z0-9._/-]+$")
 SAFE_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 SAFE_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -57,7 +59,7 @@ def check_word(value, what: str) -> str:
     """A value that will travel as one argument to a remote shell."""
     text = str(value)
     if (
-        not SAFE_WORD.match(text)
+        not SAFE_WORD.fullmatch(text)
         or text.startswith("-")
         or ".." in text.split("/")
         or len(text) > MAX_WORD_LENGTH
@@ -77,7 +79,7 @@ def check_deploy_root(value, what: str) -> str:
 
 def check_option_path(value, what: str) -> str:
     text = str(value)
-    if not SAFE_OPTION_PATH.match(text) or ".." in text.split("/"):
+    if not SAFE_OPTION_PATH.fullmatch(text) or ".." in text.split("/"):
         raise InvalidInput(
             f"{what}: must be an absolute path without spaces or shell characters, got {text!r}"
         )
@@ -88,7 +90,7 @@ def check_ssh_option(value) -> str:
     """One `Key=Value` ssh option; the key may not run commands."""
     text = str(value)
     key = text.split("=", 1)[0].lower()
-    if not SSH_OPTION.match(text) or key in SSH_OPTIONS_THAT_RUN_COMMANDS:
+    if not SSH_OPTION.fullmatch(text) or key in SSH_OPTIONS_THAT_RUN_COMMANDS:
         raise InvalidInput(f"ssh option {text!r}: expected Key=Value of letters, digits and '._,@/+-'")
     return text
 
@@ -117,23 +119,25 @@ def host_from_entry(entry: dict, label: str, defaults: dict | None = None) -> Ho
     if unknown:
         raise InvalidInput(f"{label}: unknown field(s) {sorted(unknown)}")
     address = str(merged.get("address", ""))
-    if not SAFE_HOST.match(address) or len(address) > MAX_WORD_LENGTH:
+    if not SAFE_HOST.fullmatch(address) or len(address) > MAX_WORD_LENGTH:
         raise InvalidInput(f"{label}: unsafe or missing host address {address!r}")
     label = f"{label} ({address})"
     name = str(merged.get("name", address))
-    if not SAFE_TAG.match(name):
+    if not SAFE_TAG.fullmatch(name):
         raise InvalidInput(f"{label}: unsafe host name {name!r}")
     port = merged.get("port", DEFAULT_SSH_PORT)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise InvalidInput(f"{label}: port must be an integer 1..65535, got {port!r}")
     user = str(merged.get("user", DEFAULT_USER))
-    if not SAFE_USER.match(user):
+    if not SAFE_USER.fullmatch(user):
         raise InvalidInput(f"{label}: unsafe user name {user!r}")
     if "deploy_root" not in merged:
         raise InvalidInput(f"{label}: missing deploy_root")
     root = check_deploy_root(merged["deploy_root"], f"{label} deploy_root")
     tags = merged.get("tags", [])
-    if isinstance(tags, str) or not all(isinstance(t, str) and SAFE_TAG.match(t) for t in tags):
+    if not isinstance(tags, (list, tuple)) or not all(
+        isinstance(t, str) and SAFE_TAG.fullmatch(t) for t in tags
+    ):
         raise InvalidInput(f"{label}: tags must be a list of simple words, got {tags!r}")
     return Host(name, address, port, user, root, frozenset(tags))
 
@@ -143,10 +147,12 @@ class Inventory:
     hosts: tuple
 
     @classmethod
-    def from_entries(cls, entries: Iterable[dict], source: str = "inventory", defaults: dict | None = None):
+    def from_entries(cls, entries: Sequence[dict], source: str = "inventory", defaults: dict | None = None):
         """From master.cfg: [{"address", "port", "user", "deploy_root", "tags", "name"}]."""
-        if isinstance(entries, (str, bytes, dict)):
-            raise InvalidInput(f"{source}: expected a list of hosts")
+        if not isinstance(entries, (list, tuple)):
+            raise InvalidInput(f"{source}: expected a list of hosts, got {type(entries).__name__}")
+        if defaults is not None and not isinstance(defaults, dict):
+            raise InvalidInput(f"{source}: defaults must be a mapping of host fields")
         hosts = tuple(host_from_entry(e, f"{source} entry {i}", defaults) for i, e in enumerate(entries))
         if not hosts:
             raise InvalidInput(f"{source}: no hosts")
@@ -161,11 +167,11 @@ class Inventory:
     def from_file(cls, path) -> Inventory:
         """JSON: a list of hosts, or {"defaults": {...}, "hosts": [...]}."""
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as error:
             raise InvalidInput(f"inventory {path}: {error.strerror}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InvalidInput(f"inventory {path}: not valid JSON: {error}") from None
+        except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, huge numbers, deep nesting
+            raise InvalidInput(f"inventory {path}: not valid JSON: {type(error).__name__}: {error}") from None
         if isinstance(data, dict):
             unknown = set(data) - {"defaults", "hosts"}
             if unknown or not isinstance(data.get("defaults", {}), dict):
@@ -197,7 +203,7 @@ class Selection:
             isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1
         ):
             raise InvalidInput(f"host fraction must be in (0, 1], got {self.fraction!r}")
-        if self.tag is not None and not SAFE_TAG.match(str(self.tag)):
+        if self.tag is not None and not SAFE_TAG.fullmatch(str(self.tag)):
             raise InvalidInput(f"unsafe tag {self.tag!r}")
 
     def apply(self, hosts: Iterable[Host]) -> list[Host]:

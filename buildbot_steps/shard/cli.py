@@ -11,7 +11,6 @@ import json
 import sys
 
 from buildbot_steps import _core
-from buildbot_steps.errors import InvalidInputError
 from buildbot_steps.shard import planning
 from buildbot_steps.shard.commands import MODES
 
@@ -19,7 +18,7 @@ from buildbot_steps.shard.commands import MODES
 def add_shard_commands(commands) -> None:
     plan = commands.add_parser("plan", help="split a suite into N shards from past durations")
     _add_history_arguments(plan)
-    plan.add_argument("--shards", type=int, required=True, help="number of shards")
+    plan.add_argument("--shards", type=int, required=True, help=f"number of shards (1-{planning.MAX_SHARDS})")
     plan.add_argument(
         "--tests",
         metavar="FILE",
@@ -35,7 +34,9 @@ def add_shard_commands(commands) -> None:
         metavar="FILE",
         help="durations the tests really take (a test absent there takes its estimate)",
     )
-    simulate.add_argument("--workers", type=int, required=True)
+    simulate.add_argument(
+        "--workers", type=int, required=True, help=f"simulated workers (1-{planning.MAX_SHARDS})"
+    )
     simulate.add_argument("--mode", choices=MODES, default="dynamic")
     simulate.add_argument(
         "--tests",
@@ -48,14 +49,18 @@ def add_shard_commands(commands) -> None:
         type=float,
         default=0.0,
         metavar="S",
-        help="seconds each batch (dynamic) or shard and re-run (static) costs to start",
+        help="seconds each batch (dynamic) or shard and re-run (static) costs to start "
+        f"(0-{planning.MAX_BATCH_OVERHEAD_S:.0f})",
     )
     simulate.add_argument(
         "--flake-rate", type=float, default=0.0, metavar="P", help="chance that any one test run fails"
     )
     simulate.add_argument("--seed", type=int, default=0, metavar="K", help="random seed for --flake-rate")
     simulate.add_argument(
-        "--max-attempts", type=int, default=2, help="runs of a failing test before it is failed"
+        "--max-attempts",
+        type=int,
+        default=2,
+        help=f"runs of a failing test before it is failed (1-{planning.MAX_ATTEMPTS})",
     )
     simulate.set_defaults(func=run_simulate)
 
@@ -76,17 +81,22 @@ def _tests_to_plan(args) -> list[str] | None:
     if args.tests is None:
         return None
     if args.tests == "-":
-        return planning.read_test_list(sys.stdin, "standard input")
-    try:
-        with open(args.tests, encoding="utf-8") as handle:
-            return planning.read_test_list(handle, args.tests)
-    except OSError as error:
-        raise InvalidInputError(f"cannot read test list {args.tests}: {error.strerror or error}") from None
+        # Bytes, decoded strictly: the text layer of stdin may be lenient
+        # (surrogateescape) and hand on ids that no later step can encode.
+        text = planning.decode_utf8(sys.stdin.buffer.read(), "standard input")
+        return planning.read_test_list(text.splitlines(), "standard input")
+    return planning.read_test_file(args.tests)
+
+
+def _print_json(data: dict) -> None:
+    # allow_nan=False: Infinity and NaN are not JSON, and a consumer of
+    # `--json` must never get them; the bounds on every input keep the
+    # figures finite, so this only turns a future bug into an error.
+    print(json.dumps(data, indent=1, allow_nan=False))
 
 
 def run_plan(args) -> int:
-    if args.shards < 1:
-        raise InvalidInputError(f"--shards must be at least 1, got {args.shards}")
+    planning.check_count("--shards", args.shards, planning.MAX_SHARDS)
     # Read, estimated and planned in the core: a million tests never become
     # Python objects on the --json path.
     history = _core.read_duration_files(args.history)
@@ -117,5 +127,8 @@ def run_simulate(args) -> int:
         seed=args.seed,
         max_attempts=args.max_attempts,
     )
-    print(json.dumps(result.to_dict(), indent=1) if args.json else planning.format_simulation(result))
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(planning.format_simulation(result))
     return 0

@@ -99,8 +99,9 @@ class TestHistory:
                 continue  # never ran: no duration to learn from
             seconds = outcome.attempts[-1].seconds
             duration_ns = duration_ns_for_db(seconds)
-            passed = "1" if outcome.verdict in ("passed", "flaky") else "0"
-            step.addTestResult(outcome_set, passed, test_name=outcome.id, duration_ns=duration_ns)
+            if outcome.verdict != "skipped":  # neither a pass nor a failure
+                passed = "1" if outcome.verdict in ("passed", "flaky") else "0"
+                step.addTestResult(outcome_set, passed, test_name=outcome.id, duration_ns=duration_ns)
             step.addTestResult(duration_set, f"{seconds:.6f}", test_name=outcome.id, duration_ns=duration_ns)
             if outcome.verdict == "flaky":
                 step.addTestResult(flaky_set, "0", test_name=outcome.id)

@@ -7,20 +7,26 @@ caller turns into a failed batch, never into a master crash.
 
 Data shapes:
     parse_junit_report(b"<testsuites>...", ["tests/a.py::test_x", ...])
-      -> [JUnitTestResult(id="tests/a.py::test_x", passed=True, seconds=0.12, message=""), ...]
+      -> [JUnitTestResult(id="tests/a.py::test_x", passed=True, seconds=0.12, message="",
+                          skipped=False), ...]
     Tests of the batch that the report does not mention are left out: the
     dispatcher counts them as failed attempts ("no result reported").
+    Every result has 0 <= seconds <= MAX_TEST_DURATION_S: a time the
+    dispatcher would refuse makes the whole report a JUnitReportError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import re
 import xml.etree.ElementTree as ElementTree
 
 import defusedxml
 import defusedxml.ElementTree
+
+from buildbot_steps.shard.planning import MAX_TEST_DURATION_S
 
 # Reports bigger than this are refused before parsing: a JUnit file of 100k
 # test cases with captured output is a few MB; 32 MiB means a runaway runner.
@@ -30,8 +36,16 @@ MAX_REPORT_BYTES = 32 * 1024 * 1024
 # small enough that thousands of failures do not bloat the HTML report.
 MAX_MESSAGE_CHARS = 8000
 
+# Nesting allowed in a report. A real one is testsuites > testsuite >
+# testcase > failure (a few more with nested suites); 100,000 nested
+# elements fit in the size cap and would take seconds to parse and walk.
+MAX_REPORT_DEPTH = 64
+
 # A test case marked by one of these children did not pass.
 FAILURE_TAGS = ("failure", "error")
+# A test case marked by this child (and no failure) was not run: pytest's
+# skip, skipif and xfail. It is neither passed nor failed.
+SKIPPED_TAG = "skipped"
 
 
 class JUnitReportError(Exception):
@@ -44,6 +58,7 @@ class JUnitTestResult:
     passed: bool
     seconds: float
     message: str = ""
+    skipped: bool = False
 
 
 def parse_junit_report(
@@ -68,37 +83,63 @@ def parse_junit_report(
 
 
 def _parse_untrusted_xml(data: bytes) -> ElementTree.Element:
+    """The root of the report, refusing unsafe XML and nesting past
+    MAX_REPORT_DEPTH as soon as the parser reaches it."""
+    root = None
+    depth = 0
     try:
-        return defusedxml.ElementTree.fromstring(
-            data, forbid_dtd=True, forbid_entities=True, forbid_external=True
+        events = defusedxml.ElementTree.iterparse(
+            io.BytesIO(data),
+            events=("start", "end"),
+            forbid_dtd=True,
+            forbid_entities=True,
+            forbid_external=True,
         )
+        for event, element in events:
+            if event == "end":
+                depth -= 1
+                continue
+            depth += 1
+            if depth > MAX_REPORT_DEPTH:
+                raise JUnitReportError(f"JUnit report refused: elements nested over {MAX_REPORT_DEPTH} deep")
+            if root is None:
+                root = element
     except defusedxml.DefusedXmlException as error:
         raise JUnitReportError(f"JUnit report refused (unsafe XML): {error!r}") from None
     except ElementTree.ParseError as error:
         raise JUnitReportError(f"JUnit report is not well-formed XML (truncated?): {error}") from None
+    if root is None:
+        raise JUnitReportError("JUnit report has no elements")
+    return root
 
 
 def _result_of(test_id: str, case: ElementTree.Element) -> JUnitTestResult:
     problems = [child for child in case if child.tag in FAILURE_TAGS]
-    message = "\n".join(_describe(problem) for problem in problems)
+    skips = [child for child in case if child.tag == SKIPPED_TAG] if not problems else []
+    message = "\n".join(_describe(entry) for entry in problems or skips)
     return JUnitTestResult(
         id=test_id,
-        passed=not problems,
-        seconds=_seconds(case.get("time")),
+        passed=not problems and not skips,
+        seconds=_seconds(case.get("time"), test_id),
         message=message[:MAX_MESSAGE_CHARS],
+        skipped=bool(skips),
     )
 
 
 def _merge(earlier: JUnitTestResult | None, later: JUnitTestResult) -> JUnitTestResult:
     # pytest writes a second <testcase> for an error in teardown: the test
     # did not pass if any of its entries says so, and it took both times.
+    # It was skipped if an entry says so and none says it failed.
     if earlier is None:
         return later
+    failed = any(not r.passed and not r.skipped for r in (earlier, later))
+    skipped = not failed and (earlier.skipped or later.skipped)
     return JUnitTestResult(
         id=later.id,
-        passed=earlier.passed and later.passed,
-        seconds=earlier.seconds + later.seconds,
+        passed=not failed and not skipped,
+        seconds=_checked_seconds(earlier.seconds + later.seconds, later.id),
         message="\n".join(m for m in (earlier.message, later.message) if m)[:MAX_MESSAGE_CHARS],
+        skipped=skipped,
     )
 
 
@@ -108,12 +149,27 @@ def _describe(problem: ElementTree.Element) -> str:
     return f"{problem.tag}: {headline}\n{details}".strip()
 
 
-def _seconds(text: str | None) -> float:
-    try:
-        value = float(text) if text is not None else 0.0
-    except ValueError:
+def _seconds(text: str | None, test_id: str) -> float:
+    """A test case's time attribute: absent or empty is 0; anything but a
+    number of seconds the dispatcher accepts refuses the whole report."""
+    if text is None or not text.strip():
         return 0.0
-    return value if math.isfinite(value) and value >= 0 else 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise JUnitReportError(
+            f"JUnit report: test {test_id!r} has time {text[:40]!r}, not a number"
+        ) from None
+    return _checked_seconds(value, test_id)
+
+
+def _checked_seconds(value: float, test_id: str) -> float:
+    if not (math.isfinite(value) and 0 <= value <= MAX_TEST_DURATION_S):
+        raise JUnitReportError(
+            f"JUnit report: test {test_id!r} took {value} s; times are seconds "
+            f"between 0 and {MAX_TEST_DURATION_S:.0f}"
+        )
+    return value
 
 
 class _TestCaseMatcher:

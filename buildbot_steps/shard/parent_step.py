@@ -162,9 +162,12 @@ class ShardedTest(BuildStep):
             problem = check_test_command(self.test_command)
             if problem:
                 config.error(f"ShardedTest: {problem}")
-        if self.tests is not None and not IRenderable.providedBy(self.tests):
-            if not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests):
-                config.error("ShardedTest: tests must be a list of test id strings")
+        if (
+            self.tests is not None
+            and not IRenderable.providedBy(self.tests)
+            and (not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests))
+        ):
+            config.error("ShardedTest: tests must be a list of test id strings")
         for label, value, minimum in (
             ("max_attempts", self.max_attempts, 1),
             ("max_batch_tests", self.max_batch_tests, 1),
@@ -413,7 +416,7 @@ class ShardedTest(BuildStep):
         return result
 
     def _figures(self, outcomes: list[Any], session: Any, plan: Any) -> dict[str, Any]:
-        counts = {"passed": 0, "flaky": 0, "failed": 0, "pending": 0}
+        counts = {"passed": 0, "flaky": 0, "failed": 0, "skipped": 0, "pending": 0}
         for outcome in outcomes:
             counts[outcome.verdict] = counts.get(outcome.verdict, 0) + 1
         durations = [o.attempts[-1].seconds for o in outcomes if o.attempts]
@@ -428,6 +431,7 @@ class ShardedTest(BuildStep):
             "passed": counts["passed"],
             "failed": counts["failed"],
             "flaky": counts["flaky"],
+            "skipped": counts["skipped"],
             "not_run": counts["pending"],
             "workers": workers,
             "makespan_s": round(makespan, 3),
@@ -447,6 +451,7 @@ class ShardedTest(BuildStep):
         flaky = [o.id for o in outcomes if o.verdict == "flaky"]
         text = (
             f"{figures['passed']} passed, {figures['failed']} failed, {figures['flaky']} flaky"
+            + (f", {figures['skipped']} skipped" if figures["skipped"] else "")
             + (f", {figures['not_run']} not run" if figures["not_run"] else "")
             + f"; makespan {figures['makespan_s']:.1f} s vs bound {figures['lower_bound_s']:.1f} s"
         )
@@ -463,11 +468,11 @@ class ShardedTest(BuildStep):
     def _failures_text(outcomes: list[Any]) -> str:
         lines = []
         for outcome in outcomes:
-            if outcome.verdict == "passed":
+            if outcome.verdict in ("passed", "skipped"):
                 continue
             lines.append(f"{outcome.verdict.upper()}: {outcome.id}")
             for attempt in outcome.attempts:
-                state = "passed" if attempt.passed else "failed"
+                state = report.attempt_state(attempt)
                 lines.append(f"  on {attempt.worker}: {state} in {attempt.seconds:.3f} s")
                 lines.extend(f"    {line}" for line in (attempt.message or "").splitlines())
         return "\n".join(lines) + "\n"

@@ -13,8 +13,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
-import json
-import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -23,46 +21,97 @@ from buildbot_steps import _core
 from buildbot_steps.errors import InvalidInputError
 from buildbot_steps.shard.commands import MODES
 
+# ------------------------------------------------------------------ bounds
+
+# No single test runs for a week; a bigger duration is a corrupt or hostile
+# file. The bound also keeps sums over a million tests (and every figure
+# derived from them) far from float overflow, so no output is ever inf.
+MAX_TEST_DURATION_S = _core.kMaxTestDurationSeconds
+
+# More shards or simulated workers than any Buildbot master triggers builds
+# for; a typo such as 1000000 would otherwise allocate that many shard lists
+# (and the core takes a C int).
+MAX_SHARDS = 10_000
+
+# Runs of a failing test: Bazel's --flaky_test_attempts is usually 2-3; past
+# ten, re-runs only hide a broken test (and multiply the simulation's work).
+MAX_ATTEMPTS = 10
+
+# Seconds to start one batch's runner: an hour is a broken runner, not an
+# overhead; the bound also keeps the simulated makespan finite.
+MAX_BATCH_OVERHEAD_S = 3600.0
+
+
+def check_count(option: str, value: int, maximum: int) -> int:
+    """An integer option between 1 and `maximum`, with a message naming it."""
+    if not 1 <= value <= maximum:
+        raise InvalidInputError(f"{option} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newline, escape, ...) shown as escapes,
+    so that one test id is one line of output whatever it contains."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 # ------------------------------------------------------------------ reading
 
 
-def read_durations(path: str | Path) -> dict[str, float]:
-    """One pytest-split duration file, checked: a JSON object of test ids to
-    non-negative numbers of seconds."""
+def _read_text(path: str | Path, what: str) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as error:
-        raise InvalidInputError(f"cannot read duration file {path}: {error.strerror or error}") from None
+        raise InvalidInputError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    return decode_utf8(data, f"{what} {path}")
+
+
+def decode_utf8(data: bytes, source: str) -> str:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
         raise InvalidInputError(
-            f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+            f"{source} is not UTF-8 text (bad byte at offset {error.start}); save it as UTF-8"
         ) from None
-    if not isinstance(data, dict):
+
+
+def check_test_id(test_id: str, source: str) -> str:
+    """A test id travels to C++, to the worker and into logs: it must be
+    encodable (JSON's "\\ud800" escape gives a lone surrogate, which is not)."""
+    try:
+        test_id.encode("utf-8")
+    except UnicodeEncodeError:
         raise InvalidInputError(
-            f"{path} must hold a JSON object of test id to seconds, not a {type(data).__name__}"
-        )
-    for test_id, seconds in data.items():
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise InvalidInputError(f"{path}: test {test_id!r} has a non-numeric duration {seconds!r}")
-        if not math.isfinite(seconds) or seconds < 0:
-            raise InvalidInputError(
-                f"{path}: test {test_id!r} has duration {seconds!r}; durations are seconds >= 0"
-            )
-    return {test_id: float(seconds) for test_id, seconds in data.items()}
+            f"{source}: test id {test_id!r} is not valid Unicode (a lone surrogate escape)"
+        ) from None
+    return test_id
 
 
-def read_history(paths: Sequence[str | Path]) -> list[dict[str, float]]:
-    """Several duration files, oldest first."""
+def read_durations(path: str | Path) -> dict[str, float]:
+    """One pytest-split duration file, read and checked by the core (the one
+    reader of the format): a JSON object of test ids to seconds between 0 and
+    MAX_TEST_DURATION_S."""
+    return _core.read_duration_files([str(path)]).runs[0]
+
+
+def read_test_file(path: str | Path) -> list[str]:
+    return read_test_list(_read_text(path, "test list").splitlines(), str(path))
+
+
+def read_history(paths: Sequence[str | Path]) -> _core.DurationHistory:
+    """Several duration files, oldest first, kept in the core."""
     if not paths:
         raise InvalidInputError("no history files given: pass at least one --history FILE")
-    return [read_durations(path) for path in paths]
+    return _core.read_duration_files([str(path) for path in paths])
 
 
 def read_test_list(lines: Iterable[str], source: str) -> list[str]:
     """One test id per line; blank lines and ``#`` comments are skipped."""
     tests = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for test in tests:
+        check_test_id(test, source)
     if not tests:
         raise InvalidInputError(f"{source} lists no tests")
     repeated = [test for test, count in collections.Counter(tests).items() if count > 1]
@@ -135,14 +184,17 @@ def simulate(
 ) -> SimulationResult:
     """Replay the suite: plan or dispatch from the estimates, then let each
     test take its ``actual`` duration (its estimate when absent there)."""
-    if workers < 1:
-        raise InvalidInputError(f"--workers must be at least 1, got {workers}")
+    check_count("--workers", workers, MAX_SHARDS)
+    check_count("--max-attempts", max_attempts, MAX_ATTEMPTS)
     if mode not in MODES:
         raise InvalidInputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not 0.0 <= flake_rate < 1.0:
         raise InvalidInputError(f"--flake-rate must be in [0, 1), got {flake_rate}")
-    if batch_overhead_s < 0:
-        raise InvalidInputError(f"--batch-overhead must be >= 0, got {batch_overhead_s}")
+    if not 0 <= batch_overhead_s <= MAX_BATCH_OVERHEAD_S:  # also refuses NaN
+        raise InvalidInputError(
+            f"--batch-overhead must be between 0 and {MAX_BATCH_OVERHEAD_S:.0f} seconds, "
+            f"got {batch_overhead_s}"
+        )
     durations = {e.id: actual.get(e.id, e.seconds) for e in estimates}
     clock = _Clock(durations, flake_rate, random.Random(seed))
     run = _simulate_dynamic if mode == "dynamic" else _simulate_static
@@ -268,7 +320,7 @@ def format_plan(plan, estimates: Sequence[_core.TestEstimate]) -> str:
     lines = []
     for index, shard in enumerate(plan.shards):
         lines.append(f"shard {index + 1}: {len(shard.tests)} tests, estimate {shard.estimate_s:.2f} s")
-        lines.extend(f"  {test_id}" for test_id in shard.tests)
+        lines.extend(f"  {printable(test_id)}" for test_id in shard.tests)
     lines.append(
         f"makespan {plan.makespan_s:.2f} s, lower bound {plan.lower_bound_s:.2f} s, "
         f"ratio {plan.makespan_s / plan.lower_bound_s if plan.lower_bound_s else 1.0:.4f}"

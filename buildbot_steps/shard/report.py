@@ -42,6 +42,7 @@ def render_report(
         _summary_table(summary),
         _failures(outcomes, quarantine),
         _flaky(outcomes, flake_record or {}),
+        _skipped(outcomes),
         _flake_record(flake_record or {}),
         _slowest(outcomes),
         "<h3>Timeline per worker</h3>",
@@ -103,10 +104,34 @@ def _flake_record(flake_record: dict[str, int]) -> str:
     )
 
 
+def _skipped(outcomes: list[Any]) -> str:
+    skipped = [o for o in outcomes if o.verdict == "skipped"]
+    if not skipped:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(o.id)}</td><td>{html.escape(_skip_reason(o))}</td></tr>" for o in skipped
+    )
+    return (
+        f"<h3>Skipped tests ({len(skipped)}: not run by the runner, do not gate)</h3>"
+        f"<table><tr><th>test</th><th>reason</th></tr>{rows}</table>"
+    )
+
+
+def _skip_reason(outcome: Any) -> str:
+    message = outcome.attempts[-1].message if outcome.attempts else ""
+    return message.splitlines()[0] if message else ""
+
+
+def attempt_state(attempt: Any) -> str:
+    if attempt.skipped:
+        return "skipped"
+    return "passed" if attempt.passed else "failed"
+
+
 def _attempts(outcome: Any) -> str:
     rows = []
     for number, attempt in enumerate(outcome.attempts, start=1):
-        verdict = "passed" if attempt.passed else "failed"
+        verdict = attempt_state(attempt)
         rows.append(
             f"<li>attempt {number} on {html.escape(attempt.worker)}: {verdict} "
             f"in {attempt.seconds:.3f} s<pre>{html.escape(attempt.message or '')}</pre></li>"

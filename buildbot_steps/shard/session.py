@@ -12,7 +12,8 @@ Two sources of batches behind one protocol, BatchSource:
 
 Data shapes:
     session.next_batch(worker, shard_index) -> Assignment(kind="run"|"wait"|"done", batch)
-    session.report(worker, batch, [JUnitTestResult...]) / report_error(worker, batch, text)
+    session.report(worker, batch, [JUnitTestResult...]) -> None, or why the results were
+                refused (the batch then failed as a whole) / report_error(worker, batch, text)
     session.outcomes() -> [TestOutcome(id, verdict, estimate_s, attempts[Attempt])]
 """
 
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 from twisted.internet import defer
 
 from buildbot_steps import _core
+from buildbot_steps.errors import InvalidInputError
+from buildbot_steps.shard.junit import JUnitTestResult
 
 # ------------------------------------------------------------------ registry
 
@@ -121,6 +124,7 @@ class Stats:
     passed: int = 0
     flaky: int = 0
     failed: int = 0
+    skipped: int = 0
     batches_handed_out: int = 0
     batches_in_flight: int = 0
     speculative_batches: int = 0
@@ -174,12 +178,14 @@ class StaticShards:
         return Assignment("run", batch)
 
     def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
-        shard_index, local_id = self._take(batch_id)
+        shard_index, local_id = self._locate(batch_id)
         self._shards[shard_index].report(worker, local_id, results)
+        del self._in_flight[batch_id]  # only once accepted: a refused report may still report_error
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
-        shard_index, local_id = self._take(batch_id)
+        shard_index, local_id = self._locate(batch_id)
         self._shards[shard_index].report_error(worker, local_id, message)
+        del self._in_flight[batch_id]
 
     def worker_lost(self, worker: str) -> None:
         for shard in self._live_shards():
@@ -205,8 +211,8 @@ class StaticShards:
     def _live_shards(self) -> list[Any]:
         return [shard for shard in self._shards if shard is not None]
 
-    def _take(self, batch_id: int) -> tuple[int, int]:
-        entry = self._in_flight.pop(batch_id, None)
+    def _locate(self, batch_id: int) -> tuple[int, int]:
+        entry = self._in_flight.get(batch_id)
         if entry is None:
             raise LookupError(f"batch {batch_id} is not in flight")
         return entry
@@ -275,11 +281,21 @@ class ShardSession:
             self._changed()
         return assignment
 
-    def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
+    def report(self, worker: str, batch_id: int, results: list[JUnitTestResult]) -> str | None:
+        """Hands in a batch's results. Results the dispatcher would refuse
+        fail the batch as a whole instead (every test gets a failed attempt
+        and is re-run or decided), never leave it half-recorded: returns
+        why, or None when the results were accepted."""
+        outcome, refused = "reported", None
         try:
-            self.batches.report(worker, batch_id, self._to_core_results(results))
+            try:
+                self.batches.report(worker, batch_id, self._to_core_results(results))
+            except InvalidInputError as problem:
+                outcome, refused = "error", f"results refused: {problem}"
+                self.batches.report_error(worker, batch_id, refused)
         finally:
-            self._finish_run(worker, batch_id, "reported")
+            self._finish_run(worker, batch_id, outcome)
+        return refused
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
         try:
@@ -289,7 +305,7 @@ class ShardSession:
 
     def worker_lost(self, worker: str) -> None:
         self.batches.worker_lost(worker)
-        for (owner, batch_id), run in list(self._running.items()):
+        for owner, batch_id in list(self._running):
             if owner == worker:
                 self._finish_run(owner, batch_id, "lost")
         self._changed()
@@ -329,5 +345,13 @@ class ShardSession:
         for listener in list(self.listeners):
             listener()
 
-    def _to_core_results(self, results: list[Any]) -> list[Any]:
-        return [_core.TestResult(r.id, r.passed, r.seconds, r.message) for r in results]
+    @staticmethod
+    def _to_core_results(results: list[JUnitTestResult]) -> list[_core.TestResult]:
+        """Checked here too, so a value the core refuses is named in Python's
+        words whichever parser produced it."""
+        for result in results:
+            if not (isinstance(result.seconds, (int, float)) and math.isfinite(result.seconds)) or (
+                result.seconds < 0
+            ):
+                raise InvalidInputError(f"test {result.id!r} took {result.seconds!r} s")
+        return [_core.TestResult(r.id, r.passed, r.seconds, r.message, skipped=r.skipped) for r in results]

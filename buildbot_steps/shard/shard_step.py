@@ -312,9 +312,13 @@ class RunShard(CommandMixin, BuildStep):
                 self._ran["failed attempts"] += len(batch.tests)
                 session.report_error(self._worker, batch.id, message)
             else:
-                self._ran["failed attempts"] += sum(not r.passed for r in results)
-                self._ran["failed attempts"] += len(batch.tests) - len(results)
-                session.report(self._worker, batch.id, results)
+                refused = session.report(self._worker, batch.id, results)
+                if refused is not None:
+                    self.stdio.addStderr(f"batch {batch.id} failed as a whole: {refused}\n")
+                    self._ran["failed attempts"] += len(batch.tests)
+                else:
+                    self._ran["failed attempts"] += sum(not r.passed and not r.skipped for r in results)
+                    self._ran["failed attempts"] += len(batch.tests) - len(results)
         except Exception as stale:  # noqa: BLE001 - the core's InvalidStateError, LookupError
             # The batch was given back meanwhile (e.g. this worker was
             # presumed lost); its results no longer count.

@@ -41,6 +41,8 @@ const char* to_string(Verdict verdict) {
       return "flaky";
     case Verdict::Failed:
       return "failed";
+    case Verdict::Skipped:
+      return "skipped";
   }
   return "unknown";
 }
@@ -579,13 +581,19 @@ struct Dispatcher::State {
     if (verdict == Verdict::Passed) ++stats.passed;
     if (verdict == Verdict::Flaky) ++stats.flaky;
     if (verdict == Verdict::Failed) ++stats.failed;
+    if (verdict == Verdict::Skipped) ++stats.skipped;
   }
 
   void record(std::size_t test, Attempt attempt) {
     auto& state = test_states[test];
     if (state.verdict != Verdict::Pending) return;  // another copy decided it first
     bool passed = attempt.passed;
+    bool skipped = attempt.skipped;
     state.attempts.push_back(std::move(attempt));
+    if (skipped) {
+      resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Skipped);
+      return;
+    }
     if (passed) {
       resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Passed);
       return;
@@ -612,11 +620,17 @@ struct Dispatcher::State {
     requeued.emplace(estimate, std::move(item));
   }
 
-  InFlight finish(const std::string& worker, std::uint64_t batch_id) {
+  std::unordered_map<std::uint64_t, InFlight>::iterator find_in_flight(const std::string& worker,
+                                                                       std::uint64_t batch_id) {
     auto found = in_flight.find(batch_id);
     if (found == in_flight.end() || found->second.worker != worker) {
       throw InvalidState(fmt::format("batch {} is not in flight on worker '{}'", batch_id, worker));
     }
+    return found;
+  }
+
+  InFlight finish(const std::string& worker, std::uint64_t batch_id) {
+    auto found = find_in_flight(worker, batch_id);
     InFlight flight = std::move(found->second);
     in_flight.erase(found);
     stats.batches_in_flight = in_flight.size();
@@ -678,6 +692,11 @@ void Dispatcher::report(const std::string& worker, std::uint64_t batch_id,
                         const std::vector<TestResult>& results) {
   std::lock_guard lock(state_->mutex);
   auto& state = *state_;
+  // Everything is checked before anything changes: a refused report leaves
+  // the batch in flight, so the caller can still fail it with report_error
+  // instead of its tests being neither recorded nor queued (a stalled run).
+  state.find_in_flight(worker, batch_id);
+  for (const auto& result : results) check_duration(result.seconds, result.id, "result");
   InFlight flight = state.finish(worker, batch_id);
   std::unordered_map<std::string_view, const TestResult*> by_id;
   for (const auto& result : results) by_id.emplace(result.id, &result);
@@ -687,8 +706,8 @@ void Dispatcher::report(const std::string& worker, std::uint64_t batch_id,
       state.record(test, {worker, false, 0.0, kNoResultMessage});
     } else {
       const TestResult& result = *found->second;
-      check_duration(result.seconds, result.id, "result");
-      state.record(test, {worker, result.passed, result.seconds, result.message});
+      state.record(
+          test, {worker, result.passed && !result.skipped, result.seconds, result.message, result.skipped});
     }
     state.settle_after_copy(test);
   }

@@ -36,14 +36,32 @@ simdjson::dom::object parse_object(simdjson::dom::parser& parser, const std::str
   return object;
 }
 
+// A test id as a message shows it: control characters escaped, so that an
+// id with a newline cannot split the one-line error it appears in.
+std::string shown(std::string_view test_id) {
+  std::string out;
+  for (char c : test_id) {
+    auto byte = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (byte < 0x20 || byte == 0x7f) {
+      out += fmt::format("\\x{:02x}", byte);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 double seconds_of(simdjson::dom::element value, const std::string& path, std::string_view test_id) {
   double seconds = 0.0;
   if (!value.is_number() || value.get_double().get(seconds)) {
-    refuse(path, fmt::format("test '{}' has a non-numeric duration {}", test_id, simdjson::minify(value)));
+    refuse(path,
+           fmt::format("test '{}' has a non-numeric duration {}", shown(test_id), simdjson::minify(value)));
   }
-  if (!std::isfinite(seconds) || seconds < 0.0) {
-    refuse(path, fmt::format("test '{}' has duration {}; durations are seconds >= 0", test_id,
-                             simdjson::minify(value)));
+  if (!(seconds >= 0.0 && seconds <= kMaxTestDurationSeconds)) {
+    refuse(path, fmt::format("test '{}' has duration {}; durations are seconds between 0 and {}",
+                             shown(test_id), simdjson::minify(value), kMaxTestDurationSeconds));
   }
   return seconds;
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -428,6 +429,63 @@ TEST(Dispatcher, MissingResultsAndBatchErrorsCountAsFailedAttempts) {
   EXPECT_EQ(b->verdict, Verdict::Failed);
   EXPECT_EQ(b->attempts.back().message, "junit xml truncated");
   EXPECT_TRUE(dispatcher.done());
+}
+
+TEST(Dispatcher, RefusedReportLeavesTheBatchInFlightForReportError) {
+  // Before: the batch left flight, then the bad value threw half-way, so the
+  // tests after it were neither recorded nor queued and the run stalled.
+  DispatchOptions options = workers(1);
+  options.min_batch_s = 10.0;  // both tests in one batch
+  Dispatcher dispatcher(suite({{"a.py::t", 1}, {"b.py::t", 1}}), options);
+  auto batch = dispatcher.next_batch("w", 0.0);
+  ASSERT_EQ(batch.batch.tests.size(), 2u);
+  for (double bad : {std::numeric_limits<double>::infinity(), -1.0, std::nan("")}) {
+    EXPECT_THROW(
+        dispatcher.report("w", batch.batch.id, {{"a.py::t", true, 1.0, ""}, {"b.py::t", true, bad, ""}}),
+        InvalidInput);
+    EXPECT_EQ(dispatcher.stats().batches_in_flight, 1u);
+    EXPECT_EQ(dispatcher.stats().resolved, 0u);
+  }
+  dispatcher.report_error("w", batch.batch.id, "report refused");
+  auto rerun = dispatcher.next_batch("w", 1.0);
+  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+  EXPECT_EQ(rerun.batch.tests.size(), 2u);  // both re-queued, none lost
+  dispatcher.report("w", rerun.batch.id, all_passed(rerun.batch));
+  EXPECT_TRUE(dispatcher.done());
+  EXPECT_EQ(dispatcher.stats().flaky, 2u);
+}
+
+TEST(Dispatcher, SkippedTestIsResolvedNotRerunAndCountedApart) {
+  DispatchOptions options = workers(2);
+  options.min_batch_s = 10.0;
+  Dispatcher dispatcher(suite({{"a.py::t", 1}, {"b.py::t", 1}}), options);
+  auto batch = dispatcher.next_batch("w", 0.0);
+  TestResult skipped{"b.py::t", false, 0.0, "skipped: needs a GPU", true};
+  dispatcher.report("w", batch.batch.id, {{"a.py::t", true, 1.0, ""}, skipped});
+  EXPECT_TRUE(dispatcher.done());
+  EXPECT_EQ(dispatcher.next_batch("v", 1.0).kind, Assignment::Kind::Done);  // no re-run
+  auto stats = dispatcher.stats();
+  EXPECT_EQ(stats.passed, 1u);
+  EXPECT_EQ(stats.skipped, 1u);
+  EXPECT_EQ(stats.failed, 0u);
+  auto outcomes = dispatcher.outcomes();
+  auto b = std::find_if(outcomes.begin(), outcomes.end(), [](auto& o) { return o.id == "b.py::t"; });
+  EXPECT_EQ(b->verdict, Verdict::Skipped);
+  EXPECT_STREQ(to_string(b->verdict), "skipped");
+  ASSERT_EQ(b->attempts.size(), 1u);
+  EXPECT_TRUE(b->attempts[0].skipped);
+  EXPECT_FALSE(b->attempts[0].passed);
+}
+
+TEST(Dispatcher, SkipAfterAFailureIsFlakyNotSkipped) {
+  Dispatcher dispatcher(suite({{"a.py::t", 1}}), workers(2));
+  auto first = dispatcher.next_batch("w", 0.0);
+  dispatcher.report("w", first.batch.id, {{"a.py::t", false, 1.0, "boom"}});
+  auto rerun = dispatcher.next_batch("v", 1.0);
+  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+  dispatcher.report("v", rerun.batch.id, {{"a.py::t", false, 0.0, "skipped", true}});
+  EXPECT_EQ(dispatcher.outcomes()[0].verdict, Verdict::Flaky);
+  EXPECT_EQ(dispatcher.stats().skipped, 0u);
 }
 
 TEST(Dispatcher, StragglerIsCopiedToAnIdleWorkerAndFirstResultWins) {

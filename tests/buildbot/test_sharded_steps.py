@@ -49,6 +49,21 @@ ASK_FEWER = "ask for fewer shards, or raise max_shards in the ShardedTest step"
 
 TRUNCATED_REPORT = GOOD_REPORT[: len(GOOD_REPORT) // 2]
 
+# 100,000 nested elements: 700 kB, inside the size cap, refused by depth.
+DEEPLY_NESTED = "<testsuites>" + "<a>" * 100_000 + "</a>" * 100_000 + "</testsuites>"
+
+ONE_SKIPPED = """<testsuites><testsuite>
+<testcase classname="tests.test_a" name="test_one" time="0.5"/>
+<testcase classname="tests.test_a" name="test_two" time="0.0"><skipped message="no GPU"/></testcase>
+</testsuite></testsuites>"""
+
+# Each time is finite, their sum (pytest's second entry for teardown) is not.
+TIMES_SUM_TO_INFINITY = """<testsuites><testsuite>
+<testcase classname="tests.test_a" name="test_one" time="1e308"/>
+<testcase classname="tests.test_a" name="test_one" time="1e308"/>
+<testcase classname="tests.test_a" name="test_two" time="0.5"/>
+</testsuite></testsuites>"""
+
 
 class ShardedTestConfigTests(ConfigErrorsMixin, unittest.TestCase):
     def test_template_without_tests_placeholder(self):
@@ -269,6 +284,34 @@ class RunShardStandaloneTests(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         self.assertIn("unsafe XML", self.get_nth_step(0).logs["stdio"].stderr)
 
     @defer.inlineCallbacks
+    def test_deeply_nested_report_is_refused_and_fails_the_tests(self):
+        self.setup_shard()
+        self.expect_commands(
+            ExpectMkdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+            shell_for(TESTS, self.batch(1)).exit(0),
+            upload_of(self.batch(1)).upload_string(DEEPLY_NESTED).exit(0),
+            shell_for(TESTS, self.batch(2)).exit(0),
+            upload_of(self.batch(2)).upload_string(DEEPLY_NESTED).exit(0),
+            ExpectRmdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+        )
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        self.assertIn("nested over 64 deep", self.get_nth_step(0).logs["stdio"].stderr)
+
+    @defer.inlineCallbacks
+    def test_skipped_test_is_resolved_without_a_rerun(self):
+        self.setup_shard()
+        self.expect_commands(
+            ExpectMkdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+            shell_for(TESTS, self.batch(1)).exit(0),
+            upload_of(self.batch(1)).upload_string(ONE_SKIPPED).exit(0),
+            ExpectRmdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+        )
+        self.expect_outcome(result=SUCCESS)
+        yield self.run_step()
+        self.assertIn("0 failed attempts", self.get_nth_step(0).getResultSummary()["step"])
+
+    @defer.inlineCallbacks
     def test_missing_report_is_a_failed_batch(self):
         self.setup_shard(tests=TESTS[:1])
         self.expect_commands(
@@ -296,7 +339,8 @@ class RunShardStandaloneTests(TestBuildStepMixin, TestReactorMixin, unittest.Tes
 
 
 FAILED_ONE = """<testsuites><testsuite>
-<testcase classname="tests.test_a" name="test_one" time="0.5"><failure message="boom">trace</failure></testcase>
+<testcase classname="tests.test_a" name="test_one" time="0.5">
+<failure message="boom">trace</failure></testcase>
 </testsuite></testsuites>"""
 
 
@@ -311,11 +355,11 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         self.setup_test_reactor()
         yield self.setup_test_build_step()
 
-    def register(self, workers: int, tests=TESTS[:1]) -> shard_session.ShardSession:
+    def register(self, workers: int, tests=TESTS[:1], min_batch_s: float = 0.0) -> shard_session.ShardSession:
         from buildbot_steps import _core
 
         estimates = _core.estimate_durations(tests, [])
-        dispatcher = _core.Dispatcher(estimates, workers=workers, speculate=False)
+        dispatcher = _core.Dispatcher(estimates, workers=workers, speculate=False, min_batch_s=min_batch_s)
         settings = shard_session.ShardCommandSettings(TEMPLATE, None, {}, 1200, MAX_REPORT_BYTES)
         session = shard_session.ShardSession(
             shard_session.DynamicBatches(dispatcher), settings, self.reactor.seconds
@@ -348,6 +392,29 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         self.assertEqual(outcome.verdict, "flaky")
         self.assertEqual([a.worker for a in outcome.attempts], ["linux#13", "linux#13"])
         self.assertIn("boom", outcome.attempts[0].message)
+
+    @defer.inlineCallbacks
+    def test_times_summing_to_infinity_fail_the_batch_and_every_test_reruns(self):
+        # Before: the core refused the sum after taking the batch out of
+        # flight; its tests were never re-queued and ended "not run" after
+        # the two-minute stall.
+        session = self.register(workers=1, tests=TESTS, min_batch_s=10.0)
+        self.expect_commands(
+            ExpectMkdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+            shell_for(TESTS, self.batch(1)).exit(0),
+            upload_of(self.batch(1)).upload_string(TIMES_SUM_TO_INFINITY).exit(0),
+            shell_for(TESTS, self.batch(2)).exit(0),
+            upload_of(self.batch(2)).upload_string(GOOD_REPORT).exit(0),
+            ExpectRmdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+        )
+        self.expect_outcome(result=WARNINGS)
+        running = self.run_step()
+        for _ in range(200):  # simulated seconds: a stall would show as "not run"
+            self.reactor.advance(1)
+        yield running
+        verdicts = {o.id: o.verdict for o in session.batches.outcomes()}
+        self.assertEqual(verdicts, {TESTS[0]: "flaky", TESTS[1]: "flaky"})
+        self.assertIn("took 1e+308 s", self.get_nth_step(0).logs["stdio"].stderr)
 
     @defer.inlineCallbacks
     def test_waiting_for_a_worker_that_never_comes_gives_up_instead_of_hanging(self):
@@ -383,11 +450,21 @@ def failed_report(test_id: str) -> str:
     )
 
 
+SKIP = "skip"
+
+
+def scripted_result(test: str, outcome: bool | str) -> JUnitTestResult:
+    if outcome == SKIP:
+        return JUnitTestResult(test, False, 2.5, "skipped: scripted skip", skipped=True)
+    return JUnitTestResult(test, bool(outcome), 2.5, "scripted failure")
+
+
 @implementer(ITriggerableScheduler)
 class ScriptedShards:
     """Runs each triggered shard at once, in process, with scripted outcomes.
 
-    `script`: test id -> outcome of each attempt in order (True = passed).
+    `script`: test id -> outcome of each attempt in order (True = passed,
+    SKIP = the runner skipped it).
     """
 
     name = "shards"
@@ -403,10 +480,7 @@ class ScriptedShards:
         session = shard_session.lookup_session(parent_buildid)
         puller = f"worker{index}#1"
         while (assignment := session.next_batch(puller, index)).kind == "run":
-            results = [
-                JUnitTestResult(test, self.script[test].pop(0), 2.5, "scripted failure")
-                for test in assignment.batch.tests
-            ]
+            results = [scripted_result(test, self.script[test].pop(0)) for test in assignment.batch.tests]
             session.report(puller, assignment.batch.id, results)
         session.worker_lost(puller)  # the shard build ends
         brids = {100: 500 + index}
@@ -444,7 +518,8 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         rows = []
         for test, verdict in verdicts.items():
             passed = "1" if verdict in ("passed", "flaky") else "0"
-            rows.append((1000, passed, test, None, None, clamped))
+            if verdict != "skipped":  # neither a pass nor a failure
+                rows.append((1000, passed, test, None, None, clamped))
             rows.append((1001, "2.500000", test, None, None, clamped))
             if verdict == "flaky":
                 rows.append((1002, "0", test, None, None, None))
@@ -489,3 +564,15 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         yield self.run_step()
         lists = [props["shard_tests"][0] for props in shards.triggered]
         self.assertEqual(sorted(t for tests in lists for t in tests), sorted(TESTS))
+
+    @defer.inlineCallbacks
+    def test_skipped_test_is_counted_apart_and_does_not_gate(self):
+        self.setup_sharded({TESTS[0]: [True], TESTS[1]: [SKIP]})
+        self.expect_stored({TESTS[0]: "passed", TESTS[1]: "skipped"})
+        self.expect_outcome(result=SUCCESS)
+        self.expect_property("tests_passed", 1)
+        self.expect_property("tests_skipped", 1)
+        self.expect_property("tests_failed", 0)
+        yield self.run_step()
+        step = self.get_nth_step(0)
+        self.assertIn("1 passed, 0 failed, 0 flaky, 1 skipped", step.getResultSummary()["step"])

@@ -126,8 +126,8 @@ def test_bad_history_gets_one_clear_line(tmp_path, content, message):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["plan", "--shards", "0"], "--shards must be at least 1"),
-        (["simulate", "--workers", "0", "--actual", "{history}"], "--workers must be at least 1"),
+        (["plan", "--shards", "0"], "--shards must be between 1 and 10000, got 0"),
+        (["simulate", "--workers", "0", "--actual", "{history}"], "--workers must be between 1 and 10000"),
         (["plan", "--shards", "2", "--tests", "/nonexistent/list"], "cannot read test list"),
         (["simulate", "--workers", "2", "--actual", "/nonexistent.json"], "cannot read duration file"),
         (
@@ -154,3 +154,112 @@ def test_duplicate_ids_in_test_list(history):
     result = run("plan", "--history", *history, "--shards", 2, "--tests", "-", stdin="a\nb\na\n")
     assert result.returncode == 2
     assert "'a' more than once" in result.stderr
+
+
+# ------------------------------------------------- hostile and absurd input
+
+
+def assert_one_clear_line(result, message):
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"a.py::t": 1, "b\xff.py::t": 2}', "is not valid JSON (The input is not valid UTF-8)"),
+        (b'{"a.py::t": 1e999}', "is not valid JSON (Problem while parsing a number)"),
+        (
+            b'{"a.py::t": 1e308, "b.py::t": 1e308}',
+            "has duration 1e+308; durations are seconds between 0 and 604800",
+        ),
+        (b'{"a.py::t": NaN}', "is not valid JSON"),
+        (b'{"a.py::t": -Infinity}', "is not valid JSON"),
+        (b'{"a.py::t": 1' + b"0" * 400 + b"}", "is not valid JSON (Problem while parsing a number)"),
+        (b'{"a.py::t": ' + b"9" * 5000 + b"}", "is not valid JSON (Problem while parsing a number)"),
+        (b"[" * 100_000 + b"]" * 100_000, "is not valid JSON (The JSON document was too deep"),
+        (b'{"\\ud800": 1}', "is not valid JSON"),
+        (b'{"a\\nb": -1}', "test 'a\\nb' has duration -1"),
+    ],
+)
+def test_hostile_history_gets_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "durations.json"
+    path.write_bytes(content)
+    for command in (["plan", "--shards", 2, "--json"], ["simulate", "--actual", path, "--workers", 2]):
+        assert_one_clear_line(run(command[0], "--history", path, *command[1:]), message)
+
+
+def test_test_list_that_is_not_utf8_gets_one_clear_line(history, tmp_path):
+    listing = tmp_path / "tests.txt"
+    listing.write_bytes(b"tests/a.py::t1\ntests/\xc3(.py::t2\n")
+    result = run("plan", "--history", *history, "--shards", 2, "--tests", listing)
+    assert_one_clear_line(result, f"test list {listing} is not UTF-8 text (bad byte at offset 21)")
+    piped = subprocess.run(
+        [*CLI, "plan", "--history", *map(str, history), "--shards", "2", "--tests", "-"],
+        input=b"tests/a.py::t1\n\xed\xa0\x80\n",  # a surrogate, encoded: not UTF-8
+        capture_output=True,
+        timeout=120,
+    )
+    assert piped.returncode == 2
+    assert piped.stderr.decode().count("\n") == 1
+    assert b"standard input is not UTF-8 text" in piped.stderr and b"Traceback" not in piped.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["plan", "--shards", "10001"], "--shards must be between 1 and 10000, got 10001"),
+        (["plan", "--shards", str(10**30)], "--shards must be between 1 and 10000"),
+        (["simulate", "--workers", str(10**30)], "--workers must be between 1 and 10000"),
+        (["simulate", "--workers", "2", "--max-attempts", "0"], "--max-attempts must be between 1 and 10"),
+        (["simulate", "--workers", "2", "--max-attempts", str(10**20)], "--max-attempts must be between"),
+        (["simulate", "--workers", "2", "--batch-overhead", "inf"], "--batch-overhead must be between 0"),
+        (["simulate", "--workers", "2", "--batch-overhead", "nan"], "--batch-overhead must be between 0"),
+        (["simulate", "--workers", "2", "--batch-overhead", "-1"], "--batch-overhead must be between 0"),
+        (["simulate", "--workers", "2", "--batch-overhead", "1e300"], "--batch-overhead must be between 0"),
+        (["simulate", "--workers", "2", "--flake-rate", "nan"], "--flake-rate must be in [0, 1)"),
+        (["simulate", "--workers", "2", "--flake-rate", "-0.1"], "--flake-rate must be in [0, 1)"),
+    ],
+)
+def test_numbers_out_of_bounds_get_one_clear_line(history, args, message):
+    extra = ["--actual", history[1]] if args[0] == "simulate" else []
+    assert_one_clear_line(run(args[0], "--history", *history, *extra, *args[1:]), message)
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_stays_finite_at_the_largest_accepted_durations(tmp_path):
+    # At the bound, the figures (sums, ratio) are still finite numbers.
+    biggest = {f"tests/t{i}.py::t": 7 * 24 * 3600.0 for i in range(50)}
+    path = tmp_path / "durations.json"
+    path.write_text(json.dumps(biggest))
+    plan = run("plan", "--history", path, "--shards", 3, "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert strict_json(plan.stdout)["lower_bound_s"] > 0
+    simulated = run(
+        "simulate", "--history", path, "--actual", path, "--workers", 3, "--batch-overhead", 3600, "--json"
+    )
+    assert simulated.returncode == 0, simulated.stderr
+    assert strict_json(simulated.stdout)["makespan_s"] > 0
+
+
+def test_control_characters_in_a_test_id_do_not_break_the_text_output(tmp_path):
+    sneaky = "tests/a.py::t\nshard 9: 1 tests, estimate 0.00 s\x1b[31m"
+    path = tmp_path / "durations.json"
+    path.write_text(json.dumps({sneaky: 1.0, "tests/b.py::t": 2.0}))
+    result = run("plan", "--history", path, "--shards", 2)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert not any(line.startswith("shard 9") for line in lines)
+    assert "  tests/a.py::t\\nshard 9: 1 tests, estimate 0.00 s\\x1b[31m" in lines
+    assert "\x1b" not in result.stdout
+    assert len(lines) == 2 + 2 + 2  # two shard headers, two ids, the makespan and estimates lines
+    as_json = run("plan", "--history", path, "--shards", 2, "--json")
+    assert sneaky in [t for shard in strict_json(as_json.stdout)["shards"] for t in shard["tests"]]

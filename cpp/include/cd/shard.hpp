@@ -6,7 +6,7 @@
 //   estimate : [{id, seconds, source}]   one per test to run
 //   plan     : [{tests: [id...], estimate_s}] x N shards
 //   dispatch : next_batch(worker, now) -> {Batch | Wait | Done};
-//              report(worker, batch, [{id, passed, seconds}])
+//              report(worker, batch, [{id, passed, seconds, message, skipped}])
 #pragma once
 
 #include <cstdint>
@@ -63,8 +63,12 @@ struct DurationFile {
   DurationMap durations;
 };
 
+// No test runs for a week: a larger figure is a corrupt file, and the bound
+// keeps every sum of durations finite.
+inline constexpr double kMaxTestDurationSeconds = 7 * 24 * 3600.0;
+
 // Reads and checks one file: valid UTF-8, a JSON object whose values are
-// finite numbers of seconds >= 0. Parsed with simdjson, so that a history of
+// numbers of seconds between 0 and kMaxTestDurationSeconds. Parsed with simdjson, so that a history of
 // a million tests reads in a fraction of a second. Throws InvalidInput with
 // a message that names the file and, where there is one, the test.
 DurationFile read_duration_file(const std::string& path);
@@ -155,6 +159,9 @@ struct TestResult {
   bool passed = false;
   double seconds = 0.0;
   std::string message;  // failure text, kept for the report
+  // The runner did not run the test (pytest's skip, skipif, xfail): it is
+  // decided, not re-run, and neither passes nor gates. `passed` is ignored.
+  bool skipped = false;
 };
 
 enum class Verdict {
@@ -162,6 +169,7 @@ enum class Verdict {
   Passed,   // passed on its first attempt
   Flaky,    // failed, then passed on another attempt
   Failed,   // failed on every attempt
+  Skipped,  // the runner skipped it on its first attempt: resolved, never gates
 };
 
 const char* to_string(Verdict verdict);
@@ -171,6 +179,7 @@ struct Attempt {
   bool passed = false;
   double seconds = 0.0;
   std::string message;
+  bool skipped = false;
 };
 
 struct TestOutcome {
@@ -186,6 +195,7 @@ struct DispatchStats {
   std::size_t passed = 0;
   std::size_t flaky = 0;
   std::size_t failed = 0;
+  std::size_t skipped = 0;
   std::size_t batches_handed_out = 0;
   std::size_t batches_in_flight = 0;
   std::size_t speculative_batches = 0;
@@ -209,8 +219,12 @@ class Dispatcher {
 
   // Results for a batch this worker was given. Tests of the batch missing
   // from `results` count as failed attempts ("no result reported"). Results
-  // for a test already decided by another copy are ignored. Throws
-  // InvalidState for a batch not in flight on this worker.
+  // for a test already decided by another copy are ignored. A skipped result
+  // decides its test as Skipped (as Flaky after an earlier failure: it did
+  // not fail again, but it did fail once). Throws InvalidState for a batch
+  // not in flight on this worker, and InvalidInput for a result whose
+  // seconds are negative or not finite; either way nothing is recorded and
+  // the batch stays in flight, so the caller can still report_error it.
   void report(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results);
 
   // The batch failed as a whole (runner crashed, unreadable report): every
