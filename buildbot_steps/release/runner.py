@@ -34,6 +34,9 @@ whitespace): it is built from fixed options and checked values only.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -53,11 +56,15 @@ from buildbot_steps.release.inventory import (
     Selection,
     check_word,
 )  # fmt: skip
-from buildbot_steps.release.transports import CommandSpec, SshTransport
+from buildbot_steps.release.transports import CommandSpec, PushStep, SshTransport
 
 STATUS_OUTPUT_BYTES = 64 * 1024
 
-PUSH_STEPS = ("prepare", "transfer", "commit")
+# host_release.sh's exit code when another run holds the deploy root's lock.
+EXIT_HOST_BUSY = 6
+BUSY_LINE = re.compile(r"busy since=(\S+) what=(\S+)")
+COMMITTED_LINE = re.compile(r"^host_release: committed (slot=\d+ seq=\d+)$", re.MULTILINE)
+NO_SPACE_TEXT = "No space left on device"
 
 
 # --- reports ---------------------------------------------------------------
@@ -245,26 +252,30 @@ class ReleaseRunner:
 
     # -- actions ---------------------------------------------------------
 
-    def push(self, source, revision: str, build="0", hosts: Iterable[str] | None = None) -> RunReport:
-        """Transfer `source` into a fresh slot on every host (or `hosts`)."""
-        source_dir = self._check_source(source)
+    def push(self, source, revision: str, build="0", hosts: Iterable[str] | None = None,
+             allow_empty: bool = False) -> RunReport:  # fmt: skip
+        """Transfer `source` into a fresh slot on every host (or `hosts`).
+
+        On each host the transfer and the commit run under the deploy root's
+        lock, held by the host script (see host_release.sh): a push, flip or
+        rollback from another process or master is refused, never mixed in.
+        An empty `source` is refused unless `allow_empty`.
+        """
+        source_dir = self._check_source(source, allow_empty)
         revision = check_word(revision, "revision")
         build = check_word(build, "build")
-        now = str(int(time.time()))
+        transfer_args = [str(self.slots), revision, build, str(int(time.time())), owner_word("push", revision)]
         chosen = self._hosts(Selection(names=tuple(hosts)) if hosts is not None else ALL_HOSTS)
 
-        def steps(host: Host) -> list[CommandSpec]:
-            return [
-                self._script(host, "prepare"),
-                self.transport.rsync_command(host, source_dir),
-                self._script(host, "commit", str(self.slots), revision, build, now),
-            ]
+        def steps(host: Host) -> list[PushStep]:
+            return self.transport.push_steps(host, source_dir, transfer_args)
 
         with deploy_lock(f"push {revision}", self.inventory.hosts):
-            report = self._run("push", chosen, steps, PUSH_STEPS, revision)
+            report = self._run("push", chosen, steps, revision)
         for host in report.hosts:
             if host.ok:
-                host.details = parse_key_values(last_line(host.details.pop("stdout", "")))
+                committed = COMMITTED_LINE.findall(host.details.pop("stderr", ""))
+                host.details = parse_key_values(committed[-1]) if committed else {}
         return report
 
     def flip(
@@ -278,7 +289,7 @@ class ReleaseRunner:
         revision = check_word(revision, "revision")
         chosen = self._eligible(selection, only_hosts)
         with deploy_lock(f"flip {revision}", self.inventory.hosts):
-            return self._simple("flip", chosen, [revision], revision)
+            return self._simple("flip", chosen, [owner_word("flip", revision), revision], revision)
 
     def rollback(self, revision: str | None = None, selection: Selection = ALL_HOSTS) -> RunReport:
         """Flip back to the recorded previous release.
@@ -286,7 +297,8 @@ class ReleaseRunner:
         With `revision` (the bad one), only hosts live on it move; the others
         (never flipped, or already rolled back) report changed=no.
         """
-        args = [check_word(revision, "revision")] if revision is not None else []
+        args = [owner_word("rollback", revision)]
+        args += [check_word(revision, "revision")] if revision is not None else []
         chosen = self._eligible(selection, None)
         with deploy_lock("rollback" + (f" {revision}" if revision else ""), self.inventory.hosts):
             return self._simple("rollback", chosen, args, revision)
@@ -294,7 +306,7 @@ class ReleaseRunner:
     def status(self, selection: Selection = ALL_HOSTS) -> RunReport:
         """What is live and what is in every slot, per host (no lock: read only)."""
         report = self._run("status", self._hosts(selection),
-                           lambda h: [self._script(h, "status", str(self.slots))], ("status",), None)  # fmt: skip
+                           lambda h: [("status", self._script(h, "status", str(self.slots)))], None)  # fmt: skip
         for host in report.hosts:
             stdout = host.details.pop("stdout", "")
             if host.ok:
@@ -310,10 +322,17 @@ class ReleaseRunner:
 
     # -- internals -------------------------------------------------------
 
-    def _check_source(self, source) -> str:
+    def _check_source(self, source, allow_empty: bool) -> str:
         path = Path(source)
         if not path.is_dir():
             raise InvalidInput(f"release source {str(source)!r} is not a directory")
+        # An empty tree would be pushed as a release that serves nothing: a
+        # build that failed to produce its output, most likely.
+        if not allow_empty and next(path.iterdir(), None) is None:
+            raise InvalidInput(
+                f"release source {str(source)!r} is empty; build into it first, or allow an empty release "
+                "explicitly (allow_empty=True, --allow-empty)"
+            )
         # Absolute, so rsync never reads "name:path" as a remote source.
         return str(path.resolve())
 
@@ -338,17 +357,19 @@ class ReleaseRunner:
         return self.transport.script_command(host, action, [host.deploy_root, *args])
 
     def _simple(self, action: str, hosts: list[Host], args: list[str], revision) -> RunReport:
-        report = self._run(action, hosts, lambda h: [self._script(h, action, *args)], (action,), revision)
+        report = self._run(action, hosts, lambda h: [(action, self._script(h, action, *args))], revision)
         for host in report.hosts:
             stdout = host.details.pop("stdout", "")
             if host.ok:
                 host.details = parse_key_values(last_line(stdout))
         return report
 
-    def _run(self, action, hosts: list[Host], steps_for, step_names, revision) -> RunReport:
+    def _run(self, action, hosts: list[Host], steps_for: Callable[[Host], list[PushStep]], revision) -> RunReport:
         if not hosts:
             raise InvalidInput(f"{action}: no hosts selected")
-        jobs = [_core.HostJob(host=h.name, steps=[to_command(s) for s in steps_for(h)]) for h in hosts]
+        steps = {h.name: steps_for(h) for h in hosts}
+        step_names = tuple(name for name, _ in steps[hosts[0].name])
+        jobs = [_core.HostJob(host=h.name, steps=[to_command(spec) for _, spec in steps[h.name]]) for h in hosts]
         options = _core.FanoutOptions(
             concurrency=self.settings.concurrency,
             host_timeout_s=float(self.settings.host_timeout_s),
@@ -363,7 +384,7 @@ class ReleaseRunner:
                 fanout.cancel()
             self._fanout = fanout
         started = time.monotonic()
-        callback = self._progress_adapter(step_names) if self.progress else None
+        callback = self._progress_adapter(step_names, hosts) if self.progress else None
         try:
             results = fanout.run(jobs, callback) if callback else fanout.run(jobs)
         except ValueError as error:  # the engine's InvalidInputError
@@ -371,12 +392,16 @@ class ReleaseRunner:
         finally:
             with self._lock:
                 self._fanout = None
-        reports = [host_report(r, step_names) for r in results]
+        by_name = {h.name: h for h in hosts}
+        reports = [host_report(r, step_names, by_name[r.host]) for r in results]
         return RunReport(action, reports, time.monotonic() - started, revision)
 
-    def _progress_adapter(self, step_names):
+    def _progress_adapter(self, step_names, hosts: list[Host]):
+        by_name = {h.name: h for h in hosts}
+
         def on_host_done(result, progress) -> None:
-            self.progress(host_report(result, step_names), progress.done, progress.total, progress.failed)
+            report = host_report(result, step_names, by_name[result.host])
+            self.progress(report, progress.done, progress.total, progress.failed)
 
         return on_host_done
 
@@ -387,7 +412,42 @@ def to_command(spec: CommandSpec) -> _core.Command:
     )
 
 
-def host_report(result, step_names) -> HostReport:
+def owner_word(action: str, revision: str | None) -> str:
+    """Who holds a host's lock, as host_release.sh records it: action/revision/master/pid."""
+    origin = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64].strip(".-") or "master"
+    return check_word(f"{action}/{revision or 'any'}/{origin}/{os.getpid()}", "lock owner")
+
+
+def busy_message(host: Host, stderr: str) -> str | None:
+    """host_release.sh's lock refusal, named by host and deploy root."""
+    found = BUSY_LINE.search(stderr)
+    if found is None:
+        return None
+    since, what = found.groups()
+    parts = what.split("/")
+    if len(parts) == 4:
+        what = f"{parts[0]} {parts[1]} from {parts[2]} pid {parts[3]}"
+    return f"another deploy holds {host.name}:{host.deploy_root} since {since} ({what})"
+
+
+def failure_message(result, host: Host) -> str:
+    stderr = result.stderr_tail
+    if result.exit_code == EXIT_HOST_BUSY:
+        busy = busy_message(host, stderr)
+        if busy:
+            return busy
+    # rsync's receiver (or the script's mv) says ENOSPC; what reaches the end
+    # of stderr is often the sender's "broken pipe", which explains nothing.
+    if NO_SPACE_TEXT in stderr:
+        return f"no space left on {host.name}:{host.deploy_root}"
+    return last_line(stderr) or {
+        "timed_out": "host timeout",
+        "skipped": "skipped: failure budget exhausted",
+        "cancelled": "cancelled",
+    }.get(str(result.status), f"exit code {result.exit_code}")
+
+
+def host_report(result, step_names, host: Host) -> HostReport:
     failed = result.failed_step if 0 <= result.failed_step < len(step_names) else None
     report = HostReport(
         host=result.host,
@@ -399,11 +459,7 @@ def host_report(result, step_names) -> HostReport:
         bytes_sent=result.bytes_sent,
     )
     if report.ok:
-        report.details = {"stdout": result.stdout_tail}
+        report.details = {"stdout": result.stdout_tail, "stderr": result.stderr_tail}
     else:
-        report.error = last_line(result.stderr_tail) or {
-            "timed_out": "host timeout",
-            "skipped": "skipped: failure budget exhausted",
-            "cancelled": "cancelled",
-        }.get(report.status, f"exit code {result.exit_code}")
+        report.error = failure_message(result, host)
     return report

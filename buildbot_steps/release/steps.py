@@ -46,8 +46,9 @@ class _ReleaseStep(buildstep.BuildStep):
                  ssh_options=(), slots=release.DEFAULT_SLOTS, concurrency=release.FanoutSettings.concurrency,
                  host_timeout=release.FanoutSettings.host_timeout_s, retries=release.FanoutSettings.max_retries,
                  max_fail_fraction=release.FanoutSettings.max_fail_fraction, tolerate_failures=0,
-                 tag=None, count=None, fraction=None, **kwargs):  # fmt: skip
+                 tag=None, count=None, fraction=None, preserve_privileged=False, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
+        self.preserve_privileged = bool(preserve_privileged)
         self.inventory = inventory
         self.revision = revision
         self.transport = transport
@@ -109,11 +110,12 @@ class _ReleaseStep(buildstep.BuildStep):
 
     def _make_transport(self):
         if self.transport == "local":
-            return release.LocalTransport()
+            return release.LocalTransport(preserve_privileged=self.preserve_privileged)
         return release.SshTransport(
             known_hosts=self.known_hosts if not is_renderable(self.known_hosts) else None,
             identity_file=self.identity_file if not is_renderable(self.identity_file) else None,
             extra_options=self.ssh_options,
+            preserve_privileged=self.preserve_privileged,
         )
 
     def _selection(self) -> release.Selection:
@@ -216,7 +218,10 @@ class _ReleaseStep(buildstep.BuildStep):
 
 
 class PushRelease(_ReleaseStep):
-    """Transfer `source` (a directory on the master) into a free slot on every host."""
+    """Transfer `source` (a directory on the master) into a free slot on every host.
+
+    An empty `source` fails the step unless `allow_empty=True`.
+    """
 
     name = "push_release"
     description = ["pushing"]
@@ -225,8 +230,9 @@ class PushRelease(_ReleaseStep):
     renderables = ["source", "build_number"]
 
     def __init__(self, source=None, revision=properties.Property("got_revision", default=properties.Property("revision")),
-                 build=properties.Property("buildnumber"), **kwargs):  # fmt: skip
+                 build=properties.Property("buildnumber"), allow_empty=False, **kwargs):  # fmt: skip
         self.source = source
+        self.allow_empty = bool(allow_empty)
         self.build_number = build  # not self.build: that is the running Build
         super().__init__(revision=revision, **kwargs)
         if source is None:
@@ -239,7 +245,7 @@ class PushRelease(_ReleaseStep):
             raise release.InvalidInput("no revision to push (set revision=, or the got_revision property)")
         release.check_word(revision, "revision")
         release.check_word(build, "build")
-        return lambda: runner.push(source, str(revision), build)
+        return lambda: runner.push(source, str(revision), build, allow_empty=self.allow_empty)
 
     def _set_figures(self, report) -> None:
         super()._set_figures(report)

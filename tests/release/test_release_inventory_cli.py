@@ -114,11 +114,18 @@ def test_ssh_commands_are_fixed_words_plus_checked_values():
     assert script.argv[-7:] == ["deploy@web1.example.com", "sh", "-s", "--", "flip", "/srv/app", "abc123"]
     assert "StrictHostKeyChecking=yes" in script.argv and "ControlPath=/run/c/%C" in script.argv
     assert script.stdin_data.startswith("# host_release.sh")
-    rsync = transport.rsync_command(host, "/build/tree")
+    steps = dict(transport.push_steps(host, "/build/tree", ["5", "abc123", "7", "1700000000", "push/abc123/m/1"]))
+    assert list(steps) == ["prepare", "install", "transfer"]
+    rsync = steps["transfer"]
     assert "--inplace" not in rsync.argv and "-L" not in rsync.argv and "--copy-links" not in rsync.argv
     assert rsync.argv[-2:] == ["/build/tree/", "deploy@web1.example.com:/srv/app/releases/.incoming/"]
     remote_shell = rsync.argv[rsync.argv.index("-e") + 1]
     assert remote_shell.startswith("ssh -o BatchMode=yes") and remote_shell.endswith("-p 2222")
+    # The receiving rsync runs through the installed host script, under its lock.
+    receiver = next(a for a in rsync.argv if a.startswith("--rsync-path="))
+    assert receiver.split()[:4] == ["--rsync-path=sh", f"/srv/app/{release.transports.installed_script_name()}",
+                                    "transfer", "/srv/app"]  # fmt: skip
+    assert receiver.endswith(" -- rsync")
     assert "--link-dest=/srv/app/current" in rsync.argv
 
 
