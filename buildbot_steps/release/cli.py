@@ -31,7 +31,9 @@ def add_release_commands(subparsers) -> None:
     push.add_argument("--revision", required=True, help="revision recorded in the manifest")
     push.add_argument("--build", default="0", help="build number recorded in the manifest")
     push.add_argument("--hosts", help="comma-separated host names (default: all)")
-    push.add_argument("--allow-empty", action="store_true", help="push an empty source tree (refused otherwise)")
+    push.add_argument(
+        "--allow-empty", action="store_true", help="push an empty source tree (refused otherwise)"
+    )
     push.add_argument(
         "--preserve-privileged", action="store_true",
         help="reproduce owners, groups, device/special files and setuid/setgid bits from the tree",
@@ -131,22 +133,28 @@ def run_interruptibly(runner: release.ReleaseRunner, work: Work) -> tuple[releas
     Returns the report and whether it was interrupted.
     """
     outcome: dict = {}
+    finished = threading.Event()
 
     def target() -> None:
         try:
             outcome["report"] = work()
         except BaseException as error:  # handed to the main thread, raised there
             outcome["error"] = error
+        finally:
+            finished.set()
 
     worker = threading.Thread(target=target, name="buildbot-cd-fanout", daemon=True)
     worker.start()
     interrupted = False
-    while worker.is_alive():
+    # Event.wait, not Thread.join: a join interrupted by Ctrl-C can leave the
+    # thread looking finished while it runs (CPython gh-90882).
+    while not finished.is_set():
         try:
-            worker.join()
+            finished.wait()
         except KeyboardInterrupt:
             interrupted = True
             runner.cancel()  # children are killed; the report comes back promptly
+    worker.join()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["report"], interrupted

@@ -83,10 +83,8 @@ is_safe_word() {
   esac
 }
 
-# acquire_lock OWNER: the deploy root's lock, held until this script (and the
-# rsync it runs) exits. A kernel lock (flock): it dies with its holder, so a
-# crash or kill -9 never leaves a stale lock. Refuses, never waits.
-acquire_lock() {
+# try_lock: take the deploy root's lock on fd 9, or refuse saying who holds it.
+try_lock() {
   mkdir -p "$root"
   lock=$root/$LOCK_FILE
   [ ! -L "$lock" ] || die $EXIT_USAGE "$lock is a symlink: remove it"
@@ -95,6 +93,13 @@ acquire_lock() {
     holder=$(head -c 512 "$lock" | tr -c 'A-Za-z0-9._/:= \n-' '_')
     die $EXIT_BUSY "busy $(echo $holder)"
   fi
+}
+
+# acquire_lock OWNER: the deploy root's lock, held until this script (and the
+# rsync it runs) exits. A kernel lock (flock): it dies with its holder, so a
+# crash or kill -9 never leaves a stale lock. Refuses, never waits.
+acquire_lock() {
+  try_lock
   # Who holds it, for the refusal above: rewritten in place (the lock is on
   # the open file, not its content).
   : >"$lock"
@@ -181,8 +186,11 @@ switch_current() {
     die $EXIT_NOT_VERIFIED "current does not point at releases/$1 after the flip"
 }
 
+# Also refuses early when another deploy holds the lock: over ssh, a refusal
+# inside the transfer reaches the fan-out as rsync's (retried) code 12.
 do_prepare() {
   mkdir -p "$root/.bbcd" "$rel"
+  try_lock
 }
 
 # check_rsync ARG...: the transfer command is rsync writing into the staging

@@ -264,7 +264,13 @@ class ReleaseRunner:
         source_dir = self._check_source(source, allow_empty)
         revision = check_word(revision, "revision")
         build = check_word(build, "build")
-        transfer_args = [str(self.slots), revision, build, str(int(time.time())), owner_word("push", revision)]
+        transfer_args = [
+            str(self.slots),
+            revision,
+            build,
+            str(int(time.time())),
+            owner_word("push", revision),
+        ]
         chosen = self._hosts(Selection(names=tuple(hosts)) if hosts is not None else ALL_HOSTS)
 
         def steps(host: Host) -> list[PushStep]:
@@ -364,12 +370,16 @@ class ReleaseRunner:
                 host.details = parse_key_values(last_line(stdout))
         return report
 
-    def _run(self, action, hosts: list[Host], steps_for: Callable[[Host], list[PushStep]], revision) -> RunReport:
+    def _run(
+        self, action, hosts: list[Host], steps_for: Callable[[Host], list[PushStep]], revision
+    ) -> RunReport:
         if not hosts:
             raise InvalidInput(f"{action}: no hosts selected")
         steps = {h.name: steps_for(h) for h in hosts}
         step_names = tuple(name for name, _ in steps[hosts[0].name])
-        jobs = [_core.HostJob(host=h.name, steps=[to_command(spec) for _, spec in steps[h.name]]) for h in hosts]
+        jobs = [
+            _core.HostJob(host=h.name, steps=[to_command(spec) for _, spec in steps[h.name]]) for h in hosts
+        ]
         options = _core.FanoutOptions(
             concurrency=self.settings.concurrency,
             host_timeout_s=float(self.settings.host_timeout_s),
@@ -432,10 +442,11 @@ def busy_message(host: Host, stderr: str) -> str | None:
 
 def failure_message(result, host: Host) -> str:
     stderr = result.stderr_tail
-    if result.exit_code == EXIT_HOST_BUSY:
-        busy = busy_message(host, stderr)
-        if busy:
-            return busy
+    # Exit code EXIT_HOST_BUSY from a script step; inside the transfer, rsync's
+    # own code (the protocol stream ended): the script's line says it either way.
+    busy = busy_message(host, stderr)
+    if busy:
+        return busy
     # rsync's receiver (or the script's mv) says ENOSPC; what reaches the end
     # of stderr is often the sender's "broken pipe", which explains nothing.
     if NO_SPACE_TEXT in stderr:

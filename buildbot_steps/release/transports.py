@@ -201,7 +201,11 @@ class LocalTransport:
 
     def push_steps(self, host: Host, source: str, transfer_args: list[str]) -> list[PushStep]:
         """prepare (mkdir), then the rsync run by the host script under its lock."""
-        rsync = [*rsync_base(host, self.preserve_privileged), f"{source}/", f"{host.deploy_root}/{STAGING_DIR}/"]
+        rsync = [
+            *rsync_base(host, self.preserve_privileged),
+            f"{source}/",
+            f"{host.deploy_root}/{STAGING_DIR}/",
+        ]
         transfer = ["sh", host_script_path(), "transfer", host.deploy_root, *transfer_args, "--", *rsync]
         return [
             ("prepare", self.script_command(host, "prepare", [host.deploy_root])),

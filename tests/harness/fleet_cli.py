@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ T = TypeVar("T")
 
 WAIT_S = 60.0  # deadline for events the tests wait on; they normally take < 1 s
 POLL_S = 0.01  # polling a process list, under that deadline
+STAGING_MARK = "releases/.incoming"
 BIG_FILE_BYTES = 8 * 1024 * 1024  # incompressible: the transfer lasts long enough to be stopped
 
 
@@ -43,10 +45,29 @@ def cli_argv(fleet: SshdFleet, inventory: Path, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
-def start_cli_push(fleet: SshdFleet, hosts: list[SshdHost], workdir: Path, tree: Path, revision: str) -> subprocess.Popen:
+def start_cli_push(
+    fleet: SshdFleet, hosts: list[SshdHost], workdir: Path, tree: Path, revision: str, *extra: str
+) -> subprocess.Popen:
     inventory = write_inventory(fleet, hosts, workdir / f"inventory-{revision}.json")
-    argv = cli_argv(fleet, inventory, "push", "--source", str(tree), "--revision", revision)
+    argv = cli_argv(fleet, inventory, "push", "--source", str(tree), "--revision", revision, *extra)
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class LineCollector:
+    """Reads a process's stream in a thread, so a test can wait for a line with a deadline."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        self._thread.join(WAIT_S)
+        return "".join(self.lines)
 
 
 def wait_for(condition: Callable[[], T], what: str) -> T:
@@ -63,11 +84,24 @@ def stop_receivers(fleet: SshdFleet, hosts: list[SshdHost]) -> dict[str, list[in
     """SIGSTOP the receiving rsync on each host once it runs: {host name: pids}."""
     stopped = {}
     for host in hosts:
-        pids = wait_for(lambda h=host: fleet.session_pids(h, "rsync"), f"rsync on {host.name}")
+        pids = wait_for(lambda h=host: receiver_pids(fleet, h), f"the receiving rsync on {host.name}")
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         stopped[host.name] = pids
     return stopped
+
+
+def receiver_pids(fleet: SshdFleet, host: SshdHost) -> list[int]:
+    """The host's rsync writing into the staging directory (not the one installing the script)."""
+    return [pid for pid in fleet.session_pids(host, "rsync") if STAGING_MARK in command_line(pid)]
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def signal_all(stopped: dict[str, list[int]], signum: int) -> None:

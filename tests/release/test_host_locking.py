@@ -31,9 +31,9 @@ def test_a_push_from_another_process_is_refused_never_mixed(make_runner, make_tr
         ours = runner.push(make_tree("v2", {"app/version.txt": "v2\n"}), "v2", "2")
         for host in hosts:
             report = ours.by_host()[host.name]
-            assert report.status == "failed" and report.failed_step == "transfer", ours.to_text()
+            assert report.status == "failed" and report.failed_step == "prepare", ours.to_text()
             assert report.error.startswith(f"another deploy holds {host.name}:{host.deploy_root} since 20")
-            assert f"(push v1 from " in report.error and f" pid {other.pid})" in report.error
+            assert "(push v1 from " in report.error and f" pid {other.pid})" in report.error
         # Flip and rollback wait for nobody either.
         flipped = runner.flip("v1")
         assert all("another deploy holds" in h.error for h in flipped.hosts), flipped.to_text()
@@ -50,7 +50,8 @@ def test_a_push_from_another_process_is_refused_never_mixed(make_runner, make_tr
 
 def test_a_killed_holder_leaves_no_stale_lock(make_runner, make_tree, fleet, tmp_path):
     hosts = fleet.hosts[:2]
-    other = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1")
+    # No retries: the push whose holders die fails (a retry would take the lock again and succeed).
+    other = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1", "--retries", "0")
     stopped = stop_receivers(fleet, hosts)
     # kill -9 the holder on each host: the script holding the lock and its rsync.
     for host in hosts:
@@ -69,12 +70,14 @@ def test_a_killed_holder_leaves_no_stale_lock(make_runner, make_tree, fleet, tmp
         versions_match_manifests(host.deploy_root)
 
 
-def test_the_lock_file_records_its_holder_and_a_symlinked_lock_is_refused(make_runner, make_tree, fleet, tmp_path):
+def test_the_lock_file_records_its_holder_and_a_symlinked_lock_is_refused(
+    make_runner, make_tree, fleet, tmp_path
+):
     host = fleet.hosts[0]
     runner = make_runner(hosts=[host])
     assert runner.push(make_tree("v1", {"a": "1"}), "v1", "1").all_ok
     recorded = (host.deploy_root / ".deploy.lock").read_text()
-    assert recorded.startswith("since=20") and f"what=push/v1/" in recorded
+    assert recorded.startswith("since=20") and "what=push/v1/" in recorded
     (host.deploy_root / ".deploy.lock").unlink()
     (host.deploy_root / ".deploy.lock").symlink_to(tmp_path / "elsewhere")
     refused = runner.flip("v1")

@@ -55,7 +55,9 @@ def test_a_manifest_in_the_tree_is_neither_transferred_nor_followed(make_runner,
     slot = pushed.hosts[0].details["slot"]
     written = host.deploy_root / "releases" / slot / ".release"
     assert written.is_file() and not written.is_symlink()
-    assert manifest(host.deploy_root, slot)["revision"] == "v1" and "previous" not in manifest(host.deploy_root, slot)
+    assert manifest(host.deploy_root, slot)["revision"] == "v1" and "previous" not in manifest(
+        host.deploy_root, slot
+    )
     assert not (host.deploy_root / "releases" / slot / ".release.tmp").exists()
     assert outside.read_text() == "untouched\n"
     # The forged revision is no release: its flip is refused.

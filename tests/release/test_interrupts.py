@@ -9,30 +9,24 @@ from __future__ import annotations
 import os
 import signal
 
-from harness.sshd_hosts import descendant_pids
 from harness.fleet_cli import (
     WAIT_S,
+    LineCollector,
     big_tree,
+    command_line,
     signal_all,
     start_cli_push,
     stop_receivers,
     versions_match_manifests,
     wait_for,
 )  # fmt: skip
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+from harness.sshd_hosts import descendant_pids, process_name
 
 
 def transfer_children(cli_pid: int) -> list[int]:
     """The push's rsync and ssh processes, not ssh's shared connection ([mux] master),
     which outlives any one command by design (ControlPersist)."""
-    return [p for p in descendant_pids(cli_pid) if "[mux]" not in cmdline(p) and cmdline(p)]
+    return [p for p in descendant_pids(cli_pid) if "[mux]" not in command_line(p) and command_line(p)]
 
 
 def alive(pid: int) -> bool:
@@ -49,13 +43,14 @@ def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converge
     cli = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1")
     stopped = stop_receivers(fleet, hosts)
     children = transfer_children(cli.pid)
-    assert any("rsync" in cmdline(p) for p in children), [cmdline(p) for p in children]
+    rsyncs = [p for p in children if process_name(p) == "rsync"]
+    assert rsyncs, [command_line(p) for p in children]
     cli.kill()
     cli.communicate(timeout=WAIT_S)
-    # While the hosts' side is still stopped, the master's side must already be gone:
-    # a transfer left running would finish (and commit) behind the operator's back.
-    wait_for(lambda: not any(alive(p) for p in children if "rsync" in cmdline(p) or not cmdline(p)),
-             "the killed push's rsync to exit")  # fmt: skip
+    # While the hosts' side is still stopped, the master's rsync must already be
+    # gone: a transfer left running would finish (and commit) behind the
+    # operator's back. (Its ssh waits for the host's side to see the end.)
+    wait_for(lambda: not any(alive(p) for p in rsyncs), "the killed push's rsync to exit")
     signal_all(stopped, signal.SIGCONT)
     wait_for(lambda: not any(alive(p) for p in children), "the killed push's ssh and rsync to exit")
     wait_for(lambda: not any(fleet.session_pids(h, "rsync") for h in hosts), "the hosts' rsync to exit")
@@ -76,11 +71,15 @@ def test_ctrl_c_cancels_at_once_and_says_which_hosts_committed(make_runner, make
     done_host, stuck_host = fleet.hosts[:2]
     cli = start_cli_push(fleet, [done_host, stuck_host], tmp_path, big_tree(make_tree, "v1"), "v1")
     stopped = stop_receivers(fleet, [stuck_host])
+    progress, output = LineCollector(cli.stderr), LineCollector(cli.stdout)
     try:
-        wait_for(lambda: (done_host.deploy_root / "releases/0/.release").is_file(), f"commit on {done_host.name}")
+        wait_for(
+            lambda: any(f"{done_host.name}: ok" in line for line in progress.lines), f"{done_host.name} done"
+        )
         os.kill(cli.pid, signal.SIGINT)
         # Well before the host timeout (600 s by default): the transfer is cancelled.
-        out, err = cli.communicate(timeout=WAIT_S)
+        cli.wait(timeout=WAIT_S)
+        out, err = output.text(), progress.text()
     finally:
         signal_all(stopped, signal.SIGCONT)
     assert cli.returncode == 130, out + err
