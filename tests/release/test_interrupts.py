@@ -37,8 +37,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converges(make_runner, make_tree, fleet,
-                                                                                 tmp_path):  # fmt: skip
+def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converges(
+    make_runner, make_tree, fleet, tmp_path
+):
     hosts = fleet.hosts[:2]
     cli = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1")
     stopped = stop_receivers(fleet, hosts)
