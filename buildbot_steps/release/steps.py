@@ -23,7 +23,7 @@ from __future__ import annotations
 from buildbot import config
 from buildbot.interfaces import IRenderable
 from buildbot.process import buildstep, properties
-from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.process.results import CANCELLED, FAILURE, SUCCESS, WARNINGS
 from twisted.internet import threads
 
 from buildbot_steps import release
@@ -158,6 +158,10 @@ class _ReleaseStep(buildstep.BuildStep):
         return FAILURE
 
     def _results(self, report: release.RunReport) -> int:
+        if self.stopped:
+            # Stopped build: the running transfers were killed; the summary and
+            # the hosts log say which hosts were done and which were not.
+            return CANCELLED
         failed = len(report.failed_hosts)
         if not report.hosts:
             return WARNINGS  # nothing selected: nothing done, say so
