@@ -11,7 +11,7 @@ CPP_BUILD := build/cpp
 # components the tests start (sshd, rsync, PostgreSQL, Chromium), and the
 # peers the benchmarks compare against (pssh, ClusterShell).
 DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-dev \
-	libfmt-dev libgtest-dev rsync openssh-server openssh-client postgresql \
+	libfmt-dev libgtest-dev libsimdjson-dev rsync openssh-server openssh-client postgresql \
 	chromium chromium-driver pssh clustershell clang-format
 
 .PHONY: demo demo-stop test test-cpp test-python lint-cpp deps venv install cpp-tests clean
