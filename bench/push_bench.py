@@ -526,9 +526,10 @@ class Ours:
                     spec = super().script_command(host, action, args)
                     return dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv])
 
-                def rsync_command(self, host, source):
-                    spec = super().rsync_command(host, source)
-                    return dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv])
+                def push_steps(self, host, source, transfer_args):
+                    steps = super().push_steps(host, source, transfer_args)
+                    return [(name, dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv]))
+                            for name, spec in steps]  # fmt: skip
 
             self.transport_class = SetsidSshTransport
 
@@ -1026,8 +1027,9 @@ def print_table(report: dict, args) -> None:
           f"the rate of one rsync of the tree to one host ({ref['single_stream_bytes_per_s'] / MIB:.0f} MiB/s, "
           f"connection included); parallel streams on {cfg['cpus']} CPUs can beat it somewhat: a reference, not a "
           "hard floor. ref: ssh true = one connection per host at the given window, the floor of any ssh fan-out.")  # fmt: skip
-    print("Setup: ours pushes into release slots (prepare, rsync into an emptied staging dir with --link-dest "
-          "against the live slot, commit: three ssh commands per host over one ControlMaster connection), starting "
+    print("Setup: ours pushes into release slots (prepare, install the host script, rsync through it into an "
+          "emptied staging dir with --link-dest against the live slot and commit, under the deploy root's lock: "
+          "three ssh commands per host over one ControlMaster connection), starting "
           "every push on cold ssh connections, and flips after each push (not in the push time). The in-place "
           "peers rsync (-a --delete) into a plain directory per host, the second push over its copy of tree 1; the "
           "slot peers as described above. All prsync/clush rows reach a per-host directory via --rsync-path "

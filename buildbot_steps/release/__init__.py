@@ -3,6 +3,7 @@
 inventory.py      hosts, the inventory file, selections, and the checks on every value
 transports.py     ssh (the real one) and local paths: argument vectors for each host
 runner.py         ReleaseRunner (push, flip, rollback, status) over the core's Fanout
+reports.py        HostReport, RunReport, and the words of refusals and failures
 steps.py          PushRelease, FlipRelease, RollbackRelease for master.cfg
 cli.py            `buildbot-cd push | flip | rollback | status`
 host_release.sh   the one fixed script each host runs (slots, manifest, flip)

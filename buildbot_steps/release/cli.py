@@ -3,7 +3,9 @@
 These work with the master down: everything comes from an inventory file and
 options. `buildbot_steps.cli` registers them beside `plan` and `simulate`.
 
-Exit codes: 0 every host ok, 1 some host failed, 2 bad input or refused.
+Exit codes: 0 every host ok, 1 some host failed, 2 bad input or refused,
+130 interrupted (Ctrl-C): running transfers are cancelled at once and the
+report says which hosts committed and which did not.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+from collections.abc import Callable
 
 from buildbot_steps import release
 
 EXIT_OK = 0
 EXIT_HOST_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
 
 
 def add_release_commands(subparsers) -> None:
@@ -26,6 +31,13 @@ def add_release_commands(subparsers) -> None:
     push.add_argument("--revision", required=True, help="revision recorded in the manifest")
     push.add_argument("--build", default="0", help="build number recorded in the manifest")
     push.add_argument("--hosts", help="comma-separated host names (default: all)")
+    push.add_argument(
+        "--allow-empty", action="store_true", help="push an empty source tree (refused otherwise)"
+    )
+    push.add_argument(
+        "--preserve-privileged", action="store_true",
+        help="reproduce owners, groups, device/special files and setuid/setgid bits from the tree",
+    )  # fmt: skip
     push.set_defaults(func=run_push)
 
     flip = subparsers.add_parser("flip", help="make a pushed revision live (atomic symlink flip)")
@@ -80,12 +92,14 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
 
 def runner_from(args) -> release.ReleaseRunner:
     inventory = release.Inventory.from_file(args.inventory)
+    preserve = getattr(args, "preserve_privileged", False)
     if args.transport == "ssh":
         transport = release.SshTransport(
-            known_hosts=args.known_hosts, identity_file=args.identity, extra_options=tuple(args.ssh_option)
-        )
+            known_hosts=args.known_hosts, identity_file=args.identity, extra_options=tuple(args.ssh_option),
+            preserve_privileged=preserve,
+        )  # fmt: skip
     else:
-        transport = release.LocalTransport()
+        transport = release.LocalTransport(preserve_privileged=preserve)
     settings = release.FanoutSettings(
         concurrency=args.concurrency, host_timeout_s=args.timeout,
         max_retries=args.retries, max_fail_fraction=args.max_fail,
@@ -108,42 +122,92 @@ def selection_from(args) -> release.Selection:
     )
 
 
-def guarded(action):
+Work = Callable[[], release.RunReport]
+
+
+def run_interruptibly(runner: release.ReleaseRunner, work: Work) -> tuple[release.RunReport, bool]:
+    """Run `work` in a thread; Ctrl-C cancels the fan-out and waits for its report.
+
+    The fan-out blocks in the core for as long as the hosts take: in the main
+    thread, Ctrl-C would only be seen after the last host (or its timeout).
+    Returns the report and whether it was interrupted.
+    """
+    outcome: dict = {}
+    finished = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome["report"] = work()
+        except BaseException as error:  # handed to the main thread, raised there
+            outcome["error"] = error
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=target, name="buildbot-cd-fanout", daemon=True)
+    worker.start()
+    interrupted = False
+    # Event.wait, not Thread.join: a join interrupted by Ctrl-C can leave the
+    # thread looking finished while it runs (CPython gh-90882).
+    while not finished.is_set():
+        try:
+            finished.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            runner.cancel()  # children are killed; the report comes back promptly
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["report"], interrupted
+
+
+def interrupted_summary(command: str, report: release.RunReport) -> str:
+    done = ", ".join(report.ok_hosts) or "none"
+    not_done = ", ".join(report.failed_hosts) or "none"
+    return (
+        f"buildbot-cd {command}: interrupted; done on {len(report.ok_hosts)} host(s): {done}; "
+        f"not done (left as they were) on {len(report.failed_hosts)} host(s): {not_done}"
+    )
+
+
+def guarded(action: Callable[[release.ReleaseRunner, argparse.Namespace], Work]):
     """Bad input -> one line on stderr and exit 2, never a traceback."""
 
     def run(args) -> int:
         try:
-            report = action(args)
+            runner = runner_from(args)
+            report, interrupted = run_interruptibly(runner, action(runner, args))
         except (release.InvalidInput, release.DeployInProgress) as error:
             print(f"buildbot-cd {args.command}: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        except KeyboardInterrupt:
-            print(f"buildbot-cd {args.command}: interrupted", file=sys.stderr)
-            return EXIT_HOST_FAILED
         if getattr(args, "json", False):
             print(json.dumps([vars(h) for h in report.hosts], indent=2, sort_keys=True))
         else:
             print(report.to_text(), end="")
+        if interrupted:
+            print(interrupted_summary(args.command, report), file=sys.stderr)
+            return EXIT_INTERRUPTED
         return EXIT_OK if report.all_ok else EXIT_HOST_FAILED
 
     return run
 
 
 @guarded
-def run_push(args):
-    return runner_from(args).push(args.source, args.revision, args.build, host_names(args.hosts))
+def run_push(runner, args) -> Work:
+    return lambda: runner.push(
+        args.source, args.revision, args.build, host_names(args.hosts), allow_empty=args.allow_empty
+    )
 
 
 @guarded
-def run_flip(args):
-    return runner_from(args).flip(args.revision, selection_from(args))
+def run_flip(runner, args) -> Work:
+    return lambda: runner.flip(args.revision, selection_from(args))
 
 
 @guarded
-def run_rollback(args):
-    return runner_from(args).rollback(args.revision, selection_from(args))
+def run_rollback(runner, args) -> Work:
+    return lambda: runner.rollback(args.revision, selection_from(args))
 
 
 @guarded
-def run_status(args):
-    return runner_from(args).status(selection_from(args))
+def run_status(runner, args) -> Work:
+    return lambda: runner.status(selection_from(args))

@@ -5,6 +5,10 @@
 #   ROOT/current -> releases/K        the live release (a relative link)
 #   ROOT/releases/K/.release          manifest, written last: a slot with a
 #                                     manifest is complete
+#   ROOT/.deploy.lock                 flock(1) lock of a transfer, flip or
+#                                     rollback, with who holds it since when
+#   ROOT/.bbcd/host_release-*.sh      this script, installed by a push over ssh
+#                                     (rsync runs the transfer through it)
 #
 # Manifest lines: revision=, build=, time=, seq= (order of commits on this
 # host), and once flipped live: previous=, previous_seq= (the slot that was
@@ -13,24 +17,37 @@
 #
 # Usage, from buildbot_steps.release (over ssh the script comes on stdin):
 #   sh -s -- ACTION ARG...      or      sh host_release.sh ACTION ARG...
-#   prepare  ROOT                                 empty the staging directory
-#   commit   ROOT SLOTS REVISION BUILD TIME       staging -> a free slot
-#   flip     ROOT REVISION                        make REVISION live
-#   rollback ROOT [LIVE_REVISION]                 back to the recorded previous
+#   prepare  ROOT                                 make ROOT/.bbcd (no lock: changes nothing)
+#   transfer ROOT SLOTS REVISION BUILD TIME OWNER -- rsync ARG...
+#                                                 lock, empty the staging directory, run the
+#                                                 rsync (the receiving side over ssh), then
+#                                                 commit staging -> a free slot, all under the lock
+#   flip     ROOT OWNER REVISION                  make REVISION live
+#   rollback ROOT OWNER [LIVE_REVISION]           back to the recorded previous
 #   status   ROOT SLOTS                           what is live, what is where
+#
+# Nothing in a release tree steers this script: rsync excludes .release and
+# .release.tmp, commit removes whatever is at those names before writing its
+# own manifest with O_EXCL (set -C: never through a symlink), and every field
+# read back from a manifest is checked (slot numbers, revision a safe word):
+# a manifest that fails a check makes its slot incomplete, never live.
 #
 # The caller validated every ARG ([A-Za-z0-9._/-] only); we check again,
 # because over ssh these words went through the remote user's shell.
 #
 # Exit codes avoid rsync's and ssh's transient codes (10 12 23 30 35 255),
 # which the fan-out would retry: 3 bad usage, 4 no such release, 5 the flip did
-# not verify. A failing mv/rm (full disk...) exits with its own code via set -e.
+# not verify, 6 another deploy holds the lock. A failing mv/rm (full disk...)
+# exits with its own code via set -e.
 set -eu
 umask 022
 
 EXIT_USAGE=3
 EXIT_NO_RELEASE=4
 EXIT_NOT_VERIFIED=5
+EXIT_BUSY=6
+LOCK_FILE=.deploy.lock
+MAX_SLOT=99 # the caller's MAX_SLOTS - 1
 
 die() {
   code=$1
@@ -46,9 +63,47 @@ check_word() {
 }
 
 check_number() {
+  is_number "$1" || die $EXIT_USAGE "not a number: '$1'"
+}
+
+is_number() {
   case $1 in
-    '' | *[!0-9]*) die $EXIT_USAGE "not a number: '$1'" ;;
+    '' | *[!0-9]*) return 1 ;;
   esac
+}
+
+# A slot name as it may appear in a path: digits only, at most MAX_SLOT.
+is_slot() {
+  is_number "$1" && [ ${#1} -le 3 ] && [ "$1" -le $MAX_SLOT ]
+}
+
+is_safe_word() {
+  case $1 in
+    '' | *[!A-Za-z0-9._/-]* | -*) return 1 ;;
+  esac
+}
+
+# try_lock: take the deploy root's lock on fd 9, or refuse saying who holds it.
+try_lock() {
+  mkdir -p "$root"
+  lock=$root/$LOCK_FILE
+  [ ! -L "$lock" ] || die $EXIT_USAGE "$lock is a symlink: remove it"
+  exec 9>>"$lock"
+  if ! flock -n 9; then
+    holder=$(head -c 512 "$lock" | tr -c 'A-Za-z0-9._/:= \n-' '_')
+    die $EXIT_BUSY "busy $(echo $holder)"
+  fi
+}
+
+# acquire_lock OWNER: the deploy root's lock, held until this script (and the
+# rsync it runs) exits. A kernel lock (flock): it dies with its holder, so a
+# crash or kill -9 never leaves a stale lock. Refuses, never waits.
+acquire_lock() {
+  try_lock
+  # Who holds it, for the refusal above: rewritten in place (the lock is on
+  # the open file, not its content).
+  : >"$lock"
+  printf 'since=%s what=%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" >&9
 }
 
 check_root() {
@@ -63,11 +118,12 @@ check_root() {
 }
 
 # read_manifest FILE: sets m_revision m_build m_time m_seq m_previous
-# m_previous_seq; false when FILE is missing. Shell builtins only (no
-# process per read): this runs on every host of every deploy.
+# m_previous_seq; false when FILE is missing, not a regular file of its own
+# (a symlink), or any field fails its check. Shell builtins only (no process
+# per read): this runs on every host of every deploy.
 read_manifest() {
   m_revision='' m_build='' m_time='' m_seq='' m_previous='' m_previous_seq=''
-  [ -f "$1" ] || return 1
+  [ -f "$1" ] && [ ! -L "$1" ] || return 1
   while IFS='=' read -r key value; do
     case $key in
       revision) m_revision=$value ;;
@@ -78,18 +134,34 @@ read_manifest() {
       previous_seq) m_previous_seq=$value ;;
     esac
   done <"$1"
-  m_seq=${m_seq:-0}
+  is_safe_word "$m_revision" && is_safe_word "$m_build" && is_number "$m_time" && is_number "$m_seq" ||
+    return 1
+  if [ -n "$m_previous$m_previous_seq" ]; then
+    is_slot "$m_previous" && is_number "$m_previous_seq" || return 1
+  fi
 }
 
 # write_manifest FILE: from the m_* variables, atomically (tmp + rename).
+# Whatever is at FILE.tmp goes first (rm does not follow symlinks), and set -C
+# creates it with O_EXCL, which never follows one; mv -T never moves into a
+# directory.
 write_manifest() {
-  {
-    printf 'revision=%s\nbuild=%s\ntime=%s\nseq=%s\n' "$m_revision" "$m_build" "$m_time" "$m_seq"
-    if [ -n "$m_previous" ]; then
-      printf 'previous=%s\nprevious_seq=%s\n' "$m_previous" "$m_previous_seq"
-    fi
-  } >"$1.tmp"
-  mv "$1.tmp" "$1"
+  rm -rf "$1.tmp"
+  (
+    set -C
+    {
+      printf 'revision=%s\nbuild=%s\ntime=%s\nseq=%s\n' "$m_revision" "$m_build" "$m_time" "$m_seq"
+      if [ -n "$m_previous" ]; then
+        printf 'previous=%s\nprevious_seq=%s\n' "$m_previous" "$m_previous_seq"
+      fi
+    } >"$1.tmp"
+  )
+  mv -T "$1.tmp" "$1"
+}
+
+# is_slot_dir SLOT: a real directory (not a symlink) named like a slot.
+is_slot_dir() {
+  is_slot "$1" && [ -d "$rel/$1" ] && [ ! -L "$rel/$1" ]
 }
 
 # Sets `live` to the slot `current` points at; empty when nothing is live.
@@ -99,6 +171,7 @@ find_live() {
   case $target in
     releases/*) live=${target#releases/} ;;
   esac
+  is_slot "$live" || live=''
 }
 
 # switch_current SLOT: atomic flip. A temporary link is renamed over
@@ -113,10 +186,39 @@ switch_current() {
     die $EXIT_NOT_VERIFIED "current does not point at releases/$1 after the flip"
 }
 
+# Also refuses early when another deploy holds the lock: over ssh, a refusal
+# inside the transfer reaches the fan-out as rsync's (retried) code 12.
 do_prepare() {
-  mkdir -p "$root/releases"
-  rm -rf "$root/releases/.incoming"
-  mkdir "$root/releases/.incoming"
+  mkdir -p "$root/.bbcd" "$rel"
+  try_lock
+}
+
+# check_rsync ARG...: the transfer command is rsync writing into the staging
+# directory: locally `rsync ... SOURCE/ STAGING/`, over ssh the receiving
+# `rsync --server ... . STAGING/` (never --sender: a push writes, never reads).
+check_rsync() {
+  [ "$1" = rsync ] || die $EXIT_USAGE "transfer: expected an rsync command, got '$1'"
+  for arg in "$@"; do
+    [ "$arg" != --sender ] || die $EXIT_USAGE "transfer: rsync must receive, not send"
+    destination=$arg
+  done
+  [ "$destination" = "$rel/.incoming/" ] ||
+    die $EXIT_USAGE "transfer: rsync must write into $rel/.incoming/, not '$destination'"
+}
+
+do_transfer() {
+  check_rsync "$@"
+  acquire_lock "$owner"
+  mkdir -p "$rel"
+  rm -rf "$rel/.incoming"
+  mkdir "$rel/.incoming"
+  set +e
+  "$@"
+  code=$?
+  set -e
+  [ "$code" -eq 0 ] || exit "$code" # rsync's own code: the fan-out retries the transient ones
+  do_commit
+  prune_slots_beyond
 }
 
 # Sets `chosen`, the slot to overwrite: never the live one nor its rollback
@@ -144,15 +246,31 @@ choose_slot() {
 }
 
 do_commit() {
-  [ -d "$rel/.incoming" ] || die $EXIT_USAGE "nothing staged in $rel/.incoming"
   choose_slot
   rm -rf "${rel:?}/$chosen"
-  mv "$rel/.incoming" "$rel/$chosen"
+  mv -T "$rel/.incoming" "$rel/$chosen"
   m_revision=$revision m_build=$build m_time=$release_time m_seq=$((top_seq + 1)) m_previous='' m_previous_seq=''
-  # Written last, replacing any .release the tree brought: a slot with a
-  # manifest is complete.
+  # Written last, after removing whatever a tree put at these names (rsync
+  # excludes them; an older release might not have): a slot with a manifest
+  # is complete, by this script's word only.
+  rm -rf "$rel/$chosen/.release" "$rel/$chosen/.release.tmp"
   write_manifest "$rel/$chosen/.release"
-  echo "slot=$chosen seq=$m_seq"
+  # stdout belongs to rsync's protocol over ssh: the result goes to stderr.
+  echo "host_release: committed slot=$chosen seq=$m_seq" >&2
+}
+
+# Slots numbered SLOTS and up (left by a larger --slots) go, except the live
+# one and its rollback target.
+prune_slots_beyond() {
+  find_live
+  keep=''
+  if [ -n "$live" ] && read_manifest "$rel/$live/.release"; then keep=$m_previous; fi
+  for dir in "$rel"/*; do
+    slot=${dir##*/}
+    is_slot_dir "$slot" && [ "$slot" -ge "$slots" ] && [ "$slot" != "$live" ] && [ "$slot" != "$keep" ] ||
+      continue
+    rm -rf "${rel:?}/$slot"
+  done
 }
 
 # Sets `found` to the complete slot holding REVISION, the newest commit if
@@ -160,6 +278,8 @@ do_commit() {
 find_release() {
   found='' found_seq=-1
   for manifest in "$rel"/*/.release; do
+    slot=${manifest%/.release}
+    is_slot_dir "${slot##*/}" || continue
     read_manifest "$manifest" || continue
     if [ "$m_revision" = "$1" ] && [ "$m_seq" -gt "$found_seq" ]; then
       found=${manifest%/.release}
@@ -199,25 +319,35 @@ do_rollback() {
   fi
   previous=$m_previous previous_seq=$m_previous_seq
   [ -n "$previous" ] || die $EXIT_NO_RELEASE "no previous release recorded for slot $live"
-  read_manifest "$rel/$previous/.release" && [ "$m_seq" = "$previous_seq" ] ||
+  is_slot_dir "$previous" && read_manifest "$rel/$previous/.release" && [ "$m_seq" = "$previous_seq" ] ||
     die $EXIT_NO_RELEASE "the previous release (slot $previous) has been replaced or is incomplete"
   switch_current "$previous"
   echo "live=$previous previous=$live changed=yes"
 }
 
+status_line() {
+  if is_slot_dir "$1" && read_manifest "$rel/$1/.release"; then
+    echo "slot=$1 state=complete revision=$m_revision build=$m_build time=$m_time seq=$m_seq previous=$m_previous previous_seq=$m_previous_seq$2"
+  elif [ -e "$rel/$1" ] || [ -L "$rel/$1" ]; then
+    echo "slot=$1 state=incomplete$2"
+  else
+    echo "slot=$1 state=empty$2"
+  fi
+}
+
+# Slots 0..SLOTS-1, then any slot beyond (a larger --slots left it; the next
+# push removes it unless it is live or the rollback target).
 do_status() {
   find_live
   echo "live=$live"
   i=0
   while [ "$i" -lt "$slots" ]; do
-    if read_manifest "$rel/$i/.release"; then
-      echo "slot=$i state=complete revision=$m_revision build=$m_build time=$m_time seq=$m_seq previous=$m_previous previous_seq=$m_previous_seq"
-    elif [ -d "$rel/$i" ]; then
-      echo "slot=$i state=incomplete"
-    else
-      echo "slot=$i state=empty"
-    fi
+    status_line "$i" ''
     i=$((i + 1))
+  done
+  for dir in "$rel"/*; do
+    slot=${dir##*/}
+    if is_slot "$slot" && [ "$slot" -ge "$slots" ]; then status_line "$slot" ' beyond=yes'; fi
   done
 }
 
@@ -227,27 +357,34 @@ root=$2
 check_root "$root"
 rel=$root/releases
 shift 2
-for arg in "$@"; do check_word "$arg"; done
+if [ "$action" != transfer ]; then
+  for arg in "$@"; do check_word "$arg"; done
+fi
 
 case $action in
   prepare)
     [ $# -eq 0 ] || die $EXIT_USAGE "usage: prepare ROOT"
     do_prepare
     ;;
-  commit)
-    [ $# -eq 4 ] || die $EXIT_USAGE "usage: commit ROOT SLOTS REVISION BUILD TIME"
-    slots=$1 revision=$2 build=$3 release_time=$4
+  transfer)
+    [ $# -ge 7 ] && [ "$6" = -- ] || die $EXIT_USAGE "usage: transfer ROOT SLOTS REVISION BUILD TIME OWNER -- rsync ARG..."
+    slots=$1 revision=$2 build=$3 release_time=$4 owner=$5
+    for arg in "$slots" "$revision" "$build" "$release_time" "$owner"; do check_word "$arg"; done
     check_number "$slots"
-    do_commit
+    check_number "$release_time"
+    shift 6
+    do_transfer "$@"
     ;;
   flip)
-    [ $# -eq 1 ] || die $EXIT_USAGE "usage: flip ROOT REVISION"
-    revision=$1
+    [ $# -eq 2 ] || die $EXIT_USAGE "usage: flip ROOT OWNER REVISION"
+    revision=$2
+    acquire_lock "$1"
     do_flip
     ;;
   rollback)
-    [ $# -le 1 ] || die $EXIT_USAGE "usage: rollback ROOT [LIVE_REVISION]"
-    expected=${1:-}
+    [ $# -ge 1 ] && [ $# -le 2 ] || die $EXIT_USAGE "usage: rollback ROOT OWNER [LIVE_REVISION]"
+    expected=${2:-}
+    acquire_lock "$1"
     do_rollback
     ;;
   status)

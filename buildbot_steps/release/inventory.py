@@ -33,15 +33,20 @@ SAFE_TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Also allows '%' for ssh's ControlPath tokens (%C); ssh expands them itself.
 SAFE_OPTION_PATH = re.compile(r"^/[A-Za-z0-9._/%+-]*$")
 SSH_OPTION = re.compile(r"^[A-Za-z]+=[A-Za-z0-9._,@/+-]+$")
-# Options whose value is a command line: never from configuration.
-SSH_OPTIONS_THAT_RUN_COMMANDS = {
-    "proxycommand",
-    "localcommand",
-    "permitlocalcommand",
-    "knownhostscommand",
-    "remotecommand",
-    "match",
-}
+# The ssh options configuration may add: tuning of the connection, nothing
+# that runs a command, reaches another host, or loosens host-key checking or
+# authentication (deny by default; lower case, as ssh compares them).
+ALLOWED_SSH_OPTIONS = frozenset({
+    "addressfamily", "ciphers", "compression", "connectionattempts", "connecttimeout",
+    "hostkeyalgorithms", "ipqos", "kexalgorithms", "loglevel", "macs", "pubkeyacceptedalgorithms",
+    "rekeylimit", "serveralivecountmax", "serveraliveinterval", "tcpkeepalive",
+})  # fmt: skip
+# A deploy root is emptied and rewritten: never the root nor a system directory.
+SYSTEM_DIRECTORIES = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+    "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+    "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin", "/usr/share", "/var/lib", "/var/log",
+})  # fmt: skip
 MAX_WORD_LENGTH = 255
 
 ReleaseError = CdError
@@ -74,7 +79,12 @@ def check_deploy_root(value, what: str) -> str:
     root = check_word(value, what)
     if not root.startswith("/"):
         raise InvalidInput(f"{what}: deploy root must be an absolute path, got {root!r}")
-    return root.rstrip("/") or "/"
+    normalized = "/" + "/".join(part for part in root.split("/") if part not in ("", "."))
+    if normalized in SYSTEM_DIRECTORIES:
+        raise InvalidInput(
+            f"{what}: deploy root {root!r} is a system directory; use a directory of its own, e.g. /srv/app"
+        )
+    return normalized
 
 
 def check_option_path(value, what: str) -> str:
@@ -87,11 +97,16 @@ def check_option_path(value, what: str) -> str:
 
 
 def check_ssh_option(value) -> str:
-    """One `Key=Value` ssh option; the key may not run commands."""
+    """One `Key=Value` ssh option, its key from ALLOWED_SSH_OPTIONS."""
     text = str(value)
-    key = text.split("=", 1)[0].lower()
-    if not SSH_OPTION.fullmatch(text) or key in SSH_OPTIONS_THAT_RUN_COMMANDS:
+    if not SSH_OPTION.fullmatch(text):
         raise InvalidInput(f"ssh option {text!r}: expected Key=Value of letters, digits and '._,@/+-'")
+    key = text.split("=", 1)[0]
+    if key.lower() not in ALLOWED_SSH_OPTIONS:
+        raise InvalidInput(
+            f"ssh option {key!r} is not allowed; allowed: {', '.join(sorted(ALLOWED_SSH_OPTIONS))} "
+            "(host keys, identity and connection sharing have options of their own)"
+        )
     return text
 
 
@@ -157,10 +172,18 @@ class Inventory:
         if not hosts:
             raise InvalidInput(f"{source}: no hosts")
         seen: set[str] = set()
+        targets: dict[tuple, str] = {}
         for host in hosts:
             if host.name in seen:
                 raise InvalidInput(f"{source}: duplicate host name {host.name!r}")
             seen.add(host.name)
+            target = (host.address, host.port, host.deploy_root)
+            if target in targets:
+                raise InvalidInput(
+                    f"{source}: hosts {targets[target]!r} and {host.name!r} are the same deploy root "
+                    f"{host.address}:{host.port}:{host.deploy_root}; remove one"
+                )
+            targets[target] = host.name
         return cls(hosts)
 
     @classmethod

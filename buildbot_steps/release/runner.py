@@ -34,10 +34,13 @@ whitespace): it is built from fixed options and checked values only.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from buildbot_steps import _core
@@ -53,105 +56,21 @@ from buildbot_steps.release.inventory import (
     Selection,
     check_word,
 )  # fmt: skip
-from buildbot_steps.release.transports import CommandSpec, SshTransport
+from buildbot_steps.release.reports import (
+    COMMITTED_LINE,
+    HostReport,
+    RunReport,
+    host_report,
+    last_line,
+    parse_key_values,
+    parse_status,
+)  # fmt: skip
+from buildbot_steps.release.transports import CommandSpec, PushStep, SshTransport
+
+__all__ = ["FanoutSettings", "HostReport", "ReleaseRunner", "RunReport", "deploy_in_progress", "deploy_lock",
+           "parse_status"]  # fmt: skip
 
 STATUS_OUTPUT_BYTES = 64 * 1024
-
-PUSH_STEPS = ("prepare", "transfer", "commit")
-
-
-# --- reports ---------------------------------------------------------------
-
-
-@dataclass
-class HostReport:
-    host: str
-    status: str  # ok, failed, timed_out, skipped or cancelled (the engine's words)
-    exit_code: int = -1
-    attempts: int = 0
-    failed_step: str | None = None
-    error: str = ""
-    duration_s: float = 0.0
-    bytes_sent: int = 0
-    details: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-@dataclass
-class RunReport:
-    action: str
-    hosts: list
-    duration_s: float = 0.0
-    revision: str | None = None
-
-    @property
-    def ok_hosts(self) -> list[str]:
-        return [h.host for h in self.hosts if h.ok]
-
-    @property
-    def failed_hosts(self) -> list[str]:
-        return [h.host for h in self.hosts if not h.ok]
-
-    @property
-    def bytes_sent(self) -> int:
-        return sum(h.bytes_sent for h in self.hosts)
-
-    @property
-    def all_ok(self) -> bool:
-        return bool(self.hosts) and all(h.ok for h in self.hosts)
-
-    def by_host(self) -> dict:
-        return {h.host: h for h in self.hosts}
-
-    def summary(self) -> str:
-        what = f" {self.revision}" if self.revision else ""
-        return (
-            f"{self.action}{what}: {len(self.ok_hosts)}/{len(self.hosts)} hosts ok, "
-            f"{len(self.failed_hosts)} failed, {self.bytes_sent} bytes sent, {self.duration_s:.1f} s"
-        )
-
-    def to_text(self) -> str:
-        lines = [
-            self.summary(),
-            f"{'host':<20} {'status':<10} {'step':<9} {'exit':>4} {'tries':>5} {'secs':>7} {'bytes':>12}  detail",
-        ]
-        for h in self.hosts:
-            detail = h.error or " ".join(f"{k}={v}" for k, v in h.details.items() if not isinstance(v, dict))
-            lines.append(
-                f"{h.host:<20} {h.status:<10} {h.failed_step or '-':<9} {h.exit_code:>4} {h.attempts:>5} "
-                f"{h.duration_s:>7.2f} {h.bytes_sent:>12}  {detail}"
-            )
-        return "\n".join(lines) + "\n"
-
-
-def parse_key_values(line: str) -> dict:
-    return dict(word.split("=", 1) for word in line.split() if "=" in word)
-
-
-def parse_status(stdout: str) -> dict:
-    """host_release.sh status output -> {"live", "live_revision", "live_complete", "slots"}."""
-    live, slots = None, {}
-    for line in stdout.splitlines():
-        fields = parse_key_values(line)
-        if line.startswith("live="):
-            live = fields.get("live") or None
-        elif "slot" in fields:
-            slots[fields.pop("slot")] = fields
-    live_slot = slots.get(live, {}) if live is not None else {}
-    return {
-        "live": live,
-        "live_revision": live_slot.get("revision"),
-        "live_complete": live_slot.get("state") == "complete",
-        "slots": slots,
-    }
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 # --- the one-deploy-at-a-time lock -------------------------------------------
@@ -245,26 +164,36 @@ class ReleaseRunner:
 
     # -- actions ---------------------------------------------------------
 
-    def push(self, source, revision: str, build="0", hosts: Iterable[str] | None = None) -> RunReport:
-        """Transfer `source` into a fresh slot on every host (or `hosts`)."""
-        source_dir = self._check_source(source)
+    def push(self, source, revision: str, build="0", hosts: Iterable[str] | None = None,
+             allow_empty: bool = False) -> RunReport:  # fmt: skip
+        """Transfer `source` into a fresh slot on every host (or `hosts`).
+
+        On each host the transfer and the commit run under the deploy root's
+        lock, held by the host script (see host_release.sh): a push, flip or
+        rollback from another process or master is refused, never mixed in.
+        An empty `source` is refused unless `allow_empty`.
+        """
+        source_dir = self._check_source(source, allow_empty)
         revision = check_word(revision, "revision")
         build = check_word(build, "build")
-        now = str(int(time.time()))
+        transfer_args = [
+            str(self.slots),
+            revision,
+            build,
+            str(int(time.time())),
+            owner_word("push", revision),
+        ]
         chosen = self._hosts(Selection(names=tuple(hosts)) if hosts is not None else ALL_HOSTS)
 
-        def steps(host: Host) -> list[CommandSpec]:
-            return [
-                self._script(host, "prepare"),
-                self.transport.rsync_command(host, source_dir),
-                self._script(host, "commit", str(self.slots), revision, build, now),
-            ]
+        def steps(host: Host) -> list[PushStep]:
+            return self.transport.push_steps(host, source_dir, transfer_args)
 
         with deploy_lock(f"push {revision}", self.inventory.hosts):
-            report = self._run("push", chosen, steps, PUSH_STEPS, revision)
+            report = self._run("push", chosen, steps, revision)
         for host in report.hosts:
             if host.ok:
-                host.details = parse_key_values(last_line(host.details.pop("stdout", "")))
+                committed = COMMITTED_LINE.findall(host.details.pop("stderr", ""))
+                host.details = parse_key_values(committed[-1]) if committed else {}
         return report
 
     def flip(
@@ -278,7 +207,7 @@ class ReleaseRunner:
         revision = check_word(revision, "revision")
         chosen = self._eligible(selection, only_hosts)
         with deploy_lock(f"flip {revision}", self.inventory.hosts):
-            return self._simple("flip", chosen, [revision], revision)
+            return self._simple("flip", chosen, [owner_word("flip", revision), revision], revision)
 
     def rollback(self, revision: str | None = None, selection: Selection = ALL_HOSTS) -> RunReport:
         """Flip back to the recorded previous release.
@@ -286,15 +215,19 @@ class ReleaseRunner:
         With `revision` (the bad one), only hosts live on it move; the others
         (never flipped, or already rolled back) report changed=no.
         """
-        args = [check_word(revision, "revision")] if revision is not None else []
+        args = [owner_word("rollback", revision)]
+        args += [check_word(revision, "revision")] if revision is not None else []
         chosen = self._eligible(selection, None)
         with deploy_lock("rollback" + (f" {revision}" if revision else ""), self.inventory.hosts):
             return self._simple("rollback", chosen, args, revision)
 
     def status(self, selection: Selection = ALL_HOSTS) -> RunReport:
         """What is live and what is in every slot, per host (no lock: read only)."""
-        report = self._run("status", self._hosts(selection),
-                           lambda h: [self._script(h, "status", str(self.slots))], ("status",), None)  # fmt: skip
+
+        def steps(host: Host) -> list[PushStep]:
+            return [("status", self._script(host, "status", str(self.slots)))]
+
+        report = self._run("status", self._hosts(selection), steps, None)
         for host in report.hosts:
             stdout = host.details.pop("stdout", "")
             if host.ok:
@@ -310,10 +243,17 @@ class ReleaseRunner:
 
     # -- internals -------------------------------------------------------
 
-    def _check_source(self, source) -> str:
+    def _check_source(self, source, allow_empty: bool) -> str:
         path = Path(source)
         if not path.is_dir():
             raise InvalidInput(f"release source {str(source)!r} is not a directory")
+        # An empty tree would be pushed as a release that serves nothing: a
+        # build that failed to produce its output, most likely.
+        if not allow_empty and next(path.iterdir(), None) is None:
+            raise InvalidInput(
+                f"release source {str(source)!r} is empty; build into it first, or allow an empty release "
+                "explicitly (allow_empty=True, --allow-empty)"
+            )
         # Absolute, so rsync never reads "name:path" as a remote source.
         return str(path.resolve())
 
@@ -338,17 +278,23 @@ class ReleaseRunner:
         return self.transport.script_command(host, action, [host.deploy_root, *args])
 
     def _simple(self, action: str, hosts: list[Host], args: list[str], revision) -> RunReport:
-        report = self._run(action, hosts, lambda h: [self._script(h, action, *args)], (action,), revision)
+        report = self._run(action, hosts, lambda h: [(action, self._script(h, action, *args))], revision)
         for host in report.hosts:
             stdout = host.details.pop("stdout", "")
             if host.ok:
                 host.details = parse_key_values(last_line(stdout))
         return report
 
-    def _run(self, action, hosts: list[Host], steps_for, step_names, revision) -> RunReport:
+    def _run(
+        self, action, hosts: list[Host], steps_for: Callable[[Host], list[PushStep]], revision
+    ) -> RunReport:
         if not hosts:
             raise InvalidInput(f"{action}: no hosts selected")
-        jobs = [_core.HostJob(host=h.name, steps=[to_command(s) for s in steps_for(h)]) for h in hosts]
+        steps = {h.name: steps_for(h) for h in hosts}
+        step_names = tuple(name for name, _ in steps[hosts[0].name])
+        jobs = [
+            _core.HostJob(host=h.name, steps=[to_command(spec) for _, spec in steps[h.name]]) for h in hosts
+        ]
         options = _core.FanoutOptions(
             concurrency=self.settings.concurrency,
             host_timeout_s=float(self.settings.host_timeout_s),
@@ -363,7 +309,7 @@ class ReleaseRunner:
                 fanout.cancel()
             self._fanout = fanout
         started = time.monotonic()
-        callback = self._progress_adapter(step_names) if self.progress else None
+        callback = self._progress_adapter(step_names, hosts) if self.progress else None
         try:
             results = fanout.run(jobs, callback) if callback else fanout.run(jobs)
         except ValueError as error:  # the engine's InvalidInputError
@@ -371,12 +317,16 @@ class ReleaseRunner:
         finally:
             with self._lock:
                 self._fanout = None
-        reports = [host_report(r, step_names) for r in results]
+        by_name = {h.name: h for h in hosts}
+        reports = [host_report(r, step_names, by_name[r.host]) for r in results]
         return RunReport(action, reports, time.monotonic() - started, revision)
 
-    def _progress_adapter(self, step_names):
+    def _progress_adapter(self, step_names, hosts: list[Host]):
+        by_name = {h.name: h for h in hosts}
+
         def on_host_done(result, progress) -> None:
-            self.progress(host_report(result, step_names), progress.done, progress.total, progress.failed)
+            report = host_report(result, step_names, by_name[result.host])
+            self.progress(report, progress.done, progress.total, progress.failed)
 
         return on_host_done
 
@@ -387,23 +337,7 @@ def to_command(spec: CommandSpec) -> _core.Command:
     )
 
 
-def host_report(result, step_names) -> HostReport:
-    failed = result.failed_step if 0 <= result.failed_step < len(step_names) else None
-    report = HostReport(
-        host=result.host,
-        status=str(result.status),
-        exit_code=result.exit_code,
-        attempts=result.attempts,
-        failed_step=step_names[failed] if failed is not None else None,
-        duration_s=result.duration_s,
-        bytes_sent=result.bytes_sent,
-    )
-    if report.ok:
-        report.details = {"stdout": result.stdout_tail}
-    else:
-        report.error = last_line(result.stderr_tail) or {
-            "timed_out": "host timeout",
-            "skipped": "skipped: failure budget exhausted",
-            "cancelled": "cancelled",
-        }.get(report.status, f"exit code {result.exit_code}")
-    return report
+def owner_word(action: str, revision: str | None) -> str:
+    """Who holds a host's lock, as host_release.sh records it: action/revision/master/pid."""
+    origin = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64].strip(".-") or "master"
+    return check_word(f"{action}/{revision or 'any'}/{origin}/{os.getpid()}", "lock owner")

@@ -26,7 +26,7 @@ from pathlib import Path
 from buildbot import config
 from buildbot.interfaces import IRenderable
 from buildbot.process import buildstep, properties
-from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.process.results import CANCELLED, FAILURE, SUCCESS, WARNINGS
 from twisted.internet import threads
 
 from buildbot_steps import release
@@ -49,8 +49,9 @@ class _ReleaseStep(buildstep.BuildStep):
                  ssh_options=(), slots=release.DEFAULT_SLOTS, concurrency=release.FanoutSettings.concurrency,
                  host_timeout=release.FanoutSettings.host_timeout_s, retries=release.FanoutSettings.max_retries,
                  max_fail_fraction=release.FanoutSettings.max_fail_fraction, tolerate_failures=0,
-                 tag=None, count=None, fraction=None, **kwargs):  # fmt: skip
+                 tag=None, count=None, fraction=None, preserve_privileged=False, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
+        self.preserve_privileged = bool(preserve_privileged)
         self.inventory = inventory
         self.revision = revision
         self.transport = transport
@@ -112,11 +113,12 @@ class _ReleaseStep(buildstep.BuildStep):
 
     def _make_transport(self):
         if self.transport == "local":
-            return release.LocalTransport()
+            return release.LocalTransport(preserve_privileged=self.preserve_privileged)
         return release.SshTransport(
             known_hosts=self.known_hosts if not is_renderable(self.known_hosts) else None,
             identity_file=self.identity_file if not is_renderable(self.identity_file) else None,
             extra_options=self.ssh_options,
+            preserve_privileged=self.preserve_privileged,
         )
 
     def _selection(self) -> release.Selection:
@@ -162,6 +164,10 @@ class _ReleaseStep(buildstep.BuildStep):
         return FAILURE
 
     def _results(self, report: release.RunReport) -> int:
+        if self.stopped:
+            # Stopped build: the running transfers were killed; the summary and
+            # the hosts log say which hosts were done and which were not.
+            return CANCELLED
         failed = len(report.failed_hosts)
         if not report.hosts:
             return WARNINGS  # nothing selected: nothing done, say so
@@ -252,6 +258,7 @@ class PushRelease(_ReleaseStep):
     `release_root` is required: the force form and the Trigger pass the
     release directory as a property, and without a root any directory of the
     master (its own database included) could be pushed live to every host.
+    An empty `source` fails the step unless `allow_empty=True`.
     """
 
     name = "push_release"
@@ -261,9 +268,11 @@ class PushRelease(_ReleaseStep):
     renderables = ["source", "build_number"]
 
     def __init__(self, source=None, revision=properties.Property("got_revision", default=properties.Property("revision")),
-                 build=properties.Property("buildnumber"), release_root=None, **kwargs):  # fmt: skip
+                 build=properties.Property("buildnumber"), release_root=None, allow_empty=False,
+                 **kwargs):  # fmt: skip
         self.source = source
         self.release_root = release_root
+        self.allow_empty = bool(allow_empty)
         self.build_number = build  # not self.build: that is the running Build
         super().__init__(revision=revision, **kwargs)
         if source is None:
@@ -282,7 +291,7 @@ class PushRelease(_ReleaseStep):
         release.check_word(revision, "revision")
         release.check_word(build, "build")
         source = confine_to_root(source, self.release_root)
-        return lambda: runner.push(source, str(revision), build)
+        return lambda: runner.push(source, str(revision), build, allow_empty=self.allow_empty)
 
     def _set_figures(self, report) -> None:
         super()._set_figures(report)

@@ -7,6 +7,7 @@ SOURCE to HOST's staging directory" into argument vectors for the fan-out.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import shutil
 import tempfile
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from buildbot_steps.release.inventory import (
+    SAFE_OPTION_PATH,
     Host,
     InvalidInput,
     check_option_path,
@@ -21,8 +23,19 @@ from buildbot_steps.release.inventory import (
 )  # fmt: skip
 
 STAGING_DIR = "releases/.incoming"
+# Where a push over ssh installs the host script, so that rsync's receiving
+# side runs through it (under the deploy root's lock); named by content, so
+# masters of different versions never run each other's script.
+INSTALLED_SCRIPT_DIR = ".bbcd"
+# Names in a release tree that rsync never transfers: the manifest is the host
+# script's word alone (host_release.sh removes them again before writing it).
+MANIFEST_NAMES = (".release", ".release.tmp")
 _control_dir_lock = threading.Lock()  # guards the lazily made shared control directory
 HOST_SCRIPT = "host_release.sh"
+# A unix socket path must stay under ~100 bytes and rsync splits -e on
+# whitespace: a TMPDIR longer than this, or with unsafe characters, is not used.
+MAX_CONTROL_BASE_LENGTH = 40
+FALLBACK_CONTROL_BASE = "/tmp"
 # rsync gives up on a connection silent for this long (exit 30, retried).
 RSYNC_IO_TIMEOUT_S = 120
 # A host silent for interval x count seconds is dropped by ssh.
@@ -40,11 +53,20 @@ def host_script_path() -> str:
     return str(resources.files("buildbot_steps.release").joinpath(HOST_SCRIPT))
 
 
+def installed_script_name() -> str:
+    digest = hashlib.sha256(host_script_text().encode()).hexdigest()[:16]
+    return f"{INSTALLED_SCRIPT_DIR}/host_release-{digest}.sh"
+
+
 @dataclass(frozen=True)
 class CommandSpec:
     argv: list
     stdin_data: str = ""
     parse_rsync_stats: bool = False
+
+
+# One step of a push on one host: its name in reports, and its command.
+PushStep = tuple[str, CommandSpec]
 
 
 @dataclass
@@ -58,6 +80,9 @@ class SshTransport:
     control_persist_s: int = 60  # keeps the flip after a push one round trip
     # More `-o Key=Value` options, e.g. ("Ciphers=aes128-gcm@openssh.com",).
     extra_options: tuple = ()
+    # Reproduce owners, groups, device and special files and setuid/setgid
+    # bits from the tree (rsync as root would): off unless asked for.
+    preserve_privileged: bool = False
 
     def __post_init__(self):
         self.extra_options = tuple(check_ssh_option(o) for o in self.extra_options)
@@ -73,7 +98,12 @@ class SshTransport:
         return self.control_dir or shared_control_dir()
 
     def ssh_options(self, host: Host) -> list[str]:
-        options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+        # ssh takes the first value given for an option: the user's (allowed,
+        # harmless) options come first, so they override our defaults.
+        options: list[str] = []
+        for option in self.extra_options:
+            options += ["-o", option]
+        options += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
         if self.known_hosts:
             options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
         if self.identity_file:
@@ -89,8 +119,6 @@ class SshTransport:
             "-o", f"ServerAliveInterval={SERVER_ALIVE_INTERVAL_S}",
             "-o", f"ServerAliveCountMax={SERVER_ALIVE_COUNT_MAX}",
         ]  # fmt: skip
-        for option in self.extra_options:
-            options += ["-o", option]
         return options + ["-p", str(host.port)]
 
     def script_command(self, host: Host, action: str, args: list[str]) -> CommandSpec:
@@ -108,13 +136,31 @@ class SshTransport:
         ]
         return CommandSpec(argv, stdin_data=host_script_text())
 
-    def rsync_command(self, host: Host, source: str) -> CommandSpec:
-        # rsync splits -e on whitespace: every part is fixed or checked above.
+    def push_steps(self, host: Host, source: str, transfer_args: list[str]) -> list[PushStep]:
+        """prepare (mkdir), install the host script, transfer through it.
+
+        rsync starts its receiving side as `<--rsync-path> --server ...` on the
+        host: that is the installed host script, which takes the deploy root's
+        lock, empties the staging directory, runs the receiving rsync and
+        commits, so the whole push on the host happens under one lock.
+        """
+        # rsync splits -e on whitespace, and the remote shell splits
+        # --rsync-path: every part of both is fixed or checked.
         remote_shell = " ".join(["ssh", *self.ssh_options(host)])
-        destination = f"{host.user}@{host.address}:{host.deploy_root}/{STAGING_DIR}/"
-        return CommandSpec(
-            [*rsync_base(host), "-e", remote_shell, f"{source}/", destination], parse_rsync_stats=True
-        )
+        remote = f"{host.user}@{host.address}:{host.deploy_root}"
+        installed = f"{host.deploy_root}/{installed_script_name()}"
+        receiver = ["sh", installed, "transfer", host.deploy_root, *transfer_args, "--", "rsync"]
+        install = ["rsync", "--times", "--chmod=F0644", "-e", remote_shell, host_script_path(),
+                   f"{remote}/{installed_script_name()}"]  # fmt: skip
+        transfer = [
+            *rsync_base(host, self.preserve_privileged), "-e", remote_shell,
+            f"--rsync-path={' '.join(receiver)}", f"{source}/", f"{remote}/{STAGING_DIR}/",
+        ]  # fmt: skip
+        return [
+            ("prepare", self.script_command(host, "prepare", [host.deploy_root])),
+            ("install", CommandSpec(install)),
+            ("transfer", CommandSpec(transfer, parse_rsync_stats=True)),
+        ]
 
 
 _shared_control_dir: list[str] = []
@@ -129,35 +175,60 @@ def shared_control_dir() -> str:
     """
     with _control_dir_lock:
         if not _shared_control_dir:
-            _shared_control_dir.append(tempfile.mkdtemp(prefix="bbcd-ssh-"))
+            _shared_control_dir.append(tempfile.mkdtemp(prefix="bbcd-ssh-", dir=control_base()))
             # Masters still lingering (ControlPersist) lose their socket and
             # exit after the persist delay: nothing is left in /tmp.
             atexit.register(shutil.rmtree, _shared_control_dir[0], True)
         return _shared_control_dir[0]
 
 
+def control_base() -> str:
+    """The temp directory for ssh's sockets: TMPDIR when safe for rsync's -e."""
+    base = tempfile.gettempdir()
+    if SAFE_OPTION_PATH.match(base) and "%" not in base and len(base) <= MAX_CONTROL_BASE_LENGTH:
+        return base
+    return FALLBACK_CONTROL_BASE
+
+
 @dataclass
 class LocalTransport:
     """Deploy roots that are local paths (the embedded demo, tests)."""
 
+    preserve_privileged: bool = False  # as SshTransport's
+
     def script_command(self, host: Host, action: str, args: list[str]) -> CommandSpec:
         return CommandSpec(["sh", host_script_path(), action, *args])
 
-    def rsync_command(self, host: Host, source: str) -> CommandSpec:
-        return CommandSpec(
-            [*rsync_base(host), f"{source}/", f"{host.deploy_root}/{STAGING_DIR}/"], parse_rsync_stats=True
-        )
+    def push_steps(self, host: Host, source: str, transfer_args: list[str]) -> list[PushStep]:
+        """prepare (mkdir), then the rsync run by the host script under its lock."""
+        rsync = [
+            *rsync_base(host, self.preserve_privileged),
+            f"{source}/",
+            f"{host.deploy_root}/{STAGING_DIR}/",
+        ]
+        transfer = ["sh", host_script_path(), "transfer", host.deploy_root, *transfer_args, "--", *rsync]
+        return [
+            ("prepare", self.script_command(host, "prepare", [host.deploy_root])),
+            ("transfer", CommandSpec(transfer, parse_rsync_stats=True)),
+        ]
 
 
-def rsync_base(host: Host) -> list[str]:
+# What a tree must not carry onto a host unless preserve_privileged: rsync -a
+# as root would recreate owners, device and special files, setuid/setgid bits.
+UNPRIVILEGED_RSYNC_OPTIONS = ("--no-owner", "--no-group", "--no-devices", "--no-specials", "--chmod=ug-s")
+
+
+def rsync_base(host: Host, preserve_privileged: bool = False) -> list[str]:
     # -a copies symlinks as symlinks (never -L: a link pointing out of the
     # tree must not pull outside files in). Never --inplace: a hard-linked
     # file shared with the live slot would be rewritten under it. --link-dest
     # goes through `current`, which the host resolves to the live slot.
-    return [
+    base = [
         "rsync", "-a", "--delete", "--stats", f"--timeout={RSYNC_IO_TIMEOUT_S}",
         f"--link-dest={host.deploy_root}/current",
+        *(f"--exclude=/{name}" for name in MANIFEST_NAMES),
     ]  # fmt: skip
+    return base if preserve_privileged else [*base, *UNPRIVILEGED_RSYNC_OPTIONS]
 
 
 # The transports a step or the command line may name.

@@ -7,6 +7,7 @@
 // Boost.Process's on_exit (a SIGCHLD watcher), and timers are steady_timers.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -152,8 +153,18 @@ struct ChildSetup : bp::extend::handler {
   // The signal state is reset because the engine's thread blocks SIGPIPE and
   // Python ignores it; rsync, ssh and sh expect the defaults (Python's
   // subprocess restores SIGPIPE for the same reason).
+  // Each child dies with its parent: a kill -9 of `buildbot-cd push` (or of
+  // the master) must not leave an rsync finishing, and committing, a
+  // transfer behind the operator's back. The kernel sends SIGKILL when the
+  // thread that forked exits, which is the fan-out's thread: it outlives its
+  // children. If the parent died before prctl took effect, nobody would send
+  // it: the child checks and leaves.
+  explicit ChildSetup(pid_t parent = ::getpid()) : parent_(parent) {}
+
   template <class Executor>
   void on_exec_setup(Executor&) const {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent_) ::_exit(kExitParentGone);
     ::setsid();
     ::signal(SIGPIPE, SIG_DFL);
     sigset_t none;
@@ -173,6 +184,10 @@ struct ChildSetup : bp::extend::handler {
     while (::waitpid(exec.pid, nullptr, 0) < 0 && errno == EINTR) {
     }
   }
+
+ private:
+  static constexpr int kExitParentGone = 127;  // as a shell's "could not run"
+  pid_t parent_;
 };
 
 // Boost.Process's on_exit watches SIGCHLD through an asio::signal_set, and

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -172,6 +173,38 @@ TEST_F(FanoutProcess, CancelFromAnotherThreadKillsAndReturnsPromptly) {
   for (int i = 1; i < 6; ++i) EXPECT_EQ(results[i].status, HostStatus::Cancelled) << i;
   EXPECT_EQ(results[1].exit_code, 128 + SIGKILL);
   EXPECT_EQ(results[5].attempts, 0);
+}
+
+TEST_F(FanoutProcess, ChildrenDieWithTheEngine) {
+  // A kill -9 of the process running the fan-out (`buildbot-cd push`, a
+  // master) must not leave its children running on: they would finish, and
+  // commit, a transfer behind the operator's back. The engine runs in a
+  // forked process; its child reports its pid through a FIFO (no polling for
+  // readiness), then the engine's process is killed.
+  std::string fifo = path("pid.fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::string sleeper = script("sleeper.sh", "echo $$ > \"$1\"\nexec sleep 60\n");
+  pid_t engine = ::fork();
+  ASSERT_GE(engine, 0);
+  if (engine == 0) {
+    Fanout(fast_options()).run({job("sleeper", {cmd({sleeper, fifo})})});
+    ::_exit(0);
+  }
+  std::string child_pid;
+  std::ifstream(fifo) >> child_pid;  // blocks until the child has written its pid
+  ASSERT_FALSE(child_pid.empty());
+  ::kill(engine, SIGKILL);
+  ASSERT_EQ(::waitpid(engine, nullptr, 0), engine);
+  // Gone, or a zombie of init: no longer running.
+  std::string stat_file = "/proc/" + child_pid + "/stat";
+  auto deadline = std::chrono::steady_clock::now() + Seconds(kPromptSeconds);
+  std::string stat = read_file(stat_file);
+  while (!stat.empty() && stat.find(") Z ") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // polling under a deadline
+    stat = read_file(stat_file);
+  }
+  EXPECT_TRUE(stat.empty() || stat.find(") Z ") != std::string::npos) << "still running: " << stat;
 }
 
 TEST_F(FanoutProcess, ProgramsThatCannotStartAreFailedHosts) {

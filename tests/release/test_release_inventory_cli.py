@@ -78,7 +78,10 @@ def test_inventory_file_with_defaults(tmp_path):
 
 def test_selection_by_tag_count_and_fraction():
     hosts = Inventory.from_entries(
-        [{**GOOD, "name": f"h{i}", "tags": ["canary"] if i < 2 else []} for i in range(10)]
+        [
+            {**GOOD, "name": f"h{i}", "address": f"web{i}", "tags": ["canary"] if i < 2 else []}
+            for i in range(10)
+        ]
     ).hosts
     names = lambda selection: [h.name for h in selection.apply(hosts)]  # noqa: E731
     assert names(Selection(tag="canary")) == ["h0", "h1"]
@@ -114,11 +117,20 @@ def test_ssh_commands_are_fixed_words_plus_checked_values():
     assert script.argv[-7:] == ["deploy@web1.example.com", "sh", "-s", "--", "flip", "/srv/app", "abc123"]
     assert "StrictHostKeyChecking=yes" in script.argv and "ControlPath=/run/c/%C" in script.argv
     assert script.stdin_data.startswith("# host_release.sh")
-    rsync = transport.rsync_command(host, "/build/tree")
+    steps = dict(
+        transport.push_steps(host, "/build/tree", ["5", "abc123", "7", "1700000000", "push/abc123/m/1"])
+    )
+    assert list(steps) == ["prepare", "install", "transfer"]
+    rsync = steps["transfer"]
     assert "--inplace" not in rsync.argv and "-L" not in rsync.argv and "--copy-links" not in rsync.argv
     assert rsync.argv[-2:] == ["/build/tree/", "deploy@web1.example.com:/srv/app/releases/.incoming/"]
     remote_shell = rsync.argv[rsync.argv.index("-e") + 1]
     assert remote_shell.startswith("ssh -o BatchMode=yes") and remote_shell.endswith("-p 2222")
+    # The receiving rsync runs through the installed host script, under its lock.
+    receiver = next(a for a in rsync.argv if a.startswith("--rsync-path="))
+    installed = f"/srv/app/{release.transports.installed_script_name()}"
+    assert receiver.split()[:4] == ["--rsync-path=sh", installed, "transfer", "/srv/app"]
+    assert receiver.endswith(" -- rsync")
     assert "--link-dest=/srv/app/current" in rsync.argv
 
 

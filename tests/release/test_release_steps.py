@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from buildbot.process.properties import Property
-from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.process.results import CANCELLED, FAILURE, SUCCESS, WARNINGS
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import TestBuildStepMixin
 from buildbot.test.util.config import ConfigErrorsMixin
@@ -22,6 +22,15 @@ from buildbot_steps import release
 from buildbot_steps.release.steps import FlipRelease, PushRelease, RollbackRelease
 
 HOSTS = 4
+
+
+class StoppedAfterFirstHost(PushRelease):
+    """A push whose build is stopped (Buildbot calls interrupt()) once the first host is done."""
+
+    def _progress_from_thread(self, host_report, done: int, total: int, failed: int) -> None:
+        super()._progress_from_thread(host_report, done, total, failed)
+        if done == 1:
+            self.interrupt("stopped by the operator")
 
 
 class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, unittest.TestCase):
@@ -101,6 +110,17 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.assertEqual(props.getProperty("release_pushed_hosts"), ["h0", "h1", "h3"])
         self.assertEqual(props.getProperty("release_push_hosts_failed"), 1)
         self.assertEqual(self.live_revisions(), ["r1", "r1", None, "r1"])
+
+    async def test_a_stopped_build_cancels_the_hosts_not_done_and_says_so(self):
+        # One host at a time; the build is stopped as the first host reports.
+        self.setup_step(
+            StoppedAfterFirstHost(source=str(self.tree), revision="r1", concurrency=1, **self.push_options())
+        )
+        self.expect_outcome(result=CANCELLED)
+        self.expect_result_summary({"step": "push: 1/4 hosts ok, failed: h1, h2, h3"})
+        await self.run_step()
+        self.assertRegex(self.get_nth_step(0).logs["hosts"].stdout, r"h3 +cancelled")
+        self.assertEqual(self.build.getProperties().getProperty("release_pushed_hosts"), ["h0"])
 
     async def test_tolerated_failures_give_warnings(self):
         self.hosts[1]["deploy_root"] = "/proc/no-such-place"

@@ -1,0 +1,154 @@
+"""What a run reports, per host and in all, read from the engine's results and
+the host script's output: the words an operator reads in a refusal or a failure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from buildbot_steps.release.inventory import Host
+
+# host_release.sh's exit code when another run holds the deploy root's lock.
+EXIT_HOST_BUSY = 6
+BUSY_LINE = re.compile(r"busy since=(\S+) what=(\S+)")
+COMMITTED_LINE = re.compile(r"^host_release: committed (slot=\d+ seq=\d+)$", re.MULTILINE)
+NO_SPACE_TEXT = "No space left on device"
+
+
+@dataclass
+class HostReport:
+    host: str
+    status: str  # ok, failed, timed_out, skipped or cancelled (the engine's words)
+    exit_code: int = -1
+    attempts: int = 0
+    failed_step: str | None = None
+    error: str = ""
+    duration_s: float = 0.0
+    bytes_sent: int = 0
+    details: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class RunReport:
+    action: str
+    hosts: list
+    duration_s: float = 0.0
+    revision: str | None = None
+
+    @property
+    def ok_hosts(self) -> list[str]:
+        return [h.host for h in self.hosts if h.ok]
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return [h.host for h in self.hosts if not h.ok]
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(h.bytes_sent for h in self.hosts)
+
+    @property
+    def all_ok(self) -> bool:
+        return bool(self.hosts) and all(h.ok for h in self.hosts)
+
+    def by_host(self) -> dict:
+        return {h.host: h for h in self.hosts}
+
+    def summary(self) -> str:
+        what = f" {self.revision}" if self.revision else ""
+        return (
+            f"{self.action}{what}: {len(self.ok_hosts)}/{len(self.hosts)} hosts ok, "
+            f"{len(self.failed_hosts)} failed, {self.bytes_sent} bytes sent, {self.duration_s:.1f} s"
+        )
+
+    def to_text(self) -> str:
+        lines = [
+            self.summary(),
+            f"{'host':<20} {'status':<10} {'step':<9} {'exit':>4} {'tries':>5} {'secs':>7} {'bytes':>12}  detail",
+        ]
+        for h in self.hosts:
+            detail = h.error or " ".join(f"{k}={v}" for k, v in h.details.items() if not isinstance(v, dict))
+            lines.append(
+                f"{h.host:<20} {h.status:<10} {h.failed_step or '-':<9} {h.exit_code:>4} {h.attempts:>5} "
+                f"{h.duration_s:>7.2f} {h.bytes_sent:>12}  {detail}"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def parse_key_values(line: str) -> dict:
+    return dict(word.split("=", 1) for word in line.split() if "=" in word)
+
+
+def parse_status(stdout: str) -> dict:
+    """host_release.sh status output -> {"live", "live_revision", "live_complete", "slots"}."""
+    live, slots = None, {}
+    for line in stdout.splitlines():
+        fields = parse_key_values(line)
+        if line.startswith("live="):
+            live = fields.get("live") or None
+        elif "slot" in fields:
+            slots[fields.pop("slot")] = fields
+    live_slot = slots.get(live, {}) if live is not None else {}
+    return {
+        "live": live,
+        "live_revision": live_slot.get("revision"),
+        "live_complete": live_slot.get("state") == "complete",
+        "slots": slots,
+    }
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def busy_message(host: Host, stderr: str) -> str | None:
+    """host_release.sh's lock refusal, named by host and deploy root."""
+    found = BUSY_LINE.search(stderr)
+    if found is None:
+        return None
+    since, what = found.groups()
+    parts = what.split("/")
+    if len(parts) == 4:
+        what = f"{parts[0]} {parts[1]} from {parts[2]} pid {parts[3]}"
+    return f"another deploy holds {host.name}:{host.deploy_root} since {since} ({what})"
+
+
+def failure_message(result, host: Host) -> str:
+    stderr = result.stderr_tail
+    # Exit code EXIT_HOST_BUSY from a script step; inside the transfer, rsync's
+    # own code (the protocol stream ended): the script's line says it either way.
+    busy = busy_message(host, stderr)
+    if busy:
+        return busy
+    # rsync's receiver (or the script's mv) says ENOSPC; what reaches the end
+    # of stderr is often the sender's "broken pipe", which explains nothing.
+    if NO_SPACE_TEXT in stderr:
+        return f"no space left on {host.name}:{host.deploy_root}"
+    return last_line(stderr) or {
+        "timed_out": "host timeout",
+        "skipped": "skipped: failure budget exhausted",
+        "cancelled": "cancelled",
+    }.get(str(result.status), f"exit code {result.exit_code}")
+
+
+def host_report(result, step_names, host: Host) -> HostReport:
+    failed = result.failed_step if 0 <= result.failed_step < len(step_names) else None
+    report = HostReport(
+        host=result.host,
+        status=str(result.status),
+        exit_code=result.exit_code,
+        attempts=result.attempts,
+        failed_step=step_names[failed] if failed is not None else None,
+        duration_s=result.duration_s,
+        bytes_sent=result.bytes_sent,
+    )
+    if report.ok:
+        report.details = {"stdout": result.stdout_tail, "stderr": result.stderr_tail}
+    else:
+        report.error = failure_message(result, host)
+    return report

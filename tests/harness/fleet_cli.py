@@ -1,0 +1,123 @@
+"""A `buildbot-cd` process against an SshdFleet, and ways to hold its transfer still.
+
+    cli = start_cli_push(fleet, hosts, workdir, tree, "v1")   # a real `buildbot-cd push`
+    stopped = stop_receivers(fleet, hosts)    # SIGSTOP the receiving rsync on each host
+    signal_all(stopped, signal.SIGCONT)
+
+Holding the host's side with SIGSTOP makes an overlap or an interruption land
+mid-transfer for certain, not by timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from harness.sshd_hosts import SshdFleet, SshdHost
+
+T = TypeVar("T")
+
+WAIT_S = 60.0  # deadline for events the tests wait on; they normally take < 1 s
+POLL_S = 0.01  # polling a process list, under that deadline
+STAGING_MARK = "releases/.incoming"
+BIG_FILE_BYTES = 8 * 1024 * 1024  # incompressible: the transfer lasts long enough to be stopped
+
+
+def write_inventory(fleet: SshdFleet, hosts: list[SshdHost], path: Path) -> Path:
+    path.write_text(json.dumps(fleet.inventory_entries(hosts)))
+    return path
+
+
+def cli_argv(fleet: SshdFleet, inventory: Path, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "buildbot_steps.cli", *args, "--inventory", str(inventory),
+        "--known-hosts", str(fleet.known_hosts), "--identity", str(fleet.identity_file),
+        "--ssh-option", "KexAlgorithms=curve25519-sha256",
+    ]  # fmt: skip
+
+
+def start_cli_push(
+    fleet: SshdFleet, hosts: list[SshdHost], workdir: Path, tree: Path, revision: str, *extra: str
+) -> subprocess.Popen:
+    inventory = write_inventory(fleet, hosts, workdir / f"inventory-{revision}.json")
+    argv = cli_argv(fleet, inventory, "push", "--source", str(tree), "--revision", revision, *extra)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class LineCollector:
+    """Reads a process's stream in a thread, so a test can wait for a line with a deadline."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        self._thread.join(WAIT_S)
+        return "".join(self.lines)
+
+
+def wait_for(condition: Callable[[], T], what: str) -> T:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    raise AssertionError(f"not within {WAIT_S} s: {what}")
+
+
+def stop_receivers(fleet: SshdFleet, hosts: list[SshdHost]) -> dict[str, list[int]]:
+    """SIGSTOP the receiving rsync on each host once it runs: {host name: pids}."""
+    stopped = {}
+    for host in hosts:
+        pids = wait_for(lambda h=host: receiver_pids(fleet, h), f"the receiving rsync on {host.name}")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        stopped[host.name] = pids
+    return stopped
+
+
+def receiver_pids(fleet: SshdFleet, host: SshdHost) -> list[int]:
+    """The host's rsync writing into the staging directory (not the one installing the script)."""
+    return [pid for pid in fleet.session_pids(host, "rsync") if STAGING_MARK in command_line(pid)]
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def signal_all(stopped: dict[str, list[int]], signum: int) -> None:
+    for pids in stopped.values():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+
+def big_tree(make_tree: Callable[[str, dict], Path], name: str) -> Path:
+    return make_tree(name, {"app/version.txt": f"{name}\n", "data/blob.bin": os.urandom(BIG_FILE_BYTES)})
+
+
+def versions_match_manifests(host_root: Path) -> None:
+    for slot in (host_root / "releases").iterdir():
+        manifest = slot / ".release"
+        if manifest.is_file():
+            revision = dict(line.split("=", 1) for line in manifest.read_text().splitlines())["revision"]
+            assert (slot / "app/version.txt").read_text() == f"{revision}\n", slot

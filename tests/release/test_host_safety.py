@@ -1,0 +1,144 @@
+"""Nothing in a release tree steers the host script, nor carries privileges onto hosts.
+
+Real sshd hosts (the fleet fixture); each test uses a few of them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from buildbot_steps import release
+
+FORGED_MANIFEST = "revision=forged\nbuild=1\ntime=1\nseq=999\nprevious=../../..\nprevious_seq=1\n"
+FOREIGN_UID = 4242
+FOREIGN_GID = 4343
+
+
+def tree_with(make_tree, name: str) -> Path:
+    return make_tree(name, {"app/version.txt": f"{name}\n"})
+
+
+def manifest(host_root: Path, slot: str) -> dict:
+    text = (host_root / "releases" / slot / ".release").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+def live_slot(host_root: Path) -> str:
+    return os.readlink(host_root / "current").removeprefix("releases/")
+
+
+@pytest.mark.parametrize("shape", ["forged_file", "symlink_out", "directory", "tmp_symlink"])
+def test_a_manifest_in_the_tree_is_neither_transferred_nor_followed(make_runner, make_tree, fleet, tmp_path,
+                                                                    shape):  # fmt: skip
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched\n")
+    tree = tree_with(make_tree, "v1")
+    if shape == "forged_file":
+        (tree / ".release").write_text(FORGED_MANIFEST)
+    elif shape == "symlink_out":
+        (tree / ".release").symlink_to(outside)
+    elif shape == "directory":
+        (tree / ".release").mkdir()
+        (tree / ".release/x").write_text(FORGED_MANIFEST)
+    else:
+        (tree / ".release.tmp").symlink_to(outside)
+        (tree / ".release").write_text(FORGED_MANIFEST)
+    host = fleet.hosts[0]
+    runner = make_runner(hosts=[host])
+    pushed = runner.push(tree, "v1", "1")
+    assert pushed.all_ok, pushed.to_text()
+    slot = pushed.hosts[0].details["slot"]
+    written = host.deploy_root / "releases" / slot / ".release"
+    assert written.is_file() and not written.is_symlink()
+    assert manifest(host.deploy_root, slot)["revision"] == "v1" and "previous" not in manifest(
+        host.deploy_root, slot
+    )
+    assert not (host.deploy_root / "releases" / slot / ".release.tmp").exists()
+    assert outside.read_text() == "untouched\n"
+    # The forged revision is no release: its flip is refused.
+    refused = runner.flip("forged")
+    assert not refused.all_ok and "no complete release of revision forged" in refused.hosts[0].error
+    assert runner.flip("v1").all_ok
+
+
+def test_a_forged_manifest_in_a_slot_counts_as_incomplete_and_cannot_send_rollback_out(make_runner, make_tree,
+                                                                                      fleet):  # fmt: skip
+    # An older release (pushed before rsync excluded the manifest) left one.
+    host = fleet.hosts[0]
+    runner = make_runner(hosts=[host])
+    for revision in ("v1", "v2"):
+        assert runner.push(tree_with(make_tree, revision), revision, "1").all_ok
+        assert runner.flip(revision).all_ok
+    live = live_slot(host.deploy_root)
+    (host.deploy_root / "releases" / live / ".release").write_text(FORGED_MANIFEST.replace("forged", "v2"))
+
+    status = runner.status().hosts[0].details
+    assert status["slots"][live]["state"] == "incomplete" and not status["live_complete"]
+    rolled = runner.rollback()
+    assert not rolled.all_ok and "nothing live to roll back from" in rolled.hosts[0].error
+    assert live_slot(host.deploy_root) == live
+    # A previous= that is a slot number out of range, or a symlinked manifest: the same.
+    (host.deploy_root / "releases" / live / ".release").write_text(FORGED_MANIFEST.replace("../../..", "100"))
+    assert not runner.rollback().all_ok and live_slot(host.deploy_root) == live
+
+
+def test_a_slot_that_is_a_symlink_is_never_flipped_to(make_runner, make_tree, fleet, tmp_path):
+    host = fleet.hosts[0]
+    runner = make_runner(hosts=[host])
+    assert runner.push(tree_with(make_tree, "v1"), "v1", "1").all_ok
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".release").write_text("revision=evil\nbuild=1\ntime=1\nseq=5\n")
+    (host.deploy_root / "releases" / "7").symlink_to(elsewhere)
+    refused = runner.flip("evil")
+    assert not refused.all_ok and "no complete release" in refused.hosts[0].error
+    assert not (host.deploy_root / "current").exists()
+
+
+def privileged_tree(make_tree) -> Path:
+    tree = tree_with(make_tree, "v1")
+    os.mkfifo(tree / "fifo")
+    (tree / "suid").write_text("#!/bin/sh\n")
+    os.chmod(tree / "suid", 0o6755)
+    (tree / "owned").write_text("x\n")
+    os.chown(tree / "owned", FOREIGN_UID, FOREIGN_GID)
+    return tree
+
+
+def test_rsync_as_root_does_not_reproduce_privileges_unless_asked(make_runner, make_tree, fleet):
+    tree = privileged_tree(make_tree)
+    plain, preserving = fleet.hosts[0], fleet.hosts[1]
+    assert make_runner(hosts=[plain]).push(tree, "v1", "1").all_ok
+    runner = make_runner(hosts=[preserving])
+    runner.transport.preserve_privileged = True
+    assert runner.push(tree, "v1", "1").all_ok
+
+    slot = plain.deploy_root / "releases/0"
+    assert not (slot / "fifo").exists()
+    assert stat.S_IMODE((slot / "suid").stat().st_mode) == 0o755
+    assert ((slot / "owned").stat().st_uid, (slot / "owned").stat().st_gid) == (os.getuid(), os.getgid())
+
+    kept = preserving.deploy_root / "releases/0"
+    assert stat.S_ISFIFO((kept / "fifo").lstat().st_mode)
+    assert stat.S_IMODE((kept / "suid").stat().st_mode) == 0o6755
+    assert (kept / "owned").stat().st_uid == FOREIGN_UID
+
+
+def test_the_transfer_refuses_to_write_anywhere_but_the_staging_directory(tmp_path):
+    root = tmp_path / "root"
+    argv = ["sh", release.host_script_path(), "transfer", str(root), "5", "v1", "1", "1700000000",
+            "push/v1/m/1", "--", "rsync", "-a", f"{tmp_path}/", f"{tmp_path}/elsewhere/"]  # fmt: skip
+    result = release_script(argv)
+    assert result.returncode == 3 and f"must write into {root}/releases/.incoming/" in result.stderr
+    result = release_script([*argv[:10], "cp", "-r", f"{tmp_path}/", f"{root}/releases/.incoming/"])
+    assert result.returncode == 3 and "expected an rsync command" in result.stderr
+    assert not (root / "releases").exists()
+
+
+def release_script(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)

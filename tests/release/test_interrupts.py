@@ -1,0 +1,96 @@
+"""Interrupted pushes: kill -9 and Ctrl-C of `buildbot-cd push` against real sshd hosts.
+
+The receiving rsync on a host is held still with SIGSTOP, so the interruption
+lands mid-transfer for certain.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from harness.fleet_cli import (
+    WAIT_S,
+    LineCollector,
+    big_tree,
+    command_line,
+    signal_all,
+    start_cli_push,
+    stop_receivers,
+    versions_match_manifests,
+    wait_for,
+)  # fmt: skip
+from harness.sshd_hosts import descendant_pids, process_name
+
+
+def transfer_children(cli_pid: int) -> list[int]:
+    """The push's rsync and ssh processes, not ssh's shared connection ([mux] master),
+    which outlives any one command by design (ControlPersist)."""
+    return [p for p in descendant_pids(cli_pid) if "[mux]" not in command_line(p) and command_line(p)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converges(
+    make_runner, make_tree, fleet, tmp_path
+):
+    hosts = fleet.hosts[:2]
+    cli = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1")
+    stopped = stop_receivers(fleet, hosts)
+    children = transfer_children(cli.pid)
+    rsyncs = [p for p in children if process_name(p) == "rsync"]
+    assert rsyncs, [command_line(p) for p in children]
+    cli.kill()
+    cli.communicate(timeout=WAIT_S)
+    # While the hosts' side is still stopped, the master's rsync must already be
+    # gone: a transfer left running would finish (and commit) behind the
+    # operator's back. (Its ssh waits for the host's side to see the end.)
+    wait_for(lambda: not any(alive(p) for p in rsyncs), "the killed push's rsync to exit")
+    signal_all(stopped, signal.SIGCONT)
+    wait_for(lambda: not any(alive(p) for p in children), "the killed push's ssh and rsync to exit")
+    wait_for(lambda: not any(fleet.session_pids(h, "rsync") for h in hosts), "the hosts' rsync to exit")
+    wait_for(lambda: not any(fleet.session_pids(h, "sh") for h in hosts), "the hosts' script to exit")
+    runner = make_runner(hosts=hosts)
+    assert all(not h.details["slots"] or all(s["state"] != "complete" for s in h.details["slots"].values())
+               for h in runner.status().hosts), "the killed push committed"  # fmt: skip
+
+    pushed = runner.push(make_tree("v2", {"app/version.txt": "v2\n"}), "v2", "2")
+    assert pushed.all_ok, pushed.to_text()
+    assert runner.flip("v2").all_ok
+    for host in hosts:
+        assert (host.deploy_root / "current/app/version.txt").read_text() == "v2\n"
+        versions_match_manifests(host.deploy_root)
+
+
+def test_ctrl_c_cancels_at_once_and_says_which_hosts_committed(make_runner, make_tree, fleet, tmp_path):
+    done_host, stuck_host = fleet.hosts[:2]
+    cli = start_cli_push(fleet, [done_host, stuck_host], tmp_path, big_tree(make_tree, "v1"), "v1")
+    stopped = stop_receivers(fleet, [stuck_host])
+    progress, output = LineCollector(cli.stderr), LineCollector(cli.stdout)
+    try:
+        wait_for(
+            lambda: any(f"{done_host.name}: ok" in line for line in progress.lines), f"{done_host.name} done"
+        )
+        os.kill(cli.pid, signal.SIGINT)
+        # Well before the host timeout (600 s by default): the transfer is cancelled.
+        cli.wait(timeout=WAIT_S)
+        out, err = output.text(), progress.text()
+    finally:
+        signal_all(stopped, signal.SIGCONT)
+    assert cli.returncode == 130, out + err
+    assert (
+        f"interrupted; done on 1 host(s): {done_host.name}; "
+        f"not done (left as they were) on 1 host(s): {stuck_host.name}"
+    ) in err
+    assert f"{stuck_host.name:<20} cancelled" in out
+    wait_for(lambda: not fleet.session_pids(stuck_host, "rsync"), "the cancelled host's rsync to exit")
+    runner = make_runner(hosts=[done_host, stuck_host])
+    slots = {h.host: h.details["slots"] for h in runner.status().hosts}
+    assert slots[done_host.name]["0"]["revision"] == "v1"
+    assert all(s["state"] != "complete" for s in slots[stuck_host.name].values())
