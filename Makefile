@@ -9,10 +9,11 @@ PY := $(VENV)/bin/python
 CPP_BUILD := build/cpp
 # Debian packages: compilers and libraries for the C++ core, the real
 # components the tests start (sshd, rsync, PostgreSQL, Chromium), and the
-# peers the benchmarks compare against (pssh, ClusterShell).
+# peers the benchmarks compare against (pssh, ClusterShell), and a Prometheus
+# server that the canary judge's query-API source is tested against.
 DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-dev \
 	libfmt-dev libgtest-dev rsync openssh-server openssh-client postgresql \
-	chromium chromium-driver pssh clustershell
+	chromium chromium-driver pssh clustershell prometheus
 
 .PHONY: demo demo-stop test test-cpp test-python deps venv install cpp-tests clean
 

@@ -7,6 +7,7 @@ SOURCE to HOST's staging directory" into argument vectors for the fan-out.
 from __future__ import annotations
 
 import atexit
+import shlex
 import shutil
 import tempfile
 import threading
@@ -108,6 +109,12 @@ class SshTransport:
         ]
         return CommandSpec(argv, stdin_data=host_script_text())
 
+    def command(self, host: Host, argv: list[str]) -> CommandSpec:
+        """A read-only command on the host (e.g. a metrics probe). The remote
+        side joins the words for the user's shell, so each is quoted exactly."""
+        words = host_words(host, argv)
+        return CommandSpec(["ssh", *self.ssh_options(host), f"{host.user}@{host.address}", shlex.join(words)])
+
     def rsync_command(self, host: Host, source: str) -> CommandSpec:
         # rsync splits -e on whitespace: every part is fixed or checked above.
         remote_shell = " ".join(["ssh", *self.ssh_options(host)])
@@ -143,10 +150,20 @@ class LocalTransport:
     def script_command(self, host: Host, action: str, args: list[str]) -> CommandSpec:
         return CommandSpec(["sh", host_script_path(), action, *args])
 
+    def command(self, host: Host, argv: list[str]) -> CommandSpec:
+        return CommandSpec(host_words(host, argv))
+
     def rsync_command(self, host: Host, source: str) -> CommandSpec:
         return CommandSpec(
             [*rsync_base(host), f"{source}/", f"{host.deploy_root}/{STAGING_DIR}/"], parse_rsync_stats=True
         )
+
+
+def host_words(host: Host, argv: list[str]) -> list[str]:
+    """`argv` with {deploy_root} and {name} in any word replaced by the host's own."""
+    if not argv or not all(isinstance(word, str) for word in argv):
+        raise InvalidInput(f"host command must be a non-empty list of strings, got {argv!r}")
+    return [word.replace("{deploy_root}", host.deploy_root).replace("{name}", host.name) for word in argv]
 
 
 def rsync_base(host: Host) -> list[str]:
