@@ -126,6 +126,13 @@ class CanaryRelease(_ReleaseStep):
                 )
         eligible = [h for h in runner.inventory.hosts if pushed is None or h.name in set(pushed)]
         canary = [h.name for h in self._selection().apply(eligible)]
+        if not canary:
+            raise release.InvalidInput("no canary host: tag=, count= or fraction= matched no pushed host")
+        if len(canary) >= len(runner.inventory.hosts):
+            raise release.InvalidInput(
+                "the canary selection takes every host: choose fewer (tag=, count= or fraction=) "
+                "so that control hosts stay on the old release"
+            )
         return CanaryPlan(
             revision,
             canary,

@@ -13,15 +13,14 @@ import pytest
 
 from buildbot_steps import release
 from harness.local_master import free_port, wait_until
-from harness.webfleet import CANARIES, GOOD, WebFleet
+from harness.webfleet import CANARIES, GOOD, TEST_FLEET_SIZE, WebFleet
 
-FLEET_SIZE = 10
 PROMETHEUS_READY_S = 60
 
 
 @pytest.fixture
 def web_fleet(tmp_path):
-    with WebFleet(FLEET_SIZE, tmp_path / "web") as fleet:
+    with WebFleet(TEST_FLEET_SIZE, tmp_path / "web") as fleet:
         yield fleet
 
 

@@ -1,8 +1,8 @@
-"""The canary release end to end on a real web fleet (10 HTTP server processes,
+"""The canary release end to end on a real web fleet (14 HTTP server processes,
 local deploy roots, a steady load): the judge loop the step runs (CanaryRun)
 over the release engine's own push, flip and rollback.
 
-Windows are short (1 s looks, an 8 s canary window) and the bad releases are
+Windows are short (1 s looks, a 10 s canary window) and the bad releases are
 clearly bad (three times the errors), so the verdicts do not depend on the
 machine's speed; the errors themselves are deterministic (webserver.py).
 """
@@ -20,8 +20,8 @@ from buildbot_steps.canary.controller import CanaryPlan, CanaryRun, Timing
 from harness.local_master import wait_until
 from harness.webfleet import BAD, CANARIES, GOOD, LoadGenerator, live_revisions, set_behaviour
 
-RATE_PER_HOST = 20  # requests a second: one error a second per host at 5%
-TIMING = Timing(baseline_s=3, canary_s=8, interval_s=1, monitor_s=0)
+RATE_PER_HOST = 20  # requests a second: two errors a second per host at 10%
+TIMING = Timing(baseline_s=3, canary_s=10, interval_s=1, monitor_s=0)
 METRICS = [
     {"name": "errors", "events": "app_errors_total", "exposure": "app_requests_total", "min_effect": 0.2},
     {
@@ -52,7 +52,7 @@ def test_a_good_release_goes_to_every_host(web_fleet, deployed):
     assert (outcome.verdict, outcome.action) == ("PASS", "promoted")
     assert set(live_revisions(runner).values()) == {"r2"}
     looks = outcome.samples["phases"][0]["looks"]
-    assert len(looks) == 8 and looks[-1]["verdict"] == "PASS"
+    assert len(looks) == 10 and looks[-1]["verdict"] == "PASS"
     errors = looks[-1]["results"][0]
     assert errors["status"] == "TESTED" and not errors["failed"] and errors["canary_hosts"] == CANARIES
 
@@ -67,7 +67,7 @@ def test_a_bad_release_is_rolled_back_within_the_canary_window(web_fleet, deploy
     )
     assert set(live_revisions(runner).values()) == {"r1"}
     looks = outcome.samples["phases"][0]["looks"]
-    assert len(looks) < 8  # decided before the window was over
+    assert len(looks) < 10  # decided before the window was over
     errors = looks[-1]["results"][0]
     assert errors["failed"] and errors["estimate"] > 2  # three times the errors, roughly
     assert [e["what"] for e in outcome.samples["events"]] == ["flip canary", "roll back canary"]
@@ -100,7 +100,7 @@ def test_a_metrics_endpoint_down_on_one_host_is_reported_not_counted(web_fleet, 
     last = outcome.samples["phases"][0]["looks"][-1]
     assert last["data"]["errors"]["control"]["web8"]["missing"] is True
     assert "unreachable" in last["data"]["errors"]["control"]["web8"]["reason"]
-    assert last["results"][0]["control_missing"] == 1 and last["results"][0]["control_hosts"] == 4
+    assert last["results"][0]["control_missing"] == 1 and last["results"][0]["control_hosts"] == 8
 
 
 def test_zero_traffic_is_inconclusive_and_the_release_does_not_go_out(web_fleet, deployed):

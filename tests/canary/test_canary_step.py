@@ -19,9 +19,8 @@ from buildbot_steps import release
 from buildbot_steps.canary import ScrapeSource, report
 from buildbot_steps.canary.step import CanaryRelease, describe_metric
 from buildbot_steps.release.steps import PushRelease
-from harness.webfleet import BAD, CANARIES, GOOD, LoadGenerator, WebFleet, live_revisions
+from harness.webfleet import BAD, CANARIES, GOOD, TEST_FLEET_SIZE, LoadGenerator, WebFleet, live_revisions
 
-FLEET_SIZE = 10
 METRICS = [
     {"name": "errors", "events": "app_errors_total", "exposure": "app_requests_total", "min_effect": 0.2}
 ]
@@ -35,10 +34,18 @@ class CanaryStepTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, un
         self.setup_test_build_step()
         self.workdir = Path(tempfile.mkdtemp(prefix="bbcd-canary-"))
         self.addCleanup(shutil.rmtree, self.workdir, True)
-        self.fleet = WebFleet(FLEET_SIZE, self.workdir / "web")
+        # Started by the tests that need live hosts; the others only read its names.
+        self.fleet = WebFleet(TEST_FLEET_SIZE, self.workdir / "web")
         self.addCleanup(self.fleet.stop)
-        self.fleet.start()
-        self.hosts = self.fleet.inventory_entries(canaries=CANARIES)
+        self.hosts = [
+            {
+                "name": f"web{i}",
+                "address": "127.0.0.1",
+                "deploy_root": str(self.workdir / f"web{i}"),
+                "tags": ["canary"] if i <= CANARIES else [],
+            }
+            for i in range(1, TEST_FLEET_SIZE + 1)
+        ]
 
     def tree(self, name: str, behaviour: dict) -> str:
         root = self.workdir / "trees" / name
@@ -52,9 +59,11 @@ class CanaryStepTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, un
             "transport": "local",
             "tag": "canary",
             "metrics": METRICS,
-            "sources": ScrapeSource(self.fleet.metrics_urls(), timeout_s=2),
+            "sources": ScrapeSource(
+                self.fleet.metrics_urls() or "http://{address}:9100/metrics", timeout_s=2
+            ),
             "baseline": 3,
-            "canary_window": 8,
+            "canary_window": 10,
             "interval": 1,
             "monitor": 0,
             **kwargs,
@@ -62,6 +71,8 @@ class CanaryStepTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, un
         return CanaryRelease(**options)
 
     async def test_a_bad_release_fails_the_step_and_is_rolled_back(self):
+        self.fleet.start()
+        self.hosts = self.fleet.inventory_entries(canaries=CANARIES)
         runner = release.ReleaseRunner(release.Inventory.from_entries(self.hosts), release.LocalTransport())
         runner.flip("r1", only_hosts=runner.push(self.tree("r1", GOOD), "r1").ok_hosts)
         self.setup_step(

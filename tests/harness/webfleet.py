@@ -25,11 +25,14 @@ from pathlib import Path
 
 from harness.local_master import wait_until
 
-# 5 canaries and 5 controls: the judge's default minimum of 5 hosts per arm.
+# The judge's default minimum is 5 hosts per arm; the count test's degrees of
+# freedom are the control hosts' less one, so 9 controls give it room to
+# decide within a few seconds (5 would give 4 df: x3 errors would need far longer).
+TEST_FLEET_SIZE = 14
 CANARIES = 5
-GOOD = {"error_rate": 0.05}
+GOOD = {"error_rate": 0.1}
 # Three times the errors: clearly bad within a few seconds at 20 requests/s a host.
-BAD = {"error_rate": 0.15}
+BAD = {"error_rate": 0.3}
 
 SERVER_SCRIPT = Path(__file__).with_name("webserver.py")
 # Starting ten Python processes on a busy 2-core machine takes a few seconds.
