@@ -15,6 +15,7 @@ The third source, a command run on each host, is in command_source.py.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import re
@@ -169,7 +170,7 @@ class ScrapeSource:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return None, "metrics page is not UTF-8"
-        except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts are OSErrors
+        except (OSError, ValueError, http.client.HTTPException) as error:  # URLError, timeouts: OSErrors
             return None, describe(error)
         return parse_page(text, selectors)
 
@@ -199,7 +200,9 @@ class PrometheusQuerySource:
         """label value -> value; OSError or ValueError when the server says no."""
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
         answer = json.loads(fetch(url, self.timeout_s, self.max_bytes))
-        if not isinstance(answer, dict) or answer.get("status") != "success":
+        if not isinstance(answer, dict):
+            raise ValueError(f"query {expression!r}: the answer is not a JSON object")
+        if answer.get("status") != "success":
             raise ValueError(f"query {expression!r} failed: {answer.get('error', answer)!r}")
         data = answer.get("data", {})
         if data.get("resultType") != "vector":
@@ -219,7 +222,7 @@ class PrometheusQuerySource:
         for expression in sorted(set(series)):
             try:
                 results[expression] = self.query(expression)
-            except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+            except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as error:
                 reason = f"Prometheus query failed: {describe(error)}"
                 return {host.name: (None, reason) for host in hosts}
         answers: dict[str, HostValues] = {}

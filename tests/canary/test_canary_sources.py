@@ -167,3 +167,14 @@ def test_prometheus_query_source_reads_one_value_per_host(web_fleet, prometheus)
     )
     broken = source.read(hosts, ["sum(("])
     assert all(values is None and "query failed" in reason for values, reason in broken.values())
+
+
+def test_the_ssh_command_is_one_exactly_quoted_remote_line():
+    host = release.Host("web1", "web1.example", 2222, "deploy", "/srv/app")
+    spec = release.SshTransport(control_dir="/tmp/x").command(
+        host, ["grep", "-c", "a b; rm", "{deploy_root}/log"]
+    )
+    assert spec.argv[0] == "ssh" and "deploy@web1.example" in spec.argv
+    assert spec.argv[-1] == "grep -c 'a b; rm' /srv/app/log"
+    with pytest.raises(InvalidInputError, match="non-empty list"):
+        CommandSource([])
