@@ -15,6 +15,7 @@ WIDTH, HEIGHT = 640, 240
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 130, 20, 40
 COLOURS = {"canary": "#d62728", "control": "#1f77b4"}
 EVENT_COLOUR = "#555"
+LABEL_ROW, LABEL_ROWS = 11, 4
 
 
 def last_look(samples: dict, phase: str) -> dict | None:
@@ -92,14 +93,16 @@ def chart(samples: dict, metric: dict, decision_t: float | None) -> str:
             f'text-anchor="middle">{fraction * t_max:.0f}</text>'
         )
     for event in events:
-        parts.append(_marker(x(event["t"]), plot_h, event["what"], EVENT_COLOUR))
+        # Labels on rows of their own: a flip and a rollback can be a second apart.
+        row_y = MARGIN_TOP + 10 + LABEL_ROW * (events.index(event) % LABEL_ROWS)
+        parts.append(_marker(x(event["t"]), plot_h, event["what"], EVENT_COLOUR, row_y))
     if decision_t is not None:
-        parts.append(_marker(x(decision_t), plot_h, "decision", "black", dash="2,2"))
+        parts.append(_marker(x(decision_t), plot_h, "decision", "black", MARGIN_TOP + plot_h - 4, "2,2"))
     for row, (name, line) in enumerate(lines.items()):
         if line:
             path = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in line)
             parts.append(f'<polyline fill="none" stroke="{COLOURS[name]}" stroke-width="2" points="{path}"/>')
-        legend_y = MARGIN_TOP + 12 + 16 * row
+        legend_y = MARGIN_TOP + plot_h // 2 + 16 * row  # below the event labels
         parts.append(
             f'<rect x="{WIDTH - MARGIN_RIGHT + 10}" y="{legend_y - 8}" width="12" height="3" '
             f'fill="{COLOURS[name]}"/><text x="{WIDTH - MARGIN_RIGHT + 26}" y="{legend_y}" '
@@ -109,10 +112,10 @@ def chart(samples: dict, metric: dict, decision_t: float | None) -> str:
     return "\n".join(parts)
 
 
-def _marker(at: float, plot_h: float, label: str, colour: str, dash: str = "5,3") -> str:
+def _marker(at: float, plot_h: float, label: str, colour: str, label_y: float, dash: str = "5,3") -> str:
     return (
         f'<line x1="{at:.1f}" y1="{MARGIN_TOP}" x2="{at:.1f}" y2="{MARGIN_TOP + plot_h}" stroke="{colour}" '
-        f'stroke-dasharray="{dash}"/><text x="{at + 2:.1f}" y="{MARGIN_TOP + 10}" font-size="9" '
+        f'stroke-dasharray="{dash}"/><text x="{at + 2:.1f}" y="{label_y:.1f}" font-size="9" '
         f'fill="{colour}">{escape(label)}</text>'
     )
 
