@@ -9,13 +9,14 @@ PY := $(VENV)/bin/python
 CPP_BUILD := build/cpp
 # Debian packages: compilers and libraries for the C++ core, the real
 # components the tests start (sshd, rsync, PostgreSQL, Chromium), and the
-# peers the benchmarks compare against (pssh, ClusterShell), and a Prometheus
-# server that the canary judge's query-API source is tested against.
+# peers the benchmarks compare against (pssh, ClusterShell), clang-format for
+# the C++ style check, and a Prometheus server that the canary judge's
+# query-API source is tested against.
 DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-dev \
 	libfmt-dev libgtest-dev rsync openssh-server openssh-client postgresql \
-	chromium chromium-driver pssh clustershell prometheus
+	chromium chromium-driver pssh clustershell clang-format prometheus
 
-.PHONY: demo demo-stop test test-cpp test-python deps venv install cpp-tests clean
+.PHONY: demo demo-stop test test-cpp test-python lint-cpp deps venv install cpp-tests clean
 
 demo: install
 	PYTHONPATH=tests $(PY) -m harness.demo
@@ -25,7 +26,13 @@ demo: install
 demo-stop:
 	@if [ -x $(PY) ]; then PYTHONPATH=tests $(PY) -m harness.demo --stop; else echo "demo: nothing to stop (no $(VENV))"; fi
 
-test: test-cpp test-python
+test: lint-cpp test-cpp test-python
+
+# The C++ style (.clang-format): fails on any file clang-format would change.
+CPP_SOURCES = $(wildcard cpp/include/cd/*.hpp cpp/src/*.cpp cpp/tests/*.cpp cpp/tests/*.hpp \
+	bindings/*.cpp bindings/*.hpp)
+lint-cpp: deps
+	clang-format --dry-run -Werror $(CPP_SOURCES)
 
 deps:
 	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEBIAN_PACKAGES) 2>/dev/null \
