@@ -13,7 +13,7 @@ CPP_BUILD := build/cpp
 # the C++ style check, and a Prometheus server that the canary judge's
 # query-API source is tested against.
 DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-dev \
-	libfmt-dev libgtest-dev rsync openssh-server openssh-client postgresql \
+	libfmt-dev libgtest-dev libsimdjson-dev rsync openssh-server openssh-client postgresql \
 	chromium chromium-driver pssh clustershell clang-format prometheus
 
 .PHONY: demo demo-stop test test-cpp test-python lint-cpp deps venv install cpp-tests clean

@@ -8,5 +8,6 @@ namespace cd::bindings {
 
 void bind_shard(pybind11::module_& module);
 void bind_fanout(pybind11::module_& module);
+void bind_canary(pybind11::module_& module);
 
 }  // namespace cd::bindings

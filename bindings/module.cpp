@@ -48,4 +48,5 @@ PYBIND11_MODULE(_core, module) {
 
   cd::bindings::bind_shard(module);
   cd::bindings::bind_fanout(module);
+  cd::bindings::bind_canary(module);
 }

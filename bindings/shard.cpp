@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "cd/error.hpp"
 
 namespace py = pybind11;
 
@@ -44,6 +45,46 @@ void bind_estimates(py::module_& module) {
              py::call_guard<py::gil_scoped_release>(),
              "One estimate per test from past runs (oldest first): {test id: seconds} each.");
   module.def("file_of", &file_of, py::arg("test_id"));
+}
+
+// A history read by the core: the runs stay in C++, so that a million tests
+// are never turned into Python dictionaries only to be turned back.
+struct DurationHistory {
+  std::vector<DurationMap> runs;
+  std::vector<std::string> newest_ids;
+};
+
+DurationHistory read_history_files(const std::vector<std::string>& paths) {
+  if (paths.empty()) throw InvalidInput("no history files given: pass at least one duration file");
+  DurationHistory history;
+  for (const auto& path : paths) {
+    DurationFile file = read_duration_file(path);
+    history.runs.push_back(std::move(file.durations));
+    history.newest_ids = std::move(file.ids);
+  }
+  return history;
+}
+
+void bind_duration_files(py::module_& module) {
+  py::class_<DurationHistory>(module, "DurationHistory")
+      .def("__len__", [](const DurationHistory& h) { return h.runs.size(); })
+      .def_readonly("newest_ids", &DurationHistory::newest_ids)
+      .def_readonly("runs", &DurationHistory::runs);
+  module.def("read_duration_files", &read_history_files, py::arg("paths"),
+             py::call_guard<py::gil_scoped_release>(),
+             "pytest-split duration files, oldest first, read and checked by the core.");
+  module.def(
+      "estimate_durations",
+      [](const std::vector<std::string>& tests, const DurationHistory& history) {
+        return estimate_durations(tests, history.runs);
+      },
+      py::arg("tests"), py::arg("history"), py::call_guard<py::gil_scoped_release>());
+  module.def(
+      "estimate_durations",
+      [](const DurationHistory& history) { return estimate_durations(history.newest_ids, history.runs); },
+      py::arg("history"), py::call_guard<py::gil_scoped_release>(),
+      "Estimates for the tests of the newest file.");
+  module.def("plan_to_json", &plan_to_json, py::arg("plan"), py::call_guard<py::gil_scoped_release>());
 }
 
 void bind_plan(py::module_& module) {
@@ -150,6 +191,7 @@ void bind_dispatcher(py::module_& module) {
 
 void bind_shard(py::module_& module) {
   bind_estimates(module);
+  bind_duration_files(module);
   bind_plan(module);
   bind_results(module);
   bind_dispatcher(module);

@@ -4,6 +4,7 @@
     hosts = [{"address": "web1.example", "deploy_root": "/srv/app", "tags": ["canary"]}, ...]
     deploy_lock = util.MasterLock("deploy")           # one deploy at a time
     factory.addStep(steps.PushRelease(inventory=hosts, source="/srv/builds/%(prop:buildnumber)s",
+                                      release_root="/srv/builds",   # nothing outside it is ever pushed
                                       known_hosts="/etc/buildbot/known_hosts", identity_file="/etc/buildbot/deploy_key",
                                       locks=[deploy_lock.access("exclusive")]))
     factory.addStep(steps.FlipRelease(inventory=hosts, tag="canary", ...))
@@ -19,6 +20,8 @@ release_ACTION_bytes_sent, release_ACTION_duration_s, release_pushed_hosts
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from buildbot import config
 from buildbot.interfaces import IRenderable
@@ -129,9 +132,12 @@ class _ReleaseStep(buildstep.BuildStep):
                 self._load_inventory(self.inventory), self._make_transport(), self.settings,
                 self.slots, progress=self._progress_from_thread,
             )  # fmt: skip
-            work = self._work(runner)
         except (release.InvalidInput, ValueError) as error:
             return await self._refuse(f"bad configuration: {error}")
+        try:
+            work = self._work(runner)  # the rendered arguments: a forced build's values
+        except (release.InvalidInput, ValueError) as error:
+            return await self._refuse(str(error))
         self._runner = runner
         self._progress = (0, 0, 0)
         self.updateSummary()
@@ -215,8 +221,38 @@ class _ReleaseStep(buildstep.BuildStep):
         return super().interrupt(reason)
 
 
+def confine_to_root(source, release_root: str) -> str:
+    """`source` resolved (symlinks and `..` followed), refused unless strictly inside `release_root`.
+
+    A relative `source` is taken under the root. The resolved path is what
+    gets pushed, so a link swapped after this check is not followed again.
+    """
+    root = Path(release_root).resolve()
+    if not root.is_dir():
+        raise release.InvalidInput(
+            f"the release root {release_root!r} is not a directory on the master: create it, or set "
+            "release_root (BUILDBOT_CD_RELEASE_ROOT in master.cfg.example) to where release trees are kept"
+        )
+    if not isinstance(source, str) or not source.strip() or "\0" in source:
+        raise release.InvalidInput(f"no usable release directory (got {source!r}): name one under {root}")
+    resolved = (root / source).resolve()  # an absolute source replaces the root here
+    if root not in resolved.parents:
+        raise release.InvalidInput(
+            f"refusing to push {source!r}: it resolves to {resolved}, which is not inside the release "
+            f"root {root}; deploy a directory under {root}"
+        )
+    if not resolved.is_dir():
+        raise release.InvalidInput(f"release directory {source!r} is not a directory under {root}")
+    return str(resolved)
+
+
 class PushRelease(_ReleaseStep):
-    """Transfer `source` (a directory on the master) into a free slot on every host."""
+    """Transfer `source` (a directory on the master, inside `release_root`) into a free slot on every host.
+
+    `release_root` is required: the force form and the Trigger pass the
+    release directory as a property, and without a root any directory of the
+    master (its own database included) could be pushed live to every host.
+    """
 
     name = "push_release"
     description = ["pushing"]
@@ -225,12 +261,18 @@ class PushRelease(_ReleaseStep):
     renderables = ["source", "build_number"]
 
     def __init__(self, source=None, revision=properties.Property("got_revision", default=properties.Property("revision")),
-                 build=properties.Property("buildnumber"), **kwargs):  # fmt: skip
+                 build=properties.Property("buildnumber"), release_root=None, **kwargs):  # fmt: skip
         self.source = source
+        self.release_root = release_root
         self.build_number = build  # not self.build: that is the running Build
         super().__init__(revision=revision, **kwargs)
         if source is None:
             config.error("PushRelease: source (a directory on the master) is required")
+        if not isinstance(release_root, str) or not Path(release_root).is_absolute():
+            config.error(
+                "PushRelease: release_root is required: the absolute path of the directory on the master "
+                "that every pushed release must be inside"
+            )
 
     def _work(self, runner):
         source, revision = self.source, self.revision
@@ -239,6 +281,7 @@ class PushRelease(_ReleaseStep):
             raise release.InvalidInput("no revision to push (set revision=, or the got_revision property)")
         release.check_word(revision, "revision")
         release.check_word(build, "build")
+        source = confine_to_root(source, self.release_root)
         return lambda: runner.push(source, str(revision), build)
 
     def _set_figures(self, report) -> None:

@@ -71,9 +71,10 @@ def _add_history_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def _tests_to_plan(args, default: dict[str, float]) -> list[str]:
+def _tests_to_plan(args) -> list[str] | None:
+    """The --tests list, or None for the default set."""
     if args.tests is None:
-        return list(default)
+        return None
     if args.tests == "-":
         return planning.read_test_list(sys.stdin, "standard input")
     try:
@@ -86,20 +87,26 @@ def _tests_to_plan(args, default: dict[str, float]) -> list[str]:
 def run_plan(args) -> int:
     if args.shards < 1:
         raise InvalidInputError(f"--shards must be at least 1, got {args.shards}")
-    history = planning.read_history(args.history)
-    estimates = planning.estimate(_tests_to_plan(args, history[-1]), history)
+    # Read, estimated and planned in the core: a million tests never become
+    # Python objects on the --json path.
+    history = _core.read_duration_files(args.history)
+    tests = _tests_to_plan(args)
+    if tests is None:
+        estimates = _core.estimate_durations(history)  # the tests of the newest file
+    else:
+        estimates = _core.estimate_durations(tests, history)
     plan = _core.plan_static(estimates, args.shards)
     if args.json:
-        print(json.dumps(planning.plan_to_dict(plan), indent=1))
+        sys.stdout.write(_core.plan_to_json(plan))
     else:
         print(planning.format_plan(plan, estimates))
     return 0
 
 
 def run_simulate(args) -> int:
-    history = planning.read_history(args.history)
+    history = _core.read_duration_files(args.history)
     actual = planning.read_durations(args.actual)
-    estimates = planning.estimate(_tests_to_plan(args, actual), history)
+    estimates = planning.estimate(_tests_to_plan(args) or list(actual), history)
     result = planning.simulate(
         estimates,
         actual,

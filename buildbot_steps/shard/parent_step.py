@@ -77,6 +77,16 @@ DEFAULT_MAX_BATCH_TESTS = 200
 # the build for ever, and no sane batch runs for twenty minutes.
 DEFAULT_BATCH_TIMEOUT_S = 20 * 60
 
+# Without max_shards, a build may ask for at most this many shards per shard
+# worker: a few more shards than workers still balance (each worker runs a
+# few in turn), while a typo or a hostile force form (shards=300, or 10**9)
+# must not flood the master with build requests.
+SHARDS_PER_WORKER_CAP = 4
+
+# No configuration may allow more: every shard is a build request, a build and
+# a row in the database, all held by one master.
+ABSOLUTE_MAX_SHARDS = 1024
+
 
 class ShardedTest(BuildStep):
     """Runs a test suite as shard builds on a shard builder, and gates on it."""
@@ -103,6 +113,7 @@ class ShardedTest(BuildStep):
         test_workdir: str | None = None,
         env: dict[str, str] | None = None,
         shards: int | None = None,
+        max_shards: int | None = None,
         mode: str = "dynamic",
         max_attempts: int = 2,
         quarantine: list[str] | None = None,
@@ -122,6 +133,7 @@ class ShardedTest(BuildStep):
         self.test_workdir = test_workdir
         self.env = env or {}
         self.shards = shards
+        self.max_shards = max_shards
         self.mode = mode
         self.max_attempts = max_attempts
         self.quarantine = quarantine or []
@@ -160,15 +172,27 @@ class ShardedTest(BuildStep):
         ):
             if not isinstance(value, int) or value < minimum:
                 config.error(f"ShardedTest: {label} must be an integer >= {minimum}")
+        if self.max_shards is not None and not _is_count(self.max_shards, ABSOLUTE_MAX_SHARDS):
+            config.error(
+                f"ShardedTest: max_shards must be an integer 1..{ABSOLUTE_MAX_SHARDS} "
+                f"(or None: {SHARDS_PER_WORKER_CAP} per shard worker)"
+            )
         if self.shards is not None and not IRenderable.providedBy(self.shards):
-            if not isinstance(self.shards, int) or self.shards < 1:
-                config.error("ShardedTest: shards must be a positive integer (or None: one per worker)")
+            if not _is_count(self.shards, ABSOLUTE_MAX_SHARDS):
+                config.error(
+                    f"ShardedTest: shards must be an integer 1..{ABSOLUTE_MAX_SHARDS} "
+                    "(or None: one per worker)"
+                )
+            elif isinstance(self.max_shards, int) and self.shards > self.max_shards:
+                config.error(f"ShardedTest: shards={self.shards} is more than max_shards={self.max_shards}")
 
     def _check_rendered_arguments(self) -> None:
         problem = check_test_command(self.test_command)
         if problem:
             raise ShardedTestError(problem)
-        if self.shards is not None and (not isinstance(self.shards, int) or self.shards < 1):
+        if self.shards is not None and (
+            isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1
+        ):
             raise ShardedTestError(f"shards must be a positive integer, not {self.shards!r}")
         if not isinstance(self.discover_command, (list, tuple)) or not self.discover_command:
             raise ShardedTestError("discover_command must be a non-empty argument vector")
@@ -184,10 +208,11 @@ class ShardedTest(BuildStep):
         try:
             self._check_rendered_arguments()
             scheduler = self._triggerable()
+            shards = self._shard_count(scheduler)
             tests = yield self._list_tests()
             builderid = yield self.build.getBuilderId()
             history, self._flake_record = yield self._history.read(builderid)
-            results = yield self._run_sharded(scheduler, tests, history)
+            results = yield self._run_sharded(scheduler, tests, history, shards)
         except ShardedTestError as problem:
             self._final_summary = f"{problem}"
             yield self.addCompleteLog("problem", f"{problem}\n")
@@ -224,8 +249,10 @@ class ShardedTest(BuildStep):
         return parse_test_listing(cmd.stdout)
 
     @defer.inlineCallbacks
-    def _run_sharded(self, scheduler: Any, tests: list[str], history: list[dict[str, float]]):
-        shards = self.shards or self._workers_of(scheduler)
+    def _run_sharded(
+        self, scheduler: Any, tests: list[str], history: list[dict[str, float]], shards: int | None
+    ):
+        shards = shards or self._workers_of(scheduler)
         # Milliseconds for thousands of tests, but not microseconds: off the reactor.
         try:
             estimates = yield threads.deferToThread(_core.estimate_durations, tests, history)
@@ -253,6 +280,23 @@ class ShardedTest(BuildStep):
                 f"shard_scheduler {self.shard_scheduler!r} is not a Triggerable scheduler of this master"
             )
         return scheduler
+
+    def _shard_count(self, scheduler: Any) -> int | None:
+        """The shards asked for, refused above the cap (before anything runs); None: one per worker."""
+        if self.shards is None:
+            return None
+        if self.max_shards is not None:
+            cap, why = self.max_shards, "max_shards"
+        else:
+            workers = self._workers_of(scheduler)
+            cap = min(SHARDS_PER_WORKER_CAP * workers, ABSOLUTE_MAX_SHARDS)
+            why = f"{SHARDS_PER_WORKER_CAP} per shard worker, {workers} workers"
+        if self.shards > cap:
+            raise ShardedTestError(
+                f"refusing {self.shards} shards: at most {cap} ({why}); ask for fewer shards, "
+                "or raise max_shards in the ShardedTest step"
+            )
+        return self.shards
 
     def _workers_of(self, scheduler: Any) -> int:
         names = set()
@@ -452,6 +496,10 @@ class ShardedTest(BuildStep):
                 "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", brid)
             )
         yield super().interrupt(reason)
+
+
+def _is_count(value: Any, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= maximum
 
 
 def _count_sources(estimates: Any) -> dict[str, int]:

@@ -71,9 +71,13 @@ def read_test_list(lines: Iterable[str], source: str) -> list[str]:
     return tests
 
 
-def estimate(tests: Sequence[str], history: Sequence[Mapping[str, float]]) -> list[_core.TestEstimate]:
+def estimate(
+    tests: Sequence[str], history: Sequence[Mapping[str, float]] | _core.DurationHistory
+) -> list[_core.TestEstimate]:
     if not tests:
         raise InvalidInputError("the suite is empty: there are no tests to schedule")
+    if isinstance(history, _core.DurationHistory):
+        return _core.estimate_durations(list(tests), history)
     return _core.estimate_durations(list(tests), [dict(run) for run in history])
 
 

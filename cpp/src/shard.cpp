@@ -103,59 +103,80 @@ void check_unique(const Items& items, IdOf id_of) {
   }
 }
 
-// Each known test's estimate from its most recent runs.
-std::unordered_map<std::string, double> estimates_from_history(const std::vector<DurationMap>& history) {
-  std::unordered_map<std::string, std::vector<double>> runs;
-  auto first_run = history.size() > kRecentRunsConsidered ? history.size() - kRecentRunsConsidered : 0;
-  for (auto run = first_run; run < history.size(); ++run) {
-    auto where = fmt::format("history run {}", run + 1);
-    for (const auto& [test_id, seconds] : history[run]) {
-      check_duration(seconds, test_id, where.c_str());
-      runs[test_id].push_back(seconds);
-    }
-  }
-  // Older runs are still validated: a malformed file is an error wherever it sits.
-  for (std::size_t run = 0; run < first_run; ++run) {
+// The runs an estimate looks at: the most recent ones.
+std::size_t first_recent_run(const std::vector<DurationMap>& history) {
+  return history.size() > kRecentRunsConsidered ? history.size() - kRecentRunsConsidered : 0;
+}
+
+// A malformed file is an error wherever it sits in the history.
+void check_history(const std::vector<DurationMap>& history) {
+  for (std::size_t run = 0; run < history.size(); ++run) {
     auto where = fmt::format("history run {}", run + 1);
     for (const auto& [test_id, seconds] : history[run]) check_duration(seconds, test_id, where.c_str());
   }
-  std::unordered_map<std::string, double> known;
-  known.reserve(runs.size());
-  for (auto& [test_id, seconds] : runs) known.emplace(test_id, trimmed_mean(std::move(seconds)));
-  return known;
 }
+
+// A test's estimate from its recent runs, if it has any. Lookups only: at a
+// million tests, building a map of every test's runs costs more than this.
+std::optional<double> estimate_from_runs(const std::string& test_id,
+                                         const std::vector<DurationMap>& history) {
+  std::vector<double> seconds;
+  for (auto run = first_recent_run(history); run < history.size(); ++run) {
+    if (auto hit = history[run].find(test_id); hit != history[run].end()) seconds.push_back(hit->second);
+  }
+  if (seconds.empty()) return std::nullopt;
+  return trimmed_mean(std::move(seconds));
+}
+
+// Estimates for tests with no runs of their own: the median of the known
+// tests of their file, else of all known tests. Built only when a test needs it.
+class NewTestEstimates {
+ public:
+  explicit NewTestEstimates(const std::vector<DurationMap>& history) {
+    std::unordered_map<std::string_view, bool> seen;
+    std::unordered_map<std::string_view, std::vector<double>> known_by_file;
+    std::vector<double> all_known;
+    for (auto run = first_recent_run(history); run < history.size(); ++run) {
+      for (const auto& [test_id, ignored] : history[run]) {
+        if (!seen.emplace(test_id, true).second) continue;
+        double seconds = *estimate_from_runs(test_id, history);
+        known_by_file[file_view(test_id)].push_back(seconds);
+        all_known.push_back(seconds);
+      }
+    }
+    for (auto& [file, seconds] : known_by_file) file_median_.emplace(file, lower_median(std::move(seconds)));
+    if (!all_known.empty()) global_median_ = lower_median(std::move(all_known));
+  }
+
+  TestEstimate estimate(const std::string& test_id) const {
+    if (auto file = file_median_.find(std::string(file_view(test_id))); file != file_median_.end()) {
+      return {test_id, file->second, EstimateSource::FileMedian};
+    }
+    if (global_median_) return {test_id, *global_median_, EstimateSource::GlobalMedian};
+    return {test_id, kDefaultEstimateSeconds, EstimateSource::Default};
+  }
+
+ private:
+  std::unordered_map<std::string, double> file_median_;
+  std::optional<double> global_median_;
+};
 
 }  // namespace
 
 std::vector<TestEstimate> estimate_durations(const std::vector<std::string>& tests,
                                              const std::vector<DurationMap>& history) {
   check_unique(tests, [](const std::string& id) -> const std::string& { return id; });
-  auto known = estimates_from_history(history);
-
-  std::unordered_map<std::string, std::vector<double>> known_by_file;
-  std::vector<double> all_known;
-  all_known.reserve(known.size());
-  for (const auto& [test_id, seconds] : known) {
-    known_by_file[file_of(test_id)].push_back(seconds);
-    all_known.push_back(seconds);
-  }
-  std::unordered_map<std::string, double> file_median;
-  for (auto& [file, seconds] : known_by_file) file_median.emplace(file, lower_median(std::move(seconds)));
-  const bool anything_known = !all_known.empty();
-  const double global_median = anything_known ? lower_median(std::move(all_known)) : 0.0;
-
+  check_history(history);
+  std::optional<NewTestEstimates> new_tests;
   std::vector<TestEstimate> estimates;
   estimates.reserve(tests.size());
   for (const auto& test_id : tests) {
-    if (auto hit = known.find(test_id); hit != known.end()) {
-      estimates.push_back({test_id, hit->second, EstimateSource::History});
-    } else if (auto file = file_median.find(file_of(test_id)); file != file_median.end()) {
-      estimates.push_back({test_id, file->second, EstimateSource::FileMedian});
-    } else if (anything_known) {
-      estimates.push_back({test_id, global_median, EstimateSource::GlobalMedian});
-    } else {
-      estimates.push_back({test_id, kDefaultEstimateSeconds, EstimateSource::Default});
+    if (auto seconds = estimate_from_runs(test_id, history)) {
+      estimates.push_back({test_id, *seconds, EstimateSource::History});
+      continue;
     }
+    if (!new_tests) new_tests.emplace(history);
+    estimates.push_back(new_tests->estimate(test_id));
   }
   return estimates;
 }

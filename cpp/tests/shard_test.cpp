@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
@@ -40,6 +42,60 @@ std::multiset<std::string> planned_tests(const Plan& plan) {
 }
 
 // ---------------------------------------------------------------- estimates
+
+// A duration file written to a temporary path, removed with the object.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& text)
+      : path_(testing::TempDir() + "durations-" + std::to_string(counter_++)) {
+    std::ofstream(path_, std::ios::binary) << text;
+  }
+  ~TempFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  std::string path_;
+};
+
+TEST(DurationFiles, KeepTheFileOrderAndTheLastDuplicate) {
+  TempFile file(R"({"b.py::t": 2, "a.py::t": 0.5, "b.py::t": 3.25})");
+  DurationFile read = read_duration_file(file.path());
+  EXPECT_EQ(read.ids, (std::vector<std::string>{"b.py::t", "a.py::t"}));
+  EXPECT_DOUBLE_EQ(read.durations.at("b.py::t"), 3.25);
+}
+
+TEST(DurationFiles, BadInputNamesTheFileAndTheTest) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"a::t": -1})", "a::t"},
+      {R"({"a::t": "1"})", "non-numeric"},
+      {R"({"a::t": true})", "non-numeric"},
+      {R"([1, 2])", "JSON object"},
+      {R"({"a::t": 1e999})", "not valid JSON"},
+      {"{\"a\xff\": 1}", "not valid JSON"},
+      {R"({"a::t": 1)", "not valid JSON"},
+  };
+  for (const auto& [text, expected] : cases) {
+    TempFile file(text);
+    try {
+      read_duration_file(file.path());
+      ADD_FAILURE() << "accepted " << text;
+    } catch (const InvalidInput& error) {
+      EXPECT_NE(std::string(error.what()).find(file.path()), std::string::npos) << error.what();
+      EXPECT_NE(std::string(error.what()).find(expected), std::string::npos) << error.what();
+    }
+  }
+  EXPECT_THROW(read_duration_file(testing::TempDir() + "no-such-file.json"), InvalidInput);
+}
+
+TEST(DurationFiles, PlanJsonEscapesEveryTestId) {
+  Plan plan;
+  plan.shards = {{{"a\"b", "c\\d", "e\nf"}, 1.5}, {{}, 0.0}};
+  plan.lower_bound_s = 0.75;
+  EXPECT_EQ(plan_to_json(plan),
+            "{\"shards\": [\n {\"tests\": [\"a\\\"b\",\"c\\\\d\",\"e\\u000af\"], \"estimate_s\": 1.5},\n"
+            " {\"tests\": [], \"estimate_s\": 0}\n], \"makespan_s\": 1.5, \"lower_bound_s\": 0.75}\n");
+}
 
 TEST(Estimates, RecentRunsWithoutTheSlowestIgnoreOneSlowOutlier) {
   std::vector<DurationMap> history = {{{"a.py::t", 1.0}}, {{"a.py::t", 30.0}}, {{"a.py::t", 1.2}}};

@@ -10,6 +10,7 @@ from __future__ import annotations
 from unittest import mock
 
 from buildbot.interfaces import ITriggerableScheduler
+from buildbot.process.properties import Property
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import (
@@ -44,6 +45,8 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
 <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
 <testsuites><testsuite><testcase classname="x" name="&lol3;"/></testsuite></testsuites>"""
 
+ASK_FEWER = "ask for fewer shards, or raise max_shards in the ShardedTest step"
+
 TRUNCATED_REPORT = GOOD_REPORT[: len(GOOD_REPORT) // 2]
 
 
@@ -77,8 +80,21 @@ class ShardedTestConfigTests(ConfigErrorsMixin, unittest.TestCase):
             ShardedTest(shard_scheduler="shards", max_attempts=0)
 
     def test_bad_shard_count(self):
-        with self.assertRaisesConfigError("shards must be a positive integer"):
+        with self.assertRaisesConfigError("shards must be an integer 1..1024"):
             ShardedTest(shard_scheduler="shards", shards=0)
+
+    def test_shard_count_above_the_absolute_cap(self):
+        with self.assertRaisesConfigError("shards must be an integer 1..1024"):
+            ShardedTest(shard_scheduler="shards", shards=10**9)
+
+    def test_bad_max_shards(self):
+        for bad in (0, -1, True, 1025, "16"):
+            with self.assertRaisesConfigError("max_shards must be an integer 1..1024"):
+                ShardedTest(shard_scheduler="shards", max_shards=bad)
+
+    def test_static_shards_above_max_shards(self):
+        with self.assertRaisesConfigError("shards=20 is more than max_shards=8"):
+            ShardedTest(shard_scheduler="shards", shards=20, max_shards=8)
 
     def test_tests_not_a_list_of_strings(self):
         with self.assertRaisesConfigError("tests must be a list of test id strings"):
@@ -138,6 +154,42 @@ class ShardedTestStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         self.expect_result_summary(
             {"step": "shard_scheduler 'nowhere' is not a Triggerable scheduler of this master"}
         )
+        yield self.run_step()
+
+    def with_shard_workers(self, count: int) -> None:
+        workers = [f"shard{i}" for i in range(count)]
+        self.master.botmaster.builders = {"tests-shard": mock.Mock(config=mock.Mock(workernames=workers))}
+
+    @defer.inlineCallbacks
+    def test_a_forced_shard_count_above_the_default_cap_is_refused_before_anything_runs(self):
+        """shards=300 from a force form: refused (4 per worker), no discovery, no trigger."""
+        self.with_shard_workers(4)
+        self.setup_step(
+            ShardedTest(shard_scheduler="shards", discover_command=["collect"], shards=Property("n"))
+        )
+        self.build.setProperty("n", 300, "Force Build Form")
+        self.expect_outcome(result=FAILURE)
+        self.expect_result_summary(
+            {"step": f"refusing 300 shards: at most 16 (4 per shard worker, 4 workers); {ASK_FEWER}"}
+        )
+        yield self.run_step()
+
+    @defer.inlineCallbacks
+    def test_an_explicit_max_shards_is_the_cap_at_run_time(self):
+        self.setup_step(
+            ShardedTest(shard_scheduler="shards", tests=TESTS, shards=Property("n"), max_shards=2)
+        )
+        self.build.setProperty("n", 3, "Force Build Form")
+        self.expect_outcome(result=FAILURE)
+        self.expect_result_summary({"step": f"refusing 3 shards: at most 2 (max_shards); {ASK_FEWER}"})
+        yield self.run_step()
+
+    @defer.inlineCallbacks
+    def test_a_rendered_shard_count_that_is_not_an_integer_is_refused(self):
+        self.setup_step(ShardedTest(shard_scheduler="shards", tests=TESTS, shards=Property("n")))
+        self.build.setProperty("n", "300; drop", "Force Build Form")
+        self.expect_outcome(result=FAILURE)
+        self.expect_result_summary({"step": "shards must be a positive integer, not '300; drop'"})
         yield self.run_step()
 
 
@@ -372,7 +424,10 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
     def setup_sharded(self, script, **kwargs):
         shards = ScriptedShards(script)
         self.master.scheduler_manager = mock.Mock(namedServices={"shards": shards})
-        self.setup_step(ShardedTest(shard_scheduler="shards", tests=list(script), shards=2, **kwargs))
+        # max_shards: the default cap counts the shard workers, which this fake master has none of.
+        self.setup_step(
+            ShardedTest(shard_scheduler="shards", tests=list(script), shards=2, max_shards=4, **kwargs)
+        )
         self.build.getBuilderId = lambda: defer.succeed(100)  # FakeBuild lacks it
         return shards
 

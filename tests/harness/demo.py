@@ -167,6 +167,9 @@ class DemoCluster:
         self.project_dir = self.root / "project"
         self.hosts_dir = self.root / "hosts"
         self.inventory = self.root / "inventory.json"
+        # Releases are pushed from under here only (the tested trees and the
+        # demo's generated releases alike).
+        self.release_root = self.root / "releases"
         self.logs_dir = self.root / "logs"
         self.shard_workers = [f"shard{i}" for i in range(1, shard_workers + 1)]
         self.hosts = list(hosts)
@@ -218,6 +221,7 @@ class DemoCluster:
             BUILDBOT_CD_PROJECT_DIR=str(self.project_dir),
             BUILDBOT_CD_STATE_DIR=str(self.root / "test-state"),
             BUILDBOT_CD_INVENTORY=str(self.inventory),
+            BUILDBOT_CD_RELEASE_ROOT=str(self.release_root),
             BUILDBOT_CD_TRANSPORT="local",
             BUILDBOT_CD_WWW_PORT=str(self.web_port),
             BUILDBOT_CD_PB_PORT=str(self.pb_port),
@@ -489,7 +493,7 @@ def deploy_stage(cluster: DemoCluster) -> None:
     banner(f"3. release push through the 'deploy' builder to {len(cluster.hosts)} local hosts")
     print(f"inventory {cluster.inventory} (local transport; {cluster.hosts[0]} is the canary)")
     print("each deploy: push to all hosts (rsync --link-dest into a free slot), flip the canary, flip all")
-    releases = cluster.root / "releases"
+    releases = cluster.release_root
     for version, note in (("v1", "first release"), ("v2", "one file changed")):
         source = releases / version
         make_release(source, version, note)

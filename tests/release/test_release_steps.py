@@ -30,7 +30,8 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.setup_test_build_step()
         self.workdir = Path(tempfile.mkdtemp(prefix="bbcd-steps-"))
         self.addCleanup(shutil.rmtree, self.workdir, True)
-        self.tree = self.workdir / "tree"
+        self.release_root = self.workdir / "releases"
+        self.tree = self.release_root / "tree"
         (self.tree / "app").mkdir(parents=True)
         (self.tree / "app/version.txt").write_text("r1\n")
         self.hosts = [
@@ -46,12 +47,15 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
     def common(self, **kwargs):
         return {"inventory": self.hosts, "transport": "local", **kwargs}
 
+    def push_options(self, **kwargs):
+        return self.common(release_root=str(self.release_root), **kwargs)
+
     def live_revisions(self):
         runner = release.ReleaseRunner(release.Inventory.from_entries(self.hosts), release.LocalTransport())
         return [h.details["live_revision"] for h in runner.status().hosts]
 
     async def test_push_then_canary_flip_then_all_then_rollback(self):
-        self.setup_step(PushRelease(source=str(self.tree), revision="r1", build="7", **self.common()))
+        self.setup_step(PushRelease(source=str(self.tree), revision="r1", build="7", **self.push_options()))
         self.setup_step(FlipRelease(tag="canary", **self.common()))
         self.setup_step(FlipRelease(**self.common()))
         self.expect_outcome(result=SUCCESS)
@@ -86,7 +90,7 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         blocker = self.workdir / "not-a-dir"
         blocker.write_text("a file where a directory should be")
         self.hosts[2]["deploy_root"] = str(blocker / "root")
-        self.setup_step(PushRelease(source=str(self.tree), revision="r1", retries=0, **self.common()))
+        self.setup_step(PushRelease(source=str(self.tree), revision="r1", retries=0, **self.push_options()))
         self.setup_step(FlipRelease(**self.common()))
         self.expect_outcome(result=FAILURE)
         self.expect_outcome(result=SUCCESS)
@@ -101,7 +105,9 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
     async def test_tolerated_failures_give_warnings(self):
         self.hosts[1]["deploy_root"] = "/proc/no-such-place"
         self.setup_step(
-            PushRelease(source=str(self.tree), revision="r1", retries=0, tolerate_failures=1, **self.common())
+            PushRelease(
+                source=str(self.tree), revision="r1", retries=0, tolerate_failures=1, **self.push_options()
+            )
         )
         self.expect_outcome(result=WARNINGS)
         await self.run_step()
@@ -113,7 +119,7 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.assertIn("run PushRelease first", self.get_nth_step(0).logs["error"].stdout)
 
     async def test_rendered_revision_is_checked_at_run_time(self):
-        self.setup_step(PushRelease(source=str(self.tree), revision=Property("evil"), **self.common()))
+        self.setup_step(PushRelease(source=str(self.tree), revision=Property("evil"), **self.push_options()))
         self.build.setProperty("evil", "x; rm -rf /", "test")
         self.expect_outcome(result=FAILURE)
         await self.run_step()
@@ -121,9 +127,13 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
 
     def test_static_arguments_are_validated(self):
         with self.assertRaisesConfigError("inventory is required"):
-            PushRelease(source="/x", revision="r1")
+            PushRelease(source="/x", revision="r1", release_root="/srv/builds")
         with self.assertRaisesConfigError("PushRelease: source"):
-            PushRelease(**self.common())
+            PushRelease(**self.push_options())
+        with self.assertRaisesConfigError("PushRelease: release_root is required"):
+            PushRelease(source="/x", revision="r1", **self.common())
+        with self.assertRaisesConfigError("PushRelease: release_root is required"):
+            PushRelease(source="/x", revision="r1", release_root="relative/dir", **self.common())
         with self.assertRaisesConfigError("inventory entry 1: unsafe or missing host address 'bad;host'"):
             FlipRelease(
                 inventory=[self.hosts[0], {"address": "bad;host", "deploy_root": "/srv"}], transport="local"
@@ -138,3 +148,82 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
             FlipRelease(concurrency=0, **self.common())
         with self.assertRaisesConfigError("revision: unsafe value"):
             RollbackRelease(revision="$(reboot)", **self.common())
+
+
+class ReleaseRootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    """PushRelease pushes nothing from outside its release root, however the path is spelled."""
+
+    def setUp(self):
+        self.setup_test_reactor()
+        self.setup_test_build_step()
+        self.workdir = Path(tempfile.mkdtemp(prefix="bbcd-root-"))
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.release_root = self.workdir / "releases"
+        (self.release_root / "r1").mkdir(parents=True)
+        (self.release_root / "r1" / "index.html").write_text("r1\n")
+        # What must never reach a host: the master's own directory.
+        self.secret = self.workdir / "master"
+        self.secret.mkdir()
+        (self.secret / "state.sqlite").write_text("the master's database\n")
+        self.deploy_root = self.workdir / "host"
+        self.hosts = [{"name": "h0", "address": "localhost", "deploy_root": str(self.deploy_root)}]
+
+    async def push(self, source: str, result: int) -> str:
+        self.setup_step(PushRelease(
+            source=source, revision="r1", inventory=self.hosts, transport="local",
+            release_root=str(self.release_root),
+        ))  # fmt: skip
+        self.expect_outcome(result=result)
+        await self.run_step()
+        logs = self.get_nth_step(0).logs
+        return logs["error"].stdout if "error" in logs else ""
+
+    def assert_nothing_pushed(self):
+        self.assertEqual(list(self.deploy_root.rglob("state.sqlite")), [])
+        self.assertFalse(
+            (self.deploy_root / "releases").exists() and any(self.deploy_root.rglob("*.release"))
+        )
+
+    async def test_a_directory_inside_the_root_is_pushed(self):
+        await self.push(str(self.release_root / "r1"), SUCCESS)
+        self.assertTrue(any(self.deploy_root.rglob("index.html")))
+
+    async def test_a_relative_name_is_taken_under_the_root(self):
+        await self.push("r1", SUCCESS)
+        self.assertTrue(any(self.deploy_root.rglob("index.html")))
+
+    async def test_an_absolute_path_outside_the_root_is_refused(self):
+        error = await self.push(str(self.secret), FAILURE)
+        self.assertIn(f"refusing to push {str(self.secret)!r}", error)
+        self.assertIn(f"not inside the release root {self.release_root}", error)
+        self.assert_nothing_pushed()
+
+    async def test_dot_dot_out_of_the_root_is_refused(self):
+        error = await self.push(str(self.release_root / ".." / "master"), FAILURE)
+        self.assertIn(f"resolves to {self.secret}", error)
+        self.assert_nothing_pushed()
+
+    async def test_a_symlink_inside_the_root_pointing_out_is_refused(self):
+        (self.release_root / "escape").symlink_to(self.secret)
+        error = await self.push(str(self.release_root / "escape"), FAILURE)
+        self.assertIn(f"resolves to {self.secret}", error)
+        self.assert_nothing_pushed()
+
+    async def test_a_root_that_is_itself_a_symlink_still_confines(self):
+        link_root = self.workdir / "link-root"
+        link_root.symlink_to(self.release_root)
+        self.setup_step(PushRelease(
+            source=str(self.secret), revision="r1", inventory=self.hosts, transport="local",
+            release_root=str(link_root),
+        ))  # fmt: skip
+        self.expect_outcome(result=FAILURE)
+        await self.run_step()
+        self.assert_nothing_pushed()
+
+    async def test_the_root_itself_is_refused(self):
+        error = await self.push(str(self.release_root), FAILURE)
+        self.assertIn("not inside the release root", error)
+
+    async def test_a_missing_release_directory_is_a_clear_failure(self):
+        error = await self.push("r9", FAILURE)
+        self.assertIn("'r9' is not a directory under", error)

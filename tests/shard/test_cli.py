@@ -108,7 +108,7 @@ def test_simulate_the_real_suite():
     [
         ("{not json", "is not valid JSON"),
         ('{"a.py::t": -1}', "has duration -1"),
-        ('{"a.py::t": "fast"}', "non-numeric duration 'fast'"),
+        ('{"a.py::t": "fast"}', 'non-numeric duration "fast"'),
         ('["a.py::t"]', "must hold a JSON object"),
         ("{}", "the suite is empty"),
     ],

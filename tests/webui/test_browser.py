@@ -62,10 +62,10 @@ def test_deploy_force_dialog_shows_its_typed_parameters(cluster, browser):
     revision = dialog.find_element(By.CSS_SELECTOR, "[data-bb-test-id='force-field-deploy_revision']")
     release_dir = dialog.find_element(By.CSS_SELECTOR, "[data-bb-test-id='force-field-release_dir']")
     assert "Revision (recorded in each host's manifest)" in dialog.text
-    assert "Release directory on the master" in dialog.text
+    # Only directories under the release root can be pushed: the label says which.
+    assert f"Release directory on the master, under {cluster.release_root}" in dialog.text
     assert revision.get_attribute("type") == "text" and revision.get_attribute("value") == ""
-    # The default release directory is the code under test (the local demo).
-    assert release_dir.get_attribute("value") == str(cluster.project_dir)
+    assert release_dir.get_attribute("value") == ""
     # No source fields: a deploy checks nothing out.
     assert not dialog.find_elements(By.CSS_SELECTOR, "[data-bb-test-id='force-field-revision']")
     dialog.find_element(By.XPATH, ".//button[normalize-space()='Cancel']").click()

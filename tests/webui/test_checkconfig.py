@@ -49,3 +49,25 @@ def test_a_bad_inventory_is_a_configuration_error_naming_the_entry(tmp_path):
     done = checkconfig(tmp_path, BUILDBOT_CD_INVENTORY=str(inventory))
     assert done.returncode != 0
     assert "web1;reboot" in done.stdout + done.stderr
+
+
+OPEN_DOOR_WARNING = "anyone who can reach"
+
+
+def test_without_logins_the_example_says_anyone_can_deploy(tmp_path):
+    done = checkconfig(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no logins (BUILDBOT_CD_DEPLOYERS is unset)" in done.stdout
+    assert OPEN_DOOR_WARNING in done.stdout
+
+
+def test_with_logins_there_is_no_open_door_warning(tmp_path):
+    done = checkconfig(tmp_path, BUILDBOT_CD_DEPLOYERS="alice:secret", BUILDBOT_CD_VIEWERS="bob:secret")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert OPEN_DOOR_WARNING not in done.stdout
+
+
+def test_the_release_root_defaults_to_the_masters_releases_directory(tmp_path):
+    done = checkconfig(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "releases").is_dir()

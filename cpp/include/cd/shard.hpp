@@ -54,6 +54,24 @@ std::string file_of(const std::string& test_id);
 std::vector<TestEstimate> estimate_durations(const std::vector<std::string>& tests,
                                              const std::vector<DurationMap>& history);
 
+// ------------------------------------------------------------ duration files
+
+// One pytest-split `.test_durations` file: a JSON object {"test id": seconds}.
+struct DurationFile {
+  std::string path;
+  std::vector<std::string> ids;  // in the file's order (a later duplicate key wins, as in Python)
+  DurationMap durations;
+};
+
+// Reads and checks one file: valid UTF-8, a JSON object whose values are
+// finite numbers of seconds >= 0. Parsed with simdjson, so that a history of
+// a million tests reads in a fraction of a second. Throws InvalidInput with
+// a message that names the file and, where there is one, the test.
+DurationFile read_duration_file(const std::string& path);
+
+// The durations of several files, oldest first, as estimate_durations takes them.
+std::vector<DurationMap> durations_of(const std::vector<DurationFile>& files);
+
 // --------------------------------------------------------------- static plan
 
 struct PlanOptions {
@@ -77,6 +95,11 @@ struct Plan {
   double lower_bound_s = 0.0;  // max(longest unit, total / shards)
   double makespan_s() const;
 };
+
+// The plan as `buildbot-cd plan --json` prints it:
+//   {"shards": [{"tests": [...], "estimate_s": x}, ...], "makespan_s": x, "lower_bound_s": x}
+// Strings are escaped as JSON requires; numbers are finite by construction.
+std::string plan_to_json(const Plan& plan);
 
 // Longest-first onto the least-loaded shard, then a move/swap pass between
 // the fullest shard and the emptiest ones. Deterministic for the same input;

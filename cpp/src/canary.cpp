@@ -1,0 +1,670 @@
+#include "cd/canary.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <boost/math/distributions/normal.hpp>
+#include <boost/math/distributions/students_t.hpp>
+#include <boost/math/special_functions/beta.hpp>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <unordered_map>
+
+#include "cd/error.hpp"
+
+namespace cd::canary {
+
+const char* to_string(Direction direction) {
+  switch (direction) {
+    case Direction::Increase:
+      return "increase";
+    case Direction::Decrease:
+      return "decrease";
+  }
+  return "unknown";
+}
+
+const char* to_string(MetricKind kind) {
+  switch (kind) {
+    case MetricKind::Continuous:
+      return "continuous";
+    case MetricKind::Count:
+      return "count";
+  }
+  return "unknown";
+}
+
+const char* to_string(Design design) {
+  switch (design) {
+    case Design::SameWindow:
+      return "same_window";
+    case Design::BeforeAfter:
+      return "before_after";
+    case Design::DiffInDiff:
+      return "diff_in_diff";
+  }
+  return "unknown";
+}
+
+const char* to_string(Verdict verdict) {
+  switch (verdict) {
+    case Verdict::Continue:
+      return "continue";
+    case Verdict::Pass:
+      return "pass";
+    case Verdict::Fail:
+      return "fail";
+    case Verdict::Inconclusive:
+      return "inconclusive";
+  }
+  return "unknown";
+}
+
+const char* to_string(Sequential sequential) {
+  switch (sequential) {
+    case Sequential::Spending:
+      return "spending";
+    case Sequential::Mixture:
+      return "mixture";
+  }
+  return "unknown";
+}
+
+const char* to_string(MetricStatus status) {
+  switch (status) {
+    case MetricStatus::Tested:
+      return "tested";
+    case MetricStatus::InsufficientData:
+      return "insufficient_data";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr double kInfinity = std::numeric_limits<double>::infinity();
+
+// Boost computes double functions in long double by default; double is
+// accurate to ~1e-15 here and several times faster (a look over 1,000 hosts
+// and 20 metrics is dominated by these calls).
+using Policy = boost::math::policies::policy<boost::math::policies::promote_double<false>>;
+using StudentsT = boost::math::students_t_distribution<double, Policy>;
+using Normal = boost::math::normal_distribution<double, Policy>;
+
+// A z beyond this is "certain" in double precision (the normal tail at 38 is
+// below the smallest double); it keeps exp() and logs finite.
+constexpr double kMaxZ = 38.0;
+
+// Added to a host's baseline events before its rate is used as an expected
+// count, so that a host quiet before the flip still has a comparable rate
+// (the Jeffreys prior's half event).
+constexpr double kBaselinePriorEvents = 0.5;
+
+void check_finite(double value, const char* what) {
+  if (!std::isfinite(value)) throw InvalidInput(fmt::format("{} is {} (must be finite)", what, value));
+}
+
+void check_non_negative(double value, const char* what) {
+  check_finite(value, what);
+  if (value < 0.0) throw InvalidInput(fmt::format("{} is {} (must be >= 0)", what, value));
+}
+
+void check_confidence(double confidence) {
+  if (!(confidence > 0.0 && confidence < 1.0))
+    throw InvalidInput(fmt::format("confidence is {} (must be in (0, 1))", confidence));
+}
+
+void check_summary(const Summary& arm, const char* name) {
+  check_finite(arm.mean, name);
+  check_non_negative(arm.sd, name);
+  if (!(arm.n >= 2.0) || !std::isfinite(arm.n))
+    throw InvalidInput(fmt::format("{} has n = {} (Welch's t needs at least 2 values per arm)", name, arm.n));
+}
+
+// One-sided p of a t statistic in the worse direction.
+double one_sided_p(double statistic, double df, Direction worse) {
+  if (std::isinf(statistic)) return (statistic > 0) == (worse == Direction::Increase) ? 0.0 : 1.0;
+  StudentsT t(df);
+  return worse == Direction::Increase ? cdf(complement(t, statistic)) : cdf(t, statistic);
+}
+
+// The t test behind both designs: `variance_b` = 0 and `n_b` = 0 is the
+// one-sample case (df = n_a - 1), otherwise Welch-Satterthwaite.
+TTest t_test(double difference, double variance_a, double n_a, double variance_b, double n_b, Direction worse,
+             double margin, double confidence) {
+  TTest result;
+  const double share_a = variance_a / n_a;
+  const double share_b = n_b > 0.0 ? variance_b / n_b : 0.0;
+  const double se2 = share_a + share_b;
+  const double denominator =
+      share_a * share_a / (n_a - 1.0) + (n_b > 1.0 ? share_b * share_b / (n_b - 1.0) : 0.0);
+  result.difference = difference;
+  result.std_error = std::sqrt(se2);
+  // With no spread at all the df is undefined; any value gives the same
+  // (degenerate) answer, so take the one-sample one.
+  result.df = denominator > 0.0 ? se2 * se2 / denominator : n_a - 1.0;
+  const double shifted = worse == Direction::Increase ? difference - margin : difference + margin;
+  if (result.std_error > 0.0) {
+    result.statistic = shifted / result.std_error;
+  } else {
+    result.statistic = shifted > 0.0 ? kInfinity : (shifted < 0.0 ? -kInfinity : 0.0);
+  }
+  result.p_value = one_sided_p(result.statistic, result.df, worse);
+  StudentsT t(result.df);
+  const double half_width = quantile(complement(t, (1.0 - confidence) / 2.0)) * result.std_error;
+  result.ci_low = difference - half_width;
+  result.ci_high = difference + half_width;
+  return result;
+}
+
+// P(X >= k) and P(X <= k) for X ~ Binomial(n, p), for real k and n through
+// the regularized incomplete beta (exact for integers, continuous between).
+double binomial_upper_tail(double k, double n, double p) {
+  return k <= 0.0 ? 1.0 : boost::math::ibeta(k, n - k + 1.0, p, Policy());
+}
+
+double binomial_lower_tail(double k, double n, double p) {
+  return k >= n ? 1.0 : boost::math::ibetac(k + 1.0, n - k, p, Policy());
+}
+
+// Clopper-Pearson interval of a binomial share.
+std::pair<double, double> share_interval(double k, double n, double confidence) {
+  const double tail = (1.0 - confidence) / 2.0;
+  const double low = k <= 0.0 ? 0.0 : boost::math::ibeta_inv(k, n - k + 1.0, tail, Policy());
+  const double high = k >= n ? 1.0 : boost::math::ibeta_inv(k + 1.0, n - k, 1.0 - tail, Policy());
+  return {low, high};
+}
+
+double share_to_ratio(double share, double canary_exposure, double control_exposure) {
+  if (share >= 1.0) return kInfinity;
+  return share / (1.0 - share) * control_exposure / canary_exposure;
+}
+
+}  // namespace
+
+Summary summarize(const std::vector<double>& values) {
+  if (values.empty()) throw InvalidInput("cannot summarize an empty sample");
+  double sum = 0.0;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i]))
+      throw InvalidInput(fmt::format("value {} is {} (must be finite)", i, values[i]));
+    sum += values[i];
+  }
+  const double n = static_cast<double>(values.size());
+  const double mean = sum / n;
+  double squares = 0.0;  // two passes: the one-pass formula cancels badly
+  for (double value : values) squares += (value - mean) * (value - mean);
+  return {n, mean, values.size() > 1 ? std::sqrt(squares / (n - 1.0)) : 0.0};
+}
+
+TTest welch_from_summary(const Summary& canary, const Summary& control, Direction worse, double margin,
+                         double confidence) {
+  check_summary(canary, "canary");
+  check_summary(control, "control");
+  check_non_negative(margin, "margin");
+  check_confidence(confidence);
+  return t_test(canary.mean - control.mean, canary.sd * canary.sd, canary.n, control.sd * control.sd,
+                control.n, worse, margin, confidence);
+}
+
+TTest welch_test(const std::vector<double>& canary, const std::vector<double>& control, Direction worse,
+                 double margin, double confidence) {
+  return welch_from_summary(summarize(canary), summarize(control), worse, margin, confidence);
+}
+
+RateTest rate_ratio_test(double canary_events, double canary_exposure, double control_events,
+                         double control_exposure, Direction worse, double allowed_ratio, double dispersion,
+                         double confidence) {
+  check_non_negative(canary_events, "canary events");
+  check_non_negative(canary_exposure, "canary exposure");
+  check_non_negative(control_events, "control events");
+  check_non_negative(control_exposure, "control exposure");
+  if (canary_exposure <= 0.0 || control_exposure <= 0.0)
+    throw InvalidInput("an exposure is 0: no traffic, nothing to compare");
+  check_finite(allowed_ratio, "allowed ratio");
+  if (allowed_ratio <= 0.0)
+    throw InvalidInput(fmt::format("allowed ratio is {} (must be > 0)", allowed_ratio));
+  check_finite(dispersion, "dispersion");
+  if (dispersion < 1.0) throw InvalidInput(fmt::format("dispersion is {} (must be >= 1)", dispersion));
+  check_confidence(confidence);
+
+  RateTest result;
+  result.ratio = (canary_events / canary_exposure) / (control_events / control_exposure);
+  const double k = canary_events / dispersion;
+  const double n = (canary_events + control_events) / dispersion;
+  result.null_share = canary_exposure * allowed_ratio / (canary_exposure * allowed_ratio + control_exposure);
+  result.p_value = worse == Direction::Increase ? binomial_upper_tail(k, n, result.null_share)
+                                                : binomial_lower_tail(k, n, result.null_share);
+  if (n <= 0.0) {
+    result.ci_low = 0.0;
+    result.ci_high = kInfinity;
+  } else {
+    auto [low, high] = share_interval(k, n, confidence);
+    result.ci_low = share_to_ratio(low, canary_exposure, control_exposure);
+    result.ci_high = share_to_ratio(high, canary_exposure, control_exposure);
+  }
+  return result;
+}
+
+// ------------------------------------------------------------------- judge
+
+namespace {
+
+void check_options(const JudgeOptions& options) {
+  if (!(options.alpha > 0.0 && options.alpha < 1.0))
+    throw InvalidInput(fmt::format("alpha is {} (must be in (0, 1))", options.alpha));
+  if (options.looks_in_window < 1)
+    throw InvalidInput(fmt::format("looks_in_window is {} (must be at least 1)", options.looks_in_window));
+  if (options.min_hosts_per_arm < 2)
+    throw InvalidInput(fmt::format("min_hosts_per_arm is {} (a variance needs at least 2 hosts per arm)",
+                                   options.min_hosts_per_arm));
+  if (!(options.max_missing_fraction >= 0.0 && options.max_missing_fraction < 1.0))
+    throw InvalidInput(
+        fmt::format("max_missing_fraction is {} (must be in [0, 1))", options.max_missing_fraction));
+  if (!(options.mixture_ratio > 0.0) || !std::isfinite(options.mixture_ratio))
+    throw InvalidInput(fmt::format("mixture_ratio is {} (must be > 0)", options.mixture_ratio));
+}
+
+void check_spec(const MetricSpec& spec) {
+  if (spec.name.empty()) throw InvalidInput("a metric has an empty name");
+  if (!(spec.min_effect >= 0.0 && spec.min_effect < 1.0))
+    throw InvalidInput(
+        fmt::format("metric '{}': min_effect is {} (must be in [0, 1))", spec.name, spec.min_effect));
+}
+
+// Where a value came from, for error messages: "metric 'x', canary host 3".
+struct Where {
+  const std::string& metric;
+  const char* arm;
+  std::size_t host;
+  std::string operator()(const char* field) const {
+    return fmt::format("metric '{}', {} host {}: {}", metric, arm, host, field);
+  }
+};
+
+// One arm's hosts reduced to what the tests need.
+struct Arm {
+  int hosts = 0;                 // given
+  int missing = 0;               // marked missing, or (counts) without any traffic
+  std::vector<double> values;    // Continuous: one per used host
+  std::vector<double> events;    // Count: one per used host
+  std::vector<double> exposure;  // Count: one per used host (expected events with a baseline)
+  double baseline_sum = 0.0;     // Continuous: sum of used hosts' baselines
+  // Count, BeforeAfter: the used hosts' own totals after and before the flip.
+  double raw_exposure = 0.0;
+  double baseline_events = 0.0;
+  double baseline_exposure = 0.0;
+  int used() const { return hosts - missing; }
+};
+
+// Kept out of line: the checks below run for every host and every field, and
+// only the rare failure needs to build a message.
+[[noreturn, gnu::noinline]] void bad_value(double value, const Where& where, const char* field,
+                                           const char* rule) {
+  throw InvalidInput(fmt::format("{} is {} (must be {})", where(field), value, rule));
+}
+
+inline double checked(double value, const Where& where, const char* field) {
+  if (!std::isfinite(value)) bad_value(value, where, field, "finite");
+  return value;
+}
+
+inline double checked_count(double value, const Where& where, const char* field) {
+  if (!(value >= 0.0 && value <= std::numeric_limits<double>::max()))
+    bad_value(value, where, field, "finite and >= 0");
+  return value;
+}
+
+void add_continuous(const HostData& host, const Where& where, Design design, Arm& arm) {
+  const double value = checked(host.value, where, "value");
+  if (design == Design::SameWindow) {
+    arm.values.push_back(value);
+    return;
+  }
+  const double baseline = checked(host.baseline_value, where, "baseline_value");
+  arm.values.push_back(value - baseline);
+  arm.baseline_sum += baseline;
+}
+
+// Counts: in SameWindow the exposure is the host's own (requests,
+// host-seconds); with a baseline it becomes the events the host would have
+// had at its own rate before the flip, so fixed per-host rate differences
+// cancel. A host without traffic tells nothing and counts as missing.
+void add_count(const HostData& host, const Where& where, Design design, Arm& arm) {
+  const double events = checked_count(host.events, where, "events");
+  const double exposure = checked_count(host.exposure, where, "exposure");
+  if (events > 0.0 && exposure <= 0.0)
+    throw InvalidInput(fmt::format("{} {} events with exposure 0", where("events"), events));
+  double weight = exposure;
+  if (design != Design::SameWindow) {
+    const double baseline_events = checked_count(host.baseline_events, where, "baseline_events");
+    const double baseline_exposure = checked_count(host.baseline_exposure, where, "baseline_exposure");
+    if (baseline_events > 0.0 && baseline_exposure <= 0.0)
+      throw InvalidInput(
+          fmt::format("{} {} events with exposure 0", where("baseline_events"), baseline_events));
+    weight = baseline_exposure > 0.0 ? exposure * (baseline_events + kBaselinePriorEvents) / baseline_exposure
+                                     : 0.0;
+    if (weight > 0.0) {
+      arm.baseline_events += baseline_events;
+      arm.baseline_exposure += baseline_exposure;
+    }
+  }
+  if (weight <= 0.0) {
+    ++arm.missing;
+    return;
+  }
+  arm.raw_exposure += exposure;
+  arm.events.push_back(events);
+  arm.exposure.push_back(weight);
+}
+
+Arm collect(const std::vector<HostData>& hosts, const MetricSpec& spec, const char* arm_name, Design design) {
+  Arm arm;
+  arm.hosts = static_cast<int>(hosts.size());
+  (spec.kind == MetricKind::Continuous ? arm.values : arm.events).reserve(hosts.size());
+  if (spec.kind == MetricKind::Count) arm.exposure.reserve(hosts.size());
+  for (std::size_t i = 0; i < hosts.size(); ++i) {
+    if (hosts[i].missing) {
+      ++arm.missing;
+      continue;
+    }
+    Where where{spec.name, arm_name, i};
+    if (spec.kind == MetricKind::Continuous) {
+      add_continuous(hosts[i], where, design, arm);
+    } else {
+      add_count(hosts[i], where, design, arm);
+    }
+  }
+  return arm;
+}
+
+// Empty when the arm is usable, else why not.
+std::string arm_problem(const Arm& arm, const char* name, const JudgeOptions& options) {
+  if (arm.hosts > 0 && static_cast<double>(arm.missing) > options.max_missing_fraction * arm.hosts)
+    return fmt::format("{}: {} of {} hosts missing or without traffic (at most {:.0f}% allowed)", name,
+                       arm.missing, arm.hosts, 100.0 * options.max_missing_fraction);
+  if (arm.used() < options.min_hosts_per_arm)
+    return fmt::format("{}: {} hosts with data (need {})", name, arm.used(), options.min_hosts_per_arm);
+  return {};
+}
+
+// The quasi-binomial dispersion of an arm: Pearson's chi-square of its hosts'
+// events around the arm's pooled rate over its degrees of freedom, never
+// below 1 (Poisson). Host-to-host rate differences show up here; a pooled
+// binomial that ignores them fires far too often (DESIGN.md section 5).
+double dispersion(const std::vector<double>& events, const std::vector<double>& exposure) {
+  const double total_events = std::accumulate(events.begin(), events.end(), 0.0);
+  const double total_exposure = std::accumulate(exposure.begin(), exposure.end(), 0.0);
+  if (total_events <= 0.0 || events.size() < 2) return 1.0;
+  const double rate = total_events / total_exposure;
+  double pearson = 0.0;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    const double expected = exposure[i] * rate;
+    pearson += (events[i] - expected) * (events[i] - expected) / expected;
+  }
+  return std::max(1.0, pearson / static_cast<double>(events.size() - 1));
+}
+
+// A one-sided p taken as a t statistic with `df` (the dispersion's own
+// degrees of freedom, as quasi-likelihood tests do) and mapped back to p.
+double with_dispersion_df(double p, double df) {
+  if (p <= 0.0 || p >= 1.0 || p == 0.5) return p;
+  Normal normal;
+  StudentsT t(df);
+  return cdf(complement(t, quantile(complement(normal, p))));
+}
+
+double sum(const std::vector<double>& values) { return std::accumulate(values.begin(), values.end(), 0.0); }
+
+struct Tested {
+  double estimate, ci_low, ci_high, threshold, p_fixed;
+};
+
+double signed_margin(const MetricSpec& spec, double reference) {
+  const double margin = spec.min_effect * std::fabs(reference);
+  return spec.worse == Direction::Increase ? margin : -margin;
+}
+
+// Continuous metrics, the host as the unit: Welch on host values (or on each
+// host's change from its baseline), the allowed change relative to the
+// reference level.
+Tested test_continuous(const MetricSpec& spec, const Arm& canary, const Arm& control, Design design,
+                       double confidence) {
+  const Summary a = summarize(canary.values);
+  TTest t;
+  double reference = 0.0;
+  if (design == Design::BeforeAfter) {
+    reference = canary.baseline_sum / a.n;
+    const double margin = spec.min_effect * std::fabs(reference);
+    t = t_test(a.mean, a.sd * a.sd, a.n, 0.0, 0.0, spec.worse, margin, confidence);
+  } else {
+    const Summary b = summarize(control.values);
+    reference = design == Design::SameWindow ? b.mean : b.mean + control.baseline_sum / b.n;
+    const double margin = spec.min_effect * std::fabs(reference);
+    t = t_test(a.mean - b.mean, a.sd * a.sd, a.n, b.sd * b.sd, b.n, spec.worse, margin, confidence);
+  }
+  return {t.difference, t.ci_low, t.ci_high, signed_margin(spec, reference), t.p_value};
+}
+
+// Counts: the exact conditional binomial on the arms' totals, the counts
+// divided by the dispersion measured on the reference arm's hosts.
+Tested test_count(const MetricSpec& spec, const Arm& canary, const Arm& control, Design design,
+                  double confidence) {
+  const double allowed = spec.worse == Direction::Increase ? 1.0 + spec.min_effect : 1.0 - spec.min_effect;
+  const double canary_events = sum(canary.events);
+  double canary_exposure = sum(canary.exposure);
+  double reference_events = 0.0, reference_exposure = 0.0, phi = 1.0, hosts = 0.0;
+  if (design == Design::BeforeAfter) {
+    // The reference is the same hosts' own past, in total; their spread
+    // around their own baseline rates gives the dispersion.
+    phi = dispersion(canary.events, canary.exposure);
+    hosts = static_cast<double>(canary.events.size());
+    canary_exposure = canary.raw_exposure;
+    reference_events = canary.baseline_events;
+    reference_exposure = canary.baseline_exposure;
+  } else {
+    reference_events = sum(control.events);
+    reference_exposure = sum(control.exposure);
+    phi = dispersion(control.events, control.exposure);
+    hosts = static_cast<double>(control.events.size());
+  }
+  RateTest r = rate_ratio_test(canary_events, canary_exposure, reference_events, reference_exposure,
+                               spec.worse, allowed, phi, confidence);
+  return {r.ratio, r.ci_low, r.ci_high, allowed, with_dispersion_df(r.p_value, hosts - 1.0)};
+}
+
+// ln of the normal-mixture likelihood ratio for a standardized estimate z
+// with tau^2 / V = r (DESIGN.md section 5, divided through by V). One-sided:
+// an estimate in the good direction is no evidence.
+double log_mixture_ratio(double z, double r) {
+  if (z <= 0.0) return -kInfinity;
+  return -0.5 * std::log1p(r) + r * z * z / (2.0 * (1.0 + r));
+}
+
+// The fixed-look p as a standard normal z: the exact distribution of the
+// test (Student's t with its real df, or the binomial) carries over into the
+// sequential boundary.
+double z_of(double p) {
+  if (p <= 0.0) return kMaxZ;
+  if (p >= 1.0) return -kMaxZ;
+  Normal normal;
+  return std::min(kMaxZ, quantile(complement(normal, p)));
+}
+
+// This look's contribution to the p-value valid over the window.
+double sequential_p(double p_fixed, int look, const JudgeOptions& options) {
+  const double n = static_cast<double>(options.looks_in_window);
+  if (options.sequential == Sequential::Spending) return p_fixed * n * (n + 1.0) / (2.0 * look);
+  const double r = options.mixture_ratio * look / n;
+  return std::exp(-log_mixture_ratio(z_of(p_fixed), r));
+}
+
+}  // namespace
+
+struct Judge::State {
+  std::vector<MetricSpec> metrics;
+  JudgeOptions options;
+  std::unordered_map<std::string, std::size_t> index;
+  std::vector<double> always_valid_p;  // per metric, running minimum
+  int looks = 0;
+  Verdict verdict = Verdict::Continue;
+
+  MetricResult judge_metric(std::size_t i, const MetricLook* data) const;
+  void holm(std::vector<MetricResult>& results) const;
+};
+
+namespace {
+
+MetricResult insufficient(MetricResult result, std::string reason) {
+  result.status = MetricStatus::InsufficientData;
+  result.reason = std::move(reason);
+  return result;
+}
+
+}  // namespace
+
+MetricResult Judge::State::judge_metric(std::size_t i, const MetricLook* data) const {
+  const MetricSpec& spec = metrics[i];
+  MetricResult result;
+  result.name = spec.name;
+  result.kind = spec.kind;
+  result.p_value = always_valid_p[i];
+  if (data == nullptr) return insufficient(std::move(result), "no data in this look");
+
+  const Design design = options.design;
+  if (data->canary.empty())
+    throw InvalidInput(fmt::format("metric '{}': the canary arm is empty", spec.name));
+  if (data->control.empty() && design != Design::BeforeAfter)
+    throw InvalidInput(fmt::format("metric '{}': the control arm is empty", spec.name));
+  const Arm canary = collect(data->canary, spec, "canary", design);
+  const Arm control = design == Design::BeforeAfter ? Arm{} : collect(data->control, spec, "control", design);
+  result.canary_hosts = canary.used();
+  result.canary_missing = canary.missing;
+  result.control_hosts = control.used();
+  result.control_missing = control.missing;
+
+  std::string problem = arm_problem(canary, "canary", options);
+  if (problem.empty() && design != Design::BeforeAfter) problem = arm_problem(control, "control", options);
+  if (!problem.empty()) return insufficient(std::move(result), std::move(problem));
+
+  const double confidence = 1.0 - options.alpha;
+  const Tested tested = spec.kind == MetricKind::Continuous
+                            ? test_continuous(spec, canary, control, design, confidence)
+                            : test_count(spec, canary, control, design, confidence);
+  result.status = MetricStatus::Tested;
+  result.estimate = tested.estimate;
+  result.ci_low = tested.ci_low;
+  result.ci_high = tested.ci_high;
+  result.threshold = tested.threshold;
+  result.p_fixed = tested.p_fixed;
+  const double p_now = sequential_p(tested.p_fixed, looks, options);
+  result.p_value = std::min(result.p_value, std::min(1.0, p_now));
+  return result;
+}
+
+// Holm's step-down over all configured metrics (those without data count in
+// m, which only makes the others' levels stricter).
+void Judge::State::holm(std::vector<MetricResult>& results) const {
+  std::vector<std::size_t> order;
+  for (std::size_t i = 0; i < results.size(); ++i)
+    if (results[i].status == MetricStatus::Tested) order.push_back(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return results[a].p_value < results[b].p_value; });
+  const double m = static_cast<double>(metrics.size());
+  bool rejecting = true;
+  for (std::size_t rank = 0; rank < order.size(); ++rank) {
+    MetricResult& result = results[order[rank]];
+    result.level = options.alpha / (m - static_cast<double>(rank));
+    rejecting = rejecting && result.p_value <= result.level;
+    result.failed = rejecting;
+  }
+}
+
+Judge::Judge(std::vector<MetricSpec> metrics, JudgeOptions options) : state_(std::make_unique<State>()) {
+  check_options(options);
+  if (metrics.empty()) throw InvalidInput("the judge needs at least one metric");
+  for (std::size_t i = 0; i < metrics.size(); ++i) {
+    check_spec(metrics[i]);
+    if (!state_->index.emplace(metrics[i].name, i).second)
+      throw InvalidInput(fmt::format("metric '{}' is listed twice", metrics[i].name));
+  }
+  state_->always_valid_p.assign(metrics.size(), 1.0);
+  state_->metrics = std::move(metrics);
+  state_->options = options;
+}
+
+Judge::~Judge() = default;
+Judge::Judge(Judge&&) noexcept = default;
+Judge& Judge::operator=(Judge&&) noexcept = default;
+
+namespace {
+
+std::string describe_failure(const MetricResult& m) {
+  return fmt::format(
+      "{} worse than allowed: estimate {:.6g} (interval {:.6g} .. {:.6g}), allowed {:.6g}, "
+      "always-valid p {:.3g} <= {:.3g}",
+      m.name, m.estimate, m.ci_low, m.ci_high, m.threshold, m.p_value, m.level);
+}
+
+std::string describe_missing(const std::vector<MetricResult>& results) {
+  std::string reason;
+  for (const auto& m : results) {
+    if (m.status != MetricStatus::InsufficientData) continue;
+    if (!reason.empty()) reason += "; ";
+    reason += m.name + ": " + m.reason;
+  }
+  return reason;
+}
+
+}  // namespace
+
+LookResult Judge::look(const std::vector<MetricLook>& data) {
+  State& s = *state_;
+  if (s.verdict != Verdict::Continue)
+    throw InvalidState(
+        fmt::format("the judge already decided '{}' at look {}", to_string(s.verdict), s.looks));
+  std::vector<const MetricLook*> by_metric(s.metrics.size(), nullptr);
+  for (const auto& entry : data) {
+    auto hit = s.index.find(entry.metric);
+    if (hit == s.index.end()) throw InvalidInput(fmt::format("unknown metric '{}'", entry.metric));
+    if (by_metric[hit->second] != nullptr)
+      throw InvalidInput(fmt::format("metric '{}' appears twice in one look", entry.metric));
+    by_metric[hit->second] = &entry;
+  }
+  LookResult result;
+  result.look = s.looks + 1;
+  const int previous_looks = s.looks;
+  s.looks = result.look;  // the mixture's weight grows with the look index
+  try {
+    for (std::size_t i = 0; i < s.metrics.size(); ++i)
+      result.metrics.push_back(s.judge_metric(i, by_metric[i]));
+  } catch (...) {
+    s.looks = previous_looks;  // bad input leaves the judge as it was
+    throw;
+  }
+  s.holm(result.metrics);
+  for (std::size_t i = 0; i < s.metrics.size(); ++i) s.always_valid_p[i] = result.metrics[i].p_value;
+
+  const MetricResult* worst = nullptr;
+  for (const auto& m : result.metrics)
+    if (m.failed && (worst == nullptr || m.p_value < worst->p_value)) worst = &m;
+  if (worst != nullptr) {
+    result.verdict = Verdict::Fail;
+    result.failed_metric = worst->name;
+    result.reason = describe_failure(*worst);
+  } else if (result.look >= s.options.looks_in_window) {
+    result.reason = describe_missing(result.metrics);
+    result.verdict = result.reason.empty() ? Verdict::Pass : Verdict::Inconclusive;
+    if (result.reason.empty()) result.reason = "window over; no metric worse than allowed";
+  }
+  s.verdict = result.verdict;
+  return result;
+}
+
+int Judge::looks() const { return state_->looks; }
+Verdict Judge::verdict() const { return state_->verdict; }
+const std::vector<MetricSpec>& Judge::metrics() const { return state_->metrics; }
+const JudgeOptions& Judge::options() const { return state_->options; }
+
+}  // namespace cd::canary
