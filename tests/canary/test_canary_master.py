@@ -38,7 +38,8 @@ c["buildbotNetUsageData"] = None
 c["workers"] = [worker.LocalWorker("deployer")]
 hosts = {hosts!r}
 factory = util.BuildFactory([
-    steps.PushRelease(inventory=hosts, transport="local", source={source!r}, revision="r2"),
+    steps.PushRelease(inventory=hosts, transport="local", source={source!r}, release_root={release_root!r},
+                      revision="r2"),
     steps.CanaryRelease(
         inventory=hosts, transport="local", tag="canary",
         sources=ScrapeSource({urls!r}, timeout_s=2),
@@ -71,7 +72,11 @@ def master(tmp_path, web_fleet, make_tree):
     )
     (directory / "master.cfg").write_text(
         MASTER_CFG.format(
-            web_port=web_port, hosts=hosts, source=str(make_tree("r2", BAD)), urls=web_fleet.metrics_urls()
+            web_port=web_port,
+            hosts=hosts,
+            source=str(make_tree("r2", BAD)),
+            release_root=str(tmp_path / "trees"),
+            urls=web_fleet.metrics_urls(),
         )
     )
     process = subprocess.Popen(

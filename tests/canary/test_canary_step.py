@@ -76,7 +76,13 @@ class CanaryStepTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, un
         runner = release.ReleaseRunner(release.Inventory.from_entries(self.hosts), release.LocalTransport())
         runner.flip("r1", only_hosts=runner.push(self.tree("r1", GOOD), "r1").ok_hosts)
         self.setup_step(
-            PushRelease(source=self.tree("r2", BAD), revision="r2", inventory=self.hosts, transport="local")
+            PushRelease(
+                source=self.tree("r2", BAD),
+                release_root=str(self.workdir / "trees"),
+                revision="r2",
+                inventory=self.hosts,
+                transport="local",
+            )
         )
         self.setup_step(self.canary())
         self.expect_outcome(result=SUCCESS)
