@@ -9,10 +9,12 @@ PY := $(VENV)/bin/python
 CPP_BUILD := build/cpp
 # Debian packages: compilers and libraries for the C++ core, the real
 # components the tests start (sshd, rsync, PostgreSQL, Chromium), and the
-# peers the benchmarks compare against (pssh, ClusterShell).
+# peers the benchmarks compare against (pssh, ClusterShell), clang-format for
+# the C++ style check, and a Prometheus server that the canary judge's
+# query-API source is tested against.
 DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-dev \
 	libfmt-dev libgtest-dev libsimdjson-dev rsync openssh-server openssh-client postgresql \
-	chromium chromium-driver pssh clustershell clang-format
+	chromium chromium-driver pssh clustershell clang-format prometheus
 
 .PHONY: demo demo-stop test test-cpp test-python lint-cpp deps venv install cpp-tests clean
 

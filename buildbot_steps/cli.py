@@ -2,6 +2,7 @@
 
     buildbot-cd plan|simulate ...                   the shard scheduler (shard/cli.py)
     buildbot-cd push|flip|rollback|status ...       the release push (release/cli.py)
+    buildbot-cd judge SAMPLES ...                   the canary judge, offline (canary/cli.py)
 
 Every error a person can cause ends in one line on stderr and exit status 2.
 """
@@ -12,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from buildbot_steps.canary.cli import add_canary_commands
 from buildbot_steps.errors import CdError
 from buildbot_steps.release.cli import add_release_commands
 from buildbot_steps.shard.cli import add_shard_commands
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_shard_commands(commands)
     add_release_commands(commands)
+    add_canary_commands(commands)
     return parser
 
 

@@ -234,6 +234,11 @@ class ReleaseRunner:
                 host.details = parse_status(stdout)
         return report
 
+    def run_command(self, argv: list[str], selection: Selection = ALL_HOSTS) -> RunReport:
+        """A read-only command on each selected host (no lock); its output in details["stdout"]."""
+        hosts = self._hosts(selection)
+        return self._run("command", hosts, lambda h: [self.transport.command(h, argv)], ("command",), None)
+
     def cancel(self) -> None:
         """Thread-safe: running transfers are killed, hosts not started are skipped."""
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import shlex
 import shutil
 import tempfile
 import threading
@@ -136,6 +137,12 @@ class SshTransport:
         ]
         return CommandSpec(argv, stdin_data=host_script_text())
 
+    def command(self, host: Host, argv: list[str]) -> CommandSpec:
+        """A read-only command on the host (e.g. a metrics probe). The remote
+        side joins the words for the user's shell, so each is quoted exactly."""
+        words = host_words(host, argv)
+        return CommandSpec(["ssh", *self.ssh_options(host), f"{host.user}@{host.address}", shlex.join(words)])
+
     def push_steps(self, host: Host, source: str, transfer_args: list[str]) -> list[PushStep]:
         """prepare (mkdir), install the host script, transfer through it.
 
@@ -199,6 +206,9 @@ class LocalTransport:
     def script_command(self, host: Host, action: str, args: list[str]) -> CommandSpec:
         return CommandSpec(["sh", host_script_path(), action, *args])
 
+    def command(self, host: Host, argv: list[str]) -> CommandSpec:
+        return CommandSpec(host_words(host, argv))
+
     def push_steps(self, host: Host, source: str, transfer_args: list[str]) -> list[PushStep]:
         """prepare (mkdir), then the rsync run by the host script under its lock."""
         rsync = [
@@ -211,6 +221,13 @@ class LocalTransport:
             ("prepare", self.script_command(host, "prepare", [host.deploy_root])),
             ("transfer", CommandSpec(transfer, parse_rsync_stats=True)),
         ]
+
+
+def host_words(host: Host, argv: list[str]) -> list[str]:
+    """`argv` with {deploy_root} and {name} in any word replaced by the host's own."""
+    if not argv or not all(isinstance(word, str) for word in argv):
+        raise InvalidInput(f"host command must be a non-empty list of strings, got {argv!r}")
+    return [word.replace("{deploy_root}", host.deploy_root).replace("{name}", host.name) for word in argv]
 
 
 # What a tree must not carry onto a host unless preserve_privileged: rsync -a

@@ -1,0 +1,239 @@
+"""Where metric readings come from: each host's /metrics page, or a Prometheus server.
+
+A source answers `read(hosts, series) -> {host name: (values or None, reason)}`:
+the current value of each requested series on each host, or why the host has
+none. Reading blocks (HTTP), so the step calls it in a thread
+(threads.deferToThread); hosts are read in parallel.
+
+A metrics page is untrusted input: its size is capped, the request times out,
+redirects are refused, and a NaN, infinite or negative counter marks the host
+missing with a reason instead of reaching the judge. The text format is parsed
+with prometheus_client's own parser.
+
+The third source, a command run on each host, is in command_source.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from buildbot_steps.errors import InvalidInputError
+from buildbot_steps.release.inventory import Host
+
+# A node_exporter page is ~100-300 KB; an app's is smaller. Beyond this the
+# page is not a metrics page we want to parse on the master.
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024
+# Longer than a healthy exporter ever takes, short next to a 5 s sampling interval.
+DEFAULT_TIMEOUT_S = 3.0
+# Parallel requests per reading: enough for a few hundred hosts within the timeout.
+DEFAULT_CONCURRENCY = 32
+ALLOWED_SCHEMES = ("http", "https")
+# `name` or `name{label="value",...}`: which samples of the page a series sums.
+SELECTOR = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?$")
+MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"\\]*)"\s*$')
+# Sample names of counters (and summary/histogram parts): never negative.
+COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
+
+HostValues = tuple[dict[str, float] | None, str]  # (series -> value, or None; reason)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's API)
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
+# No proxies from the environment (metrics are fetched directly), no redirects.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
+def fetch(url: str, timeout_s: float, max_bytes: int) -> bytes:
+    """The body of `url`; OSError (or URLError, HTTPError) when it cannot be had."""
+    with _OPENER.open(url, timeout=timeout_s) as response:
+        body = response.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise OSError(f"answer larger than {max_bytes} bytes")
+    return body
+
+
+def check_url(url: str, what: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ALLOWED_SCHEMES or not parts.hostname:
+        raise InvalidInputError(f"{what}: expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return f"unreachable: {error.reason}"
+    return str(error) or type(error).__name__
+
+
+class Selector:
+    """Which samples of a page one series means; their values are summed."""
+
+    def __init__(self, text: str):
+        match = SELECTOR.match(text.strip())
+        matchers = (
+            [MATCHER.match(part) for part in (match.group(2) or "").split(",") if part.strip()]
+            if match
+            else [None]
+        )
+        if match is None or not all(matchers):
+            raise InvalidInputError(f'series {text!r}: expected name or name{{label="value",...}}')
+        self.text = text
+        self.name = match.group(1)
+        self.labels = {m.group(1): m.group(2) for m in matchers if m}
+        self.is_counter = self.name.endswith(COUNTER_SUFFIXES)
+
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        return name == self.name and all(labels.get(k) == v for k, v in self.labels.items())
+
+
+def parse_page(text: str, selectors: list[Selector]) -> HostValues:
+    """Sum of each selector's samples on one page, or None and a reason."""
+    sums: dict[str, float] = {}
+    try:
+        families = list(text_string_to_metric_families(text))
+    except Exception as error:  # the parser raises ValueError, IndexError, ...: all mean "not valid"
+        return None, f"metrics page not in the Prometheus text format: {describe(error)}"
+    for family in families:
+        for sample in family.samples:
+            for selector in selectors:
+                if not selector.matches(sample.name, sample.labels):
+                    continue
+                value = float(sample.value)
+                if not math.isfinite(value):
+                    return None, f"{sample.name} is {value}"
+                if value < 0 and (selector.is_counter or family.type == "counter"):
+                    return None, f"counter {sample.name} is negative ({value})"
+                sums[selector.text] = sums.get(selector.text, 0.0) + value
+    return sums, ""
+
+
+class ScrapeSource:
+    """Each host's own metrics page (an exporter or the app), over HTTP.
+
+    `urls`: a mapping host name -> URL, or a template with {name} and
+    {address}, e.g. "http://{address}:9100/metrics".
+    """
+
+    def __init__(
+        self,
+        urls: Mapping[str, str] | str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ):
+        if isinstance(urls, str):
+            check_url(urls.format(name="host", address="host"), "metrics URL template")
+        elif isinstance(urls, Mapping):
+            urls = {name: check_url(url, f"metrics URL of {name}") for name, url in urls.items()}
+        else:
+            raise InvalidInputError("metrics URLs: expected a mapping host -> URL or a template string")
+        if not timeout_s > 0 or max_bytes < 1 or concurrency < 1:
+            raise InvalidInputError("scrape source: timeout, size cap and concurrency must be positive")
+        self.urls = urls
+        self.timeout_s = float(timeout_s)
+        self.max_bytes = int(max_bytes)
+        self.concurrency = int(concurrency)
+
+    def url_of(self, host: Host) -> str | None:
+        if isinstance(self.urls, str):
+            return self.urls.format(name=host.name, address=host.address)
+        return self.urls.get(host.name)
+
+    def read(self, hosts: Iterable[Host], series: Iterable[str]) -> dict[str, HostValues]:
+        hosts = list(hosts)
+        selectors = [Selector(s) for s in sorted(set(series))]
+        with ThreadPoolExecutor(min(self.concurrency, max(1, len(hosts)))) as pool:
+            answers = pool.map(lambda host: self._read_host(host, selectors), hosts)
+            return {host.name: answer for host, answer in zip(hosts, answers)}
+
+    def _read_host(self, host: Host, selectors: list[Selector]) -> HostValues:
+        url = self.url_of(host)
+        if url is None:
+            return None, "no metrics URL configured for this host"
+        try:
+            body = fetch(url, self.timeout_s, self.max_bytes)
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "metrics page is not UTF-8"
+        except (OSError, ValueError, http.client.HTTPException) as error:  # URLError, timeouts: OSErrors
+            return None, describe(error)
+        return parse_page(text, selectors)
+
+
+class PrometheusQuerySource:
+    """A Prometheus server's instant query API: each series is a PromQL
+    expression whose result has one element per host, told apart by the label
+    `host_label` (its value is the host's name, or `label_values[name]`)."""
+
+    def __init__(
+        self,
+        url: str,
+        host_label: str = "instance",
+        label_values: Mapping[str, str] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ):
+        self.url = check_url(url, "Prometheus URL").rstrip("/")
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", host_label):
+            raise InvalidInputError(f"Prometheus host label {host_label!r} is not a label name")
+        self.host_label = host_label
+        self.label_values = dict(label_values or {})
+        self.timeout_s = float(timeout_s)
+        self.max_bytes = int(max_bytes)
+
+    def query(self, expression: str) -> dict[str, float]:
+        """label value -> value; OSError or ValueError when the server says no."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+        answer = json.loads(fetch(url, self.timeout_s, self.max_bytes))
+        if not isinstance(answer, dict):
+            raise ValueError(f"query {expression!r}: the answer is not a JSON object")
+        if answer.get("status") != "success":
+            raise ValueError(f"query {expression!r} failed: {answer.get('error', answer)!r}")
+        data = answer.get("data", {})
+        if data.get("resultType") != "vector":
+            raise ValueError(
+                f"query {expression!r} returned a {data.get('resultType')}, not an instant vector"
+            )
+        values: dict[str, float] = {}
+        for element in data.get("result", []):
+            key = element.get("metric", {}).get(self.host_label)
+            if key is not None:
+                values[key] = float(element["value"][1])
+        return values
+
+    def read(self, hosts: Iterable[Host], series: Iterable[str]) -> dict[str, HostValues]:
+        hosts = list(hosts)
+        results: dict[str, dict[str, float]] = {}
+        for expression in sorted(set(series)):
+            try:
+                results[expression] = self.query(expression)
+            except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as error:
+                reason = f"Prometheus query failed: {describe(error)}"
+                return {host.name: (None, reason) for host in hosts}
+        answers: dict[str, HostValues] = {}
+        for host in hosts:
+            key = self.label_values.get(host.name, host.name)
+            values = {expr: result[key] for expr, result in results.items() if key in result}
+            bad = next((expr for expr, value in values.items() if not math.isfinite(value)), None)
+            if bad is not None:
+                answers[host.name] = (None, f"{bad} is {values[bad]}")
+            elif not values:
+                answers[host.name] = (None, f"no series with {self.host_label}={key!r} in Prometheus")
+            else:
+                answers[host.name] = (values, "")
+        return answers

@@ -1,0 +1,153 @@
+"""The canary release end to end on a real web fleet (14 HTTP server processes,
+local deploy roots, a steady load): the judge loop the step runs (CanaryRun)
+over the release engine's own push, flip and rollback.
+
+Windows are short (1 s looks, a 10 s canary window) and the bad releases are
+clearly bad (three times the errors), so the verdicts do not depend on the
+machine's speed; the errors themselves are deterministic (webserver.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from buildbot_steps.canary import PrometheusQuerySource, ScrapeSource, metric_configs
+from buildbot_steps.canary.controller import CanaryPlan, CanaryRun, Timing
+from harness.local_master import wait_until
+from harness.webfleet import BAD, CANARIES, GOOD, LoadGenerator, live_revisions, set_behaviour
+
+RATE_PER_HOST = 20  # requests a second: two errors a second per host at 10%
+TIMING = Timing(baseline_s=3, canary_s=10, interval_s=1, monitor_s=0)
+METRICS = [
+    {"name": "errors", "events": "app_errors_total", "exposure": "app_requests_total", "min_effect": 0.2},
+    {
+        "name": "latency",
+        "ratio": ["app_request_latency_seconds_sum", "app_request_latency_seconds_count"],
+        "scale": 1000,
+        "unit": "ms",
+        "min_effect": 0.5,
+    },
+]
+LOAD_LIMIT_S = 120  # the load stops by itself if a test hangs
+
+
+def plan(web_fleet, pushed, source=None, timing=TIMING, **options) -> CanaryPlan:
+    canary = [f"web{i}" for i in range(1, CANARIES + 1)]
+    sources = {"default": source or ScrapeSource(web_fleet.metrics_urls(), timeout_s=2)}
+    return CanaryPlan("r2", canary, metric_configs(METRICS), sources, pushed, timing, **options)
+
+
+def run_under_load(web_fleet, runner, canary_plan, progress=None):
+    with LoadGenerator(web_fleet.urls(), RATE_PER_HOST, LOAD_LIMIT_S, max_requests=5000):
+        return CanaryRun(runner, canary_plan, progress).run()
+
+
+def test_a_good_release_goes_to_every_host(web_fleet, deployed):
+    runner, pushed = deployed(GOOD)
+    outcome = run_under_load(web_fleet, runner, plan(web_fleet, pushed))
+    assert (outcome.verdict, outcome.action) == ("PASS", "promoted")
+    assert set(live_revisions(runner).values()) == {"r2"}
+    looks = outcome.samples["phases"][0]["looks"]
+    assert len(looks) == 10 and looks[-1]["verdict"] == "PASS"
+    errors = looks[-1]["results"][0]
+    assert errors["status"] == "TESTED" and not errors["failed"] and errors["canary_hosts"] == CANARIES
+
+
+def test_a_bad_release_is_rolled_back_within_the_canary_window(web_fleet, deployed):
+    runner, pushed = deployed(BAD)
+    outcome = run_under_load(web_fleet, runner, plan(web_fleet, pushed))
+    assert (outcome.verdict, outcome.action, outcome.failed_metric) == (
+        "FAIL",
+        "rolled back canary",
+        "errors",
+    )
+    assert set(live_revisions(runner).values()) == {"r1"}
+    looks = outcome.samples["phases"][0]["looks"]
+    assert len(looks) < 10  # decided before the window was over
+    errors = looks[-1]["results"][0]
+    assert errors["failed"] and errors["estimate"] > 2  # three times the errors, roughly
+    assert [e["what"] for e in outcome.samples["events"]] == ["flip canary", "roll back canary"]
+
+
+def test_a_release_bad_only_after_the_full_flip_is_rolled_back_by_the_monitoring(web_fleet, deployed):
+    runner, pushed = deployed(GOOD)
+
+    def break_after_full_flip(event):
+        # A release that fails only under the whole fleet's traffic, simulated:
+        # it turns bad the moment everyone is on it.
+        if event.get("what") == "flip all":
+            for host in web_fleet.hosts:
+                set_behaviour(host.deploy_root, BAD)
+
+    timing = Timing(baseline_s=4, canary_s=6, interval_s=1, monitor_s=10)
+    outcome = run_under_load(web_fleet, runner, plan(web_fleet, pushed, timing=timing), break_after_full_flip)
+    assert (outcome.phase, outcome.verdict, outcome.action) == ("monitor", "FAIL", "rolled back all")
+    assert outcome.failed_metric == "errors"
+    assert outcome.samples["phases"][0]["looks"][-1]["verdict"] == "PASS"
+    assert outcome.samples["phases"][1]["design"] == "before_after"
+    assert set(live_revisions(runner).values()) == {"r1"}
+
+
+def test_a_metrics_endpoint_down_on_one_host_is_reported_not_counted(web_fleet, deployed):
+    runner, pushed = deployed(GOOD)
+    web_fleet.stop_host("web8")  # a control host: its /metrics (and its app) stop answering
+    outcome = run_under_load(web_fleet, runner, plan(web_fleet, pushed))
+    assert (outcome.verdict, outcome.action) == ("PASS", "promoted")
+    last = outcome.samples["phases"][0]["looks"][-1]
+    assert last["data"]["errors"]["control"]["web8"]["missing"] is True
+    assert "unreachable" in last["data"]["errors"]["control"]["web8"]["reason"]
+    assert last["results"][0]["control_missing"] == 1 and last["results"][0]["control_hosts"] == 8
+
+
+def test_zero_traffic_is_inconclusive_and_the_release_does_not_go_out(web_fleet, deployed):
+    runner, pushed = deployed(GOOD)
+    outcome = CanaryRun(runner, plan(web_fleet, pushed)).run()  # no load generator
+    assert (outcome.verdict, outcome.action) == ("INCONCLUSIVE", "rolled back canary")
+    assert set(live_revisions(runner).values()) == {"r1"}
+    assert outcome.samples["phases"][0]["looks"][-1]["results"][0]["status"] == "INSUFFICIENT_DATA"
+
+
+def test_the_judge_through_a_real_prometheus_server(web_fleet, deployed, prometheus, tmp_path):
+    runner, pushed = deployed(BAD)
+    source = PrometheusQuerySource(prometheus.url, host_label="host", timeout_s=5)
+    hosts = runner.inventory.hosts
+    wait_until(
+        lambda: all(v is not None for v, _ in source.read(hosts, ["up"]).values()),
+        60,
+        "Prometheus to scrape every web host",
+    )
+    outcome = run_under_load(web_fleet, runner, plan(web_fleet, pushed, source=source))
+    assert (outcome.verdict, outcome.action, outcome.failed_metric) == (
+        "FAIL",
+        "rolled back canary",
+        "errors",
+    )
+    assert set(live_revisions(runner).values()) == {"r1"}
+    # The samples log replays offline to the same verdict.
+    samples = tmp_path / "samples.json"
+    samples.write_text(json.dumps(outcome.samples))
+    replayed = subprocess.run(
+        [sys.executable, "-m", "buildbot_steps.cli", "judge", str(samples)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replayed.returncode == 1, replayed.stderr
+    assert "canary: FAIL" in replayed.stdout
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_the_judge_command_refuses_a_bad_alpha(tmp_path, alpha):
+    samples = tmp_path / "samples.json"
+    samples.write_text(json.dumps({"format": "buildbot-cd/canary-samples/1", "metrics": [], "phases": []}))
+    done = subprocess.run(
+        [sys.executable, "-m", "buildbot_steps.cli", "judge", str(samples), "--alpha", str(alpha)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--alpha must be in (0, 1)" in done.stderr

@@ -1,0 +1,180 @@
+"""The metric sources against real servers: the web fleet's /metrics pages,
+hostile pages from a local HTTP server, a real Prometheus server, and a
+command run on each host over the local transport."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from buildbot_steps import release
+from buildbot_steps.canary import CommandSource, PrometheusQuerySource, ScrapeSource
+from buildbot_steps.canary.metrics import MetricConfig, Reading, counter_increase, host_figure
+from buildbot_steps.canary.sources import Selector, parse_page
+from buildbot_steps.errors import InvalidInputError
+from harness.local_master import wait_until
+from harness.webfleet import LoadGenerator
+
+REQUESTS = "app_requests_total"
+ERRORS = "app_errors_total"
+
+PAGE = """# HELP app_requests_total Requests
+# TYPE app_requests_total counter
+app_requests_total{code="200"} 90
+app_requests_total{code="500"} 10
+# HELP node_load1 Load
+# TYPE node_load1 gauge
+node_load1 0.5
+"""
+
+
+def test_parse_page_sums_samples_and_matches_labels():
+    values, reason = parse_page(PAGE, [Selector(REQUESTS), Selector('app_requests_total{code="500"}')])
+    assert reason == ""
+    assert values == {REQUESTS: 100.0, 'app_requests_total{code="500"}': 10.0}
+
+
+@pytest.mark.parametrize(
+    "page, reason",
+    [
+        ("# TYPE app_requests_total counter\napp_requests_total NaN\n", "is nan"),
+        ("# TYPE app_requests_total counter\napp_requests_total +Inf\n", "is inf"),
+        ("# TYPE app_requests_total counter\napp_requests_total -3\n", "negative"),
+        ("app_requests_total{ 12 garbage\n", "not in the Prometheus text format"),
+    ],
+)
+def test_bad_pages_make_the_host_missing_with_a_reason(page, reason):
+    values, why = parse_page(page, [Selector(REQUESTS)])
+    assert values is None
+    assert reason in why
+
+
+def test_bad_selectors_and_urls_are_refused():
+    with pytest.raises(InvalidInputError, match="expected name"):
+        Selector("rate(x[5m])")
+    with pytest.raises(InvalidInputError, match="http"):
+        ScrapeSource({"web1": "file:///etc/passwd"})
+
+
+def test_counter_increase_survives_a_restart():
+    assert counter_increase([10, 15, 3, 7]) == 5 + 3 + 4
+    errors = MetricConfig.from_entry({"name": "errors", "events": ERRORS, "exposure": REQUESTS})
+    readings = [
+        Reading(0, {ERRORS: 5, REQUESTS: 100}),
+        Reading(1, {ERRORS: 2, REQUESTS: 10}),
+        Reading(2, {ERRORS: 4, REQUESTS: 50}),
+    ]
+    figure = host_figure(errors, readings)
+    assert (figure.events, figure.exposure) == (4, 50)
+    down = host_figure(errors, [*readings, Reading(3, None, "unreachable: refused")])
+    assert down.missing and "refused" in down.reason
+
+
+def test_scrape_source_reads_every_fleet_host_and_reports_a_dead_one(web_fleet):
+    urls = web_fleet.metrics_urls()
+    with LoadGenerator(web_fleet.urls(), rate_per_host=50, duration_s=30, max_requests=10) as load:
+        wait_until(lambda: load.sent >= 10 * len(urls), 30, "the load generator's requests")
+    web_fleet.stop_host("web3")
+    source = ScrapeSource(urls, timeout_s=2)
+    answers = source.read(
+        release.Inventory.from_entries(web_fleet.inventory_entries()).hosts,
+        [REQUESTS, "node_load1", "process_cpu_seconds_total"],
+    )
+    assert answers["web3"][0] is None and "unreachable" in answers["web3"][1]
+    for name in web_fleet.names():
+        if name != "web3":
+            values, reason = answers[name]
+            assert reason == "" and values[REQUESTS] == 10  # no release live: 503s, still counted
+            assert values["node_load1"] >= 0 and values["process_cpu_seconds_total"] > 0
+
+
+class HostileHandler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        if self.path == "/huge":
+            body = b"# TYPE x counter\n" + b"x 1\n" * 100_000
+        elif self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:1/metrics")
+            self.end_headers()
+            return
+        else:
+            body = b"\xff\xfe not text"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_hostile_pages_are_capped_refused_or_timed_out():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HostileHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.socket()  # listens but never answers: the request must time out
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    urls = {
+        "huge": f"{base}/huge",
+        "redirect": f"{base}/redirect",
+        "binary": f"{base}/binary",
+        "silent": f"http://127.0.0.1:{silent.getsockname()[1]}/metrics",
+    }
+    hosts = [release.Host(name, "127.0.0.1", 22, "root", "/srv") for name in urls]
+    try:
+        answers = ScrapeSource(urls, timeout_s=0.5, max_bytes=64 * 1024).read(hosts, ["x"])
+    finally:
+        server.shutdown()
+        silent.close()
+    assert "larger than" in answers["huge"][1]
+    assert "redirect" in answers["redirect"][1]
+    assert "UTF-8" in answers["binary"][1]
+    assert "timed out" in answers["silent"][1]
+    assert all(values is None for values, _ in answers.values())
+
+
+def test_command_source_over_the_local_transport(tmp_path):
+    hosts = []
+    for index, content in enumerate(["load1 0.25\nerrors_total 7\nnoise\n", "load1 NaN\n", None]):
+        root = tmp_path / f"h{index}"
+        root.mkdir()
+        if content is not None:
+            (root / "stats").write_text(content)
+        hosts.append(release.Host(f"h{index}", "localhost", 22, "root", str(root)))
+    source = CommandSource(["cat", "{deploy_root}/stats"], release.LocalTransport(), timeout_s=10)
+    answers = source.read(hosts, ["load1", "errors_total"])
+    assert answers["h0"] == ({"load1": 0.25, "errors_total": 7.0}, "")
+    assert answers["h1"][0] is None and "nan" in answers["h1"][1]
+    assert answers["h2"][0] is None and "command failed" in answers["h2"][1]
+
+
+def test_prometheus_query_source_reads_one_value_per_host(web_fleet, prometheus):
+    source = PrometheusQuerySource(prometheus.url, host_label="host")
+    hosts = release.Inventory.from_entries(web_fleet.inventory_entries()).hosts
+
+    def all_up():
+        answers = source.read(hosts, ["up"])
+        return all(values is not None and values.get("up") == 1 for values, _ in answers.values())
+
+    wait_until(all_up, 60, "Prometheus to scrape every web host")
+    answers = source.read(hosts, [REQUESTS, "sum by (host) (node_load1)"])
+    assert all(
+        values[REQUESTS] >= 0 and "sum by (host) (node_load1)" in values for values, _ in answers.values()
+    )
+    broken = source.read(hosts, ["sum(("])
+    assert all(values is None and "query failed" in reason for values, reason in broken.values())
+
+
+def test_the_ssh_command_is_one_exactly_quoted_remote_line():
+    host = release.Host("web1", "web1.example", 2222, "deploy", "/srv/app")
+    spec = release.SshTransport(control_dir="/tmp/x").command(
+        host, ["grep", "-c", "a b; rm", "{deploy_root}/log"]
+    )
+    assert spec.argv[0] == "ssh" and "deploy@web1.example" in spec.argv
+    assert spec.argv[-1] == "grep -c 'a b; rm' /srv/app/log"
+    with pytest.raises(InvalidInputError, match="non-empty list"):
+        CommandSource([])
