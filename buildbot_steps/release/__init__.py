@@ -26,6 +26,7 @@ from buildbot_steps.release.inventory import (
     Selection,
     check_word,
 )  # fmt: skip
+from buildbot_steps.release.reports import human_bytes
 from buildbot_steps.release.runner import (
     FanoutSettings,
     HostReport,
@@ -47,5 +48,5 @@ __all__ = [
     "ALL_HOSTS", "DEFAULT_SLOTS", "MAX_SLOTS", "MIN_SLOTS", "TRANSPORTS", "DeployInProgress", "FanoutSettings",
     "Host", "HostReport", "InvalidInput", "Inventory", "LocalTransport", "ReleaseError", "ReleaseRunner",
     "RunReport", "Selection", "SshTransport", "check_word", "deploy_in_progress", "deploy_lock", "host_script_path",
-    "host_script_text", "parse_status",
+    "host_script_text", "human_bytes", "parse_status",
 ]  # fmt: skip

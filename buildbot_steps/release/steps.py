@@ -188,6 +188,10 @@ class _ReleaseStep(buildstep.BuildStep):
         }
         if report.revision:
             figures["release_revision"] = report.revision
+            if not self.getProperty("revision"):
+                # The web UI's "Revision" column reads this property; a forced
+                # deploy has none of its own.
+                figures["revision"] = report.revision
         for name, value in figures.items():
             self.setProperty(name, value, PROPERTY_SOURCE)
 
@@ -211,13 +215,21 @@ class _ReleaseStep(buildstep.BuildStep):
         if message:
             summary = f"{self.action}: {message}"
         elif report is not None:
-            summary = f"{self.action}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
+            summary = f"{self._what(report)}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
+            if report.bytes_sent:
+                summary += f", {release.human_bytes(report.bytes_sent)} sent"
             if report.failed_hosts:
                 summary += f", failed: {', '.join(report.failed_hosts[:5])}"
                 summary += "..." if len(report.failed_hosts) > 5 else ""
         else:
             return super().getResultSummary()
         return {"step": summary}
+
+    def _what(self, report: release.RunReport) -> str:
+        """ "push abc123", "flip abc123", "rollback of abc123": the action and its revision."""
+        if not report.revision:
+            return self.action
+        return f"{self.action} {'of ' if self.action == 'rollback' else ''}{report.revision}"
 
     def interrupt(self, reason):
         # Stop the fan-out: running transfers are killed, the rest cancelled.
