@@ -35,8 +35,8 @@ from buildbot.interfaces import IRenderable, ITriggerableScheduler
 from buildbot.process import remotecommand
 from buildbot.process.buildstep import BuildStep
 from buildbot.process.properties import Properties
-from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
-from buildbot.reporters.utils import getURLForBuildrequest
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS, statusToString
+from buildbot.reporters.utils import getURLForBuild, getURLForBuildrequest
 from twisted.internet import defer, threads
 
 from buildbot_steps import _core
@@ -375,6 +375,20 @@ class ShardedTest(BuildStep):
                 yield self.addURL(f"shard {index} (request {brid})", getURLForBuildrequest(self.master, brid))
             waiting.append(finished)
         yield defer.DeferredList(waiting, consumeErrors=True)
+        yield self._link_shard_builds()
+
+    @defer.inlineCallbacks
+    def _link_shard_builds(self):
+        """One link per finished shard build, as Buildbot's Trigger step adds.
+
+        The web UI counts a request without a build link as a pending build:
+        without these, a finished step would still read "N pending builds".
+        """
+        for brid in self._brids:
+            builds = yield self.master.db.builds.getBuilds(buildrequestid=brid)
+            for build in builds:
+                label = f"{statusToString(build.results)}: shard build #{build.number}"
+                yield self.addURL(label, getURLForBuild(self.master, build.builderid, build.number))
 
     def _shard_properties(self, plan: Any, index: int, shards: int) -> Properties:
         properties = Properties()

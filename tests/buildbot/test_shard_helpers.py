@@ -125,3 +125,42 @@ def test_a_skipped_result_is_resolved_in_both_modes():
         html = shard_report.render_report([outcome], session.timeline, {"skipped": 1}, set())
         assert "Skipped tests (1: not run by the runner, do not gate)" in html
         assert "skipped: no GPU" in html and "Failures</h3><p>none" in html
+
+
+def test_timeline_draws_a_batch_with_a_failure_as_failed_with_legend_and_time_axis():
+    now = [0.0]
+    settings = ShardCommandSettings(["pytest", "--junitxml={junit}", "{tests}"], "", {}, None, 1000)
+    session = ShardSession(StaticShards([["a", "b"]], {"a": 1.0, "b": 1.0}), settings, lambda: now[0])
+    first = session.next_batch("w1", 0).batch
+    now[0] = 3.0
+    session.report(
+        "w1", first.id, [JUnitTestResult("a", True, 1.0), JUnitTestResult("b", False, 2.0, "boom")]
+    )
+    retry = session.next_batch("w1", 0).batch
+    now[0] = 9.5
+    session.report("w1", retry.id, [JUnitTestResult("b", True, 1.0)])
+    assert [run.failed_tests for run in session.timeline] == [1, 0]
+
+    svg = shard_report.timeline_svg(session.timeline)
+    failed_rect, retry_rect = svg.split("<rect x='")[-2:]  # the legend's swatches come first
+    assert f"fill='{shard_report.FAILED_COLOUR}'" in failed_rect and "1 failed" in failed_rect
+    assert f"fill='{shard_report.RETRY_COLOUR}'" in retry_rect
+    for _, meaning in shard_report.LEGEND:
+        assert f">{meaning}</text>" in svg
+    # Ticks at a round step up to the end (9.5 s: every 2 s), each labelled with its unit.
+    assert [f">{t} s</text>" in svg for t in (0, 2, 4, 6, 8)] == [True] * 5
+    assert ">10 s</text>" not in svg and "time since start" in svg
+
+
+@pytest.mark.parametrize(("end_s", "step"), [(0.5, 0.1), (9.5, 2), (75, 10), (4000, 600), (10**6, 3600 * 35)])
+def test_time_axis_steps_are_round_and_few(end_s, step):
+    assert shard_report.tick_step(end_s) == step
+    assert end_s / shard_report.tick_step(end_s) <= shard_report.TARGET_TICKS
+
+
+def test_summary_figures_have_labels_and_units():
+    html = shard_report.render_report([], [], {"makespan_s": 12.345, "straggler_copies": 1, "new": 3}, set())
+    assert "<th align='left'>Wall time of the test run</th><td align='right'>12.3 s</td>" in html
+    assert "<th align='left'>Straggler copies started</th><td align='right'>1</td>" in html
+    assert "<th align='left'>new</th>" in html  # a figure without a label still shows
+    assert "makespan_s" not in html
