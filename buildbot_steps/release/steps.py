@@ -223,7 +223,7 @@ class _ReleaseStep(buildstep.BuildStep):
                 summary += "..." if len(report.failed_hosts) > 5 else ""
         else:
             return super().getResultSummary()
-        return {"step": summary}
+        return with_build_summary(summary)
 
     def _what(self, report: release.RunReport) -> str:
         """ "push abc123", "flip abc123", "rollback of abc123": the action and its revision."""
@@ -237,6 +237,15 @@ class _ReleaseStep(buildstep.BuildStep):
         if runner is not None:
             runner.cancel()
         return super().interrupt(reason)
+
+
+def with_build_summary(summary: str) -> dict[str, str]:
+    """The step's summary, also for the build's: the builds table then says what each deploy did.
+
+    Buildbot joins the build's status and each step's "build" text with spaces
+    ("build successful push r2: ... canary PASS ..."): the period ends each.
+    """
+    return {"step": summary, "build": f"{summary}."}
 
 
 def confine_to_root(source, release_root: str) -> str:

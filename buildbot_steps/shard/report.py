@@ -41,6 +41,8 @@ LEGEND = (
     (RUNNING_COLOUR, "still running"),
 )
 
+VALUE_CELL = "align='right' style='padding-left:2em'"  # a label never runs into its value
+
 # The summary figures as a person reads them: label, and how to show the value.
 FIGURE_LABELS = {
     "total": ("Tests", "{}"),
@@ -93,7 +95,7 @@ def figure_row(key: str, value: Any) -> tuple[str, str]:
 
 def _summary_table(summary: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><th align='left'>{html.escape(label)}</th><td align='right'>{html.escape(text)}</td></tr>"
+        f"<tr><th align='left'>{html.escape(label)}</th><td {VALUE_CELL}>{html.escape(text)}</td></tr>"
         for label, text in (figure_row(k, v) for k, v in summary.items())
     )
     return f"<h3>Summary</h3><table>{rows}</table>"

@@ -160,7 +160,8 @@ def test_time_axis_steps_are_round_and_few(end_s, step):
 
 def test_summary_figures_have_labels_and_units():
     html = shard_report.render_report([], [], {"makespan_s": 12.345, "straggler_copies": 1, "new": 3}, set())
-    assert "<th align='left'>Wall time of the test run</th><td align='right'>12.3 s</td>" in html
-    assert "<th align='left'>Straggler copies started</th><td align='right'>1</td>" in html
+    cell = shard_report.VALUE_CELL
+    assert f"<th align='left'>Wall time of the test run</th><td {cell}>12.3 s</td>" in html
+    assert f"<th align='left'>Straggler copies started</th><td {cell}>1</td>" in html
     assert "<th align='left'>new</th>" in html  # a figure without a label still shows
     assert "makespan_s" not in html

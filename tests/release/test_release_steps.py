@@ -25,6 +25,11 @@ HOSTS = 4
 SIZE = r"(\d+ bytes|\d+\.\d (KB|MB))"  # release.human_bytes
 
 
+def summary_of(text: str) -> dict[str, str]:
+    """A step's summary: the build's ends with a period (Buildbot joins them with spaces)."""
+    return {"step": text, "build": f"{text}."}
+
+
 class StoppedAfterFirstHost(PushRelease):
     """A push whose build is stopped (Buildbot calls interrupt()) once the first host is done."""
 
@@ -76,7 +81,9 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.expect_outcome(result=SUCCESS)
         # (expect_property is checked after every step: read them at the end)
         # None: the push's summary is checked below (what rsync sent is not fixed).
-        self.expect_result_summary(None, {"step": "flip r1: 1/1 hosts ok"}, {"step": "flip r1: 4/4 hosts ok"})
+        self.expect_result_summary(
+            None, summary_of("flip r1: 1/1 hosts ok"), summary_of("flip r1: 4/4 hosts ok")
+        )
         await self.run_step()
         # What was sent depends on rsync's protocol: only its form is fixed.
         self.assertRegex(self.summary(0), rf"^push r1: 4/4 hosts ok, {SIZE} sent$")
@@ -98,7 +105,7 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.setup_step(RollbackRelease(revision="r2", **self.common()))
         self.expect_outcome(result=SUCCESS)
         self.expect_property("release_rollback_hosts_ok", HOSTS, "ReleaseStep")
-        self.expect_result_summary({"step": "rollback of r2: 4/4 hosts ok"})
+        self.expect_result_summary(summary_of("rollback of r2: 4/4 hosts ok"))
         await self.run_step()
         self.assertIn(" retries ", self.get_nth_step(0).logs["hosts"].stdout.splitlines()[1])
         self.assertEqual(self.live_revisions(), ["r1"] * HOSTS)
@@ -111,7 +118,7 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.setup_step(FlipRelease(**self.common()))
         self.expect_outcome(result=FAILURE)
         self.expect_outcome(result=SUCCESS)
-        self.expect_result_summary(None, {"step": "flip r1: 3/3 hosts ok"})
+        self.expect_result_summary(None, summary_of("flip r1: 3/3 hosts ok"))
         await self.run_step()
         self.assertRegex(self.summary(0), rf"^push r1: 3/4 hosts ok, {SIZE} sent, failed: h2$")
         props = self.build.getProperties()
