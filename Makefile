@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-d
 	libfmt-dev libgtest-dev rsync openssh-server openssh-client postgresql \
 	chromium chromium-driver pssh clustershell
 
-.PHONY: demo demo-stop test test-cpp test-python deps venv install cpp-tests clean
+.PHONY: demo demo-stop test test-cpp test-python lint-python deps venv install cpp-tests clean
 
 demo: install
 	PYTHONPATH=tests $(PY) -m harness.demo
@@ -24,7 +24,13 @@ demo: install
 demo-stop:
 	@if [ -x $(PY) ]; then PYTHONPATH=tests $(PY) -m harness.demo --stop; else echo "demo: nothing to stop (no $(VENV))"; fi
 
-test: test-cpp test-python
+test: lint-python test-cpp test-python
+
+# Python style, kept by the tools (configured in pyproject.toml): lint, then
+# formatting, checked and never rewritten here (`ruff format` fixes it).
+lint-python: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 deps:
 	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEBIAN_PACKAGES) 2>/dev/null \

@@ -220,7 +220,7 @@ def handout_costs(n: int = 100_000, workers: int = 100) -> None:
             start = time.perf_counter()
             assignment = dispatcher.next_batch(f"w{w}", clock)
             costs.append(time.perf_counter() - start)
-            if assignment.kind == "run":
+            if assignment.kind == _core.AssignmentKind.run:
                 batch = assignment.batch
                 dispatcher.report(f"w{w}", batch.id, [_core.TestResult(t, True, 0.1) for t in batch.tests])
         clock += 1.0

@@ -34,6 +34,7 @@ whitespace): it is built from fixed options and checked values only.
 from __future__ import annotations
 
 import contextlib
+import enum
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,23 +42,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildbot_steps import _core
-from buildbot_steps.release.inventory import (
-    ALL_HOSTS,
-    DEFAULT_SLOTS,
-    MAX_SLOTS,
-    MIN_SLOTS,
-    DeployInProgress,
-    Host,
-    InvalidInput,
-    Inventory,
-    Selection,
-    check_word,
-)  # fmt: skip
+from buildbot_steps.release.inventory import ALL_HOSTS, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS  # fmt: skip
+from buildbot_steps.release.inventory import DeployInProgress, Host, InvalidInput, Inventory, Selection
+from buildbot_steps.release.inventory import check_word
 from buildbot_steps.release.transports import CommandSpec, SshTransport
 
+# Output kept per host: a status listing of every slot fits easily.
 STATUS_OUTPUT_BYTES = 64 * 1024
 
 PUSH_STEPS = ("prepare", "transfer", "commit")
+
+
+class HostState(enum.StrEnum):
+    """How a host's run ended: the fan-out engine's words (HostResult.status)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+# What a host that printed nothing on stderr is told, by how its run ended.
+STATE_ERRORS = {
+    HostState.TIMED_OUT: "host timeout",
+    HostState.SKIPPED: "skipped: failure budget exhausted",
+    HostState.CANCELLED: "cancelled",
+}
 
 
 # --- reports ---------------------------------------------------------------
@@ -66,7 +77,7 @@ PUSH_STEPS = ("prepare", "transfer", "commit")
 @dataclass
 class HostReport:
     host: str
-    status: str  # ok, failed, timed_out, skipped or cancelled (the engine's words)
+    status: HostState
     exit_code: int = -1
     attempts: int = 0
     failed_step: str | None = None
@@ -77,7 +88,7 @@ class HostReport:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == HostState.OK
 
 
 @dataclass
@@ -198,31 +209,28 @@ def deploy_in_progress() -> bool:
 # --- the runner ----------------------------------------------------------------
 
 
-@dataclass
-class FanoutSettings:
-    concurrency: int = 32  # pssh's default window
-    host_timeout_s: float = 600.0
-    max_retries: int = 2
-    retry_backoff_s: float = 0.5
-    max_fail_fraction: float = 1.0  # 1.0: never abort the remaining hosts
+class FanoutSettings(_core.FanoutOptions):
+    """The core's FanoutOptions, checked when made: its defaults and its checks
+    are the C++ ones (cd/fanout.hpp), the keywords those of FanoutOptions.
 
-    def __post_init__(self):
-        if (
-            isinstance(self.concurrency, bool)
-            or not isinstance(self.concurrency, int)
-            or self.concurrency < 1
-        ):
-            raise InvalidInput(f"concurrency must be a positive integer, got {self.concurrency!r}")
-        if not self.host_timeout_s > 0:
-            raise InvalidInput(f"host timeout must be positive, got {self.host_timeout_s!r}")
-        if (
-            isinstance(self.max_retries, bool)
-            or not isinstance(self.max_retries, int)
-            or self.max_retries < 0
-        ):
-            raise InvalidInput(f"retries must be a non-negative integer, got {self.max_retries!r}")
-        if not 0 <= self.max_fail_fraction <= 1:
-            raise InvalidInput(f"failure budget must be in [0, 1], got {self.max_fail_fraction!r}")
+    FANOUT_DEFAULTS below holds the defaults, for option parsers and steps.
+    """
+
+    def __init__(self, **options: int | float | list[int]) -> None:
+        options.setdefault("output_tail_bytes", STATUS_OUTPUT_BYTES)
+        for name, value in options.items():
+            if isinstance(value, bool):  # pybind11 would take True for 1
+                raise InvalidInput(f"{name} must be a number, got {value!r}")
+        try:
+            super().__init__(**options)
+        except TypeError:
+            raise InvalidInput(f"fan-out settings must be numbers, got {options!r}") from None
+        # The core checks its options when a run starts; a run of no hosts
+        # checks them now, so that bad settings fail at configuration time.
+        _core.Fanout(self).run([])
+
+
+FANOUT_DEFAULTS = FanoutSettings()
 
 
 # progress(host_report, done, total, failed), from the engine's thread
@@ -236,7 +244,7 @@ class ReleaseRunner:
             raise InvalidInput(f"slots must be an integer {MIN_SLOTS}..{MAX_SLOTS}, got {slots!r}")
         self.inventory = inventory
         self.transport = transport if transport is not None else SshTransport()
-        self.settings = settings or FanoutSettings()
+        self.settings = settings or FANOUT_DEFAULTS
         self.slots = slots
         self.progress = progress
         self._fanout = None
@@ -349,15 +357,7 @@ class ReleaseRunner:
         if not hosts:
             raise InvalidInput(f"{action}: no hosts selected")
         jobs = [_core.HostJob(host=h.name, steps=[to_command(s) for s in steps_for(h)]) for h in hosts]
-        options = _core.FanoutOptions(
-            concurrency=self.settings.concurrency,
-            host_timeout_s=float(self.settings.host_timeout_s),
-            max_retries=self.settings.max_retries,
-            retry_backoff_s=float(self.settings.retry_backoff_s),
-            max_fail_fraction=float(self.settings.max_fail_fraction),
-            output_tail_bytes=STATUS_OUTPUT_BYTES,
-        )
-        fanout = _core.Fanout(options)
+        fanout = _core.Fanout(self.settings)
         with self._lock:
             if self._cancelled:
                 fanout.cancel()
@@ -387,11 +387,11 @@ def to_command(spec: CommandSpec) -> _core.Command:
     )
 
 
-def host_report(result, step_names) -> HostReport:
+def host_report(result: _core.HostResult, step_names: tuple[str, ...]) -> HostReport:
     failed = result.failed_step if 0 <= result.failed_step < len(step_names) else None
     report = HostReport(
         host=result.host,
-        status=str(result.status),
+        status=HostState(result.status),
         exit_code=result.exit_code,
         attempts=result.attempts,
         failed_step=step_names[failed] if failed is not None else None,
@@ -401,9 +401,7 @@ def host_report(result, step_names) -> HostReport:
     if report.ok:
         report.details = {"stdout": result.stdout_tail}
     else:
-        report.error = last_line(result.stderr_tail) or {
-            "timed_out": "host timeout",
-            "skipped": "skipped: failure budget exhausted",
-            "cancelled": "cancelled",
-        }.get(report.status, f"exit code {result.exit_code}")
+        report.error = last_line(result.stderr_tail) or STATE_ERRORS.get(
+            report.status, f"exit code {result.exit_code}"
+        )
     return report

@@ -30,6 +30,8 @@ from buildbot_steps import release
 
 PUSHED_HOSTS_PROPERTY = "release_pushed_hosts"
 PROPERTY_SOURCE = "ReleaseStep"
+# Failed hosts named in the step's summary; the hosts log lists them all.
+FAILED_HOSTS_NAMED = 5
 
 
 def is_renderable(value) -> bool:
@@ -43,9 +45,9 @@ class _ReleaseStep(buildstep.BuildStep):
     renderables = ["inventory", "revision", "known_hosts", "identity_file", "tag", "count", "fraction"]
 
     def __init__(self, inventory=None, revision=None, transport="ssh", known_hosts=None, identity_file=None,
-                 ssh_options=(), slots=release.DEFAULT_SLOTS, concurrency=release.FanoutSettings.concurrency,
-                 host_timeout=release.FanoutSettings.host_timeout_s, retries=release.FanoutSettings.max_retries,
-                 max_fail_fraction=release.FanoutSettings.max_fail_fraction, tolerate_failures=0,
+                 ssh_options=(), slots=release.DEFAULT_SLOTS, concurrency=release.FANOUT_DEFAULTS.concurrency,
+                 host_timeout=release.FANOUT_DEFAULTS.host_timeout_s, retries=release.FANOUT_DEFAULTS.max_retries,
+                 max_fail_fraction=release.FANOUT_DEFAULTS.max_fail_fraction, tolerate_failures=0,
                  tag=None, count=None, fraction=None, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.inventory = inventory
@@ -59,6 +61,7 @@ class _ReleaseStep(buildstep.BuildStep):
         self.tolerate_failures = tolerate_failures
         self._runner = None
         self._progress = (0, 0, 0)  # done, total, failed
+        self._summary: str | None = None
         self._check_static_arguments(concurrency, host_timeout, retries, max_fail_fraction)
 
     # -- configuration ---------------------------------------------------
@@ -123,7 +126,7 @@ class _ReleaseStep(buildstep.BuildStep):
 
     # -- running ---------------------------------------------------------
 
-    async def run(self):
+    async def run(self) -> int:
         try:
             runner = release.ReleaseRunner(
                 self._load_inventory(self.inventory), self._make_transport(), self.settings,
@@ -141,7 +144,7 @@ class _ReleaseStep(buildstep.BuildStep):
             return await self._refuse(str(error))
         finally:
             self._runner = None
-        self._report = report
+        self._summary = self._report_summary(report)
         await self.addCompleteLog("hosts", report.to_text())
         self._set_figures(report)
         return self._results(report)
@@ -150,8 +153,8 @@ class _ReleaseStep(buildstep.BuildStep):
         """Check the rendered arguments now; return the call the thread makes."""
         raise NotImplementedError
 
-    async def _refuse(self, message: str):
-        self._failure_message = message
+    async def _refuse(self, message: str) -> int:
+        self._summary = f"{self.action}: {message}"
         await self.addCompleteLog("error", message + "\n")
         return FAILURE
 
@@ -187,25 +190,23 @@ class _ReleaseStep(buildstep.BuildStep):
         self._progress = (done, total, failed)
         self.updateSummary()
 
-    def getCurrentSummary(self):
+    def getCurrentSummary(self) -> dict[str, str]:
         done, total, failed = self._progress
         counts = f" {done}/{total} hosts" if total else ""
         problems = f", {failed} failed" if failed else ""
         return {"step": f"{self.description[0]}{counts}{problems}"}
 
-    def getResultSummary(self):
-        message = getattr(self, "_failure_message", None)
-        report = getattr(self, "_report", None)
-        if message:
-            summary = f"{self.action}: {message}"
-        elif report is not None:
-            summary = f"{self.action}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
-            if report.failed_hosts:
-                summary += f", failed: {', '.join(report.failed_hosts[:5])}"
-                summary += "..." if len(report.failed_hosts) > 5 else ""
-        else:
-            return super().getResultSummary()
-        return {"step": summary}
+    def _report_summary(self, report: release.RunReport) -> str:
+        summary = f"{self.action}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
+        if report.failed_hosts:
+            summary += f", failed: {', '.join(report.failed_hosts[:FAILED_HOSTS_NAMED])}"
+            summary += "..." if len(report.failed_hosts) > FAILED_HOSTS_NAMED else ""
+        return summary
+
+    def getResultSummary(self) -> dict[str, str]:
+        if self._summary:
+            return {"step": self._summary}
+        return super().getResultSummary()
 
     def interrupt(self, reason):
         # Stop the fan-out: running transfers are killed, the rest cancelled.
@@ -218,7 +219,7 @@ class _ReleaseStep(buildstep.BuildStep):
 class PushRelease(_ReleaseStep):
     """Transfer `source` (a directory on the master) into a free slot on every host."""
 
-    name = "push_release"
+    name = "push-release"
     description = ["pushing"]
     descriptionDone = ["pushed"]
     action = "push"
@@ -253,7 +254,7 @@ class FlipRelease(_ReleaseStep):
     PushRelease) are candidates: a host whose transfer failed is never flipped.
     """
 
-    name = "flip_release"
+    name = "flip-release"
     description = ["flipping"]
     descriptionDone = ["flipped"]
     action = "flip"
@@ -284,7 +285,7 @@ class RollbackRelease(_ReleaseStep):
     only hosts live on it move; without it every selected host steps back.
     """
 
-    name = "rollback_release"
+    name = "rollback-release"
     description = ["rolling back"]
     descriptionDone = ["rolled back"]
     action = "rollback"

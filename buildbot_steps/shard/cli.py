@@ -13,7 +13,7 @@ import sys
 from buildbot_steps import _core
 from buildbot_steps.errors import InvalidInputError
 from buildbot_steps.shard import planning
-from buildbot_steps.shard.commands import MODES
+from buildbot_steps.shard.commands import DYNAMIC, MODES
 
 
 def add_shard_commands(commands) -> None:
@@ -36,7 +36,7 @@ def add_shard_commands(commands) -> None:
         help="durations the tests really take (a test absent there takes its estimate)",
     )
     simulate.add_argument("--workers", type=int, required=True)
-    simulate.add_argument("--mode", choices=MODES, default="dynamic")
+    simulate.add_argument("--mode", choices=MODES, default=DYNAMIC)
     simulate.add_argument(
         "--tests",
         metavar="FILE",

@@ -11,9 +11,9 @@ Two sources of batches behind one protocol, BatchSource:
     static  : StaticShards, a fixed list per shard from plan_static
 
 Data shapes:
-    session.next_batch(worker, shard_index) -> Assignment(kind="run"|"wait"|"done", batch)
+    session.next_batch(worker, shard_index) -> Assignment(kind: AssignmentKind run|wait|done, batch)
     session.report(worker, batch, [JUnitTestResult...]) / report_error(worker, batch, text)
-    session.outcomes() -> [TestOutcome(id, verdict, estimate_s, attempts[Attempt])]
+    session.outcomes() -> [TestOutcome(id, verdict: Verdict, estimate_s, attempts[Attempt])]
 """
 
 from __future__ import annotations
@@ -22,11 +22,15 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol, SupportsIndex
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from buildbot_steps import _core
+from buildbot_steps._core import AssignmentKind, DispatchStats, TestOutcome, TestResult
+from buildbot_steps.shard.commands import STATIC_MAX_BATCH_TESTS
+from buildbot_steps.shard.junit import JUnitTestResult
 
 # ------------------------------------------------------------------ registry
 
@@ -41,7 +45,7 @@ def unregister_session(parent_buildid: int) -> None:
     _sessions.pop(parent_buildid, None)
 
 
-def lookup_session(parent_buildid: Any) -> ShardSession | None:
+def lookup_session(parent_buildid: str | SupportsIndex | None) -> ShardSession | None:
     try:
         return _sessions.get(int(parent_buildid))
     except (TypeError, ValueError):
@@ -54,14 +58,14 @@ def lookup_session(parent_buildid: Any) -> ShardSession | None:
 class BatchSource(Protocol):
     """Where a shard's batches come from; the same calls in both modes."""
 
-    def next_batch(self, worker: str, shard_index: int, now_s: float) -> Any: ...
-    def report(self, worker: str, batch_id: int, results: list[Any]) -> None: ...
+    def next_batch(self, worker: str, shard_index: int, now_s: float) -> AnyAssignment: ...
+    def report(self, worker: str, batch_id: int, results: list[TestResult]) -> None: ...
     def report_error(self, worker: str, batch_id: int, message: str) -> None: ...
     def worker_lost(self, worker: str) -> None: ...
     def batch_obsolete(self, batch_id: int) -> bool: ...
     def done(self) -> bool: ...
-    def outcomes(self) -> list[Any]: ...
-    def stats(self) -> Any: ...
+    def outcomes(self) -> list[TestOutcome]: ...
+    def stats(self) -> DispatchStats: ...
 
 
 class DynamicBatches:
@@ -70,10 +74,10 @@ class DynamicBatches:
     def __init__(self, dispatcher: _core.Dispatcher):
         self._dispatcher = dispatcher
 
-    def next_batch(self, worker: str, shard_index: int, now_s: float) -> Any:
+    def next_batch(self, worker: str, shard_index: int, now_s: float) -> _core.Assignment:
         return self._dispatcher.next_batch(worker, now_s)
 
-    def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
+    def report(self, worker: str, batch_id: int, results: list[TestResult]) -> None:
         self._dispatcher.report(worker, batch_id, results)
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
@@ -88,10 +92,10 @@ class DynamicBatches:
     def done(self) -> bool:
         return self._dispatcher.done()
 
-    def outcomes(self) -> list[Any]:
+    def outcomes(self) -> list[TestOutcome]:
         return self._dispatcher.outcomes()
 
-    def stats(self) -> Any:
+    def stats(self) -> DispatchStats:
         return self._dispatcher.stats()
 
 
@@ -108,24 +112,14 @@ class Batch:
 
 @dataclasses.dataclass
 class Assignment:
-    kind: str  # "run" | "wait" | "done"
+    """A static shard's assignment: the core's kinds, a batch renumbered across shards."""
+
+    kind: AssignmentKind
     batch: Batch | None = None
 
 
-@dataclasses.dataclass
-class Stats:
-    """The figures of all shards together, named as the core's DispatchStats."""
-
-    tests: int = 0
-    resolved: int = 0
-    passed: int = 0
-    flaky: int = 0
-    failed: int = 0
-    batches_handed_out: int = 0
-    batches_in_flight: int = 0
-    speculative_batches: int = 0
-    requeued_batches: int = 0
-    queued_estimate_s: float = 0.0
+# What a BatchSource hands out: the core's own, or a static shard's.
+AnyAssignment = _core.Assignment | Assignment
 
 
 class StaticShards:
@@ -144,10 +138,10 @@ class StaticShards:
         shard_lists: list[list[str]],
         estimates_s: dict[str, float],
         max_attempts: int = 2,
-        max_batch_tests: int = 1000,
+        max_batch_tests: int = STATIC_MAX_BATCH_TESTS,
     ):
         # An unbounded batch target: a static shard runs its list in as few
-        # runner starts as max_batch_tests allows, like one pytest-split group.
+        # runner starts as max_batch_tests allows.
         self._shards = [
             _core.Dispatcher(
                 [_core.TestEstimate(test, estimates_s.get(test, 0.0)) for test in tests],
@@ -162,18 +156,18 @@ class StaticShards:
     def next_batch(self, worker: str, shard_index: int, now_s: float = 0.0) -> Assignment:
         shard = self._shards[shard_index] if 0 <= shard_index < len(self._shards) else None
         if shard is None:
-            return Assignment("done")
+            return Assignment(AssignmentKind.done)
         assignment = shard.next_batch(worker, 0.0)
-        if assignment.kind != "run":
+        if assignment.kind != AssignmentKind.run:
             return Assignment(assignment.kind)
         local = assignment.batch
         batch = Batch(
             next(self._batch_ids), list(local.tests), local.estimate_s, local.speculative, local.retry
         )
         self._in_flight[batch.id] = (shard_index, local.id)
-        return Assignment("run", batch)
+        return Assignment(AssignmentKind.run, batch)
 
-    def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
+    def report(self, worker: str, batch_id: int, results: list[TestResult]) -> None:
         shard_index, local_id = self._take(batch_id)
         self._shards[shard_index].report(worker, local_id, results)
 
@@ -191,18 +185,14 @@ class StaticShards:
     def done(self) -> bool:
         return all(shard.done() for shard in self._live_shards())
 
-    def outcomes(self) -> list[Any]:
+    def outcomes(self) -> list[TestOutcome]:
         return [outcome for shard in self._live_shards() for outcome in shard.outcomes()]
 
-    def stats(self) -> Stats:
-        total = Stats()
-        for shard in self._live_shards():
-            figures = shard.stats()
-            for field in dataclasses.fields(Stats):
-                setattr(total, field.name, getattr(total, field.name) + getattr(figures, field.name))
-        return total
+    def stats(self) -> DispatchStats:
+        """The figures of all shards together (the core sums DispatchStats)."""
+        return sum((shard.stats() for shard in self._live_shards()), DispatchStats())
 
-    def _live_shards(self) -> list[Any]:
+    def _live_shards(self) -> list[_core.Dispatcher]:
         return [shard for shard in self._shards if shard is not None]
 
     def _take(self, batch_id: int) -> tuple[int, int]:
@@ -262,10 +252,10 @@ class ShardSession:
     def elapsed(self) -> float:
         return self._clock() - self._started_at
 
-    def next_batch(self, worker: str, shard_index: int) -> Any:
+    def next_batch(self, worker: str, shard_index: int) -> AnyAssignment:
         self.workers_seen.add(worker)
         assignment = self.batches.next_batch(worker, shard_index, self.elapsed())
-        if assignment.kind == "run":
+        if assignment.kind == AssignmentKind.run and assignment.batch is not None:
             batch = assignment.batch
             run = BatchRun(
                 worker, batch.id, len(batch.tests), self.elapsed(), None, batch.speculative, batch.retry
@@ -275,7 +265,7 @@ class ShardSession:
             self._changed()
         return assignment
 
-    def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
+    def report(self, worker: str, batch_id: int, results: list[JUnitTestResult]) -> None:
         try:
             self.batches.report(worker, batch_id, self._to_core_results(results))
         finally:
@@ -300,7 +290,7 @@ class ShardSession:
     def busy_workers(self) -> int:
         return len({worker for worker, _ in self._running})
 
-    def wait_for_change(self, reactor: Any, timeout_s: float) -> defer.Deferred:
+    def wait_for_change(self, reactor: IReactorTime, timeout_s: float) -> defer.Deferred:
         """Fires on the next report or lost worker, or after `timeout_s`."""
         waiter: defer.Deferred = defer.Deferred()
         self._waiters.append(waiter)
@@ -329,5 +319,5 @@ class ShardSession:
         for listener in list(self.listeners):
             listener()
 
-    def _to_core_results(self, results: list[Any]) -> list[Any]:
-        return [_core.TestResult(r.id, r.passed, r.seconds, r.message) for r in results]
+    def _to_core_results(self, results: list[JUnitTestResult]) -> list[TestResult]:
+        return [TestResult(r.id, r.passed, r.seconds, r.message) for r in results]
