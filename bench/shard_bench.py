@@ -147,7 +147,8 @@ def imvu_table() -> None:
     history, actual = imvu_case()
     row, bound = ratios(history, actual, IMVU_WORKERS)
     print_table(
-        f"IMVU-like synthetic: {len(actual)} tests in {IMVU_FILES} files, {sum(actual.values()) / 3600:.1f} h, "
+        f"IMVU-like synthetic: {len(actual)} tests in {IMVU_FILES} files, "
+        f"{sum(actual.values()) / 3600:.1f} h, "
         f"{IMVU_WORKERS} workers, lower bound {bound:.0f} s",
         [("15k tests, 20% noise", row)],
     )

@@ -197,7 +197,8 @@ def main() -> int:
         print(
             f"{mode:<14}{build['wall_s']:>8.1f}{build['wall_s'] / bound:>9.2f}"
             f"{build['shards_s']:>10.0f}{build['shards_s'] / bound:>9.2f}"
-            f"{build['before_s']:>10.0f}{build['after_s']:>9.0f}{build['batches']:>9}  {build['state_string']}"
+            f"{build['before_s']:>10.0f}{build['after_s']:>9.0f}{build['batches']:>9}"
+            f"  {build['state_string']}"
         )
     print(
         "\nwall: force request to build complete (REST API). shards: first shard build start to last "

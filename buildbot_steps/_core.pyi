@@ -63,7 +63,7 @@ class TestEstimate:
     def seconds(self) -> float: ...
     @property
     def source(self) -> str:
-        """"history", "file_median", "global_median" or "default"."""
+        """ "history", "file_median", "global_median" or "default"."""
 
 def estimate_durations(tests: Sequence[str], history: Sequence[Mapping[str, float]]) -> list[TestEstimate]:
     """One estimate per test from past runs (oldest first): {test id: seconds} each."""
@@ -236,7 +236,7 @@ class HostResult:
     def host(self) -> str: ...
     @property
     def status(self) -> str:
-        """"ok", "failed", "timed_out", "skipped" or "cancelled" (release.runner.HostState)."""
+        """ "ok", "failed", "timed_out", "skipped" or "cancelled" (release.runner.HostState)."""
     @property
     def exit_code(self) -> int: ...
     @property

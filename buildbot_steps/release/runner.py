@@ -42,9 +42,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildbot_steps import _core
-from buildbot_steps.release.inventory import ALL_HOSTS, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS  # fmt: skip
-from buildbot_steps.release.inventory import DeployInProgress, Host, InvalidInput, Inventory, Selection
-from buildbot_steps.release.inventory import check_word
+from buildbot_steps.release.inventory import (  # fmt: skip
+    ALL_HOSTS,
+    DEFAULT_SLOTS,
+    MAX_SLOTS,
+    MIN_SLOTS,
+    DeployInProgress,
+    Host,
+    InvalidInput,
+    Inventory,
+    Selection,
+    check_word,
+)
 from buildbot_steps.release.transports import CommandSpec, SshTransport
 
 # Output kept per host: a status listing of every slot fits easily.
@@ -127,7 +136,8 @@ class RunReport:
     def to_text(self) -> str:
         lines = [
             self.summary(),
-            f"{'host':<20} {'status':<10} {'step':<9} {'exit':>4} {'tries':>5} {'secs':>7} {'bytes':>12}  detail",
+            f"{'host':<20} {'status':<10} {'step':<9} {'exit':>4} {'tries':>5} {'secs':>7} "
+            f"{'bytes':>12}  detail",
         ]
         for h in self.hosts:
             detail = h.error or " ".join(f"{k}={v}" for k, v in h.details.items() if not isinstance(v, dict))
@@ -301,8 +311,13 @@ class ReleaseRunner:
 
     def status(self, selection: Selection = ALL_HOSTS) -> RunReport:
         """What is live and what is in every slot, per host (no lock: read only)."""
-        report = self._run("status", self._hosts(selection),
-                           lambda h: [self._script(h, "status", str(self.slots))], ("status",), None)  # fmt: skip
+        report = self._run(
+            "status",
+            self._hosts(selection),
+            lambda h: [self._script(h, "status", str(self.slots))],
+            ("status",),
+            None,
+        )
         for host in report.hosts:
             stdout = host.details.pop("stdout", "")
             if host.ok:

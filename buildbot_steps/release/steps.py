@@ -4,7 +4,8 @@
     hosts = [{"address": "web1.example", "deploy_root": "/srv/app", "tags": ["canary"]}, ...]
     deploy_lock = util.MasterLock("deploy")           # one deploy at a time
     factory.addStep(steps.PushRelease(inventory=hosts, source="/srv/builds/%(prop:buildnumber)s",
-                                      known_hosts="/etc/buildbot/known_hosts", identity_file="/etc/buildbot/deploy_key",
+                                      known_hosts="/etc/buildbot/known_hosts",
+                                      identity_file="/etc/buildbot/deploy_key",
                                       locks=[deploy_lock.access("exclusive")]))
     factory.addStep(steps.FlipRelease(inventory=hosts, tag="canary", ...))
     factory.addStep(steps.FlipRelease(inventory=hosts, ...))   # all pushed hosts
@@ -29,6 +30,11 @@ from twisted.internet import threads
 from buildbot_steps import release
 
 PUSHED_HOSTS_PROPERTY = "release_pushed_hosts"
+# Renderable defaults (shared, immutable): what a push records, the revision
+# the build tested; what a flip or rollback acts on, the one pushed.
+TESTED_REVISION = properties.Property("got_revision", default=properties.Property("revision"))
+BUILD_NUMBER = properties.Property("buildnumber")
+RELEASE_REVISION = properties.Property("release_revision")
 PROPERTY_SOURCE = "ReleaseStep"
 # Failed hosts named in the step's summary; the hosts log lists them all.
 FAILED_HOSTS_NAMED = 5
@@ -44,11 +50,25 @@ class _ReleaseStep(buildstep.BuildStep):
     action = ""  # "push", "flip" or "rollback"
     renderables = ["inventory", "revision", "known_hosts", "identity_file", "tag", "count", "fraction"]
 
-    def __init__(self, inventory=None, revision=None, transport="ssh", known_hosts=None, identity_file=None,
-                 ssh_options=(), slots=release.DEFAULT_SLOTS, concurrency=release.FANOUT_DEFAULTS.concurrency,
-                 host_timeout=release.FANOUT_DEFAULTS.host_timeout_s, retries=release.FANOUT_DEFAULTS.max_retries,
-                 max_fail_fraction=release.FANOUT_DEFAULTS.max_fail_fraction, tolerate_failures=0,
-                 tag=None, count=None, fraction=None, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        inventory=None,
+        revision=None,
+        transport="ssh",
+        known_hosts=None,
+        identity_file=None,
+        ssh_options=(),
+        slots=release.DEFAULT_SLOTS,
+        concurrency=release.FANOUT_DEFAULTS.concurrency,
+        host_timeout=release.FANOUT_DEFAULTS.host_timeout_s,
+        retries=release.FANOUT_DEFAULTS.max_retries,
+        max_fail_fraction=release.FANOUT_DEFAULTS.max_fail_fraction,
+        tolerate_failures=0,
+        tag=None,
+        count=None,
+        fraction=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.inventory = inventory
         self.revision = revision
@@ -225,8 +245,13 @@ class PushRelease(_ReleaseStep):
     action = "push"
     renderables = ["source", "build_number"]
 
-    def __init__(self, source=None, revision=properties.Property("got_revision", default=properties.Property("revision")),
-                 build=properties.Property("buildnumber"), **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        source=None,
+        revision=TESTED_REVISION,
+        build=BUILD_NUMBER,
+        **kwargs,
+    ):
         self.source = source
         self.build_number = build  # not self.build: that is the running Build
         super().__init__(revision=revision, **kwargs)
@@ -259,7 +284,7 @@ class FlipRelease(_ReleaseStep):
     descriptionDone = ["flipped"]
     action = "flip"
 
-    def __init__(self, revision=properties.Property("release_revision"), only_pushed=True, **kwargs):
+    def __init__(self, revision=RELEASE_REVISION, only_pushed=True, **kwargs):
         self.only_pushed = only_pushed
         super().__init__(revision=revision, **kwargs)
 
@@ -290,7 +315,7 @@ class RollbackRelease(_ReleaseStep):
     descriptionDone = ["rolled back"]
     action = "rollback"
 
-    def __init__(self, revision=properties.Property("release_revision"), **kwargs):
+    def __init__(self, revision=RELEASE_REVISION, **kwargs):
         super().__init__(revision=revision, **kwargs)
 
     def _work(self, runner):

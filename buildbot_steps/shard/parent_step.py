@@ -57,8 +57,8 @@ from buildbot_steps.shard.commands import (
     MODE_PROPERTY,
     MODES,
     NOT_PASSED,
-    STATIC,
     PARENT_PROPERTY,
+    STATIC,
     TESTS_PROPERTY,
     WORKDIR_PROPERTY,
     ShardedTestError,
@@ -76,7 +76,6 @@ from buildbot_steps.shard.junit import MAX_REPORT_BYTES
 # guided batch sizes still shrink towards this at the tail, which keeps the
 # end balanced.
 DEFAULT_MIN_BATCH_S = 5.0
-
 
 
 class ShardedTest(BuildStep):
@@ -151,9 +150,8 @@ class ShardedTest(BuildStep):
             problem = check_test_command(self.test_command)
             if problem:
                 config.error(f"ShardedTest: {problem}")
-        if self.tests is not None and not IRenderable.providedBy(self.tests):
-            if not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests):
-                config.error("ShardedTest: tests must be a list of test id strings")
+        if self.tests is not None and not IRenderable.providedBy(self.tests) and not is_test_list(self.tests):
+            config.error("ShardedTest: tests must be a list of test id strings")
         for label, value, minimum in (
             ("max_attempts", self.max_attempts, 1),
             ("max_batch_tests", self.max_batch_tests, 1),
@@ -161,21 +159,18 @@ class ShardedTest(BuildStep):
         ):
             if not isinstance(value, int) or value < minimum:
                 config.error(f"ShardedTest: {label} must be an integer >= {minimum}")
-        if self.shards is not None and not IRenderable.providedBy(self.shards):
-            if not isinstance(self.shards, int) or self.shards < 1:
-                config.error("ShardedTest: shards must be a positive integer (or None: one per worker)")
+        if self.shards is not None and not IRenderable.providedBy(self.shards) and not is_count(self.shards):
+            config.error("ShardedTest: shards must be a positive integer (or None: one per worker)")
 
     def _check_rendered_arguments(self) -> None:
         problem = check_test_command(self.test_command)
         if problem:
             raise ShardedTestError(problem)
-        if self.shards is not None and (not isinstance(self.shards, int) or self.shards < 1):
+        if self.shards is not None and not is_count(self.shards):
             raise ShardedTestError(f"shards must be a positive integer, not {self.shards!r}")
         if not isinstance(self.discover_command, (list, tuple)) or not self.discover_command:
             raise ShardedTestError("discover_command must be a non-empty argument vector")
-        if self.tests is not None and (
-            not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests)
-        ):
+        if self.tests is not None and not is_test_list(self.tests):
             raise ShardedTestError("tests must render to a list of test id strings")
 
     # --------------------------------------------------------------- run
@@ -220,7 +215,9 @@ class ShardedTest(BuildStep):
             )
         return parse_test_listing(cmd.stdout)
 
-    async def _run_sharded(self, scheduler: Triggerable, tests: list[str], history: list[dict[str, float]]) -> int:
+    async def _run_sharded(
+        self, scheduler: Triggerable, tests: list[str], history: list[dict[str, float]]
+    ) -> int:
         shards = self.shards or self._workers_of(scheduler)
         # Milliseconds for thousands of tests, but not microseconds: off the reactor.
         try:
@@ -450,6 +447,14 @@ class ShardedTest(BuildStep):
                 "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", brid)
             )
         yield super().interrupt(reason)
+
+
+def is_test_list(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value)
+
+
+def is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _count_sources(estimates: list[TestEstimate]) -> dict[str, int]:

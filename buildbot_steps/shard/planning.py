@@ -235,9 +235,7 @@ def _simulate_static(estimates, clock: _Clock, workers: int, overhead_s: float, 
             flaky += 1
         else:
             failures.append((test_id, shard, attempts + 1))
-    return SimulationResult(
-        STATIC, workers, len(estimates), max(finish), 0.0, workers, flaky, failed, reruns
-    )
+    return SimulationResult(STATIC, workers, len(estimates), max(finish), 0.0, workers, flaky, failed, reruns)
 
 
 def format_simulation(result: SimulationResult) -> str:

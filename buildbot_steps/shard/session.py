@@ -279,7 +279,7 @@ class ShardSession:
 
     def worker_lost(self, worker: str) -> None:
         self.batches.worker_lost(worker)
-        for (owner, batch_id), run in list(self._running.items()):
+        for (owner, batch_id), _run in list(self._running.items()):
             if owner == worker:
                 self._finish_run(owner, batch_id, "lost")
         self._changed()

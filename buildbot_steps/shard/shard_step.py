@@ -39,7 +39,10 @@ from buildbot_steps.shard.commands import (
     names,
 )  # fmt: skip
 from buildbot_steps.shard.junit import (
-    MAX_REPORT_BYTES, JUnitReportError, JUnitTestResult, parse_junit_report,
+    MAX_REPORT_BYTES,
+    JUnitReportError,
+    JUnitTestResult,
+    parse_junit_report,
 )  # fmt: skip
 from buildbot_steps.shard.session import AnyAssignment, Batch, ShardSession
 
@@ -51,7 +54,6 @@ WAIT_POLL_S = 1.0
 # the re-run it waits for must go to another worker and none is pulling. Its
 # tests are then reported "not run" (FAILURE) instead of the build hanging.
 STALL_TIMEOUT_S = 120.0
-
 
 
 def shard_builder_config(
@@ -240,7 +242,9 @@ class RunShard(CommandMixin, BuildStep):
         clock = self.master.reactor.seconds
         return shard_session.ShardSession(batches, settings, clock), True
 
-    async def _pull_batches(self, session: ShardSession, shard_index: int, workdir: str, reports_dir: str) -> None:
+    async def _pull_batches(
+        self, session: ShardSession, shard_index: int, workdir: str, reports_dir: str
+    ) -> None:
         idle_since = None
         while not self.stopped:
             assignment = session.next_batch(self._worker, shard_index)
@@ -265,7 +269,9 @@ class RunShard(CommandMixin, BuildStep):
             return self.master.reactor.seconds()  # someone is working: not stalled
         return idle_since if idle_since is not None else self.master.reactor.seconds()
 
-    async def _run_batch(self, session: ShardSession, batch: AnyBatch, workdir: str, reports_dir: str) -> None:
+    async def _run_batch(
+        self, session: ShardSession, batch: AnyBatch, workdir: str, reports_dir: str
+    ) -> None:
         settings = session.settings
         report_path = self.build.path_module.join(reports_dir, f"batch-{batch.id}.xml")
         argv = expand_test_command(settings.test_command, list(batch.tests), report_path)

@@ -245,7 +245,8 @@ class RunShardStandaloneTests(TestBuildStepMixin, TestReactorMixin, unittest.Tes
 
 
 FAILED_ONE = """<testsuites><testsuite>
-<testcase classname="tests.test_a" name="test_one" time="0.5"><failure message="boom">trace</failure></testcase>
+<testcase classname="tests.test_a" name="test_one" time="0.5">
+<failure message="boom">trace</failure></testcase>
 </testsuite></testsuites>"""
 
 

@@ -28,7 +28,13 @@ from pathlib import Path
 from buildbot_steps import _core
 from buildbot_steps.shard import planning as sharding
 from harness.local_master import (
-    REPO, VENV_BIN, LocalMaster, LocalMasterError, free_port, stop_recorded, wait_until,
+    REPO,
+    VENV_BIN,
+    LocalMaster,
+    LocalMasterError,
+    free_port,
+    stop_recorded,
+    wait_until,
 )  # fmt: skip
 
 __all__ = ["DemoCluster", "DemoError", "main", "stop_demo", "wait_until"]
@@ -77,7 +83,8 @@ def shard_stage(workers: int = DEMO_WORKERS) -> None:
 
     plan = _core.plan_static(estimates, workers)
     print(
-        f"\nstatic plan from the estimates (makespan {plan.makespan_s:.1f} s, bound {plan.lower_bound_s:.1f} s):"
+        "\nstatic plan from the estimates "
+        f"(makespan {plan.makespan_s:.1f} s, bound {plan.lower_bound_s:.1f} s):"
     )
     for index, shard in enumerate(plan.shards):
         bar = "#" * round(40 * shard.estimate_s / plan.makespan_s)
@@ -85,7 +92,8 @@ def shard_stage(workers: int = DEMO_WORKERS) -> None:
 
     print(f"\nthe next run replayed on a virtual clock (actual durations, flake rate {DEMO_FLAKE_RATE}):")
     print(
-        f"  {'mode':8} {'makespan s':>11} {'bound s':>8} {'ratio':>7} {'batches':>8} {'flaky':>6} {'failed':>7}"
+        f"  {'mode':8} {'makespan s':>11} {'bound s':>8} {'ratio':>7} "
+        f"{'batches':>8} {'flaky':>6} {'failed':>7}"
     )
     for mode in sharding.MODES[::-1]:
         result = sharding.simulate(estimates, actual, workers, mode=mode, flake_rate=DEMO_FLAKE_RATE, seed=1)
@@ -173,16 +181,19 @@ def stop_demo(root: Path = DEMO_DIR, quiet: bool = False) -> None:
 
 def cluster_stage(cluster: DemoCluster) -> dict:
     banner(
-        f"2. sharded tests on a real Buildbot master: 1 coordinator + {len(cluster.shard_workers)} shard workers"
+        "2. sharded tests on a real Buildbot master: "
+        f"1 coordinator + {len(cluster.shard_workers)} shard workers"
     )
     print(f"master.cfg.example -> {cluster.master_dir / 'master.cfg'}")
     print(
-        f"code under test: {cluster.project_dir} (a copy of the fixture suite: fast, slow, failing, flaky tests)"
+        f"code under test: {cluster.project_dir} "
+        "(a copy of the fixture suite: fast, slow, failing, flaky tests)"
     )
     started = time.monotonic()
     cluster.start()
     print(
-        f"master and {len(cluster.shard_workers) + 1} workers up in {time.monotonic() - started:.1f} s; web UI {cluster.url}"
+        f"master and {len(cluster.shard_workers) + 1} workers up in {time.monotonic() - started:.1f} s; "
+        f"web UI {cluster.url}"
     )
 
     brid = cluster.force("force-tests", "tests")
@@ -193,17 +204,22 @@ def cluster_stage(cluster: DemoCluster) -> dict:
         raise DemoError(f"the tests build ended {RESULT_NAMES.get(build['results'])} without results: "
                         f"{build['state_string']} (see {cluster.build_url(build)})")  # fmt: skip
     print(
-        f"\nbuild #{build['number']}: {RESULT_NAMES.get(build['results'], build['results'])}  -- {build['state_string']}"
+        f"\nbuild #{build['number']}: {RESULT_NAMES.get(build['results'], build['results'])}  "
+        f"-- {build['state_string']}"
     )
-    print(f"  {props['tests_total']} tests: {props['tests_passed']} passed, {props['tests_failed']} failed, "
-          f"{props['tests_flaky']} flaky (failed, then passed on another worker)")  # fmt: skip
+    print(
+        f"  {props['tests_total']} tests: {props['tests_passed']} passed, {props['tests_failed']} failed, "
+        f"{props['tests_flaky']} flaky (failed, then passed on another worker)"
+    )
     ratio = (
         props["tests_makespan_s"] / props["tests_lower_bound_s"]
         if props["tests_lower_bound_s"]
         else float("nan")
     )
-    print(f"  makespan {props['tests_makespan_s']:.1f} s vs lower bound {props['tests_lower_bound_s']:.1f} s "
-          f"(ratio {ratio:.2f}) on {props['tests_workers']} workers, {props['tests_batches']} batches")  # fmt: skip
+    print(
+        f"  makespan {props['tests_makespan_s']:.1f} s vs lower bound {props['tests_lower_bound_s']:.1f} s "
+        f"(ratio {ratio:.2f}) on {props['tests_workers']} workers, {props['tests_batches']} batches"
+    )
     print(
         "  (a first build plans without history, and in a suite of ~6 s each batch's pytest start-up\n"
         "   and the re-run of the failures weigh heavily; stage 1 shows the scheduler at scale)"
@@ -275,8 +291,11 @@ def deploy_stage(cluster: DemoCluster) -> None:
         build = run_release_build(cluster, "force-deploy", "deploy", f"deploy {revision}",
                                   deploy_revision=revision, release_dir=str(source))  # fmt: skip
         props = build["properties"]
-        print(f"  {note}: {props.get('release_push_bytes_sent', 0):,} bytes sent to "
-              f"{props.get('release_push_hosts_ok', 0)} hosts in {props.get('release_push_duration_s', 0):.2f} s")  # fmt: skip
+        print(
+            f"  {note}: {props.get('release_push_bytes_sent', 0):,} bytes sent to "
+            f"{props.get('release_push_hosts_ok', 0)} hosts "
+            f"in {props.get('release_push_duration_s', 0):.2f} s"
+        )
     print()
     print_hosts(cluster, "after two deploys")
 

@@ -12,6 +12,7 @@ harness.demo.DemoCluster) only say which master.cfg, environment and workers.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -133,10 +134,8 @@ def _is_zombie(pid: int) -> bool:
 
 def _signal(pids: Sequence[int], signum: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def stop_processes(pids: Sequence[int], deadline_s: float = STOP_DEADLINE_S) -> None:
@@ -146,10 +145,8 @@ def stop_processes(pids: Sequence[int], deadline_s: float = STOP_DEADLINE_S) -> 
     deadline = time.monotonic() + deadline_s
     while alive and time.monotonic() < deadline:
         for pid in list(alive):
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-            except ChildProcessError:
-                pass
+            with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+                os.waitpid(pid, os.WNOHANG)
             if not is_buildbot_process(pid):
                 alive.remove(pid)
         if alive:
@@ -163,7 +160,9 @@ def stop_builds(url: str, reason: str) -> None:
     workers are gone). Silent: the processes are stopped next anyway."""
     stop_call_timeout_s = 10  # a master that is already going away answers late or never
     try:
-        for request in call(url, "buildrequests?complete=false", timeout_s=stop_call_timeout_s)["buildrequests"]:
+        for request in call(url, "buildrequests?complete=false", timeout_s=stop_call_timeout_s)[
+            "buildrequests"
+        ]:
             if not request["claimed"]:
                 path = f"buildrequests/{request['buildrequestid']}"
                 call(url, path, rpc("cancel", reason=reason), timeout_s=stop_call_timeout_s)

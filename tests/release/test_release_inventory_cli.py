@@ -62,8 +62,14 @@ def test_inventory_needs_a_deploy_root_and_unique_names():
 
 def test_inventory_file_with_defaults(tmp_path):
     path = tmp_path / "hosts.json"
-    path.write_text(json.dumps({"defaults": {"user": "deploy", "deploy_root": "/srv/app"},
-                                "hosts": [{"address": "web1", "tags": ["canary"]}, {"address": "web2", "port": 2200}]}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "defaults": {"user": "deploy", "deploy_root": "/srv/app"},
+                "hosts": [{"address": "web1", "tags": ["canary"]}, {"address": "web2", "port": 2200}],
+            }
+        )
+    )
     inventory = Inventory.from_file(path)
     assert [(h.name, h.port, h.user, h.deploy_root) for h in inventory.hosts] == [
         ("web1", 22, "deploy", "/srv/app"),
@@ -230,9 +236,9 @@ def test_deploy_lock_refuses_overlapping_runs_only():
     staging = Inventory.from_entries([{**GOOD, "address": "stage1"}, {**GOOD, "address": "stage2"}]).hosts
     production = Inventory.from_entries([{**GOOD, "address": "prod1"}]).hosts
     with release.deploy_lock("push r1", staging):
-        with pytest.raises(release.DeployInProgress, match="refusing to flip r1: push r1 is running"):
-            with release.deploy_lock("flip r1", staging[1:]):
-                pass
+        overlapping = pytest.raises(release.DeployInProgress, match="refusing to flip r1: push r1 is running")
+        with overlapping, release.deploy_lock("flip r1", staging[1:]):
+            pass
         with release.deploy_lock("push r1", production):  # other hosts: allowed
             assert release.deploy_in_progress()
     assert not release.deploy_in_progress()

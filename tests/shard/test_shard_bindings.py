@@ -70,7 +70,12 @@ def test_dispatcher_flaky_and_failed_through_python():
     verdicts = {o.id: o.verdict for o in dispatcher.outcomes()}
     assert verdicts == {"ok.py::t": Verdict.passed, "flaky.py::t": Verdict.flaky, "bad.py::t": Verdict.failed}
     # The member names are the words written to Buildbot's database and the report.
-    assert [verdict.name for verdict in Verdict.__members__.values()] == ["pending", "passed", "flaky", "failed"]
+    assert [verdict.name for verdict in Verdict.__members__.values()] == [
+        "pending",
+        "passed",
+        "flaky",
+        "failed",
+    ]
     bad = next(o for o in dispatcher.outcomes() if o.id == "bad.py::t")
     assert [a.message for a in bad.attempts] == ["AssertionError", "AssertionError"]
     assert len({a.worker for a in bad.attempts}) == 2
