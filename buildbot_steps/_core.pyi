@@ -1,9 +1,10 @@
 """Types of the C++ core, buildbot_steps._core (bindings/*.cpp), for editors
 and type checkers. Keep it in step with the bindings: one section per file.
+Read-only attributes (def_readonly, def_property_readonly) are `Final`.
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, final
+from typing import ClassVar, Final, final
 
 # ---------------------------------------------------------- bindings/module.cpp
 
@@ -18,8 +19,21 @@ class InvalidStateError(CdError):
 
 # ----------------------------------------------------------- bindings/shard.cpp
 
+class _Enum:
+    """What every py::enum_ has (not a class at run time: a stub-only base)."""
+
+    def __init__(self, value: int) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+    def __int__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __hash__(self) -> int: ...
+    def __eq__(self, other: object) -> bool: ...
+
 @final
-class Verdict:
+class Verdict(_Enum):
     """A test's verdict; `name` is the word stored in Buildbot and shown in the report."""
 
     pending: ClassVar[Verdict]
@@ -27,40 +41,20 @@ class Verdict:
     flaky: ClassVar[Verdict]
     failed: ClassVar[Verdict]
     __members__: ClassVar[dict[str, Verdict]]
-    def __init__(self, value: int) -> None: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def value(self) -> int: ...
-    def __int__(self) -> int: ...
-    def __index__(self) -> int: ...
-    def __hash__(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
 
 @final
-class AssignmentKind:
+class AssignmentKind(_Enum):
     """What a puller is told: run the batch, wait for a re-run, or stop."""
 
     run: ClassVar[AssignmentKind]
     wait: ClassVar[AssignmentKind]
     done: ClassVar[AssignmentKind]
     __members__: ClassVar[dict[str, AssignmentKind]]
-    def __init__(self, value: int) -> None: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def value(self) -> int: ...
-    def __int__(self) -> int: ...
-    def __index__(self) -> int: ...
-    def __hash__(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
 
 class TestEstimate:
     def __init__(self, id: str, seconds: float) -> None: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def seconds(self) -> float: ...
+    id: Final[str]
+    seconds: Final[float]
     @property
     def source(self) -> str:
         """ "history", "file_median", "global_median" or "default"."""
@@ -71,18 +65,13 @@ def estimate_durations(tests: Sequence[str], history: Sequence[Mapping[str, floa
 def file_of(test_id: str) -> str: ...
 
 class Shard:
-    @property
-    def tests(self) -> list[str]: ...
-    @property
-    def estimate_s(self) -> float: ...
+    tests: Final[list[str]]
+    estimate_s: Final[float]
 
 class Plan:
-    @property
-    def shards(self) -> list[Shard]: ...
-    @property
-    def lower_bound_s(self) -> float: ...
-    @property
-    def makespan_s(self) -> float: ...
+    shards: Final[list[Shard]]
+    lower_bound_s: Final[float]
+    makespan_s: Final[float]
 
 def plan_static(
     tests: Sequence[TestEstimate],
@@ -92,80 +81,52 @@ def plan_static(
 ) -> Plan: ...
 
 class Batch:
-    @property
-    def id(self) -> int: ...
-    @property
-    def tests(self) -> list[str]: ...
-    @property
-    def estimate_s(self) -> float: ...
-    @property
-    def speculative(self) -> bool: ...
-    @property
-    def retry(self) -> bool: ...
+    id: Final[int]
+    tests: Final[list[str]]
+    estimate_s: Final[float]
+    speculative: Final[bool]
+    retry: Final[bool]
 
 class Assignment:
-    @property
-    def kind(self) -> AssignmentKind: ...
+    kind: Final[AssignmentKind]
     @property
     def batch(self) -> Batch:
         """Meaningful when kind is AssignmentKind.run."""
 
 class TestResult:
     def __init__(self, id: str, passed: bool, seconds: float, message: str = "") -> None: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def passed(self) -> bool: ...
-    @property
-    def seconds(self) -> float: ...
-    @property
-    def message(self) -> str: ...
+    id: Final[str]
+    passed: Final[bool]
+    seconds: Final[float]
+    message: Final[str]
 
 class Attempt:
-    @property
-    def worker(self) -> str: ...
-    @property
-    def passed(self) -> bool: ...
-    @property
-    def seconds(self) -> float: ...
-    @property
-    def message(self) -> str: ...
+    worker: Final[str]
+    passed: Final[bool]
+    seconds: Final[float]
+    message: Final[str]
 
 class TestOutcome:
-    @property
-    def id(self) -> str: ...
-    @property
-    def verdict(self) -> Verdict: ...
-    @property
-    def estimate_s(self) -> float: ...
-    @property
-    def attempts(self) -> list[Attempt]: ...
+    id: Final[str]
+    verdict: Final[Verdict]
+    estimate_s: Final[float]
+    attempts: Final[list[Attempt]]
 
 class DispatchStats:
     def __init__(self) -> None:
         """All zero: the start of a sum."""
     def __add__(self, other: DispatchStats) -> DispatchStats:
         """Field by field: the figures of several dispatchers together."""
-    @property
-    def tests(self) -> int: ...
-    @property
-    def resolved(self) -> int: ...
-    @property
-    def passed(self) -> int: ...
-    @property
-    def flaky(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def batches_handed_out(self) -> int: ...
-    @property
-    def batches_in_flight(self) -> int: ...
-    @property
-    def speculative_batches(self) -> int: ...
-    @property
-    def requeued_batches(self) -> int: ...
-    @property
-    def queued_estimate_s(self) -> float: ...
+    tests: Final[int]
+    resolved: Final[int]
+    passed: Final[int]
+    flaky: Final[int]
+    failed: Final[int]
+    batches_handed_out: Final[int]
+    batches_in_flight: Final[int]
+    speculative_batches: Final[int]
+    requeued_batches: Final[int]
+    queued_estimate_s: Final[float]
 
 class Dispatcher:
     """Thread-safe: any number of threads may call any method."""
@@ -200,8 +161,7 @@ class Command:
     def __init__(
         self, argv: Sequence[str] = ..., stdin_data: str | bytes = ..., parse_rsync_stats: bool = False
     ) -> None: ...
-    @property
-    def stdin_data(self) -> bytes: ...
+    stdin_data: Final[bytes]
     @stdin_data.setter
     def stdin_data(self, data: str | bytes) -> None: ...
 
@@ -232,35 +192,23 @@ class FanoutOptions:
     ) -> None: ...
 
 class HostResult:
-    @property
-    def host(self) -> str: ...
+    host: Final[str]
     @property
     def status(self) -> str:
         """ "ok", "failed", "timed_out", "skipped" or "cancelled" (release.runner.HostState)."""
-    @property
-    def exit_code(self) -> int: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def failed_step(self) -> int: ...
-    @property
-    def stdout_tail(self) -> str: ...
-    @property
-    def stderr_tail(self) -> str: ...
-    @property
-    def duration_s(self) -> float: ...
-    @property
-    def bytes_sent(self) -> int: ...
+    exit_code: Final[int]
+    attempts: Final[int]
+    failed_step: Final[int]
+    stdout_tail: Final[str]
+    stderr_tail: Final[str]
+    duration_s: Final[float]
+    bytes_sent: Final[int]
 
 class Progress:
-    @property
-    def total(self) -> int: ...
-    @property
-    def done(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def running(self) -> int: ...
+    total: Final[int]
+    done: Final[int]
+    failed: Final[int]
+    running: Final[int]
 
 class Fanout:
     def __init__(self, options: FanoutOptions = ...) -> None: ...

@@ -23,6 +23,7 @@ from buildbot_steps.release.inventory import (
     Inventory,
     ReleaseError,
     Selection,
+    check_slots,
     check_word,
 )  # fmt: skip
 from buildbot_steps.release.runner import (
@@ -64,6 +65,7 @@ __all__ = [
     "RunReport",
     "Selection",
     "SshTransport",
+    "check_slots",
     "check_word",
     "deploy_in_progress",
     "deploy_lock",

@@ -42,14 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildbot_steps import _core
-from buildbot_steps.release.inventory import (  # fmt: skip
+from buildbot_steps.errors import InvalidInputError
+from buildbot_steps.release import inventory as inventory_rules
+from buildbot_steps.release.inventory import (
     ALL_HOSTS,
-    DEFAULT_SLOTS,
-    MAX_SLOTS,
-    MIN_SLOTS,
     DeployInProgress,
     Host,
-    InvalidInput,
     Inventory,
     Selection,
     check_word,
@@ -230,11 +228,11 @@ class FanoutSettings(_core.FanoutOptions):
         options.setdefault("output_tail_bytes", STATUS_OUTPUT_BYTES)
         for name, value in options.items():
             if isinstance(value, bool):  # pybind11 would take True for 1
-                raise InvalidInput(f"{name} must be a number, got {value!r}")
+                raise InvalidInputError(f"{name} must be a number, got {value!r}")
         try:
             super().__init__(**options)
         except TypeError:
-            raise InvalidInput(f"fan-out settings must be numbers, got {options!r}") from None
+            raise InvalidInputError(f"fan-out settings must be numbers, got {options!r}") from None
         # The core checks its options when a run starts; a run of no hosts
         # checks them now, so that bad settings fail at configuration time.
         _core.Fanout(self).run([])
@@ -248,10 +246,15 @@ ProgressCallback = Callable[[HostReport, int, int, int], None]
 
 
 class ReleaseRunner:
-    def __init__(self, inventory: Inventory, transport=None, settings: FanoutSettings | None = None,
-                 slots: int = DEFAULT_SLOTS, progress: ProgressCallback | None = None):  # fmt: skip
-        if isinstance(slots, bool) or not isinstance(slots, int) or not MIN_SLOTS <= slots <= MAX_SLOTS:
-            raise InvalidInput(f"slots must be an integer {MIN_SLOTS}..{MAX_SLOTS}, got {slots!r}")
+    def __init__(
+        self,
+        inventory: Inventory,
+        transport=None,
+        settings: FanoutSettings | None = None,
+        slots: int = inventory_rules.DEFAULT_SLOTS,
+        progress: ProgressCallback | None = None,
+    ):
+        inventory_rules.check_slots(slots)
         self.inventory = inventory
         self.transport = transport if transport is not None else SshTransport()
         self.settings = settings or FANOUT_DEFAULTS
@@ -336,7 +339,7 @@ class ReleaseRunner:
     def _check_source(self, source) -> str:
         path = Path(source)
         if not path.is_dir():
-            raise InvalidInput(f"release source {str(source)!r} is not a directory")
+            raise InvalidInputError(f"release source {str(source)!r} is not a directory")
         # Absolute, so rsync never reads "name:path" as a remote source.
         return str(path.resolve())
 
@@ -354,7 +357,7 @@ class ReleaseRunner:
         if selection.names is not None:
             unknown = set(selection.names) - set(self.inventory.names())
             if unknown:
-                raise InvalidInput(f"unknown host(s): {', '.join(sorted(unknown))}")
+                raise InvalidInputError(f"unknown host(s): {', '.join(sorted(unknown))}")
         return selection.apply(hosts)
 
     def _script(self, host: Host, action: str, *args: str) -> CommandSpec:
@@ -370,7 +373,7 @@ class ReleaseRunner:
 
     def _run(self, action, hosts: list[Host], steps_for, step_names, revision) -> RunReport:
         if not hosts:
-            raise InvalidInput(f"{action}: no hosts selected")
+            raise InvalidInputError(f"{action}: no hosts selected")
         jobs = [_core.HostJob(host=h.name, steps=[to_command(s) for s in steps_for(h)]) for h in hosts]
         fanout = _core.Fanout(self.settings)
         with self._lock:
@@ -382,7 +385,7 @@ class ReleaseRunner:
         try:
             results = fanout.run(jobs, callback) if callback else fanout.run(jobs)
         except ValueError as error:  # the engine's InvalidInputError
-            raise InvalidInput(str(error)) from None
+            raise InvalidInputError(str(error)) from None
         finally:
             with self._lock:
                 self._fanout = None

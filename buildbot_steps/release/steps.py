@@ -107,14 +107,7 @@ class _ReleaseStep(buildstep.BuildStep):
             self._guard(self._selection)
         if self.revision is not None and not is_renderable(self.revision):
             self._guard(lambda: release.check_word(self.revision, "revision"))
-        if (
-            isinstance(self.slots, bool)
-            or not isinstance(self.slots, int)
-            or not release.MIN_SLOTS <= self.slots <= release.MAX_SLOTS
-        ):
-            config.error(
-                f"{type(self).__name__}: slots must be an integer {release.MIN_SLOTS}..{release.MAX_SLOTS}"
-            )
+        self._guard(lambda: release.check_slots(self.slots))
 
     def _guard(self, check) -> None:
         try:

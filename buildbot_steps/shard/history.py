@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from buildbot.process.buildstep import BuildStep
 from twisted.internet import defer
 
-from buildbot_steps._core import Verdict
+from buildbot_steps._core import TestOutcome, Verdict
 
 # The largest value of a PostgreSQL `integer` column (test_results.duration_ns).
 POSTGRES_INT4_MAX = 2**31 - 1
@@ -29,22 +29,6 @@ NANOSECONDS = 1_000_000_000
 # Earlier builds read for durations: the core looks at the 5 most recent
 # runs of each test (kRecentRunsConsidered).
 HISTORY_BUILDS = 5
-
-
-class AttemptLike(Protocol):
-    @property
-    def seconds(self) -> float: ...
-
-
-class TestOutcomeLike(Protocol):
-    """What is stored of a test: the core's TestOutcome has these fields."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def verdict(self) -> Verdict: ...
-    @property
-    def attempts(self) -> Sequence[AttemptLike]: ...
 
 
 def duration_ns_for_db(seconds: float) -> int:
@@ -98,7 +82,7 @@ class TestHistory:
     def _results_of(self, result_set: dict[str, Any]) -> defer.Deferred:
         return self._step.master.data.get(("test_result_sets", result_set["test_result_setid"], "results"))
 
-    async def store(self, outcomes: Sequence[TestOutcomeLike]) -> None:
+    async def store(self, outcomes: Sequence[TestOutcome]) -> None:
         step = self._step
         outcome_set = await step.addTestResultSet(self.description, "pass_fail", "boolean")
         duration_set = await step.addTestResultSet(self.durations_description, "performance", "s")

@@ -238,15 +238,9 @@ class LocalMaster:
         self.pb_port = pb_port or free_port()
         self.db_url = db_url
         self.build_deadline_s = build_deadline_s
+        self.url = f"http://127.0.0.1:{self.web_port}/"
+        self.pid_file = self.root / "pids.json"
         self.processes: dict[str, subprocess.Popen] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}/"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "pids.json"
 
     # ------------------------------------------------------------ lifecycle
 
