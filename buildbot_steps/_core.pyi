@@ -57,7 +57,7 @@ class TestEstimate:
     seconds: Final[float]
     @property
     def source(self) -> str:
-        """ "history", "file_median", "global_median" or "default"."""
+        """Where it came from: "history", "file_median", "global_median" or "default"."""
 
 def estimate_durations(tests: Sequence[str], history: Sequence[Mapping[str, float]]) -> list[TestEstimate]:
     """One estimate per test from past runs (oldest first): {test id: seconds} each."""
@@ -195,7 +195,7 @@ class HostResult:
     host: Final[str]
     @property
     def status(self) -> str:
-        """ "ok", "failed", "timed_out", "skipped" or "cancelled" (release.runner.HostState)."""
+        """How the host's run ended: a release.runner.HostState value ("ok", "failed"...)."""
     exit_code: Final[int]
     attempts: Final[int]
     failed_step: Final[int]

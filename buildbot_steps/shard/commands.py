@@ -31,6 +31,10 @@ MODES = (DYNAMIC, STATIC)
 # The verdicts that fail a build (a test never run cannot be called green).
 NOT_PASSED = (Verdict.failed, Verdict.pending)
 
+# Runs of a failing test, each on another worker where there is one: a second
+# run tells a flaky test (passes) from a broken one (fails again).
+DEFAULT_MAX_ATTEMPTS = 2
+
 # A batch's command is stopped after this long: a hung runner must not hold
 # the build for ever, and no sane batch runs for twenty minutes.
 DEFAULT_BATCH_TIMEOUT_S = 20 * 60

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from buildbot_steps import _core
 from buildbot_steps.errors import InvalidInputError
-from buildbot_steps.shard.commands import DYNAMIC, MODES, STATIC
+from buildbot_steps.shard.commands import DEFAULT_MAX_ATTEMPTS, DYNAMIC, MODES, STATIC
 
 # ------------------------------------------------------------------ reading
 
@@ -127,7 +127,7 @@ def simulate(
     batch_overhead_s: float = 0.0,
     flake_rate: float = 0.0,
     seed: int = 0,
-    max_attempts: int = 2,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> SimulationResult:
     """Replay the suite: plan or dispatch from the estimates, then let each
     test take its ``actual`` duration (its estimate when absent there)."""

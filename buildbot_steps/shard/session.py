@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from buildbot_steps import _core
 from buildbot_steps._core import AssignmentKind, DispatchStats, TestOutcome, TestResult
-from buildbot_steps.shard.commands import STATIC_MAX_BATCH_TESTS
+from buildbot_steps.shard.commands import DEFAULT_MAX_ATTEMPTS, STATIC_MAX_BATCH_TESTS
 from buildbot_steps.shard.junit import JUnitTestResult
 
 # ------------------------------------------------------------------ registry
@@ -137,7 +137,7 @@ class StaticShards:
         self,
         shard_lists: list[list[str]],
         estimates_s: dict[str, float],
-        max_attempts: int = 2,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         max_batch_tests: int = STATIC_MAX_BATCH_TESTS,
     ):
         # An unbounded batch target: a static shard runs its list in as few

@@ -8,17 +8,21 @@ back with uploadFile and is read by junit.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from buildbot import config
+from buildbot.config import BuilderConfig
 from buildbot.interfaces import IRenderable
 from buildbot.process import remotecommand
 from buildbot.process.buildstep import BuildStep, CommandMixin
+from buildbot.process.factory import BuildFactory
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.schedulers.triggerable import Triggerable
 from buildbot.worker.protocols import base as protocol_base
 from twisted.internet import defer, error, threads
 from twisted.python import log as twisted_log
+from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from buildbot_steps import _core
@@ -27,6 +31,7 @@ from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.commands import (
     COMMAND_PROPERTY,
     DEFAULT_BATCH_TIMEOUT_S,
+    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TEST_COMMAND,
     INDEX_PROPERTY,
     NOT_PASSED,
@@ -59,11 +64,11 @@ STALL_TIMEOUT_S = 120.0
 def shard_builder_config(
     name: str,
     workernames: list[str],
-    setup_steps: list[Any] = (),
+    setup_steps: Sequence[BuildStep] = (),
     scheduler_name: str | None = None,
     run_shard: RunShard | None = None,
     **builder_kwargs: Any,
-) -> tuple[Any, Any]:
+) -> tuple[BuilderConfig, Triggerable]:
     """The shard builder and its Triggerable scheduler, for master.cfg.
 
     `setup_steps` run before the shard (typically the checkout: shard builds
@@ -71,10 +76,6 @@ def shard_builder_config(
     revision). collapseRequests=False: Buildbot's default collapser ignores
     trigger properties and would merge the shard requests into one build.
     """
-    from buildbot.config import BuilderConfig
-    from buildbot.process.factory import BuildFactory
-    from buildbot.schedulers.triggerable import Triggerable
-
     builder = BuilderConfig(
         name=name,
         workernames=list(workernames),
@@ -86,7 +87,7 @@ def shard_builder_config(
     return builder, scheduler
 
 
-def _connection_lost(failure_or_exc: Any) -> bool:
+def _connection_lost(failure_or_exc: Failure | BaseException) -> bool:
     lost = (error.ConnectionLost, pb.PBConnectionLost)
     if hasattr(failure_or_exc, "check"):
         return failure_or_exc.check(*lost) is not None
@@ -110,7 +111,7 @@ class _BytesWriter(protocol_base.FileWriterImpl):
             return
         self.chunks.append(chunk)
 
-    def remote_utime(self, accessed_modified: Any) -> None:
+    def remote_utime(self, accessed_modified: tuple[float, float]) -> None:
         pass
 
     def remote_close(self) -> None:
@@ -154,7 +155,7 @@ class RunShard(CommandMixin, BuildStep):
         test_command: list[str] | None = None,
         test_workdir: str | None = None,
         env: dict[str, str] | None = None,
-        max_attempts: int = 2,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
