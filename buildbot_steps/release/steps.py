@@ -25,7 +25,8 @@ from buildbot import config
 from buildbot.interfaces import IRenderable
 from buildbot.process import buildstep, properties
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
-from twisted.internet import threads
+from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 
 from buildbot_steps import release
 
@@ -221,7 +222,7 @@ class _ReleaseStep(buildstep.BuildStep):
             return {"step": self._summary}
         return super().getResultSummary()
 
-    def interrupt(self, reason):
+    def interrupt(self, reason: str | Failure) -> defer.Deferred:
         # Stop the fan-out: running transfers are killed, the rest cancelled.
         runner = self._runner
         if runner is not None:

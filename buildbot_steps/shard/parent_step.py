@@ -40,6 +40,7 @@ from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from buildbot.reporters.utils import getURLForBuildrequest
 from buildbot.schedulers.triggerable import Triggerable
 from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 
 from buildbot_steps import _core
 from buildbot_steps._core import Plan, TestEstimate, TestOutcome, Verdict
@@ -441,13 +442,12 @@ class ShardedTest(BuildStep):
             return {"step": self._summary}
         return super().getResultSummary()
 
-    @defer.inlineCallbacks
-    def interrupt(self, reason):
+    def interrupt(self, reason: str | Failure) -> defer.Deferred:
         for brid in self._brids:
             self.master.data.control(
                 "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", brid)
             )
-        yield super().interrupt(reason)
+        return super().interrupt(reason)
 
 
 def is_test_list(value: object) -> bool:

@@ -385,11 +385,10 @@ class RunShard(CommandMixin, BuildStep):
             return WARNINGS
         return SUCCESS
 
-    @defer.inlineCallbacks
-    def interrupt(self, reason):
+    def interrupt(self, reason: str | Failure) -> defer.Deferred:
         if self._session is not None and _connection_lost(reason):
             self._session.worker_lost(self._worker)
-        yield super().interrupt(reason)
+        return super().interrupt(reason)
 
     def getCurrentSummary(self) -> dict[str, str]:
         return {"step": f"shard: {self._ran['batches']} batches, {self._ran['tests']} tests"}
