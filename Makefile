@@ -12,9 +12,9 @@ CPP_BUILD := build/cpp
 # peers the benchmarks compare against (pssh, ClusterShell).
 DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-dev \
 	libfmt-dev libgtest-dev rsync openssh-server openssh-client postgresql \
-	chromium chromium-driver pssh clustershell
+	chromium chromium-driver pssh clustershell clang-format
 
-.PHONY: demo demo-stop test test-cpp test-python lint-python deps venv install cpp-tests clean
+.PHONY: demo demo-stop test test-cpp test-python lint-cpp lint-python deps venv install cpp-tests clean
 
 demo: install
 	PYTHONPATH=tests $(PY) -m harness.demo
@@ -24,7 +24,13 @@ demo: install
 demo-stop:
 	@if [ -x $(PY) ]; then PYTHONPATH=tests $(PY) -m harness.demo --stop; else echo "demo: nothing to stop (no $(VENV))"; fi
 
-test: lint-python test-cpp test-python
+test: lint-cpp lint-python test-cpp test-python
+
+# The C++ style (.clang-format): fails on any file clang-format would change.
+CPP_SOURCES = $(wildcard cpp/include/cd/*.hpp cpp/src/*.cpp cpp/tests/*.cpp cpp/tests/*.hpp \
+	bindings/*.cpp bindings/*.hpp)
+lint-cpp: deps
+	clang-format --dry-run -Werror $(CPP_SOURCES)
 
 # Python style, kept by the tools (configured in pyproject.toml): lint, then
 # formatting, checked and never rewritten here (`ruff format` fixes it).

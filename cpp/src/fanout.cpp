@@ -1,37 +1,20 @@
-// The release fan-out engine (see cd/fanout.hpp and DESIGN.md section 4).
+// The release fan-out policy (see cd/fanout.hpp and DESIGN.md section 4): a
+// sliding window over the hosts, a timeout per host, retries of transient
+// exit codes with doubling back-off, a failure budget, cancellation, progress
+// and the per-host report.
 //
-// Everything runs on the thread that calls run(), in one Boost.Asio
-// io_context: processes are started with Boost.Process (argument vectors, no
-// shell), their pipes are read asynchronously, their exit arrives through
-// Boost.Process's on_exit (a SIGCHLD watcher), and timeouts and back-offs are
-// steady_timers. Being single-threaded, the engine needs no locks except for
-// cancel(), which only posts a handler into the io_context.
+// It runs on the thread that calls run() and touches processes and time only
+// through a Launcher (the real one is in fanout_process.cpp), so it needs no
+// locks except for cancel(), which only posts a handler to that thread.
 #include "cd/fanout.hpp"
 
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <signal.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <array>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/process.hpp>
-#include <boost/process/extend.hpp>
-#include <boost/process/posix.hpp>
-#include <cerrno>
-#include <chrono>
 #include <cmath>
 #include <exception>
 #include <mutex>
 #include <optional>
-#include <system_error>
 #include <utility>
 
 #include "cd/error.hpp"
@@ -54,84 +37,23 @@ const char* to_string(HostStatus status) {
   return "unknown";
 }
 
-namespace {
-
-namespace asio = boost::asio;
-namespace bp = boost::process;
-using Clock = std::chrono::steady_clock;
-
-// One page per read: pipes hand over at most what the child wrote, and a
-// small buffer keeps memory flat over hundreds of hosts in flight.
-constexpr std::size_t kReadChunkBytes = 4096;
-
-// rsync prints its whole --stats block (about 1 KiB) at the very end, so this
-// much of stdout is kept for parsing even when output_tail_bytes is smaller.
-constexpr std::size_t kRsyncStatsTailBytes = 4096;
-
-// After a process exits, a descendant outside its process group (e.g. a
-// daemonised ssh ControlPersist master) may still hold its stdout/stderr
-// open; EOF would then never come. Past this grace the pipes are closed.
-constexpr auto kPipeDrainGrace = std::chrono::seconds(2);
-
-// Exit code reported for a process killed by a signal: the shell's
-// convention (128 + signal number), so a SIGKILL reads 137, never 9.
-constexpr int kSignalExitBase = 128;
-
-// steady_timer durations overflow for absurd timeouts; this caps them at
-// about 31 years, which is "never" for a deploy.
-constexpr double kMaxTimerSeconds = 1e9;
-
-// Prefix of the lines the engine itself adds to a host's stderr tail, so a
-// reader of the report can tell them from the command's own output.
-constexpr const char* kNotePrefix = "[fanout] ";
-
-Clock::duration to_duration(double seconds) {
-  double clamped = std::clamp(seconds, 0.0, kMaxTimerSeconds);
-  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(clamped));
-}
-
-std::string errno_message(int error) { return std::error_code(error, std::generic_category()).message(); }
-
-// Keeps the last `limit` bytes of a stream. Trimming only when the buffer
-// holds twice the limit makes appends amortised O(1) instead of O(limit).
-class Tail {
- public:
-  explicit Tail(std::size_t limit) : limit_(limit) {}
-
-  void append(const char* data, std::size_t size) {
-    buffer_.append(data, size);
-    if (buffer_.size() > 2 * limit_) buffer_.erase(0, buffer_.size() - limit_);
-  }
-  void append(const std::string& text) { append(text.data(), text.size()); }
-
-  // The last min(limit, limit_) bytes.
-  std::string last(std::size_t limit) const {
-    std::size_t keep = std::min({limit, limit_, buffer_.size()});
-    return buffer_.substr(buffer_.size() - keep);
-  }
-
- private:
-  std::size_t limit_;
-  std::string buffer_;
-};
-
-// Parses the number after the last "Total bytes sent:" in rsync --stats
-// output. rsync groups digits with the locale's separator (",", "." or "'"),
-// so a separator followed by three digits is skipped. Human-readable output
-// (-h, "1.23K") is not supported: the caller builds the rsync command.
-std::int64_t parse_rsync_bytes_sent(const std::string& output) {
-  static const std::string kLabel = "Total bytes sent:";
+// rsync groups digits with the locale's separator (",", "." or "'"), so a
+// separator followed by exactly three digits is skipped. Human-readable
+// output (-h, "1.23K") is not supported: the caller builds the rsync command.
+std::int64_t parse_rsync_bytes_sent(std::string_view output) {
+  constexpr std::string_view kLabel = "Total bytes sent:";
   std::size_t at = output.rfind(kLabel);
-  if (at == std::string::npos) return 0;
+  if (at == std::string_view::npos) return 0;
   std::size_t i = at + kLabel.size();
   while (i < output.size() && output[i] == ' ') ++i;
-  std::int64_t value = 0;
   auto is_digit = [&](std::size_t k) { return k < output.size() && output[k] >= '0' && output[k] <= '9'; };
+  std::int64_t value = 0;
   while (i < output.size()) {
     char c = output[i];
     if (is_digit(i)) {
-      if (value > (INT64_MAX - 9) / 10) return 0;  // nonsense, not a byte count
-      value = value * 10 + (c - '0');
+      int digit = c - '0';
+      if (value > (INT64_MAX - digit) / 10) return 0;  // nonsense, not a byte count
+      value = value * 10 + digit;
       ++i;
     } else if ((c == ',' || c == '.' || c == '\'') && is_digit(i + 1) && is_digit(i + 2) && is_digit(i + 3) &&
                !is_digit(i + 4)) {
@@ -143,195 +65,36 @@ std::int64_t parse_rsync_bytes_sent(const std::string& output) {
   return value;
 }
 
-// Exit status as a shell would report it, from waitpid's raw status.
-int decode_wait_status(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return kSignalExitBase + WTERMSIG(status);
-  return -1;
+namespace {
+
+// rsync prints its whole --stats block (about 1 KiB) at the very end, so this
+// much of stdout is kept for parsing even when output_tail_bytes is smaller.
+constexpr std::size_t kRsyncStatsTailBytes = 4096;
+
+// Prefix of the lines the engine itself adds to a host's stderr tail, so a
+// reader of the report can tell them from the command's own output.
+constexpr const char* kNotePrefix = "[fanout] ";
+
+std::string last_bytes(const std::string& text, std::size_t limit) {
+  return text.size() <= limit ? text : text.substr(text.size() - limit);
 }
-
-// An owned file descriptor.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&& other) noexcept {
-    reset();
-    fd_ = std::exchange(other.fd_, -1);
-    return *this;
-  }
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-// Both ends are close-on-exec, created atomically by pipe2: a child started
-// for one host (or by any other thread of the process) can never inherit the
-// pipes of another host. The child's own ends reach fds 0-2 through dup2,
-// which clears the flag on the copy only.
-struct Pipe {
-  Fd read;
-  Fd write;
-};
-
-std::optional<Pipe> make_pipe(int& error) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) {
-    error = errno;
-    return std::nullopt;
-  }
-  return Pipe{Fd(fds[0]), Fd(fds[1])};
-}
-
-// Runs in the child between fork and exec, and in the parent on failure.
-struct ChildSetup : bp::extend::handler {
-  // Own session, hence own process group, so a timeout or cancel kills the
-  // whole tree the step started (ssh, rsync's sender, a script's children)
-  // with one kill(2). A session is also what pssh gives each child: under
-  // the kernel's autogroup scheduling every session gets its own CPU share,
-  // so on a busy master the fan-out is not squeezed into one group's share
-  // (bench/push_bench.py measured 50 cold ssh logins 2-3x faster at load 25).
-  // The signal state is reset because the engine's thread blocks SIGPIPE and
-  // Python ignores it; rsync, ssh and sh expect the defaults (Python's
-  // subprocess restores SIGPIPE for the same reason).
-  template <class Executor>
-  void on_exec_setup(Executor&) const {
-    ::setsid();
-    ::signal(SIGPIPE, SIG_DFL);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-  }
-
-  // Boost.Process 1.74 returns an empty child when exec fails after fork and
-  // never waits for the forked process: reap it here so no zombie remains.
-  // (Later releases reap it themselves, after the on_error handlers; their
-  // waitpid then finds nothing, which is harmless.) The kill only guards the
-  // case where a launch error is reported for a child that did exec.
-  template <class Executor>
-  void on_error(Executor& exec, const std::error_code&) const {
-    if (exec.pid <= 0) return;  // fork never happened
-    ::kill(exec.pid, SIGKILL);
-    while (::waitpid(exec.pid, nullptr, 0) < 0 && errno == EINTR) {
-    }
-  }
-};
-
-// Boost.Process's on_exit watches SIGCHLD through an asio::signal_set, and
-// asio resets SIGCHLD to SIG_DFL when the last set goes away, discarding
-// whatever handler was there before (Twisted's, in a Buildbot master). This
-// keeps the handler that was installed before the first concurrent run and
-// puts it back after the last one, then raises SIGCHLD once so its owner
-// reaps any child that exited meanwhile.
-class SigchldGuard {
- public:
-  SigchldGuard() {
-    std::lock_guard<std::mutex> lock(mutex());
-    if (users()++ == 0) ::sigaction(SIGCHLD, nullptr, &saved());
-  }
-  ~SigchldGuard() {
-    std::lock_guard<std::mutex> lock(mutex());
-    if (--users() != 0) return;
-    ::sigaction(SIGCHLD, &saved(), nullptr);
-    bool has_handler = (saved().sa_flags & SA_SIGINFO) != 0 ||
-                       (saved().sa_handler != SIG_DFL && saved().sa_handler != SIG_IGN);
-    if (has_handler) ::kill(::getpid(), SIGCHLD);
-  }
-  SigchldGuard(const SigchldGuard&) = delete;
-  SigchldGuard& operator=(const SigchldGuard&) = delete;
-
- private:
-  static std::mutex& mutex() {
-    static std::mutex instance;
-    return instance;
-  }
-  static int& users() {
-    static int count = 0;
-    return count;
-  }
-  static struct sigaction& saved() {
-    static struct sigaction action {};
-    return action;
-  }
-};
-
-// Writing stdin to a child that has exited raises SIGPIPE, which kills a
-// process that has not ignored it (a C++ program, unlike Python). Blocking it
-// on the engine's thread turns it into an EPIPE error; a SIGPIPE left pending
-// is consumed before the mask is restored.
-class SigpipeBlock {
- public:
-  SigpipeBlock() {
-    sigemptyset(&pipe_only_);
-    sigaddset(&pipe_only_, SIGPIPE);
-    ::pthread_sigmask(SIG_BLOCK, &pipe_only_, &previous_);
-  }
-  ~SigpipeBlock() {
-    if (!sigismember(&previous_, SIGPIPE)) {
-      struct timespec no_wait {};
-      while (::sigtimedwait(&pipe_only_, nullptr, &no_wait) == SIGPIPE) {
-      }
-    }
-    ::pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
-  }
-  SigpipeBlock(const SigpipeBlock&) = delete;
-  SigpipeBlock& operator=(const SigpipeBlock&) = delete;
-
- private:
-  sigset_t pipe_only_;
-  sigset_t previous_;
-};
-
-struct HostRun;
-
-// One process: one attempt of one step.
-struct Process {
-  Process(asio::io_context& io, HostRun& host, std::size_t stdout_limit)
-      : host(host), in(io), out(io), err(io), drain_timer(io), stdout_tail(stdout_limit) {}
-
-  HostRun& host;
-  bp::child child;
-  pid_t pid = -1;
-  asio::posix::stream_descriptor in, out, err;
-  std::array<char, kReadChunkBytes> out_buffer{};
-  std::array<char, kReadChunkBytes> err_buffer{};
-  asio::steady_timer drain_timer;
-  Tail stdout_tail;
-  int open_streams = 2;  // stdout and stderr, until EOF or closed
-  bool exited = false;
-  bool completed = false;
-  int exit_code = -1;
-  std::string exit_error;  // set when the exit status could not be read
-};
 
 // The state of one host across its steps and retries.
 struct HostRun {
-  HostRun(asio::io_context& io, const HostJob& job, std::size_t tail_limit)
-      : job(job), stderr_log(tail_limit), deadline(io), backoff(io) {
-    result.host = job.host;
-  }
+  explicit HostRun(const HostJob& job) : job(job) { result.host = job.host; }
 
   const HostJob& job;
   HostResult result;
-  Tail stderr_log;  // every attempt's stderr and the engine's notes
+  std::string stderr_log;  // every attempt's stderr and the engine's notes
   std::size_t step = 0;
   int retries = 0;                      // of the current step
   std::optional<HostStatus> interrupt;  // TimedOut or Cancelled, once decided
   bool started = false;
   bool finished = false;
-  bool waiting_backoff = false;
-  Clock::time_point start_time;
-  asio::steady_timer deadline;
-  asio::steady_timer backoff;
-  std::shared_ptr<Process> process;  // the attempt in flight, if any
+  double start_time = 0.0;
+  std::unique_ptr<Timer> deadline;
+  std::unique_ptr<Timer> backoff;          // set while waiting to retry
+  std::unique_ptr<ProcessHandle> process;  // the attempt in flight, if any
 };
 
 void validate(const FanoutOptions& options, const std::vector<HostJob>& jobs) {
@@ -356,31 +119,13 @@ void validate(const FanoutOptions& options, const std::vector<HostJob>& jobs) {
   }
 }
 
-// argv[0] as an absolute path, or the reason it cannot be run. Checked before
-// forking so that the common mistake (a program not installed) is reported
-// plainly and costs no fork.
-std::optional<std::string> resolve_executable(const std::string& name, std::string& error) {
-  if (name.find('/') != std::string::npos) {
-    if (::access(name.c_str(), X_OK) == 0) return name;
-    error = errno_message(errno);
-    return std::nullopt;
-  }
-  auto path = bp::search_path(name);
-  if (path.empty()) {
-    error = errno_message(ENOENT);
-    return std::nullopt;
-  }
-  return path.string();
-}
-
 class Engine {
  public:
-  Engine(asio::io_context& io, const FanoutOptions& options, const std::vector<HostJob>& jobs,
+  Engine(Launcher& launcher, const FanoutOptions& options, const std::vector<HostJob>& jobs,
          const ProgressCallback& progress)
-      : io_(io), options_(options), progress_(progress) {
+      : launcher_(launcher), options_(options), progress_(progress) {
     hosts_.reserve(jobs.size());
-    for (const HostJob& job : jobs)
-      hosts_.push_back(std::make_unique<HostRun>(io, job, options.output_tail_bytes));
+    for (const HostJob& job : jobs) hosts_.push_back(std::make_unique<HostRun>(job));
   }
 
   void start(bool cancelled) {
@@ -388,8 +133,8 @@ class Engine {
     refill();
   }
 
-  // Kills what runs, cancels what waits; the hosts finish through their
-  // usual handlers, so every child is still reaped.
+  // Kills what runs, cancels what waits; killed hosts finish through their
+  // exit handlers, so every child is still reaped.
   void cancel_all() {
     if (cancelled_) return;
     cancelled_ = true;
@@ -449,11 +194,9 @@ class Engine {
 
   void start_host(HostRun& host) {
     host.started = true;
-    host.start_time = Clock::now();
+    host.start_time = launcher_.now();
     ++running_;
-    host.deadline.expires_after(to_duration(options_.host_timeout_s));
-    host.deadline.async_wait([this, &host](const boost::system::error_code& ec) {
-      if (ec || host.finished) return;
+    host.deadline = launcher_.start_timer(options_.host_timeout_s, [this, &host] {
       interrupt(host, HostStatus::TimedOut,
                 fmt::format("timed out after {:g} s; killed", options_.host_timeout_s));
     });
@@ -469,134 +212,43 @@ class Engine {
   // never an exception: one bad host must not abort the others.
   void launch(HostRun& host) {
     const Command& command = host.job.steps[host.step];
+    LaunchRequest request{command.argv, command.stdin_data, options_.output_tail_bytes,
+                          options_.output_tail_bytes};
+    if (command.parse_rsync_stats)
+      request.stdout_limit = std::max(request.stdout_limit, kRsyncStatsTailBytes);
     std::string error;
     try {
-      if (auto exe = resolve_executable(command.argv[0], error)) {
-        if (spawn(host, command, *exe, error)) return;
-      }
+      host.process = launcher_.start(
+          request, [this, &host](ProcessExit exit) { attempt_done(host, std::move(exit)); }, error);
     } catch (const std::exception& e) {
       error = e.what();
     }
-    add_note(host, fmt::format("cannot start '{}': {}", command.argv[0], error));
+    if (host.process) {
+      ++host.result.attempts;
+      return;
+    }
+    add_note(host,
+             fmt::format("cannot start '{}': {}", command.argv[0], error.empty() ? "unknown error" : error));
     host.result.failed_step = static_cast<int>(host.step);
     finish_host(host, HostStatus::Failed);
   }
 
-  bool spawn(HostRun& host, const Command& command, const std::string& exe, std::string& error) {
-    int pipe_error = 0;
-    auto stdin_pipe = make_pipe(pipe_error);
-    auto stdout_pipe = stdin_pipe ? make_pipe(pipe_error) : std::nullopt;
-    auto stderr_pipe = stdout_pipe ? make_pipe(pipe_error) : std::nullopt;
-    if (!stderr_pipe) {
-      error = errno_message(pipe_error);
-      return false;
-    }
-    std::size_t stdout_limit = options_.output_tail_bytes;
-    if (command.parse_rsync_stats) stdout_limit = std::max(stdout_limit, kRsyncStatsTailBytes);
-    auto process = std::make_shared<Process>(io_, host, stdout_limit);
-
-    std::error_code ec;
-    std::vector<std::string> args(command.argv.begin() + 1, command.argv.end());
-    process->child =
-        bp::child(bp::exe = exe, bp::args = args, bp::posix::fd.bind(STDIN_FILENO, stdin_pipe->read.get()),
-                  bp::posix::fd.bind(STDOUT_FILENO, stdout_pipe->write.get()),
-                  bp::posix::fd.bind(STDERR_FILENO, stderr_pipe->write.get()), ChildSetup{}, io_,
-                  bp::on_exit([this, process](int, const std::error_code& exit_ec) {
-                    // Posted: Boost may call this from inside the
-                    // child's constructor, before `child` is set.
-                    asio::post(io_, [this, process, exit_ec] { on_exit(process, exit_ec); });
-                  }),
-                  ec);
-    if (ec) {
-      error = ec.message();
-      return false;
-    }
-    // The child's ends now live in the child only; closing ours lets EOF
-    // arrive when the child (and its descendants) are done.
-    process->pid = process->child.id();
-    process->in.assign(stdin_pipe->write.release());
-    process->out.assign(stdout_pipe->read.release());
-    process->err.assign(stderr_pipe->read.release());
-    ++host.result.attempts;
-    host.process = process;
-    read(process, process->out, process->out_buffer);
-    read(process, process->err, process->err_buffer);
-    write_stdin(process, command.stdin_data);
-    return true;
-  }
-
-  void read(const std::shared_ptr<Process>& process, asio::posix::stream_descriptor& stream,
-            std::array<char, kReadChunkBytes>& buffer) {
-    stream.async_read_some(asio::buffer(buffer), [this, process, &stream, &buffer](
-                                                     const boost::system::error_code& ec, std::size_t size) {
-      if (&stream == &process->out)
-        process->stdout_tail.append(buffer.data(), size);
-      else
-        process->host.stderr_log.append(buffer.data(), size);
-      if (!ec) return read(process, stream, buffer);
-      --process->open_streams;  // EOF, or closed after the drain grace
-      maybe_complete(process);
-    });
-  }
-
-  void write_stdin(const std::shared_ptr<Process>& process, const std::string& data) {
-    if (data.empty()) return close_quietly(process->in);
-    // An error (EPIPE: the child exited without reading) is not the step's
-    // failure; its exit code says whether it worked.
-    asio::async_write(
-        process->in, asio::buffer(data),
-        [process](const boost::system::error_code&, std::size_t) { close_quietly(process->in); });
-  }
-
-  static void close_quietly(asio::posix::stream_descriptor& stream) {
-    boost::system::error_code ignored;
-    stream.close(ignored);
-  }
-
-  void on_exit(const std::shared_ptr<Process>& process, const std::error_code& ec) {
-    process->exited = true;
-    if (ec)
-      process->exit_error = ec.message();
-    else
-      process->exit_code = decode_wait_status(process->child.native_exit_code());
-    if (process->open_streams > 0) {
-      process->drain_timer.expires_after(kPipeDrainGrace);
-      process->drain_timer.async_wait([process](const boost::system::error_code& timer_ec) {
-        if (timer_ec || process->completed) return;
-        close_quietly(process->out);  // pending reads end with operation_aborted
-        close_quietly(process->err);
-      });
-    }
-    maybe_complete(process);
-  }
-
-  // An attempt is over once the process has exited and both of its output
-  // pipes are drained, so no output is lost.
-  void maybe_complete(const std::shared_ptr<Process>& process) {
-    if (!process->exited || process->open_streams > 0 || process->completed) return;
-    process->completed = true;
-    process->drain_timer.cancel();
-    close_quietly(process->in);  // a descendant may still hold stdin unread
-    attempt_done(process->host, *process);
-  }
-
-  void attempt_done(HostRun& host, const Process& process) {
+  void attempt_done(HostRun& host, ProcessExit exit) {
     host.process.reset();
     const Command& command = host.job.steps[host.step];
-    host.result.exit_code = process.exit_code;
-    host.result.stdout_tail = process.stdout_tail.last(options_.output_tail_bytes);
+    host.result.exit_code = exit.exit_code;
+    host.result.stdout_tail = last_bytes(exit.stdout_tail, options_.output_tail_bytes);
+    append_log(host, exit.stderr_tail);
     // Every attempt counts: its bytes crossed the network.
-    if (command.parse_rsync_stats)
-      host.result.bytes_sent += parse_rsync_bytes_sent(process.stdout_tail.last(kRsyncStatsTailBytes));
-    if (!process.exit_error.empty())
-      add_note(host, fmt::format("lost the exit status: {}", process.exit_error));
+    if (command.parse_rsync_stats) host.result.bytes_sent += parse_rsync_bytes_sent(exit.stdout_tail);
+    if (!exit.error.empty()) add_note(host, fmt::format("lost the exit status: {}", exit.error));
     if (host.interrupt) return finish_host(host, *host.interrupt);
-    if (process.exit_code == 0) {
+    if (exit.exit_code == 0) {
       ++host.step;
       host.retries = 0;
       return run_step(host);
     }
-    if (is_transient(process.exit_code) && host.retries < options_.max_retries) return schedule_retry(host);
+    if (is_transient(exit.exit_code) && host.retries < options_.max_retries) return schedule_retry(host);
     host.result.failed_step = static_cast<int>(host.step);
     finish_host(host, HostStatus::Failed);
   }
@@ -613,41 +265,35 @@ class Engine {
     ++host.retries;
     add_note(host, fmt::format("step {} exited {}, a transient code: retry {} of {} in {:g} s", host.step,
                                host.result.exit_code, host.retries, options_.max_retries, delay));
-    host.waiting_backoff = true;
-    host.backoff.expires_after(to_duration(delay));
-    host.backoff.async_wait([this, &host](const boost::system::error_code&) {
-      host.waiting_backoff = false;
-      if (host.interrupt) return finish_host(host, *host.interrupt);
+    host.backoff = launcher_.start_timer(delay, [this, &host] {
+      host.backoff.reset();
       launch(host);
     });
   }
 
-  // Timeout or cancel: kill what runs (its exit then finishes the host) or
-  // wake a host that waits for a retry.
+  // Timeout or cancel: kill what runs (its exit then finishes the host), or
+  // end a host that waits for a retry.
   void interrupt(HostRun& host, HostStatus status, const std::string& note) {
     if (host.finished || host.interrupt) return;
     host.interrupt = status;
     add_note(host, note);
-    if (host.process && !host.process->exited) {
-      if (::kill(-host.process->pid, SIGKILL) != 0) ::kill(host.process->pid, SIGKILL);
-    } else if (host.process) {
-      // Exited, but a descendant holds its pipes: stop waiting for EOF.
-      close_quietly(host.process->out);
-      close_quietly(host.process->err);
-    } else if (host.waiting_backoff) {
-      host.backoff.cancel();
+    if (host.process) {
+      host.process->kill();
+    } else if (host.backoff) {
+      host.backoff.reset();
+      finish_host(host, status);
     }
   }
 
   void finish_host(HostRun& host, HostStatus status) {
     if (host.finished) return;
     host.finished = true;
-    host.deadline.cancel();
+    host.deadline.reset();
     HostResult& result = host.result;
     result.status = status;
-    result.stderr_tail = host.stderr_log.last(options_.output_tail_bytes);
+    result.stderr_tail = last_bytes(host.stderr_log, options_.output_tail_bytes);
     if (host.started) {
-      result.duration_s = std::chrono::duration<double>(Clock::now() - host.start_time).count();
+      result.duration_s = launcher_.now() - host.start_time;
       --running_;
     }
     ++done_;
@@ -669,11 +315,20 @@ class Engine {
     }
   }
 
-  static void add_note(HostRun& host, const std::string& note) {
-    host.stderr_log.append(fmt::format("{}{}\n", kNotePrefix, note));
+  // Keeps the last output_tail_bytes of the log; trimming only at twice that
+  // makes appends amortised O(1).
+  void append_log(HostRun& host, const std::string& text) {
+    std::string& log = host.stderr_log;
+    log += text;
+    std::size_t limit = options_.output_tail_bytes;
+    if (log.size() > 2 * limit) log.erase(0, log.size() - limit);
   }
 
-  asio::io_context& io_;
+  void add_note(HostRun& host, const std::string& note) {
+    append_log(host, fmt::format("{}{}\n", kNotePrefix, note));
+  }
+
+  Launcher& launcher_;
   const FanoutOptions& options_;
   const ProgressCallback& progress_;
   std::vector<std::unique_ptr<HostRun>> hosts_;
@@ -686,36 +341,18 @@ class Engine {
   std::exception_ptr callback_error_;
 };
 
-}  // namespace
-
-namespace {
-
 // What cancel() needs to reach a run in progress from another thread.
 struct SharedRunState {
   std::mutex mutex;
   bool running = false;
   bool cancel_requested = false;  // sticky: a cancelled Fanout stays cancelled
-  asio::io_context* io = nullptr;
+  Launcher* launcher = nullptr;
   Engine* engine = nullptr;
 };
 
-}  // namespace
-
-struct Fanout::State : SharedRunState {
-  FanoutOptions options;
-};
-
-Fanout::Fanout(FanoutOptions options) : state_(std::make_unique<State>()) {
-  state_->options = std::move(options);
-}
-
-Fanout::~Fanout() = default;
-
-namespace {
-
 // Publishes a run to cancel() for its duration, and withdraws it on every
 // exit path so that a later run() is possible and cancel() never reaches a
-// destroyed io_context.
+// destroyed launcher.
 class RunRegistration {
  public:
   explicit RunRegistration(SharedRunState& state) : state_(state) {
@@ -724,15 +361,15 @@ class RunRegistration {
     state_.running = true;
   }
   // Returns whether cancel() was called before the run could be reached.
-  bool publish(asio::io_context& io, Engine& engine) {
+  bool publish(Launcher& launcher, Engine& engine) {
     std::lock_guard<std::mutex> lock(state_.mutex);
-    state_.io = &io;
+    state_.launcher = &launcher;
     state_.engine = &engine;
     return state_.cancel_requested;
   }
   void withdraw() {
     std::lock_guard<std::mutex> lock(state_.mutex);
-    state_.io = nullptr;
+    state_.launcher = nullptr;
     state_.engine = nullptr;
   }
   ~RunRegistration() {
@@ -749,17 +386,30 @@ class RunRegistration {
 
 }  // namespace
 
+struct Fanout::State : SharedRunState {
+  FanoutOptions options;
+  LauncherFactory make_launcher;
+};
+
+Fanout::Fanout(FanoutOptions options) : Fanout(std::move(options), make_process_launcher) {}
+
+Fanout::Fanout(FanoutOptions options, LauncherFactory make_launcher) : state_(std::make_unique<State>()) {
+  if (!make_launcher) throw InvalidInput("Fanout needs a launcher factory");
+  state_->options = std::move(options);
+  state_->make_launcher = std::move(make_launcher);
+}
+
+Fanout::~Fanout() = default;
+
 std::vector<HostResult> Fanout::run(const std::vector<HostJob>& jobs, const ProgressCallback& progress) {
   validate(state_->options, jobs);
   RunRegistration registration(*state_);
-  // Declaration order is destruction order in reverse: the engine's timers
-  // and pipes go before the io_context, and the io_context (with asio's
-  // SIGCHLD handler) before the guard restores the previous handler.
-  SigchldGuard sigchld_guard;
-  SigpipeBlock sigpipe_block;
-  asio::io_context io;
-  Engine engine(io, state_->options, jobs, progress);
-  bool cancelled = registration.publish(io, engine);
+  // Declaration order is destruction order in reverse: the engine's process
+  // handles and timers go before the launcher that made them.
+  std::unique_ptr<Launcher> launcher = state_->make_launcher();
+  if (!launcher) throw InvalidState("the launcher factory returned no launcher");
+  Engine engine(*launcher, state_->options, jobs, progress);
+  bool cancelled = registration.publish(*launcher, engine);
   std::exception_ptr error;
   try {
     engine.start(cancelled);
@@ -771,7 +421,7 @@ std::vector<HostResult> Fanout::run(const std::vector<HostJob>& jobs, const Prog
   // running until every child is reaped rather than leave zombies behind.
   for (;;) {
     try {
-      io.run();
+      launcher->run();
       break;
     } catch (...) {
       if (!error) error = std::current_exception();
@@ -787,7 +437,8 @@ std::vector<HostResult> Fanout::run(const std::vector<HostJob>& jobs, const Prog
 void Fanout::cancel() {
   std::lock_guard<std::mutex> lock(state_->mutex);
   state_->cancel_requested = true;
-  if (state_->io != nullptr) asio::post(*state_->io, [engine = state_->engine] { engine->cancel_all(); });
+  if (state_->launcher != nullptr)
+    state_->launcher->post([engine = state_->engine] { engine->cancel_all(); });
 }
 
 }  // namespace cd::fanout

@@ -45,15 +45,15 @@ const char* to_string(Verdict verdict) {
   return "unknown";
 }
 
-namespace detail {
+namespace {
 
 std::string_view file_view(std::string_view test_id) { return test_id.substr(0, test_id.find("::")); }
 
-}  // namespace detail
+}  // namespace
 
-std::string file_of(const std::string& test_id) { return std::string(detail::file_view(test_id)); }
+std::string file_of(const std::string& test_id) { return std::string(file_view(test_id)); }
 
-namespace detail {
+namespace {
 
 // The lower of the two middle values: a median that is one of the values.
 double lower_median(std::vector<double> values) {
@@ -125,12 +125,12 @@ std::unordered_map<std::string, double> estimates_from_history(const std::vector
   return known;
 }
 
-}  // namespace detail
+}  // namespace
 
 std::vector<TestEstimate> estimate_durations(const std::vector<std::string>& tests,
                                              const std::vector<DurationMap>& history) {
-  detail::check_unique(tests, [](const std::string& id) -> const std::string& { return id; });
-  auto known = detail::estimates_from_history(history);
+  check_unique(tests, [](const std::string& id) -> const std::string& { return id; });
+  auto known = estimates_from_history(history);
 
   std::unordered_map<std::string, std::vector<double>> known_by_file;
   std::vector<double> all_known;
@@ -140,10 +140,9 @@ std::vector<TestEstimate> estimate_durations(const std::vector<std::string>& tes
     all_known.push_back(seconds);
   }
   std::unordered_map<std::string, double> file_median;
-  for (auto& [file, seconds] : known_by_file)
-    file_median.emplace(file, detail::lower_median(std::move(seconds)));
+  for (auto& [file, seconds] : known_by_file) file_median.emplace(file, lower_median(std::move(seconds)));
   const bool anything_known = !all_known.empty();
-  const double global_median = anything_known ? detail::lower_median(std::move(all_known)) : 0.0;
+  const double global_median = anything_known ? lower_median(std::move(all_known)) : 0.0;
 
   std::vector<TestEstimate> estimates;
   estimates.reserve(tests.size());
@@ -163,7 +162,7 @@ std::vector<TestEstimate> estimate_durations(const std::vector<std::string>& tes
 
 // ------------------------------------------------------------------ units
 
-namespace detail {
+namespace {
 
 // What is scheduled: a whole file (its set-up paid once) or a single test of
 // a file too long to keep together. Indices point into the estimates.
@@ -347,7 +346,7 @@ void improve(std::vector<PlanShard>& shards, const std::vector<Unit>& units, int
   }
 }
 
-}  // namespace detail
+}  // namespace
 
 double Plan::makespan_s() const {
   double makespan = 0.0;
@@ -358,17 +357,17 @@ double Plan::makespan_s() const {
 Plan plan_static(const std::vector<TestEstimate>& tests, const PlanOptions& options) {
   if (options.shards < 1)
     throw InvalidInput(fmt::format("shards must be at least 1, got {}", options.shards));
-  detail::check_estimates(tests);
+  check_estimates(tests);
   const auto shard_count = static_cast<std::size_t>(options.shards);
-  const double total = detail::total_estimate(tests);
+  const double total = total_estimate(tests);
   const double share = total / static_cast<double>(shard_count);
 
-  auto units = detail::make_units(tests, options.split_file_fraction * share, shard_count);
-  auto shards = detail::assign_longest_first(units, shard_count);
-  detail::improve(shards, units, options.max_improvement_passes);
+  auto units = make_units(tests, options.split_file_fraction * share, shard_count);
+  auto shards = assign_longest_first(units, shard_count);
+  improve(shards, units, options.max_improvement_passes);
 
   Plan plan;
-  plan.lower_bound_s = std::max(detail::longest_test(tests), share);
+  plan.lower_bound_s = std::max(longest_test(tests), share);
   plan.shards.resize(shard_count);
   for (std::size_t shard = 0; shard < shard_count; ++shard) {
     auto& unit_indices = shards[shard].units;
@@ -627,12 +626,12 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
   if (options.max_batch_tests < 1) {
     throw InvalidInput(fmt::format("max_batch_tests must be at least 1, got {}", options.max_batch_tests));
   }
-  detail::check_estimates(tests);
+  check_estimates(tests);
   auto& state = *state_;
   state.options = options;
-  const double share = detail::total_estimate(tests) / options.workers;
-  auto units = detail::make_units(tests, options.split_file_fraction * share,
-                                  static_cast<std::size_t>(options.workers));
+  const double share = total_estimate(tests) / options.workers;
+  auto units =
+      make_units(tests, options.split_file_fraction * share, static_cast<std::size_t>(options.workers));
   for (auto& unit : units) {
     state.stats.queued_estimate_s += unit.estimate_s;
     state.fresh.push_back({std::move(unit.tests), unit.estimate_s, false});
@@ -667,7 +666,7 @@ void Dispatcher::report(const std::string& worker, std::uint64_t batch_id,
       state.record(test, {worker, false, 0.0, kNoResultMessage});
     } else {
       const TestResult& result = *found->second;
-      detail::check_duration(result.seconds, result.id, "result");
+      check_duration(result.seconds, result.id, "result");
       state.record(test, {worker, result.passed, result.seconds, result.message});
     }
     state.settle_after_copy(test);

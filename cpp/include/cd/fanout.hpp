@@ -9,12 +9,19 @@
 //
 // Commands are argument vectors handed to the OS as they are: no shell is
 // involved on this side, so host names and paths are never re-parsed.
+//
+// The policy (window, timeouts, retries, budget, cancellation: fanout.cpp)
+// reaches processes and time only through the Launcher declared at the end of
+// this header; the real one (Boost.Process and Boost.Asio) lives in
+// fanout_process.cpp, and tests inject a fake with a virtual clock.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace cd::fanout {
@@ -73,9 +80,15 @@ struct Progress {
 // Called from the engine's thread after each host finishes.
 using ProgressCallback = std::function<void(const HostResult&, const Progress&)>;
 
+class Launcher;
+using LauncherFactory = std::function<std::unique_ptr<Launcher>()>;
+
 class Fanout {
  public:
+  // Runs real processes (make_process_launcher).
   explicit Fanout(FanoutOptions options);
+  // Runs through launchers made by `make_launcher`, one per run().
+  Fanout(FanoutOptions options, LauncherFactory make_launcher);
   ~Fanout();
   Fanout(const Fanout&) = delete;
   Fanout& operator=(const Fanout&) = delete;
@@ -92,5 +105,80 @@ class Fanout {
   struct State;
   std::unique_ptr<State> state_;
 };
+
+// ------------------------------------------------------------------ parsers
+
+// The number after the last "Total bytes sent:" in rsync --stats output, with
+// the locale's digit grouping ("1,234,567", "1.234.567", "1'234'567")
+// skipped; 0 when there is no such line or the number is not a byte count.
+std::int64_t parse_rsync_bytes_sent(std::string_view rsync_output);
+
+// A raw waitpid(2) status as a shell reports it: the exit code, 128 + N for
+// a death by signal N (a SIGKILL reads 137, never 9), -1 for anything else.
+int shell_exit_code(int wait_status);
+
+// ------------------------------------------------- the process boundary
+//
+// What the policy needs from the operating system, and nothing more. One
+// Launcher serves one run(), on the thread that calls run(); handlers are
+// called from run() only, never from inside start(), kill() or cancel(), and
+// a handler may destroy the ProcessHandle or Timer it belongs to.
+
+struct LaunchRequest {
+  std::vector<std::string> argv;  // argv[0] is looked up on PATH; no shell
+  std::string stdin_data;         // written to the process, then closed
+  std::size_t stdout_limit = 0;   // bytes kept of the end of stdout
+  std::size_t stderr_limit = 0;   // and of stderr
+};
+
+struct ProcessExit {
+  int exit_code = -1;       // shell_exit_code(); -1 if the status was lost
+  std::string stdout_tail;  // at most stdout_limit bytes
+  std::string stderr_tail;  // at most stderr_limit bytes
+  std::string error;        // why the status was lost; empty normally
+};
+
+class ProcessHandle {
+ public:
+  virtual ~ProcessHandle() = default;
+  // Kills the process's whole group, or stops waiting for pipes that a
+  // descendant still holds after it exited. The exit handler still runs.
+  virtual void kill() = 0;
+};
+
+class Timer {
+ public:
+  virtual ~Timer() = default;  // destruction cancels, too
+  // The handler will not run (if it has not already).
+  virtual void cancel() = 0;
+};
+
+class Launcher {
+ public:
+  using ExitHandler = std::function<void(ProcessExit)>;
+
+  virtual ~Launcher() = default;
+  // Starts a process; `on_exit` runs exactly once, when it has exited and its
+  // output is read. Returns null, with the reason in `error`, if it cannot be
+  // started (no such program, not executable).
+  virtual std::unique_ptr<ProcessHandle> start(const LaunchRequest& request, ExitHandler on_exit,
+                                               std::string& error) = 0;
+  // Seconds on a monotonic clock.
+  virtual double now() const = 0;
+  // Runs `on_fire` once, `seconds` from now, unless the Timer is cancelled.
+  virtual std::unique_ptr<Timer> start_timer(double seconds, std::function<void()> on_fire) = 0;
+  // Thread-safe: runs `handler` on the run() thread. Ignored once run() has
+  // returned for good.
+  virtual void post(std::function<void()> handler) = 0;
+  // Runs handlers until no process, timer or posted handler is pending. An
+  // exception from a handler propagates; calling run() again continues.
+  virtual void run() = 0;
+};
+
+// The real launcher: Boost.Process children in their own session (a kill
+// reaches the whole tree), close-on-exec pipes, Boost.Asio timers. It holds
+// SIGPIPE blocked on the calling thread and restores the SIGCHLD handler
+// that was installed before it, once the last one is destroyed.
+std::unique_ptr<Launcher> make_process_launcher();
 
 }  // namespace cd::fanout
