@@ -1,17 +1,15 @@
-"""`make demo`: the whole pipeline on this machine, one stage after another.
+"""`make demo`: the whole loop on this machine, commit to live (see demo_story.py).
 
-1. The shard scheduler on a real suite (the hypha durations beside this
-   checkout): the plan for the newest version from the earlier ones, and the
-   next run replayed with a static split and with the dynamic dispatcher.
-2. A real Buildbot master (from master.cfg.example, under ./demo/) with a
-   coordinator and shard workers: one forced build of the tests builder on
-   the fixture suite, sharded; its summary and where to look in the web UI.
-3. The release push through that master's deploy builder: a small generated
-   release pushed to local hosts (deploy roots under ./demo/hosts/), flipped
-   on the canary, then on all; then a second release, to show that a push
-   costs the change; then the rollback builder takes it back. The master and
-   workers keep running afterwards:
-   `make demo-stop` stops them (`make demo` also does, before it starts).
+The shop (examples/webapp) in a Git repository the master polls, a 12-host
+web fleet under traffic, a master from master.cfg.example with its workers;
+three commits: one goes live, one is rolled back by the canary, one never
+deploys. The processes keep running for the web UI: `make demo-stop` stops
+them (`make demo` also does, before it starts).
+
+This module holds the parts the story and the web UI tests share: DemoCluster
+(a master and real worker processes under one directory, every process
+recorded in pids.json) and stopping a previous demo. `--sharding` shows the
+shard scheduler on the real hypha suite instead (no master).
 """
 
 from __future__ import annotations
