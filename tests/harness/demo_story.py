@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildbot_steps import release
-from harness.demo import REPO, DemoCluster, DemoError
-from harness.local_master import wait_until
+from harness.demo import DemoCluster, DemoError
+from harness.local_master import REPO, wait_until
 from harness.webfleet import WebFleet
 
 WEBAPP = REPO / "examples" / "webapp"
@@ -165,15 +165,25 @@ class LoopStory:
             self.fleet.start()
         finally:  # recorded even if one host failed to start: demo-stop ends the others
             for host in self.fleet.hosts:
-                self.cluster.adopt(f"host-{host.name}", host.process.pid)
+                self.cluster.adopt(f"host-{host.name}", host.process)
         self.metrics_file.write_text(json.dumps(self.fleet.metrics_urls(), indent=1) + "\n")
         self._first_release_everywhere()
-        self.cluster._spawn("loadgen", [
-            sys.executable, "-m", "harness.loadgen", "--rate", str(REQUESTS_PER_HOST_S),
-            "--duration", str(LOAD_DURATION_S), "--label", str(self.root), *self.fleet.urls(),
-        ], env={**self.cluster.env(), "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})  # fmt: skip
+        self._start_traffic()
         self.cluster.start()
         wait_until(self._poller_has_seen_the_branch, 120, "the master's first poll of the repository")
+
+    def _start_traffic(self) -> None:
+        argv = [
+            sys.executable, "-m", "harness.loadgen", "--rate", str(REQUESTS_PER_HOST_S),
+            "--duration", str(LOAD_DURATION_S), "--label", str(self.root), *self.fleet.urls(),
+        ]  # fmt: skip
+        self.cluster.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cluster.logs_dir / "loadgen.log", "wb") as log:
+            process = subprocess.Popen(
+                argv, cwd=self.root, env={**self.cluster.env, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        self.cluster.adopt("loadgen", process)
 
     def _make_repository(self) -> None:
         shutil.copytree(
@@ -320,7 +330,7 @@ def timeline(story: LoopStory, outcomes: list[Outcome]) -> list[str]:
     for outcome in outcomes:
         commit, deploy = outcome.commit, outcome.deploy
         tests = f"{RESULTS.get(outcome.tests['results'], '?')} {step_seconds(outcome.tests) or 0:.0f} s"
-        pushed = step_seconds(outcome.steps.get("push_release"))
+        pushed = step_seconds(outcome.steps.get("push-release"))
         properties = deploy["properties"] if deploy else {}
         verdict = properties.get("canary_verdict", "-")
         if outcome.result == LIVE:
