@@ -24,12 +24,15 @@ from buildbot_steps.release.inventory import (
     Inventory,
     ReleaseError,
     Selection,
+    check_slots,
     check_word,
 )  # fmt: skip
 from buildbot_steps.release.reports import human_bytes
 from buildbot_steps.release.runner import (
+    FANOUT_DEFAULTS,
     FanoutSettings,
     HostReport,
+    HostState,
     ReleaseRunner,
     RunReport,
     deploy_in_progress,
@@ -45,8 +48,31 @@ from buildbot_steps.release.transports import (
 )  # fmt: skip
 
 __all__ = [
-    "ALL_HOSTS", "DEFAULT_SLOTS", "MAX_SLOTS", "MIN_SLOTS", "TRANSPORTS", "DeployInProgress", "FanoutSettings",
-    "Host", "HostReport", "InvalidInput", "Inventory", "LocalTransport", "ReleaseError", "ReleaseRunner",
-    "RunReport", "Selection", "SshTransport", "check_word", "deploy_in_progress", "deploy_lock", "host_script_path",
-    "host_script_text", "human_bytes", "parse_status",
-]  # fmt: skip
+    "ALL_HOSTS",
+    "DEFAULT_SLOTS",
+    "FANOUT_DEFAULTS",
+    "MAX_SLOTS",
+    "MIN_SLOTS",
+    "TRANSPORTS",
+    "DeployInProgress",
+    "FanoutSettings",
+    "Host",
+    "HostReport",
+    "HostState",
+    "InvalidInput",
+    "Inventory",
+    "LocalTransport",
+    "ReleaseError",
+    "ReleaseRunner",
+    "RunReport",
+    "Selection",
+    "SshTransport",
+    "check_slots",
+    "check_word",
+    "deploy_in_progress",
+    "deploy_lock",
+    "host_script_path",
+    "host_script_text",
+    "human_bytes",
+    "parse_status",
+]

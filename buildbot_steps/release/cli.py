@@ -84,20 +84,20 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=release.FanoutSettings.concurrency,
+        default=release.FANOUT_DEFAULTS.concurrency,
         help="hosts worked on at the same time",
     )
     parser.add_argument(
-        "--timeout", type=float, default=release.FanoutSettings.host_timeout_s, help="seconds per host"
+        "--timeout", type=float, default=release.FANOUT_DEFAULTS.host_timeout_s, help="seconds per host"
     )
     parser.add_argument(
         "--retries",
         type=int,
-        default=release.FanoutSettings.max_retries,
+        default=release.FANOUT_DEFAULTS.max_retries,
         help="re-runs of a host's step after a transient failure (ssh or rsync connection lost)",
     )
     parser.add_argument(
-        "--max-fail", type=float, default=release.FanoutSettings.max_fail_fraction,
+        "--max-fail", type=float, default=release.FANOUT_DEFAULTS.max_fail_fraction,
         help="abort hosts not yet started once this share of hosts failed (0..1)",
     )  # fmt: skip
 

@@ -3,6 +3,7 @@ the host script's output: the words an operator reads in a refusal or a failure.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 
@@ -18,10 +19,28 @@ RETRY_NOTE = re.compile(r"^\[fanout\] step \d+ exited -?\d+, a transient code: r
 BYTE_UNITS = ("bytes", "KB", "MB", "GB", "TB")
 
 
+class HostState(enum.StrEnum):
+    """How a host's run ended: the fan-out engine's words (HostResult.status)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+# What a host that printed nothing on stderr is told, by how its run ended.
+STATE_ERRORS = {
+    HostState.TIMED_OUT: "host timeout",
+    HostState.SKIPPED: "skipped: failure budget exhausted",
+    HostState.CANCELLED: "cancelled",
+}
+
+
 @dataclass
 class HostReport:
     host: str
-    status: str  # ok, failed, timed_out, skipped or cancelled (the engine's words)
+    status: HostState
     exit_code: int = -1
     attempts: int = 0  # commands started, every step's first run and its retries
     retries: int = 0  # re-runs of a step after a transient failure
@@ -33,7 +52,7 @@ class HostReport:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == HostState.OK
 
 
 @dataclass
@@ -117,7 +136,7 @@ def retries_of(result, steps: int) -> int:
     once plus its retries; otherwise (timed out, cancelled) the fan-out's
     retry notes in its log are counted.
     """
-    if str(result.status) == "ok":
+    if HostState(result.status) == HostState.OK:
         return max(0, result.attempts - steps)
     if 0 <= result.failed_step < steps:
         return max(0, result.attempts - (result.failed_step + 1))
@@ -174,18 +193,14 @@ def failure_message(result, host: Host) -> str:
     # of stderr is often the sender's "broken pipe", which explains nothing.
     if NO_SPACE_TEXT in stderr:
         return f"no space left on {host.name}:{host.deploy_root}"
-    return last_line(stderr) or {
-        "timed_out": "host timeout",
-        "skipped": "skipped: failure budget exhausted",
-        "cancelled": "cancelled",
-    }.get(str(result.status), f"exit code {result.exit_code}")
+    return last_line(stderr) or STATE_ERRORS.get(HostState(result.status), f"exit code {result.exit_code}")
 
 
 def host_report(result, step_names, host: Host) -> HostReport:
     failed = result.failed_step if 0 <= result.failed_step < len(step_names) else None
     report = HostReport(
         host=result.host,
-        status=str(result.status),
+        status=HostState(result.status),
         exit_code=result.exit_code,
         attempts=result.attempts,
         retries=retries_of(result, len(step_names)),

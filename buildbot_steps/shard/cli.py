@@ -13,7 +13,7 @@ import sys
 from buildbot_steps import _core
 from buildbot_steps.errors import InvalidInputError
 from buildbot_steps.shard import planning
-from buildbot_steps.shard.commands import MODES
+from buildbot_steps.shard.commands import DYNAMIC, MODES
 
 
 def add_shard_commands(commands) -> None:
@@ -46,7 +46,7 @@ def add_shard_commands(commands) -> None:
     simulate.add_argument(
         "--mode",
         choices=MODES,
-        default="dynamic",
+        default=DYNAMIC,
         help="dynamic: workers pull batches as they finish; static: each worker gets a fixed list",
     )
     simulate.add_argument(

@@ -9,7 +9,11 @@ HTML do not run them).
 from __future__ import annotations
 
 import html
-from typing import Any
+from collections.abc import Mapping, Sequence
+
+from buildbot_steps._core import Attempt, TestOutcome, Verdict
+from buildbot_steps.shard.commands import NOT_PASSED
+from buildbot_steps.shard.session import BatchRun
 
 # Slowest tests listed: enough to spot what to split or speed up.
 SLOWEST_LISTED = 20
@@ -62,9 +66,9 @@ FIGURE_LABELS = {
 
 
 def render_report(
-    outcomes: list[Any],
-    timeline: list[Any],
-    summary: dict[str, Any],
+    outcomes: Sequence[TestOutcome],
+    timeline: Sequence[BatchRun],
+    summary: Mapping[str, object],
     quarantine: set[str],
     flake_record: dict[str, int] | None = None,
 ) -> str:
@@ -84,7 +88,7 @@ def render_report(
     return "\n".join(parts)
 
 
-def figure_row(key: str, value: Any) -> tuple[str, str]:
+def figure_row(key: str, value: object) -> tuple[str, str]:
     """A summary figure as (label, value with its unit); unknown keys as they are."""
     label, form = FIGURE_LABELS.get(key, (key, "{}"))
     try:
@@ -93,7 +97,7 @@ def figure_row(key: str, value: Any) -> tuple[str, str]:
         return label, str(value)
 
 
-def _summary_table(summary: dict[str, Any]) -> str:
+def _summary_table(summary: Mapping[str, object]) -> str:
     rows = "".join(
         f"<tr><th align='left'>{html.escape(label)}</th><td {VALUE_CELL}>{html.escape(text)}</td></tr>"
         for label, text in (figure_row(k, v) for k, v in summary.items())
@@ -101,14 +105,14 @@ def _summary_table(summary: dict[str, Any]) -> str:
     return f"<h3>Summary</h3><table>{rows}</table>"
 
 
-def _failures(outcomes: list[Any], quarantine: set[str]) -> str:
-    failed = [o for o in outcomes if o.verdict in ("failed", "pending")]
+def _failures(outcomes: Sequence[TestOutcome], quarantine: set[str]) -> str:
+    failed = [o for o in outcomes if o.verdict in NOT_PASSED]
     if not failed:
         return "<h3>Failures</h3><p>none</p>"
     items = []
     for outcome in failed:
         note = " (quarantined: does not gate)" if outcome.id in quarantine else ""
-        if outcome.verdict == "pending":
+        if outcome.verdict == Verdict.pending:
             note += " (never ran to completion)"
         items.append(f"<h4>{html.escape(outcome.id)}{note}</h4>{_attempts(outcome)}")
     return "<h3>Failures</h3>" + "".join(items)
@@ -120,8 +124,8 @@ def _earlier_flakes(count: int) -> str:
     return f" (also flaky in {count} earlier build{'s' if count > 1 else ''})"
 
 
-def _flaky(outcomes: list[Any], flake_record: dict[str, int]) -> str:
-    flaky = [o for o in outcomes if o.verdict == "flaky"]
+def _flaky(outcomes: Sequence[TestOutcome], flake_record: dict[str, int]) -> str:
+    flaky = [o for o in outcomes if o.verdict == Verdict.flaky]
     if not flaky:
         return "<h3>Flaky tests</h3><p>none</p>"
     items = "".join(
@@ -145,8 +149,8 @@ def _flake_record(flake_record: dict[str, int]) -> str:
     )
 
 
-def _skipped(outcomes: list[Any]) -> str:
-    skipped = [o for o in outcomes if o.verdict == "skipped"]
+def _skipped(outcomes: list[TestOutcome]) -> str:
+    skipped = [o for o in outcomes if o.verdict == Verdict.skipped]
     if not skipped:
         return ""
     rows = "".join(
@@ -158,18 +162,18 @@ def _skipped(outcomes: list[Any]) -> str:
     )
 
 
-def _skip_reason(outcome: Any) -> str:
+def _skip_reason(outcome: TestOutcome) -> str:
     message = outcome.attempts[-1].message if outcome.attempts else ""
     return message.splitlines()[0] if message else ""
 
 
-def attempt_state(attempt: Any) -> str:
+def attempt_state(attempt: Attempt) -> str:
     if attempt.skipped:
         return "skipped"
     return "passed" if attempt.passed else "failed"
 
 
-def _attempts(outcome: Any) -> str:
+def _attempts(outcome: TestOutcome) -> str:
     rows = []
     for number, attempt in enumerate(outcome.attempts, start=1):
         verdict = attempt_state(attempt)
@@ -180,7 +184,7 @@ def _attempts(outcome: Any) -> str:
     return f"<ul>{''.join(rows)}</ul>"
 
 
-def _slowest(outcomes: list[Any]) -> str:
+def _slowest(outcomes: Sequence[TestOutcome]) -> str:
     timed = sorted(outcomes, key=lambda o: -_duration(o))[:SLOWEST_LISTED]
     rows = "".join(
         f"<tr><td>{html.escape(o.id)}</td><td align='right'>{_duration(o):.3f}</td>"
@@ -193,11 +197,11 @@ def _slowest(outcomes: list[Any]) -> str:
     )
 
 
-def _duration(outcome: Any) -> float:
+def _duration(outcome: TestOutcome) -> float:
     return outcome.attempts[-1].seconds if outcome.attempts else 0.0
 
 
-def timeline_svg(timeline: list[Any]) -> str:
+def timeline_svg(timeline: Sequence[BatchRun]) -> str:
     workers = sorted({run.worker for run in timeline})
     if not workers:
         return "<p>no batches ran</p>"
@@ -254,8 +258,8 @@ def _time_axis(y: int, scale: float, end: float) -> str:
     return "<g class='time-axis'>" + "".join(parts) + "</g>"
 
 
-def batch_colour(run: Any) -> str:
-    if run.outcome == "reported" and getattr(run, "failed_tests", 0):
+def batch_colour(run: BatchRun) -> str:
+    if run.outcome == "reported" and run.failed_tests:
         return FAILED_COLOUR
     if run.outcome == "reported":
         if run.speculative:
@@ -264,11 +268,11 @@ def batch_colour(run: Any) -> str:
     return {"error": FAILED_COLOUR, "lost": LOST_COLOUR}.get(run.outcome, RUNNING_COLOUR)
 
 
-def _batch_rect(run: Any, y: int, scale: float, end: float) -> str:
+def _batch_rect(run: BatchRun, y: int, scale: float, end: float) -> str:
     finish = run.end_s if run.end_s is not None else end
     x = LABEL_WIDTH + run.start_s * scale
     width = max(1.0, (finish - run.start_s) * scale)
-    failed = getattr(run, "failed_tests", 0)
+    failed = run.failed_tests
     title = (
         f"batch {run.batch_id}: {run.tests} tests, {run.start_s:.2f}-{finish:.2f} s, {run.outcome}"
         + (f", {failed} failed" if failed else "")

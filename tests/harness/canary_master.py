@@ -15,21 +15,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 from buildbot_steps import release
-from harness import local_master
-from harness.local_master import free_port, wait_until
+from harness.local_master import LocalMaster, free_port
 from harness.webfleet import CANARIES, WebFleet
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 DEPLOYER = ("deployer", "deploy-secret")
-STARTUP_DEADLINE_S = 90
-STOP_DEADLINE_S = 30
 REQUEST_TIMEOUT_S = 30
 RELEASE_TIME = 1_700_000_000  # mtimes of release files: one second apart, release by release
 
@@ -98,27 +91,27 @@ c["schedulers"] = [
 """
 
 
-class CanaryMaster:
-    """The master (a subprocess) in `root / "master"`, release trees in `root / "trees"`."""
+class CanaryMaster(LocalMaster):
+    """The master in `root / "master"` (LocalMaster), release trees in `root / "trees"`."""
 
     def __init__(self, root: Path, fleet: WebFleet, baseline_s: int = 3, window_s: int = 10):
-        self.root = root
-        self.fleet = fleet
-        self.release_root = root / "trees"
+        self.release_root = Path(root).resolve() / "trees"
         self.release_root.mkdir(parents=True, exist_ok=True)
-        self.directory = root / "master"
-        self.web_port = free_port()
-        self.url = f"http://127.0.0.1:{self.web_port}/"
         self.hosts = fleet.inventory_entries(canaries=CANARIES)
-        self._timing = (baseline_s, window_s)
-        self._process: subprocess.Popen | None = None
+        web_port = free_port()
+        config = MASTER_CFG.format(
+            web_port=web_port, logins=dict([DEPLOYER]), deployers=[DEPLOYER[0]], hosts=self.hosts,
+            release_root=str(self.release_root), urls=fleet.metrics_urls(),
+            baseline=baseline_s, window=window_s,
+        )  # fmt: skip
+        super().__init__(root, config, workers=[], local_workers=["deployer"], web_port=web_port)
         self._releases = 0
 
     def __enter__(self) -> CanaryMaster:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def add_release(self, revision: str, behaviour: dict) -> Path:
@@ -145,80 +138,32 @@ class CanaryMaster:
     def runner(self) -> release.ReleaseRunner:
         return release.ReleaseRunner(release.Inventory.from_entries(self.hosts), release.LocalTransport())
 
-    def start(self) -> None:
-        python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        env = {"PYTHONPATH": python_path, "PATH": f"{VENV_BIN}:/usr/bin:/bin"}
-        subprocess.run(
-            [str(VENV_BIN / "buildbot"), "create-master", "-q", str(self.directory)],
-            env=env, check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        baseline, window = self._timing
-        (self.directory / "master.cfg").write_text(
-            MASTER_CFG.format(
-                web_port=self.web_port,
-                logins=dict([DEPLOYER]),
-                deployers=[DEPLOYER[0]],
-                hosts=self.hosts,
-                release_root=str(self.release_root),
-                urls=self.fleet.metrics_urls(),
-                baseline=baseline,
-                window=window,
-            )  # fmt: skip
-        )
-        self._process = subprocess.Popen(
-            [str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(self.directory)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        wait_until(self._ready, STARTUP_DEADLINE_S, "the master's REST API and its local worker")
-
-    def _ready(self) -> bool:
-        if self._process.poll() is not None:
-            raise RuntimeError(f"master exited:\n{(self.directory / 'twistd.log').read_text()[-3000:]}")
-        try:
-            return bool(self.api("workers")["workers"][0]["connected_to"])
-        except (OSError, IndexError, KeyError):
-            return False
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(STOP_DEADLINE_S)
-
-    def api(self, path: str):
-        return local_master.call(self.url, path)
-
-    def builder_id(self, name: str) -> int:
-        return self.api(f"builders/{name}")["builders"][0]["builderid"]
-
     def force_as_deployer(self, scheduler: str, builder: str, **properties: str) -> int:
         """Force a build through the REST API with the deployer's login; its build request id."""
-        body = {
-            "jsonrpc": "2.0", "method": "force", "id": 1,
-            "params": {"builderid": str(self.builder_id(builder)), **properties},
-        }  # fmt: skip
         token = base64.b64encode(":".join(DEPLOYER).encode()).decode()
-        request = urllib.request.Request(
-            f"{self.url}api/v2/forceschedulers/{scheduler}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"},
-        )
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
         # Logging in first gives the session cookie the data API's authz reads.
         login = urllib.request.Request(f"{self.url}auth/login", headers={"Authorization": f"Basic {token}"})
         opener.open(login, timeout=REQUEST_TIMEOUT_S).read()
+        body = {
+            "jsonrpc": "2.0", "method": "force", "id": 1,
+            "params": {"builderid": str(self.builder_id(builder)), **properties},
+        }  # fmt: skip
+        request = urllib.request.Request(
+            f"{self.url}api/v2/forceschedulers/{scheduler}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with opener.open(request, timeout=REQUEST_TIMEOUT_S) as response:
             reply = json.load(response)
         if "error" in reply:
             raise RuntimeError(f"force {scheduler} refused: {reply['error']}")
         return int(next(iter(reply["result"][1].values())))
 
-    def finished_build(self, request_id: int):
+    def finished_build(self, request_id: int) -> dict | None:
         """The finished build of a build request, else None (for wait_until)."""
         builds = self.api(f"buildrequests/{request_id}/builds")["builds"]
         return next((b for b in builds if b["complete"]), None)
 
     def build_properties(self, buildid: int) -> dict:
         return self.api(f"builds/{buildid}?property=*")["builds"][0]["properties"]
-
-    def steps(self, buildid: int) -> list[dict]:
-        return self.api(f"builds/{buildid}/steps")["steps"]

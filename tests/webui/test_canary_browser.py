@@ -106,7 +106,7 @@ def test_a_deployer_forces_a_revision_and_sees_the_canary_chart(browser, master)
     assert set(live_revisions(master.runner()).values()) == {"r1"}
 
     steps = {s["name"]: s for s in master.steps(build["buildid"])}
-    push = steps["push_release"]["state_string"]
+    push = steps["push-release"]["state_string"]
     assert push.startswith(f"push r2: {TEST_FLEET_SIZE}/{TEST_FLEET_SIZE} hosts ok, ") and " sent" in push
 
     # The builds table of the deploy builder: the revision column names what was deployed.
