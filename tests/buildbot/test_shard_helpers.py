@@ -81,7 +81,7 @@ def test_report_escapes_test_ids_and_draws_a_timeline():
 
     class Run:
         worker, batch_id, tests, start_s, end_s = "w<1>", 1, 1, 0.0, 1.0
-        speculative, retry, outcome = False, False, "reported"
+        speculative, retry, outcome, failed_tests = False, False, "reported", 0
 
     html = shard_report.render_report([Outcome()], [Run()], {"passed": 0}, set())
     assert "<script>" not in html and "&lt;script&gt;" in html
@@ -111,7 +111,7 @@ def test_results_the_core_refuses_fail_the_batch_and_every_test_is_rerun(mode, b
     rerun = session.next_batch("w1", 0).batch
     assert sorted(rerun.tests) == ["a", "b"]  # none lost, none half-recorded
     assert session.report("w1", rerun.id, [JUnitTestResult(t, True, 1.0) for t in rerun.tests]) is None
-    assert {o.id: o.verdict for o in batches.outcomes()} == {"a": "flaky", "b": "flaky"}
+    assert {o.id: o.verdict for o in batches.outcomes()} == {"a": Verdict.flaky, "b": Verdict.flaky}
     assert batches.done()
 
 

@@ -408,7 +408,7 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         self.expect_outcome(result=FAILURE)
         yield self.run_step()
         (outcome,) = session.batches.outcomes()
-        self.assertEqual(outcome.verdict, "failed")
+        self.assertEqual(outcome.verdict, Verdict.failed)
         self.assertIn(f"failed: {TESTS[0]}", self.get_nth_step(0).getResultSummary()["step"])
 
     @defer.inlineCallbacks
@@ -431,7 +431,7 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
             self.reactor.advance(1)
         yield running
         verdicts = {o.id: o.verdict for o in session.batches.outcomes()}
-        self.assertEqual(verdicts, {TESTS[0]: "flaky", TESTS[1]: "flaky"})
+        self.assertEqual(verdicts, {TESTS[0]: Verdict.flaky, TESTS[1]: Verdict.flaky})
         self.assertIn("took 1e+308 s", self.get_nth_step(0).logs["stdio"].stderr)
 
     @defer.inlineCallbacks
