@@ -128,19 +128,12 @@ class BenchCluster(cluster.BuildbotCluster):
             root, workers, None, {}, suite_source=suite_source, build_deadline_s=BUILD_DEADLINE_S
         )
         self.durations_path = durations_path
-
-    def _create_master(self) -> None:
-        super()._create_master()
-        master_cfg = self.root / "master" / "master.cfg"
-        master_cfg.write_text(
-            master_cfg.read_text()
-            + SPLIT_MASTER_CFG.format(
-                groups=len(self.shard_workers),
-                shard_workers=self.shard_workers,
-                suite=str(self.suite),
-                python=cluster.PYTHON,
-                durations=str(self.durations_path),
-            )
+        self.master_cfg += SPLIT_MASTER_CFG.format(
+            groups=len(self.shard_workers),
+            shard_workers=self.shard_workers,
+            suite=str(self.suite),
+            python=cluster.PYTHON,
+            durations=str(self.durations_path),
         )
 
     def timed_build(self, builder: str, scheduler: str) -> dict:
@@ -204,7 +197,8 @@ def main() -> int:
         print(
             f"{mode:<14}{build['wall_s']:>8.1f}{build['wall_s'] / bound:>9.2f}"
             f"{build['shards_s']:>10.0f}{build['shards_s'] / bound:>9.2f}"
-            f"{build['before_s']:>10.0f}{build['after_s']:>9.0f}{build['batches']:>9}  {build['state_string']}"
+            f"{build['before_s']:>10.0f}{build['after_s']:>9.0f}{build['batches']:>9}"
+            f"  {build['state_string']}"
         )
     print(
         "\nwall: force request to build complete (REST API). shards: first shard build start to last "

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from buildbot_steps import _core
+from buildbot_steps._core import AssignmentKind, DispatchStats, Verdict
 from buildbot_steps.shard import report as shard_report
 from buildbot_steps.shard.commands import check_test_command, expand_test_command, parse_test_listing
 from buildbot_steps.shard.history import POSTGRES_INT4_MAX, duration_ns_for_db
@@ -55,8 +56,11 @@ def test_static_shards_rerun_failures_and_tell_flaky_from_failed():
     again = shards.next_batch("w2", 1).batch
     shards.report_error("w2", again.id, "runner crashed")
     verdicts = {o.id: o.verdict for o in shards.outcomes()}
-    assert verdicts == {"a": "passed", "b": "flaky", "c": "failed"}
-    assert shards.done() and shards.next_batch("w1", 0).kind == "done"
+    assert verdicts == {"a": Verdict.passed, "b": Verdict.flaky, "c": Verdict.failed}
+    assert shards.done() and shards.next_batch("w1", 0).kind == AssignmentKind.done
+    totals = shards.stats()
+    assert isinstance(totals, DispatchStats)
+    assert (totals.tests, totals.passed, totals.flaky, totals.failed) == (3, 1, 1, 1)
 
 
 def test_static_shards_give_a_lost_workers_batch_back():
@@ -73,7 +77,7 @@ def test_report_escapes_test_ids_and_draws_a_timeline():
         worker, passed, seconds, message, skipped = "w<1>", False, 1.0, "<script>x</script>", False
 
     class Outcome:
-        id, verdict, estimate_s, attempts = "t::<b>", "failed", 1.0, [Attempt()]
+        id, verdict, estimate_s, attempts = "t::<b>", Verdict.failed, 1.0, [Attempt()]
 
     class Run:
         worker, batch_id, tests, start_s, end_s = "w<1>", 1, 1, 0.0, 1.0
@@ -120,7 +124,7 @@ def test_a_skipped_result_is_resolved_in_both_modes():
         batch = session.next_batch("w1", 0).batch
         session.report("w1", batch.id, [JUnitTestResult("a", False, 0.0, "skipped: no GPU", skipped=True)])
         (outcome,) = batches.outcomes()
-        assert outcome.verdict == "skipped" and outcome.attempts[0].skipped
+        assert outcome.verdict == Verdict.skipped and outcome.attempts[0].skipped
         assert batches.stats().skipped == 1 and batches.done()
         html = shard_report.render_report([outcome], session.timeline, {"skipped": 1}, set())
         assert "Skipped tests (1: not run by the runner, do not gate)" in html

@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from buildbot_steps._core import AssignmentKind, Verdict
 from buildbot_steps.shard import RunShard, ShardedTest
 from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.junit import MAX_REPORT_BYTES, JUnitTestResult
@@ -389,7 +390,7 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         self.expect_outcome(result=WARNINGS)
         yield self.run_step()
         (outcome,) = session.batches.outcomes()
-        self.assertEqual(outcome.verdict, "flaky")
+        self.assertEqual(outcome.verdict, Verdict.flaky)
         self.assertEqual([a.worker for a in outcome.attempts], ["linux#13", "linux#13"])
         self.assertIn("boom", outcome.attempts[0].message)
 
@@ -436,7 +437,7 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
             self.reactor.advance(1)
         yield running
         verdicts = {o.id: o.verdict for o in session.batches.outcomes()}
-        self.assertEqual(verdicts, {other.tests[0]: "passed", mine[0]: "pending"})
+        self.assertEqual(verdicts, {other.tests[0]: Verdict.passed, mine[0]: Verdict.pending})
         self.assertIn(
             "leaving the remaining tests to other shards", self.get_nth_step(0).logs["stdio"].header
         )
@@ -479,7 +480,7 @@ class ScriptedShards:
         self.triggered.append(dict(set_props.asDict()))
         session = shard_session.lookup_session(parent_buildid)
         puller = f"worker{index}#1"
-        while (assignment := session.next_batch(puller, index)).kind == "run":
+        while (assignment := session.next_batch(puller, index)).kind == AssignmentKind.run:
             results = [scripted_result(test, self.script[test].pop(0)) for test in assignment.batch.tests]
             session.report(puller, assignment.batch.id, results)
         session.worker_lost(puller)  # the shard build ends
