@@ -212,6 +212,13 @@ open_slot() {
   if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then rm -rf "$slot_dir"; fi
   rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
   mkdir -p "$slot_dir"
+  # A slot never written (the first pushes on a host) starts as hard links to
+  # the live release: cp -al makes them far faster than rsync's per-file
+  # --link-dest, and the rsync after it works in place as in any other slot.
+  if [ -n "$live" ] && is_slot_dir "$live" && [ -z "$(ls -A "$slot_dir")" ]; then
+    cp -al "$rel/$live/." "$slot_dir/"
+    rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
+  fi
 }
 
 do_transfer() {
