@@ -111,7 +111,7 @@ def test_results_the_core_refuses_fail_the_batch_and_every_test_is_rerun(mode, b
     rerun = session.next_batch("w1", 0).batch
     assert sorted(rerun.tests) == ["a", "b"]  # none lost, none half-recorded
     assert session.report("w1", rerun.id, [JUnitTestResult(t, True, 1.0) for t in rerun.tests]) is None
-    assert {o.id: o.verdict for o in batches.outcomes()} == {"a": "flaky", "b": "flaky"}
+    assert {o.id: o.verdict for o in batches.outcomes()} == {"a": Verdict.flaky, "b": Verdict.flaky}
     assert batches.done()
 
 
