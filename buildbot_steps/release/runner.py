@@ -251,7 +251,7 @@ class ReleaseRunner:
     def run_command(self, argv: list[str], selection: Selection = ALL_HOSTS) -> RunReport:
         """A read-only command on each selected host (no lock); its output in details["stdout"]."""
         hosts = self._hosts(selection)
-        return self._run("command", hosts, lambda h: [self.transport.command(h, argv)], ("command",), None)
+        return self._run("command", hosts, lambda h: [("command", self.transport.command(h, argv))], None)
 
     def cancel(self) -> None:
         """Thread-safe: running transfers are killed, hosts not started are skipped."""
