@@ -6,6 +6,10 @@ Each build writes three result sets for its tests (DESIGN.md section 3):
     "<description> durations" category performance, value_unit "s", value the
                               exact duration in seconds as text ("2.513402")
     "<description> flaky"     category fail_only, one row per flaky test
+    "<description> batch overhead"  category performance, value_unit "s", one
+                              row per worker (test_name): what a batch cost
+                              there beyond its tests (runner start-up,
+                              collection, fixtures), as the dispatcher learnt it
 `test_results.duration_ns` is a 32-bit integer on PostgreSQL (at most
 2.147 s), so the planner reads only the durations set, where durations of any
 length survive.
@@ -14,7 +18,8 @@ length survive.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+import statistics
+from typing import Any, NamedTuple, Protocol
 
 from twisted.internet import defer
 
@@ -53,6 +58,12 @@ def durations_of(rows: list[dict[str, Any]]) -> dict[str, float]:
     return durations
 
 
+class HistoryReading(NamedTuple):
+    durations: list[dict[str, float]]  # per earlier build, oldest first
+    flake_record: dict[str, int]  # test id -> earlier builds it was flaky in
+    batch_overhead_s: float  # the newest build's learnt overhead per batch; 0 when unknown
+
+
 class TestHistory:
     """Reads and writes one builder's test results under one description."""
 
@@ -61,10 +72,11 @@ class TestHistory:
         self.description = description
         self.durations_description = f"{description} durations"
         self.flaky_description = f"{description} flaky"
+        self.overhead_description = f"{description} batch overhead"
 
     @defer.inlineCallbacks
     def read(self, builderid: int):
-        """(durations per earlier build, oldest first; {test: builds it was flaky in})."""
+        """A HistoryReading of this builder's recent builds."""
         data = self._step.master.data
         sets = yield data.get(("builders", builderid, "test_result_sets"))
         complete = [s for s in sets if s["complete"]]
@@ -82,13 +94,25 @@ class TestHistory:
                 for row in (yield self._results_of(result_set)):
                     name = row.get("test_name")
                     flake_record[name] = flake_record.get(name, 0) + 1
-        return history, flake_record
+        overhead_s = yield self._newest_overhead(complete)
+        return HistoryReading(history, flake_record, overhead_s)
+
+    @defer.inlineCallbacks
+    def _newest_overhead(self, complete_sets: list[dict[str, Any]]):
+        """The median over workers of the newest build's learnt overhead: one slow worker does not
+        make every batch of the next build bigger."""
+        overhead_sets = [s for s in complete_sets if s["description"] == self.overhead_description]
+        if not overhead_sets:
+            return 0.0
+        newest = max(overhead_sets, key=lambda s: s["test_result_setid"])
+        by_worker = durations_of((yield self._results_of(newest)))
+        return statistics.median(by_worker.values()) if by_worker else 0.0
 
     def _results_of(self, result_set: dict[str, Any]):
         return self._step.master.data.get(("test_result_sets", result_set["test_result_setid"], "results"))
 
     @defer.inlineCallbacks
-    def store(self, outcomes: list[TestOutcomeLike]):
+    def store(self, outcomes: list[TestOutcomeLike], overhead_by_worker: dict[str, float] | None = None):
         step = self._step
         outcome_set = yield step.addTestResultSet(self.description, "pass_fail", "boolean")
         duration_set = yield step.addTestResultSet(self.durations_description, "performance", "s")
@@ -105,3 +129,7 @@ class TestHistory:
             step.addTestResult(duration_set, f"{seconds:.6f}", test_name=outcome.id, duration_ns=duration_ns)
             if outcome.verdict == "flaky":
                 step.addTestResult(flaky_set, "0", test_name=outcome.id)
+        if overhead_by_worker:
+            overhead_set = yield step.addTestResultSet(self.overhead_description, "performance", "s")
+            for worker, seconds in sorted(overhead_by_worker.items()):
+                step.addTestResult(overhead_set, f"{seconds:.6f}", test_name=worker)

@@ -53,25 +53,27 @@ from buildbot_steps.shard.commands import (
     PARENT_PROPERTY,
     TESTS_PROPERTY,
     WORKDIR_PROPERTY,
+    Quarantine,
     ShardedTestError,
     check_test_command,
-    is_quarantined,
     names,
     parse_test_listing,
 )  # fmt: skip
 from buildbot_steps.shard.history import TestHistory
 from buildbot_steps.shard.junit import MAX_REPORT_BYTES
 
-# Batches are topped up to about this many estimated seconds: each costs a
-# round trip and a runner start-up (0.5 s for a small pytest project, several
-# seconds for one that imports a framework, more on a loaded worker). The
-# guided batch sizes still shrink towards this at the tail, which keeps the
-# end balanced.
+# Batches are topped up to at least this many estimated seconds, whatever the
+# cost model says: each costs a round trip and a runner start-up (0.5 s for a
+# small pytest project, several seconds for one that imports a framework).
+# Beyond this floor the core sizes batches from the overhead it observes
+# (kBatchWorthFactor x the start-up). The guided batch sizes still shrink
+# towards this at the tail, which keeps the end balanced.
 DEFAULT_MIN_BATCH_S = 5.0
 
-# Cap on tests per batch, so that a lost worker costs little and the command
-# line stays far below the OS argument limit.
-DEFAULT_MAX_BATCH_TESTS = 200
+# Cap on tests per batch, so that a lost worker costs little. The ids travel
+# in a file ({tests_file}), so the OS argument limit is not what bounds it; a
+# thousand fast tests are still only seconds of work to redo.
+DEFAULT_MAX_BATCH_TESTS = 1000
 
 # A batch's command is stopped after this long: a hung runner must not hold
 # the build for ever, and no sane batch runs for twenty minutes.
@@ -214,8 +216,11 @@ class ShardedTest(BuildStep):
             shards = self._shard_count(scheduler)
             tests = yield self._list_tests()
             builderid = yield self.build.getBuilderId()
-            history, self._flake_record = yield self._history.read(builderid)
-            results = yield self._run_sharded(scheduler, tests, history, shards)
+            reading = yield self._history.read(builderid)
+            self._flake_record = reading.flake_record
+            results = yield self._run_sharded(
+                scheduler, tests, reading.durations, shards, reading.batch_overhead_s
+            )
         except ShardedTestError as problem:
             self._final_summary = f"{problem}"
             yield self.addCompleteLog("problem", f"{problem}\n")
@@ -253,7 +258,12 @@ class ShardedTest(BuildStep):
 
     @defer.inlineCallbacks
     def _run_sharded(
-        self, scheduler: Any, tests: list[str], history: list[dict[str, float]], shards: int | None
+        self,
+        scheduler: Any,
+        tests: list[str],
+        history: list[dict[str, float]],
+        shards: int | None,
+        batch_overhead_s: float,
     ):
         shards = shards or self._workers_of(scheduler)
         # Milliseconds for thousands of tests, but not microseconds: off the reactor.
@@ -262,9 +272,11 @@ class ShardedTest(BuildStep):
             plan = yield threads.deferToThread(_core.plan_static, estimates, shards)
         except _core.InvalidInputError as problem:
             raise ShardedTestError(f"cannot plan the shards: {problem}") from None
-        session = self._make_session(estimates, plan, shards)
+        session = self._make_session(estimates, plan, shards, batch_overhead_s)
         self._report_estimates(estimates, len(history))
-        yield self.addCompleteLog("plan", self._plan_text(estimates, plan, shards, len(history)))
+        yield self.addCompleteLog(
+            "plan", self._plan_text(estimates, plan, shards, len(history), batch_overhead_s)
+        )
         self._session, self._shard_total = session, shards
         session.listeners.append(self.updateSummary)
         shard_session.register_session(self.build.buildid, session)
@@ -311,7 +323,9 @@ class ShardedTest(BuildStep):
             raise ShardedTestError(f"the shard builders of {self.shard_scheduler!r} list no workers")
         return len(names)
 
-    def _make_session(self, estimates: Any, plan: Any, shards: int) -> shard_session.ShardSession:
+    def _make_session(
+        self, estimates: Any, plan: Any, shards: int, batch_overhead_s: float
+    ) -> shard_session.ShardSession:
         settings = shard_session.ShardCommandSettings(
             test_command=list(self.test_command),
             workdir=self.test_workdir,
@@ -324,7 +338,7 @@ class ShardedTest(BuildStep):
             shard_lists = [list(shard.tests) for shard in plan.shards]
             batches = shard_session.StaticShards(
                 shard_lists, {e.id: e.seconds for e in estimates}, self.max_attempts,
-                self.max_batch_tests,
+                self.max_batch_tests, batch_overhead_s,
             )  # fmt: skip
             return shard_session.ShardSession(batches, settings, clock)
         dispatcher = _core.Dispatcher(
@@ -334,6 +348,7 @@ class ShardedTest(BuildStep):
             min_batch_s=self.min_batch_s,
             max_batch_tests=self.max_batch_tests,
             speculate=self.speculate,
+            batch_overhead_s=batch_overhead_s,
         )
         return shard_session.ShardSession(shard_session.DynamicBatches(dispatcher), settings, clock)
 
@@ -344,14 +359,19 @@ class ShardedTest(BuildStep):
         self.setProperty("shard_estimates_from_history", sources.get("history", 0), "ShardedTest")
 
     @staticmethod
-    def _plan_text(estimates: Any, plan: Any, shards: int, history_builds: int) -> str:
+    def _plan_text(
+        estimates: Any, plan: Any, shards: int, history_builds: int, batch_overhead_s: float
+    ) -> str:
         sources = _count_sources(estimates)
         lines = [
             f"tests: {len(estimates)}; shards: {shards}; earlier builds read: {history_builds}",
             "estimate sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())),
             f"estimated total: {sum(e.seconds for e in estimates):.2f} s; "
-            f"lower bound per shard: {plan.lower_bound_s:.2f} s; "
+            f"lower bound per shard: {plan.lower_bound_s:.2f} s "
+            f"({plan.lower_bound_s + batch_overhead_s:.2f} s with one start-up); "
             f"static plan makespan: {plan.makespan_s:.2f} s",
+            f"batch overhead learnt by earlier builds: {batch_overhead_s:.2f} s "
+            "(the dispatcher refines it from this build's batches)",
         ]
         for index, shard in enumerate(plan.shards):
             lines.append(f"  shard {index}: {len(shard.tests)} tests, {shard.estimate_s:.2f} s")
@@ -399,12 +419,13 @@ class ShardedTest(BuildStep):
     def _publish(self, session: shard_session.ShardSession, plan: Any, estimates: Any):
         outcomes = list(session.batches.outcomes())
         figures = self._figures(outcomes, session, plan)
-        yield self._history.store(outcomes)
+        yield self._history.store(outcomes, session.batches.overhead_by_worker())
         for key, value in figures.items():
             self.setProperty(f"tests_{key}", value, "ShardedTest")
         flaky = [o.id for o in outcomes if o.verdict == "flaky"]
         self.setProperty("tests_flaky_names", flaky, "ShardedTest")
-        quarantine = {o.id for o in outcomes if is_quarantined(o.id, self.quarantine)}
+        quarantined = Quarantine(self.quarantine)
+        quarantine = {o.id for o in outcomes if o.id in quarantined}
         yield self.addHTMLLog(
             "report",
             report.render_report(outcomes, session.timeline, figures, quarantine, self._flake_record),
@@ -426,6 +447,9 @@ class ShardedTest(BuildStep):
         started = [run.start_s for run in session.timeline]
         makespan = (max(finished) - min(started)) if finished and started else 0.0
         bound = max(max(durations, default=0.0), sum(durations) / workers)
+        stats = session.batches.stats()
+        # Every worker starts its runner at least once: the bound with start-ups.
+        overhead = stats.batch_overhead_s
         return {
             "total": len(outcomes),
             "passed": counts["passed"],
@@ -436,24 +460,29 @@ class ShardedTest(BuildStep):
             "workers": workers,
             "makespan_s": round(makespan, 3),
             "lower_bound_s": round(bound, 3),
+            "lower_bound_with_startups_s": round(bound + overhead, 3),
+            "batch_overhead_s": round(overhead, 3),
+            "estimate_scale": round(stats.estimate_scale, 4),
             "planned_lower_bound_s": round(plan.lower_bound_s, 3),
             "batches": len(session.timeline),
-            "requeued_batches": session.batches.stats().requeued_batches,
-            "straggler_copies": session.batches.stats().speculative_batches,
+            "requeued_batches": stats.requeued_batches,
+            "straggler_copies": stats.speculative_batches,
         }
 
     def _verdict(self, outcomes: list[Any], figures: dict[str, Any]) -> tuple[int, str]:
         def bad(o: Any) -> bool:
             return o.verdict in ("failed", "pending")
 
-        gating = [o.id for o in outcomes if bad(o) and not is_quarantined(o.id, self.quarantine)]
-        quarantined = [o.id for o in outcomes if bad(o) and is_quarantined(o.id, self.quarantine)]
+        quarantine = Quarantine(self.quarantine)
+        gating = [o.id for o in outcomes if bad(o) and o.id not in quarantine]
+        quarantined = [o.id for o in outcomes if bad(o) and o.id in quarantine]
         flaky = [o.id for o in outcomes if o.verdict == "flaky"]
         text = (
             f"{figures['passed']} passed, {figures['failed']} failed, {figures['flaky']} flaky"
             + (f", {figures['skipped']} skipped" if figures["skipped"] else "")
             + (f", {figures['not_run']} not run" if figures["not_run"] else "")
-            + f"; makespan {figures['makespan_s']:.1f} s vs bound {figures['lower_bound_s']:.1f} s"
+            + f"; makespan {figures['makespan_s']:.1f} s vs bound {figures['lower_bound_s']:.1f} s "
+            f"({figures['lower_bound_with_startups_s']:.1f} s with start-ups)"
         )
         if gating:
             return FAILURE, text + "; failed: " + names(gating)

@@ -12,8 +12,10 @@ Two sources of batches behind one protocol, BatchSource:
 
 Data shapes:
     session.next_batch(worker, shard_index) -> Assignment(kind="run"|"wait"|"done", batch)
-    session.report(worker, batch, [JUnitTestResult...]) -> None, or why the results were
-                refused (the batch then failed as a whole) / report_error(worker, batch, text)
+    session.report(worker, batch, [JUnitTestResult...], wall_s) -> None, or why the results
+                were refused (the batch then failed as a whole) / report_error(worker, batch, text);
+                wall_s (the batch's start to end on the worker) teaches the core what a batch
+                costs beyond its tests
     session.outcomes() -> [TestOutcome(id, verdict, estimate_s, attempts[Attempt])]
 """
 
@@ -58,13 +60,14 @@ class BatchSource(Protocol):
     """Where a shard's batches come from; the same calls in both modes."""
 
     def next_batch(self, worker: str, shard_index: int, now_s: float) -> Any: ...
-    def report(self, worker: str, batch_id: int, results: list[Any]) -> None: ...
+    def report(self, worker: str, batch_id: int, results: list[Any], wall_s: float | None = None) -> None: ...
     def report_error(self, worker: str, batch_id: int, message: str) -> None: ...
     def worker_lost(self, worker: str) -> None: ...
     def batch_obsolete(self, batch_id: int) -> bool: ...
     def done(self) -> bool: ...
     def outcomes(self) -> list[Any]: ...
     def stats(self) -> Any: ...
+    def overhead_by_worker(self) -> dict[str, float]: ...
 
 
 class DynamicBatches:
@@ -76,8 +79,8 @@ class DynamicBatches:
     def next_batch(self, worker: str, shard_index: int, now_s: float) -> Any:
         return self._dispatcher.next_batch(worker, now_s)
 
-    def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
-        self._dispatcher.report(worker, batch_id, results)
+    def report(self, worker: str, batch_id: int, results: list[Any], wall_s: float | None = None) -> None:
+        self._dispatcher.report(worker, batch_id, results, wall_s)
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
         self._dispatcher.report_error(worker, batch_id, message)
@@ -96,6 +99,9 @@ class DynamicBatches:
 
     def stats(self) -> Any:
         return self._dispatcher.stats()
+
+    def overhead_by_worker(self) -> dict[str, float]:
+        return dict(self._dispatcher.overhead_by_worker())
 
 
 @dataclasses.dataclass
@@ -130,6 +136,13 @@ class Stats:
     speculative_batches: int = 0
     requeued_batches: int = 0
     queued_estimate_s: float = 0.0
+    batch_overhead_s: float = 0.0
+    estimate_scale: float = 1.0
+
+
+# Figures of the cost model: one value per run, averaged over the static
+# shards rather than added up.
+_AVERAGED_STATS = ("batch_overhead_s", "estimate_scale")
 
 
 class StaticShards:
@@ -149,6 +162,7 @@ class StaticShards:
         estimates_s: dict[str, float],
         max_attempts: int = 2,
         max_batch_tests: int = 1000,
+        batch_overhead_s: float = 0.0,
     ):
         # An unbounded batch target: a static shard runs its list in as few
         # runner starts as max_batch_tests allows, like one pytest-split group.
@@ -156,7 +170,7 @@ class StaticShards:
             _core.Dispatcher(
                 [_core.TestEstimate(test, estimates_s.get(test, 0.0)) for test in tests],
                 workers=1, max_attempts=max_attempts, min_batch_s=math.inf,
-                max_batch_tests=max_batch_tests, speculate=False,
+                max_batch_tests=max_batch_tests, speculate=False, batch_overhead_s=batch_overhead_s,
             ) if tests else None
             for tests in shard_lists
         ]  # fmt: skip
@@ -177,9 +191,9 @@ class StaticShards:
         self._in_flight[batch.id] = (shard_index, local.id)
         return Assignment("run", batch)
 
-    def report(self, worker: str, batch_id: int, results: list[Any]) -> None:
+    def report(self, worker: str, batch_id: int, results: list[Any], wall_s: float | None = None) -> None:
         shard_index, local_id = self._locate(batch_id)
-        self._shards[shard_index].report(worker, local_id, results)
+        self._shards[shard_index].report(worker, local_id, results, wall_s)
         del self._in_flight[batch_id]  # only once accepted: a refused report may still report_error
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
@@ -201,12 +215,18 @@ class StaticShards:
         return [outcome for shard in self._live_shards() for outcome in shard.outcomes()]
 
     def stats(self) -> Stats:
-        total = Stats()
-        for shard in self._live_shards():
+        total = Stats(estimate_scale=0.0)
+        shards = self._live_shards()
+        for shard in shards:
             figures = shard.stats()
             for field in dataclasses.fields(Stats):
                 setattr(total, field.name, getattr(total, field.name) + getattr(figures, field.name))
+        for name in _AVERAGED_STATS:
+            setattr(total, name, getattr(total, name) / len(shards) if shards else getattr(Stats(), name))
         return total
+
+    def overhead_by_worker(self) -> dict[str, float]:
+        return {w: s for shard in self._live_shards() for w, s in shard.overhead_by_worker().items()}
 
     def _live_shards(self) -> list[Any]:
         return [shard for shard in self._shards if shard is not None]
@@ -281,7 +301,9 @@ class ShardSession:
             self._changed()
         return assignment
 
-    def report(self, worker: str, batch_id: int, results: list[JUnitTestResult]) -> str | None:
+    def report(
+        self, worker: str, batch_id: int, results: list[JUnitTestResult], wall_s: float | None = None
+    ) -> str | None:
         """Hands in a batch's results. Results the dispatcher would refuse
         fail the batch as a whole instead (every test gets a failed attempt
         and is re-run or decided), never leave it half-recorded: returns
@@ -289,7 +311,7 @@ class ShardSession:
         outcome, refused = "reported", None
         try:
             try:
-                self.batches.report(worker, batch_id, self._to_core_results(results))
+                self.batches.report(worker, batch_id, self._to_core_results(results), wall_s)
             except InvalidInputError as problem:
                 outcome, refused = "error", f"results refused: {problem}"
                 self.batches.report_error(worker, batch_id, refused)
