@@ -451,6 +451,10 @@ struct InFlight {
   double estimate_s = 0.0;
   bool speculative = false;
   bool copied = false;  // a straggler copy of it runs elsewhere
+  // estimate_s split as the queue keeps it, so that a recalibration applies
+  // to batches already running too.
+  double known_s = 0.0;
+  double guessed_s = 0.0;
 };
 
 struct TestState {
@@ -553,22 +557,39 @@ struct Dispatcher::State {
     return taken;
   }
 
-  // Guided self-scheduling: a share of what is left, shrinking as it drains;
-  // but never so small that the worker's start-up outweighs its tests, up to
-  // a worker's share of the queue (past that, another worker would idle).
-  double batch_target_s(const std::string& worker) const {
-    const double queued = queued_estimate_s();
+  // Work not yet done: the queue, and what running batches have left.
+  double remaining_work_s(double now_s) const {
+    double work = queued_estimate_s();
+    for (const auto& [id, flight] : in_flight) {
+      if (flight.speculative) continue;  // its tests are counted in the original
+      work += std::max(0.0, flight.started_s + flight.known_s + flight.guessed_s * scale() - now_s);
+    }
+    return work;
+  }
+
+  // Guided self-scheduling: a share of what is left, shrinking as it drains.
+  // With a start-up to pay, a worker's share of the remaining work is cut
+  // into equal batches each worth kBatchWorthFactor start-ups (one batch if
+  // the share is smaller): equal cuts end every worker's last batch together,
+  // where a fixed size would leave a remainder to one worker.
+  double batch_target_s(const std::string& worker, double now_s) const {
     const double workers = std::max(1, options.workers);
-    double guided = queued / (kGuidedDivisor * workers);
-    double worth_its_start = std::min(kBatchWorthFactor * cost.overhead_s(worker), queued / workers);
-    return std::max({options.min_batch_s, guided, worth_its_start});
+    double target = std::max(options.min_batch_s, queued_estimate_s() / (kGuidedDivisor * workers));
+    const double overhead = cost.overhead_s(worker);
+    if (overhead > 0.0) {
+      const double share = remaining_work_s(now_s) / workers;
+      const double batches = std::max(1.0, std::floor(share / (kBatchWorthFactor * overhead)));
+      target = std::max(target, share / batches);
+    }
+    return target;
   }
 
   Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry) {
     Assignment assignment;
     assignment.kind = Assignment::Kind::Run;
-    flight.estimate_s = 0.0;
-    for (auto test : flight.tests) flight.estimate_s += estimate_of(test);
+    flight.known_s = flight.guessed_s = 0.0;
+    for (auto test : flight.tests) (guessed(tests[test]) ? flight.guessed_s : flight.known_s) += tests[test].seconds;
+    flight.estimate_s = flight.known_s + flight.guessed_s * scale();
     assignment.batch.id = next_batch_id++;
     assignment.batch.estimate_s = flight.estimate_s;
     assignment.batch.speculative = flight.speculative;
@@ -588,7 +609,7 @@ struct Dispatcher::State {
   // Longest first up to the target, never past max_batch_tests (no unit is
   // larger than that: see cap_unit_sizes), and at least one item.
   std::optional<Assignment> from_queue(const std::string& worker, double now_s) {
-    const double target = batch_target_s(worker);
+    const double target = batch_target_s(worker, now_s);
     const auto cap = static_cast<std::size_t>(options.max_batch_tests);
     InFlight flight;
     bool retry = false;

@@ -145,8 +145,9 @@ struct DispatchOptions {
 
 // A batch is worth its start-up only when its tests take at least this many
 // times as long: the start-up is then at most a fifth of a worker's time,
-// while batches stay small enough (capped at a worker's share of what is
-// queued) that the tail still balances. Measured in bench/shard_buildbot_bench.py.
+// while a worker's share still comes in several batches (a share of 12
+// start-ups is 3 batches) that the tail can balance. A worker's whole share
+// is one batch when it is smaller. Measured in bench/shard_buildbot_bench.py.
 inline constexpr double kBatchWorthFactor = 4.0;
 
 // What one worker's batches cost beyond their tests, learned from each
