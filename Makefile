@@ -16,7 +16,7 @@ DEBIAN_PACKAGES := g++ make libboost-dev libboost-filesystem-dev libboost-math-d
 	libfmt-dev libgtest-dev libsimdjson-dev rsync openssh-server openssh-client postgresql \
 	chromium chromium-driver pssh clustershell clang-format prometheus
 
-.PHONY: demo demo-stop test test-cpp test-python lint-cpp deps venv install cpp-tests clean
+.PHONY: demo demo-stop test test-cpp test-python lint-cpp lint-python deps venv install cpp-tests clean
 
 demo: install
 	PYTHONPATH=tests $(PY) -m harness.demo
@@ -26,13 +26,19 @@ demo: install
 demo-stop:
 	@if [ -x $(PY) ]; then PYTHONPATH=tests $(PY) -m harness.demo --stop; else echo "demo: nothing to stop (no $(VENV))"; fi
 
-test: lint-cpp test-cpp test-python
+test: lint-cpp lint-python test-cpp test-python
 
 # The C++ style (.clang-format): fails on any file clang-format would change.
 CPP_SOURCES = $(wildcard cpp/include/cd/*.hpp cpp/src/*.cpp cpp/tests/*.cpp cpp/tests/*.hpp \
 	bindings/*.cpp bindings/*.hpp)
 lint-cpp: deps
 	clang-format --dry-run -Werror $(CPP_SOURCES)
+
+# Python style, kept by the tools (configured in pyproject.toml): lint, then
+# formatting, checked and never rewritten here (`ruff format` fixes it).
+lint-python: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 deps:
 	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEBIAN_PACKAGES) 2>/dev/null \

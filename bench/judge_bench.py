@@ -172,9 +172,9 @@ def judge_ours(
                     )
                 )
             verdict = judge.look(data).verdict
-            if verdict == _core.Verdict.FAIL:
+            if verdict == _core.CanaryVerdict.FAIL:
                 detected[d] = (look + 1) * INTERVAL_S
-            if verdict != _core.Verdict.CONTINUE:
+            if verdict != _core.CanaryVerdict.CONTINUE:
                 break
     return detected
 
@@ -298,14 +298,21 @@ def count_test_false_positives(fleet: Fleet) -> dict[str, list[bool]]:
     fired: dict[str, list[bool]] = {name: [] for name in COUNT_TESTS}
     for d in range(errors.shape[0]):
         pooled = _core.rate_ratio_test(
-            errors[d, :c].sum(), requests[d, :c].sum(), errors[d, c:].sum(), requests[d, c:].sum(),
+            errors[d, :c].sum(),
+            requests[d, :c].sum(),
+            errors[d, c:].sum(),
+            requests[d, c:].sum(),
             _core.Direction.INCREASE,
         )
         fired[COUNT_TESTS[0]].append(pooled.p_value < alpha)
         data = [
             _core.MetricLook.count(
-                "errors", errors[d, :c].tolist(), requests[d, :c].tolist(), errors[d, c:].tolist(),
-                requests[d, c:].tolist(), canary_baseline_events=base_errors[d, :c].tolist(),
+                "errors",
+                errors[d, :c].tolist(),
+                requests[d, :c].tolist(),
+                errors[d, c:].tolist(),
+                requests[d, c:].tolist(),
+                canary_baseline_events=base_errors[d, :c].tolist(),
                 canary_baseline_exposure=base_requests[d, :c].tolist(),
                 control_baseline_events=base_errors[d, c:].tolist(),
                 control_baseline_exposure=base_requests[d, c:].tolist(),
@@ -370,8 +377,12 @@ def time_one_look(
     the columns in Python). CPU time, because other builds share this machine's cores."""
     rng = np.random.default_rng(0)
     specs = [
-        _core.MetricSpec(f"m{k}", _core.MetricKind.COUNT if k % 2 else _core.MetricKind.CONTINUOUS,
-                         _core.Direction.INCREASE, 0.2)
+        _core.MetricSpec(
+            f"m{k}",
+            _core.MetricKind.COUNT if k % 2 else _core.MetricKind.CONTINUOUS,
+            _core.Direction.INCREASE,
+            0.2,
+        )
         for k in range(metrics)
     ]
 
@@ -381,8 +392,15 @@ def time_one_look(
             if k % 2:
                 events = rng.poisson(5.0, hosts).astype(float).tolist()
                 exposure = [1000.0] * hosts
-                data.append(_core.MetricLook.count(f"m{k}", events[:canaries], exposure[:canaries],
-                                                   events[canaries:], exposure[canaries:]))
+                data.append(
+                    _core.MetricLook.count(
+                        f"m{k}",
+                        events[:canaries],
+                        exposure[:canaries],
+                        events[canaries:],
+                        exposure[canaries:],
+                    )
+                )
             else:
                 values = rng.normal(100.0, 5.0, hosts).tolist()
                 data.append(_core.MetricLook.continuous(f"m{k}", values[:canaries], values[canaries:]))
@@ -447,11 +465,15 @@ def print_goals(outcomes: Outcomes) -> None:
     within_60 = float(np.mean([not np.isnan(t) and t <= 60.0 for t in x2.times]))
     print()
     bound = upper_bound(aa["ours"].rate(), len(aa["ours"].times))
-    print(f"goal: ours <= 1% false rollbacks per deploy: {100 * aa['ours'].rate():.2f}% "
-          f"(95% upper bound {100 * bound:.2f}%) "
-          f"-> {'met' if aa['ours'].rate() <= 0.01 else 'MISSED'}")
-    print(f"goal: errors x2 detected within 60 s in >= 95%: {100 * within_60:.1f}% "
-          f"-> {'met' if within_60 >= 0.95 else 'MISSED'}")
+    print(
+        f"goal: ours <= 1% false rollbacks per deploy: {100 * aa['ours'].rate():.2f}% "
+        f"(95% upper bound {100 * bound:.2f}%) "
+        f"-> {'met' if aa['ours'].rate() <= 0.01 else 'MISSED'}"
+    )
+    print(
+        f"goal: errors x2 detected within 60 s in >= 95%: {100 * within_60:.1f}% "
+        f"-> {'met' if within_60 >= 0.95 else 'MISSED'}"
+    )
     for judge in PEERS:
         worse = [
             scenario.name
@@ -459,8 +481,10 @@ def print_goals(outcomes: Outcomes) -> None:
             if outcomes[scenario.name]["ours"].rate() < outcomes[scenario.name][judge].rate()
         ]
         fewer_false = aa["ours"].rate() < aa[judge].rate()
-        print(f"vs {judge:<8}: fewer false rollbacks: {'yes' if fewer_false else 'NO'}; "
-              f"scenarios where ours detects less: {', '.join(worse) if worse else 'none'}")
+        print(
+            f"vs {judge:<8}: fewer false rollbacks: {'yes' if fewer_false else 'NO'}; "
+            f"scenarios where ours detects less: {', '.join(worse) if worse else 'none'}"
+        )
 
 
 def main() -> None:
@@ -469,18 +493,28 @@ def main() -> None:
     )
     parser.add_argument("--deploys", type=int, default=1000, help="simulated deploys per scenario")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--canaries", type=int, default=_core.Judge(SPECS).min_hosts_per_arm,
-                        help="canary hosts (default: the judge's smallest allowed canary)")
-    parser.add_argument("--baseline-s", type=float, default=600.0,
-                        help="each host's history before the flip (any metrics store keeps 10 minutes)")
+    parser.add_argument(
+        "--canaries",
+        type=int,
+        default=_core.Judge(SPECS).min_hosts_per_arm,
+        help="canary hosts (default: the judge's smallest allowed canary)",
+    )
+    parser.add_argument(
+        "--baseline-s",
+        type=float,
+        default=600.0,
+        help="each host's history before the flip (any metrics store keeps 10 minutes)",
+    )
     parser.add_argument("--design", choices=[d.name.lower() for d in _core.Design], default="diff_in_diff")
     args = parser.parse_args()
     baseline = int(args.baseline_s / INTERVAL_S)
     design = _core.Design[args.design.upper()]
-    print(f"{args.deploys} deploys per scenario; {HOSTS} hosts, {args.canaries} canaries, "
-          f"{INTERVAL_S:.0f} s looks, {WINDOW_LOOKS * INTERVAL_S:.0f} s window, "
-          f"{args.baseline_s:.0f} s baseline; "
-          f"ours: {design.name.lower()}, alpha {_core.Judge(SPECS).alpha} over 3 metrics and all looks")
+    print(
+        f"{args.deploys} deploys per scenario; {HOSTS} hosts, {args.canaries} canaries, "
+        f"{INTERVAL_S:.0f} s looks, {WINDOW_LOOKS * INTERVAL_S:.0f} s window, "
+        f"{args.baseline_s:.0f} s baseline; "
+        f"ours: {design.name.lower()}, alpha {_core.Judge(SPECS).alpha} over 3 metrics and all looks"
+    )
     started = time.perf_counter()
     outcomes, count_tests = run(args.deploys, args.seed, args.canaries, baseline, design)
     print(f"(simulated and judged in {time.perf_counter() - started:.0f} s)")
@@ -488,14 +522,18 @@ def main() -> None:
     print_table(outcomes)
     print_goals(outcomes)
     print()
-    print(f"error counts alone, A/A, one test over the whole window at alpha {_core.Judge(SPECS).alpha}, "
-          "no allowed increase:")
+    print(
+        f"error counts alone, A/A, one test over the whole window at alpha {_core.Judge(SPECS).alpha}, "
+        "no allowed increase:"
+    )
     for name, fired in count_tests.items():
         print(f"  {name:<30} rejects {100 * float(np.mean(fired)):5.2f}% of deploys that changed nothing")
     look_only, with_build = time_one_look()
     print()
-    print(f"one look over 1,000 hosts x 20 metrics: {1e6 * look_only:.0f} us CPU "
-          f"({1e6 * with_build:.0f} us with building the columns in Python)")
+    print(
+        f"one look over 1,000 hosts x 20 metrics: {1e6 * look_only:.0f} us CPU "
+        f"({1e6 * with_build:.0f} us with building the columns in Python)"
+    )
 
 
 if __name__ == "__main__":

@@ -90,7 +90,60 @@ TEXT_EXTS = (".py", ".html", ".js", ".css", ".json", ".txt", ".po", ".sql", ".ya
 BIN_EXTS = (".so", ".png", ".woff2", ".bin", ".gz", ".jpg", ".mo")
 TOP_DIRS = ("bin", "lib", "lib/python", "share", "static/js", "static/css", "static/img",
             "templates", "locale", "conf", "docs", "vendor")  # fmt: skip
-WORDS = ["the", "release", "deploy", "host", "push", "flip", "slot", "rollback", "return", "value", "self", "def", "class", "import", "from", "for", "in", "if", "else", "while", "try", "except", "with", "as", "lambda", "none", "true", "false", "config", "server", "request", "response", "user", "session", "cache", "query", "index", "table", "row", "column", "id", "name", "status", "error", "warning", "info", "debug", "div", "span", "class", "href", "src"]
+WORDS = [
+    "the",
+    "release",
+    "deploy",
+    "host",
+    "push",
+    "flip",
+    "slot",
+    "rollback",
+    "return",
+    "value",
+    "self",
+    "def",
+    "class",
+    "import",
+    "from",
+    "for",
+    "in",
+    "if",
+    "else",
+    "while",
+    "try",
+    "except",
+    "with",
+    "as",
+    "lambda",
+    "none",
+    "true",
+    "false",
+    "config",
+    "server",
+    "request",
+    "response",
+    "user",
+    "session",
+    "cache",
+    "query",
+    "index",
+    "table",
+    "row",
+    "column",
+    "id",
+    "name",
+    "status",
+    "error",
+    "warning",
+    "info",
+    "debug",
+    "div",
+    "span",
+    "class",
+    "href",
+    "src",
+]
 
 
 def log(msg: str) -> None:
@@ -383,9 +436,20 @@ def push_serial(env: Env, tree: Tree) -> PushResult:
     t = time.perf_counter()
     for h in env.hosts:
         r = subprocess.run(
-            ["rsync", "-a", "--delete", "--stats", "-e", env.rsh, f"{tree.root}/", f"{h.address}:{env.peer_dir(h)}/"],
-            capture_output=True, text=True, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "rsync",
+                "-a",
+                "--delete",
+                "--stats",
+                "-e",
+                env.rsh,
+                f"{tree.root}/",
+                f"{h.address}:{env.peer_dir(h)}/",
+            ],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if r.returncode != 0:
             failed += 1
             errors.append(f"{h.address}: rc {r.returncode} {r.stderr.strip()[-300:]}")
@@ -631,9 +695,13 @@ def main(argv: list[str] | None = None) -> int:
         help="fan-out window of every parallel tool (default 32, pssh's)",
     )
     ap.add_argument("--repeat", type=int, default=3, help="repetitions; medians are reported (default 3)")
-    ap.add_argument("--serial-repeat", type=int, default=1,
-                    help="repetitions of the serial loop, the slowest and steadiest tool (default 1: keeps the "
-                         "default run to a few minutes)")  # fmt: skip
+    ap.add_argument(
+        "--serial-repeat",
+        type=int,
+        default=1,
+        help="repetitions of the serial loop, the slowest and steadiest tool (default 1: keeps the "
+        "default run to a few minutes)",
+    )
     ap.add_argument("--size-mb", type=float, default=50, help="release tree size in MiB (default 50)")
     ap.add_argument("--files", type=int, default=3000, help="files in the tree (default 3000)")
     ap.add_argument(
@@ -648,14 +716,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workdir",
         type=pathlib.Path,
-        help="run in this directory instead of a temporary one (with --storage tmpfs, a tmpfs is mounted over it for the run)",
+        help="run in this directory instead of a temporary one "
+        "(with --storage tmpfs, a tmpfs is mounted over it for the run)",
     )
     ap.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
     ap.add_argument("--json-file", type=pathlib.Path, help="also write the JSON document to this file")
-    ap.add_argument("--storage", choices=("tmpfs", "disk"), default="tmpfs",
-                    help="tmpfs (default, needs root): trees, hosts and destinations in a private tmpfs, so the "
-                         "disk's write-back (shared with everything else on the machine) does not bill the tools; "
-                         "disk: a directory on disk, with sync(2) between timed steps")  # fmt: skip
+    ap.add_argument(
+        "--storage",
+        choices=("tmpfs", "disk"),
+        default="tmpfs",
+        help="tmpfs (default, needs root): trees, hosts and destinations in a private tmpfs, so the "
+        "disk's write-back (shared with everything else on the machine) does not bill the tools; "
+        "disk: a directory on disk, with sync(2) between timed steps",
+    )
     args = ap.parse_args(argv)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     if unknown := set(tools) - set(TOOLS) - set(OPTIONAL_TOOLS):
@@ -699,13 +772,25 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict = {
         "config": {
-            "hosts": args.hosts, "concurrency": args.concurrency, "repeat": args.repeat, "serial_repeat": args.serial_repeat,
-            "size_mib": args.size_mb, "files": args.files, "change_percent": args.change_percent,
-            "seed": args.seed, "tools": tools, "storage": args.storage, "cpus": os.cpu_count(), "machine": platform.machine(), "sched_autogroup": autogroup_setting(),
-            "rsync": subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+            "hosts": args.hosts,
+            "concurrency": args.concurrency,
+            "repeat": args.repeat,
+            "serial_repeat": args.serial_repeat,
+            "size_mib": args.size_mb,
+            "files": args.files,
+            "change_percent": args.change_percent,
+            "seed": args.seed,
+            "tools": tools,
+            "storage": args.storage,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "sched_autogroup": autogroup_setting(),
+            "rsync": subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split(
+                "\n"
+            )[0],
             "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
         },
-    }  # fmt: skip
+    }
     ours_by_tool: dict[str, Ours] = {}
     fleet = None
     try:
@@ -713,16 +798,20 @@ def main(argv: list[str] | None = None) -> int:
         v1 = make_tree(workdir / "tree1", int(args.size_mb * MIB), args.files, args.seed)
         v2, change = make_changed_tree(v1, workdir / "tree2", args.change_percent / 100, args.seed)
         report["tree"] = {"bytes": v1.total_bytes, "files": len(v1.sizes), **change}
-        log(f"trees: {len(v1.sizes)} files, {fmt_bytes(v1.total_bytes)}; tree 2 changes "
+        log(
+            f"trees: {len(v1.sizes)} files, {fmt_bytes(v1.total_bytes)}; tree 2 changes "
             f"{fmt_bytes(change['changed_bytes'])} in {change['changed_files']} files "
-            f"(+{change['added_files']} added, -{change['removed_files']} removed) [{time.perf_counter() - t:.1f}s]")  # fmt: skip
+            f"(+{change['added_files']} added, -{change['removed_files']} removed) "
+            f"[{time.perf_counter() - t:.1f}s]"
+        )
 
         t = time.perf_counter()
         fleet = sshd_hosts.SshdFleet(args.hosts, workdir / "fleet")
         fleet.start()
         env = Env(fleet, workdir, args.concurrency)
         log(
-            f"{args.hosts} sshd hosts up on 127.0.0.{sshd_hosts.FIRST_HOST_OCTET}.. [{time.perf_counter() - t:.1f}s]"
+            f"{args.hosts} sshd hosts up on 127.0.0.{sshd_hosts.FIRST_HOST_OCTET}.. "
+            f"[{time.perf_counter() - t:.1f}s]"
         )
 
         rtt = env.ssh_true_seconds()
@@ -736,7 +825,8 @@ def main(argv: list[str] | None = None) -> int:
             "single_stream_bytes_sent": single_sent,
         }
         log(
-            f"ssh true: {rtt * 1000:.0f} ms; parallel-ssh true to all: {fmt_s(pssh_true)} s; one rsync stream: {rate / MIB:.0f} MiB/s ({fmt_bytes(single_sent)} sent)"
+            f"ssh true: {rtt * 1000:.0f} ms; parallel-ssh true to all: {fmt_s(pssh_true)} s; one rsync "
+            f"stream: {rate / MIB:.0f} MiB/s ({fmt_bytes(single_sent)} sent)"
         )
 
         samples: dict[str, dict[str, list]] = {
@@ -791,7 +881,8 @@ def main(argv: list[str] | None = None) -> int:
                         flip = ours.flip()
                         if flip.failed_hosts:
                             errors.append(
-                                f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: {flip.detail}"
+                                f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: "
+                                f"{flip.detail}"
                             )
                             log(errors[-1])
                         s["flip_s"].append(flip.seconds)
@@ -817,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
                         flip = PEER_FLIPS[tool](env, slot)
                         if flip.failed_hosts:
                             errors.append(
-                                f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: {flip.detail}"
+                                f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: "
+                                f"{flip.detail}"
                             )
                             log(errors[-1])
                         # The peers' flip always opens new ssh connections: compared with ours' cold flip.
@@ -847,9 +939,8 @@ def main(argv: list[str] | None = None) -> int:
             ours.close()
         if fleet is not None:
             fleet.stop()
-        if mounted:
-            if subprocess.run(["umount", str(workdir)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(workdir)], capture_output=True)
+        if mounted and subprocess.run(["umount", str(workdir)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(workdir)], capture_output=True)
         if tmp is not None:
             tmp.cleanup()
 
@@ -869,11 +960,14 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
     if "ours" in results:
         o = results["ours"]
-        for tool, r in results.items():
+        for r in results.values():
             r["ours_over_first"] = o["first_s"] / r["first_s"] if r["first_s"] else None
             r["ours_over_second"] = o["second_s"] / r["second_s"] if r["second_s"] else None
-            r["ours_over_flip_cold"] = (o["flip_cold_s"] / r["flip_cold_s"]
-                                        if r["flip_cold_s"] and o["flip_cold_s"] is not None else None)  # fmt: skip
+            r["ours_over_flip_cold"] = (
+                o["flip_cold_s"] / r["flip_cold_s"]
+                if r["flip_cold_s"] and o["flip_cold_s"] is not None
+                else None
+            )
     ref = report["reference"]
     rate = ref["single_stream_bytes_per_s"]
     bound_first = args.hosts * ref["single_stream_bytes_sent"] / rate
@@ -916,25 +1010,71 @@ def print_table(report: dict, args) -> None:
     print(f"Release push: {cfg['hosts']} loopback sshd hosts, concurrency {cfg['concurrency']}, "
           f"median of {cfg['repeat']}, {cfg['cpus']} CPUs, storage {cfg['storage']}; "
           f"{cfg['rsync']}; {cfg['ssh']}")  # fmt: skip
-    print(f"Tree: {tree['files']} files, {fmt_bytes(tree['bytes'])}; second push: {fmt_bytes(tree['changed_bytes'])} "
-          f"({tree['changed_bytes'] / tree['bytes'] * 100:.2f}%) changed in {tree['changed_files']} files, "
-          f"+{tree['added_files']} files, -{tree['removed_files']} files")  # fmt: skip
+    print(
+        f"Tree: {tree['files']} files, {fmt_bytes(tree['bytes'])}; second push: "
+        f"{fmt_bytes(tree['changed_bytes'])} "
+        f"({tree['changed_bytes'] / tree['bytes'] * 100:.2f}%) changed in {tree['changed_files']} files, "
+        f"+{tree['added_files']} files, -{tree['removed_files']} files"
+    )
     print()
-    head = ("tool", "job", "window", "runs", "first s", "second s", "2nd/1st", "ours/tool 1st", "ours/tool 2nd",
-            "flip s", "cold flip s", "ours/tool cold flip", "sent 1st", "sent 2nd")  # fmt: skip
+    head = (
+        "tool",
+        "job",
+        "window",
+        "runs",
+        "first s",
+        "second s",
+        "2nd/1st",
+        "ours/tool 1st",
+        "ours/tool 2nd",
+        "flip s",
+        "cold flip s",
+        "ours/tool cold flip",
+        "sent 1st",
+        "sent 2nd",
+    )
     rows = []
     for tool, r in results.items():
         window = "1" if tool == "serial" else str(cfg["concurrency"])
         job = "slots" if tool.startswith("ours") or tool in SLOT_TOOLS else "in place"
-        rows.append((tool, job, window, str(len(r["samples"]["first_s"])), fmt_s(r["first_s"]), fmt_s(r["second_s"]), fmt_ratio(r["second_over_first"]),
-                     fmt_ratio(r.get("ours_over_first")) if tool != "ours" else "",
-                     fmt_ratio(r.get("ours_over_second")) if tool != "ours" else "",
-                     fmt_s(r["flip_s"]) if r["flip_s"] is not None else "",
-                     fmt_s(r["flip_cold_s"]) if r["flip_cold_s"] is not None else "",
-                     fmt_ratio(r.get("ours_over_flip_cold")) if tool != "ours" and r["flip_cold_s"] is not None else "",
-                     fmt_bytes(r["first_bytes_sent"]), fmt_bytes(r["second_bytes_sent"])))  # fmt: skip
-    rows.append(("ref: bytes / 1-stream rate", "", "", "", fmt_s(ref["bytes_over_single_stream_rate_first_s"]),
-                 fmt_s(ref["bytes_over_single_stream_rate_second_s"]), "", "", "", "", "", "", "", ""))  # fmt: skip
+        rows.append(
+            (
+                tool,
+                job,
+                window,
+                str(len(r["samples"]["first_s"])),
+                fmt_s(r["first_s"]),
+                fmt_s(r["second_s"]),
+                fmt_ratio(r["second_over_first"]),
+                fmt_ratio(r.get("ours_over_first")) if tool != "ours" else "",
+                fmt_ratio(r.get("ours_over_second")) if tool != "ours" else "",
+                fmt_s(r["flip_s"]) if r["flip_s"] is not None else "",
+                fmt_s(r["flip_cold_s"]) if r["flip_cold_s"] is not None else "",
+                fmt_ratio(r.get("ours_over_flip_cold"))
+                if tool != "ours" and r["flip_cold_s"] is not None
+                else "",
+                fmt_bytes(r["first_bytes_sent"]),
+                fmt_bytes(r["second_bytes_sent"]),
+            )
+        )
+    rows.append(
+        (
+            "ref: bytes / 1-stream rate",
+            "",
+            "",
+            "",
+            fmt_s(ref["bytes_over_single_stream_rate_first_s"]),
+            fmt_s(ref["bytes_over_single_stream_rate_second_s"]),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
+    )
     rtt_ref = fmt_s(ref["ssh_true_x_hosts_over_concurrency_s"])
     rows.append(
         (
@@ -981,65 +1121,95 @@ def print_table(report: dict, args) -> None:
         )
     print()
     print(
-        "ours/tool: our time divided by the tool's (below 1: ours is faster). 2nd/1st: second push over first. "
+        "ours/tool: our time divided by the tool's (below 1: ours is faster). 2nd/1st: second push over "
+        "first. "
         "Times are medians over the runs."
     )
-    print("Job 'slots' (equal work: ours, prsync-slots, clush-slots): every push builds a complete new copy in a "
-          "fresh, previously non-existent directory per host (rsync -a --delete; the second push with --link-dest "
-          "against the host's previous copy, so unchanged files become hard links), and a separate, timed flip "
-          "then points `current` at it atomically (a new symlink renamed over `current`); the previous copy stays "
-          "intact for rollback. prsync-slots/clush-slots push into <host dir>/push-<n> with "
-          "--link-dest=../push-<n-1> and flip with `rm -f current.tmp && ln -s push-<n> current.tmp && mv -T "
-          "current.tmp current` run on every host by parallel-ssh -p <window> / clush -f <window> (one new ssh "
-          "connection per host). Job 'in place' (serial, prsync, clush: the peers as they ship): the second push "
-          "rsyncs over the copy of the first in place, so there is no atomic flip and no rollback; they have no "
-          "flip time.")  # fmt: skip
-    print("flip s: ours' flip right after each push, over the push's still-open ssh ControlMaster connections. "
-          "cold flip s: a flip on new ssh connections: ours' rollback flip to the first revision on a fresh "
-          "transport (once per run), and the slot peers' flip after each push (they keep no connections). "
-          "ours/tool cold flip compares these two.")  # fmt: skip
+    print(
+        "Job 'slots' (equal work: ours, prsync-slots, clush-slots): every push builds a complete new "
+        "copy in a "
+        "fresh, previously non-existent directory per host (rsync -a --delete; the second push with "
+        "--link-dest "
+        "against the host's previous copy, so unchanged files become hard links), and a separate, timed flip "
+        "then points `current` at it atomically (a new symlink renamed over `current`); the previous "
+        "copy stays "
+        "intact for rollback. prsync-slots/clush-slots push into <host dir>/push-<n> with "
+        "--link-dest=../push-<n-1> and flip with `rm -f current.tmp && ln -s push-<n> current.tmp && mv -T "
+        "current.tmp current` run on every host by parallel-ssh -p <window> / clush -f <window> (one new ssh "
+        "connection per host). Job 'in place' (serial, prsync, clush: the peers as they ship): the "
+        "second push "
+        "rsyncs over the copy of the first in place, so there is no atomic flip and no rollback; they "
+        "have no "
+        "flip time."
+    )
+    print(
+        "flip s: ours' flip right after each push, over the push's still-open ssh ControlMaster connections. "
+        "cold flip s: a flip on new ssh connections: ours' rollback flip to the first revision on a fresh "
+        "transport (once per run), and the slot peers' flip after each push (they keep no connections). "
+        "ours/tool cold flip compares these two."
+    )
     if "ours-setsid" in results:
         print(
-            "ours-setsid (diagnostic): ours with each child started in its own session (`setsid -w ssh|rsync ...`), "
-            "as pssh starts its children; with autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled="
-            f"{autogroup_setting()}) every session is a CPU-scheduling group of its own, which matters when other "
+            "ours-setsid (diagnostic): ours with each child started in its own session (`setsid -w "
+            "ssh|rsync ...`), "
+            "as pssh starts its children; with autogroup scheduling "
+            "(/proc/sys/kernel/sched_autogroup_enabled="
+            f"{autogroup_setting()}) every session is a CPU-scheduling group of its own, which matters "
+            "when other "
             "work shares the machine."
         )
     o = results.get("ours")
     if o and o["flip_s"] is not None:
         cold = f"{o['flip_cold_s']:.2f} s on cold connections" if o.get("flip_cold_s") is not None else ""
-        print(f"Flip of all {cfg['hosts']} hosts (ours): {o['flip_s']:.2f} s right after a push (its ssh "
-              f"ControlMaster connections still open); {cold}. Reference: one `ssh host true` "
-              f"{ref['ssh_true_s'] * 1000:.0f} ms x {cfg['hosts']}/{cfg['concurrency']} = "
-              f"{ref['ssh_true_x_hosts_over_concurrency_s']:.2f} s; measured: `parallel-ssh -p {cfg['concurrency']} true` "
-              f"to all hosts {fmt_s(ref.get('parallel_ssh_true_s'))} s")  # fmt: skip
+        print(
+            f"Flip of all {cfg['hosts']} hosts (ours): {o['flip_s']:.2f} s right after a push (its ssh "
+            f"ControlMaster connections still open); {cold}. Reference: one `ssh host true` "
+            f"{ref['ssh_true_s'] * 1000:.0f} ms x {cfg['hosts']}/{cfg['concurrency']} = "
+            f"{ref['ssh_true_x_hosts_over_concurrency_s']:.2f} s; measured: `parallel-ssh -p "
+            f"{cfg['concurrency']} true` "
+            f"to all hosts {fmt_s(ref.get('parallel_ssh_true_s'))} s"
+        )
     d = results.get("ours-setsid")
     if d and d["flip_s"] is not None:
         print(f"Flip of all {cfg['hosts']} hosts (ours-setsid): {d['flip_s']:.2f} s right after a push; "
               f"{fmt_s(d.get('flip_cold_s'))} s on cold connections")  # fmt: skip
     if report.get("ours_hardlinked_share") is not None:
-        print(f"Ours, second push: {report['ours_hardlinked_share'] * 100:.1f}% of the new slot's files (first host) "
-              "are hard links into the live slot (--link-dest)")  # fmt: skip
+        print(
+            f"Ours, second push: {report['ours_hardlinked_share'] * 100:.1f}% of the new slot's files "
+            "(first host) "
+            "are hard links into the live slot (--link-dest)"
+        )
     for tool, share in report.get("slots_hardlinked_share", {}).items():
-        print(f"{tool}, second push: {share * 100:.1f}% of push-2's files (first host) are hard links into push-1 "
-              "(--link-dest)")  # fmt: skip
-    print(f"ref: bytes / 1-stream rate = bytes sent (first push: the tree to every host; second: what ours sent) / "
-          f"the rate of one rsync of the tree to one host ({ref['single_stream_bytes_per_s'] / MIB:.0f} MiB/s, "
-          f"connection included); parallel streams on {cfg['cpus']} CPUs can beat it somewhat: a reference, not a "
-          "hard floor. ref: ssh true = one connection per host at the given window, the floor of any ssh fan-out.")  # fmt: skip
-    print("Setup: ours pushes into release slots (prepare, install the host script, rsync through it into an "
-          "emptied staging dir with --link-dest against the live slot and commit, under the deploy root's lock: "
-          "three ssh commands per host over one ControlMaster connection), starting "
-          "every push on cold ssh connections, and flips after each push (not in the push time). The in-place "
-          "peers rsync (-a --delete) into a plain directory per host, the second push over its copy of tree 1; the "
-          "slot peers as described above. All prsync/clush rows reach a per-host directory via --rsync-path "
-          "'cd .../$ADDR && rsync' (the flip command does the same cd). The hosts' sshd sets SHLVL=1 "
-          "(tests/harness/sshd_hosts.py), so no ssh command sources root's ~/.bashrc. clush runs in copy mode "
-          "with rsync as its copy tool (its native scp -r has no delta and no --delete). 'sent' is rsync's "
-          "Total bytes sent summed over hosts. Every copy is verified after every push (untimed).")  # fmt: skip
+        print(
+            f"{tool}, second push: {share * 100:.1f}% of push-2's files (first host) "
+            "are hard links into push-1 (--link-dest)"
+        )
+    print(
+        "ref: bytes / 1-stream rate = bytes sent (first push: the tree to every host; "
+        "second: what ours sent) / the rate of one rsync of the tree to one host "
+        f"({ref['single_stream_bytes_per_s'] / MIB:.0f} MiB/s, connection included); "
+        f"parallel streams on {cfg['cpus']} CPUs can beat it somewhat: a reference, not a "
+        "hard floor. ref: ssh true = one connection per host at the given window, the floor "
+        "of any ssh fan-out."
+    )
+    print(
+        "Setup: ours pushes into release slots (prepare, install the host script, rsync "
+        "through it into an emptied staging dir with --link-dest against the live slot and "
+        "commit, under the deploy root's lock: three ssh commands per host over one "
+        "ControlMaster connection), starting every push on cold ssh connections, and flips "
+        "after each push (not in the push time). The in-place peers rsync (-a --delete) into "
+        "a plain directory per host, the second push over its copy of tree 1; the slot peers "
+        "as described above. All prsync/clush rows reach a per-host directory via "
+        "--rsync-path 'cd .../$ADDR && rsync' (the flip command does the same cd). The "
+        "hosts' sshd sets SHLVL=1 (tests/harness/sshd_hosts.py), so no ssh command sources "
+        "root's ~/.bashrc. clush runs in copy mode with rsync as its copy tool (its native "
+        "scp -r has no delta and no --delete). 'sent' is rsync's Total bytes sent summed "
+        "over hosts. Every copy is verified after every push (untimed)."
+    )
     la = report["loadavg_1m_start_end"]
     print(
-        f"Total benchmark runtime: {report['total_runtime_s']:.0f} s; 1-minute load average {la[0]:.1f} at the "
+        f"Total benchmark runtime: {report['total_runtime_s']:.0f} s; 1-minute load average {la[0]:.1f} "
+        "at the "
         f"start, {la[1]:.1f} at the end (on a shared machine, other work competes for the {cfg['cpus']} CPUs)"
     )
     for e in report["errors"]:

@@ -147,7 +147,8 @@ def imvu_table() -> None:
     history, actual = imvu_case()
     row, bound = ratios(history, actual, IMVU_WORKERS)
     print_table(
-        f"IMVU-like synthetic: {len(actual)} tests in {IMVU_FILES} files, {sum(actual.values()) / 3600:.1f} h, "
+        f"IMVU-like synthetic: {len(actual)} tests in {IMVU_FILES} files, "
+        f"{sum(actual.values()) / 3600:.1f} h, "
         f"{IMVU_WORKERS} workers, lower bound {bound:.0f} s",
         [("15k tests, 20% noise", row)],
     )
@@ -220,7 +221,7 @@ def handout_costs(n: int = 100_000, workers: int = 100) -> None:
             start = time.perf_counter()
             assignment = dispatcher.next_batch(f"w{w}", clock)
             costs.append(time.perf_counter() - start)
-            if assignment.kind == "run":
+            if assignment.kind == _core.AssignmentKind.run:
                 batch = assignment.batch
                 dispatcher.report(f"w{w}", batch.id, [_core.TestResult(t, True, 0.1) for t in batch.tests])
         clock += 1.0

@@ -153,19 +153,12 @@ class BenchCluster(cluster.BuildbotCluster):
             root, workers, None, {}, suite_source=suite_source, build_deadline_s=BUILD_DEADLINE_S
         )
         self.durations_path = durations_path
-
-    def _create_master(self) -> None:
-        super()._create_master()
-        master_cfg = self.root / "master" / "master.cfg"
-        master_cfg.write_text(
-            master_cfg.read_text()
-            + SPLIT_MASTER_CFG.format(
-                groups=len(self.shard_workers),
-                shard_workers=self.shard_workers,
-                suite=str(self.suite),
-                python=cluster.PYTHON,
-                durations=str(self.durations_path),
-            )
+        self.master_cfg += SPLIT_MASTER_CFG.format(
+            groups=len(self.shard_workers),
+            shard_workers=self.shard_workers,
+            suite=str(self.suite),
+            python=cluster.PYTHON,
+            durations=str(self.durations_path),
         )
 
     def timed_build(self, builder: str, scheduler: str) -> dict:

@@ -43,7 +43,7 @@ void bind_enums(py::module_& module) {
       .value("SPENDING", Sequential::Spending)
       .value("MIXTURE", Sequential::Mixture)
       .finalize();
-  py::native_enum<Verdict>(module, "Verdict", "enum.Enum")
+  py::native_enum<Verdict>(module, "CanaryVerdict", "enum.Enum")
       .value("CONTINUE", Verdict::Continue)
       .value("PASS", Verdict::Pass)
       .value("FAIL", Verdict::Fail)

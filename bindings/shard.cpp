@@ -1,6 +1,8 @@
-// Bindings of the shard scheduler: enums travel as strings, structs as
-// read-only attribute objects; next_batch and report hold the GIL only for
-// conversion since the dispatcher has its own lock.
+// Bindings of the shard scheduler: verdicts and assignment kinds are Python
+// enums whose member names are the words stored and shown (passed, flaky...),
+// the estimate source travels as a string, structs as read-only attribute
+// objects; next_batch and report hold the GIL only for conversion since the
+// dispatcher has its own lock. buildbot_steps/_core.pyi describes all of it.
 #include "cd/shard.hpp"
 
 #include <pybind11/pybind11.h>
@@ -19,16 +21,19 @@ namespace {
 
 using namespace cd::shard;
 
-const char* kind_name(Assignment::Kind kind) {
-  switch (kind) {
-    case Assignment::Kind::Run:
-      return "run";
-    case Assignment::Kind::Wait:
-      return "wait";
-    case Assignment::Kind::Done:
-      return "done";
-  }
-  return "unknown";
+// Member names are the core's to_string words: `verdict.name` is the text
+// written to Buildbot's database and the report.
+void bind_enums(py::module_& module) {
+  py::enum_<Verdict>(module, "Verdict")
+      .value(to_string(Verdict::Pending), Verdict::Pending)
+      .value(to_string(Verdict::Passed), Verdict::Passed)
+      .value(to_string(Verdict::Flaky), Verdict::Flaky)
+      .value(to_string(Verdict::Failed), Verdict::Failed)
+      .value(to_string(Verdict::Skipped), Verdict::Skipped);
+  py::enum_<Assignment::Kind>(module, "AssignmentKind")
+      .value("run", Assignment::Kind::Run)
+      .value("wait", Assignment::Kind::Wait)
+      .value("done", Assignment::Kind::Done);
 }
 
 void bind_estimates(py::module_& module) {
@@ -122,7 +127,7 @@ void bind_results(py::module_& module) {
       .def_readonly("speculative", &Batch::speculative)
       .def_readonly("retry", &Batch::retry);
   py::class_<Assignment>(module, "Assignment")
-      .def_property_readonly("kind", [](const Assignment& a) { return kind_name(a.kind); })
+      .def_readonly("kind", &Assignment::kind)
       .def_readonly("batch", &Assignment::batch);
   py::class_<TestResult>(module, "TestResult")
       .def(py::init([](std::string id, bool passed, double seconds, std::string message, bool skipped) {
@@ -143,10 +148,37 @@ void bind_results(py::module_& module) {
       .def_readonly("skipped", &Attempt::skipped);
   py::class_<TestOutcome>(module, "TestOutcome")
       .def_readonly("id", &TestOutcome::id)
-      .def_property_readonly("verdict", [](const TestOutcome& o) { return to_string(o.verdict); })
+      .def_readonly("verdict", &TestOutcome::verdict)
       .def_readonly("estimate_s", &TestOutcome::estimate_s)
       .def_readonly("attempts", &TestOutcome::attempts);
   py::class_<DispatchStats>(module, "DispatchStats")
+      .def(py::init<>())
+      // The sum of several dispatchers' figures (the static mode's shards).
+      .def("__add__",
+           [](const DispatchStats& a, const DispatchStats& b) {
+             DispatchStats sum;
+             sum.tests = a.tests + b.tests;
+             sum.resolved = a.resolved + b.resolved;
+             sum.passed = a.passed + b.passed;
+             sum.flaky = a.flaky + b.flaky;
+             sum.failed = a.failed + b.failed;
+             sum.skipped = a.skipped + b.skipped;
+             sum.batches_handed_out = a.batches_handed_out + b.batches_handed_out;
+             sum.batches_in_flight = a.batches_in_flight + b.batches_in_flight;
+             sum.speculative_batches = a.speculative_batches + b.speculative_batches;
+             sum.requeued_batches = a.requeued_batches + b.requeued_batches;
+             sum.queued_estimate_s = a.queued_estimate_s + b.queued_estimate_s;
+             // The cost model's figures are per run, not additive: their means
+             // weighted by tests (an empty start value weighs nothing).
+             auto weighted = [&](double DispatchStats::*figure) {
+               if (sum.tests == 0) return a.*figure;
+               return (a.*figure * static_cast<double>(a.tests) + b.*figure * static_cast<double>(b.tests)) /
+                      static_cast<double>(sum.tests);
+             };
+             sum.batch_overhead_s = weighted(&DispatchStats::batch_overhead_s);
+             sum.estimate_scale = weighted(&DispatchStats::estimate_scale);
+             return sum;
+           })
       .def_readonly("tests", &DispatchStats::tests)
       .def_readonly("resolved", &DispatchStats::resolved)
       .def_readonly("passed", &DispatchStats::passed)
@@ -216,6 +248,7 @@ void bind_dispatcher(py::module_& module) {
 }  // namespace
 
 void bind_shard(py::module_& module) {
+  bind_enums(module);
   bind_estimates(module);
   bind_duration_files(module);
   bind_plan(module);

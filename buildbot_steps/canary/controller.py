@@ -165,8 +165,8 @@ class CanaryRun:
             return self._finish(Outcome("INCONCLUSIVE", "canary", "", reason=reason), "rolled back canary")
         verdict = self._phase("canary", "same_window", timing.canary_s, canary, control, baseline)
         decided = self._outcome(verdict, "canary")
-        if verdict.verdict == _core.Verdict.FAIL or (
-            verdict.verdict == _core.Verdict.INCONCLUSIVE and plan.on_inconclusive == "rollback"
+        if verdict.verdict == _core.CanaryVerdict.FAIL or (
+            verdict.verdict == _core.CanaryVerdict.INCONCLUSIVE and plan.on_inconclusive == "rollback"
         ):
             self._act(
                 "roll back canary",
@@ -179,7 +179,7 @@ class CanaryRun:
         if timing.monitor_s <= 0 or not everyone.ok_hosts:
             return self._finish(decided, "promoted")
         verdict = self._phase("monitor", "before_after", timing.monitor_s, everyone.ok_hosts, [], baseline)
-        if verdict.verdict == _core.Verdict.FAIL:
+        if verdict.verdict == _core.CanaryVerdict.FAIL:
             self._act("roll back all", lambda: self.runner.rollback(plan.revision, ALL_HOSTS))
             return self._finish(self._outcome(verdict, "monitor"), "rolled back all")
         return self._finish(self._outcome(verdict, "monitor"), "kept")
@@ -239,10 +239,12 @@ class CanaryRun:
             record["looks"].append(entry)
             last = entry
             self.progress({"kind": "look", "phase": name, "window_s": window_s, **entry})
-            return judge.verdict != _core.Verdict.CONTINUE
+            return judge.verdict != _core.CanaryVerdict.CONTINUE
 
         self._looks_until(start, options.looks_in_window * plan.timing.interval_s, look)
-        return _Decided(getattr(_core.Verdict, last["verdict"]) if last else _core.Verdict.INCONCLUSIVE, last)
+        return _Decided(
+            getattr(_core.CanaryVerdict, last["verdict"]) if last else _core.CanaryVerdict.INCONCLUSIVE, last
+        )
 
     def _looks_until(self, start: float, window_s: float, look: Callable[[], bool | None]) -> None:
         """Sample every interval from `start`, call `look` after each, until it says
@@ -325,5 +327,5 @@ class CanaryRun:
 
 @dataclass
 class _Decided:
-    verdict: object  # _core.Verdict
+    verdict: object  # _core.CanaryVerdict
     last: dict | None

@@ -169,7 +169,7 @@ def replay(document: dict, alpha: float | None = None) -> list[dict]:
         judge = make_judge(document["metrics"], options)
         outcomes = []
         for look in phase["looks"]:
-            if judge.verdict != _core.Verdict.CONTINUE:
+            if judge.verdict != _core.CanaryVerdict.CONTINUE:
                 break  # a lower alpha may decide earlier than the recorded run did
             outcomes.append(
                 {

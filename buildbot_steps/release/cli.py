@@ -71,13 +71,13 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh -o option"
     )
     parser.add_argument("--slots", type=int, default=release.DEFAULT_SLOTS)
-    parser.add_argument("--concurrency", type=int, default=release.FanoutSettings.concurrency)
+    parser.add_argument("--concurrency", type=int, default=release.FANOUT_DEFAULTS.concurrency)
     parser.add_argument(
-        "--timeout", type=float, default=release.FanoutSettings.host_timeout_s, help="seconds per host"
+        "--timeout", type=float, default=release.FANOUT_DEFAULTS.host_timeout_s, help="seconds per host"
     )
-    parser.add_argument("--retries", type=int, default=release.FanoutSettings.max_retries)
+    parser.add_argument("--retries", type=int, default=release.FANOUT_DEFAULTS.max_retries)
     parser.add_argument(
-        "--max-fail", type=float, default=release.FanoutSettings.max_fail_fraction,
+        "--max-fail", type=float, default=release.FANOUT_DEFAULTS.max_fail_fraction,
         help="abort hosts not yet started once this share of hosts failed (0..1)",
     )  # fmt: skip
 

@@ -60,6 +60,13 @@ class DeployInProgress(InvalidStateError):
 # --- validation ------------------------------------------------------------
 
 
+def check_slots(value: object) -> int:
+    """A number of release slots per host, within MIN_SLOTS..MAX_SLOTS."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_SLOTS <= value <= MAX_SLOTS:
+        raise InvalidInput(f"slots must be an integer {MIN_SLOTS}..{MAX_SLOTS}, got {value!r}")
+    return value
+
+
 def check_word(value, what: str) -> str:
     """A value that will travel as one argument to a remote shell."""
     text = str(value)

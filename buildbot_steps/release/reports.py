@@ -3,6 +3,7 @@ the host script's output: the words an operator reads in a refusal or a failure.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 
@@ -15,10 +16,28 @@ COMMITTED_LINE = re.compile(r"^host_release: committed (slot=\d+ seq=\d+)$", re.
 NO_SPACE_TEXT = "No space left on device"
 
 
+class HostState(enum.StrEnum):
+    """How a host's run ended: the fan-out engine's words (HostResult.status)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+# What a host that printed nothing on stderr is told, by how its run ended.
+STATE_ERRORS = {
+    HostState.TIMED_OUT: "host timeout",
+    HostState.SKIPPED: "skipped: failure budget exhausted",
+    HostState.CANCELLED: "cancelled",
+}
+
+
 @dataclass
 class HostReport:
     host: str
-    status: str  # ok, failed, timed_out, skipped or cancelled (the engine's words)
+    status: HostState
     exit_code: int = -1
     attempts: int = 0
     failed_step: str | None = None
@@ -29,7 +48,7 @@ class HostReport:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == HostState.OK
 
 
 @dataclass
@@ -68,7 +87,8 @@ class RunReport:
     def to_text(self) -> str:
         lines = [
             self.summary(),
-            f"{'host':<20} {'status':<10} {'step':<9} {'exit':>4} {'tries':>5} {'secs':>7} {'bytes':>12}  detail",
+            f"{'host':<20} {'status':<10} {'step':<9} {'exit':>4} {'tries':>5} {'secs':>7} "
+            f"{'bytes':>12}  detail",
         ]
         for h in self.hosts:
             detail = h.error or " ".join(f"{k}={v}" for k, v in h.details.items() if not isinstance(v, dict))
@@ -129,18 +149,14 @@ def failure_message(result, host: Host) -> str:
     # of stderr is often the sender's "broken pipe", which explains nothing.
     if NO_SPACE_TEXT in stderr:
         return f"no space left on {host.name}:{host.deploy_root}"
-    return last_line(stderr) or {
-        "timed_out": "host timeout",
-        "skipped": "skipped: failure budget exhausted",
-        "cancelled": "cancelled",
-    }.get(str(result.status), f"exit code {result.exit_code}")
+    return last_line(stderr) or STATE_ERRORS.get(HostState(result.status), f"exit code {result.exit_code}")
 
 
 def host_report(result, step_names, host: Host) -> HostReport:
     failed = result.failed_step if 0 <= result.failed_step < len(step_names) else None
     report = HostReport(
         host=result.host,
-        status=str(result.status),
+        status=HostState(result.status),
         exit_code=result.exit_code,
         attempts=result.attempts,
         failed_step=step_names[failed] if failed is not None else None,

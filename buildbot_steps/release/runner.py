@@ -40,18 +40,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from buildbot_steps import _core
+from buildbot_steps.errors import InvalidInputError
+from buildbot_steps.release import inventory as inventory_rules
 from buildbot_steps.release.inventory import (
     ALL_HOSTS,
-    DEFAULT_SLOTS,
-    MAX_SLOTS,
-    MIN_SLOTS,
     DeployInProgress,
     Host,
-    InvalidInput,
     Inventory,
     Selection,
     check_word,
@@ -59,6 +56,7 @@ from buildbot_steps.release.inventory import (
 from buildbot_steps.release.reports import (
     COMMITTED_LINE,
     HostReport,
+    HostState,
     RunReport,
     host_report,
     last_line,
@@ -67,9 +65,19 @@ from buildbot_steps.release.reports import (
 )  # fmt: skip
 from buildbot_steps.release.transports import CommandSpec, PushStep, SshTransport
 
-__all__ = ["FanoutSettings", "HostReport", "ReleaseRunner", "RunReport", "deploy_in_progress", "deploy_lock",
-           "parse_status"]  # fmt: skip
+__all__ = [
+    "FANOUT_DEFAULTS",
+    "FanoutSettings",
+    "HostReport",
+    "HostState",
+    "ReleaseRunner",
+    "RunReport",
+    "deploy_in_progress",
+    "deploy_lock",
+    "parse_status",
+]
 
+# Output kept per host: a status listing of every slot fits easily.
 STATUS_OUTPUT_BYTES = 64 * 1024
 
 
@@ -117,31 +125,28 @@ def deploy_in_progress() -> bool:
 # --- the runner ----------------------------------------------------------------
 
 
-@dataclass
-class FanoutSettings:
-    concurrency: int = 32  # pssh's default window
-    host_timeout_s: float = 600.0
-    max_retries: int = 2
-    retry_backoff_s: float = 0.5
-    max_fail_fraction: float = 1.0  # 1.0: never abort the remaining hosts
+class FanoutSettings(_core.FanoutOptions):
+    """The core's FanoutOptions, checked when made: its defaults and its checks
+    are the C++ ones (cd/fanout.hpp), the keywords those of FanoutOptions.
 
-    def __post_init__(self):
-        if (
-            isinstance(self.concurrency, bool)
-            or not isinstance(self.concurrency, int)
-            or self.concurrency < 1
-        ):
-            raise InvalidInput(f"concurrency must be a positive integer, got {self.concurrency!r}")
-        if not self.host_timeout_s > 0:
-            raise InvalidInput(f"host timeout must be positive, got {self.host_timeout_s!r}")
-        if (
-            isinstance(self.max_retries, bool)
-            or not isinstance(self.max_retries, int)
-            or self.max_retries < 0
-        ):
-            raise InvalidInput(f"retries must be a non-negative integer, got {self.max_retries!r}")
-        if not 0 <= self.max_fail_fraction <= 1:
-            raise InvalidInput(f"failure budget must be in [0, 1], got {self.max_fail_fraction!r}")
+    FANOUT_DEFAULTS below holds the defaults, for option parsers and steps.
+    """
+
+    def __init__(self, **options: int | float | list[int]) -> None:
+        options.setdefault("output_tail_bytes", STATUS_OUTPUT_BYTES)
+        for name, value in options.items():
+            if isinstance(value, bool):  # pybind11 would take True for 1
+                raise InvalidInputError(f"{name} must be a number, got {value!r}")
+        try:
+            super().__init__(**options)
+        except TypeError:
+            raise InvalidInputError(f"fan-out settings must be numbers, got {options!r}") from None
+        # The core checks its options when a run starts; a run of no hosts
+        # checks them now, so that bad settings fail at configuration time.
+        _core.Fanout(self).run([])
+
+
+FANOUT_DEFAULTS = FanoutSettings()
 
 
 # progress(host_report, done, total, failed), from the engine's thread
@@ -149,13 +154,18 @@ ProgressCallback = Callable[[HostReport, int, int, int], None]
 
 
 class ReleaseRunner:
-    def __init__(self, inventory: Inventory, transport=None, settings: FanoutSettings | None = None,
-                 slots: int = DEFAULT_SLOTS, progress: ProgressCallback | None = None):  # fmt: skip
-        if isinstance(slots, bool) or not isinstance(slots, int) or not MIN_SLOTS <= slots <= MAX_SLOTS:
-            raise InvalidInput(f"slots must be an integer {MIN_SLOTS}..{MAX_SLOTS}, got {slots!r}")
+    def __init__(
+        self,
+        inventory: Inventory,
+        transport=None,
+        settings: FanoutSettings | None = None,
+        slots: int = inventory_rules.DEFAULT_SLOTS,
+        progress: ProgressCallback | None = None,
+    ):
+        inventory_rules.check_slots(slots)
         self.inventory = inventory
         self.transport = transport if transport is not None else SshTransport()
-        self.settings = settings or FanoutSettings()
+        self.settings = settings or FANOUT_DEFAULTS
         self.slots = slots
         self.progress = progress
         self._fanout = None
@@ -251,11 +261,11 @@ class ReleaseRunner:
     def _check_source(self, source, allow_empty: bool) -> str:
         path = Path(source)
         if not path.is_dir():
-            raise InvalidInput(f"release source {str(source)!r} is not a directory")
+            raise InvalidInputError(f"release source {str(source)!r} is not a directory")
         # An empty tree would be pushed as a release that serves nothing: a
         # build that failed to produce its output, most likely.
         if not allow_empty and next(path.iterdir(), None) is None:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"release source {str(source)!r} is empty; build into it first, or allow an empty release "
                 "explicitly (allow_empty=True, --allow-empty)"
             )
@@ -276,7 +286,7 @@ class ReleaseRunner:
         if selection.names is not None:
             unknown = set(selection.names) - set(self.inventory.names())
             if unknown:
-                raise InvalidInput(f"unknown host(s): {', '.join(sorted(unknown))}")
+                raise InvalidInputError(f"unknown host(s): {', '.join(sorted(unknown))}")
         return selection.apply(hosts)
 
     def _script(self, host: Host, action: str, *args: str) -> CommandSpec:
@@ -294,21 +304,13 @@ class ReleaseRunner:
         self, action, hosts: list[Host], steps_for: Callable[[Host], list[PushStep]], revision
     ) -> RunReport:
         if not hosts:
-            raise InvalidInput(f"{action}: no hosts selected")
+            raise InvalidInputError(f"{action}: no hosts selected")
         steps = {h.name: steps_for(h) for h in hosts}
         step_names = tuple(name for name, _ in steps[hosts[0].name])
         jobs = [
             _core.HostJob(host=h.name, steps=[to_command(spec) for _, spec in steps[h.name]]) for h in hosts
         ]
-        options = _core.FanoutOptions(
-            concurrency=self.settings.concurrency,
-            host_timeout_s=float(self.settings.host_timeout_s),
-            max_retries=self.settings.max_retries,
-            retry_backoff_s=float(self.settings.retry_backoff_s),
-            max_fail_fraction=float(self.settings.max_fail_fraction),
-            output_tail_bytes=STATUS_OUTPUT_BYTES,
-        )
-        fanout = _core.Fanout(options)
+        fanout = _core.Fanout(self.settings)
         with self._lock:
             if self._cancelled:
                 fanout.cancel()
@@ -318,7 +320,7 @@ class ReleaseRunner:
         try:
             results = fanout.run(jobs, callback) if callback else fanout.run(jobs)
         except ValueError as error:  # the engine's InvalidInputError
-            raise InvalidInput(str(error)) from None
+            raise InvalidInputError(str(error)) from None
         finally:
             with self._lock:
                 self._fanout = None

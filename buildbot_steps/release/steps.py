@@ -5,7 +5,8 @@
     deploy_lock = util.MasterLock("deploy")           # one deploy at a time
     factory.addStep(steps.PushRelease(inventory=hosts, source="/srv/builds/%(prop:buildnumber)s",
                                       release_root="/srv/builds",   # nothing outside it is ever pushed
-                                      known_hosts="/etc/buildbot/known_hosts", identity_file="/etc/buildbot/deploy_key",
+                                      known_hosts="/etc/buildbot/known_hosts",
+                                      identity_file="/etc/buildbot/deploy_key",
                                       locks=[deploy_lock.access("exclusive")]))
     factory.addStep(steps.FlipRelease(inventory=hosts, tag="canary", ...))
     factory.addStep(steps.FlipRelease(inventory=hosts, ...))   # all pushed hosts
@@ -27,12 +28,20 @@ from buildbot import config
 from buildbot.interfaces import IRenderable
 from buildbot.process import buildstep, properties
 from buildbot.process.results import CANCELLED, FAILURE, SUCCESS, WARNINGS
-from twisted.internet import threads
+from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 
 from buildbot_steps import release
 
 PUSHED_HOSTS_PROPERTY = "release_pushed_hosts"
+# Renderable defaults (shared, immutable): what a push records, the revision
+# the build tested; what a flip or rollback acts on, the one pushed.
+TESTED_REVISION = properties.Property("got_revision", default=properties.Property("revision"))
+BUILD_NUMBER = properties.Property("buildnumber")
+RELEASE_REVISION = properties.Property("release_revision")
 PROPERTY_SOURCE = "ReleaseStep"
+# Failed hosts named in the step's summary; the hosts log lists them all.
+FAILED_HOSTS_NAMED = 5
 
 
 def is_renderable(value) -> bool:
@@ -45,11 +54,26 @@ class _ReleaseStep(buildstep.BuildStep):
     action = ""  # "push", "flip" or "rollback"
     renderables = ["inventory", "revision", "known_hosts", "identity_file", "tag", "count", "fraction"]
 
-    def __init__(self, inventory=None, revision=None, transport="ssh", known_hosts=None, identity_file=None,
-                 ssh_options=(), slots=release.DEFAULT_SLOTS, concurrency=release.FanoutSettings.concurrency,
-                 host_timeout=release.FanoutSettings.host_timeout_s, retries=release.FanoutSettings.max_retries,
-                 max_fail_fraction=release.FanoutSettings.max_fail_fraction, tolerate_failures=0,
-                 tag=None, count=None, fraction=None, preserve_privileged=False, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        inventory=None,
+        revision=None,
+        transport="ssh",
+        known_hosts=None,
+        identity_file=None,
+        ssh_options=(),
+        slots=release.DEFAULT_SLOTS,
+        concurrency=release.FANOUT_DEFAULTS.concurrency,
+        host_timeout=release.FANOUT_DEFAULTS.host_timeout_s,
+        retries=release.FANOUT_DEFAULTS.max_retries,
+        max_fail_fraction=release.FANOUT_DEFAULTS.max_fail_fraction,
+        tolerate_failures=0,
+        tag=None,
+        count=None,
+        fraction=None,
+        preserve_privileged=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.preserve_privileged = bool(preserve_privileged)
         self.inventory = inventory
@@ -63,6 +87,7 @@ class _ReleaseStep(buildstep.BuildStep):
         self.tolerate_failures = tolerate_failures
         self._runner = None
         self._progress = (0, 0, 0)  # done, total, failed
+        self._summary: str | None = None
         self._check_static_arguments(concurrency, host_timeout, retries, max_fail_fraction)
 
     # -- configuration ---------------------------------------------------
@@ -88,14 +113,7 @@ class _ReleaseStep(buildstep.BuildStep):
             self._guard(self._selection)
         if self.revision is not None and not is_renderable(self.revision):
             self._guard(lambda: release.check_word(self.revision, "revision"))
-        if (
-            isinstance(self.slots, bool)
-            or not isinstance(self.slots, int)
-            or not release.MIN_SLOTS <= self.slots <= release.MAX_SLOTS
-        ):
-            config.error(
-                f"{type(self).__name__}: slots must be an integer {release.MIN_SLOTS}..{release.MAX_SLOTS}"
-            )
+        self._guard(lambda: release.check_slots(self.slots))
 
     def _guard(self, check) -> None:
         try:
@@ -128,7 +146,7 @@ class _ReleaseStep(buildstep.BuildStep):
 
     # -- running ---------------------------------------------------------
 
-    async def run(self):
+    async def run(self) -> int:
         try:
             runner = release.ReleaseRunner(
                 self._load_inventory(self.inventory), self._make_transport(), self.settings,
@@ -149,7 +167,7 @@ class _ReleaseStep(buildstep.BuildStep):
             return await self._refuse(str(error))
         finally:
             self._runner = None
-        self._report = report
+        self._summary = self._report_summary(report)
         await self.addCompleteLog("hosts", report.to_text())
         self._set_figures(report)
         return self._results(report)
@@ -158,8 +176,8 @@ class _ReleaseStep(buildstep.BuildStep):
         """Check the rendered arguments now; return the call the thread makes."""
         raise NotImplementedError
 
-    async def _refuse(self, message: str):
-        self._failure_message = message
+    async def _refuse(self, message: str) -> int:
+        self._summary = f"{self.action}: {message}"
         await self.addCompleteLog("error", message + "\n")
         return FAILURE
 
@@ -199,27 +217,25 @@ class _ReleaseStep(buildstep.BuildStep):
         self._progress = (done, total, failed)
         self.updateSummary()
 
-    def getCurrentSummary(self):
+    def getCurrentSummary(self) -> dict[str, str]:
         done, total, failed = self._progress
         counts = f" {done}/{total} hosts" if total else ""
         problems = f", {failed} failed" if failed else ""
         return {"step": f"{self.description[0]}{counts}{problems}"}
 
-    def getResultSummary(self):
-        message = getattr(self, "_failure_message", None)
-        report = getattr(self, "_report", None)
-        if message:
-            summary = f"{self.action}: {message}"
-        elif report is not None:
-            summary = f"{self.action}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
-            if report.failed_hosts:
-                summary += f", failed: {', '.join(report.failed_hosts[:5])}"
-                summary += "..." if len(report.failed_hosts) > 5 else ""
-        else:
-            return super().getResultSummary()
-        return {"step": summary}
+    def _report_summary(self, report: release.RunReport) -> str:
+        summary = f"{self.action}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
+        if report.failed_hosts:
+            summary += f", failed: {', '.join(report.failed_hosts[:FAILED_HOSTS_NAMED])}"
+            summary += "..." if len(report.failed_hosts) > FAILED_HOSTS_NAMED else ""
+        return summary
 
-    def interrupt(self, reason):
+    def getResultSummary(self) -> dict[str, str]:
+        if self._summary:
+            return {"step": self._summary}
+        return super().getResultSummary()
+
+    def interrupt(self, reason: str | Failure) -> defer.Deferred:
         # Stop the fan-out: running transfers are killed, the rest cancelled.
         runner = self._runner
         if runner is not None:
@@ -261,15 +277,21 @@ class PushRelease(_ReleaseStep):
     An empty `source` fails the step unless `allow_empty=True`.
     """
 
-    name = "push_release"
+    name = "push-release"
     description = ["pushing"]
     descriptionDone = ["pushed"]
     action = "push"
     renderables = ["source", "build_number"]
 
-    def __init__(self, source=None, revision=properties.Property("got_revision", default=properties.Property("revision")),
-                 build=properties.Property("buildnumber"), release_root=None, allow_empty=False,
-                 **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        source=None,
+        revision=TESTED_REVISION,
+        build=BUILD_NUMBER,
+        release_root=None,
+        allow_empty=False,
+        **kwargs,
+    ):
         self.source = source
         self.release_root = release_root
         self.allow_empty = bool(allow_empty)
@@ -305,12 +327,12 @@ class FlipRelease(_ReleaseStep):
     PushRelease) are candidates: a host whose transfer failed is never flipped.
     """
 
-    name = "flip_release"
+    name = "flip-release"
     description = ["flipping"]
     descriptionDone = ["flipped"]
     action = "flip"
 
-    def __init__(self, revision=properties.Property("release_revision"), only_pushed=True, **kwargs):
+    def __init__(self, revision=RELEASE_REVISION, only_pushed=True, **kwargs):
         self.only_pushed = only_pushed
         super().__init__(revision=revision, **kwargs)
 
@@ -336,12 +358,12 @@ class RollbackRelease(_ReleaseStep):
     only hosts live on it move; without it every selected host steps back.
     """
 
-    name = "rollback_release"
+    name = "rollback-release"
     description = ["rolling back"]
     descriptionDone = ["rolled back"]
     action = "rollback"
 
-    def __init__(self, revision=properties.Property("release_revision"), **kwargs):
+    def __init__(self, revision=RELEASE_REVISION, **kwargs):
         super().__init__(revision=revision, **kwargs)
 
     def _work(self, runner):

@@ -12,7 +12,7 @@ import sys
 
 from buildbot_steps import _core
 from buildbot_steps.shard import planning
-from buildbot_steps.shard.commands import MODES
+from buildbot_steps.shard.commands import DYNAMIC, MODES
 
 
 def add_shard_commands(commands) -> None:
@@ -37,7 +37,7 @@ def add_shard_commands(commands) -> None:
     simulate.add_argument(
         "--workers", type=int, required=True, help=f"simulated workers (1-{planning.MAX_SHARDS})"
     )
-    simulate.add_argument("--mode", choices=MODES, default="dynamic")
+    simulate.add_argument("--mode", choices=MODES, default=DYNAMIC)
     simulate.add_argument(
         "--tests",
         metavar="FILE",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from buildbot_steps._core import Verdict
 from buildbot_steps.errors import CdError
 
 TESTS_PLACEHOLDER = "{tests}"
@@ -30,7 +31,30 @@ DEFAULT_TEST_COMMAND = [
 IDS_SHOWN_IN_LOGS = 3
 
 
-MODES = ("dynamic", "static")
+# Where a shard's batches come from: pulled from one dispatcher, or a fixed list per shard.
+DYNAMIC = "dynamic"
+STATIC = "static"
+MODES = (DYNAMIC, STATIC)
+
+# The verdicts that fail a build (a test never run cannot be called green).
+NOT_PASSED = (Verdict.failed, Verdict.pending)
+
+# Runs of a failing test, each on another worker where there is one: a second
+# run tells a flaky test (passes) from a broken one (fails again).
+DEFAULT_MAX_ATTEMPTS = 2
+
+# A batch's command is stopped after this long: a hung runner must not hold
+# the build for ever, and no sane batch runs for twenty minutes.
+DEFAULT_BATCH_TIMEOUT_S = 20 * 60
+
+# Cap on tests per batch of the dynamic mode, so that a lost worker costs
+# little. The ids travel in a file ({tests_file}), so the OS argument limit is
+# not what bounds it; a thousand fast tests are still only seconds to redo.
+DEFAULT_MAX_BATCH_TESTS = 1000
+
+# The static mode runs a shard's list in as few runner starts as this allows
+# (like one pytest-split group).
+STATIC_MAX_BATCH_TESTS = 1000
 
 
 # Properties of a shard build, set by the parent.

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+from buildbot.process.buildstep import BuildStep
 from twisted.internet import defer
+
+from buildbot_steps._core import TestOutcome, Verdict
 
 # The largest value of a PostgreSQL `integer` column (test_results.duration_ns).
 POSTGRES_INT4_MAX = 2**31 - 1
@@ -30,14 +34,6 @@ NANOSECONDS = 1_000_000_000
 # Earlier builds read for durations: the core looks at the 5 most recent
 # runs of each test (kRecentRunsConsidered).
 HISTORY_BUILDS = 5
-
-
-class TestOutcomeLike(Protocol):
-    """What is stored of a test: the core's TestOutcome has these fields."""
-
-    id: str
-    verdict: Any
-    attempts: list[Any]
 
 
 def duration_ns_for_db(seconds: float) -> int:
@@ -67,18 +63,17 @@ class HistoryReading(NamedTuple):
 class TestHistory:
     """Reads and writes one builder's test results under one description."""
 
-    def __init__(self, step: Any, description: str):
+    def __init__(self, step: BuildStep, description: str):
         self._step = step  # the BuildStep writing results (addTestResultSet lives there)
         self.description = description
         self.durations_description = f"{description} durations"
         self.flaky_description = f"{description} flaky"
         self.overhead_description = f"{description} batch overhead"
 
-    @defer.inlineCallbacks
-    def read(self, builderid: int):
+    async def read(self, builderid: int) -> HistoryReading:
         """A HistoryReading of this builder's recent builds."""
         data = self._step.master.data
-        sets = yield data.get(("builders", builderid, "test_result_sets"))
+        sets = await data.get(("builders", builderid, "test_result_sets"))
         complete = [s for s in sets if s["complete"]]
         recent = sorted(
             (s for s in complete if s["description"] == self.durations_description),
@@ -86,50 +81,50 @@ class TestHistory:
         )[-HISTORY_BUILDS:]
         history = []
         for result_set in recent:
-            history.append(durations_of((yield self._results_of(result_set))))
+            history.append(durations_of(await self._results_of(result_set)))
         recent_builds = {s["buildid"] for s in recent}
         flake_record: dict[str, int] = {}
         for result_set in complete:
             if result_set["description"] == self.flaky_description and result_set["buildid"] in recent_builds:
-                for row in (yield self._results_of(result_set)):
+                for row in await self._results_of(result_set):
                     name = row.get("test_name")
                     flake_record[name] = flake_record.get(name, 0) + 1
-        overhead_s = yield self._newest_overhead(complete)
+        overhead_s = await self._newest_overhead(complete)
         return HistoryReading(history, flake_record, overhead_s)
 
-    @defer.inlineCallbacks
-    def _newest_overhead(self, complete_sets: list[dict[str, Any]]):
+    async def _newest_overhead(self, complete_sets: list[dict[str, Any]]) -> float:
         """The median over workers of the newest build's learnt overhead: one slow worker does not
         make every batch of the next build bigger."""
         overhead_sets = [s for s in complete_sets if s["description"] == self.overhead_description]
         if not overhead_sets:
             return 0.0
         newest = max(overhead_sets, key=lambda s: s["test_result_setid"])
-        by_worker = durations_of((yield self._results_of(newest)))
+        by_worker = durations_of(await self._results_of(newest))
         return statistics.median(by_worker.values()) if by_worker else 0.0
 
-    def _results_of(self, result_set: dict[str, Any]):
+    def _results_of(self, result_set: dict[str, Any]) -> defer.Deferred:
         return self._step.master.data.get(("test_result_sets", result_set["test_result_setid"], "results"))
 
-    @defer.inlineCallbacks
-    def store(self, outcomes: list[TestOutcomeLike], overhead_by_worker: dict[str, float] | None = None):
+    async def store(
+        self, outcomes: Sequence[TestOutcome], overhead_by_worker: dict[str, float] | None = None
+    ) -> None:
         step = self._step
-        outcome_set = yield step.addTestResultSet(self.description, "pass_fail", "boolean")
-        duration_set = yield step.addTestResultSet(self.durations_description, "performance", "s")
+        outcome_set = await step.addTestResultSet(self.description, "pass_fail", "boolean")
+        duration_set = await step.addTestResultSet(self.durations_description, "performance", "s")
         # Only the flaky tests, so the flake record costs a few rows per build.
-        flaky_set = yield step.addTestResultSet(self.flaky_description, "fail_only", "boolean")
+        flaky_set = await step.addTestResultSet(self.flaky_description, "fail_only", "boolean")
         for outcome in outcomes:
             if not outcome.attempts:
                 continue  # never ran: no duration to learn from
             seconds = outcome.attempts[-1].seconds
             duration_ns = duration_ns_for_db(seconds)
-            if outcome.verdict != "skipped":  # neither a pass nor a failure
-                passed = "1" if outcome.verdict in ("passed", "flaky") else "0"
+            if outcome.verdict != Verdict.skipped:  # neither a pass nor a failure
+                passed = "1" if outcome.verdict in (Verdict.passed, Verdict.flaky) else "0"
                 step.addTestResult(outcome_set, passed, test_name=outcome.id, duration_ns=duration_ns)
             step.addTestResult(duration_set, f"{seconds:.6f}", test_name=outcome.id, duration_ns=duration_ns)
-            if outcome.verdict == "flaky":
+            if outcome.verdict == Verdict.flaky:
                 step.addTestResult(flaky_set, "0", test_name=outcome.id)
         if overhead_by_worker:
-            overhead_set = yield step.addTestResultSet(self.overhead_description, "performance", "s")
+            overhead_set = await step.addTestResultSet(self.overhead_description, "performance", "s")
             for worker, seconds in sorted(overhead_by_worker.items()):
                 step.addTestResult(overhead_set, f"{seconds:.6f}", test_name=worker)

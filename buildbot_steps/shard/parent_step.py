@@ -28,6 +28,7 @@ master.cfg wiring (see `shard_builder_config` for the shard side):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from buildbot import config
@@ -37,20 +38,29 @@ from buildbot.process.buildstep import BuildStep
 from buildbot.process.properties import Properties
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from buildbot.reporters.utils import getURLForBuildrequest
+from buildbot.schedulers.triggerable import Triggerable
 from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 
 from buildbot_steps import _core
+from buildbot_steps._core import Plan, TestEstimate, TestOutcome, Verdict
 from buildbot_steps.shard import report
 from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.commands import (
     COMMAND_PROPERTY,
     COUNT_PROPERTY,
+    DEFAULT_BATCH_TIMEOUT_S,
     DEFAULT_DISCOVER_COMMAND,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BATCH_TESTS,
     DEFAULT_TEST_COMMAND,
+    DYNAMIC,
     INDEX_PROPERTY,
     MODE_PROPERTY,
     MODES,
+    NOT_PASSED,
     PARENT_PROPERTY,
+    STATIC,
     TESTS_PROPERTY,
     WORKDIR_PROPERTY,
     Quarantine,
@@ -69,15 +79,6 @@ from buildbot_steps.shard.junit import MAX_REPORT_BYTES
 # (kBatchWorthFactor x the start-up). The guided batch sizes still shrink
 # towards this at the tail, which keeps the end balanced.
 DEFAULT_MIN_BATCH_S = 5.0
-
-# Cap on tests per batch, so that a lost worker costs little. The ids travel
-# in a file ({tests_file}), so the OS argument limit is not what bounds it; a
-# thousand fast tests are still only seconds of work to redo.
-DEFAULT_MAX_BATCH_TESTS = 1000
-
-# A batch's command is stopped after this long: a hung runner must not hold
-# the build for ever, and no sane batch runs for twenty minutes.
-DEFAULT_BATCH_TIMEOUT_S = 20 * 60
 
 # Without max_shards, a build may ask for at most this many shards per shard
 # worker: a few more shards than workers still balance (each worker runs a
@@ -116,8 +117,8 @@ class ShardedTest(BuildStep):
         env: dict[str, str] | None = None,
         shards: int | None = None,
         max_shards: int | None = None,
-        mode: str = "dynamic",
-        max_attempts: int = 2,
+        mode: str = DYNAMIC,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         quarantine: list[str] | None = None,
         min_batch_s: float = DEFAULT_MIN_BATCH_S,
         max_batch_tests: int = DEFAULT_MAX_BATCH_TESTS,
@@ -149,7 +150,7 @@ class ShardedTest(BuildStep):
         self._session: shard_session.ShardSession | None = None
         self._shard_total = 0
         self._brids: list[int] = []
-        self._final_summary: str | None = None
+        self._summary: str | None = None
         self._flake_record: dict[str, int] = {}  # test id -> earlier builds it was flaky in
         self._history = TestHistory(self, results_description)
 
@@ -164,11 +165,7 @@ class ShardedTest(BuildStep):
             problem = check_test_command(self.test_command)
             if problem:
                 config.error(f"ShardedTest: {problem}")
-        if (
-            self.tests is not None
-            and not IRenderable.providedBy(self.tests)
-            and (not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests))
-        ):
+        if self.tests is not None and not IRenderable.providedBy(self.tests) and not is_test_list(self.tests):
             config.error("ShardedTest: tests must be a list of test id strings")
         for label, value, minimum in (
             ("max_attempts", self.max_attempts, 1),
@@ -195,51 +192,43 @@ class ShardedTest(BuildStep):
         problem = check_test_command(self.test_command)
         if problem:
             raise ShardedTestError(problem)
-        if self.shards is not None and (
-            isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1
-        ):
+        if self.shards is not None and not is_count(self.shards):
             raise ShardedTestError(f"shards must be a positive integer, not {self.shards!r}")
         if not isinstance(self.discover_command, (list, tuple)) or not self.discover_command:
             raise ShardedTestError("discover_command must be a non-empty argument vector")
-        if self.tests is not None and (
-            not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests)
-        ):
+        if self.tests is not None and not is_test_list(self.tests):
             raise ShardedTestError("tests must render to a list of test id strings")
 
     # --------------------------------------------------------------- run
 
-    @defer.inlineCallbacks
-    def run(self):
+    async def run(self) -> int:
         try:
             self._check_rendered_arguments()
             scheduler = self._triggerable()
             shards = self._shard_count(scheduler)
-            tests = yield self._list_tests()
-            builderid = yield self.build.getBuilderId()
-            reading = yield self._history.read(builderid)
+            tests = await self._list_tests()
+            builderid = await self.build.getBuilderId()
+            reading = await self._history.read(builderid)
             self._flake_record = reading.flake_record
-            results = yield self._run_sharded(
+            return await self._run_sharded(
                 scheduler, tests, reading.durations, shards, reading.batch_overhead_s
             )
         except ShardedTestError as problem:
-            self._final_summary = f"{problem}"
-            yield self.addCompleteLog("problem", f"{problem}\n")
+            self._summary = f"{problem}"
+            await self.addCompleteLog("problem", f"{problem}\n")
             return FAILURE
-        return results
 
-    @defer.inlineCallbacks
-    def _list_tests(self):
+    async def _list_tests(self) -> list[str]:
         if self.tests is not None:
             tests = list(dict.fromkeys(self.tests))
         else:
-            tests = yield self._discover_tests()
+            tests = await self._discover_tests()
         if not tests:
             raise ShardedTestError("no tests to run (the list is empty or discovery found none)")
         return tests
 
-    @defer.inlineCallbacks
-    def _discover_tests(self):
-        stdio = yield self.addLog("stdio")
+    async def _discover_tests(self) -> list[str]:
+        stdio = await self.addLog("stdio")
         cmd = remotecommand.RemoteShellCommand(
             self.test_workdir or self.workdir,
             list(self.discover_command),
@@ -249,45 +238,44 @@ class ShardedTest(BuildStep):
             timeout=self.batch_timeout,
         )
         cmd.useLog(stdio, False)
-        yield self.runCommand(cmd)
+        await self.runCommand(cmd)
         if cmd.rc != 0:
             raise ShardedTestError(
                 f"test discovery {self.discover_command} exited with {cmd.rc}; see the stdio log"
             )
         return parse_test_listing(cmd.stdout)
 
-    @defer.inlineCallbacks
-    def _run_sharded(
+    async def _run_sharded(
         self,
-        scheduler: Any,
+        scheduler: Triggerable,
         tests: list[str],
         history: list[dict[str, float]],
         shards: int | None,
         batch_overhead_s: float,
-    ):
+    ) -> int:
         shards = shards or self._workers_of(scheduler)
         # Milliseconds for thousands of tests, but not microseconds: off the reactor.
         try:
-            estimates = yield threads.deferToThread(_core.estimate_durations, tests, history)
-            plan = yield threads.deferToThread(_core.plan_static, estimates, shards)
+            estimates = await threads.deferToThread(_core.estimate_durations, tests, history)
+            plan = await threads.deferToThread(_core.plan_static, estimates, shards)
         except _core.InvalidInputError as problem:
             raise ShardedTestError(f"cannot plan the shards: {problem}") from None
         session = self._make_session(estimates, plan, shards, batch_overhead_s)
         self._report_estimates(estimates, len(history))
-        yield self.addCompleteLog(
+        await self.addCompleteLog(
             "plan", self._plan_text(estimates, plan, shards, len(history), batch_overhead_s)
         )
         self._session, self._shard_total = session, shards
         session.listeners.append(self.updateSummary)
         shard_session.register_session(self.build.buildid, session)
         try:
-            yield self._trigger_shards(scheduler, plan, shards)
+            await self._trigger_shards(scheduler, plan, shards)
         finally:
             shard_session.unregister_session(self.build.buildid)
             session.listeners.clear()
-        return (yield self._publish(session, plan, estimates))
+        return await self._publish(session, plan)
 
-    def _triggerable(self) -> Any:
+    def _triggerable(self) -> Triggerable:
         schedulers = self.master.scheduler_manager.namedServices
         scheduler = schedulers.get(self.shard_scheduler)
         if scheduler is None or not ITriggerableScheduler.providedBy(scheduler):
@@ -296,7 +284,7 @@ class ShardedTest(BuildStep):
             )
         return scheduler
 
-    def _shard_count(self, scheduler: Any) -> int | None:
+    def _shard_count(self, scheduler: Triggerable) -> int | None:
         """The shards asked for, refused above the cap (before anything runs); None: one per worker."""
         if self.shards is None:
             return None
@@ -313,7 +301,7 @@ class ShardedTest(BuildStep):
             )
         return self.shards
 
-    def _workers_of(self, scheduler: Any) -> int:
+    def _workers_of(self, scheduler: Triggerable) -> int:
         names = set()
         for builder_name in scheduler.builderNames:
             builder = self.master.botmaster.builders.get(builder_name)
@@ -324,7 +312,7 @@ class ShardedTest(BuildStep):
         return len(names)
 
     def _make_session(
-        self, estimates: Any, plan: Any, shards: int, batch_overhead_s: float
+        self, estimates: list[TestEstimate], plan: Plan, shards: int, batch_overhead_s: float
     ) -> shard_session.ShardSession:
         settings = shard_session.ShardCommandSettings(
             test_command=list(self.test_command),
@@ -334,7 +322,7 @@ class ShardedTest(BuildStep):
             max_report_bytes=self.max_report_bytes,
         )
         clock = self.master.reactor.seconds
-        if self.mode == "static":
+        if self.mode == STATIC:
             shard_lists = [list(shard.tests) for shard in plan.shards]
             batches = shard_session.StaticShards(
                 shard_lists, {e.id: e.seconds for e in estimates}, self.max_attempts,
@@ -352,7 +340,7 @@ class ShardedTest(BuildStep):
         )
         return shard_session.ShardSession(shard_session.DynamicBatches(dispatcher), settings, clock)
 
-    def _report_estimates(self, estimates: Any, history_builds: int) -> None:
+    def _report_estimates(self, estimates: list[TestEstimate], history_builds: int) -> None:
         sources = _count_sources(estimates)
         self.setProperty("shard_history_builds", history_builds, "ShardedTest")
         self.setProperty("shard_estimate_sources", sources, "ShardedTest")
@@ -360,7 +348,7 @@ class ShardedTest(BuildStep):
 
     @staticmethod
     def _plan_text(
-        estimates: Any, plan: Any, shards: int, history_builds: int, batch_overhead_s: float
+        estimates: list[TestEstimate], plan: Plan, shards: int, history_builds: int, batch_overhead_s: float
     ) -> str:
         sources = _count_sources(estimates)
         lines = [
@@ -377,8 +365,7 @@ class ShardedTest(BuildStep):
             lines.append(f"  shard {index}: {len(shard.tests)} tests, {shard.estimate_s:.2f} s")
         return "\n".join(lines) + "\n"
 
-    @defer.inlineCallbacks
-    def _trigger_shards(self, scheduler: Any, plan: Any, shards: int):
+    async def _trigger_shards(self, scheduler: Triggerable, plan: Plan, shards: int) -> None:
         sourcestamps = [ss.asDict() for ss in self.build.getAllSourceStamps()]
         waiting = []
         for index in range(shards):
@@ -389,16 +376,16 @@ class ShardedTest(BuildStep):
                 parent_buildid=self.build.buildid,
                 parent_relationship="shard of",
             )
-            _, brids = yield ids
+            _, brids = await ids
             for brid in brids.values():
                 self._brids.append(brid)
-                yield self.addURL(f"shard {index} (request {brid})", getURLForBuildrequest(self.master, brid))
+                await self.addURL(f"shard {index} (request {brid})", getURLForBuildrequest(self.master, brid))
             waiting.append(finished)
-        yield defer.DeferredList(waiting, consumeErrors=True)
+        await defer.DeferredList(waiting, consumeErrors=True)
 
-    def _shard_properties(self, plan: Any, index: int, shards: int) -> Properties:
+    def _shard_properties(self, plan: Plan, index: int, shards: int) -> Properties:
         properties = Properties()
-        values: dict[str, Any] = {
+        values: dict[str, int | str | list[str]] = {
             PARENT_PROPERTY: self.build.buildid,
             INDEX_PROPERTY: index,
             COUNT_PROPERTY: shards,
@@ -407,7 +394,7 @@ class ShardedTest(BuildStep):
         }
         if self.test_workdir:
             values[WORKDIR_PROPERTY] = self.test_workdir
-        if self.mode == "static" and index < len(plan.shards):
+        if self.mode == STATIC and index < len(plan.shards):
             values[TESTS_PROPERTY] = list(plan.shards[index].tests)
         for key, value in values.items():
             properties.setProperty(key, value, "ShardedTest")
@@ -415,31 +402,32 @@ class ShardedTest(BuildStep):
 
     # ----------------------------------------------------------- results
 
-    @defer.inlineCallbacks
-    def _publish(self, session: shard_session.ShardSession, plan: Any, estimates: Any):
+    async def _publish(self, session: shard_session.ShardSession, plan: Plan) -> int:
         outcomes = list(session.batches.outcomes())
         figures = self._figures(outcomes, session, plan)
-        yield self._history.store(outcomes, session.batches.overhead_by_worker())
+        await self._history.store(outcomes, session.batches.overhead_by_worker())
         for key, value in figures.items():
             self.setProperty(f"tests_{key}", value, "ShardedTest")
-        flaky = [o.id for o in outcomes if o.verdict == "flaky"]
+        flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
         self.setProperty("tests_flaky_names", flaky, "ShardedTest")
         quarantined = Quarantine(self.quarantine)
         quarantine = {o.id for o in outcomes if o.id in quarantined}
-        yield self.addHTMLLog(
+        await self.addHTMLLog(
             "report",
             report.render_report(outcomes, session.timeline, figures, quarantine, self._flake_record),
         )
         result, text = self._verdict(outcomes, figures)
-        self._final_summary = text
+        self._summary = text
         if result != SUCCESS:
-            yield self.addCompleteLog("failures", self._failures_text(outcomes))
+            await self.addCompleteLog("failures", self._failures_text(outcomes))
         return result
 
-    def _figures(self, outcomes: list[Any], session: Any, plan: Any) -> dict[str, Any]:
-        counts = {"passed": 0, "flaky": 0, "failed": 0, "skipped": 0, "pending": 0}
+    def _figures(
+        self, outcomes: list[TestOutcome], session: shard_session.ShardSession, plan: Plan
+    ) -> dict[str, int | float]:
+        counts = dict.fromkeys(Verdict.__members__.values(), 0)
         for outcome in outcomes:
-            counts[outcome.verdict] = counts.get(outcome.verdict, 0) + 1
+            counts[outcome.verdict] += 1
         durations = [o.attempts[-1].seconds for o in outcomes if o.attempts]
         hosts = {puller.split("#")[0] for puller in session.workers_seen}
         workers = max(1, len(hosts) or self._shard_total)
@@ -452,11 +440,11 @@ class ShardedTest(BuildStep):
         overhead = stats.batch_overhead_s
         return {
             "total": len(outcomes),
-            "passed": counts["passed"],
-            "failed": counts["failed"],
-            "flaky": counts["flaky"],
-            "skipped": counts["skipped"],
-            "not_run": counts["pending"],
+            "passed": counts[Verdict.passed],
+            "failed": counts[Verdict.failed],
+            "flaky": counts[Verdict.flaky],
+            "skipped": counts[Verdict.skipped],
+            "not_run": counts[Verdict.pending],
             "workers": workers,
             "makespan_s": round(makespan, 3),
             "lower_bound_s": round(bound, 3),
@@ -469,14 +457,14 @@ class ShardedTest(BuildStep):
             "straggler_copies": stats.speculative_batches,
         }
 
-    def _verdict(self, outcomes: list[Any], figures: dict[str, Any]) -> tuple[int, str]:
-        def bad(o: Any) -> bool:
-            return o.verdict in ("failed", "pending")
+    def _verdict(self, outcomes: list[TestOutcome], figures: dict[str, int | float]) -> tuple[int, str]:
+        def bad(o: TestOutcome) -> bool:
+            return o.verdict in NOT_PASSED
 
         quarantine = Quarantine(self.quarantine)
         gating = [o.id for o in outcomes if bad(o) and o.id not in quarantine]
         quarantined = [o.id for o in outcomes if bad(o) and o.id in quarantine]
-        flaky = [o.id for o in outcomes if o.verdict == "flaky"]
+        flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
         text = (
             f"{figures['passed']} passed, {figures['failed']} failed, {figures['flaky']} flaky"
             + (f", {figures['skipped']} skipped" if figures["skipped"] else "")
@@ -494,12 +482,12 @@ class ShardedTest(BuildStep):
         return SUCCESS, text
 
     @staticmethod
-    def _failures_text(outcomes: list[Any]) -> str:
+    def _failures_text(outcomes: Sequence[TestOutcome]) -> str:
         lines = []
         for outcome in outcomes:
-            if outcome.verdict in ("passed", "skipped"):
+            if outcome.verdict in (Verdict.passed, Verdict.skipped):
                 continue
-            lines.append(f"{outcome.verdict.upper()}: {outcome.id}")
+            lines.append(f"{outcome.verdict.name.upper()}: {outcome.id}")
             for attempt in outcome.attempts:
                 state = report.attempt_state(attempt)
                 lines.append(f"  on {attempt.worker}: {state} in {attempt.seconds:.3f} s")
@@ -508,7 +496,7 @@ class ShardedTest(BuildStep):
 
     # ---------------------------------------------------------- summaries
 
-    def getCurrentSummary(self):
+    def getCurrentSummary(self) -> dict[str, str]:
         session = self._session
         if session is None:
             return {"step": "planning shards"}
@@ -518,25 +506,32 @@ class ShardedTest(BuildStep):
             f"{session.busy_workers()}/{self._shard_total} workers busy"
         }
 
-    def getResultSummary(self):
-        if self._final_summary:
-            return {"step": self._final_summary}
+    def getResultSummary(self) -> dict[str, str]:
+        if self._summary:
+            return {"step": self._summary}
         return super().getResultSummary()
 
-    @defer.inlineCallbacks
-    def interrupt(self, reason):
+    def interrupt(self, reason: str | Failure) -> defer.Deferred:
         for brid in self._brids:
             self.master.data.control(
                 "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", brid)
             )
-        yield super().interrupt(reason)
+        return super().interrupt(reason)
 
 
-def _is_count(value: Any, maximum: int) -> bool:
+def _is_count(value: object, maximum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= maximum
 
 
-def _count_sources(estimates: Any) -> dict[str, int]:
+def is_test_list(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value)
+
+
+def is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _count_sources(estimates: list[TestEstimate]) -> dict[str, int]:
     """How many estimates came from history, file medians, etc."""
     sources: dict[str, int] = {}
     for estimate in estimates:

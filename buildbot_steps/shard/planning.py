@@ -19,7 +19,7 @@ from pathlib import Path
 
 from buildbot_steps import _core
 from buildbot_steps.errors import InvalidInputError
-from buildbot_steps.shard.commands import MODES
+from buildbot_steps.shard.commands import DEFAULT_MAX_ATTEMPTS, DYNAMIC, MODES, STATIC
 
 # ------------------------------------------------------------------ bounds
 
@@ -176,11 +176,11 @@ def simulate(
     estimates: Sequence[_core.TestEstimate],
     actual: Mapping[str, float],
     workers: int,
-    mode: str = "dynamic",
+    mode: str = DYNAMIC,
     batch_overhead_s: float = 0.0,
     flake_rate: float = 0.0,
     seed: int = 0,
-    max_attempts: int = 2,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> SimulationResult:
     """Replay the suite: plan or dispatch from the estimates, then let each
     test take its ``actual`` duration (its estimate when absent there)."""
@@ -197,7 +197,7 @@ def simulate(
         )
     durations = {e.id: actual.get(e.id, e.seconds) for e in estimates}
     clock = _Clock(durations, flake_rate, random.Random(seed))
-    run = _simulate_dynamic if mode == "dynamic" else _simulate_static
+    run = _simulate_dynamic if mode == DYNAMIC else _simulate_static
     result = run(estimates, clock, workers, batch_overhead_s, max_attempts)
     result.lower_bound_s = lower_bound(list(durations.values()), workers)
     return result
@@ -221,10 +221,10 @@ def _simulate_dynamic(estimates, clock: _Clock, workers: int, overhead_s: float,
                 sequence += 1
             waiting.clear()
         assignment = dispatcher.next_batch(worker, now)
-        if assignment.kind == "wait":
+        if assignment.kind == _core.AssignmentKind.wait:
             waiting.append(worker)
             continue
-        if assignment.kind == "done":
+        if assignment.kind == _core.AssignmentKind.done:
             continue
         finished = _Finished(assignment.batch.id)
         finish = now + overhead_s
@@ -237,7 +237,7 @@ def _simulate_dynamic(estimates, clock: _Clock, workers: int, overhead_s: float,
         sequence += 1
     stats = dispatcher.stats()
     return SimulationResult(
-        "dynamic",
+        DYNAMIC,
         workers,
         stats.tests,
         makespan,
@@ -293,9 +293,7 @@ def _simulate_static(estimates, clock: _Clock, workers: int, overhead_s: float, 
             flaky += 1
         else:
             failures.append((test_id, shard, attempts + 1))
-    return SimulationResult(
-        "static", workers, len(estimates), max(finish), 0.0, workers, flaky, failed, reruns
-    )
+    return SimulationResult(STATIC, workers, len(estimates), max(finish), 0.0, workers, flaky, failed, reruns)
 
 
 def format_simulation(result: SimulationResult) -> str:

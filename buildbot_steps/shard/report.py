@@ -9,7 +9,11 @@ HTML do not run them).
 from __future__ import annotations
 
 import html
-from typing import Any
+from collections.abc import Mapping, Sequence
+
+from buildbot_steps._core import Attempt, TestOutcome, Verdict
+from buildbot_steps.shard.commands import NOT_PASSED
+from buildbot_steps.shard.session import BatchRun
 
 # Slowest tests listed: enough to spot what to split or speed up.
 SLOWEST_LISTED = 20
@@ -30,9 +34,9 @@ SPECULATIVE_COLOUR = "#8e24aa"
 
 
 def render_report(
-    outcomes: list[Any],
-    timeline: list[Any],
-    summary: dict[str, Any],
+    outcomes: Sequence[TestOutcome],
+    timeline: Sequence[BatchRun],
+    summary: Mapping[str, object],
     quarantine: set[str],
     flake_record: dict[str, int] | None = None,
 ) -> str:
@@ -52,7 +56,7 @@ def render_report(
     return "\n".join(parts)
 
 
-def _summary_table(summary: dict[str, Any]) -> str:
+def _summary_table(summary: Mapping[str, object]) -> str:
     rows = "".join(
         f"<tr><th align='left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in summary.items()
@@ -60,14 +64,14 @@ def _summary_table(summary: dict[str, Any]) -> str:
     return f"<h3>Summary</h3><table>{rows}</table>"
 
 
-def _failures(outcomes: list[Any], quarantine: set[str]) -> str:
-    failed = [o for o in outcomes if o.verdict in ("failed", "pending")]
+def _failures(outcomes: Sequence[TestOutcome], quarantine: set[str]) -> str:
+    failed = [o for o in outcomes if o.verdict in NOT_PASSED]
     if not failed:
         return "<h3>Failures</h3><p>none</p>"
     items = []
     for outcome in failed:
         note = " (quarantined: does not gate)" if outcome.id in quarantine else ""
-        if outcome.verdict == "pending":
+        if outcome.verdict == Verdict.pending:
             note += " (never ran to completion)"
         items.append(f"<h4>{html.escape(outcome.id)}{note}</h4>{_attempts(outcome)}")
     return "<h3>Failures</h3>" + "".join(items)
@@ -79,8 +83,8 @@ def _earlier_flakes(count: int) -> str:
     return f" (also flaky in {count} earlier build{'s' if count > 1 else ''})"
 
 
-def _flaky(outcomes: list[Any], flake_record: dict[str, int]) -> str:
-    flaky = [o for o in outcomes if o.verdict == "flaky"]
+def _flaky(outcomes: Sequence[TestOutcome], flake_record: dict[str, int]) -> str:
+    flaky = [o for o in outcomes if o.verdict == Verdict.flaky]
     if not flaky:
         return "<h3>Flaky tests</h3><p>none</p>"
     items = "".join(
@@ -104,8 +108,8 @@ def _flake_record(flake_record: dict[str, int]) -> str:
     )
 
 
-def _skipped(outcomes: list[Any]) -> str:
-    skipped = [o for o in outcomes if o.verdict == "skipped"]
+def _skipped(outcomes: list[TestOutcome]) -> str:
+    skipped = [o for o in outcomes if o.verdict == Verdict.skipped]
     if not skipped:
         return ""
     rows = "".join(
@@ -117,18 +121,18 @@ def _skipped(outcomes: list[Any]) -> str:
     )
 
 
-def _skip_reason(outcome: Any) -> str:
+def _skip_reason(outcome: TestOutcome) -> str:
     message = outcome.attempts[-1].message if outcome.attempts else ""
     return message.splitlines()[0] if message else ""
 
 
-def attempt_state(attempt: Any) -> str:
+def attempt_state(attempt: Attempt) -> str:
     if attempt.skipped:
         return "skipped"
     return "passed" if attempt.passed else "failed"
 
 
-def _attempts(outcome: Any) -> str:
+def _attempts(outcome: TestOutcome) -> str:
     rows = []
     for number, attempt in enumerate(outcome.attempts, start=1):
         verdict = attempt_state(attempt)
@@ -139,7 +143,7 @@ def _attempts(outcome: Any) -> str:
     return f"<ul>{''.join(rows)}</ul>"
 
 
-def _slowest(outcomes: list[Any]) -> str:
+def _slowest(outcomes: Sequence[TestOutcome]) -> str:
     timed = sorted(outcomes, key=lambda o: -_duration(o))[:SLOWEST_LISTED]
     rows = "".join(
         f"<tr><td>{html.escape(o.id)}</td><td align='right'>{_duration(o):.3f}</td>"
@@ -152,11 +156,11 @@ def _slowest(outcomes: list[Any]) -> str:
     )
 
 
-def _duration(outcome: Any) -> float:
+def _duration(outcome: TestOutcome) -> float:
     return outcome.attempts[-1].seconds if outcome.attempts else 0.0
 
 
-def timeline_svg(timeline: list[Any]) -> str:
+def timeline_svg(timeline: Sequence[BatchRun]) -> str:
     workers = sorted({run.worker for run in timeline})
     if not workers:
         return "<p>no batches ran</p>"
@@ -180,7 +184,7 @@ def timeline_svg(timeline: list[Any]) -> str:
     )
 
 
-def _batch_rect(run: Any, y: int, scale: float, end: float) -> str:
+def _batch_rect(run: BatchRun, y: int, scale: float, end: float) -> str:
     finish = run.end_s if run.end_s is not None else end
     colour = BATCH_COLOURS.get(run.outcome, "#2196f3")
     if run.retry and run.outcome == "reported":

@@ -11,12 +11,12 @@ Two sources of batches behind one protocol, BatchSource:
     static  : StaticShards, a fixed list per shard from plan_static
 
 Data shapes:
-    session.next_batch(worker, shard_index) -> Assignment(kind="run"|"wait"|"done", batch)
+    session.next_batch(worker, shard_index) -> Assignment(kind: AssignmentKind run|wait|done, batch)
     session.report(worker, batch, [JUnitTestResult...], wall_s) -> None, or why the results
                 were refused (the batch then failed as a whole) / report_error(worker, batch, text);
                 wall_s (the batch's start to end on the worker) teaches the core what a batch
                 costs beyond its tests
-    session.outcomes() -> [TestOutcome(id, verdict, estimate_s, attempts[Attempt])]
+    session.outcomes() -> [TestOutcome(id, verdict: Verdict, estimate_s, attempts[Attempt])]
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol, SupportsIndex
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from buildbot_steps import _core
+from buildbot_steps._core import AssignmentKind, DispatchStats, TestOutcome, TestResult
 from buildbot_steps.errors import InvalidInputError
+from buildbot_steps.shard.commands import DEFAULT_MAX_ATTEMPTS, STATIC_MAX_BATCH_TESTS
 from buildbot_steps.shard.junit import JUnitTestResult
 
 # ------------------------------------------------------------------ registry
@@ -46,7 +49,7 @@ def unregister_session(parent_buildid: int) -> None:
     _sessions.pop(parent_buildid, None)
 
 
-def lookup_session(parent_buildid: Any) -> ShardSession | None:
+def lookup_session(parent_buildid: str | SupportsIndex | None) -> ShardSession | None:
     try:
         return _sessions.get(int(parent_buildid))
     except (TypeError, ValueError):
@@ -59,14 +62,16 @@ def lookup_session(parent_buildid: Any) -> ShardSession | None:
 class BatchSource(Protocol):
     """Where a shard's batches come from; the same calls in both modes."""
 
-    def next_batch(self, worker: str, shard_index: int, now_s: float) -> Any: ...
-    def report(self, worker: str, batch_id: int, results: list[Any], wall_s: float | None = None) -> None: ...
+    def next_batch(self, worker: str, shard_index: int, now_s: float) -> AnyAssignment: ...
+    def report(
+        self, worker: str, batch_id: int, results: list[TestResult], wall_s: float | None = None
+    ) -> None: ...
     def report_error(self, worker: str, batch_id: int, message: str) -> None: ...
     def worker_lost(self, worker: str) -> None: ...
     def batch_obsolete(self, batch_id: int) -> bool: ...
     def done(self) -> bool: ...
-    def outcomes(self) -> list[Any]: ...
-    def stats(self) -> Any: ...
+    def outcomes(self) -> list[TestOutcome]: ...
+    def stats(self) -> DispatchStats: ...
     def overhead_by_worker(self) -> dict[str, float]: ...
 
 
@@ -76,10 +81,12 @@ class DynamicBatches:
     def __init__(self, dispatcher: _core.Dispatcher):
         self._dispatcher = dispatcher
 
-    def next_batch(self, worker: str, shard_index: int, now_s: float) -> Any:
+    def next_batch(self, worker: str, shard_index: int, now_s: float) -> _core.Assignment:
         return self._dispatcher.next_batch(worker, now_s)
 
-    def report(self, worker: str, batch_id: int, results: list[Any], wall_s: float | None = None) -> None:
+    def report(
+        self, worker: str, batch_id: int, results: list[TestResult], wall_s: float | None = None
+    ) -> None:
         self._dispatcher.report(worker, batch_id, results, wall_s)
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
@@ -94,10 +101,10 @@ class DynamicBatches:
     def done(self) -> bool:
         return self._dispatcher.done()
 
-    def outcomes(self) -> list[Any]:
+    def outcomes(self) -> list[TestOutcome]:
         return self._dispatcher.outcomes()
 
-    def stats(self) -> Any:
+    def stats(self) -> DispatchStats:
         return self._dispatcher.stats()
 
     def overhead_by_worker(self) -> dict[str, float]:
@@ -117,32 +124,14 @@ class Batch:
 
 @dataclasses.dataclass
 class Assignment:
-    kind: str  # "run" | "wait" | "done"
+    """A static shard's assignment: the core's kinds, a batch renumbered across shards."""
+
+    kind: AssignmentKind
     batch: Batch | None = None
 
 
-@dataclasses.dataclass
-class Stats:
-    """The figures of all shards together, named as the core's DispatchStats."""
-
-    tests: int = 0
-    resolved: int = 0
-    passed: int = 0
-    flaky: int = 0
-    failed: int = 0
-    skipped: int = 0
-    batches_handed_out: int = 0
-    batches_in_flight: int = 0
-    speculative_batches: int = 0
-    requeued_batches: int = 0
-    queued_estimate_s: float = 0.0
-    batch_overhead_s: float = 0.0
-    estimate_scale: float = 1.0
-
-
-# Figures of the cost model: one value per run, averaged over the static
-# shards rather than added up.
-_AVERAGED_STATS = ("batch_overhead_s", "estimate_scale")
+# What a BatchSource hands out: the core's own, or a static shard's.
+AnyAssignment = _core.Assignment | Assignment
 
 
 class StaticShards:
@@ -160,12 +149,12 @@ class StaticShards:
         self,
         shard_lists: list[list[str]],
         estimates_s: dict[str, float],
-        max_attempts: int = 2,
-        max_batch_tests: int = 1000,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_batch_tests: int = STATIC_MAX_BATCH_TESTS,
         batch_overhead_s: float = 0.0,
     ):
         # An unbounded batch target: a static shard runs its list in as few
-        # runner starts as max_batch_tests allows, like one pytest-split group.
+        # runner starts as max_batch_tests allows.
         self._shards = [
             _core.Dispatcher(
                 [_core.TestEstimate(test, estimates_s.get(test, 0.0)) for test in tests],
@@ -180,18 +169,20 @@ class StaticShards:
     def next_batch(self, worker: str, shard_index: int, now_s: float = 0.0) -> Assignment:
         shard = self._shards[shard_index] if 0 <= shard_index < len(self._shards) else None
         if shard is None:
-            return Assignment("done")
+            return Assignment(AssignmentKind.done)
         assignment = shard.next_batch(worker, 0.0)
-        if assignment.kind != "run":
+        if assignment.kind != AssignmentKind.run:
             return Assignment(assignment.kind)
         local = assignment.batch
         batch = Batch(
             next(self._batch_ids), list(local.tests), local.estimate_s, local.speculative, local.retry
         )
         self._in_flight[batch.id] = (shard_index, local.id)
-        return Assignment("run", batch)
+        return Assignment(AssignmentKind.run, batch)
 
-    def report(self, worker: str, batch_id: int, results: list[Any], wall_s: float | None = None) -> None:
+    def report(
+        self, worker: str, batch_id: int, results: list[TestResult], wall_s: float | None = None
+    ) -> None:
         shard_index, local_id = self._locate(batch_id)
         self._shards[shard_index].report(worker, local_id, results, wall_s)
         del self._in_flight[batch_id]  # only once accepted: a refused report may still report_error
@@ -211,24 +202,18 @@ class StaticShards:
     def done(self) -> bool:
         return all(shard.done() for shard in self._live_shards())
 
-    def outcomes(self) -> list[Any]:
+    def outcomes(self) -> list[TestOutcome]:
         return [outcome for shard in self._live_shards() for outcome in shard.outcomes()]
 
-    def stats(self) -> Stats:
-        total = Stats(estimate_scale=0.0)
-        shards = self._live_shards()
-        for shard in shards:
-            figures = shard.stats()
-            for field in dataclasses.fields(Stats):
-                setattr(total, field.name, getattr(total, field.name) + getattr(figures, field.name))
-        for name in _AVERAGED_STATS:
-            setattr(total, name, getattr(total, name) / len(shards) if shards else getattr(Stats(), name))
-        return total
+    def stats(self) -> DispatchStats:
+        """The figures of all shards together (the core sums DispatchStats; the cost
+        model's figures become means weighted by tests)."""
+        return sum((shard.stats() for shard in self._live_shards()), DispatchStats())
 
     def overhead_by_worker(self) -> dict[str, float]:
         return {w: s for shard in self._live_shards() for w, s in shard.overhead_by_worker().items()}
 
-    def _live_shards(self) -> list[Any]:
+    def _live_shards(self) -> list[_core.Dispatcher]:
         return [shard for shard in self._shards if shard is not None]
 
     def _locate(self, batch_id: int) -> tuple[int, int]:
@@ -288,10 +273,10 @@ class ShardSession:
     def elapsed(self) -> float:
         return self._clock() - self._started_at
 
-    def next_batch(self, worker: str, shard_index: int) -> Any:
+    def next_batch(self, worker: str, shard_index: int) -> AnyAssignment:
         self.workers_seen.add(worker)
         assignment = self.batches.next_batch(worker, shard_index, self.elapsed())
-        if assignment.kind == "run":
+        if assignment.kind == AssignmentKind.run and assignment.batch is not None:
             batch = assignment.batch
             run = BatchRun(
                 worker, batch.id, len(batch.tests), self.elapsed(), None, batch.speculative, batch.retry
@@ -327,7 +312,7 @@ class ShardSession:
 
     def worker_lost(self, worker: str) -> None:
         self.batches.worker_lost(worker)
-        for owner, batch_id in list(self._running):
+        for (owner, batch_id), _run in list(self._running.items()):
             if owner == worker:
                 self._finish_run(owner, batch_id, "lost")
         self._changed()
@@ -338,7 +323,7 @@ class ShardSession:
     def busy_workers(self) -> int:
         return len({worker for worker, _ in self._running})
 
-    def wait_for_change(self, reactor: Any, timeout_s: float) -> defer.Deferred:
+    def wait_for_change(self, reactor: IReactorTime, timeout_s: float) -> defer.Deferred:
         """Fires on the next report or lost worker, or after `timeout_s`."""
         waiter: defer.Deferred = defer.Deferred()
         self._waiters.append(waiter)
@@ -368,7 +353,7 @@ class ShardSession:
             listener()
 
     @staticmethod
-    def _to_core_results(results: list[JUnitTestResult]) -> list[_core.TestResult]:
+    def _to_core_results(results: list[JUnitTestResult]) -> list[TestResult]:
         """Checked here too, so a value the core refuses is named in Python's
         words whichever parser produced it."""
         for result in results:
@@ -376,4 +361,4 @@ class ShardSession:
                 result.seconds < 0
             ):
                 raise InvalidInputError(f"test {result.id!r} took {result.seconds!r} s")
-        return [_core.TestResult(r.id, r.passed, r.seconds, r.message, skipped=r.skipped) for r in results]
+        return [TestResult(r.id, r.passed, r.seconds, r.message, skipped=r.skipped) for r in results]

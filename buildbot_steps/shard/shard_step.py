@@ -8,23 +8,33 @@ back with uploadFile and is read by junit.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from buildbot import config
+from buildbot.config import BuilderConfig
 from buildbot.interfaces import IRenderable
 from buildbot.process import remotecommand, remotetransfer
 from buildbot.process.buildstep import BuildStep, CommandMixin
+from buildbot.process.factory import BuildFactory
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.schedulers.triggerable import Triggerable
 from buildbot.worker.protocols import base as protocol_base
 from twisted.internet import defer, error, threads
 from twisted.python import log as twisted_log
+from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from buildbot_steps import _core
+from buildbot_steps._core import AssignmentKind, Verdict
 from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.commands import (
     COMMAND_PROPERTY,
+    DEFAULT_BATCH_TIMEOUT_S,
+    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TEST_COMMAND,
     INDEX_PROPERTY,
+    NOT_PASSED,
     PARENT_PROPERTY,
     TESTS_PROPERTY,
     WORKDIR_PROPERTY,
@@ -36,7 +46,13 @@ from buildbot_steps.shard.commands import (
     short_list,
     uses_tests_file,
 )  # fmt: skip
-from buildbot_steps.shard.junit import MAX_REPORT_BYTES, JUnitReportError, parse_junit_report
+from buildbot_steps.shard.junit import (
+    MAX_REPORT_BYTES,
+    JUnitReportError,
+    JUnitTestResult,
+    parse_junit_report,
+)  # fmt: skip
+from buildbot_steps.shard.session import AnyAssignment, Batch, ShardSession
 
 # A shard told to wait asks again after a report, or after this long anyway:
 # straggler copies depend on elapsed time, not only on reports.
@@ -47,19 +63,15 @@ WAIT_POLL_S = 1.0
 # tests are then reported "not run" (FAILURE) instead of the build hanging.
 STALL_TIMEOUT_S = 120.0
 
-# A standalone static shard (no parent on this master) has no parent step to
-# take its batch timeout from; the parent's default applies.
-STANDALONE_BATCH_TIMEOUT_S = 20 * 60
-
 
 def shard_builder_config(
     name: str,
     workernames: list[str],
-    setup_steps: list[Any] = (),
+    setup_steps: Sequence[BuildStep] = (),
     scheduler_name: str | None = None,
     run_shard: RunShard | None = None,
     **builder_kwargs: Any,
-) -> tuple[Any, Any]:
+) -> tuple[BuilderConfig, Triggerable]:
     """The shard builder and its Triggerable scheduler, for master.cfg.
 
     `setup_steps` run before the shard (typically the checkout: shard builds
@@ -67,10 +79,6 @@ def shard_builder_config(
     revision). collapseRequests=False: Buildbot's default collapser ignores
     trigger properties and would merge the shard requests into one build.
     """
-    from buildbot.config import BuilderConfig
-    from buildbot.process.factory import BuildFactory
-    from buildbot.schedulers.triggerable import Triggerable
-
     builder = BuilderConfig(
         name=name,
         workernames=list(workernames),
@@ -82,7 +90,7 @@ def shard_builder_config(
     return builder, scheduler
 
 
-def _connection_lost(failure_or_exc: Any) -> bool:
+def _connection_lost(failure_or_exc: Failure | BaseException) -> bool:
     lost = (error.ConnectionLost, pb.PBConnectionLost)
     if hasattr(failure_or_exc, "check"):
         return failure_or_exc.check(*lost) is not None
@@ -106,7 +114,7 @@ class _BytesWriter(protocol_base.FileWriterImpl):
             return
         self.chunks.append(chunk)
 
-    def remote_utime(self, accessed_modified: Any) -> None:
+    def remote_utime(self, accessed_modified: tuple[float, float]) -> None:
         pass
 
     def remote_close(self) -> None:
@@ -116,7 +124,18 @@ class _BytesWriter(protocol_base.FileWriterImpl):
         return b"".join(self.chunks)
 
 
-# ------------------------------------------------------------ parent step
+# A batch of either source: the core's (dynamic) or a static shard's.
+AnyBatch = _core.Batch | Batch
+
+
+def batch_of(assignment: AnyAssignment) -> AnyBatch:
+    """The batch of a "run" assignment (the core leaves it empty for the other kinds)."""
+    if assignment.batch is None:
+        raise ValueError(f"a {assignment.kind.name} assignment carries no batch")
+    return assignment.batch
+
+
+# ------------------------------------------------------------ the shard step
 
 
 class RunShard(CommandMixin, BuildStep):
@@ -139,7 +158,7 @@ class RunShard(CommandMixin, BuildStep):
         test_command: list[str] | None = None,
         test_workdir: str | None = None,
         env: dict[str, str] | None = None,
-        max_attempts: int = 2,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -156,14 +175,13 @@ class RunShard(CommandMixin, BuildStep):
         self._ran = {"batches": 0, "tests": 0, "failed attempts": 0}
         self._summary: str | None = None
 
-    @defer.inlineCallbacks
-    def run(self):
-        self.stdio = yield self.addLog("stdio")
+    async def run(self) -> int:
+        self.stdio = await self.addLog("stdio")
         try:
             session, standalone = self._find_session()
         except ShardedTestError as problem:
             self._summary = str(problem)
-            yield self.stdio.addStderr(f"{problem}\n")
+            await self.stdio.addStderr(f"{problem}\n")
             return FAILURE
         self._session, self._worker = session, self._puller_name()
         reports_dir = f".shard-reports-{self.build.buildid}"
@@ -171,8 +189,8 @@ class RunShard(CommandMixin, BuildStep):
         # A standalone session holds only this shard's list, at index 0.
         shard_index = 0 if standalone else self.getProperty(INDEX_PROPERTY, 0)
         try:
-            yield self.runMkdir(self.build.path_module.join(workdir, reports_dir))
-            yield self._pull_batches(session, shard_index, workdir, reports_dir)
+            await self.runMkdir(self.build.path_module.join(workdir, reports_dir))
+            await self._pull_batches(session, shard_index, workdir, reports_dir)
             # A puller that has left is no longer live: the dispatcher must not
             # keep a re-run waiting for it.
             session.worker_lost(self._worker)
@@ -181,7 +199,7 @@ class RunShard(CommandMixin, BuildStep):
             # a bug: either way this worker's batches go back to the queue.
             session.worker_lost(self._worker)
             raise
-        yield self.runRmdir(self.build.path_module.join(workdir, reports_dir), abandonOnFailure=False)
+        await self.runRmdir(self.build.path_module.join(workdir, reports_dir), abandonOnFailure=False)
         self._summary = (
             f"{self._ran['batches']} batches, {self._ran['tests']} tests run, "
             f"{self._ran['failed attempts']} failed attempts"
@@ -220,41 +238,44 @@ class RunShard(CommandMixin, BuildStep):
             test_command=list(command),
             workdir=self.test_workdir or self.getProperty(WORKDIR_PROPERTY),
             env=dict(self.env),
-            timeout_s=STANDALONE_BATCH_TIMEOUT_S,
+            # No parent step on this master to take the timeout from: its default.
+            timeout_s=DEFAULT_BATCH_TIMEOUT_S,
             max_report_bytes=MAX_REPORT_BYTES,
         )
         batches = shard_session.StaticShards([list(tests)], {}, self.max_attempts)
         clock = self.master.reactor.seconds
         return shard_session.ShardSession(batches, settings, clock), True
 
-    @defer.inlineCallbacks
-    def _pull_batches(self, session, shard_index, workdir, reports_dir):
+    async def _pull_batches(
+        self, session: ShardSession, shard_index: int, workdir: str, reports_dir: str
+    ) -> None:
         idle_since = None
         while not self.stopped:
             assignment = session.next_batch(self._worker, shard_index)
-            if assignment.kind == "done":
+            if assignment.kind == AssignmentKind.done:
                 return
-            if assignment.kind == "wait":
+            if assignment.kind == AssignmentKind.wait:
                 idle_since = self._idle_since(session, idle_since)
                 if self.master.reactor.seconds() - idle_since > STALL_TIMEOUT_S:
-                    yield self.stdio.addHeader(
+                    await self.stdio.addHeader(
                         f"nothing ran anywhere for {STALL_TIMEOUT_S:.0f} s while waiting: "
                         "leaving the remaining tests to other shards\n"
                     )
                     return
-                yield session.wait_for_change(self.master.reactor, WAIT_POLL_S)
+                await session.wait_for_change(self.master.reactor, WAIT_POLL_S)
                 continue
             idle_since = None
-            yield self._run_batch(session, assignment.batch, workdir, reports_dir)
+            await self._run_batch(session, batch_of(assignment), workdir, reports_dir)
             self.updateSummary()
 
-    def _idle_since(self, session, idle_since):
+    def _idle_since(self, session: ShardSession, idle_since: float | None) -> float:
         if session.batches.stats().batches_in_flight:
             return self.master.reactor.seconds()  # someone is working: not stalled
         return idle_since if idle_since is not None else self.master.reactor.seconds()
 
-    @defer.inlineCallbacks
-    def _run_batch(self, session, batch, workdir, reports_dir):
+    async def _run_batch(
+        self, session: ShardSession, batch: AnyBatch, workdir: str, reports_dir: str
+    ) -> None:
         settings = session.settings
         tests = list(batch.tests)
         report_path = self.build.path_module.join(reports_dir, f"batch-{batch.id}.xml")
@@ -262,14 +283,14 @@ class RunShard(CommandMixin, BuildStep):
         argv = expand_test_command(settings.test_command, tests, report_path, tests_path)
         kind = "retry " if batch.retry else "speculative " if batch.speculative else ""
         # A count and a short head only: the full ids are in the parent's report.
-        yield self.stdio.addHeader(
+        await self.stdio.addHeader(
             f"\n=== {kind}batch {batch.id}: {short_list(tests)}, estimated {batch.estimate_s:.2f} s\n"
         )
         started = self.master.reactor.seconds()  # the batch's wall time starts with its ids' upload
         if uses_tests_file(settings.test_command):
-            problem = yield self._send_tests_file(workdir, tests_path, tests)
+            problem = await self._send_tests_file(workdir, tests_path, tests)
             if problem is not None:
-                self._hand_in(session, batch, None, problem, None)
+                self._hand_in(session, batch, [], problem, None)
                 return
         cmd = remotecommand.RemoteShellCommand(
             workdir, argv, env=settings.env, timeout=settings.timeout_s, logEnviron=False
@@ -280,26 +301,25 @@ class RunShard(CommandMixin, BuildStep):
         cancel_if_obsolete = self._canceller(session, batch, cmd)
         session.listeners.append(cancel_if_obsolete)
         try:
-            yield self.runCommand(cmd)
+            await self.runCommand(cmd)
         finally:
             session.listeners.remove(cancel_if_obsolete)
         if session.batch_obsolete(batch.id):
             self._drop_obsolete(session, batch)
             return
-        data, problem = yield self._fetch_report(workdir, report_path, settings.max_report_bytes)
+        data, problem = await self._fetch_report(workdir, report_path, settings.max_report_bytes)
         wall_s = self.master.reactor.seconds() - started
-        results = None
-        if problem is None:
+        results: list[JUnitTestResult] = []
+        if data is not None:
             try:
-                results = yield threads.deferToThread(
+                results = await threads.deferToThread(
                     parse_junit_report, data, list(batch.tests), settings.max_report_bytes
                 )
             except JUnitReportError as bad_report:
                 problem = str(bad_report)
         self._hand_in(session, batch, results, problem, cmd.rc, wall_s)
 
-    @defer.inlineCallbacks
-    def _send_tests_file(self, workdir, tests_path, tests):
+    async def _send_tests_file(self, workdir: str, tests_path: str, tests: list[str]) -> str | None:
         """Writes the batch's ids, one per line, where `{tests_file}` points;
         None, or why it could not (the batch then fails as a whole)."""
         reader = remotetransfer.StringFileReader(batch_ids_text(tests).encode("utf-8"))
@@ -312,12 +332,14 @@ class RunShard(CommandMixin, BuildStep):
             "mode": None,
         }
         cmd = remotecommand.RemoteCommand("downloadFile", args, decodeRC={0: SUCCESS})
-        yield self.runCommand(cmd)
+        await self.runCommand(cmd)
         if cmd.didFail():
             return f"could not write the batch's tests file {tests_path} on the worker"
         return None
 
-    def _canceller(self, session, batch, cmd):
+    def _canceller(
+        self, session: ShardSession, batch: AnyBatch, cmd: remotecommand.RemoteCommand
+    ) -> Callable[[], None]:
         """Stops this batch's command once another copy has decided all its tests."""
 
         def cancel_if_obsolete() -> None:
@@ -327,7 +349,7 @@ class RunShard(CommandMixin, BuildStep):
 
         return cancel_if_obsolete
 
-    def _drop_obsolete(self, session, batch) -> None:
+    def _drop_obsolete(self, session: ShardSession, batch: AnyBatch) -> None:
         # Every test of the batch was decided by another copy: close the
         # batch; its (absent) results are ignored by the dispatcher.
         self._ran["batches"] += 1
@@ -336,7 +358,15 @@ class RunShard(CommandMixin, BuildStep):
         except Exception as stale:  # noqa: BLE001 - the core's InvalidStateError
             twisted_log.msg(f"RunShard: obsolete batch {batch.id} not closed: {stale}")
 
-    def _hand_in(self, session, batch, results, problem, rc, wall_s=None) -> None:
+    def _hand_in(
+        self,
+        session: ShardSession,
+        batch: AnyBatch,
+        results: list[JUnitTestResult],
+        problem: str | None,
+        rc: int | None,
+        wall_s: float | None = None,
+    ) -> None:
         self._ran["batches"] += 1
         self._ran["tests"] += len(batch.tests)
         try:
@@ -359,8 +389,9 @@ class RunShard(CommandMixin, BuildStep):
             twisted_log.msg(f"RunShard: results of batch {batch.id} not accepted: {stale}")
             self.stdio.addStderr(f"results of batch {batch.id} not accepted: {stale}\n")
 
-    @defer.inlineCallbacks
-    def _fetch_report(self, workdir, report_path, max_bytes):
+    async def _fetch_report(
+        self, workdir: str, report_path: str, max_bytes: int
+    ) -> tuple[bytes, None] | tuple[None, str]:
         """(bytes, None) or (None, why the report cannot be read)."""
         writer = _BytesWriter(max_bytes)
         args = {
@@ -373,17 +404,17 @@ class RunShard(CommandMixin, BuildStep):
         }
         cmd = remotecommand.RemoteCommand("uploadFile", args, decodeRC={0: SUCCESS})
         cmd.useLog(self.stdio, False)
-        yield self.runCommand(cmd)
+        await self.runCommand(cmd)
         if writer.overflow or writer.size > max_bytes:
             return None, f"JUnit report is over the {max_bytes} byte cap"
         if cmd.didFail():
             return None, f"no JUnit report at {report_path} (did the runner crash?)"
         return writer.data(), None
 
-    def _standalone_result(self, session) -> int:
+    def _standalone_result(self, session: ShardSession) -> int:
         outcomes = session.batches.outcomes()
-        failed = [o.id for o in outcomes if o.verdict in ("failed", "pending")]
-        flaky = [o.id for o in outcomes if o.verdict == "flaky"]
+        failed = [o.id for o in outcomes if o.verdict in NOT_PASSED]
+        flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
         if failed:
             self._summary += "; failed: " + names(failed)
             return FAILURE
@@ -392,16 +423,15 @@ class RunShard(CommandMixin, BuildStep):
             return WARNINGS
         return SUCCESS
 
-    @defer.inlineCallbacks
-    def interrupt(self, reason):
+    def interrupt(self, reason: str | Failure) -> defer.Deferred:
         if self._session is not None and _connection_lost(reason):
             self._session.worker_lost(self._worker)
-        yield super().interrupt(reason)
+        return super().interrupt(reason)
 
-    def getCurrentSummary(self):
+    def getCurrentSummary(self) -> dict[str, str]:
         return {"step": f"shard: {self._ran['batches']} batches, {self._ran['tests']} tests"}
 
-    def getResultSummary(self):
+    def getResultSummary(self) -> dict[str, str]:
         if self._summary:
             return {"step": self._summary}
         return super().getResultSummary()

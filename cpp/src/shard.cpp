@@ -588,7 +588,8 @@ struct Dispatcher::State {
     Assignment assignment;
     assignment.kind = Assignment::Kind::Run;
     flight.known_s = flight.guessed_s = 0.0;
-    for (auto test : flight.tests) (guessed(tests[test]) ? flight.guessed_s : flight.known_s) += tests[test].seconds;
+    for (auto test : flight.tests)
+      (guessed(tests[test]) ? flight.guessed_s : flight.known_s) += tests[test].seconds;
     flight.estimate_s = flight.known_s + flight.guessed_s * scale();
     assignment.batch.id = next_batch_id++;
     assignment.batch.estimate_s = flight.estimate_s;
@@ -818,8 +819,8 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
   state.find_in_flight(worker, batch_id);
   for (const auto& result : results) check_duration(result.seconds, result.id, "result");
   if (wall_s && (!std::isfinite(*wall_s) || *wall_s < 0.0)) {
-    throw InvalidInput(fmt::format("batch {}: wall time {} (must be a finite number of seconds >= 0)",
-                                   batch_id, *wall_s));
+    throw InvalidInput(
+        fmt::format("batch {}: wall time {} (must be a finite number of seconds >= 0)", batch_id, *wall_s));
   }
   InFlight flight = state.finish(worker, batch_id);
   std::unordered_map<std::string_view, const TestResult*> by_id;

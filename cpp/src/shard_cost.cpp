@@ -6,7 +6,8 @@
 
 namespace cd::shard {
 
-BatchCostModel::BatchCostModel(double prior_overhead_s) : prior_overhead_s_(std::max(0.0, prior_overhead_s)) {}
+BatchCostModel::BatchCostModel(double prior_overhead_s)
+    : prior_overhead_s_(std::max(0.0, prior_overhead_s)) {}
 
 void BatchCostModel::observe_batch(const std::string& worker, double wall_s, double tests_s) {
   auto& observed = by_worker_[worker];

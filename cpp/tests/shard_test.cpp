@@ -632,7 +632,8 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
 std::vector<TestEstimate> uniform_suite(std::size_t n, double seconds, EstimateSource source) {
   std::vector<TestEstimate> tests;
   for (std::size_t i = 0; i < n; ++i) {
-    tests.push_back({"tests/test_" + std::to_string(i / 20) + ".py::test_" + std::to_string(i), seconds, source});
+    tests.push_back(
+        {"tests/test_" + std::to_string(i / 20) + ".py::test_" + std::to_string(i), seconds, source});
   }
   return tests;
 }
@@ -680,13 +681,15 @@ TEST(Dispatcher, NoHistoryRecalibratesSoTheFirstBuildMatchesOneWithHistory) {
   // suite. Without history every test is guessed at 1 s.
   DispatchOptions options = workers(6);
   options.max_batch_tests = 1000;
-  auto first = simulate(uniform_suite(5000, kDefaultEstimateSeconds, EstimateSource::Default), options, 0.01, 1.5);
+  auto first =
+      simulate(uniform_suite(5000, kDefaultEstimateSeconds, EstimateSource::Default), options, 0.01, 1.5);
   options.batch_overhead_s = 1.5;  // the third build knows durations and start-up
   auto third = simulate(uniform_suite(5000, 0.01, EstimateSource::History), options, 0.01, 1.5);
   DispatchOptions blind = workers(6);
   blind.max_batch_tests = 1000;
   blind.recalibrate = false;
-  auto unscaled = simulate(uniform_suite(5000, kDefaultEstimateSeconds, EstimateSource::Default), blind, 0.01, 1.5);
+  auto unscaled =
+      simulate(uniform_suite(5000, kDefaultEstimateSeconds, EstimateSource::Default), blind, 0.01, 1.5);
   EXPECT_NEAR(first.overhead_s, 1.5, 1e-6);
   EXPECT_LE(first.makespan_s, 1.3 * third.makespan_s);
   EXPECT_LE(first.batches, 2 * third.batches);
@@ -697,11 +700,12 @@ TEST(Dispatcher, NoHistoryRecalibratesSoTheFirstBuildMatchesOneWithHistory) {
 
 TEST(Dispatcher, MaxBatchTestsSplitsAFileOfThousandsOfTests) {
   std::vector<TestEstimate> tests;
-  for (int i = 0; i < 2500; ++i) tests.push_back({"tests/test_big.py::case[" + std::to_string(i) + "]", 0.01, EstimateSource::History});
+  for (int i = 0; i < 2500; ++i)
+    tests.push_back({"tests/test_big.py::case[" + std::to_string(i) + "]", 0.01, EstimateSource::History});
   tests.push_back({"tests/test_small.py::one", 0.01, EstimateSource::History});
   DispatchOptions options = workers(1);
   options.max_batch_tests = 1000;
-  options.min_batch_s = 1e9;  // would take everything at once without the cap
+  options.min_batch_s = 1e9;          // would take everything at once without the cap
   options.split_file_fraction = 1e9;  // keep the big file whole before the cap
   Dispatcher dispatcher(tests, options);
   std::size_t ran = 0;

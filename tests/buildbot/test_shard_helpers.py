@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from twisted.internet import defer
 
 from buildbot_steps import _core
+from buildbot_steps._core import AssignmentKind, DispatchStats, Verdict
 from buildbot_steps.shard import report as shard_report
 from buildbot_steps.shard.commands import (
     Quarantine,
@@ -91,8 +93,11 @@ def test_static_shards_rerun_failures_and_tell_flaky_from_failed():
     again = shards.next_batch("w2", 1).batch
     shards.report_error("w2", again.id, "runner crashed")
     verdicts = {o.id: o.verdict for o in shards.outcomes()}
-    assert verdicts == {"a": "passed", "b": "flaky", "c": "failed"}
-    assert shards.done() and shards.next_batch("w1", 0).kind == "done"
+    assert verdicts == {"a": Verdict.passed, "b": Verdict.flaky, "c": Verdict.failed}
+    assert shards.done() and shards.next_batch("w1", 0).kind == AssignmentKind.done
+    totals = shards.stats()
+    assert isinstance(totals, DispatchStats)
+    assert (totals.tests, totals.passed, totals.flaky, totals.failed) == (3, 1, 1, 1)
 
 
 def test_static_shards_give_a_lost_workers_batch_back():
@@ -109,7 +114,7 @@ def test_report_escapes_test_ids_and_draws_a_timeline():
         worker, passed, seconds, message, skipped = "w<1>", False, 1.0, "<script>x</script>", False
 
     class Outcome:
-        id, verdict, estimate_s, attempts = "t::<b>", "failed", 1.0, [Attempt()]
+        id, verdict, estimate_s, attempts = "t::<b>", Verdict.failed, 1.0, [Attempt()]
 
     class Run:
         worker, batch_id, tests, start_s, end_s = "w<1>", 1, 1, 0.0, 1.0
@@ -143,7 +148,7 @@ def test_results_the_core_refuses_fail_the_batch_and_every_test_is_rerun(mode, b
     rerun = session.next_batch("w1", 0).batch
     assert sorted(rerun.tests) == ["a", "b"]  # none lost, none half-recorded
     assert session.report("w1", rerun.id, [JUnitTestResult(t, True, 1.0) for t in rerun.tests]) is None
-    assert {o.id: o.verdict for o in batches.outcomes()} == {"a": "flaky", "b": "flaky"}
+    assert {o.id: o.verdict for o in batches.outcomes()} == {"a": Verdict.flaky, "b": Verdict.flaky}
     assert batches.done()
 
 
@@ -156,7 +161,7 @@ def test_a_skipped_result_is_resolved_in_both_modes():
         batch = session.next_batch("w1", 0).batch
         session.report("w1", batch.id, [JUnitTestResult("a", False, 0.0, "skipped: no GPU", skipped=True)])
         (outcome,) = batches.outcomes()
-        assert outcome.verdict == "skipped" and outcome.attempts[0].skipped
+        assert outcome.verdict == Verdict.skipped and outcome.attempts[0].skipped
         assert batches.stats().skipped == 1 and batches.done()
         html = shard_report.render_report([outcome], session.timeline, {"skipped": 1}, set())
         assert "Skipped tests (1: not run by the runner, do not gate)" in html
@@ -193,9 +198,7 @@ class _CannedData:
     def __init__(self, sets: list[dict], rows: dict[int, list[dict]]):
         self.sets, self.rows = sets, rows
 
-    def get(self, path: tuple):
-        from twisted.internet import defer
-
+    def get(self, path: tuple) -> defer.Deferred:
         if path[0] == "builders":
             return defer.succeed(self.sets)
         return defer.succeed(self.rows[path[1]])
@@ -221,13 +224,12 @@ def test_history_reads_the_newest_learnt_overhead_as_the_median_over_workers():
     }
     step = SimpleNamespace(master=SimpleNamespace(data=_CannedData(sets, rows)))
     reading = []
-    TestHistory(step, "sharded tests").read(100).addCallback(reading.append)
+    defer.ensureDeferred(TestHistory(step, "sharded tests").read(100)).addCallback(reading.append)
     assert reading[0].batch_overhead_s == pytest.approx(2.5)  # one slow worker does not set it
     assert reading[0].durations == [{"t.py::a": 0.5}]
     empty = []
-    TestHistory(SimpleNamespace(master=SimpleNamespace(data=_CannedData([], {}))), "x").read(1).addCallback(
-        empty.append
-    )
+    no_sets = SimpleNamespace(master=SimpleNamespace(data=_CannedData([], {})))
+    defer.ensureDeferred(TestHistory(no_sets, "x").read(1)).addCallback(empty.append)
     assert empty[0].batch_overhead_s == 0.0
 
 

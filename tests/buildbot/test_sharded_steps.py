@@ -10,10 +10,10 @@ from __future__ import annotations
 from unittest import mock
 
 from buildbot.interfaces import ITriggerableScheduler
+from buildbot.process import remotetransfer
 from buildbot.process.properties import Property
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from buildbot.test.reactor import TestReactorMixin
-from buildbot.process import remotetransfer
 from buildbot.test.steps import (
     ExpectDownloadFile,
     ExpectMkdir,
@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from buildbot_steps._core import AssignmentKind, Verdict
 from buildbot_steps.shard import RunShard, ShardedTest
 from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.junit import MAX_REPORT_BYTES, JUnitTestResult
@@ -260,12 +261,22 @@ class RunShardStandaloneTests(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         self.expect_commands(
             ExpectMkdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
             ExpectDownloadFile(
-                workdir="wkdir", workerdest=f"{self.REPORTS}/batch-1.tests", blocksize=64 * 1024,
-                maxsize=None, mode=None, reader=ExpectRemoteRef(remotetransfer.StringFileReader),
+                workdir="wkdir",
+                workerdest=f"{self.REPORTS}/batch-1.tests",
+                blocksize=64 * 1024,
+                maxsize=None,
+                mode=None,
+                reader=ExpectRemoteRef(remotetransfer.StringFileReader),
             ).exit(0),  # fmt: skip
             ExpectShell(
                 workdir="wkdir",
-                command=["python", "-m", "pytest", f"--junitxml={self.batch(1)}", f"@{self.REPORTS}/batch-1.tests"],
+                command=[
+                    "python",
+                    "-m",
+                    "pytest",
+                    f"--junitxml={self.batch(1)}",
+                    f"@{self.REPORTS}/batch-1.tests",
+                ],
                 log_environ=False,
             ).exit(0),
             upload_of(self.batch(1)).upload_string(GOOD_REPORT).exit(0),
@@ -282,8 +293,12 @@ class RunShardStandaloneTests(TestBuildStepMixin, TestReactorMixin, unittest.Tes
             ExpectMkdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
             *[
                 ExpectDownloadFile(
-                    workdir="wkdir", workerdest=f"{self.REPORTS}/batch-{n}.tests", blocksize=64 * 1024,
-                    maxsize=None, mode=None, reader=ExpectRemoteRef(remotetransfer.StringFileReader),
+                    workdir="wkdir",
+                    workerdest=f"{self.REPORTS}/batch-{n}.tests",
+                    blocksize=64 * 1024,
+                    maxsize=None,
+                    mode=None,
+                    reader=ExpectRemoteRef(remotetransfer.StringFileReader),
                 ).exit(1)  # fmt: skip
                 for n in (1, 2)
             ],
@@ -430,7 +445,7 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         self.expect_outcome(result=WARNINGS)
         yield self.run_step()
         (outcome,) = session.batches.outcomes()
-        self.assertEqual(outcome.verdict, "flaky")
+        self.assertEqual(outcome.verdict, Verdict.flaky)
         self.assertEqual([a.worker for a in outcome.attempts], ["linux#13", "linux#13"])
         self.assertIn("boom", outcome.attempts[0].message)
 
@@ -454,7 +469,7 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
             self.reactor.advance(1)
         yield running
         verdicts = {o.id: o.verdict for o in session.batches.outcomes()}
-        self.assertEqual(verdicts, {TESTS[0]: "flaky", TESTS[1]: "flaky"})
+        self.assertEqual(verdicts, {TESTS[0]: Verdict.flaky, TESTS[1]: Verdict.flaky})
         self.assertIn("took 1e+308 s", self.get_nth_step(0).logs["stdio"].stderr)
 
     @defer.inlineCallbacks
@@ -477,7 +492,7 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
             self.reactor.advance(1)
         yield running
         verdicts = {o.id: o.verdict for o in session.batches.outcomes()}
-        self.assertEqual(verdicts, {other.tests[0]: "passed", mine[0]: "pending"})
+        self.assertEqual(verdicts, {other.tests[0]: Verdict.passed, mine[0]: Verdict.pending})
         self.assertIn(
             "leaving the remaining tests to other shards", self.get_nth_step(0).logs["stdio"].header
         )
@@ -521,7 +536,7 @@ class ScriptedShards:
         self.triggered.append(dict(set_props.asDict()))
         session = shard_session.lookup_session(parent_buildid)
         puller = f"worker{index}#1"
-        while (assignment := session.next_batch(puller, index)).kind == "run":
+        while (assignment := session.next_batch(puller, index)).kind == AssignmentKind.run:
             results = [scripted_result(test, self.script[test].pop(0)) for test in assignment.batch.tests]
             wall_s = None if self.startup_s is None else self.startup_s + sum(r.seconds for r in results)
             session.report(puller, assignment.batch.id, results, wall_s)

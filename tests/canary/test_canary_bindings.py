@@ -26,8 +26,8 @@ def close(ours: float, theirs: float) -> bool:
 def test_enums_are_python_enums() -> None:
     import enum
 
-    assert issubclass(_core.Verdict, enum.Enum)
-    assert {v.name for v in _core.Verdict} == {"CONTINUE", "PASS", "FAIL", "INCONCLUSIVE"}
+    assert issubclass(_core.CanaryVerdict, enum.Enum)
+    assert {v.name for v in _core.CanaryVerdict} == {"CONTINUE", "PASS", "FAIL", "INCONCLUSIVE"}
     assert {d.name for d in _core.Design} == {"SAME_WINDOW", "BEFORE_AFTER", "DIFF_IN_DIFF"}
 
 
@@ -120,8 +120,8 @@ def test_a_quiet_deploy_continues_then_passes() -> None:
     rng = np.random.default_rng(1)
     judge = _core.Judge(specs(), looks_in_window=4)
     verdicts = [judge.look(look(rng)).verdict for _ in range(4)]
-    assert verdicts == [_core.Verdict.CONTINUE] * 3 + [_core.Verdict.PASS]
-    assert judge.verdict == _core.Verdict.PASS
+    assert verdicts == [_core.CanaryVerdict.CONTINUE] * 3 + [_core.CanaryVerdict.PASS]
+    assert judge.verdict == _core.CanaryVerdict.PASS
     with pytest.raises(_core.InvalidStateError):
         judge.look(look(rng))
 
@@ -131,7 +131,7 @@ def test_both_sequential_methods_are_bound() -> None:
     for method in _core.Sequential:
         judge = _core.Judge(specs(), sequential=method)
         assert judge.sequential == method
-        assert judge.look(look(rng, latency_shift=60.0)).verdict == _core.Verdict.FAIL
+        assert judge.look(look(rng, latency_shift=60.0)).verdict == _core.CanaryVerdict.FAIL
     assert _core.Judge(specs()).sequential == _core.Sequential.SPENDING
 
 
@@ -139,7 +139,7 @@ def test_errors_five_times_fail_naming_the_metric() -> None:
     rng = np.random.default_rng(2)
     judge = _core.Judge(specs())
     result = judge.look(look(rng, error_factor=5.0))
-    assert result.verdict == _core.Verdict.FAIL
+    assert result.verdict == _core.CanaryVerdict.FAIL
     assert result.failed_metric == "errors"
     errors = result.metrics[1]
     assert errors.failed and errors.status == _core.MetricStatus.TESTED
@@ -153,9 +153,9 @@ def test_errors_five_times_fail_naming_the_metric() -> None:
 def test_zero_canary_traffic_is_inconclusive() -> None:
     rng = np.random.default_rng(3)
     judge = _core.Judge(specs(), looks_in_window=2)
-    assert judge.look(look(rng, canary_exposure=0.0)).verdict == _core.Verdict.CONTINUE
+    assert judge.look(look(rng, canary_exposure=0.0)).verdict == _core.CanaryVerdict.CONTINUE
     result = judge.look(look(rng, canary_exposure=0.0))
-    assert result.verdict == _core.Verdict.INCONCLUSIVE
+    assert result.verdict == _core.CanaryVerdict.INCONCLUSIVE
     assert result.metrics[1].status == _core.MetricStatus.INSUFFICIENT_DATA
     assert result.metrics[1].canary_missing == 10
 
@@ -167,7 +167,7 @@ def test_missing_hosts_are_counted_not_taken_as_good() -> None:
     result = judge.look(
         [_core.MetricLook.continuous("latency", values, [100.0, 101.0] * 20, canary_missing=missing)]
     )
-    assert result.verdict == _core.Verdict.INCONCLUSIVE
+    assert result.verdict == _core.CanaryVerdict.INCONCLUSIVE
     assert (result.metrics[0].canary_hosts, result.metrics[0].canary_missing) == (6, 4)
 
 
@@ -178,9 +178,9 @@ def test_diff_in_diff_with_host_data_objects() -> None:
     canary = [host(300 + 5 * i, 0.1 * (i % 3)) for i in range(8)]
     control = [host(100 + 5 * i, 0.1 * (i % 3)) for i in range(40)]
     same = _core.Judge(specs()[:1], looks_in_window=1)
-    assert same.look([_core.MetricLook("latency", canary, control)]).verdict == _core.Verdict.FAIL
+    assert same.look([_core.MetricLook("latency", canary, control)]).verdict == _core.CanaryVerdict.FAIL
     did = _core.Judge(specs()[:1], design=_core.Design.DIFF_IN_DIFF, looks_in_window=1)
-    assert did.look([_core.MetricLook("latency", canary, control)]).verdict == _core.Verdict.PASS
+    assert did.look([_core.MetricLook("latency", canary, control)]).verdict == _core.CanaryVerdict.PASS
 
 
 @pytest.mark.parametrize(

@@ -17,24 +17,27 @@
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from buildbot_steps import _core
 from buildbot_steps.shard import planning as sharding
-from harness import local_master
-from harness.local_master import free_port, wait_until
+from harness.local_master import (
+    REPO,
+    VENV_BIN,
+    LocalMaster,
+    LocalMasterError,
+    free_port,
+    stop_recorded,
+    wait_until,
+)  # fmt: skip
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["DemoCluster", "DemoError", "main", "stop_demo", "wait_until"]
 HYPHA = REPO / "data" / "test-durations" / "hypha"
 DEMO_WORKERS = 8
 DEMO_FLAKE_RATE = 0.002  # a few flaky runs in ~1,800 tests, to show the re-runs
@@ -45,13 +48,10 @@ MASTER_CFG_EXAMPLE = REPO / "master.cfg.example"
 FIXTURE_SUITE = REPO / "tests" / "sharding_fixture_suite"
 CLUSTER_SHARD_WORKERS = 4
 DEMO_HOSTS = ("web1", "web2", "web3", "web4")  # web1 is the canary
-VENV_BIN = Path(sys.executable).parent
 # Deadlines in seconds: generous, the machine may be busy; readiness is
 # polled, never assumed after a fixed sleep.
-STARTUP_DEADLINE_S = 120
 TESTS_BUILD_DEADLINE_S = 300
 DEPLOY_BUILD_DEADLINE_S = 180
-STOP_DEADLINE_S = 30
 RESULT_NAMES = {
     0: "SUCCESS",
     1: "WARNINGS",
@@ -83,7 +83,8 @@ def shard_stage(workers: int = DEMO_WORKERS) -> None:
 
     plan = _core.plan_static(estimates, workers)
     print(
-        f"\nstatic plan from the estimates (makespan {plan.makespan_s:.1f} s, bound {plan.lower_bound_s:.1f} s):"
+        "\nstatic plan from the estimates "
+        f"(makespan {plan.makespan_s:.1f} s, bound {plan.lower_bound_s:.1f} s):"
     )
     for index, shard in enumerate(plan.shards):
         bar = "#" * round(40 * shard.estimate_s / plan.makespan_s)
@@ -91,7 +92,8 @@ def shard_stage(workers: int = DEMO_WORKERS) -> None:
 
     print(f"\nthe next run replayed on a virtual clock (actual durations, flake rate {DEMO_FLAKE_RATE}):")
     print(
-        f"  {'mode':8} {'makespan s':>11} {'bound s':>8} {'ratio':>7} {'batches':>8} {'flaky':>6} {'failed':>7}"
+        f"  {'mode':8} {'makespan s':>11} {'bound s':>8} {'ratio':>7} "
+        f"{'batches':>8} {'flaky':>6} {'failed':>7}"
     )
     for mode in sharding.MODES[::-1]:
         result = sharding.simulate(estimates, actual, workers, mode=mode, flake_rate=DEMO_FLAKE_RATE, seed=1)
@@ -109,126 +111,55 @@ class DemoError(Exception):
     """A problem the demo reports in one line (no traceback)."""
 
 
-def _is_our_process(pid: int) -> bool:
-    """Alive and still a buildbot process (not a pid reused by something else)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"buildbot" in cmdline
-
-
-def stop_processes(pids: list[int], deadline_s: float = STOP_DEADLINE_S) -> None:
-    """SIGTERM the given processes, wait for them with a deadline, then SIGKILL."""
-    alive = [pid for pid in pids if _is_our_process(pid)]
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + deadline_s
-    while alive and time.monotonic() < deadline:
-        for pid in list(alive):
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-            except ChildProcessError:
-                pass
-            if not _is_our_process(pid) or _is_zombie(pid):
-                alive.remove(pid)
-        if alive:
-            time.sleep(local_master.POLL_S)
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-class DemoCluster:
+class DemoCluster(LocalMaster):
     """A master from master.cfg.example and real worker processes under `root`.
 
     Everything lives in `root`: the master, the workers, a copy of the fixture
-    suite (the code under test), the inventory and the hosts' deploy roots.
-    `pids.json` records the processes started, so that a later `stop()` (even
-    from another process: `make demo-stop`) ends exactly those.
+    suite (the code under test), the inventory and the hosts' deploy roots;
+    master.cfg.example reads its settings from BUILDBOT_CD_* variables.
     """
 
-    def __init__(self, root: Path, shard_workers: int = CLUSTER_SHARD_WORKERS, hosts=DEMO_HOSTS,
-                 extra_env: dict[str, str] | None = None):  # fmt: skip
-        self.root = Path(root).resolve()
-        self.master_dir = self.root / "master"
-        self.project_dir = self.root / "project"
-        self.hosts_dir = self.root / "hosts"
-        self.inventory = self.root / "inventory.json"
+    def __init__(self, root: Path, shard_workers: int = CLUSTER_SHARD_WORKERS,
+                 hosts: Sequence[str] = DEMO_HOSTS, extra_env: Mapping[str, str] | None = None):  # fmt: skip
+        root = Path(root).resolve()
+        self.project_dir = root / "project"
+        self.hosts_dir = root / "hosts"
+        self.inventory = root / "inventory.json"
         # Releases are pushed from under here only (the tested trees and the
         # demo's generated releases alike).
-        self.release_root = self.root / "releases"
-        self.logs_dir = self.root / "logs"
+        self.release_root = root / "releases"
         self.shard_workers = [f"shard{i}" for i in range(1, shard_workers + 1)]
         self.hosts = list(hosts)
-        self.extra_env = dict(extra_env or {})
-        self.web_port = 0
-        self.pb_port = 0
-        self.pids: dict[str, int] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}/"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "pids.json"
-
-    # ------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.logs_dir.mkdir(exist_ok=True)
-        shutil.copytree(FIXTURE_SUITE, self.project_dir, ignore=shutil.ignore_patterns("__pycache__"))
-        self._write_inventory()
-        self.web_port, self.pb_port = free_port(), free_port()
-        self._run(
-            [str(VENV_BIN / "buildbot"), "create-master", "-q", str(self.master_dir)],
-            "buildbot create-master",
-        )
-        shutil.copyfile(MASTER_CFG_EXAMPLE, self.master_dir / "master.cfg")
-        self._spawn("master", [str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(self.master_dir)])
-        self.wait_for_api()
-        for name in ["coordinator", *self.shard_workers]:
-            worker_dir = self.root / "workers" / name
-            worker_dir.parent.mkdir(exist_ok=True)
-            self._run([
-                str(VENV_BIN / "buildbot-worker"), "create-worker", "-q", str(worker_dir),
-                f"127.0.0.1:{self.pb_port}", name, "pass",
-            ], "buildbot-worker create-worker")  # fmt: skip
-            self._spawn(name, [str(VENV_BIN / "buildbot-worker"), "start", "--nodaemon", str(worker_dir)])
-        self.wait_for_workers(["coordinator", *self.shard_workers, "deployer"])
-
-    def env(self) -> dict[str, str]:
+        web_port, pb_port = free_port(), free_port()
         # The caller's own BUILDBOT_CD_* settings are not the demo's.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("BUILDBOT_CD_")}
-        return dict(
+        env = dict(
             inherited,
             PYTHONPATH=str(REPO),
             BUILDBOT_CD_WORKERS=str(len(self.shard_workers)),
             BUILDBOT_CD_PROJECT_DIR=str(self.project_dir),
-            BUILDBOT_CD_STATE_DIR=str(self.root / "test-state"),
+            BUILDBOT_CD_STATE_DIR=str(root / "test-state"),
             BUILDBOT_CD_INVENTORY=str(self.inventory),
             BUILDBOT_CD_RELEASE_ROOT=str(self.release_root),
             BUILDBOT_CD_TRANSPORT="local",
-            BUILDBOT_CD_WWW_PORT=str(self.web_port),
-            BUILDBOT_CD_PB_PORT=str(self.pb_port),
+            BUILDBOT_CD_WWW_PORT=str(web_port),
+            BUILDBOT_CD_PB_PORT=str(pb_port),
             BUILDBOT_CD_BIND="127.0.0.1",
             BUILDBOT_CD_PYTHON=sys.executable,
-            **self.extra_env,
+            **(extra_env or {}),
         )
+        super().__init__(root, MASTER_CFG_EXAMPLE, ["coordinator", *self.shard_workers], env,
+                         local_workers=["deployer"], web_port=web_port, pb_port=pb_port,
+                         build_deadline_s=TESTS_BUILD_DEADLINE_S)  # fmt: skip
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(FIXTURE_SUITE, self.project_dir, ignore=shutil.ignore_patterns("__pycache__"))
+        self._write_inventory()
+        super().start()
+
+    def stop(self, reason: str = "demo stopped") -> None:
+        super().stop(reason)
 
     def _write_inventory(self) -> None:
         entries = [
@@ -240,175 +171,33 @@ class DemoCluster:
             (self.hosts_dir / name).mkdir(parents=True)
         self.inventory.write_text(json.dumps(entries, indent=2) + "\n")
 
-    def _run(self, argv: list[str], what: str) -> None:
-        try:
-            done = subprocess.run(argv, cwd=self.root, env=self.env(), capture_output=True, text=True,
-                                  timeout=STARTUP_DEADLINE_S)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise DemoError(f"{what} did not finish within {STARTUP_DEADLINE_S} s") from None
-        if done.returncode != 0:
-            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [
-                f"exit code {done.returncode}"
-            ]
-            raise DemoError(f"{what} failed: {last[0]}")
-
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        # A session of its own: the processes outlive `make demo`, on purpose.
-        with open(self.logs_dir / f"{name}.log", "wb") as log:
-            process = subprocess.Popen(argv, cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        self.pids[name] = process.pid
-        self.pid_file.write_text(json.dumps({"pids": self.pids, "url": self.url}) + "\n")
-
-    def stop(self) -> None:
-        if self.web_port:
-            stop_builds(self.url)
-        stop_processes(list(self.pids.values()))
-
-    # ------------------------------------------------------------- REST API
-
-    def api(self, path: str, body: dict | None = None):
-        return local_master.call(self.url, path, body)
-
-    def _master_exited(self) -> str | None:
-        pid = self.pids.get("master")
-        if pid is None:
-            return None
-        try:
-            finished, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            finished = pid if not _is_our_process(pid) else 0
-        if not finished:
-            return None
-        log = self.master_dir / "twistd.log"
-        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-        errors = [line for line in lines if "error" in line.lower() or "Error" in line]
-        return (errors or lines or ["no log"])[-1].strip()
-
-    def wait_for_api(self) -> None:
-        def ready():
-            problem = self._master_exited()
-            if problem is not None:
-                raise DemoError(
-                    f"the master exited; last log line: {problem} (see {self.master_dir}/twistd.log)"
-                )
-            try:
-                return self.api("builders")
-            except (OSError, ValueError, http.client.HTTPException):
-                return None
-
-        wait_until(ready, STARTUP_DEADLINE_S, f"the master's REST API at {self.url}")
-
-    def wait_for_workers(self, names: list[str]) -> None:
-        def connected():
-            workers = self.api("workers")["workers"]
-            return set(names) <= {w["name"] for w in workers if w["connected_to"]}
-
-        wait_until(connected, STARTUP_DEADLINE_S, f"workers {', '.join(names)} to connect")
-
-    def builder_id(self, name: str) -> int:
-        builders = self.api(f"builders/{name}")["builders"]
-        if not builders:
-            raise DemoError(f"the master has no builder {name!r}")
-        return builders[0]["builderid"]
-
-    def force(self, scheduler: str, builder: str, **params: str) -> int:
-        """Starts a build through a ForceScheduler; returns its build request id."""
-        body = {"jsonrpc": "2.0", "method": "force", "id": 1,
-                "params": {"builderid": str(self.builder_id(builder)), **params}}  # fmt: skip
-        try:
-            reply = self.api(f"forceschedulers/{scheduler}", body)
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace")[:300]
-            raise DemoError(f"forcing {builder} was refused: HTTP {error.code} {detail}") from None
-        if "error" in reply:
-            raise DemoError(f"forcing {builder} was refused: {reply['error'].get('message')}")
-        _, brids = reply["result"]
-        return int(next(iter(brids.values())))
-
-    def wait_for_build(self, brid: int, deadline_s: float) -> dict:
-        def finished():
-            builds = self.api(f"buildrequests/{brid}/builds")["builds"]
-            return next((b for b in builds if b["complete"]), None)
-
-        build = wait_until(finished, deadline_s, f"build request {brid} to finish")
-        properties = self.api(f"builds/{build['buildid']}?property=*")["builds"][0]["properties"]
-        build["properties"] = {key: value[0] for key, value in properties.items()}
-        return build
-
-    def build_url(self, build: dict) -> str:
-        return f"{self.url}#/builders/{build['builderid']}/builds/{build['number']}"
-
-    def steps(self, buildid: int) -> list[dict]:
-        return self.api(f"builds/{buildid}/steps")["steps"]
-
-    def step_logs(self, stepid: int) -> list[dict]:
-        return self.api(f"steps/{stepid}/logs")["logs"]
-
-
-def stop_builds(url: str) -> None:
-    """Best effort: cancel pending requests and stop running builds, so the
-    master can exit at once (it otherwise waits for a build whose shard
-    workers are gone). Silent: the processes are stopped next anyway."""
-
-    def call(path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{url}api/v2/{path}", data=data,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    try:
-        for request in call("buildrequests?complete=false")["buildrequests"]:
-            if not request["claimed"]:
-                call(f"buildrequests/{request['buildrequestid']}",
-                     {"jsonrpc": "2.0", "method": "cancel", "id": 1, "params": {"reason": "demo stopped"}})  # fmt: skip
-        for build in call("builds?complete=false")["builds"]:
-            call(f"builds/{build['buildid']}",
-                 {"jsonrpc": "2.0", "method": "stop", "id": 1, "params": {"reason": "demo stopped"}})  # fmt: skip
-        # A master told to exit while builds are still stopping can hang.
-        deadline = time.monotonic() + STOP_DEADLINE_S
-        while call("builds?complete=false")["builds"] and time.monotonic() < deadline:
-            time.sleep(local_master.POLL_S)
-    except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
-        pass
-
-
-def previous_demo(root: Path) -> tuple[list[int], str | None]:
-    try:
-        recorded = json.loads((root / "pids.json").read_text())
-        return [int(pid) for pid in recorded["pids"].values()], str(recorded["url"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return [], None
-
 
 def stop_demo(root: Path = DEMO_DIR, quiet: bool = False) -> None:
     """Stops the processes a previous demo started (by their recorded ids)."""
-    pids, url = previous_demo(root)
-    running = [pid for pid in pids if _is_our_process(pid)]
-    if running and url:
-        stop_builds(url)
-    stop_processes(running)
+    stopped = stop_recorded(root, "demo stopped")
     if not quiet:
         print(
-            f"demo: stopped {len(running)} process(es) of the demo in {root}"
-            if running
+            f"demo: stopped {stopped} process(es) of the demo in {root}"
+            if stopped
             else f"demo: nothing of the demo is running in {root}"
         )
 
 
 def cluster_stage(cluster: DemoCluster) -> dict:
     banner(
-        f"2. sharded tests on a real Buildbot master: 1 coordinator + {len(cluster.shard_workers)} shard workers"
+        "2. sharded tests on a real Buildbot master: "
+        f"1 coordinator + {len(cluster.shard_workers)} shard workers"
     )
     print(f"master.cfg.example -> {cluster.master_dir / 'master.cfg'}")
     print(
-        f"code under test: {cluster.project_dir} (a copy of the fixture suite: fast, slow, failing, flaky tests)"
+        f"code under test: {cluster.project_dir} "
+        "(a copy of the fixture suite: fast, slow, failing, flaky tests)"
     )
     started = time.monotonic()
     cluster.start()
     print(
-        f"master and {len(cluster.shard_workers) + 1} workers up in {time.monotonic() - started:.1f} s; web UI {cluster.url}"
+        f"master and {len(cluster.shard_workers) + 1} workers up in {time.monotonic() - started:.1f} s; "
+        f"web UI {cluster.url}"
     )
 
     brid = cluster.force("force-tests", "tests")
@@ -419,17 +208,22 @@ def cluster_stage(cluster: DemoCluster) -> dict:
         raise DemoError(f"the tests build ended {RESULT_NAMES.get(build['results'])} without results: "
                         f"{build['state_string']} (see {cluster.build_url(build)})")  # fmt: skip
     print(
-        f"\nbuild #{build['number']}: {RESULT_NAMES.get(build['results'], build['results'])}  -- {build['state_string']}"
+        f"\nbuild #{build['number']}: {RESULT_NAMES.get(build['results'], build['results'])}  "
+        f"-- {build['state_string']}"
     )
-    print(f"  {props['tests_total']} tests: {props['tests_passed']} passed, {props['tests_failed']} failed, "
-          f"{props['tests_flaky']} flaky (failed, then passed on another worker)")  # fmt: skip
+    print(
+        f"  {props['tests_total']} tests: {props['tests_passed']} passed, {props['tests_failed']} failed, "
+        f"{props['tests_flaky']} flaky (failed, then passed on another worker)"
+    )
     ratio = (
         props["tests_makespan_s"] / props["tests_lower_bound_s"]
         if props["tests_lower_bound_s"]
         else float("nan")
     )
-    print(f"  makespan {props['tests_makespan_s']:.1f} s vs lower bound {props['tests_lower_bound_s']:.1f} s "
-          f"(ratio {ratio:.2f}) on {props['tests_workers']} workers, {props['tests_batches']} batches")  # fmt: skip
+    print(
+        f"  makespan {props['tests_makespan_s']:.1f} s vs lower bound {props['tests_lower_bound_s']:.1f} s "
+        f"(ratio {ratio:.2f}) on {props['tests_workers']} workers, {props['tests_batches']} batches"
+    )
     print(
         "  (a first build plans without history, and in a suite of ~6 s each batch's pytest start-up\n"
         "   and the re-run of the failures weigh heavily; stage 1 shows the scheduler at scale)"
@@ -501,8 +295,11 @@ def deploy_stage(cluster: DemoCluster) -> None:
         build = run_release_build(cluster, "force-deploy", "deploy", f"deploy {revision}",
                                   deploy_revision=revision, release_dir=str(source))  # fmt: skip
         props = build["properties"]
-        print(f"  {note}: {props.get('release_push_bytes_sent', 0):,} bytes sent to "
-              f"{props.get('release_push_hosts_ok', 0)} hosts in {props.get('release_push_duration_s', 0):.2f} s")  # fmt: skip
+        print(
+            f"  {note}: {props.get('release_push_bytes_sent', 0):,} bytes sent to "
+            f"{props.get('release_push_hosts_ok', 0)} hosts "
+            f"in {props.get('release_push_duration_s', 0):.2f} s"
+        )
     print()
     print_hosts(cluster, "after two deploys")
 
@@ -544,7 +341,7 @@ def main(argv=None) -> int:
         sys.stdout.flush()
         if not args.stage1_only:
             run_cluster_stages()
-    except (sharding.InputError, sharding.CdError, DemoError) as error:
+    except (sharding.InputError, sharding.CdError, DemoError, LocalMasterError) as error:
         print(f"demo: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

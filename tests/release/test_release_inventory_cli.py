@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from buildbot_steps import _core, release
 from buildbot_steps import cli as buildbot_cd
-from buildbot_steps import release
 from buildbot_steps.release import InvalidInput, Inventory, Selection
 
 BUILD_TIME = 1_700_000_000
@@ -62,8 +62,14 @@ def test_inventory_needs_a_deploy_root_and_unique_names():
 
 def test_inventory_file_with_defaults(tmp_path):
     path = tmp_path / "hosts.json"
-    path.write_text(json.dumps({"defaults": {"user": "deploy", "deploy_root": "/srv/app"},
-                                "hosts": [{"address": "web1", "tags": ["canary"]}, {"address": "web2", "port": 2200}]}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "defaults": {"user": "deploy", "deploy_root": "/srv/app"},
+                "hosts": [{"address": "web1", "tags": ["canary"]}, {"address": "web2", "port": 2200}],
+            }
+        )
+    )
     inventory = Inventory.from_file(path)
     assert [(h.name, h.port, h.user, h.deploy_root) for h in inventory.hosts] == [
         ("web1", 22, "deploy", "/srv/app"),
@@ -242,9 +248,25 @@ def test_deploy_lock_refuses_overlapping_runs_only():
     staging = Inventory.from_entries([{**GOOD, "address": "stage1"}, {**GOOD, "address": "stage2"}]).hosts
     production = Inventory.from_entries([{**GOOD, "address": "prod1"}]).hosts
     with release.deploy_lock("push r1", staging):
-        with pytest.raises(release.DeployInProgress, match="refusing to flip r1: push r1 is running"):
-            with release.deploy_lock("flip r1", staging[1:]):
-                pass
+        overlapping = pytest.raises(release.DeployInProgress, match="refusing to flip r1: push r1 is running")
+        with overlapping, release.deploy_lock("flip r1", staging[1:]):
+            pass
         with release.deploy_lock("push r1", production):  # other hosts: allowed
             assert release.deploy_in_progress()
     assert not release.deploy_in_progress()
+
+
+def test_fanout_settings_are_the_cores_options_with_the_cores_checks():
+    settings, core = release.FanoutSettings(), _core.FanoutOptions()
+    assert isinstance(settings, _core.FanoutOptions)
+    fields = ("concurrency", "host_timeout_s", "max_retries", "retry_backoff_s", "max_fail_fraction")
+    assert [getattr(settings, f) for f in fields] == [getattr(core, f) for f in fields]
+    assert release.FanoutSettings(concurrency=4, host_timeout_s=15.0).concurrency == 4
+    with pytest.raises(release.InvalidInput, match="concurrency must be at least 1, got 0"):
+        release.FanoutSettings(concurrency=0)
+    with pytest.raises(release.InvalidInput, match="max_fail_fraction must be within"):
+        release.FanoutSettings(max_fail_fraction=1.5)
+    with pytest.raises(release.InvalidInput, match="max_retries must be a number"):
+        release.FanoutSettings(max_retries=True)
+    with pytest.raises(release.InvalidInput, match="must be numbers"):
+        release.FanoutSettings(concurrency="many")

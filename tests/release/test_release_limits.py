@@ -95,7 +95,8 @@ def test_harmless_ssh_options_are_allowed(option):
     "option",
     ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "ProxyJump=evil.example",
      "ControlPath=/tmp/x", "LocalCommand=id", "PermitLocalCommand=yes", "IdentityFile=/root/.ssh/id",
-     "Hostname=other", "User=root", "Include=/tmp/x", "SetEnv=LD_PRELOAD", "ForwardAgent=yes", "Tunnel=yes", "SomeFutureOption=yes"],
+     "Hostname=other", "User=root", "Include=/tmp/x", "SetEnv=LD_PRELOAD", "ForwardAgent=yes", "Tunnel=yes",
+     "SomeFutureOption=yes"],
 )  # fmt: skip
 def test_every_other_ssh_option_is_refused(option):
     with pytest.raises(InvalidInput, match="is not allowed; allowed: addressfamily, ciphers"):

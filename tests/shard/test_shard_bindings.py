@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from buildbot_steps import _core
+from buildbot_steps._core import AssignmentKind, Verdict
 
 
 def estimates(pairs):
@@ -56,7 +57,7 @@ def test_dispatcher_flaky_and_failed_through_python():
         progressed = False
         for worker in ("w1", "w2"):
             assignment = dispatcher.next_batch(worker, 0.0)
-            if assignment.kind != "run":
+            if assignment.kind != AssignmentKind.run:
                 continue
             progressed = True
             results = []
@@ -67,7 +68,15 @@ def test_dispatcher_flaky_and_failed_through_python():
             dispatcher.report(worker, assignment.batch.id, results)
         assert progressed, "no worker got work before the suite was done"
     verdicts = {o.id: o.verdict for o in dispatcher.outcomes()}
-    assert verdicts == {"ok.py::t": "passed", "flaky.py::t": "flaky", "bad.py::t": "failed"}
+    assert verdicts == {"ok.py::t": Verdict.passed, "flaky.py::t": Verdict.flaky, "bad.py::t": Verdict.failed}
+    # The member names are the words written to Buildbot's database and the report.
+    assert [verdict.name for verdict in Verdict.__members__.values()] == [
+        "pending",
+        "passed",
+        "flaky",
+        "failed",
+        "skipped",
+    ]
     bad = next(o for o in dispatcher.outcomes() if o.id == "bad.py::t")
     assert [a.message for a in bad.attempts] == ["AssertionError", "AssertionError"]
     assert len({a.worker for a in bad.attempts}) == 2
@@ -83,9 +92,9 @@ def test_python_threads_share_one_dispatcher():
     def work(worker):
         while True:
             assignment = dispatcher.next_batch(worker, 0.0)
-            if assignment.kind == "done":
+            if assignment.kind == AssignmentKind.done:
                 return
-            if assignment.kind == "wait":
+            if assignment.kind == AssignmentKind.wait:
                 continue
             with lock:
                 seen.extend(assignment.batch.tests)

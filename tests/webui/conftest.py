@@ -1,8 +1,9 @@
 """A real master started from master.cfg.example, and a headless Chromium.
 
 The master and workers come from the demo's own harness
-(`buildbot_steps.demo.DemoCluster`: ports chosen by the OS, readiness polled
-through the REST API with deadlines), in a temporary directory. The failing
+(`harness.demo.DemoCluster`, a `harness.local_master.LocalMaster`: ports
+chosen by the OS, readiness polled through the REST API with deadlines), in a
+temporary directory. The failing
 test of the fixture suite is quarantined here, so the forced tests build is
 green (WARNINGS: one flaky test) and the pipeline's Trigger starts a deploy.
 """
