@@ -663,8 +663,10 @@ struct Dispatcher::State {
     InFlight* latest = nullptr;
     for (auto& [id, flight] : in_flight) {
       if (flight.speculative || flight.copied || flight.worker == worker) continue;
-      double finish = flight.started_s + flight.estimate_s;
-      if (finish - now_s < options.min_speculation_s) continue;
+      // The copy pays this worker's start-up first: it can only win against
+      // an original expected to need longer than that (its own start-up included).
+      double finish = flight.started_s + flight.estimate_s + cost.overhead_s(flight.worker);
+      if (finish - now_s < options.min_speculation_s + cost.overhead_s(worker)) continue;
       if (latest == nullptr || finish > latest->started_s + latest->estimate_s ||
           (finish == latest->started_s + latest->estimate_s && flight.tests < latest->tests)) {
         latest = &flight;

@@ -734,5 +734,17 @@ TEST(Dispatcher, RejectsANegativeOverheadPrior) {
   EXPECT_THROW(Dispatcher(suite({{"a", 1}}), options), InvalidInput);
 }
 
+TEST(Dispatcher, NoStragglerCopyThatItsOwnStartUpWouldMakeLate) {
+  auto tests = suite({{"a", 10.0}});
+  DispatchOptions options = workers(2);
+  options.batch_overhead_s = 30.0;  // a runner that takes half a minute to start
+  Dispatcher dispatcher(tests, options);
+  ASSERT_EQ(dispatcher.next_batch("busy", 0.0).kind, Assignment::Kind::Run);
+  // At 25 s the original (30 s start-up, 10 s test) needs 15 s more; a copy
+  // would need 30 s to start: not worth a worker.
+  EXPECT_EQ(dispatcher.next_batch("idle", 25.0).kind, Assignment::Kind::Wait);
+  EXPECT_EQ(dispatcher.stats().speculative_batches, 0u);
+}
+
 }  // namespace
 }  // namespace cd::shard
