@@ -10,8 +10,9 @@ What it does (DESIGN.md section 4, issue 4):
   * starts N real sshd hosts on 127.0.0.k (tests/harness/sshd_hosts.py);
   * per tool and repetition: empties the destinations (untimed), pushes tree 1
     ("first push"), then tree 2 ("second push"), timing each;
-      ours    buildbot_steps.release push into a release slot (second push into
-              a fresh slot with --link-dest against the live slot), flipped
+      ours    buildbot_steps.release push into a release slot (one ssh session
+              per host; rsync in place into the oldest slot, neither live nor
+              the rollback target, with --link-dest against the live slot), flipped
               after each push; every push starts on cold ssh connections (its
               own ControlMaster sockets, closed in between); the flip right
               after a push, and a flip on cold connections, are timed too;
@@ -590,8 +591,8 @@ class Ours:
                     spec = super().script_command(host, action, args)
                     return dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv])
 
-                def push_steps(self, host, source, transfer_args):
-                    steps = super().push_steps(host, source, transfer_args)
+                def push_steps(self, host, source, mode_list, transfer_args):
+                    steps = super().push_steps(host, source, mode_list, transfer_args)
                     return [(name, dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv]))
                             for name, spec in steps]  # fmt: skip
 
@@ -1193,10 +1194,11 @@ def print_table(report: dict, args) -> None:
         "of any ssh fan-out."
     )
     print(
-        "Setup: ours pushes into release slots (prepare, install the host script, rsync "
-        "through it into an emptied staging dir with --link-dest against the live slot and "
-        "commit, under the deploy root's lock: three ssh commands per host over one "
-        "ControlMaster connection), starting every push on cold ssh connections, and flips "
+        "Setup: ours pushes into release slots (one ssh session per host: the receiving "
+        "rsync runs through the host script, which under the deploy root's lock rsyncs in "
+        "place into the oldest slot, neither live nor the rollback target, with --link-dest "
+        "against the live slot, sets modes and commits), starting every push on cold ssh "
+        "connections, and flips "
         "after each push (not in the push time). The in-place peers rsync (-a --delete) into "
         "a plain directory per host, the second push over its copy of tree 1; the slot peers "
         "as described above. All prsync/clush rows reach a per-host directory via "

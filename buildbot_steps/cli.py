@@ -1,4 +1,4 @@
-"""`buildbot-cd`: each engine's commands for people and scripts.
+"""buildbot-cd: each engine's commands for people and scripts.
 
     buildbot-cd plan|simulate ...                   the shard scheduler (shard/cli.py)
     buildbot-cd push|flip|rollback|status ...       the release push (release/cli.py)
@@ -22,12 +22,33 @@ from buildbot_steps.shard.planning import printable
 EXIT_USAGE = 2  # argparse's own status for bad arguments; ours match it
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, "(default: ...)", unless there is none to show.
+
+    Required options, flags and options whose absence means something the
+    help already says (default None) are left as written.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        # Identity, not ==: a default of 0 or 0.0 equals False and must still show.
+        no_default = any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+        no_default = no_default or action.required
+        if no_default or not action.option_strings or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="buildbot-cd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="buildbot-cd", description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_shard_commands(commands)
     add_release_commands(commands)
     add_canary_commands(commands)
+    for subcommand in commands.choices.values():
+        subcommand.formatter_class = DefaultsHelpFormatter
     return parser
 
 

@@ -9,6 +9,7 @@ mean of its hosts (continuous), over the window so far: what the judge saw.
 
 from __future__ import annotations
 
+import re
 from html import escape
 
 WIDTH, HEIGHT = 640, 240
@@ -16,6 +17,8 @@ MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 130, 20, 40
 COLOURS = {"canary": "#d62728", "control": "#1f77b4"}
 EVENT_COLOUR = "#555"
 LABEL_ROW, LABEL_ROWS = 11, 4
+# Host rows shown per metric in the HTML: a page stays readable; samples.json has every host.
+MAX_HOST_ROWS = 200
 
 
 def last_look(samples: dict, phase: str) -> dict | None:
@@ -151,6 +154,47 @@ def table(look: dict) -> str:
     return '<table border="1" cellpadding="3" style="border-collapse:collapse">' + "".join(rows) + "</table>"
 
 
+def host_figure(figures: dict, count: bool) -> str:
+    """One host's figure in a look: its rate (count) or value, or why it was left out."""
+    if figures.get("missing"):
+        return "missing: " + str(figures.get("reason", ""))
+    if count:
+        exposure = figures.get("exposure", 0.0)
+        rate = figures.get("events", 0.0) / exposure if exposure > 0 else 0.0
+        return f"{figures.get('events', 0):g} / {exposure:g} = {rate:.4g}"
+    return f"{figures.get('value', 0.0):.4g}"
+
+
+def natural_key(name: str) -> list:
+    """web2 before web10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def host_table(look: dict, metric: dict) -> str:
+    """The deciding look's figures of `metric`, host by host, canary arm first."""
+    count = metric["kind"] == "count"
+    arms = look.get("data", {}).get(metric["name"], {})
+    rows = [
+        (arm, host, figures)
+        for arm in ("canary", "control")
+        for host, figures in sorted(arms.get(arm, {}).items(), key=lambda item: natural_key(item[0]))
+    ]
+    if not rows:
+        return ""
+    what = "events / exposure = rate" if count else "value"
+    cells = "".join(
+        f"<tr><td>{escape(host)}</td><td>{arm}</td><td>{escape(host_figure(figures, count))}</td></tr>"
+        for arm, host, figures in rows[:MAX_HOST_ROWS]
+    )
+    more = (
+        f"<p>{len(rows) - MAX_HOST_ROWS} more hosts in samples.json</p>" if len(rows) > MAX_HOST_ROWS else ""
+    )
+    return (
+        f'<table class="hosts" border="1" cellpadding="3" style="border-collapse:collapse">'
+        f"<tr><th>host</th><th>arm</th><th>{what}</th></tr>{cells}</table>{more}"
+    )
+
+
 def render(samples: dict, outcome) -> str:
     decision = last_look(samples, outcome.phase)
     parts = [
@@ -169,5 +213,7 @@ def render(samples: dict, outcome) -> str:
     for metric in samples.get("metrics", []):
         parts.append(f"<h4>{escape(metric['name'])}</h4>")
         parts.append(chart(samples, metric, decision["t"] if decision else None))
-    parts.append("<p>Hosts, units and every look's figures: the samples.json log.</p></body></html>")
+        if decision is not None:
+            parts.append(host_table(decision, metric))
+    parts.append("<p>Every look's figures, host by host: the samples.json log.</p></body></html>")
     return "\n".join(parts)

@@ -41,7 +41,7 @@ from buildbot_steps.canary.controller import (
 )
 from buildbot_steps.canary.metrics import DEFAULT_SOURCE, metric_configs
 from buildbot_steps.errors import CdError
-from buildbot_steps.release.steps import PUSHED_HOSTS_PROPERTY, _ReleaseStep
+from buildbot_steps.release.steps import PUSHED_HOSTS_PROPERTY, _ReleaseStep, with_build_summary
 
 CANARY_PROPERTY_SOURCE = "CanaryRelease"
 # The revision PushRelease recorded (a module-level renderable: B008).
@@ -226,7 +226,7 @@ class CanaryRelease(_ReleaseStep):
         message = getattr(self, "_failure_message", None)
         outcome = self._outcome
         if message:
-            return {"step": f"canary: {message}"}
+            return with_build_summary(f"canary: {message}")
         if outcome is None:
             return super().getResultSummary()
         text = f"canary {outcome.verdict} ({outcome.phase}): {outcome.action}"
@@ -234,7 +234,7 @@ class CanaryRelease(_ReleaseStep):
         result = deciding_result(last) if last else None
         if result is not None and (outcome.failed_metric or outcome.verdict != "PASS"):
             text += f"; {describe_metric(result, self._unit(result['name']))}"
-        return {"step": text}
+        return with_build_summary(text)
 
     def interrupt(self, reason):
         canary_run = self._canary_run

@@ -27,6 +27,7 @@ from buildbot_steps.release.inventory import (
     check_slots,
     check_word,
 )  # fmt: skip
+from buildbot_steps.release.reports import human_bytes
 from buildbot_steps.release.runner import (
     FANOUT_DEFAULTS,
     FanoutSettings,
@@ -72,5 +73,6 @@ __all__ = [
     "deploy_lock",
     "host_script_path",
     "host_script_text",
+    "human_bytes",
     "parse_status",
 ]

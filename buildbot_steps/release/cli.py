@@ -30,7 +30,7 @@ def add_release_commands(subparsers) -> None:
     push.add_argument("--source", required=True, help="directory whose contents become the release")
     push.add_argument("--revision", required=True, help="revision recorded in the manifest")
     push.add_argument("--build", default="0", help="build number recorded in the manifest")
-    push.add_argument("--hosts", help="comma-separated host names (default: all)")
+    push.add_argument("--hosts", help="comma-separated host names; default: every host of the inventory")
     push.add_argument(
         "--allow-empty", action="store_true", help="push an empty source tree (refused otherwise)"
     )
@@ -42,7 +42,7 @@ def add_release_commands(subparsers) -> None:
 
     flip = subparsers.add_parser("flip", help="make a pushed revision live (atomic symlink flip)")
     add_common_options(flip)
-    flip.add_argument("--revision", required=True)
+    flip.add_argument("--revision", required=True, help="the pushed revision to make live")
     add_selection_options(flip)
     flip.set_defaults(func=run_flip)
 
@@ -64,18 +64,38 @@ def add_release_commands(subparsers) -> None:
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inventory", required=True, help="JSON inventory file")
-    parser.add_argument("--transport", choices=sorted(release.TRANSPORTS), default="ssh")
+    parser.add_argument(
+        "--transport",
+        choices=sorted(release.TRANSPORTS),
+        default="ssh",
+        help="ssh to real hosts, or local for deploy roots on this machine",
+    )
     parser.add_argument("--known-hosts", help="ssh known_hosts file (host keys are always checked)")
     parser.add_argument("--identity", help="ssh private key")
     parser.add_argument(
         "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh -o option"
     )
-    parser.add_argument("--slots", type=int, default=release.DEFAULT_SLOTS)
-    parser.add_argument("--concurrency", type=int, default=release.FANOUT_DEFAULTS.concurrency)
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=release.DEFAULT_SLOTS,
+        help=f"release slots per host ({release.MIN_SLOTS}-{release.MAX_SLOTS})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=release.FANOUT_DEFAULTS.concurrency,
+        help="hosts worked on at the same time",
+    )
     parser.add_argument(
         "--timeout", type=float, default=release.FANOUT_DEFAULTS.host_timeout_s, help="seconds per host"
     )
-    parser.add_argument("--retries", type=int, default=release.FANOUT_DEFAULTS.max_retries)
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=release.FANOUT_DEFAULTS.max_retries,
+        help="re-runs of a host's step after a transient failure (ssh or rsync connection lost)",
+    )
     parser.add_argument(
         "--max-fail", type=float, default=release.FANOUT_DEFAULTS.max_fail_fraction,
         help="abort hosts not yet started once this share of hosts failed (0..1)",
@@ -83,10 +103,10 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_selection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hosts", help="comma-separated host names")
+    parser.add_argument("--hosts", help="comma-separated host names; default: every host of the inventory")
     parser.add_argument("--tag", help="only hosts with this tag (e.g. canary)")
     share = parser.add_mutually_exclusive_group()
-    share.add_argument("--count", type=int, help="at most this many hosts")
+    share.add_argument("--count", type=int, help="at most this many hosts; default: no limit")
     share.add_argument("--fraction", type=float, help="this share of the hosts (0..1], at least one")
 
 

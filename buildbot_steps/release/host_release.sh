@@ -1,27 +1,32 @@
 # host_release.sh: the release layout on one host (POSIX sh, GNU coreutils).
 #
 #   ROOT/releases/0 .. releases/N-1   slots
-#   ROOT/releases/.incoming           staging directory of a transfer
 #   ROOT/current -> releases/K        the live release (a relative link)
 #   ROOT/releases/K/.release          manifest, written last: a slot with a
 #                                     manifest is complete
+#   ROOT/releases/K/.release.modes    while a push writes slot K: the modes the
+#                                     tree wants (see apply_modes)
 #   ROOT/.deploy.lock                 flock(1) lock of a transfer, flip or
 #                                     rollback, with who holds it since when
-#   ROOT/.bbcd/host_release-*.sh      this script, installed by a push over ssh
-#                                     (rsync runs the transfer through it)
+#
+# A push rsyncs in place into the slot it replaces (never the live one nor its
+# rollback target), so it does the work of the difference: unchanged files
+# stay as they are. The slot's manifest goes first, so the slot is incomplete
+# (never flippable) until the transfer finished and the manifest is rewritten.
 #
 # Manifest lines: revision=, build=, time=, seq= (order of commits on this
 # host), and once flipped live: previous=, previous_seq= (the slot that was
 # live before, and which commit it held, so rollback follows the record and
 # never directory mtimes).
 #
-# Usage, from buildbot_steps.release (over ssh the script comes on stdin):
+# Usage, from buildbot_steps.release (over ssh the script comes on stdin, or
+# for a push as the text of `sh -c` in rsync's --rsync-path: one ssh session):
 #   sh -s -- ACTION ARG...      or      sh host_release.sh ACTION ARG...
-#   prepare  ROOT                                 make ROOT/.bbcd (no lock: changes nothing)
-#   transfer ROOT SLOTS REVISION BUILD TIME OWNER -- rsync ARG...
-#                                                 lock, empty the staging directory, run the
-#                                                 rsync (the receiving side over ssh), then
-#                                                 commit staging -> a free slot, all under the lock
+#   transfer ROOT SLOTS REVISION BUILD TIME OWNER -- rsync ARG... ROOT/releases/next/
+#                                                 lock, choose the slot to replace, invalidate
+#                                                 its manifest, run the rsync into it (the
+#                                                 receiving side over ssh; `next` stands for
+#                                                 the chosen slot), set its modes, commit
 #   flip     ROOT OWNER REVISION                  make REVISION live
 #   rollback ROOT OWNER [LIVE_REVISION]           back to the recorded previous
 #   status   ROOT SLOTS                           what is live, what is where
@@ -186,39 +191,100 @@ switch_current() {
     die $EXIT_NOT_VERIFIED "current does not point at releases/$1 after the flip"
 }
 
-# Also refuses early when another deploy holds the lock: over ssh, a refusal
-# inside the transfer reaches the fan-out as rsync's (retried) code 12.
-do_prepare() {
-  mkdir -p "$root/.bbcd" "$rel"
-  try_lock
-}
-
-# check_rsync ARG...: the transfer command is rsync writing into the staging
-# directory: locally `rsync ... SOURCE/ STAGING/`, over ssh the receiving
-# `rsync --server ... . STAGING/` (never --sender: a push writes, never reads).
+# check_rsync ARG...: the transfer command is rsync writing into the next
+# slot: locally `rsync ... SOURCE/ MODES NEXT/`, over ssh the receiving
+# `rsync --server ... . NEXT/` (never --sender: a push writes, never reads).
 check_rsync() {
   [ "$1" = rsync ] || die $EXIT_USAGE "transfer: expected an rsync command, got '$1'"
   for arg in "$@"; do
     [ "$arg" != --sender ] || die $EXIT_USAGE "transfer: rsync must receive, not send"
+    [ "$arg" != --inplace ] || die $EXIT_USAGE "transfer: never --inplace (files are shared with the live slot)"
     destination=$arg
   done
-  [ "$destination" = "$rel/.incoming/" ] ||
-    die $EXIT_USAGE "transfer: rsync must write into $rel/.incoming/, not '$destination'"
+  [ "$destination" = "$rel/next/" ] ||
+    die $EXIT_USAGE "transfer: rsync must write into $rel/next/, not '$destination'"
+}
+
+# open_slot: the chosen slot, made incomplete before anything is written into
+# it: whatever is at its name becomes a real directory without a manifest.
+open_slot() {
+  slot_dir=$rel/$chosen
+  if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then rm -rf "$slot_dir"; fi
+  rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
+  mkdir -p "$slot_dir"
+  # A slot never written (the first pushes on a host) starts as hard links to
+  # the live release: cp -al makes them far faster than rsync's per-file
+  # --link-dest, and the rsync after it works in place as in any other slot.
+  if [ -n "$live" ] && is_slot_dir "$live" && [ -z "$(ls -A "$slot_dir")" ]; then
+    cp -al "$rel/$live/." "$slot_dir/"
+    rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
+  fi
 }
 
 do_transfer() {
   check_rsync "$@"
   acquire_lock "$owner"
   mkdir -p "$rel"
-  rm -rf "$rel/.incoming"
-  mkdir "$rel/.incoming"
+  rm -rf "$rel/.incoming" # the staging directory of older versions of this script
+  choose_slot
+  open_slot
+  # The same command with its last word, NEXT/, replaced by the chosen slot.
+  count=$#
+  index=0
+  for arg in "$@"; do
+    [ "$index" -ne 0 ] || set --
+    index=$((index + 1))
+    if [ "$index" -eq "$count" ]; then set -- "$@" "$slot_dir/"; else set -- "$@" "$arg"; fi
+  done
   set +e
   "$@"
   code=$?
   set -e
   [ "$code" -eq 0 ] || exit "$code" # rsync's own code: the fan-out retries the transient ones
+  apply_modes "$slot_dir"
   do_commit
   prune_slots_beyond
+}
+
+# apply_modes SLOT_DIR: give every file and directory the mode the tree wants.
+#
+# rsync runs with --no-perms because of --link-dest into a non-empty slot: a
+# file of this slot may be a hard link to the live release's (or another
+# slot's) file, and rsync would chmod such a file in place when only its mode
+# changed, changing the live release with it. Without perms it never does; here
+# a file whose mode must change is first copied (cp -p) and renamed over its
+# name when it has other links, so the shared inode is never touched.
+# .release.modes holds "MODE PATH" lines (find's %m and %P, "." for the slot
+# itself) written by the master; find never follows symlinks, so only real
+# entries of this slot are changed.
+apply_modes() {
+  modes=$1/.release.modes
+  [ -f "$modes" ] && [ ! -L "$modes" ] || die $EXIT_USAGE "transfer: no mode list $modes in the transfer"
+  work=$root/.bbcd
+  mkdir -p "$work"
+  rm -rf "$work/modes.found" "$work/modes.todo" "$work/mode.tmp"
+  find "$1" \( -type f -o -type d \) -printf '%m %P\n' >"$work/modes.found"
+  # "MODE PATH" for every entry whose mode is not the wanted one.
+  awk -v list="$modes" '
+    BEGIN {
+      while ((getline line < list) > 0) { i = index(line, " "); want[substr(line, i + 1)] = substr(line, 1, i - 1) }
+    }
+    {
+      i = index($0, " "); path = substr($0, i + 1); if (path == "") path = "."
+      if ((path in want) && want[path] != substr($0, 1, i - 1)) print want[path] " " path
+    }' "$work/modes.found" >"$work/modes.todo"
+  while IFS= read -r line; do
+    mode=${line%% *} path=$1/${line#* }
+    case $mode in '' | *[!0-7]* | ?????*) die $EXIT_USAGE "transfer: bad mode '$mode' in $modes" ;; esac
+    if [ -f "$path" ] && [ ! -L "$path" ] && [ "$(stat -c %h "$path")" -gt 1 ]; then
+      cp -p "$path" "$work/mode.tmp"
+      chmod "$mode" "$work/mode.tmp"
+      mv -f -T "$work/mode.tmp" "$path"
+    else
+      chmod "$mode" "$path"
+    fi
+  done <"$work/modes.todo"
+  rm -f "$modes" "$work/modes.found" "$work/modes.todo"
 }
 
 # Sets `chosen`, the slot to overwrite: never the live one nor its rollback
@@ -246,14 +312,9 @@ choose_slot() {
 }
 
 do_commit() {
-  choose_slot
-  rm -rf "${rel:?}/$chosen"
-  mv -T "$rel/.incoming" "$rel/$chosen"
   m_revision=$revision m_build=$build m_time=$release_time m_seq=$((top_seq + 1)) m_previous='' m_previous_seq=''
-  # Written last, after removing whatever a tree put at these names (rsync
-  # excludes them; an older release might not have): a slot with a manifest
-  # is complete, by this script's word only.
-  rm -rf "$rel/$chosen/.release" "$rel/$chosen/.release.tmp"
+  # Written last (open_slot removed whatever was at these names, and rsync
+  # excludes them): a slot with a manifest is complete, by this script's word only.
   write_manifest "$rel/$chosen/.release"
   # stdout belongs to rsync's protocol over ssh: the result goes to stderr.
   echo "host_release: committed slot=$chosen seq=$m_seq" >&2
@@ -362,12 +423,8 @@ if [ "$action" != transfer ]; then
 fi
 
 case $action in
-  prepare)
-    [ $# -eq 0 ] || die $EXIT_USAGE "usage: prepare ROOT"
-    do_prepare
-    ;;
   transfer)
-    [ $# -ge 7 ] && [ "$6" = -- ] || die $EXIT_USAGE "usage: transfer ROOT SLOTS REVISION BUILD TIME OWNER -- rsync ARG..."
+    [ $# -ge 7 ] && [ "$6" = -- ] || die $EXIT_USAGE "usage: transfer ROOT SLOTS REVISION BUILD TIME OWNER -- rsync ARG... ROOT/releases/next/"
     slots=$1 revision=$2 build=$3 release_time=$4 owner=$5
     for arg in "$slots" "$revision" "$build" "$release_time" "$owner"; do check_word "$arg"; done
     check_number "$slots"

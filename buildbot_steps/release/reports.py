@@ -14,6 +14,9 @@ EXIT_HOST_BUSY = 6
 BUSY_LINE = re.compile(r"busy since=(\S+) what=(\S+)")
 COMMITTED_LINE = re.compile(r"^host_release: committed (slot=\d+ seq=\d+)$", re.MULTILINE)
 NO_SPACE_TEXT = "No space left on device"
+# The fan-out's note for each retry of a step (cpp/src/fanout.cpp, schedule_retry).
+RETRY_NOTE = re.compile(r"^\[fanout\] step \d+ exited -?\d+, a transient code: retry", re.MULTILINE)
+BYTE_UNITS = ("bytes", "KB", "MB", "GB", "TB")
 
 
 class HostState(enum.StrEnum):
@@ -39,7 +42,8 @@ class HostReport:
     host: str
     status: HostState
     exit_code: int = -1
-    attempts: int = 0
+    attempts: int = 0  # commands started, every step's first run and its retries
+    retries: int = 0  # re-runs of a step after a transient failure
     failed_step: str | None = None
     error: str = ""
     duration_s: float = 0.0
@@ -81,22 +85,62 @@ class RunReport:
         what = f" {self.revision}" if self.revision else ""
         return (
             f"{self.action}{what}: {len(self.ok_hosts)}/{len(self.hosts)} hosts ok, "
-            f"{len(self.failed_hosts)} failed, {self.bytes_sent} bytes sent, {self.duration_s:.1f} s"
+            f"{len(self.failed_hosts)} failed, {human_bytes(self.bytes_sent)} sent, {self.duration_s:.1f} s"
         )
 
     def to_text(self) -> str:
         lines = [
             self.summary(),
-            f"{'host':<20} {'status':<10} {'step':<9} {'exit':>4} {'tries':>5} {'secs':>7} "
-            f"{'bytes':>12}  detail",
+            f"{'host':<20} {'status':<10} {'step':<9} {'exit':>4} {'retries':>7} {'secs':>7} {'bytes':>12}  "
+            "detail",
         ]
         for h in self.hosts:
             detail = h.error or " ".join(f"{k}={v}" for k, v in h.details.items() if not isinstance(v, dict))
             lines.append(
-                f"{h.host:<20} {h.status:<10} {h.failed_step or '-':<9} {h.exit_code:>4} {h.attempts:>5} "
+                f"{h.host:<20} {h.status:<10} {h.failed_step or '-':<9} {h.exit_code:>4} {h.retries:>7} "
                 f"{h.duration_s:>7.2f} {h.bytes_sent:>12}  {detail}"
             )
+            lines.extend(slot_lines(h.details))
         return "\n".join(lines) + "\n"
+
+
+def slot_lines(details: dict) -> list[str]:
+    """A status report's slots, one indented line each, the live one marked."""
+    slots = details.get("slots")
+    if not isinstance(slots, dict):
+        return []
+    lines = []
+    for slot in sorted(
+        slots, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+    ):
+        fields = " ".join(f"{k}={v}" for k, v in slots[slot].items() if v != "")
+        marker = "  (live)" if slot == details.get("live") else ""
+        lines.append(f"    slot {slot}: {fields}{marker}")
+    return lines
+
+
+def human_bytes(count: int) -> str:
+    """12345678 -> '11.8 MB' (powers of 1024; whole bytes below 1 KB)."""
+    value, unit = float(count), BYTE_UNITS[0]
+    for unit in BYTE_UNITS:
+        if value < 1024 or unit == BYTE_UNITS[-1]:
+            break
+        value /= 1024
+    return f"{count} bytes" if unit == BYTE_UNITS[0] else f"{value:.1f} {unit}"
+
+
+def retries_of(result, steps: int) -> int:
+    """Re-runs among a host's commands: `attempts` counts every command started.
+
+    A host that finished, or failed at a known step, ran each step up to it
+    once plus its retries; otherwise (timed out, cancelled) the fan-out's
+    retry notes in its log are counted.
+    """
+    if HostState(result.status) == HostState.OK:
+        return max(0, result.attempts - steps)
+    if 0 <= result.failed_step < steps:
+        return max(0, result.attempts - (result.failed_step + 1))
+    return len(RETRY_NOTE.findall(result.stderr_tail))
 
 
 def parse_key_values(line: str) -> dict:
@@ -159,6 +203,7 @@ def host_report(result, step_names, host: Host) -> HostReport:
         status=HostState(result.status),
         exit_code=result.exit_code,
         attempts=result.attempts,
+        retries=retries_of(result, len(step_names)),
         failed_step=step_names[failed] if failed is not None else None,
         duration_s=result.duration_s,
         bytes_sent=result.bytes_sent,

@@ -37,6 +37,7 @@ import contextlib
 import os
 import re
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -63,7 +64,7 @@ from buildbot_steps.release.reports import (
     parse_key_values,
     parse_status,
 )  # fmt: skip
-from buildbot_steps.release.transports import CommandSpec, PushStep, SshTransport
+from buildbot_steps.release.transports import CommandSpec, PushStep, SshTransport, write_mode_list
 
 __all__ = [
     "FANOUT_DEFAULTS",
@@ -194,12 +195,15 @@ class ReleaseRunner:
             owner_word("push", revision),
         ]
         chosen = self._hosts(Selection(names=tuple(hosts)) if hosts is not None else ALL_HOSTS)
+        keep_setid = bool(getattr(self.transport, "preserve_privileged", False))
+        with tempfile.TemporaryDirectory(prefix="bbcd-modes-") as scratch:
+            mode_list = write_mode_list(source_dir, scratch, keep_setid)
 
-        def steps(host: Host) -> list[PushStep]:
-            return self.transport.push_steps(host, source_dir, transfer_args)
+            def steps(host: Host) -> list[PushStep]:
+                return self.transport.push_steps(host, source_dir, mode_list, transfer_args)
 
-        with deploy_lock(f"push {revision}", self.inventory.hosts):
-            report = self._run("push", chosen, steps, revision)
+            with deploy_lock(f"push {revision}", self.inventory.hosts):
+                report = self._run("push", chosen, steps, revision)
         for host in report.hosts:
             if host.ok:
                 committed = COMMITTED_LINE.findall(host.details.pop("stderr", ""))

@@ -206,6 +206,10 @@ class _ReleaseStep(buildstep.BuildStep):
         }
         if report.revision:
             figures["release_revision"] = report.revision
+            if not self.getProperty("revision"):
+                # The web UI's "Revision" column reads this property; a forced
+                # deploy has none of its own.
+                figures["revision"] = report.revision
         for name, value in figures.items():
             self.setProperty(name, value, PROPERTY_SOURCE)
 
@@ -224,15 +228,23 @@ class _ReleaseStep(buildstep.BuildStep):
         return {"step": f"{self.description[0]}{counts}{problems}"}
 
     def _report_summary(self, report: release.RunReport) -> str:
-        summary = f"{self.action}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
+        summary = f"{self._what(report)}: {len(report.ok_hosts)}/{len(report.hosts)} hosts ok"
+        if report.bytes_sent:
+            summary += f", {release.human_bytes(report.bytes_sent)} sent"
         if report.failed_hosts:
             summary += f", failed: {', '.join(report.failed_hosts[:FAILED_HOSTS_NAMED])}"
             summary += "..." if len(report.failed_hosts) > FAILED_HOSTS_NAMED else ""
         return summary
 
+    def _what(self, report: release.RunReport) -> str:
+        """ "push abc123", "flip abc123", "rollback of abc123": the action and its revision."""
+        if not report.revision:
+            return self.action
+        return f"{self.action} {'of ' if self.action == 'rollback' else ''}{report.revision}"
+
     def getResultSummary(self) -> dict[str, str]:
         if self._summary:
-            return {"step": self._summary}
+            return with_build_summary(self._summary)
         return super().getResultSummary()
 
     def interrupt(self, reason: str | Failure) -> defer.Deferred:
@@ -241,6 +253,15 @@ class _ReleaseStep(buildstep.BuildStep):
         if runner is not None:
             runner.cancel()
         return super().interrupt(reason)
+
+
+def with_build_summary(summary: str) -> dict[str, str]:
+    """The step's summary, also for the build's: the builds table then says what each deploy did.
+
+    Buildbot joins the build's status and each step's "build" text with spaces
+    ("build successful push r2: ... canary PASS ..."): the period ends each.
+    """
+    return {"step": summary, "build": f"{summary}."}
 
 
 def confine_to_root(source, release_root: str) -> str:

@@ -7,9 +7,10 @@ SOURCE to HOST's staging directory" into argument vectors for the fan-out.
 from __future__ import annotations
 
 import atexit
-import hashlib
+import os
 import shlex
 import shutil
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -23,14 +24,16 @@ from buildbot_steps.release.inventory import (
     check_ssh_option,
 )  # fmt: skip
 
-STAGING_DIR = "releases/.incoming"
-# Where a push over ssh installs the host script, so that rsync's receiving
-# side runs through it (under the deploy root's lock); named by content, so
-# masters of different versions never run each other's script.
-INSTALLED_SCRIPT_DIR = ".bbcd"
+# The destination a push names: the host script replaces it with the slot it
+# chose (the master does not know which one that is on each host).
+NEXT_SLOT_DIR = "releases/next"
 # Names in a release tree that rsync never transfers: the manifest is the host
 # script's word alone (host_release.sh removes them again before writing it).
 MANIFEST_NAMES = (".release", ".release.tmp")
+# The file, sent next to the tree, that lists the mode of every file and
+# directory of the tree (see host_release.sh's apply_modes); a tree must not
+# have its own at its top.
+MODE_LIST_NAME = ".release.modes"
 _control_dir_lock = threading.Lock()  # guards the lazily made shared control directory
 HOST_SCRIPT = "host_release.sh"
 # A unix socket path must stay under ~100 bytes and rsync splits -e on
@@ -52,11 +55,6 @@ def host_script_text() -> str:
 
 def host_script_path() -> str:
     return str(resources.files("buildbot_steps.release").joinpath(HOST_SCRIPT))
-
-
-def installed_script_name() -> str:
-    digest = hashlib.sha256(host_script_text().encode()).hexdigest()[:16]
-    return f"{INSTALLED_SCRIPT_DIR}/host_release-{digest}.sh"
 
 
 @dataclass(frozen=True)
@@ -143,31 +141,27 @@ class SshTransport:
         words = host_words(host, argv)
         return CommandSpec(["ssh", *self.ssh_options(host), f"{host.user}@{host.address}", shlex.join(words)])
 
-    def push_steps(self, host: Host, source: str, transfer_args: list[str]) -> list[PushStep]:
-        """prepare (mkdir), install the host script, transfer through it.
+    def push_steps(self, host: Host, source: str, mode_list: str, transfer_args: list[str]) -> list[PushStep]:
+        """One rsync, one ssh session: the host script runs as rsync's receiving side.
 
         rsync starts its receiving side as `<--rsync-path> --server ...` on the
-        host: that is the installed host script, which takes the deploy root's
-        lock, empties the staging directory, runs the receiving rsync and
-        commits, so the whole push on the host happens under one lock.
+        host. That is `sh -c <the host script's text> host_release transfer ...`:
+        the script takes the deploy root's lock, chooses and invalidates the
+        slot, runs the receiving rsync into it and commits, so the whole push on
+        the host happens under one lock, with nothing installed beforehand.
         """
         # rsync splits -e on whitespace, and the remote shell splits
-        # --rsync-path: every part of both is fixed or checked.
+        # --rsync-path: every word of both is fixed or checked, and the
+        # script's text (fixed, ours) is quoted as one word.
         remote_shell = " ".join(["ssh", *self.ssh_options(host)])
         remote = f"{host.user}@{host.address}:{host.deploy_root}"
-        installed = f"{host.deploy_root}/{installed_script_name()}"
-        receiver = ["sh", installed, "transfer", host.deploy_root, *transfer_args, "--", "rsync"]
-        install = ["rsync", "--times", "--chmod=F0644", "-e", remote_shell, host_script_path(),
-                   f"{remote}/{installed_script_name()}"]  # fmt: skip
+        receiver = ["sh", "-c", shlex.quote(host_script_text()), "host_release",
+                    "transfer", host.deploy_root, *transfer_args, "--", "rsync"]  # fmt: skip
         transfer = [
             *rsync_base(host, self.preserve_privileged), "-e", remote_shell,
-            f"--rsync-path={' '.join(receiver)}", f"{source}/", f"{remote}/{STAGING_DIR}/",
+            f"--rsync-path={' '.join(receiver)}", f"{source}/", mode_list, f"{remote}/{NEXT_SLOT_DIR}/",
         ]  # fmt: skip
-        return [
-            ("prepare", self.script_command(host, "prepare", [host.deploy_root])),
-            ("install", CommandSpec(install)),
-            ("transfer", CommandSpec(transfer, parse_rsync_stats=True)),
-        ]
+        return [("transfer", CommandSpec(transfer, parse_rsync_stats=True))]
 
 
 _shared_control_dir: list[str] = []
@@ -209,18 +203,16 @@ class LocalTransport:
     def command(self, host: Host, argv: list[str]) -> CommandSpec:
         return CommandSpec(host_words(host, argv))
 
-    def push_steps(self, host: Host, source: str, transfer_args: list[str]) -> list[PushStep]:
-        """prepare (mkdir), then the rsync run by the host script under its lock."""
+    def push_steps(self, host: Host, source: str, mode_list: str, transfer_args: list[str]) -> list[PushStep]:
+        """The rsync, run by the host script under its lock (as over ssh)."""
         rsync = [
             *rsync_base(host, self.preserve_privileged),
             f"{source}/",
-            f"{host.deploy_root}/{STAGING_DIR}/",
+            mode_list,
+            f"{host.deploy_root}/{NEXT_SLOT_DIR}/",
         ]
         transfer = ["sh", host_script_path(), "transfer", host.deploy_root, *transfer_args, "--", *rsync]
-        return [
-            ("prepare", self.script_command(host, "prepare", [host.deploy_root])),
-            ("transfer", CommandSpec(transfer, parse_rsync_stats=True)),
-        ]
+        return [("transfer", CommandSpec(transfer, parse_rsync_stats=True))]
 
 
 def host_words(host: Host, argv: list[str]) -> list[str]:
@@ -238,14 +230,48 @@ UNPRIVILEGED_RSYNC_OPTIONS = ("--no-owner", "--no-group", "--no-devices", "--no-
 def rsync_base(host: Host, preserve_privileged: bool = False) -> list[str]:
     # -a copies symlinks as symlinks (never -L: a link pointing out of the
     # tree must not pull outside files in). Never --inplace: a hard-linked
-    # file shared with the live slot would be rewritten under it. --link-dest
-    # goes through `current`, which the host resolves to the live slot.
+    # file shared with the live slot would be rewritten under it; rsync writes
+    # a changed file to a temporary name and renames it, which breaks the link.
+    # --no-perms: rsync would chmod such a shared file in place when only its
+    # mode changed; the host script sets modes from the mode list instead.
+    # --link-dest goes through `current`, which the host resolves to the live slot.
     base = [
-        "rsync", "-a", "--delete", "--stats", f"--timeout={RSYNC_IO_TIMEOUT_S}",
+        "rsync", "-a", "--no-perms", "--delete", "--stats", f"--timeout={RSYNC_IO_TIMEOUT_S}",
         f"--link-dest={host.deploy_root}/current",
         *(f"--exclude=/{name}" for name in MANIFEST_NAMES),
     ]  # fmt: skip
     return base if preserve_privileged else [*base, *UNPRIVILEGED_RSYNC_OPTIONS]
+
+
+def write_mode_list(source: str, directory: str, keep_setid: bool) -> str:
+    """Write MODE_LIST_NAME into `directory`: "MODE PATH" per file and directory
+    of `source` (octal as find's %m, "." for the top), returned as its path.
+
+    Without keep_setid the setuid/setgid bits are dropped, as --chmod=ug-s does.
+    """
+    lines: list[bytes] = []
+    top = os.fsencode(source)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [b"", *dirnames, *filenames] if dirpath == top else [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name) if name else dirpath
+            relative = os.path.relpath(path, top)
+            if b"\n" in relative:
+                raise InvalidInput(
+                    f"release source has a name with a newline: {os.fsdecode(relative)!r}; rename it"
+                )
+            if relative == MODE_LIST_NAME.encode():
+                raise InvalidInput(
+                    f"release source {source!r} has {MODE_LIST_NAME!r} at its top, a name the release "
+                    "layout reserves; remove or rename it"
+                )
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
+                mode = stat.S_IMODE(info.st_mode) & (~0 if keep_setid else ~(stat.S_ISUID | stat.S_ISGID))
+                lines.append(b"%o %s\n" % (mode, relative))
+    path = os.path.join(directory, MODE_LIST_NAME)
+    with open(path, "wb") as out:
+        out.writelines(lines)
+    return path
 
 
 # The transports a step or the command line may name.

@@ -1,6 +1,6 @@
 """`buildbot-cd plan` and `buildbot-cd simulate`: the shard scheduler outside Buildbot.
 
-buildbot-cd plan --history OLD.json NEW.json --shards 8 [--tests FILE|-] [--json]
+buildbot-cd plan --history OLD.json NEW.json --shards 8 [--tests FILE|-] [--json | --ids]
 buildbot-cd simulate --history ... --actual NEXT.json --workers 32 [--mode static]
 """
 
@@ -11,6 +11,7 @@ import json
 import sys
 
 from buildbot_steps import _core
+from buildbot_steps.errors import InvalidInputError
 from buildbot_steps.shard import planning
 from buildbot_steps.shard.commands import DYNAMIC, MODES
 
@@ -23,6 +24,11 @@ def add_shard_commands(commands) -> None:
         "--tests",
         metavar="FILE",
         help="test ids to plan, one per line ('-' for stdin); default: the ids in the newest history file",
+    )
+    plan.add_argument(
+        "--ids",
+        action="store_true",
+        help="print only the plan's test ids, one line each: shard number, a tab, the test id",
     )
     plan.set_defaults(func=run_plan)
 
@@ -37,7 +43,12 @@ def add_shard_commands(commands) -> None:
     simulate.add_argument(
         "--workers", type=int, required=True, help=f"simulated workers (1-{planning.MAX_SHARDS})"
     )
-    simulate.add_argument("--mode", choices=MODES, default=DYNAMIC)
+    simulate.add_argument(
+        "--mode",
+        choices=MODES,
+        default=DYNAMIC,
+        help="dynamic: workers pull batches as they finish; static: each worker gets a fixed list",
+    )
     simulate.add_argument(
         "--tests",
         metavar="FILE",
@@ -106,8 +117,12 @@ def run_plan(args) -> int:
     else:
         estimates = _core.estimate_durations(tests, history)
     plan = _core.plan_static(estimates, args.shards)
+    if args.json and args.ids:
+        raise InvalidInputError("--json and --ids each choose the output: give one of them")
     if args.json:
         sys.stdout.write(_core.plan_to_json(plan))
+    elif args.ids:
+        print(planning.format_plan_ids(plan))
     else:
         print(planning.format_plan(plan, estimates))
     return 0

@@ -36,8 +36,8 @@ from buildbot.interfaces import IRenderable, ITriggerableScheduler
 from buildbot.process import remotecommand
 from buildbot.process.buildstep import BuildStep
 from buildbot.process.properties import Properties
-from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
-from buildbot.reporters.utils import getURLForBuildrequest
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS, statusToString
+from buildbot.reporters.utils import getURLForBuild, getURLForBuildrequest
 from buildbot.schedulers.triggerable import Triggerable
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
@@ -382,6 +382,19 @@ class ShardedTest(BuildStep):
                 await self.addURL(f"shard {index} (request {brid})", getURLForBuildrequest(self.master, brid))
             waiting.append(finished)
         await defer.DeferredList(waiting, consumeErrors=True)
+        await self._link_shard_builds()
+
+    async def _link_shard_builds(self) -> None:
+        """One link per finished shard build, as Buildbot's Trigger step adds.
+
+        The web UI counts a request without a build link as a pending build:
+        without these, a finished step would still read "N pending builds".
+        """
+        for brid in self._brids:
+            builds = await self.master.db.builds.getBuilds(buildrequestid=brid)
+            for build in builds:
+                label = f"{statusToString(build.results)}: shard build #{build.number}"
+                await self.addURL(label, getURLForBuild(self.master, build.builderid, build.number))
 
     def _shard_properties(self, plan: Plan, index: int, shards: int) -> Properties:
         properties = Properties()

@@ -314,21 +314,37 @@ def format_simulation(result: SimulationResult) -> str:
 
 
 def format_plan(plan, estimates: Sequence[_core.TestEstimate]) -> str:
+    """The summary first (what a person reads), then each shard's test ids."""
+    lines = plan_summary_lines(plan, estimates)
+    for index, shard in enumerate(plan.shards):
+        lines.append("")
+        lines.append(f"shard {index + 1} tests:")
+        lines.extend(f"  {printable(test_id)}" for test_id in shard.tests)
+    return "\n".join(lines)
+
+
+def plan_summary_lines(plan, estimates: Sequence[_core.TestEstimate]) -> list[str]:
     sources: dict[str, int] = {}
     for estimate_ in estimates:
         sources[estimate_.source] = sources.get(estimate_.source, 0) + 1
-    lines = []
+    ratio = plan.makespan_s / plan.lower_bound_s if plan.lower_bound_s else 1.0
+    lines = [
+        f"{len(estimates)} tests in {len(plan.shards)} shards: makespan {plan.makespan_s:.2f} s, "
+        f"lower bound {plan.lower_bound_s:.2f} s, ratio {ratio:.4f}",
+        "estimates: " + ", ".join(f"{count} from {source}" for source, count in sorted(sources.items())),
+    ]
     for index, shard in enumerate(plan.shards):
         lines.append(f"shard {index + 1}: {len(shard.tests)} tests, estimate {shard.estimate_s:.2f} s")
-        lines.extend(f"  {printable(test_id)}" for test_id in shard.tests)
-    lines.append(
-        f"makespan {plan.makespan_s:.2f} s, lower bound {plan.lower_bound_s:.2f} s, "
-        f"ratio {plan.makespan_s / plan.lower_bound_s if plan.lower_bound_s else 1.0:.4f}"
+    return lines
+
+
+def format_plan_ids(plan) -> str:
+    """One line per test, "<shard number><TAB><test id>": for scripts (`cut -f2`, `grep ^3`)."""
+    return "\n".join(
+        f"{index + 1}\t{printable(test_id)}"
+        for index, shard in enumerate(plan.shards)
+        for test_id in shard.tests
     )
-    lines.append(
-        "estimates: " + ", ".join(f"{count} from {source}" for source, count in sorted(sources.items()))
-    )
-    return "\n".join(lines)
 
 
 def plan_to_dict(plan) -> dict:

@@ -23,14 +23,49 @@ TIMELINE_WIDTH = 900
 ROW_HEIGHT = 22
 LABEL_WIDTH = 160
 
-BATCH_COLOURS = {
-    "reported": "#4caf50",
-    "error": "#e53935",
-    "lost": "#9e9e9e",
-    "running": "#2196f3",
-}
+AXIS_HEIGHT = 30  # the time axis under the rows: tick marks and their labels
+LEGEND_HEIGHT = 24
+TARGET_TICKS = 8  # about this many labelled ticks, at a round step
+ROUND_STEPS_S = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+PASSED_COLOUR = "#4caf50"
+FAILED_COLOUR = "#e53935"
+LOST_COLOUR = "#9e9e9e"
+RUNNING_COLOUR = "#2196f3"
 RETRY_COLOUR = "#ff9800"
 SPECULATIVE_COLOUR = "#8e24aa"
+
+# The legend, in drawing order: (colour, what a batch of that colour is).
+LEGEND = (
+    (PASSED_COLOUR, "all passed"),
+    (FAILED_COLOUR, "a test failed, or the batch failed"),
+    (RETRY_COLOUR, "re-run, all passed"),
+    (SPECULATIVE_COLOUR, "straggler copy, all passed"),
+    (LOST_COLOUR, "worker lost"),
+    (RUNNING_COLOUR, "still running"),
+)
+
+VALUE_CELL = "align='right' style='padding-left:2em'"  # a label never runs into its value
+
+# The summary figures as a person reads them: label, and how to show the value.
+FIGURE_LABELS = {
+    "total": ("Tests", "{}"),
+    "passed": ("Passed", "{}"),
+    "failed": ("Failed", "{}"),
+    "flaky": ("Flaky (failed, then passed)", "{}"),
+    "skipped": ("Skipped", "{}"),
+    "not_run": ("Not run", "{}"),
+    "workers": ("Workers", "{}"),
+    "makespan_s": ("Wall time of the test run", "{:.1f} s"),
+    "lower_bound_s": ("Shortest possible on these workers", "{:.1f} s"),
+    "planned_lower_bound_s": ("Shortest possible, from the estimates", "{:.1f} s"),
+    "lower_bound_with_startups_s": ("Shortest possible with one runner start-up per worker", "{:.1f} s"),
+    "batch_overhead_s": ("Runner start-up per batch (learnt)", "{:.2f} s"),
+    "estimate_scale": ("Guessed estimates scaled by", "{:.3g}"),
+    "batches": ("Batches run", "{}"),
+    "requeued_batches": ("Batches re-queued (worker lost)", "{}"),
+    "straggler_copies": ("Straggler copies started", "{}"),
+}
 
 
 def render_report(
@@ -56,10 +91,19 @@ def render_report(
     return "\n".join(parts)
 
 
+def figure_row(key: str, value: object) -> tuple[str, str]:
+    """A summary figure as (label, value with its unit); unknown keys as they are."""
+    label, form = FIGURE_LABELS.get(key, (key, "{}"))
+    try:
+        return label, form.format(value)
+    except (TypeError, ValueError):
+        return label, str(value)
+
+
 def _summary_table(summary: Mapping[str, object]) -> str:
     rows = "".join(
-        f"<tr><th align='left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-        for k, v in summary.items()
+        f"<tr><th align='left'>{html.escape(label)}</th><td {VALUE_CELL}>{html.escape(text)}</td></tr>"
+        for label, text in (figure_row(k, v) for k, v in summary.items())
     )
     return f"<h3>Summary</h3><table>{rows}</table>"
 
@@ -165,40 +209,81 @@ def timeline_svg(timeline: Sequence[BatchRun]) -> str:
     if not workers:
         return "<p>no batches ran</p>"
     end = max((run.end_s if run.end_s is not None else run.start_s) for run in timeline) or 1.0
-    scale = (TIMELINE_WIDTH - LABEL_WIDTH) / end
-    height = ROW_HEIGHT * (len(workers) + 1)
-    shapes = []
+    scale = (TIMELINE_WIDTH - LABEL_WIDTH - 20) / end
+    rows_height = ROW_HEIGHT * len(workers)
+    height = LEGEND_HEIGHT + rows_height + AXIS_HEIGHT
+    shapes = [_legend()]
     for row, worker in enumerate(workers):
-        y = row * ROW_HEIGHT
+        y = LEGEND_HEIGHT + row * ROW_HEIGHT
         shapes.append(f"<text x='4' y='{y + 15}' font-size='12'>{html.escape(worker)}</text>")
         for run in (r for r in timeline if r.worker == worker):
             shapes.append(_batch_rect(run, y, scale, end))
-    shapes.append(
-        f"<text x='{LABEL_WIDTH}' y='{height - 6}' font-size='11'>0 s</text>"
-        f"<text x='{TIMELINE_WIDTH - 60}' y='{height - 6}' font-size='11'>{end:.1f} s</text>"
-    )
+    shapes.append(_time_axis(LEGEND_HEIGHT + rows_height, scale, end))
     return (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{TIMELINE_WIDTH}' height='{height}'>"
-        + "".join(shapes)
-        + "</svg>"
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{TIMELINE_WIDTH}' height='{height}' "
+        "font-family='sans-serif'>" + "".join(shapes) + "</svg>"
     )
+
+
+def _legend() -> str:
+    parts, x = [], 4
+    for colour, meaning in LEGEND:
+        parts.append(
+            f"<rect x='{x}' y='4' width='12' height='12' fill='{colour}' stroke='#333' stroke-width='0.5'/>"
+            f"<text x='{x + 16}' y='14' font-size='11'>{html.escape(meaning)}</text>"
+        )
+        x += 22 + 6 * len(meaning)  # about 6 units a character at this size
+    return "<g class='legend'>" + "".join(parts) + "</g>"
+
+
+def tick_step(end_s: float) -> float:
+    """The smallest round step that gives at most TARGET_TICKS ticks up to `end_s`."""
+    for step in ROUND_STEPS_S:
+        if end_s / step <= TARGET_TICKS:
+            return step
+    return ROUND_STEPS_S[-1] * (int(end_s / ROUND_STEPS_S[-1] / TARGET_TICKS) + 1)
+
+
+def _time_axis(y: int, scale: float, end: float) -> str:
+    step = tick_step(end)
+    right = LABEL_WIDTH + end * scale
+    parts = [f"<line x1='{LABEL_WIDTH}' y1='{y}' x2='{right:.1f}' y2='{y}' stroke='#333'/>"]
+    count = int(end / step + 1e-9)
+    for index in range(count + 1):
+        seconds = index * step
+        x = LABEL_WIDTH + seconds * scale
+        label = f"{seconds:g} s"
+        parts.append(
+            f"<line x1='{x:.1f}' y1='{y}' x2='{x:.1f}' y2='{y + 5}' stroke='#333'/>"
+            f"<text x='{x:.1f}' y='{y + 17}' font-size='11' text-anchor='middle'>{label}</text>"
+        )
+    parts.append(f"<text x='4' y='{y + 17}' font-size='11'>time since start</text>")
+    return "<g class='time-axis'>" + "".join(parts) + "</g>"
+
+
+def batch_colour(run: BatchRun) -> str:
+    if run.outcome == "reported" and run.failed_tests:
+        return FAILED_COLOUR
+    if run.outcome == "reported":
+        if run.speculative:
+            return SPECULATIVE_COLOUR
+        return RETRY_COLOUR if run.retry else PASSED_COLOUR
+    return {"error": FAILED_COLOUR, "lost": LOST_COLOUR}.get(run.outcome, RUNNING_COLOUR)
 
 
 def _batch_rect(run: BatchRun, y: int, scale: float, end: float) -> str:
     finish = run.end_s if run.end_s is not None else end
-    colour = BATCH_COLOURS.get(run.outcome, "#2196f3")
-    if run.retry and run.outcome == "reported":
-        colour = RETRY_COLOUR
-    if run.speculative and run.outcome == "reported":
-        colour = SPECULATIVE_COLOUR
     x = LABEL_WIDTH + run.start_s * scale
     width = max(1.0, (finish - run.start_s) * scale)
+    failed = run.failed_tests
     title = (
         f"batch {run.batch_id}: {run.tests} tests, {run.start_s:.2f}-{finish:.2f} s, {run.outcome}"
+        + (f", {failed} failed" if failed else "")
         + (", retry" if run.retry else "")
         + (", speculative copy" if run.speculative else "")
     )
     return (
         f"<rect x='{x:.1f}' y='{y + 3}' width='{width:.1f}' height='{ROW_HEIGHT - 6}' "
-        f"fill='{colour}' stroke='#333' stroke-width='0.5'><title>{html.escape(title)}</title></rect>"
+        f"fill='{batch_colour(run)}' stroke='#333' stroke-width='0.5'>"
+        f"<title>{html.escape(title)}</title></rect>"
     )

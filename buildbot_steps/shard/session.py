@@ -249,6 +249,7 @@ class BatchRun:
     speculative: bool = False
     retry: bool = False
     outcome: str = "running"  # running | reported | error | lost
+    failed_tests: int = 0  # tests of a reported batch that failed this attempt
 
 
 class ShardSession:
@@ -301,7 +302,8 @@ class ShardSession:
                 outcome, refused = "error", f"results refused: {problem}"
                 self.batches.report_error(worker, batch_id, refused)
         finally:
-            self._finish_run(worker, batch_id, outcome)
+            failed = len(results) if refused else sum(not r.passed and not r.skipped for r in results)
+            self._finish_run(worker, batch_id, outcome, failed)
         return refused
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
@@ -337,11 +339,12 @@ class ShardSession:
         if not waiter.called:
             waiter.callback(None)
 
-    def _finish_run(self, worker: str, batch_id: int, outcome: str) -> None:
+    def _finish_run(self, worker: str, batch_id: int, outcome: str, failed_tests: int = 0) -> None:
         run = self._running.pop((worker, batch_id), None)
         if run is not None:
             run.end_s = self.elapsed()
             run.outcome = outcome
+            run.failed_tests = failed_tests
         self._changed()
 
     def _changed(self) -> None:

@@ -173,6 +173,7 @@ class RunShard(CommandMixin, BuildStep):
         self._session: shard_session.ShardSession | None = None
         self._worker = ""
         self._ran = {"batches": 0, "tests": 0, "failed attempts": 0}
+        self._ran_ids: set[str] = set()  # the tests this shard ran: its own result is theirs
         self._summary: str | None = None
 
     async def run(self) -> int:
@@ -204,9 +205,12 @@ class RunShard(CommandMixin, BuildStep):
             f"{self._ran['batches']} batches, {self._ran['tests']} tests run, "
             f"{self._ran['failed attempts']} failed attempts"
         )
-        if standalone:
-            return self._standalone_result(session)
-        return WARNINGS if self._ran["failed attempts"] else SUCCESS
+        # Standalone: every test of the list is this shard's; else those it ran,
+        # judged by their final verdict (a failure re-run elsewhere may be flaky).
+        result = self._result_of(session, None if standalone else self._ran_ids)
+        if result == SUCCESS and self._ran["failed attempts"]:
+            return WARNINGS  # failed here; the verdict is not in yet (another shard re-runs it)
+        return result
 
     def _puller_name(self) -> str:
         """This shard build's name towards the dispatcher: "<worker>#<build number>".
@@ -369,6 +373,7 @@ class RunShard(CommandMixin, BuildStep):
     ) -> None:
         self._ran["batches"] += 1
         self._ran["tests"] += len(batch.tests)
+        self._ran_ids.update(batch.tests)
         try:
             if problem is not None:
                 message = f"{problem} (runner exit code {rc})"
@@ -411,9 +416,12 @@ class RunShard(CommandMixin, BuildStep):
             return None, f"no JUnit report at {report_path} (did the runner crash?)"
         return writer.data(), None
 
-    def _standalone_result(self, session: ShardSession) -> int:
-        outcomes = session.batches.outcomes()
-        failed = [o.id for o in outcomes if o.verdict in NOT_PASSED]
+    def _result_of(self, session: ShardSession, tests: set[str] | None) -> int:
+        """FAILURE if one of `tests` (None: all) failed for good, WARNINGS if one was flaky."""
+        outcomes = [o for o in session.batches.outcomes() if tests is None or o.id in tests]
+        # Pending counts only standalone: in a shared session another shard may still decide it.
+        bad = NOT_PASSED if tests is None else (Verdict.failed,)
+        failed = [o.id for o in outcomes if o.verdict in bad]
         flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
         if failed:
             self._summary += "; failed: " + names(failed)

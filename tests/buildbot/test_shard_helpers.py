@@ -118,7 +118,7 @@ def test_report_escapes_test_ids_and_draws_a_timeline():
 
     class Run:
         worker, batch_id, tests, start_s, end_s = "w<1>", 1, 1, 0.0, 1.0
-        speculative, retry, outcome = False, False, "reported"
+        speculative, retry, outcome, failed_tests = False, False, "reported", 0
 
     html = shard_report.render_report([Outcome()], [Run()], {"passed": 0}, set())
     assert "<script>" not in html and "&lt;script&gt;" in html
@@ -233,8 +233,51 @@ def test_history_reads_the_newest_learnt_overhead_as_the_median_over_workers():
     assert empty[0].batch_overhead_s == 0.0
 
 
-def test_report_shows_both_bounds():
-    html = shard_report.render_report(
-        [], [], {"lower_bound_s": 10.0, "lower_bound_with_startups_s": 12.0}, set()
+def test_report_shows_both_bounds_and_the_learnt_start_up():
+    figures = {"lower_bound_s": 10.0, "lower_bound_with_startups_s": 12.0, "batch_overhead_s": 2.0}
+    html = shard_report.render_report([], [], figures, set())
+    cell = shard_report.VALUE_CELL
+    assert f"<th align='left'>Shortest possible on these workers</th><td {cell}>10.0 s</td>" in html
+    with_startups = "Shortest possible with one runner start-up per worker"
+    assert f"<th align='left'>{with_startups}</th><td {cell}>12.0 s</td>" in html
+    assert f"<th align='left'>Runner start-up per batch (learnt)</th><td {cell}>2.00 s</td>" in html
+
+
+def test_timeline_draws_a_batch_with_a_failure_as_failed_with_legend_and_time_axis():
+    now = [0.0]
+    settings = ShardCommandSettings(["pytest", "--junitxml={junit}", "{tests}"], "", {}, None, 1000)
+    session = ShardSession(StaticShards([["a", "b"]], {"a": 1.0, "b": 1.0}), settings, lambda: now[0])
+    first = session.next_batch("w1", 0).batch
+    now[0] = 3.0
+    session.report(
+        "w1", first.id, [JUnitTestResult("a", True, 1.0), JUnitTestResult("b", False, 2.0, "boom")]
     )
-    assert "lower_bound_s" in html and "lower_bound_with_startups_s" in html
+    retry = session.next_batch("w1", 0).batch
+    now[0] = 9.5
+    session.report("w1", retry.id, [JUnitTestResult("b", True, 1.0)])
+    assert [run.failed_tests for run in session.timeline] == [1, 0]
+
+    svg = shard_report.timeline_svg(session.timeline)
+    failed_rect, retry_rect = svg.split("<rect x='")[-2:]  # the legend's swatches come first
+    assert f"fill='{shard_report.FAILED_COLOUR}'" in failed_rect and "1 failed" in failed_rect
+    assert f"fill='{shard_report.RETRY_COLOUR}'" in retry_rect
+    for _, meaning in shard_report.LEGEND:
+        assert f">{meaning}</text>" in svg
+    # Ticks at a round step up to the end (9.5 s: every 2 s), each labelled with its unit.
+    assert [f">{t} s</text>" in svg for t in (0, 2, 4, 6, 8)] == [True] * 5
+    assert ">10 s</text>" not in svg and "time since start" in svg
+
+
+@pytest.mark.parametrize(("end_s", "step"), [(0.5, 0.1), (9.5, 2), (75, 10), (4000, 600), (10**6, 3600 * 35)])
+def test_time_axis_steps_are_round_and_few(end_s, step):
+    assert shard_report.tick_step(end_s) == step
+    assert end_s / shard_report.tick_step(end_s) <= shard_report.TARGET_TICKS
+
+
+def test_summary_figures_have_labels_and_units():
+    html = shard_report.render_report([], [], {"makespan_s": 12.345, "straggler_copies": 1, "new": 3}, set())
+    cell = shard_report.VALUE_CELL
+    assert f"<th align='left'>Wall time of the test run</th><td {cell}>12.3 s</td>" in html
+    assert f"<th align='left'>Straggler copies started</th><td {cell}>1</td>" in html
+    assert "<th align='left'>new</th>" in html  # a figure without a label still shows
+    assert "makespan_s" not in html

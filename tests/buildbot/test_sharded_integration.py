@@ -66,6 +66,35 @@ def test_first_build_classifies_flaky_and_failing_tests(cluster, first_build):
     assert [r["test_name"] for r in cluster.test_results(flaky["test_result_setid"])] == [FLAKY_TEST]
 
 
+def shard_builds_of(cluster, parent_buildid: int) -> list[dict]:
+    builds = cluster.api(
+        f"builds?builderid={cluster.builder_id('tests-shard')}&property=shard_parent_buildid"
+    )["builds"]
+    return [b for b in builds if b["properties"].get("shard_parent_buildid", [None])[0] == parent_buildid]
+
+
+def test_each_shard_build_is_as_red_as_the_tests_it_ran(cluster, first_build):
+    shards = shard_builds_of(cluster, first_build["buildid"])
+    assert len(shards) == 4
+    # The broken test fails wherever it runs (twice, maybe on two shards): at
+    # least one shard is red, and no shard that stayed green ran a failing test.
+    failed = [b for b in shards if b["results"] == FAILURE]
+    assert failed, [(b["number"], b["results"], b["state_string"]) for b in shards]
+    for build in failed:
+        step = cluster.api(f"builds/{build['buildid']}/steps/run-shard")["steps"][0]
+        assert FAILING_TEST in step["state_string"], step["state_string"]
+
+
+def test_finished_parent_links_every_shard_build_not_pending_requests(cluster, first_build):
+    step = cluster.api(f"builds/{first_build['buildid']}/steps/sharded-tests")["steps"][0]
+    requests = [u for u in step["urls"] if "#/buildrequests/" in u["url"]]
+    builds = [u for u in step["urls"] if "/builds/" in u["url"]]
+    # The web UI reads "<builds> builds, <requests - builds> pending builds".
+    assert len(requests) == 4
+    assert len(builds) >= len(requests), step["urls"]
+    assert any(u["name"].startswith("failure: shard build #") for u in builds), step["urls"]
+
+
 def test_durations_over_2147_ms_are_stored_exactly(cluster, first_build):
     durations = result_set(cluster, first_build["buildid"], "sharded tests durations")
     rows = {r["test_name"]: r for r in cluster.test_results(durations["test_result_setid"])}

@@ -450,6 +450,23 @@ class RunShardDynamicTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         self.assertIn("boom", outcome.attempts[0].message)
 
     @defer.inlineCallbacks
+    def test_a_test_this_shard_ran_that_failed_for_good_makes_the_shard_red(self):
+        session = self.register(workers=1)
+        self.expect_commands(
+            ExpectMkdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+            shell_for(TESTS[:1], self.batch(1)).exit(1),
+            upload_of(self.batch(1)).upload_string(FAILED_ONE).exit(0),
+            shell_for(TESTS[:1], self.batch(2)).exit(1),
+            upload_of(self.batch(2)).upload_string(FAILED_ONE).exit(0),
+            ExpectRmdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+        )
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        (outcome,) = session.batches.outcomes()
+        self.assertEqual(outcome.verdict, Verdict.failed)
+        self.assertIn(f"failed: {TESTS[0]}", self.get_nth_step(0).getResultSummary()["step"])
+
+    @defer.inlineCallbacks
     def test_times_summing_to_infinity_fail_the_batch_and_every_test_reruns(self):
         # Before: the core refused the sum after taking the batch out of
         # flight; its tests were never re-queued and ended "not run" after

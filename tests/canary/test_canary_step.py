@@ -108,6 +108,11 @@ class CanaryStepTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, un
         self.assertEqual(html.count("<svg"), len(METRICS))
         for text in ("flip canary", "roll back canary", "decision", "always-valid p", "time since the step"):
             self.assertIn(text, html)
+        # The deciding look host by host: every canary named in the table with its rate.
+        hosts_table = html[html.index('<table class="hosts"') :]
+        self.assertIn("events / exposure = rate", hosts_table)
+        for name in props.getProperty("canary_hosts"):
+            self.assertRegex(hosts_table, rf"<td>{name}</td><td>canary</td><td>[\d.]+ / [\d.]+ = ")
 
     def test_describe_metric(self):
         count = {"name": "errors", "status": "TESTED", "kind": "COUNT", "estimate": 2.8, "p_value": 0.0004}

@@ -1,17 +1,15 @@
-"""`make demo`: the whole pipeline on this machine, one stage after another.
+"""`make demo`: the whole loop on this machine, commit to live (see demo_story.py).
 
-1. The shard scheduler on a real suite (the hypha durations beside this
-   checkout): the plan for the newest version from the earlier ones, and the
-   next run replayed with a static split and with the dynamic dispatcher.
-2. A real Buildbot master (from master.cfg.example, under ./demo/) with a
-   coordinator and shard workers: one forced build of the tests builder on
-   the fixture suite, sharded; its summary and where to look in the web UI.
-3. The release push through that master's deploy builder: a small generated
-   release pushed to local hosts (deploy roots under ./demo/hosts/), flipped
-   on the canary, then on all; then a second release, to show that a push
-   costs the change; then the rollback builder takes it back. The master and
-   workers keep running afterwards:
-   `make demo-stop` stops them (`make demo` also does, before it starts).
+The shop (examples/webapp) in a Git repository the master polls, a 12-host
+web fleet under traffic, a master from master.cfg.example with its workers;
+three commits: one goes live, one is rolled back by the canary, one never
+deploys. The processes keep running for the web UI: `make demo-stop` stops
+them (`make demo` also does, before it starts).
+
+This module holds the parts the story and the web UI tests share: DemoCluster
+(a master and real worker processes under one directory, every process
+recorded in pids.json) and stopping a previous demo. `--sharding` shows the
+shard scheduler on the real hypha suite instead (no master).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from buildbot_steps import _core
 from buildbot_steps.shard import planning as sharding
 from harness.local_master import (
     REPO,
-    VENV_BIN,
     LocalMaster,
     LocalMasterError,
     free_port,
@@ -120,7 +117,8 @@ class DemoCluster(LocalMaster):
     """
 
     def __init__(self, root: Path, shard_workers: int = CLUSTER_SHARD_WORKERS,
-                 hosts: Sequence[str] = DEMO_HOSTS, extra_env: Mapping[str, str] | None = None):  # fmt: skip
+                 hosts: Sequence[str] = DEMO_HOSTS, extra_env: Mapping[str, str] | None = None,
+                 canaries: int = 1):  # fmt: skip
         root = Path(root).resolve()
         self.project_dir = root / "project"
         self.hosts_dir = root / "hosts"
@@ -130,6 +128,7 @@ class DemoCluster(LocalMaster):
         self.release_root = root / "releases"
         self.shard_workers = [f"shard{i}" for i in range(1, shard_workers + 1)]
         self.hosts = list(hosts)
+        self.canaries = canaries  # the first `canaries` hosts carry the tag "canary"
         web_port, pb_port = free_port(), free_port()
         # The caller's own BUILDBOT_CD_* settings are not the demo's.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("BUILDBOT_CD_")}
@@ -146,8 +145,11 @@ class DemoCluster(LocalMaster):
             BUILDBOT_CD_PB_PORT=str(pb_port),
             BUILDBOT_CD_BIND="127.0.0.1",
             BUILDBOT_CD_PYTHON=sys.executable,
-            **(extra_env or {}),
+            # Local deploy roots serve nothing to measure: no judge, unless a
+            # caller with a web fleet turns it on (the demo's story does).
+            BUILDBOT_CD_CANARY_JUDGE="off",
         )
+        env.update(extra_env or {})
         super().__init__(root, MASTER_CFG_EXAMPLE, ["coordinator", *self.shard_workers], env,
                          local_workers=["deployer"], web_port=web_port, pb_port=pb_port,
                          build_deadline_s=TESTS_BUILD_DEADLINE_S)  # fmt: skip
@@ -164,11 +166,11 @@ class DemoCluster(LocalMaster):
     def _write_inventory(self) -> None:
         entries = [
             {"name": name, "address": "localhost", "deploy_root": str(self.hosts_dir / name),
-             "tags": ["canary"] if index == 0 else []}
+             "tags": ["canary"] if index < self.canaries else []}
             for index, name in enumerate(self.hosts)
         ]  # fmt: skip
         for name in self.hosts:
-            (self.hosts_dir / name).mkdir(parents=True)
+            (self.hosts_dir / name).mkdir(parents=True, exist_ok=True)
         self.inventory.write_text(json.dumps(entries, indent=2) + "\n")
 
 
@@ -183,68 +185,6 @@ def stop_demo(root: Path = DEMO_DIR, quiet: bool = False) -> None:
         )
 
 
-def cluster_stage(cluster: DemoCluster) -> dict:
-    banner(
-        "2. sharded tests on a real Buildbot master: "
-        f"1 coordinator + {len(cluster.shard_workers)} shard workers"
-    )
-    print(f"master.cfg.example -> {cluster.master_dir / 'master.cfg'}")
-    print(
-        f"code under test: {cluster.project_dir} "
-        "(a copy of the fixture suite: fast, slow, failing, flaky tests)"
-    )
-    started = time.monotonic()
-    cluster.start()
-    print(
-        f"master and {len(cluster.shard_workers) + 1} workers up in {time.monotonic() - started:.1f} s; "
-        f"web UI {cluster.url}"
-    )
-
-    brid = cluster.force("force-tests", "tests")
-    print(f"forced a build of 'tests' (build request {brid}) through the REST API; waiting...")
-    build = cluster.wait_for_build(brid, TESTS_BUILD_DEADLINE_S)
-    props = build["properties"]
-    if "tests_total" not in props:
-        raise DemoError(f"the tests build ended {RESULT_NAMES.get(build['results'])} without results: "
-                        f"{build['state_string']} (see {cluster.build_url(build)})")  # fmt: skip
-    print(
-        f"\nbuild #{build['number']}: {RESULT_NAMES.get(build['results'], build['results'])}  "
-        f"-- {build['state_string']}"
-    )
-    print(
-        f"  {props['tests_total']} tests: {props['tests_passed']} passed, {props['tests_failed']} failed, "
-        f"{props['tests_flaky']} flaky (failed, then passed on another worker)"
-    )
-    ratio = (
-        props["tests_makespan_s"] / props["tests_lower_bound_s"]
-        if props["tests_lower_bound_s"]
-        else float("nan")
-    )
-    print(
-        f"  makespan {props['tests_makespan_s']:.1f} s vs lower bound {props['tests_lower_bound_s']:.1f} s "
-        f"(ratio {ratio:.2f}) on {props['tests_workers']} workers, {props['tests_batches']} batches"
-    )
-    print(
-        "  (a first build plans without history, and in a suite of ~6 s each batch's pytest start-up\n"
-        "   and the re-run of the failures weigh heavily; stage 1 shows the scheduler at scale)"
-    )
-    if props.get("tests_flaky_names"):
-        print(f"  flaky: {', '.join(props['tests_flaky_names'])}")
-    if build["results"] == 2:
-        print("  the failing test is red on purpose: the build stops there and deploys nothing")
-    print("\nwhere to look:")
-    print(f"  the build:      {cluster.build_url(build)}")
-    for step in cluster.steps(build["buildid"]):
-        if step["name"] != "sharded-tests":
-            continue
-        for log in cluster.step_logs(step["stepid"]):
-            if log["slug"] == "report":
-                print(f"  the report log: {cluster.build_url(build)}/steps/{step['number']}/logs/report"
-                      f"  (raw: {cluster.url}api/v2/logs/{log['logid']}/raw_inline)")  # fmt: skip
-    print(f"  test results:   {cluster.url}api/v2/builds/{build['buildid']}/test_result_sets")
-    return build
-
-
 def make_release(directory: Path, version: str, changed: str) -> None:
     """A small release tree: a few hundred KB of files, one of them per version."""
     assets = directory / "assets"
@@ -257,72 +197,43 @@ def make_release(directory: Path, version: str, changed: str) -> None:
     (directory / "index.html").write_text(f"<h1>demo app {version}</h1>\n<p>{changed}</p>\n")
 
 
-def run_release_build(cluster: DemoCluster, scheduler: str, builder: str, what: str, **params: str) -> dict:
-    """Forces a deploy or rollback build, waits, prints its steps; FAILURE is a DemoError."""
-    brid = cluster.force(scheduler, builder, **params)
-    build = cluster.wait_for_build(brid, DEPLOY_BUILD_DEADLINE_S)
-    result = RESULT_NAMES.get(build["results"], build["results"])
-    print(f"\n{what} ({builder} build #{build['number']}): {result} -- {build['state_string']}")
-    for step in cluster.steps(build["buildid"]):
-        if step["name"] != "worker_preparation":
-            print(f"  {step['name']:<16} {step['state_string']}")
-    if build["results"] not in (0, 1):
-        raise DemoError(f"{what} failed: {build['state_string']} (see {cluster.build_url(build)})")
-    return build
+def run_the_loop(root: Path = DEMO_DIR) -> None:
+    from harness import demo_story  # it builds on this module
 
-
-def print_hosts(cluster: DemoCluster, when: str) -> None:
-    print(f"each host's `current` {when}:")
-    for name in cluster.hosts:
-        current = cluster.hosts_dir / name / "current"
-        target = os.readlink(current) if current.is_symlink() else "(none)"
-        manifest = current / ".release"
-        lines = manifest.read_text().splitlines() if manifest.exists() else []
-        fields = dict(line.split("=", 1) for line in lines if "=" in line)
-        print(f"  {name}: current -> {target:<11} revision={fields.get('revision', '?')} "
-              f"build={fields.get('build', '?')}")  # fmt: skip
-
-
-def deploy_stage(cluster: DemoCluster) -> None:
-    banner(f"3. release push through the 'deploy' builder to {len(cluster.hosts)} local hosts")
-    print(f"inventory {cluster.inventory} (local transport; {cluster.hosts[0]} is the canary)")
-    print("each deploy: push to all hosts (rsync --link-dest into a free slot), flip the canary, flip all")
-    releases = cluster.release_root
-    for version, note in (("v1", "first release"), ("v2", "one file changed")):
-        source = releases / version
-        make_release(source, version, note)
-        revision = f"demo-{version}"
-        build = run_release_build(cluster, "force-deploy", "deploy", f"deploy {revision}",
-                                  deploy_revision=revision, release_dir=str(source))  # fmt: skip
-        props = build["properties"]
-        print(
-            f"  {note}: {props.get('release_push_bytes_sent', 0):,} bytes sent to "
-            f"{props.get('release_push_hosts_ok', 0)} hosts "
-            f"in {props.get('release_push_duration_s', 0):.2f} s"
-        )
-    print()
-    print_hosts(cluster, "after two deploys")
-
-    run_release_build(cluster, "force-rollback", "rollback", "roll back demo-v2", bad_revision="demo-v2")
-    print()
-    print_hosts(cluster, "after the rollback (to each host's recorded previous release)")
-    print(f"\nthe master and workers keep running: {cluster.url}  (`make demo-stop` stops them)")
-    print(
-        f"CLI, master not needed: {VENV_BIN / 'buildbot-cd'} status --transport local "
-        f"--inventory {cluster.inventory}"
-    )
-
-
-def run_cluster_stages(root: Path = DEMO_DIR) -> None:
     stop_demo(root, quiet=True)  # a previous demo: stop it, then start clean
     shutil.rmtree(root, ignore_errors=True)
-    cluster = DemoCluster(root)
+    story = demo_story.LoopStory(root)
+    windows = story.windows
+    banner(f"the loop: commit to live on {len(story.cluster.hosts)} web hosts under traffic")
+    print(f"the shop (examples/webapp) in a Git repository the master polls: {story.repository}")
+    print(
+        f"windows scaled down for the demo: baseline {windows.baseline_s:.0f} s, "
+        f"canary {windows.canary_s:.0f} s (a look every {windows.interval_s:.0f} s), "
+        f"monitoring {windows.monitor_s:.0f} s; poll every {windows.poll_s} s"
+    )
+    started = time.monotonic()
     try:
-        cluster_stage(cluster)
-        deploy_stage(cluster)
+        story.start()
+        print(
+            f"web fleet, load generator, master and {len(story.cluster.shard_workers) + 1} workers up in "
+            f"{time.monotonic() - started:.0f} s; the shop's first commit is live on every host"
+        )
+        banner("three commits, each as soon as the previous one's tests are done")
+        outcomes = demo_story.run_story(story)
     except BaseException:
-        cluster.stop()  # a half-started demo is of no use: leave nothing running
+        story.stop()  # a half-started demo is of no use: leave nothing running
         raise
+    banner("timeline")
+    for line in demo_story.timeline(story, outcomes):
+        print(line)
+    print("(commit-to-live: from the commit to the end of its deploy, monitoring included)")
+    banner("where to look")
+    for line in demo_story.where_to_look(story, outcomes):
+        print(line)
+    print(
+        "\neverything keeps running for the web UI: "
+        "`make demo-stop` stops the master, workers, hosts and traffic"
+    )
 
 
 def main(argv=None) -> int:
@@ -330,21 +241,21 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=DEMO_WORKERS)
     parser.add_argument("--stop", action="store_true", help="stop the master and workers of a previous demo")
     parser.add_argument(
-        "--stage1-only", action="store_true", help="only the shard scheduler stage (no master)"
+        "--sharding", action="store_true", help="only the shard scheduler on the hypha suite (no master)"
     )
     args = parser.parse_args(argv)
     if args.stop:
         stop_demo()
         return 0
     try:
-        shard_stage(args.workers)
-        sys.stdout.flush()
-        if not args.stage1_only:
-            run_cluster_stages()
+        if args.sharding:
+            shard_stage(args.workers)
+        else:
+            run_the_loop()
     except (sharding.InputError, sharding.CdError, DemoError, LocalMasterError) as error:
         print(f"demo: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
+    except (OSError, TimeoutError) as error:
         print(f"demo: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

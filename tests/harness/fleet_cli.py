@@ -28,7 +28,8 @@ T = TypeVar("T")
 
 WAIT_S = 60.0  # deadline for events the tests wait on; they normally take < 1 s
 POLL_S = 0.01  # polling a process list, under that deadline
-STAGING_MARK = "releases/.incoming"
+# The receiving rsync writes into the slot the host script chose: ROOT/releases/N/.
+RECEIVER_MARK = "/releases/"
 BIG_FILE_BYTES = 8 * 1024 * 1024  # incompressible: the transfer lasts long enough to be stopped
 
 
@@ -92,8 +93,8 @@ def stop_receivers(fleet: SshdFleet, hosts: list[SshdHost]) -> dict[str, list[in
 
 
 def receiver_pids(fleet: SshdFleet, host: SshdHost) -> list[int]:
-    """The host's rsync writing into the staging directory (not the one installing the script)."""
-    return [pid for pid in fleet.session_pids(host, "rsync") if STAGING_MARK in command_line(pid)]
+    """The host's rsync receiving a push into a slot."""
+    return [pid for pid in fleet.session_pids(host, "rsync") if RECEIVER_MARK in command_line(pid)]
 
 
 def command_line(pid: int) -> str:

@@ -116,13 +116,19 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+# What the command line of a process we started holds: buildbot and
+# buildbot-worker, or one of the harness's own (the demo's web hosts run
+# harness/webserver.py, its traffic `-m harness.loadgen`).
+OUR_COMMAND_MARKERS = (b"buildbot", b"harness")
+
+
 def is_buildbot_process(pid: int) -> bool:
-    """Alive and still a buildbot process (not a pid reused by something else)."""
+    """Alive and still a process of ours (not a pid reused by something else)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"buildbot" in cmdline and not _is_zombie(pid)
+    return any(marker in cmdline for marker in OUR_COMMAND_MARKERS) and not _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -296,6 +302,16 @@ class LocalMaster:
                 argv, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
+        self._record_pids()
+
+    def adopt(self, name: str, process: subprocess.Popen) -> None:
+        """Records a process started elsewhere (the demo's web hosts, its load
+        generator), so that stop() and stop_recorded() end it too."""
+        self.processes[name] = process
+        self._record_pids()
+
+    def _record_pids(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         pids = {process_name: process.pid for process_name, process in self.processes.items()}
         self.pid_file.write_text(json.dumps({"pids": pids, "url": self.url}) + "\n")
 

@@ -60,7 +60,7 @@ KbdInteractiveAuthentication no
 MaxSessions 64
 MaxStartups 200:30:400
 SetEnv SHLVL=1
-LogLevel ERROR
+LogLevel {log_level}
 """
 
 
@@ -99,6 +99,8 @@ class SshdFleet:
     workdir: Path
     user: str = "root"
     hosts: list[SshdHost] = field(default_factory=list)
+    # VERBOSE logs every session ("Starting session: ..."): see sessions().
+    log_level: str = "ERROR"
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_HOSTS:
@@ -185,6 +187,13 @@ class SshdFleet:
 
     # -- what clients need -----------------------------------------------
 
+    def sessions(self, host: SshdHost) -> list[str]:
+        """The sessions (commands, shells, subsystems) this host's sshd has started so
+        far, one log line each; needs log_level="VERBOSE"."""
+        if self.log_level != "VERBOSE":
+            raise HarnessError("sessions() needs SshdFleet(log_level='VERBOSE')")
+        return [line for line in host.log_file.read_text().splitlines() if "Starting session: " in line]
+
     def inventory_entries(self, hosts: list[SshdHost] | None = None) -> list[dict]:
         return [
             {
@@ -238,7 +247,11 @@ class SshdFleet:
         run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
         host.config_file.write_text(
             SSHD_CONFIG_TEMPLATE.format(
-                address=address, port=host.port, host_key=host_key, authorized_keys=self.authorized_keys
+                address=address,
+                port=host.port,
+                host_key=host_key,
+                authorized_keys=self.authorized_keys,
+                log_level=self.log_level,
             )
         )
         return host

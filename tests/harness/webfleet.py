@@ -66,8 +66,11 @@ def answers(url: str) -> bool:
 
 
 class WebFleet:
-    def __init__(self, size: int, directory: Path, prefix: str = "web"):
+    def __init__(self, size: int, directory: Path, prefix: str = "web", detach: bool = False):
         self.size = size
+        # detach: each server in a session of its own, so that it outlives the
+        # process that started it (the demo leaves its fleet running).
+        self.detach = detach
         self.directory = Path(directory)
         self.prefix = prefix
         self.hosts: list[WebHost] = []
@@ -90,7 +93,9 @@ class WebFleet:
             root.mkdir(parents=True, exist_ok=True)
             port_file = self.directory / f"{name}.port"
             port_file.unlink(missing_ok=True)
-            process = subprocess.Popen([sys.executable, str(SERVER_SCRIPT), str(root), str(port_file)])
+            process = subprocess.Popen(
+                [sys.executable, str(SERVER_SCRIPT), str(root), str(port_file)], start_new_session=self.detach
+            )
             self.hosts.append(WebHost(name, root, process))
         for host in self.hosts:
             port_file = self.directory / f"{host.name}.port"

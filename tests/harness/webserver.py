@@ -13,6 +13,10 @@ GET /           the live release's index.html; `current` is resolved on every
 GET /metrics    app_requests_total, app_errors_total, app_request_latency_seconds
                 (a summary), node_load1 (a gauge), process_cpu_seconds_total
 
+A release with an `app.py` at its top is a WSGI application (the demo's shop,
+examples/webapp/): GET / calls its `application`, loaded once per release
+directory; an answer of 5xx, or an exception, counts as an error.
+
 A release misbehaves on purpose through `behaviour.json` in its tree:
 {"error_rate": 0.015, "latency_ms": 30}. Errors are deterministic, not random
 (every 1/error_rate-th request of that release fails), so a test's verdict does
@@ -21,6 +25,8 @@ not depend on luck.
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import math
 import os
@@ -29,6 +35,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Summary, generate_latest
 from prometheus_client.process_collector import ProcessCollector
@@ -37,6 +44,8 @@ from prometheus_client.process_collector import ProcessCollector
 MAX_BEHAVIOUR_BYTES = 4096
 # Never sleep longer than this per request, whatever a release asks for.
 MAX_LATENCY_MS = 2000
+APP_FILE = "app.py"
+SERVER_ERROR = 500
 
 
 class Host:
@@ -49,8 +58,9 @@ class Host:
         load = Gauge("node_load1", "1-minute load average of the machine", registry=self.registry)
         load.set_function(lambda: os.getloadavg()[0])
         ProcessCollector(registry=self.registry)
-        self._lock = threading.Lock()  # guards _served, the per-release request numbers
+        self._lock = threading.Lock()  # guards _served and _apps
         self._served: dict[str, int] = {}
+        self._apps: dict[str, ModuleType | None] = {}  # release directory -> its app module, if any
 
     def live_release(self) -> Path | None:
         try:
@@ -68,6 +78,25 @@ class Host:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+    def app_of(self, release: Path) -> ModuleType | None:
+        """The release's WSGI module (loaded once per release directory), or None."""
+        key = str(release)
+        with self._lock:
+            if key in self._apps:
+                return self._apps[key]
+            module = None
+            path = release / APP_FILE
+            if path.is_file():
+                spec = importlib.util.spec_from_file_location(f"release_app_{len(self._apps)}", path)
+                module = importlib.util.module_from_spec(spec)
+                try:
+                    spec.loader.exec_module(module)
+                except Exception as error:  # a release that cannot load serves errors, the host lives on
+                    print(f"webserver: {path}: {error!r}", file=sys.stderr)
+                    module = None
+            self._apps[key] = module
+            return module
 
     def next_request_fails(self, release: Path, error_rate: float) -> bool:
         """Deterministic errors: request n fails when floor(n*rate) steps up."""
@@ -99,7 +128,13 @@ def make_handler(host: Host):
                 time.sleep(latency_ms / 1000)  # the simulated work of a slow release
             failed = host.next_request_fails(release, float(behaviour.get("error_rate", 0) or 0))
             host.requests.inc()
-            if failed:
+            app = None if failed else host.app_of(release)
+            if app is not None:
+                status, body = self._call_app(app)
+                if status >= SERVER_ERROR:
+                    host.errors.inc()
+                self._send(status, body, "text/html; charset=utf-8")
+            elif failed:
                 host.errors.inc()
                 self._send(500, b"release error\n")
             else:
@@ -109,6 +144,25 @@ def make_handler(host: Host):
                     body = release.name.encode() + b"\n"
                 self._send(200, body)
             host.latency.observe(time.monotonic() - started)
+
+        def _call_app(self, app: ModuleType) -> tuple[int, bytes]:
+            environ = {
+                "REQUEST_METHOD": "GET", "PATH_INFO": self.path.split("?", 1)[0], "SERVER_NAME": "127.0.0.1",
+                "SERVER_PORT": str(self.server.server_address[1]), "SERVER_PROTOCOL": "HTTP/1.1",
+                "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+                "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+            }  # fmt: skip
+            answer = {"status": f"{SERVER_ERROR} app error"}
+
+            def start_response(status: str, headers: list, exc_info=None) -> None:
+                answer["status"] = status
+
+            try:
+                body = b"".join(app.application(environ, start_response))
+            except Exception as error:  # the release's bug: a 500, as any WSGI server answers
+                return SERVER_ERROR, f"internal error: {type(error).__name__}\n".encode()
+            return int(answer["status"].split()[0]), body
 
         def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
             self.send_response(status)

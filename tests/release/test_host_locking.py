@@ -31,7 +31,7 @@ def test_a_push_from_another_process_is_refused_never_mixed(make_runner, make_tr
         ours = runner.push(make_tree("v2", {"app/version.txt": "v2\n"}), "v2", "2")
         for host in hosts:
             report = ours.by_host()[host.name]
-            assert report.status == "failed" and report.failed_step == "prepare", ours.to_text()
+            assert report.status == "failed" and report.failed_step == "transfer", ours.to_text()
             assert report.error.startswith(f"another deploy holds {host.name}:{host.deploy_root} since 20")
             assert "(push v1 from " in report.error and f" pid {other.pid})" in report.error
         # Flip and rollback wait for nobody either.

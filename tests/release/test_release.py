@@ -89,7 +89,7 @@ def test_host_down_before_push_is_not_flipped_and_stays_on_old_release(make_runn
 
     pushed = runner.push(small_tree(make_tree, "v2"), "v2", "2")
     report = pushed.by_host()[down.name]
-    assert report.status == "failed" and report.failed_step == "prepare" and report.exit_code == 255
+    assert report.status == "failed" and report.failed_step == "transfer" and report.exit_code == 255
     assert len(pushed.ok_hosts) == 19
     flipped = runner.flip("v2", only_hosts=pushed.ok_hosts)
     assert flipped.all_ok and down.name not in flipped.by_host()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -124,19 +125,29 @@ def test_ssh_commands_are_fixed_words_plus_checked_values():
     assert "StrictHostKeyChecking=yes" in script.argv and "ControlPath=/run/c/%C" in script.argv
     assert script.stdin_data.startswith("# host_release.sh")
     steps = dict(
-        transport.push_steps(host, "/build/tree", ["5", "abc123", "7", "1700000000", "push/abc123/m/1"])
+        transport.push_steps(
+            host,
+            "/build/tree",
+            "/tmp/x/.release.modes",
+            ["5", "abc123", "7", "1700000000", "push/abc123/m/1"],
+        )
     )
-    assert list(steps) == ["prepare", "install", "transfer"]
+    assert list(steps) == ["transfer"]  # one ssh session per host
     rsync = steps["transfer"]
     assert "--inplace" not in rsync.argv and "-L" not in rsync.argv and "--copy-links" not in rsync.argv
-    assert rsync.argv[-2:] == ["/build/tree/", "deploy@web1.example.com:/srv/app/releases/.incoming/"]
+    assert rsync.argv[-3:] == [
+        "/build/tree/", "/tmp/x/.release.modes", "deploy@web1.example.com:/srv/app/releases/next/"
+    ]  # fmt: skip
     remote_shell = rsync.argv[rsync.argv.index("-e") + 1]
     assert remote_shell.startswith("ssh -o BatchMode=yes") and remote_shell.endswith("-p 2222")
-    # The receiving rsync runs through the installed host script, under its lock.
+    # The receiving rsync runs through the host script, sent as the quoted text
+    # of `sh -c`, under its lock: the remote shell sees fixed and checked words.
     receiver = next(a for a in rsync.argv if a.startswith("--rsync-path="))
-    installed = f"/srv/app/{release.transports.installed_script_name()}"
-    assert receiver.split()[:4] == ["--rsync-path=sh", installed, "transfer", "/srv/app"]
-    assert receiver.endswith(" -- rsync")
+    words = shlex.split(receiver.removeprefix("--rsync-path="))
+    assert words[:2] == ["sh", "-c"] and words[2] == release.host_script_text()
+    assert words[3:] == ["host_release", "transfer", "/srv/app", "5", "abc123", "7", "1700000000",
+                         "push/abc123/m/1", "--", "rsync"]  # fmt: skip
+    assert "--no-perms" in rsync.argv  # the host script sets modes (a shared inode is never chmod'ed)
     assert "--link-dest=/srv/app/current" in rsync.argv
 
 

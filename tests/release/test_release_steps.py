@@ -22,6 +22,12 @@ from buildbot_steps import release
 from buildbot_steps.release.steps import FlipRelease, PushRelease, RollbackRelease
 
 HOSTS = 4
+SIZE = r"(\d+ bytes|\d+\.\d (KB|MB))"  # release.human_bytes
+
+
+def summary_of(text: str) -> dict[str, str]:
+    """A step's summary: the build's ends with a period (Buildbot joins them with spaces)."""
+    return {"step": text, "build": f"{text}."}
 
 
 class StoppedAfterFirstHost(PushRelease):
@@ -53,6 +59,9 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
             for i in range(HOSTS)
         ]
 
+    def summary(self, index: int) -> str:
+        return self.get_nth_step(index).getResultSummary()["step"]
+
     def common(self, **kwargs):
         return {"inventory": self.hosts, "transport": "local", **kwargs}
 
@@ -71,10 +80,14 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.expect_outcome(result=SUCCESS)
         self.expect_outcome(result=SUCCESS)
         # (expect_property is checked after every step: read them at the end)
-        self.expect_result_summary({"step": "push: 4/4 hosts ok"})
-        self.expect_result_summary({"step": "flip: 1/1 hosts ok"})
-        self.expect_result_summary({"step": "flip: 4/4 hosts ok"})
+        # None: the push's summary is checked below (what rsync sent is not fixed).
+        self.expect_result_summary(
+            None, summary_of("flip r1: 1/1 hosts ok"), summary_of("flip r1: 4/4 hosts ok")
+        )
         await self.run_step()
+        # What was sent depends on rsync's protocol: only its form is fixed.
+        self.assertRegex(self.summary(0), rf"^push r1: 4/4 hosts ok, {SIZE} sent$")
+        self.assertEqual(self.build.getProperties().getProperty("revision"), "r1")  # the UI's column
         self.assertEqual(self.live_revisions(), ["r1"] * HOSTS)
         self.assertIn("h3", self.get_nth_step(0).logs["hosts"].stdout)
         props = self.build.getProperties()
@@ -92,7 +105,9 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.setup_step(RollbackRelease(revision="r2", **self.common()))
         self.expect_outcome(result=SUCCESS)
         self.expect_property("release_rollback_hosts_ok", HOSTS, "ReleaseStep")
+        self.expect_result_summary(summary_of("rollback of r2: 4/4 hosts ok"))
         await self.run_step()
+        self.assertIn(" retries ", self.get_nth_step(0).logs["hosts"].stdout.splitlines()[1])
         self.assertEqual(self.live_revisions(), ["r1"] * HOSTS)
 
     async def test_a_host_that_fails_makes_the_push_fail_and_is_not_flipped(self):
@@ -103,9 +118,9 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
         self.setup_step(FlipRelease(**self.common()))
         self.expect_outcome(result=FAILURE)
         self.expect_outcome(result=SUCCESS)
-        self.expect_result_summary({"step": "push: 3/4 hosts ok, failed: h2"})
-        self.expect_result_summary({"step": "flip: 3/3 hosts ok"})
+        self.expect_result_summary(None, summary_of("flip r1: 3/3 hosts ok"))
         await self.run_step()
+        self.assertRegex(self.summary(0), rf"^push r1: 3/4 hosts ok, {SIZE} sent, failed: h2$")
         props = self.build.getProperties()
         self.assertEqual(props.getProperty("release_pushed_hosts"), ["h0", "h1", "h3"])
         self.assertEqual(props.getProperty("release_push_hosts_failed"), 1)
@@ -117,9 +132,9 @@ class ReleaseStepsTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, 
             StoppedAfterFirstHost(source=str(self.tree), revision="r1", concurrency=1, **self.push_options())
         )
         self.expect_outcome(result=CANCELLED)
-        self.expect_result_summary({"step": "push: 1/4 hosts ok, failed: h1, h2, h3"})
         await self.run_step()
         self.assertRegex(self.get_nth_step(0).logs["hosts"].stdout, r"h3 +cancelled")
+        self.assertRegex(self.summary(0), rf"^push r1: 1/4 hosts ok, {SIZE} sent, failed: h1, h2, h3$")
         self.assertEqual(self.build.getProperties().getProperty("release_pushed_hosts"), ["h0"])
 
     async def test_tolerated_failures_give_warnings(self):

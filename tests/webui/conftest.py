@@ -10,16 +10,13 @@ green (WARNINGS: one flaky test) and the pipeline's Trigger starts a deploy.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from harness import demo
+from harness.browser import chromium
 
 FAILING_TEST = "tests/test_outcomes.py::test_always_fails"
 SHARD_WORKERS = 2  # enough to shard; the machine has 2 cores and is busy
-# Seconds the browser driver may take to load a page.
-PAGE_LOAD_DEADLINE_S = 90
 # Seconds for the forced tests build, and for the deploy it triggers.
 BUILD_DEADLINE_S = 240
 
@@ -42,20 +39,9 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def browser():
-    chromium = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
+    driver = chromium()
+    if driver is None:
         pytest.skip("Debian's chromium and chromium-driver are not installed (make deps)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):  # fmt: skip
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(PAGE_LOAD_DEADLINE_S)
     try:
         yield driver
     finally:

@@ -1,0 +1,173 @@
+"""A push rsyncs in place into an old slot, in one ssh session, and never touches the live release.
+
+The slot a push replaces still holds an older release whose unchanged files are
+hard links into the live one (from that push's --link-dest): the live files
+must keep their content, mode and mtime whatever the new release changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from buildbot_steps import release
+from harness import sshd_hosts
+
+SLOTS = 3  # live, its rollback target, and the one a push replaces: the 4th push reuses slot 0
+MTIME = 1_700_000_000  # fixed: rsync's quick check compares mtimes
+CHANGED_MTIME = MTIME + 3600
+
+# name -> (content, mode, mtime) of releases 1..3, and what release 4 changes.
+OLD_FILES = {
+    "same.txt": (b"unchanged\n", 0o644, MTIME),
+    "content.txt": (b"old content\n", 0o644, MTIME),
+    "bin/mode.sh": (b"#!/bin/sh\necho hi\n", 0o644, MTIME),
+    "bin/both.sh": (b"#!/bin/sh\necho old\n", 0o644, MTIME),
+}
+NEW_FILES = {
+    **OLD_FILES,
+    "content.txt": (b"new content, longer\n", 0o644, CHANGED_MTIME),
+    "bin/mode.sh": (b"#!/bin/sh\necho hi\n", 0o755, MTIME),  # only its mode changes
+    "bin/both.sh": (b"#!/bin/sh\necho new\n", 0o750, CHANGED_MTIME),
+}
+
+
+def write_tree(root: Path, files: dict, version: str) -> Path:
+    for name, (content, mode, mtime) in {**files, "version.txt": (version.encode(), 0o644, MTIME)}.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(mode)
+        os.utime(path, (mtime, mtime))
+    return root
+
+
+def snapshot(slot: Path) -> dict[str, tuple]:
+    """Content, mode, mtime and inode of every file of a slot (its manifest aside)."""
+    found = {}
+    for path in sorted(slot.rglob("*")):
+        if path.is_file() and path.name != ".release":
+            info = path.lstat()
+            found[str(path.relative_to(slot))] = (
+                path.read_bytes(),
+                info.st_mode & 0o7777,
+                info.st_mtime_ns,
+                info.st_ino,
+            )
+    return found
+
+
+def live_slot(root: Path) -> Path:
+    return root / "releases" / os.readlink(root / "current").removeprefix("releases/")
+
+
+@pytest.fixture(scope="module")
+def verbose_fleet() -> Iterator[sshd_hosts.SshdFleet]:
+    """Two sshd hosts that log every session they start."""
+    workdir = Path(tempfile.mkdtemp(prefix="bbcd-fleet-"))
+    try:
+        with sshd_hosts.SshdFleet(2, workdir, log_level="VERBOSE") as fleet:
+            yield fleet
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ssh_runner(fleet: sshd_hosts.SshdFleet, hosts: list, control_dir: str) -> release.ReleaseRunner:
+    transport = release.SshTransport(
+        known_hosts=str(fleet.known_hosts), identity_file=str(fleet.identity_file), control_dir=control_dir,
+        control_persist_s=5, extra_options=("KexAlgorithms=curve25519-sha256",),
+    )  # fmt: skip
+    inventory = release.Inventory.from_entries(fleet.inventory_entries(hosts))
+    return release.ReleaseRunner(inventory, transport, release.FanoutSettings(retry_backoff_s=0.05), SLOTS)
+
+
+@pytest.fixture(params=["local", "ssh"])
+def runner_and_root(request, tmp_path, verbose_fleet, control_dir) -> tuple[release.ReleaseRunner, Path]:
+    if request.param == "ssh":
+        host = verbose_fleet.hosts[0]
+        shutil.rmtree(host.deploy_root)
+        host.deploy_root.mkdir()
+        return ssh_runner(verbose_fleet, [host], control_dir), host.deploy_root
+    root = tmp_path / "host"
+    inventory = release.Inventory.from_entries(
+        [{"name": "h1", "address": "127.0.0.1", "deploy_root": str(root)}]
+    )
+    return release.ReleaseRunner(inventory, release.LocalTransport(), slots=SLOTS), root
+
+
+def push_and_flip(runner: release.ReleaseRunner, tree: Path, revision: str) -> None:
+    pushed = runner.push(tree, revision)
+    assert pushed.all_ok, pushed.to_text()
+    flipped = runner.flip(revision)
+    assert flipped.all_ok, flipped.to_text()
+
+
+def test_a_push_into_an_old_slot_leaves_the_live_release_untouched(runner_and_root, tmp_path):
+    runner, root = runner_and_root
+    for n in (1, 2, 3):
+        push_and_flip(runner, write_tree(tmp_path / f"v{n}", OLD_FILES, f"v{n}"), f"v{n}")
+    live = live_slot(root)
+    target = root / "releases" / "0"  # the oldest: neither live nor the rollback target
+    assert live.name == "2" and snapshot(target)["same.txt"][3] == snapshot(live)["same.txt"][3]
+    live_before, target_before = snapshot(live), snapshot(target)
+
+    pushed = runner.push(write_tree(tmp_path / "v4", NEW_FILES, "v4"), "v4")
+
+    assert pushed.all_ok and pushed.hosts[0].details["slot"] == "0", pushed.to_text()
+    assert snapshot(live) == live_before, "the live release changed under a push into another slot"
+    written = snapshot(target)
+    for name, (content, mode, mtime) in NEW_FILES.items():
+        assert written[name][:3] == (content, mode, mtime * 10**9), name
+    # In place: the unchanged file is the same inode as before (no link rebuilt),
+    # still shared with the live release; the changed ones are not shared.
+    assert written["same.txt"][3] == target_before["same.txt"][3] == live_before["same.txt"][3]
+    for name in ("content.txt", "bin/mode.sh", "bin/both.sh"):
+        assert written[name][3] != live_before[name][3], name
+    assert not (target / ".release.modes").exists()
+    push_and_flip_live = runner.flip("v4")
+    assert push_and_flip_live.all_ok and live_slot(root) == target
+
+
+def test_the_replaced_slot_is_not_flippable_from_the_moment_its_transfer_starts(tmp_path):
+    root = tmp_path / "host"
+    inventory = release.Inventory.from_entries(
+        [{"name": "h1", "address": "127.0.0.1", "deploy_root": str(root)}]
+    )
+    runner = release.ReleaseRunner(inventory, release.LocalTransport(), slots=SLOTS)
+    for n in (1, 2, 3):
+        push_and_flip(runner, write_tree(tmp_path / f"v{n}", OLD_FILES, f"v{n}"), f"v{n}")
+    # A transfer into slot 0 (v1) that fails: rsync of a source that is not there.
+    script = release.transports.host_script_path()
+    args = ["transfer", str(root), str(SLOTS), "v4", "4", str(MTIME), "push/v4/test/1", "--",
+            "rsync", "-a", f"{tmp_path}/missing/", f"{root}/releases/next/"]  # fmt: skip
+    failed = subprocess.run(["sh", script, *args], capture_output=True, text=True)
+    assert failed.returncode == 23, failed.stderr
+    assert not (root / "releases" / "0" / ".release").exists()
+    status = runner.status().hosts[0].details
+    assert status["slots"]["0"]["state"] == "incomplete", status
+    flipped = runner.flip("v1")
+    assert not flipped.all_ok and "no complete release of revision v1" in flipped.hosts[0].error, (
+        flipped.to_text()
+    )
+
+
+def test_a_push_and_a_flip_each_open_one_ssh_session_per_host(verbose_fleet, control_dir, tmp_path):
+    runner = ssh_runner(verbose_fleet, verbose_fleet.hosts, control_dir)
+    before = {h.name: len(verbose_fleet.sessions(h)) for h in verbose_fleet.hosts}
+
+    pushed = runner.push(write_tree(tmp_path / "v1", OLD_FILES, "v1"), "v1")
+    assert pushed.all_ok, pushed.to_text()
+    after_push = {h.name: len(verbose_fleet.sessions(h)) for h in verbose_fleet.hosts}
+    flipped = runner.flip("v1")
+    assert flipped.all_ok, flipped.to_text()
+    after_flip = {h.name: len(verbose_fleet.sessions(h)) for h in verbose_fleet.hosts}
+
+    for host in verbose_fleet.hosts:
+        assert after_push[host.name] - before[host.name] == 1, verbose_fleet.sessions(host)
+        assert after_flip[host.name] - after_push[host.name] == 1, verbose_fleet.sessions(host)
