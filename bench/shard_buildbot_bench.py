@@ -2,9 +2,21 @@
 """Sharded test runs through a real Buildbot master: wall time against the bound.
 
     .venv/bin/python bench/shard_buildbot_bench.py [--tests 600] [--total-s 240] [--workers 16]
+        [--startup-s 2] [--tiny-tests 3000] [--suites sleep,slow-start,no-history]
 
 A synthetic suite of sleep-based tests (heavy-tailed durations, seeded) runs
-on N local buildbot-worker processes, one shard per worker, three ways:
+on N local buildbot-worker processes, one shard per worker. Three suites:
+
+    sleep        the tests alone: each batch pays one plain pytest start-up
+    slow-start   the same tests behind a runner that takes --startup-s to start
+                 (a conftest.py that sleeps at session start, as a framework's
+                 test runner does: settings, app import, database)
+    no-history   --tiny-tests tests of a few milliseconds behind the slow
+                 start-up, as a new user's first build sees them: the first
+                 build (no history) against the third (history and a learnt
+                 start-up)
+
+and the first two run three ways each:
 
     dynamic      ShardedTest(mode="dynamic"): shards pull batches, longest first
     static       ShardedTest(mode="static"): the core's LPT plan, fixed lists
@@ -18,15 +30,18 @@ anew on every run: the run-to-run variance that makes fixed plans finish late.
 
 Printed per mode: the build's wall time (force request to build complete, as
 seen from the REST API), the sharded part alone (first shard build started to
-last shard build finished) and both as ratios to the lower bound
-max(longest nominal test, nominal total / workers). The gap between the two
-columns is Buildbot's own overhead: build request, discovery, history reads,
-shard build start-up; inside the shards, each batch pays a pytest start-up.
+last shard build finished) and the sharded part as ratios to two lower bounds:
+the tests alone, max(longest nominal test, nominal total / workers), and the
+tests plus one runner start-up per worker (the start-up as the dispatcher
+learnt it, tests_batch_overhead_s). The gap between wall and shards is
+Buildbot's own overhead: build request, discovery, history reads, shard build
+start-up; inside the shards, each batch pays a runner start-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import random
@@ -89,7 +104,13 @@ def nominal_durations(tests: int, total_s: float, workers: int) -> list[float]:
     return [d * total_s / sum(scaled) for d in scaled]
 
 
-def write_suite(root: pathlib.Path, durations: list[float]) -> dict[str, float]:
+def tiny_durations(tests: int) -> list[float]:
+    """Milliseconds each, as a unit-test suite: the start-up is what costs."""
+    rng = random.Random(SEED)
+    return [rng.uniform(0.001, 0.02) for _ in range(tests)]
+
+
+def write_suite(root: pathlib.Path, durations: list[float], startup_s: float = 0.0) -> dict[str, float]:
     tests_dir = root / "tests"
     tests_dir.mkdir(parents=True)
     (root / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
@@ -101,6 +122,10 @@ def write_suite(root: pathlib.Path, durations: list[float]) -> dict[str, float]:
 
             # Fresh jitter on every run: a test's duration varies between runs.
             _rng = random.Random()
+
+            def pytest_sessionstart(session):
+                # A framework's runner: settings, app import, test database.
+                time.sleep({startup_s})
 
             @pytest.fixture
             def sleep_for():
@@ -151,6 +176,89 @@ class BenchCluster(cluster.BuildbotCluster):
         return build
 
 
+@dataclasses.dataclass
+class Suite:
+    name: str
+    durations: list[float]
+    startup_s: float
+    with_history: bool  # False: every mode plans blind on its first build
+
+
+def timed_builds(bench_cluster: BenchCluster, suite: Suite) -> list[tuple[str, dict]]:
+    """The rows of one suite, each a forced build timed end to end."""
+    if suite.with_history:
+        # Each builder plans from its own history: one warm-up build each.
+        for builder, scheduler in (("tests", "force"), ("tests-static", "force-static")):
+            warmup = bench_cluster.timed_build(builder, scheduler)
+            print(
+                f"  warm-up {builder} (no history): wall {warmup['wall_s']:.1f} s; {warmup['state_string']}"
+            )
+        return [
+            ("dynamic", bench_cluster.timed_build("tests", "force")),
+            ("static", bench_cluster.timed_build("tests-static", "force-static")),
+            ("pytest-split", bench_cluster.timed_build("split", "force-split")),
+        ]
+    rows = [
+        ("dynamic 1st", bench_cluster.timed_build("tests", "force")),
+        ("static 1st", bench_cluster.timed_build("tests-static", "force-static")),
+        ("pytest-split", bench_cluster.timed_build("split", "force-split")),
+    ]
+    bench_cluster.timed_build("tests", "force")
+    rows.append(("dynamic 3rd", bench_cluster.timed_build("tests", "force")))
+    return rows
+
+
+def run_suite(root: pathlib.Path, suite: Suite, workers: int) -> None:
+    durations = suite.durations
+    bound = max(max(durations), sum(durations) / workers)
+    suite_source = root / suite.name / "suite-source"
+    by_id = write_suite(suite_source, durations, suite.startup_s)
+    durations_path = root / suite.name / "test_durations.json"
+    # pytest-split knows what our history knows: nothing on a first build.
+    durations_path.write_text(json.dumps(by_id if suite.with_history else {}))
+    print(
+        f"\n[{suite.name}] {len(durations)} tests, {sum(durations):.0f} s of sleep, longest "
+        f"{max(durations):.3f} s, median {statistics.median(durations):.3f} s; runner start-up "
+        f"+{suite.startup_s:.1f} s; {workers} workers; bound (tests alone) {bound:.2f} s"
+    )
+    bench_cluster = BenchCluster(root / suite.name / "cluster", workers, durations_path, suite_source)
+    (root / suite.name / "cluster").mkdir()
+    try:
+        bench_cluster.start()
+        rows = timed_builds(bench_cluster, suite)
+    finally:
+        bench_cluster.stop()
+    print_rows(rows, bound)
+
+
+def print_rows(rows: list[tuple[str, dict]], bound: float) -> None:
+    # The start-up the last dynamic build learnt (its mean over workers).
+    dynamic = [build for mode, build in rows if mode.startswith("dynamic")]
+    startup = float(dynamic[-1]["properties"].get("tests_batch_overhead_s", 0.0)) if dynamic else 0.0
+    with_startups = bound + startup
+    print(
+        f"  learnt start-up per batch {startup:.2f} s; bound with one start-up per worker "
+        f"{with_startups:.2f} s"
+    )
+    print(
+        f"  {'mode':<14}{'wall s':>8}{'shards s':>10}{'x tests':>9}{'x +start':>10}"
+        f"{'before s':>10}{'after s':>9}{'batches':>9}  result"
+    )
+    for mode, build in rows:
+        print(
+            f"  {mode:<14}{build['wall_s']:>8.1f}{build['shards_s']:>10.0f}{build['shards_s'] / bound:>9.2f}"
+            f"{build['shards_s'] / with_startups:>10.2f}{build['before_s']:>10.0f}{build['after_s']:>9.0f}"
+            f"{build['batches']:>9}  {build['state_string']}"
+        )
+    first = dict(rows).get("dynamic 1st")
+    third = dict(rows).get("dynamic 3rd")
+    if first and third:
+        print(f"  first build / third build (shards): {first['shards_s'] / max(1, third['shards_s']):.2f}")
+
+
+SUITES = ("sleep", "slow-start", "no-history")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,54 +266,39 @@ def main() -> int:
     parser.add_argument("--tests", type=int, default=600)
     parser.add_argument("--total-s", type=float, default=240.0)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--startup-s", type=float, default=2.0, help="extra runner start-up (slow-start)")
+    parser.add_argument("--tiny-tests", type=int, default=3000, help="tests of the no-history suite")
+    parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, of {SUITES}")
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.suites.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in SUITES]
+    if unknown or not chosen:
+        parser.error(f"--suites: unknown {unknown}; choose from {', '.join(SUITES)}")
+    for option, value in (
+        ("--tests", args.tests),
+        ("--workers", args.workers),
+        ("--tiny-tests", args.tiny_tests),
+    ):
+        if value < 1:
+            parser.error(f"{option} must be at least 1")
 
     durations = nominal_durations(args.tests, args.total_s, args.workers)
-    bound = max(max(durations), sum(durations) / args.workers)
+    suites = {
+        "sleep": Suite("sleep", durations, 0.0, True),
+        "slow-start": Suite("slow-start", durations, args.startup_s, True),
+        "no-history": Suite("no-history", tiny_durations(args.tiny_tests), args.startup_s, False),
+    }
     root = pathlib.Path(tempfile.mkdtemp(prefix="shard-buildbot-bench-"))
-    suite_source = root / "suite-source"
-    by_id = write_suite(suite_source, durations)
-    durations_path = root / "test_durations.json"
-    durations_path.write_text(json.dumps(by_id))
-    print(
-        f"{args.tests} tests, {sum(durations):.0f} s of sleep, longest {max(durations):.2f} s, "
-        f"median {statistics.median(durations):.2f} s; {args.workers} workers; "
-        f"lower bound {bound:.2f} s; jitter log-sd {JITTER_LOG_SD}"
-    )
-
-    bench_cluster = BenchCluster(root / "cluster", args.workers, durations_path, suite_source)
-    (root / "cluster").mkdir()
-    try:
-        bench_cluster.start()
-        # Each builder plans from its own history: one warm-up build each.
-        for builder, scheduler in (("tests", "force"), ("tests-static", "force-static")):
-            warmup = bench_cluster.timed_build(builder, scheduler)
-            print(f"warm-up {builder} (no history): wall {warmup['wall_s']:.1f} s; {warmup['state_string']}")
-        rows = [
-            ("dynamic", bench_cluster.timed_build("tests", "force")),
-            ("static", bench_cluster.timed_build("tests-static", "force-static")),
-            ("pytest-split", bench_cluster.timed_build("split", "force-split")),
-        ]
-    finally:
-        bench_cluster.stop()
-
-    print(
-        f"\n{'mode':<14}{'wall s':>8}{'x bound':>9}{'shards s':>10}{'x bound':>9}"
-        f"{'before s':>10}{'after s':>9}{'batches':>9}  result"
-    )
-    for mode, build in rows:
-        print(
-            f"{mode:<14}{build['wall_s']:>8.1f}{build['wall_s'] / bound:>9.2f}"
-            f"{build['shards_s']:>10.0f}{build['shards_s'] / bound:>9.2f}"
-            f"{build['before_s']:>10.0f}{build['after_s']:>9.0f}{build['batches']:>9}"
-            f"  {build['state_string']}"
-        )
+    print(f"jitter log-sd {JITTER_LOG_SD}; working in {root}")
+    for name in chosen:
+        run_suite(root, suites[name], args.workers)
     print(
         "\nwall: force request to build complete (REST API). shards: first shard build start to last "
-        "shard build end; before: parent start (discovery, history, plan, trigger) to first shard "
-        "start; after: last shard end to parent end (results, report). Buildbot's timestamps are "
-        "whole seconds. Each batch (pytest-split: each shard) pays one pytest start-up inside the "
-        "shards column; on a loaded machine that start-up dominates."
+        "shard build end; x tests: shards / max(longest test, total / workers); x +start: shards / "
+        "(that bound + one learnt runner start-up per worker). before: parent start (discovery, "
+        "history, plan, trigger) to first shard start; after: last shard end to parent end. "
+        "Buildbot's timestamps are whole seconds. Each batch (pytest-split: each shard) pays one "
+        "runner start-up inside the shards column."
     )
     return 0
 

@@ -8,6 +8,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include "bindings.hpp"
 #include "cd/error.hpp"
 
@@ -90,6 +92,7 @@ void bind_duration_files(py::module_& module) {
       py::arg("history"), py::call_guard<py::gil_scoped_release>(),
       "Estimates for the tests of the newest file.");
   module.attr("kMaxTestDurationSeconds") = kMaxTestDurationSeconds;
+  module.attr("kBatchWorthFactor") = kBatchWorthFactor;
   module.def("plan_to_json", &plan_to_json, py::arg("plan"), py::call_guard<py::gil_scoped_release>());
 }
 
@@ -165,6 +168,15 @@ void bind_results(py::module_& module) {
              sum.speculative_batches = a.speculative_batches + b.speculative_batches;
              sum.requeued_batches = a.requeued_batches + b.requeued_batches;
              sum.queued_estimate_s = a.queued_estimate_s + b.queued_estimate_s;
+             // The cost model's figures are per run, not additive: their means
+             // weighted by tests (an empty start value weighs nothing).
+             auto weighted = [&](double DispatchStats::*figure) {
+               if (sum.tests == 0) return a.*figure;
+               return (a.*figure * static_cast<double>(a.tests) + b.*figure * static_cast<double>(b.tests)) /
+                      static_cast<double>(sum.tests);
+             };
+             sum.batch_overhead_s = weighted(&DispatchStats::batch_overhead_s);
+             sum.estimate_scale = weighted(&DispatchStats::estimate_scale);
              return sum;
            })
       .def_readonly("tests", &DispatchStats::tests)
@@ -177,7 +189,9 @@ void bind_results(py::module_& module) {
       .def_readonly("batches_in_flight", &DispatchStats::batches_in_flight)
       .def_readonly("speculative_batches", &DispatchStats::speculative_batches)
       .def_readonly("requeued_batches", &DispatchStats::requeued_batches)
-      .def_readonly("queued_estimate_s", &DispatchStats::queued_estimate_s);
+      .def_readonly("queued_estimate_s", &DispatchStats::queued_estimate_s)
+      .def_readonly("batch_overhead_s", &DispatchStats::batch_overhead_s)
+      .def_readonly("estimate_scale", &DispatchStats::estimate_scale);
 }
 
 void bind_dispatcher(py::module_& module) {
@@ -185,7 +199,7 @@ void bind_dispatcher(py::module_& module) {
   py::class_<Dispatcher>(module, "Dispatcher")
       .def(py::init([](std::vector<TestEstimate> tests, int workers, int max_attempts, double min_batch_s,
                        int max_batch_tests, bool speculate, double min_speculation_s,
-                       double split_file_fraction) {
+                       double split_file_fraction, double batch_overhead_s, bool recalibrate) {
              DispatchOptions options;
              options.workers = workers;
              options.max_attempts = max_attempts;
@@ -194,17 +208,32 @@ void bind_dispatcher(py::module_& module) {
              options.speculate = speculate;
              options.min_speculation_s = min_speculation_s;
              options.split_file_fraction = split_file_fraction;
+             options.batch_overhead_s = batch_overhead_s;
+             options.recalibrate = recalibrate;
              return std::make_unique<Dispatcher>(std::move(tests), options);
            }),
            py::arg("tests"), py::arg("workers") = defaults.workers,
            py::arg("max_attempts") = defaults.max_attempts, py::arg("min_batch_s") = defaults.min_batch_s,
            py::arg("max_batch_tests") = defaults.max_batch_tests, py::arg("speculate") = defaults.speculate,
            py::arg("min_speculation_s") = defaults.min_speculation_s,
-           py::arg("split_file_fraction") = defaults.split_file_fraction)
+           py::arg("split_file_fraction") = defaults.split_file_fraction,
+           py::arg("batch_overhead_s") = defaults.batch_overhead_s,
+           py::arg("recalibrate") = defaults.recalibrate)
       .def("next_batch", &Dispatcher::next_batch, py::arg("worker"), py::arg("now_s"),
            py::call_guard<py::gil_scoped_release>())
-      .def("report", &Dispatcher::report, py::arg("worker"), py::arg("batch_id"), py::arg("results"),
-           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "report",
+          [](Dispatcher& dispatcher, const std::string& worker, std::uint64_t batch_id,
+             const std::vector<TestResult>& results, std::optional<double> wall_s) {
+            py::gil_scoped_release release;
+            if (wall_s) {
+              dispatcher.report(worker, batch_id, results, *wall_s);
+            } else {
+              dispatcher.report(worker, batch_id, results);
+            }
+          },
+          py::arg("worker"), py::arg("batch_id"), py::arg("results"), py::arg("wall_s") = py::none(),
+          "Results of a batch; wall_s (its command's start to end) teaches the batch overhead.")
       .def("report_error", &Dispatcher::report_error, py::arg("worker"), py::arg("batch_id"),
            py::arg("message"), py::call_guard<py::gil_scoped_release>())
       .def("worker_lost", &Dispatcher::worker_lost, py::arg("worker"),
@@ -212,7 +241,8 @@ void bind_dispatcher(py::module_& module) {
       .def("batch_obsolete", &Dispatcher::batch_obsolete, py::arg("batch_id"))
       .def("done", &Dispatcher::done)
       .def("stats", &Dispatcher::stats)
-      .def("outcomes", &Dispatcher::outcomes);
+      .def("outcomes", &Dispatcher::outcomes)
+      .def("overhead_by_worker", &Dispatcher::overhead_by_worker);
 }
 
 }  // namespace

@@ -116,7 +116,8 @@ class DispatchStats:
     def __init__(self) -> None:
         """All zero: the start of a sum."""
     def __add__(self, other: DispatchStats) -> DispatchStats:
-        """Field by field: the figures of several dispatchers together."""
+        """Field by field: the figures of several dispatchers together; batch_overhead_s and
+        estimate_scale become their means weighted by tests."""
     tests: Final[int]
     resolved: Final[int]
     passed: Final[int]
@@ -127,6 +128,11 @@ class DispatchStats:
     speculative_batches: Final[int]
     requeued_batches: Final[int]
     queued_estimate_s: Final[float]
+    batch_overhead_s: Final[float]
+    estimate_scale: Final[float]
+
+# A batch is worth sending when its tests take this many times its overhead.
+kBatchWorthFactor: Final[float]
 
 class Dispatcher:
     """Thread-safe: any number of threads may call any method."""
@@ -141,15 +147,21 @@ class Dispatcher:
         speculate: bool = ...,
         min_speculation_s: float = ...,
         split_file_fraction: float = ...,
+        batch_overhead_s: float = ...,
+        recalibrate: bool = ...,
     ) -> None: ...
     def next_batch(self, worker: str, now_s: float) -> Assignment: ...
-    def report(self, worker: str, batch_id: int, results: Sequence[TestResult]) -> None: ...
+    def report(
+        self, worker: str, batch_id: int, results: Sequence[TestResult], wall_s: float | None = None
+    ) -> None:
+        """wall_s: the batch's start to end on its worker; teaches the dispatcher the overhead."""
     def report_error(self, worker: str, batch_id: int, message: str) -> None: ...
     def worker_lost(self, worker: str) -> None: ...
     def batch_obsolete(self, batch_id: int) -> bool: ...
     def done(self) -> bool: ...
     def stats(self) -> DispatchStats: ...
     def outcomes(self) -> list[TestOutcome]: ...
+    def overhead_by_worker(self) -> dict[str, float]: ...
 
 # ---------------------------------------------------------- bindings/fanout.cpp
 

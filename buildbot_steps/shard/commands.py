@@ -1,26 +1,34 @@
 """What a shard build runs, and what the parent hands it.
 
-Test commands are argument-vector templates: `{tests}` becomes the batch's
-test ids (one argument each) and `{junit}` the path of the JUnit XML report
-the runner writes. Discovery reads a collect-only listing.
+Test commands are argument-vector templates: `{tests_file}` becomes the path
+of a file with the batch's test ids, one per line (pytest >= 8.2 reads it as
+`@{tests_file}`), or `{tests}` becomes the ids themselves, one argument each;
+`{junit}` is the path of the JUnit XML report the runner writes. With a tests
+file, a batch of a thousand ids neither bloats the step log (the worker echoes
+the command line there) nor twistd.log, nor meets the OS argument limit.
+Discovery reads a collect-only listing.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 
 from buildbot_steps._core import Verdict
 from buildbot_steps.errors import CdError
 
 TESTS_PLACEHOLDER = "{tests}"
+TESTS_FILE_PLACEHOLDER = "{tests_file}"
 JUNIT_PLACEHOLDER = "{junit}"
 
 DEFAULT_DISCOVER_COMMAND = ["python", "-m", "pytest", "--collect-only", "-q"]
 DEFAULT_TEST_COMMAND = [
     "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-    "--junitxml={junit}", "{tests}",
+    "--junitxml={junit}", "@{tests_file}",
 ]  # fmt: skip
+
+# Test ids shown where a batch is logged: enough to recognise it; the full
+# list is in the report (and in the tests file on the worker).
+IDS_SHOWN_IN_LOGS = 3
 
 
 # Where a shard's batches come from: pulled from one dispatcher, or a fixed list per shard.
@@ -40,11 +48,12 @@ DEFAULT_MAX_ATTEMPTS = 2
 DEFAULT_BATCH_TIMEOUT_S = 20 * 60
 
 # Cap on tests per batch of the dynamic mode, so that a lost worker costs
-# little and the command line stays far below the OS argument limit.
-DEFAULT_MAX_BATCH_TESTS = 200
+# little. The ids travel in a file ({tests_file}), so the OS argument limit is
+# not what bounds it; a thousand fast tests are still only seconds to redo.
+DEFAULT_MAX_BATCH_TESTS = 1000
 
 # The static mode runs a shard's list in as few runner starts as this allows
-# (like one pytest-split group), still far below the OS argument limit.
+# (like one pytest-split group).
 STATIC_MAX_BATCH_TESTS = 1000
 
 
@@ -73,22 +82,48 @@ def check_test_command(command: object) -> str | None:
         return "test_command must be a non-empty list of strings (an argument vector)"
     if not all(isinstance(arg, str) for arg in command):
         return "test_command must contain only strings"
-    if sum(arg == TESTS_PLACEHOLDER for arg in command) != 1:
-        return f"test_command must have exactly one element that is {TESTS_PLACEHOLDER!r}"
+    as_arguments = sum(arg == TESTS_PLACEHOLDER for arg in command)
+    in_a_file = any(TESTS_FILE_PLACEHOLDER in arg for arg in command)
+    if as_arguments + in_a_file != 1:
+        return (
+            f"test_command must have exactly one element that is {TESTS_PLACEHOLDER!r} (the ids as "
+            f"arguments) or contain {TESTS_FILE_PLACEHOLDER!r} (a file of the ids: "
+            f"'@{TESTS_FILE_PLACEHOLDER}' for pytest), not both"
+        )
     if not any(JUNIT_PLACEHOLDER in arg for arg in command):
         return f"test_command must contain {JUNIT_PLACEHOLDER!r} (where the runner writes JUnit XML)"
     return None
 
 
-def expand_test_command(command: list[str], tests: list[str], junit_path: str) -> list[str]:
-    """The argument vector for one batch: one element per test id."""
+def uses_tests_file(command: list[str]) -> bool:
+    return any(TESTS_FILE_PLACEHOLDER in arg for arg in command)
+
+
+def expand_test_command(
+    command: list[str], tests: list[str], junit_path: str, tests_file: str = ""
+) -> list[str]:
+    """The argument vector for one batch: one element per test id, or the tests file's path."""
     argv: list[str] = []
     for arg in command:
         if arg == TESTS_PLACEHOLDER:
             argv.extend(tests)
         else:
-            argv.append(arg.replace(JUNIT_PLACEHOLDER, junit_path))
+            argv.append(
+                arg.replace(JUNIT_PLACEHOLDER, junit_path).replace(TESTS_FILE_PLACEHOLDER, tests_file)
+            )
     return argv
+
+
+def batch_ids_text(tests: list[str]) -> str:
+    """The tests file: one id per line (ids never contain a newline: they come from lines)."""
+    return "".join(f"{test}\n" for test in tests)
+
+
+def short_list(test_ids: list[str], shown: int = IDS_SHOWN_IN_LOGS) -> str:
+    """A count and the first few ids, for a log line."""
+    head = ", ".join(test_ids[:shown])
+    more = ", ..." if len(test_ids) > shown else ""
+    return f"{len(test_ids)} tests ({head}{more})"
 
 
 def parse_test_listing(output: str) -> list[str]:
@@ -106,8 +141,36 @@ def parse_test_listing(output: str) -> list[str]:
     return list(dict.fromkeys(tests))  # a runner may list an id twice
 
 
+# Wildcards of a quarantine pattern. Brackets are not among them: a
+# parametrized id ("test_x[1-2]") must match itself, which fnmatch's
+# character classes silently prevented.
+QUARANTINE_WILDCARDS = ("*", "?")
+
+
+class Quarantine:
+    """Test ids that run but do not gate: exact ids first, then patterns.
+
+    An entry without `*` or `?` is an exact test id. An entry with them is a
+    pattern where `*` is any run of characters and `?` one character; every
+    other character, `[` and `]` included, stands for itself.
+    """
+
+    def __init__(self, entries: list[str]):
+        self.exact = {entry for entry in entries if not any(w in entry for w in QUARANTINE_WILDCARDS)}
+        self.patterns = [_wildcard_regex(e) for e in entries if any(w in e for w in QUARANTINE_WILDCARDS)]
+
+    def __contains__(self, test_id: str) -> bool:
+        return test_id in self.exact or any(p.fullmatch(test_id) for p in self.patterns)
+
+
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    wildcard = {"*": ".*", "?": "."}
+    parts = re.split(r"([*?])", pattern)
+    return re.compile("".join(wildcard.get(part) or re.escape(part) for part in parts), re.DOTALL)
+
+
 def is_quarantined(test_id: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(test_id, pattern) for pattern in patterns)
+    return test_id in Quarantine(patterns)
 
 
 def names(test_ids: list[str], shown: int = 5) -> str:

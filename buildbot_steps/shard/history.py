@@ -6,6 +6,10 @@ Each build writes three result sets for its tests (DESIGN.md section 3):
     "<description> durations" category performance, value_unit "s", value the
                               exact duration in seconds as text ("2.513402")
     "<description> flaky"     category fail_only, one row per flaky test
+    "<description> batch overhead"  category performance, value_unit "s", one
+                              row per worker (test_name): what a batch cost
+                              there beyond its tests (runner start-up,
+                              collection, fixtures), as the dispatcher learnt it
 `test_results.duration_ns` is a 32-bit integer on PostgreSQL (at most
 2.147 s), so the planner reads only the durations set, where durations of any
 length survive.
@@ -14,8 +18,9 @@ length survive.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from buildbot.process.buildstep import BuildStep
 from twisted.internet import defer
@@ -49,6 +54,12 @@ def durations_of(rows: list[dict[str, Any]]) -> dict[str, float]:
     return durations
 
 
+class HistoryReading(NamedTuple):
+    durations: list[dict[str, float]]  # per earlier build, oldest first
+    flake_record: dict[str, int]  # test id -> earlier builds it was flaky in
+    batch_overhead_s: float  # the newest build's learnt overhead per batch; 0 when unknown
+
+
 class TestHistory:
     """Reads and writes one builder's test results under one description."""
 
@@ -57,9 +68,10 @@ class TestHistory:
         self.description = description
         self.durations_description = f"{description} durations"
         self.flaky_description = f"{description} flaky"
+        self.overhead_description = f"{description} batch overhead"
 
-    async def read(self, builderid: int) -> tuple[list[dict[str, float]], dict[str, int]]:
-        """(durations per earlier build, oldest first; {test: builds it was flaky in})."""
+    async def read(self, builderid: int) -> HistoryReading:
+        """A HistoryReading of this builder's recent builds."""
         data = self._step.master.data
         sets = await data.get(("builders", builderid, "test_result_sets"))
         complete = [s for s in sets if s["complete"]]
@@ -77,12 +89,25 @@ class TestHistory:
                 for row in await self._results_of(result_set):
                     name = row.get("test_name")
                     flake_record[name] = flake_record.get(name, 0) + 1
-        return history, flake_record
+        overhead_s = await self._newest_overhead(complete)
+        return HistoryReading(history, flake_record, overhead_s)
+
+    async def _newest_overhead(self, complete_sets: list[dict[str, Any]]) -> float:
+        """The median over workers of the newest build's learnt overhead: one slow worker does not
+        make every batch of the next build bigger."""
+        overhead_sets = [s for s in complete_sets if s["description"] == self.overhead_description]
+        if not overhead_sets:
+            return 0.0
+        newest = max(overhead_sets, key=lambda s: s["test_result_setid"])
+        by_worker = durations_of(await self._results_of(newest))
+        return statistics.median(by_worker.values()) if by_worker else 0.0
 
     def _results_of(self, result_set: dict[str, Any]) -> defer.Deferred:
         return self._step.master.data.get(("test_result_sets", result_set["test_result_setid"], "results"))
 
-    async def store(self, outcomes: Sequence[TestOutcome]) -> None:
+    async def store(
+        self, outcomes: Sequence[TestOutcome], overhead_by_worker: dict[str, float] | None = None
+    ) -> None:
         step = self._step
         outcome_set = await step.addTestResultSet(self.description, "pass_fail", "boolean")
         duration_set = await step.addTestResultSet(self.durations_description, "performance", "s")
@@ -99,3 +124,7 @@ class TestHistory:
             step.addTestResult(duration_set, f"{seconds:.6f}", test_name=outcome.id, duration_ns=duration_ns)
             if outcome.verdict == Verdict.flaky:
                 step.addTestResult(flaky_set, "0", test_name=outcome.id)
+        if overhead_by_worker:
+            overhead_set = await step.addTestResultSet(self.overhead_description, "performance", "s")
+            for worker, seconds in sorted(overhead_by_worker.items()):
+                step.addTestResult(overhead_set, f"{seconds:.6f}", test_name=worker)

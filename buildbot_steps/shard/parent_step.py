@@ -63,20 +63,21 @@ from buildbot_steps.shard.commands import (
     STATIC,
     TESTS_PROPERTY,
     WORKDIR_PROPERTY,
+    Quarantine,
     ShardedTestError,
     check_test_command,
-    is_quarantined,
     names,
     parse_test_listing,
 )  # fmt: skip
 from buildbot_steps.shard.history import TestHistory
 from buildbot_steps.shard.junit import MAX_REPORT_BYTES
 
-# Batches are topped up to about this many estimated seconds: each costs a
-# round trip and a runner start-up (0.5 s for a small pytest project, several
-# seconds for one that imports a framework, more on a loaded worker). The
-# guided batch sizes still shrink towards this at the tail, which keeps the
-# end balanced.
+# Batches are topped up to at least this many estimated seconds, whatever the
+# cost model says: each costs a round trip and a runner start-up (0.5 s for a
+# small pytest project, several seconds for one that imports a framework).
+# Beyond this floor the core sizes batches from the overhead it observes
+# (kBatchWorthFactor x the start-up). The guided batch sizes still shrink
+# towards this at the tail, which keeps the end balanced.
 DEFAULT_MIN_BATCH_S = 5.0
 
 # Without max_shards, a build may ask for at most this many shards per shard
@@ -207,8 +208,11 @@ class ShardedTest(BuildStep):
             shards = self._shard_count(scheduler)
             tests = await self._list_tests()
             builderid = await self.build.getBuilderId()
-            history, self._flake_record = await self._history.read(builderid)
-            return await self._run_sharded(scheduler, tests, history, shards)
+            reading = await self._history.read(builderid)
+            self._flake_record = reading.flake_record
+            return await self._run_sharded(
+                scheduler, tests, reading.durations, shards, reading.batch_overhead_s
+            )
         except ShardedTestError as problem:
             self._summary = f"{problem}"
             await self.addCompleteLog("problem", f"{problem}\n")
@@ -242,7 +246,12 @@ class ShardedTest(BuildStep):
         return parse_test_listing(cmd.stdout)
 
     async def _run_sharded(
-        self, scheduler: Triggerable, tests: list[str], history: list[dict[str, float]], shards: int | None
+        self,
+        scheduler: Triggerable,
+        tests: list[str],
+        history: list[dict[str, float]],
+        shards: int | None,
+        batch_overhead_s: float,
     ) -> int:
         shards = shards or self._workers_of(scheduler)
         # Milliseconds for thousands of tests, but not microseconds: off the reactor.
@@ -251,9 +260,11 @@ class ShardedTest(BuildStep):
             plan = await threads.deferToThread(_core.plan_static, estimates, shards)
         except _core.InvalidInputError as problem:
             raise ShardedTestError(f"cannot plan the shards: {problem}") from None
-        session = self._make_session(estimates, plan, shards)
+        session = self._make_session(estimates, plan, shards, batch_overhead_s)
         self._report_estimates(estimates, len(history))
-        await self.addCompleteLog("plan", self._plan_text(estimates, plan, shards, len(history)))
+        await self.addCompleteLog(
+            "plan", self._plan_text(estimates, plan, shards, len(history), batch_overhead_s)
+        )
         self._session, self._shard_total = session, shards
         session.listeners.append(self.updateSummary)
         shard_session.register_session(self.build.buildid, session)
@@ -301,7 +312,7 @@ class ShardedTest(BuildStep):
         return len(names)
 
     def _make_session(
-        self, estimates: list[TestEstimate], plan: Plan, shards: int
+        self, estimates: list[TestEstimate], plan: Plan, shards: int, batch_overhead_s: float
     ) -> shard_session.ShardSession:
         settings = shard_session.ShardCommandSettings(
             test_command=list(self.test_command),
@@ -315,7 +326,7 @@ class ShardedTest(BuildStep):
             shard_lists = [list(shard.tests) for shard in plan.shards]
             batches = shard_session.StaticShards(
                 shard_lists, {e.id: e.seconds for e in estimates}, self.max_attempts,
-                self.max_batch_tests,
+                self.max_batch_tests, batch_overhead_s,
             )  # fmt: skip
             return shard_session.ShardSession(batches, settings, clock)
         dispatcher = _core.Dispatcher(
@@ -325,6 +336,7 @@ class ShardedTest(BuildStep):
             min_batch_s=self.min_batch_s,
             max_batch_tests=self.max_batch_tests,
             speculate=self.speculate,
+            batch_overhead_s=batch_overhead_s,
         )
         return shard_session.ShardSession(shard_session.DynamicBatches(dispatcher), settings, clock)
 
@@ -335,14 +347,19 @@ class ShardedTest(BuildStep):
         self.setProperty("shard_estimates_from_history", sources.get("history", 0), "ShardedTest")
 
     @staticmethod
-    def _plan_text(estimates: list[TestEstimate], plan: Plan, shards: int, history_builds: int) -> str:
+    def _plan_text(
+        estimates: list[TestEstimate], plan: Plan, shards: int, history_builds: int, batch_overhead_s: float
+    ) -> str:
         sources = _count_sources(estimates)
         lines = [
             f"tests: {len(estimates)}; shards: {shards}; earlier builds read: {history_builds}",
             "estimate sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())),
             f"estimated total: {sum(e.seconds for e in estimates):.2f} s; "
-            f"lower bound per shard: {plan.lower_bound_s:.2f} s; "
+            f"lower bound per shard: {plan.lower_bound_s:.2f} s "
+            f"({plan.lower_bound_s + batch_overhead_s:.2f} s with one start-up); "
             f"static plan makespan: {plan.makespan_s:.2f} s",
+            f"batch overhead learnt by earlier builds: {batch_overhead_s:.2f} s "
+            "(the dispatcher refines it from this build's batches)",
         ]
         for index, shard in enumerate(plan.shards):
             lines.append(f"  shard {index}: {len(shard.tests)} tests, {shard.estimate_s:.2f} s")
@@ -401,12 +418,13 @@ class ShardedTest(BuildStep):
     async def _publish(self, session: shard_session.ShardSession, plan: Plan) -> int:
         outcomes = list(session.batches.outcomes())
         figures = self._figures(outcomes, session, plan)
-        await self._history.store(outcomes)
+        await self._history.store(outcomes, session.batches.overhead_by_worker())
         for key, value in figures.items():
             self.setProperty(f"tests_{key}", value, "ShardedTest")
         flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
         self.setProperty("tests_flaky_names", flaky, "ShardedTest")
-        quarantine = {o.id for o in outcomes if is_quarantined(o.id, self.quarantine)}
+        quarantined = Quarantine(self.quarantine)
+        quarantine = {o.id for o in outcomes if o.id in quarantined}
         await self.addHTMLLog(
             "report",
             report.render_report(outcomes, session.timeline, figures, quarantine, self._flake_record),
@@ -430,6 +448,9 @@ class ShardedTest(BuildStep):
         started = [run.start_s for run in session.timeline]
         makespan = (max(finished) - min(started)) if finished and started else 0.0
         bound = max(max(durations, default=0.0), sum(durations) / workers)
+        stats = session.batches.stats()
+        # Every worker starts its runner at least once: the bound with start-ups.
+        overhead = stats.batch_overhead_s
         return {
             "total": len(outcomes),
             "passed": counts[Verdict.passed],
@@ -440,24 +461,29 @@ class ShardedTest(BuildStep):
             "workers": workers,
             "makespan_s": round(makespan, 3),
             "lower_bound_s": round(bound, 3),
+            "lower_bound_with_startups_s": round(bound + overhead, 3),
+            "batch_overhead_s": round(overhead, 3),
+            "estimate_scale": round(stats.estimate_scale, 4),
             "planned_lower_bound_s": round(plan.lower_bound_s, 3),
             "batches": len(session.timeline),
-            "requeued_batches": session.batches.stats().requeued_batches,
-            "straggler_copies": session.batches.stats().speculative_batches,
+            "requeued_batches": stats.requeued_batches,
+            "straggler_copies": stats.speculative_batches,
         }
 
     def _verdict(self, outcomes: list[TestOutcome], figures: dict[str, int | float]) -> tuple[int, str]:
         def bad(o: TestOutcome) -> bool:
             return o.verdict in NOT_PASSED
 
-        gating = [o.id for o in outcomes if bad(o) and not is_quarantined(o.id, self.quarantine)]
-        quarantined = [o.id for o in outcomes if bad(o) and is_quarantined(o.id, self.quarantine)]
+        quarantine = Quarantine(self.quarantine)
+        gating = [o.id for o in outcomes if bad(o) and o.id not in quarantine]
+        quarantined = [o.id for o in outcomes if bad(o) and o.id in quarantine]
         flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
         text = (
             f"{figures['passed']} passed, {figures['failed']} failed, {figures['flaky']} flaky"
             + (f", {figures['skipped']} skipped" if figures["skipped"] else "")
             + (f", {figures['not_run']} not run" if figures["not_run"] else "")
-            + f"; makespan {figures['makespan_s']:.1f} s vs bound {figures['lower_bound_s']:.1f} s"
+            + f"; makespan {figures['makespan_s']:.1f} s vs bound {figures['lower_bound_s']:.1f} s "
+            f"({figures['lower_bound_with_startups_s']:.1f} s with start-ups)"
         )
         if gating:
             return FAILURE, text + "; failed: " + names(gating)

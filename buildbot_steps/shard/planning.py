@@ -214,7 +214,7 @@ def _simulate_dynamic(estimates, clock: _Clock, workers: int, overhead_s: float,
     while events and not dispatcher.done():
         now, _, worker, batch = heapq.heappop(events)
         if batch is not None:
-            dispatcher.report(worker, batch.id, batch.results)
+            dispatcher.report(worker, batch.id, batch.results, batch.wall_s)
             makespan = now
             for idle in waiting:  # a report may free a re-run or end the run
                 heapq.heappush(events, (now, sequence, idle, None))
@@ -232,6 +232,7 @@ def _simulate_dynamic(estimates, clock: _Clock, workers: int, overhead_s: float,
             seconds, passed = clock.run(test_id)
             finish += seconds
             finished.results.append(_core.TestResult(test_id, passed, seconds))
+        finished.wall_s = finish - now  # the dispatcher learns the overhead from it
         heapq.heappush(events, (finish, sequence, worker, finished))
         sequence += 1
     stats = dispatcher.stats()
@@ -256,6 +257,7 @@ class _Finished:
 
     id: int
     results: list = dataclasses.field(default_factory=list)
+    wall_s: float = 0.0
 
 
 def _reruns(dispatcher) -> int:

@@ -12,8 +12,10 @@ Two sources of batches behind one protocol, BatchSource:
 
 Data shapes:
     session.next_batch(worker, shard_index) -> Assignment(kind: AssignmentKind run|wait|done, batch)
-    session.report(worker, batch, [JUnitTestResult...]) -> None, or why the results were
-                refused (the batch then failed as a whole) / report_error(worker, batch, text)
+    session.report(worker, batch, [JUnitTestResult...], wall_s) -> None, or why the results
+                were refused (the batch then failed as a whole) / report_error(worker, batch, text);
+                wall_s (the batch's start to end on the worker) teaches the core what a batch
+                costs beyond its tests
     session.outcomes() -> [TestOutcome(id, verdict: Verdict, estimate_s, attempts[Attempt])]
 """
 
@@ -61,13 +63,16 @@ class BatchSource(Protocol):
     """Where a shard's batches come from; the same calls in both modes."""
 
     def next_batch(self, worker: str, shard_index: int, now_s: float) -> AnyAssignment: ...
-    def report(self, worker: str, batch_id: int, results: list[TestResult]) -> None: ...
+    def report(
+        self, worker: str, batch_id: int, results: list[TestResult], wall_s: float | None = None
+    ) -> None: ...
     def report_error(self, worker: str, batch_id: int, message: str) -> None: ...
     def worker_lost(self, worker: str) -> None: ...
     def batch_obsolete(self, batch_id: int) -> bool: ...
     def done(self) -> bool: ...
     def outcomes(self) -> list[TestOutcome]: ...
     def stats(self) -> DispatchStats: ...
+    def overhead_by_worker(self) -> dict[str, float]: ...
 
 
 class DynamicBatches:
@@ -79,8 +84,10 @@ class DynamicBatches:
     def next_batch(self, worker: str, shard_index: int, now_s: float) -> _core.Assignment:
         return self._dispatcher.next_batch(worker, now_s)
 
-    def report(self, worker: str, batch_id: int, results: list[TestResult]) -> None:
-        self._dispatcher.report(worker, batch_id, results)
+    def report(
+        self, worker: str, batch_id: int, results: list[TestResult], wall_s: float | None = None
+    ) -> None:
+        self._dispatcher.report(worker, batch_id, results, wall_s)
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
         self._dispatcher.report_error(worker, batch_id, message)
@@ -99,6 +106,9 @@ class DynamicBatches:
 
     def stats(self) -> DispatchStats:
         return self._dispatcher.stats()
+
+    def overhead_by_worker(self) -> dict[str, float]:
+        return dict(self._dispatcher.overhead_by_worker())
 
 
 @dataclasses.dataclass
@@ -141,6 +151,7 @@ class StaticShards:
         estimates_s: dict[str, float],
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         max_batch_tests: int = STATIC_MAX_BATCH_TESTS,
+        batch_overhead_s: float = 0.0,
     ):
         # An unbounded batch target: a static shard runs its list in as few
         # runner starts as max_batch_tests allows.
@@ -148,7 +159,7 @@ class StaticShards:
             _core.Dispatcher(
                 [_core.TestEstimate(test, estimates_s.get(test, 0.0)) for test in tests],
                 workers=1, max_attempts=max_attempts, min_batch_s=math.inf,
-                max_batch_tests=max_batch_tests, speculate=False,
+                max_batch_tests=max_batch_tests, speculate=False, batch_overhead_s=batch_overhead_s,
             ) if tests else None
             for tests in shard_lists
         ]  # fmt: skip
@@ -169,9 +180,11 @@ class StaticShards:
         self._in_flight[batch.id] = (shard_index, local.id)
         return Assignment(AssignmentKind.run, batch)
 
-    def report(self, worker: str, batch_id: int, results: list[TestResult]) -> None:
+    def report(
+        self, worker: str, batch_id: int, results: list[TestResult], wall_s: float | None = None
+    ) -> None:
         shard_index, local_id = self._locate(batch_id)
-        self._shards[shard_index].report(worker, local_id, results)
+        self._shards[shard_index].report(worker, local_id, results, wall_s)
         del self._in_flight[batch_id]  # only once accepted: a refused report may still report_error
 
     def report_error(self, worker: str, batch_id: int, message: str) -> None:
@@ -193,8 +206,12 @@ class StaticShards:
         return [outcome for shard in self._live_shards() for outcome in shard.outcomes()]
 
     def stats(self) -> DispatchStats:
-        """The figures of all shards together (the core sums DispatchStats)."""
+        """The figures of all shards together (the core sums DispatchStats; the cost
+        model's figures become means weighted by tests)."""
         return sum((shard.stats() for shard in self._live_shards()), DispatchStats())
+
+    def overhead_by_worker(self) -> dict[str, float]:
+        return {w: s for shard in self._live_shards() for w, s in shard.overhead_by_worker().items()}
 
     def _live_shards(self) -> list[_core.Dispatcher]:
         return [shard for shard in self._shards if shard is not None]
@@ -270,7 +287,9 @@ class ShardSession:
             self._changed()
         return assignment
 
-    def report(self, worker: str, batch_id: int, results: list[JUnitTestResult]) -> str | None:
+    def report(
+        self, worker: str, batch_id: int, results: list[JUnitTestResult], wall_s: float | None = None
+    ) -> str | None:
         """Hands in a batch's results. Results the dispatcher would refuse
         fail the batch as a whole instead (every test gets a failed attempt
         and is re-run or decided), never leave it half-recorded: returns
@@ -278,7 +297,7 @@ class ShardSession:
         outcome, refused = "reported", None
         try:
             try:
-                self.batches.report(worker, batch_id, self._to_core_results(results))
+                self.batches.report(worker, batch_id, self._to_core_results(results), wall_s)
             except InvalidInputError as problem:
                 outcome, refused = "error", f"results refused: {problem}"
                 self.batches.report_error(worker, batch_id, refused)

@@ -14,7 +14,7 @@ from typing import Any
 from buildbot import config
 from buildbot.config import BuilderConfig
 from buildbot.interfaces import IRenderable
-from buildbot.process import remotecommand
+from buildbot.process import remotecommand, remotetransfer
 from buildbot.process.buildstep import BuildStep, CommandMixin
 from buildbot.process.factory import BuildFactory
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
@@ -39,9 +39,12 @@ from buildbot_steps.shard.commands import (
     TESTS_PROPERTY,
     WORKDIR_PROPERTY,
     ShardedTestError,
+    batch_ids_text,
     check_test_command,
     expand_test_command,
     names,
+    short_list,
+    uses_tests_file,
 )  # fmt: skip
 from buildbot_steps.shard.junit import (
     MAX_REPORT_BYTES,
@@ -278,15 +281,26 @@ class RunShard(CommandMixin, BuildStep):
         self, session: ShardSession, batch: AnyBatch, workdir: str, reports_dir: str
     ) -> None:
         settings = session.settings
+        tests = list(batch.tests)
         report_path = self.build.path_module.join(reports_dir, f"batch-{batch.id}.xml")
-        argv = expand_test_command(settings.test_command, list(batch.tests), report_path)
+        tests_path = self.build.path_module.join(reports_dir, f"batch-{batch.id}.tests")
+        argv = expand_test_command(settings.test_command, tests, report_path, tests_path)
         kind = "retry " if batch.retry else "speculative " if batch.speculative else ""
+        # A count and a short head only: the full ids are in the parent's report.
         await self.stdio.addHeader(
-            f"\n=== {kind}batch {batch.id}: {len(batch.tests)} tests, estimated {batch.estimate_s:.2f} s\n"
+            f"\n=== {kind}batch {batch.id}: {short_list(tests)}, estimated {batch.estimate_s:.2f} s\n"
         )
+        started = self.master.reactor.seconds()  # the batch's wall time starts with its ids' upload
+        if uses_tests_file(settings.test_command):
+            problem = await self._send_tests_file(workdir, tests_path, tests)
+            if problem is not None:
+                self._hand_in(session, batch, [], problem, None)
+                return
         cmd = remotecommand.RemoteShellCommand(
             workdir, argv, env=settings.env, timeout=settings.timeout_s, logEnviron=False
         )
+        # What Buildbot writes to twistd.log for this command (three times): not a thousand ids.
+        cmd.fake_command = [*argv[:2], f"<batch {batch.id}: {len(tests)} tests>"]
         cmd.useLog(self.stdio, False)
         cancel_if_obsolete = self._canceller(session, batch, cmd)
         session.listeners.append(cancel_if_obsolete)
@@ -298,6 +312,7 @@ class RunShard(CommandMixin, BuildStep):
             self._drop_obsolete(session, batch)
             return
         data, problem = await self._fetch_report(workdir, report_path, settings.max_report_bytes)
+        wall_s = self.master.reactor.seconds() - started
         results: list[JUnitTestResult] = []
         if data is not None:
             try:
@@ -306,7 +321,25 @@ class RunShard(CommandMixin, BuildStep):
                 )
             except JUnitReportError as bad_report:
                 problem = str(bad_report)
-        self._hand_in(session, batch, results, problem, cmd.rc)
+        self._hand_in(session, batch, results, problem, cmd.rc, wall_s)
+
+    async def _send_tests_file(self, workdir: str, tests_path: str, tests: list[str]) -> str | None:
+        """Writes the batch's ids, one per line, where `{tests_file}` points;
+        None, or why it could not (the batch then fails as a whole)."""
+        reader = remotetransfer.StringFileReader(batch_ids_text(tests).encode("utf-8"))
+        args = {
+            "workdir": workdir,
+            "workerdest": tests_path,
+            "reader": reader,
+            "maxsize": None,
+            "blocksize": 64 * 1024,
+            "mode": None,
+        }
+        cmd = remotecommand.RemoteCommand("downloadFile", args, decodeRC={0: SUCCESS})
+        await self.runCommand(cmd)
+        if cmd.didFail():
+            return f"could not write the batch's tests file {tests_path} on the worker"
+        return None
 
     def _canceller(
         self, session: ShardSession, batch: AnyBatch, cmd: remotecommand.RemoteCommand
@@ -336,6 +369,7 @@ class RunShard(CommandMixin, BuildStep):
         results: list[JUnitTestResult],
         problem: str | None,
         rc: int | None,
+        wall_s: float | None = None,
     ) -> None:
         self._ran["batches"] += 1
         self._ran["tests"] += len(batch.tests)
@@ -347,7 +381,7 @@ class RunShard(CommandMixin, BuildStep):
                 self._ran["failed attempts"] += len(batch.tests)
                 session.report_error(self._worker, batch.id, message)
             else:
-                refused = session.report(self._worker, batch.id, results)
+                refused = session.report(self._worker, batch.id, results, wall_s)
                 if refused is not None:
                     self.stdio.addStderr(f"batch {batch.id} failed as a whole: {refused}\n")
                     self._ran["failed attempts"] += len(batch.tests)

@@ -412,9 +412,37 @@ constexpr char kNoResultMessage[] = "no result reported for this test";
 
 struct Item {
   std::vector<std::size_t> tests;
-  double estimate_s = 0.0;
+  double estimate_s = 0.0;  // as estimated before the run, unscaled
   bool retry = false;
+  double guessed_s = 0.0;  // the part of estimate_s that is guessed, not history
 };
+
+bool guessed(const TestEstimate& test) { return test.source != EstimateSource::History; }
+
+// Units of more than `max_tests` tests (a file of thousands of cases) become
+// runs of at most `max_tests` consecutive tests, still longest first.
+std::vector<Unit> cap_unit_sizes(std::vector<Unit> units, const std::vector<TestEstimate>& tests,
+                                 std::size_t max_tests) {
+  std::vector<Unit> capped;
+  bool split = false;
+  for (auto& unit : units) {
+    if (unit.tests.size() <= max_tests) {
+      capped.push_back(std::move(unit));
+      continue;
+    }
+    split = true;
+    for (std::size_t first = 0; first < unit.tests.size(); first += max_tests) {
+      Unit part;
+      for (std::size_t i = first; i < std::min(unit.tests.size(), first + max_tests); ++i) {
+        part.tests.push_back(unit.tests[i]);
+        part.estimate_s += tests[unit.tests[i]].seconds;
+      }
+      capped.push_back(std::move(part));
+    }
+  }
+  if (split) std::sort(capped.begin(), capped.end(), longer_first);
+  return capped;
+}
 
 struct InFlight {
   std::string worker;
@@ -423,6 +451,10 @@ struct InFlight {
   double estimate_s = 0.0;
   bool speculative = false;
   bool copied = false;  // a straggler copy of it runs elsewhere
+  // estimate_s split as the queue keeps it, so that a recalibration applies
+  // to batches already running too.
+  double known_s = 0.0;
+  double guessed_s = 0.0;
 };
 
 struct TestState {
@@ -449,6 +481,30 @@ struct Dispatcher::State {
   std::unordered_set<std::string> live_workers;
   std::uint64_t next_batch_id = 1;
   DispatchStats stats;
+  BatchCostModel cost;
+  // Queued work, split so that the guessed part can be rescaled.
+  double queued_known_s = 0.0;
+  double queued_guessed_s = 0.0;
+
+  void accept(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results,
+              std::optional<double> wall_s);
+
+  double scale() const { return options.recalibrate ? cost.guess_scale() : 1.0; }
+
+  double estimate_of(std::size_t test) const {
+    return guessed(tests[test]) ? tests[test].seconds * scale() : tests[test].seconds;
+  }
+
+  double estimate_of(const Item& item) const {
+    return item.estimate_s - item.guessed_s + item.guessed_s * scale();
+  }
+
+  double queued_estimate_s() const { return queued_known_s + queued_guessed_s * scale(); }
+
+  void enqueue_figures(const Item& item, double sign) {
+    queued_known_s = std::max(0.0, queued_known_s + sign * (item.estimate_s - item.guessed_s));
+    queued_guessed_s = std::max(0.0, queued_guessed_s + sign * item.guessed_s);
+  }
 
   bool tried_by(std::size_t test, const std::string& worker) const {
     const auto& attempts = test_states[test].attempts;
@@ -470,33 +526,71 @@ struct Dispatcher::State {
     return true;
   }
 
-  // The longest eligible item, fresh or requeued, removed from its queue.
-  bool take_longest(const std::string& worker, Item& taken) {
+  // The longest eligible item, fresh or requeued, without taking it: the
+  // requeued entry, or requeued.end() for the next fresh one; nullopt if none.
+  std::optional<std::multimap<double, Item, std::greater<>>::iterator> peek_longest(
+      const std::string& worker) {
     auto eligible = std::find_if(requeued.begin(), requeued.end(),
                                  [&](const auto& entry) { return may_run(entry.second, worker); });
     bool have_fresh = next_fresh < fresh.size();
     if (eligible != requeued.end() && (!have_fresh || eligible->first >= fresh[next_fresh].estimate_s)) {
-      taken = std::move(eligible->second);
-      requeued.erase(eligible);
-    } else if (have_fresh) {
+      return eligible;
+    }
+    if (have_fresh) return requeued.end();
+    return std::nullopt;
+  }
+
+  const Item& peeked(std::multimap<double, Item, std::greater<>>::iterator where) const {
+    return where == requeued.end() ? fresh[next_fresh] : where->second;
+  }
+
+  Item take(std::multimap<double, Item, std::greater<>>::iterator where) {
+    Item taken;
+    if (where == requeued.end()) {
       taken = std::move(fresh[next_fresh++]);
     } else {
-      return false;
+      taken = std::move(where->second);
+      requeued.erase(where);
     }
-    stats.queued_estimate_s = std::max(0.0, stats.queued_estimate_s - taken.estimate_s);
+    enqueue_figures(taken, -1.0);
     for (auto test : taken.tests) test_states[test].queued = false;
-    return true;
+    return taken;
+  }
+
+  // Work not yet done: the queue, and what running batches have left.
+  double remaining_work_s(double now_s) const {
+    double work = queued_estimate_s();
+    for (const auto& [id, flight] : in_flight) {
+      if (flight.speculative) continue;  // its tests are counted in the original
+      work += std::max(0.0, flight.started_s + flight.known_s + flight.guessed_s * scale() - now_s);
+    }
+    return work;
   }
 
   // Guided self-scheduling: a share of what is left, shrinking as it drains.
-  double batch_target_s() const {
-    double guided = stats.queued_estimate_s / (kGuidedDivisor * std::max(1, options.workers));
-    return std::max(options.min_batch_s, guided);
+  // With a start-up to pay, a worker's share of the remaining work is cut
+  // into equal batches each worth kBatchWorthFactor start-ups (one batch if
+  // the share is smaller): equal cuts end every worker's last batch together,
+  // where a fixed size would leave a remainder to one worker.
+  double batch_target_s(const std::string& worker, double now_s) const {
+    const double workers = std::max(1, options.workers);
+    double target = std::max(options.min_batch_s, queued_estimate_s() / (kGuidedDivisor * workers));
+    const double overhead = cost.overhead_s(worker);
+    if (overhead > 0.0) {
+      const double share = remaining_work_s(now_s) / workers;
+      const double batches = std::max(1.0, std::floor(share / (kBatchWorthFactor * overhead)));
+      target = std::max(target, share / batches);
+    }
+    return target;
   }
 
   Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry) {
     Assignment assignment;
     assignment.kind = Assignment::Kind::Run;
+    flight.known_s = flight.guessed_s = 0.0;
+    for (auto test : flight.tests)
+      (guessed(tests[test]) ? flight.guessed_s : flight.known_s) += tests[test].seconds;
+    flight.estimate_s = flight.known_s + flight.guessed_s * scale();
     assignment.batch.id = next_batch_id++;
     assignment.batch.estimate_s = flight.estimate_s;
     assignment.batch.speculative = flight.speculative;
@@ -513,15 +607,20 @@ struct Dispatcher::State {
     return assignment;
   }
 
+  // Longest first up to the target, never past max_batch_tests (no unit is
+  // larger than that: see cap_unit_sizes), and at least one item.
   std::optional<Assignment> from_queue(const std::string& worker, double now_s) {
-    const double target = batch_target_s();
+    const double target = batch_target_s(worker, now_s);
+    const auto cap = static_cast<std::size_t>(options.max_batch_tests);
     InFlight flight;
     bool retry = false;
-    Item item;
-    while (flight.estimate_s < target && static_cast<int>(flight.tests.size()) < options.max_batch_tests &&
-           take_longest(worker, item)) {
+    while (flight.tests.empty() || flight.estimate_s < target) {
+      auto where = peek_longest(worker);
+      if (!where) break;
+      if (!flight.tests.empty() && flight.tests.size() + peeked(*where).tests.size() > cap) break;
+      Item item = take(*where);
       flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
-      flight.estimate_s += item.estimate_s;
+      flight.estimate_s += estimate_of(item);
       retry = retry || item.retry;
     }
     if (flight.tests.empty()) return std::nullopt;
@@ -549,7 +648,6 @@ struct Dispatcher::State {
         continue;
       }
       InFlight copy;
-      for (auto test : open) copy.estimate_s += tests[test].seconds;
       copy.tests = std::move(open);
       copy.speculative = true;
       latest->copied = true;
@@ -565,8 +663,10 @@ struct Dispatcher::State {
     InFlight* latest = nullptr;
     for (auto& [id, flight] : in_flight) {
       if (flight.speculative || flight.copied || flight.worker == worker) continue;
-      double finish = flight.started_s + flight.estimate_s;
-      if (finish - now_s < options.min_speculation_s) continue;
+      // The copy pays this worker's start-up first: it can only win against
+      // an original expected to need longer than that (its own start-up included).
+      double finish = flight.started_s + flight.estimate_s + cost.overhead_s(flight.worker);
+      if (finish - now_s < options.min_speculation_s + cost.overhead_s(worker)) continue;
       if (latest == nullptr || finish > latest->started_s + latest->estimate_s ||
           (finish == latest->started_s + latest->estimate_s && flight.tests < latest->tests)) {
         latest = &flight;
@@ -612,10 +712,11 @@ struct Dispatcher::State {
     item.retry = retry;
     for (auto test : batch_tests) {
       item.estimate_s += tests[test].seconds;
+      if (guessed(tests[test])) item.guessed_s += tests[test].seconds;
       test_states[test].queued = true;
     }
     item.tests = std::move(batch_tests);
-    stats.queued_estimate_s += item.estimate_s;
+    enqueue_figures(item, 1.0);
     double estimate = item.estimate_s;
     requeued.emplace(estimate, std::move(item));
   }
@@ -658,6 +759,10 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
   if (options.max_attempts < 1) {
     throw InvalidInput(fmt::format("max_attempts must be at least 1, got {}", options.max_attempts));
   }
+  if (!std::isfinite(options.batch_overhead_s) || options.batch_overhead_s < 0.0) {
+    throw InvalidInput(fmt::format("batch_overhead_s must be a finite number of seconds >= 0, got {}",
+                                   options.batch_overhead_s));
+  }
   if (options.max_batch_tests < 1) {
     throw InvalidInput(fmt::format("max_batch_tests must be at least 1, got {}", options.max_batch_tests));
   }
@@ -665,11 +770,17 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
   auto& state = *state_;
   state.options = options;
   const double share = total_estimate(tests) / options.workers;
-  auto units =
-      make_units(tests, options.split_file_fraction * share, static_cast<std::size_t>(options.workers));
+  auto units = cap_unit_sizes(
+      make_units(tests, options.split_file_fraction * share, static_cast<std::size_t>(options.workers)),
+      tests, static_cast<std::size_t>(options.max_batch_tests));
+  state.cost = BatchCostModel(options.batch_overhead_s);
   for (auto& unit : units) {
-    state.stats.queued_estimate_s += unit.estimate_s;
-    state.fresh.push_back({std::move(unit.tests), unit.estimate_s, false});
+    Item item{std::move(unit.tests), unit.estimate_s, false};
+    for (auto test : item.tests) {
+      if (guessed(tests[test])) item.guessed_s += tests[test].seconds;
+    }
+    state.enqueue_figures(item, 1.0);
+    state.fresh.push_back(std::move(item));
   }
   state.test_states.resize(tests.size());
   state.stats.tests = tests.size();
@@ -691,26 +802,49 @@ Assignment Dispatcher::next_batch(const std::string& worker, double now_s) {
 void Dispatcher::report(const std::string& worker, std::uint64_t batch_id,
                         const std::vector<TestResult>& results) {
   std::lock_guard lock(state_->mutex);
-  auto& state = *state_;
+  state_->accept(worker, batch_id, results, std::nullopt);
+}
+
+void Dispatcher::report(const std::string& worker, std::uint64_t batch_id,
+                        const std::vector<TestResult>& results, double wall_s) {
+  std::lock_guard lock(state_->mutex);
+  state_->accept(worker, batch_id, results, wall_s);
+}
+
+// The results of a batch; `wall_s` when the caller timed it. Under the lock.
+void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id,
+                               const std::vector<TestResult>& results, std::optional<double> wall_s) {
+  auto& state = *this;
   // Everything is checked before anything changes: a refused report leaves
   // the batch in flight, so the caller can still fail it with report_error
   // instead of its tests being neither recorded nor queued (a stalled run).
   state.find_in_flight(worker, batch_id);
   for (const auto& result : results) check_duration(result.seconds, result.id, "result");
+  if (wall_s && (!std::isfinite(*wall_s) || *wall_s < 0.0)) {
+    throw InvalidInput(
+        fmt::format("batch {}: wall time {} (must be a finite number of seconds >= 0)", batch_id, *wall_s));
+  }
   InFlight flight = state.finish(worker, batch_id);
   std::unordered_map<std::string_view, const TestResult*> by_id;
   for (const auto& result : results) by_id.emplace(result.id, &result);
+  double tests_s = 0.0;
+  std::size_t answered = 0;
   for (auto test : flight.tests) {
     auto found = by_id.find(state.tests[test].id);
     if (found == by_id.end()) {
       state.record(test, {worker, false, 0.0, kNoResultMessage});
     } else {
       const TestResult& result = *found->second;
+      tests_s += result.seconds;
+      ++answered;
+      if (guessed(state.tests[test])) state.cost.observe_guessed(state.tests[test].seconds, result.seconds);
       state.record(
           test, {worker, result.passed && !result.skipped, result.seconds, result.message, result.skipped});
     }
     state.settle_after_copy(test);
   }
+  // Only a batch that ran to the end says what its start-up costs.
+  if (wall_s && answered == flight.tests.size()) state.cost.observe_batch(worker, *wall_s, tests_s);
 }
 
 void Dispatcher::report_error(const std::string& worker, std::uint64_t batch_id, const std::string& message) {
@@ -764,7 +898,16 @@ bool Dispatcher::done() const {
 
 DispatchStats Dispatcher::stats() const {
   std::lock_guard lock(state_->mutex);
-  return state_->stats;
+  DispatchStats stats = state_->stats;
+  stats.queued_estimate_s = state_->queued_estimate_s();
+  stats.batch_overhead_s = state_->cost.overhead_s();
+  stats.estimate_scale = state_->scale();
+  return stats;
+}
+
+std::unordered_map<std::string, double> Dispatcher::overhead_by_worker() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->cost.overhead_by_worker();
 }
 
 std::vector<TestOutcome> Dispatcher::outcomes() const {

@@ -9,9 +9,11 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <queue>
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "cd/error.hpp"
 
@@ -563,6 +565,185 @@ TEST(Dispatcher, RejectsBadOptionsAndUnknownBatches) {
   EXPECT_THROW(dispatcher.report("w", 42, {}), InvalidState);
   auto batch = dispatcher.next_batch("w", 0.0);
   EXPECT_THROW(dispatcher.report("intruder", batch.batch.id, {}), InvalidState);
+}
+
+// ------------------------------------------------------------- cost model
+
+TEST(CostModel, LearnsEachWorkersOverheadAndFallsBackToTheMeanThenThePrior) {
+  BatchCostModel model(3.0);
+  EXPECT_DOUBLE_EQ(model.overhead_s("a"), 3.0);  // nothing observed: the prior
+  model.observe_batch("a", 10.0, 8.0);
+  model.observe_batch("a", 12.0, 8.0);
+  model.observe_batch("b", 5.0, 5.5);  // tests timed generously: never negative
+  EXPECT_DOUBLE_EQ(model.overhead_s("a"), 3.0);
+  EXPECT_DOUBLE_EQ(model.overhead_s("b"), 0.0);
+  EXPECT_DOUBLE_EQ(model.overhead_s("new"), 1.5);  // the mean of a and b
+  EXPECT_EQ(model.overhead_by_worker().size(), 2u);
+}
+
+TEST(CostModel, GuessScaleIsObservedOverEstimated) {
+  BatchCostModel model;
+  EXPECT_DOUBLE_EQ(model.guess_scale(), 1.0);
+  model.observe_guessed(100.0, 2.0);
+  model.observe_guessed(100.0, 4.0);
+  EXPECT_DOUBLE_EQ(model.guess_scale(), 0.03);
+}
+
+struct SimulatedRun {
+  double makespan_s = 0.0;
+  std::size_t batches = 0;
+  double overhead_s = 0.0;
+};
+
+// Workers pull on a virtual clock; a batch takes `startup_s` plus its tests'
+// `actual_s` each, and is reported with that wall time.
+SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions options, double actual_s,
+                      double startup_s) {
+  Dispatcher dispatcher(tests, options);
+  using Event = std::tuple<double, int, std::uint64_t, std::vector<std::string>>;
+  std::priority_queue<Event, std::vector<Event>, std::greater<>> events;
+  for (int w = 0; w < options.workers; ++w) events.emplace(0.0, w, 0, std::vector<std::string>{});
+  std::vector<int> waiting;
+  SimulatedRun run;
+  while (!events.empty() && !dispatcher.done()) {
+    auto [now, w, batch_id, ids] = events.top();
+    events.pop();
+    std::string worker = "w" + std::to_string(w);
+    if (batch_id != 0) {
+      std::vector<TestResult> results;
+      for (const auto& id : ids) results.push_back({id, true, actual_s, ""});
+      dispatcher.report(worker, batch_id, results, startup_s + actual_s * static_cast<double>(ids.size()));
+      run.makespan_s = now;
+      for (int idle : waiting) events.emplace(now, idle, 0, std::vector<std::string>{});
+      waiting.clear();
+    }
+    auto assignment = dispatcher.next_batch(worker, now);
+    if (assignment.kind == Assignment::Kind::Wait) waiting.push_back(w);
+    if (assignment.kind != Assignment::Kind::Run) continue;
+    double finish = now + startup_s + actual_s * static_cast<double>(assignment.batch.tests.size());
+    events.emplace(finish, w, assignment.batch.id, assignment.batch.tests);
+  }
+  EXPECT_TRUE(dispatcher.done());
+  run.batches = dispatcher.stats().batches_handed_out;
+  run.overhead_s = dispatcher.stats().batch_overhead_s;
+  return run;
+}
+
+std::vector<TestEstimate> uniform_suite(std::size_t n, double seconds, EstimateSource source) {
+  std::vector<TestEstimate> tests;
+  for (std::size_t i = 0; i < n; ++i) {
+    tests.push_back(
+        {"tests/test_" + std::to_string(i / 20) + ".py::test_" + std::to_string(i), seconds, source});
+  }
+  return tests;
+}
+
+TEST(Dispatcher, LearnsTheOverheadFromWallTimeAndSendsBatchesWorthIt) {
+  auto tests = uniform_suite(2000, 0.1, EstimateSource::History);  // 200 s of tests
+  DispatchOptions options = workers(2);
+  Dispatcher dispatcher(tests, options);
+  auto first = dispatcher.next_batch("w0", 0.0);
+  ASSERT_EQ(first.kind, Assignment::Kind::Run);
+  std::vector<TestResult> results;
+  for (const auto& id : first.batch.tests) results.push_back({id, true, 0.1, ""});
+  dispatcher.report("w0", first.batch.id, results, 0.1 * static_cast<double>(results.size()) + 6.0);
+  EXPECT_NEAR(dispatcher.stats().batch_overhead_s, 6.0, 1e-9);
+  EXPECT_NEAR(dispatcher.overhead_by_worker().at("w0"), 6.0, 1e-9);
+  // Guided alone would give queued / 16 (about 12 s); a 6 s start-up asks for 4 x 6 s.
+  auto second = dispatcher.next_batch("w0", 1.0);
+  EXPECT_GE(second.batch.estimate_s, kBatchWorthFactor * 6.0 - 1e-9);
+}
+
+TEST(Dispatcher, StartUpsDoNotShrinkBatchesBelowAWorkersShare) {
+  auto tests = uniform_suite(40, 0.1, EstimateSource::History);  // 4 s of tests, 2 workers
+  DispatchOptions options = workers(2);
+  options.batch_overhead_s = 10.0;  // known from earlier builds
+  Dispatcher dispatcher(tests, options);
+  auto a = dispatcher.next_batch("a", 0.0);
+  auto b = dispatcher.next_batch("b", 0.0);
+  ASSERT_EQ(b.kind, Assignment::Kind::Run);  // the first did not take everything
+  EXPECT_NEAR(a.batch.estimate_s, 2.0, 0.11);
+}
+
+TEST(Dispatcher, WallTimeWithMissingResultsTeachesNothingAndBadWallTimeIsRefused) {
+  auto tests = uniform_suite(10, 1.0, EstimateSource::History);
+  Dispatcher dispatcher(tests, workers(1));
+  auto batch = dispatcher.next_batch("w", 0.0).batch;
+  EXPECT_THROW(dispatcher.report("w", batch.id, {}, -1.0), InvalidInput);
+  EXPECT_THROW(dispatcher.report("w", batch.id, {}, std::nan("")), InvalidInput);
+  dispatcher.report("w", batch.id, {}, 100.0);  // still in flight after the refusals
+  EXPECT_DOUBLE_EQ(dispatcher.stats().batch_overhead_s, 0.0);
+  EXPECT_TRUE(dispatcher.overhead_by_worker().empty());
+}
+
+TEST(Dispatcher, NoHistoryRecalibratesSoTheFirstBuildMatchesOneWithHistory) {
+  // 5,000 tests of 10 ms each, 6 workers, a 1.5 s runner start-up: the issue's
+  // suite. Without history every test is guessed at 1 s.
+  DispatchOptions options = workers(6);
+  options.max_batch_tests = 1000;
+  auto first =
+      simulate(uniform_suite(5000, kDefaultEstimateSeconds, EstimateSource::Default), options, 0.01, 1.5);
+  options.batch_overhead_s = 1.5;  // the third build knows durations and start-up
+  auto third = simulate(uniform_suite(5000, 0.01, EstimateSource::History), options, 0.01, 1.5);
+  DispatchOptions blind = workers(6);
+  blind.max_batch_tests = 1000;
+  blind.recalibrate = false;
+  auto unscaled =
+      simulate(uniform_suite(5000, kDefaultEstimateSeconds, EstimateSource::Default), blind, 0.01, 1.5);
+  EXPECT_NEAR(first.overhead_s, 1.5, 1e-6);
+  EXPECT_LE(first.makespan_s, 1.3 * third.makespan_s);
+  EXPECT_LE(first.batches, 2 * third.batches);
+  EXPECT_GT(unscaled.batches, first.batches);
+  // Both against the bound with start-ups: total / workers + one start-up.
+  EXPECT_LE(third.makespan_s, 1.25 * (50.0 / 6 + 1.5));
+}
+
+TEST(Dispatcher, MaxBatchTestsSplitsAFileOfThousandsOfTests) {
+  std::vector<TestEstimate> tests;
+  for (int i = 0; i < 2500; ++i)
+    tests.push_back({"tests/test_big.py::case[" + std::to_string(i) + "]", 0.01, EstimateSource::History});
+  tests.push_back({"tests/test_small.py::one", 0.01, EstimateSource::History});
+  DispatchOptions options = workers(1);
+  options.max_batch_tests = 1000;
+  options.min_batch_s = 1e9;          // would take everything at once without the cap
+  options.split_file_fraction = 1e9;  // keep the big file whole before the cap
+  Dispatcher dispatcher(tests, options);
+  std::size_t ran = 0;
+  while (!dispatcher.done()) {
+    auto assignment = dispatcher.next_batch("w", 0.0);
+    ASSERT_EQ(assignment.kind, Assignment::Kind::Run);
+    EXPECT_LE(assignment.batch.tests.size(), 1000u);
+    ran += assignment.batch.tests.size();
+    dispatcher.report("w", assignment.batch.id, all_passed(assignment.batch));
+  }
+  EXPECT_EQ(ran, tests.size());
+  EXPECT_EQ(dispatcher.stats().batches_handed_out, 3u);
+}
+
+TEST(Dispatcher, TestsEstimatedAtZeroStillGoOut) {
+  auto tests = uniform_suite(5, 0.0, EstimateSource::History);
+  Dispatcher dispatcher(tests, workers(1));
+  auto assignment = dispatcher.next_batch("w", 0.0);
+  ASSERT_EQ(assignment.kind, Assignment::Kind::Run);
+  EXPECT_FALSE(assignment.batch.tests.empty());
+}
+
+TEST(Dispatcher, RejectsANegativeOverheadPrior) {
+  DispatchOptions options = workers(1);
+  options.batch_overhead_s = -1.0;
+  EXPECT_THROW(Dispatcher(suite({{"a", 1}}), options), InvalidInput);
+}
+
+TEST(Dispatcher, NoStragglerCopyThatItsOwnStartUpWouldMakeLate) {
+  auto tests = suite({{"a", 10.0}});
+  DispatchOptions options = workers(2);
+  options.batch_overhead_s = 30.0;  // a runner that takes half a minute to start
+  Dispatcher dispatcher(tests, options);
+  ASSERT_EQ(dispatcher.next_batch("busy", 0.0).kind, Assignment::Kind::Run);
+  // At 25 s the original (30 s start-up, 10 s test) needs 15 s more; a copy
+  // would need 30 s to start: not worth a worker.
+  EXPECT_EQ(dispatcher.next_batch("idle", 25.0).kind, Assignment::Kind::Wait);
+  EXPECT_EQ(dispatcher.stats().speculative_batches, 0u);
 }
 
 }  // namespace

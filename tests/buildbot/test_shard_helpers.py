@@ -5,11 +5,19 @@ from __future__ import annotations
 import math
 
 import pytest
+from twisted.internet import defer
 
 from buildbot_steps import _core
 from buildbot_steps._core import AssignmentKind, DispatchStats, Verdict
 from buildbot_steps.shard import report as shard_report
-from buildbot_steps.shard.commands import check_test_command, expand_test_command, parse_test_listing
+from buildbot_steps.shard.commands import (
+    Quarantine,
+    batch_ids_text,
+    check_test_command,
+    expand_test_command,
+    parse_test_listing,
+    short_list,
+)
 from buildbot_steps.shard.history import POSTGRES_INT4_MAX, duration_ns_for_db
 from buildbot_steps.shard.junit import JUnitTestResult
 from buildbot_steps.shard.session import DynamicBatches, ShardCommandSettings, ShardSession, StaticShards
@@ -25,8 +33,37 @@ def test_template_expands_one_argument_per_test():
 def test_template_checks():
     assert check_test_command(["pytest", "--junitxml={junit}", "{tests}"]) is None
     assert "exactly one" in check_test_command(["pytest", "{tests}", "{tests}", "{junit}"])
+    assert check_test_command(["pytest", "--junitxml={junit}", "@{tests_file}"]) is None
+    assert "exactly one" in check_test_command(["pytest", "{junit}", "{tests}", "@{tests_file}"])
     assert "only strings" in check_test_command(["pytest", 3])
     assert "non-empty" in check_test_command([])
+
+
+def test_template_with_a_tests_file_keeps_the_ids_off_the_command_line():
+    argv = expand_test_command(
+        ["pytest", "--junitxml={junit}", "@{tests_file}"], ["a::t[1 2]", "b::u"], "r/1.xml", "r/1.tests"
+    )
+    assert argv == ["pytest", "--junitxml=r/1.xml", "@r/1.tests"]
+    assert batch_ids_text(["a::t[1 2]", "b::u"]) == "a::t[1 2]\nb::u\n"
+
+
+def test_a_batch_is_logged_as_a_count_and_a_short_head():
+    ids = [f"tests/test_a.py::test_{n}" for n in range(1000)]
+    line = short_list(ids)
+    assert line.startswith("1000 tests (tests/test_a.py::test_0, ")
+    assert "test_3," not in line and line.endswith(", ...)")
+    assert short_list(["x"]) == "1 tests (x)"
+
+
+def test_quarantine_matches_exact_parametrized_ids_and_explicit_patterns():
+    quarantine = Quarantine(["tests/t.py::test_x[a-b]", "tests/net/*", "*::test_y[*]", "t.py::z?"])
+    assert "tests/t.py::test_x[a-b]" in quarantine  # fnmatch took [a-b] for a character class
+    assert "tests/t.py::test_xa" not in quarantine
+    assert "tests/net/test_dns.py::test_up" in quarantine
+    assert "tests/u.py::test_y[1-2]" in quarantine  # brackets literal, * a wildcard
+    assert "tests/u.py::test_y1" not in quarantine
+    assert "t.py::z1" in quarantine and "t.py::z12" not in quarantine
+    assert "tests/other.py::test_x" not in quarantine
 
 
 def test_collect_only_listing_is_parsed():
@@ -129,6 +166,81 @@ def test_a_skipped_result_is_resolved_in_both_modes():
         html = shard_report.render_report([outcome], session.timeline, {"skipped": 1}, set())
         assert "Skipped tests (1: not run by the runner, do not gate)" in html
         assert "skipped: no GPU" in html and "Failures</h3><p>none" in html
+
+
+def _session_of(dispatcher) -> ShardSession:
+    settings = ShardCommandSettings(["pytest", "{junit}", "{tests}"], "wd", {}, 60.0, 1 << 20)
+    return ShardSession(DynamicBatches(dispatcher), settings, clock=lambda: 0.0)
+
+
+def test_a_batchs_wall_time_teaches_the_dispatcher_its_overhead():
+    tests = [f"t.py::test_{n}" for n in range(40)]
+    session = _session_of(_core.Dispatcher(_core.estimate_durations(tests, []), workers=2))
+    batch = session.next_batch("w1", 0).batch
+    results = [JUnitTestResult(test, True, 0.01, "", False) for test in batch.tests]
+    assert session.report("w1", batch.id, results, wall_s=3.0 + 0.01 * len(results)) is None
+    stats = session.batches.stats()
+    assert stats.batch_overhead_s == pytest.approx(3.0)
+    assert stats.estimate_scale == pytest.approx(0.01)  # guessed at 1 s, took 10 ms
+    assert session.batches.overhead_by_worker() == {"w1": pytest.approx(3.0)}
+
+
+def test_static_shards_average_the_cost_figures_instead_of_adding_them():
+    shards = StaticShards([["a"], ["b"]], {"a": 1.0, "b": 1.0}, batch_overhead_s=2.0)
+    stats = shards.stats()
+    assert stats.batch_overhead_s == pytest.approx(2.0)
+    assert stats.estimate_scale == pytest.approx(1.0)
+
+
+class _CannedData:
+    """Buildbot's data API as TestHistory reads it: result sets and their rows."""
+
+    def __init__(self, sets: list[dict], rows: dict[int, list[dict]]):
+        self.sets, self.rows = sets, rows
+
+    def get(self, path: tuple) -> defer.Deferred:
+        if path[0] == "builders":
+            return defer.succeed(self.sets)
+        return defer.succeed(self.rows[path[1]])
+
+
+def test_history_reads_the_newest_learnt_overhead_as_the_median_over_workers():
+    from types import SimpleNamespace
+
+    from buildbot_steps.shard.history import TestHistory
+
+    def result_set(setid: int, description: str) -> dict:
+        return {"test_result_setid": setid, "description": description, "complete": True, "buildid": setid}
+
+    sets = [
+        result_set(1, "sharded tests batch overhead"),
+        result_set(2, "sharded tests durations"),
+        result_set(3, "sharded tests batch overhead"),
+    ]
+    rows = {
+        1: [{"test_name": "w1#1", "value": "9.0"}],
+        2: [{"test_name": "t.py::a", "value": "0.5"}],
+        3: [{"test_name": f"w{n}#2", "value": v} for n, v in enumerate(["2.0", "2.5", "40.0"])],
+    }
+    step = SimpleNamespace(master=SimpleNamespace(data=_CannedData(sets, rows)))
+    reading = []
+    defer.ensureDeferred(TestHistory(step, "sharded tests").read(100)).addCallback(reading.append)
+    assert reading[0].batch_overhead_s == pytest.approx(2.5)  # one slow worker does not set it
+    assert reading[0].durations == [{"t.py::a": 0.5}]
+    empty = []
+    no_sets = SimpleNamespace(master=SimpleNamespace(data=_CannedData([], {})))
+    defer.ensureDeferred(TestHistory(no_sets, "x").read(1)).addCallback(empty.append)
+    assert empty[0].batch_overhead_s == 0.0
+
+
+def test_report_shows_both_bounds_and_the_learnt_start_up():
+    figures = {"lower_bound_s": 10.0, "lower_bound_with_startups_s": 12.0, "batch_overhead_s": 2.0}
+    html = shard_report.render_report([], [], figures, set())
+    cell = shard_report.VALUE_CELL
+    assert f"<th align='left'>Shortest possible on these workers</th><td {cell}>10.0 s</td>" in html
+    with_startups = "Shortest possible with one runner start-up per worker"
+    assert f"<th align='left'>{with_startups}</th><td {cell}>12.0 s</td>" in html
+    assert f"<th align='left'>Runner start-up per batch (learnt)</th><td {cell}>2.00 s</td>" in html
 
 
 def test_timeline_draws_a_batch_with_a_failure_as_failed_with_legend_and_time_axis():

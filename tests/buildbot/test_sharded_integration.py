@@ -117,6 +117,21 @@ def test_second_build_plans_from_first_build_durations(cluster):
     assert props["tests_failed"] == 1
     report = cluster.step_log(build["buildid"], "sharded-tests", "report")
     assert "Flake record" in report and FLAKY_TEST in report
+    # The first build learnt each worker's start-up; this one began from it and shows both bounds.
+    assert "batch overhead learnt by earlier builds: 0.00 s" not in plan
+    assert props["tests_batch_overhead_s"] > 0
+    assert props["tests_lower_bound_with_startups_s"] > props["tests_lower_bound_s"]
+    overhead = result_set(cluster, build["buildid"], "sharded tests batch overhead")
+    assert cluster.test_results(overhead["test_result_setid"])
+
+
+def test_shard_logs_name_a_batch_by_count_not_by_every_id(cluster, first_build):
+    shard = cluster.api(f"builds/{first_build['buildid']}/triggered_builds")["builds"][0]
+    stdio = cluster.step_log(shard["buildid"], "run-shard", "stdio")
+    assert "tests (" in stdio and "@.shard-reports-" in stdio  # the ids travel in a file
+    command_lines = [line for line in stdio.splitlines() if "--junitxml=" in line]
+    assert command_lines
+    assert not [line for line in command_lines if "::" in line]  # the worker echoes no test id
 
 
 def test_killed_worker_costs_a_rerun_not_the_build(cluster):

@@ -10,10 +10,12 @@ from __future__ import annotations
 from unittest import mock
 
 from buildbot.interfaces import ITriggerableScheduler
+from buildbot.process import remotetransfer
 from buildbot.process.properties import Property
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import (
+    ExpectDownloadFile,
     ExpectMkdir,
     ExpectRemoteRef,
     ExpectRmdir,
@@ -231,8 +233,8 @@ class RunShardStandaloneTests(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         self.setup_test_reactor()
         yield self.setup_test_build_step()
 
-    def setup_shard(self, tests=TESTS):
-        self.setup_step(RunShard(test_command=TEMPLATE))
+    def setup_shard(self, tests=TESTS, template=TEMPLATE):
+        self.setup_step(RunShard(test_command=template))
         self.build.getWorkerName = lambda: "linux"  # FakeBuild lacks it
         self.build.setProperty("shard_parent_buildid", 1234, "test")
         self.build.setProperty("shard_index", 0, "test")
@@ -252,6 +254,59 @@ class RunShardStandaloneTests(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         )
         self.expect_outcome(result=SUCCESS)
         yield self.run_step()
+
+    @defer.inlineCallbacks
+    def test_a_tests_file_carries_the_ids_and_the_log_shows_a_count(self):
+        self.setup_shard(template=["python", "-m", "pytest", "--junitxml={junit}", "@{tests_file}"])
+        self.expect_commands(
+            ExpectMkdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+            ExpectDownloadFile(
+                workdir="wkdir",
+                workerdest=f"{self.REPORTS}/batch-1.tests",
+                blocksize=64 * 1024,
+                maxsize=None,
+                mode=None,
+                reader=ExpectRemoteRef(remotetransfer.StringFileReader),
+            ).exit(0),  # fmt: skip
+            ExpectShell(
+                workdir="wkdir",
+                command=[
+                    "python",
+                    "-m",
+                    "pytest",
+                    f"--junitxml={self.batch(1)}",
+                    f"@{self.REPORTS}/batch-1.tests",
+                ],
+                log_environ=False,
+            ).exit(0),
+            upload_of(self.batch(1)).upload_string(GOOD_REPORT).exit(0),
+            ExpectRmdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+        )
+        self.expect_outcome(result=SUCCESS)
+        yield self.run_step()
+        self.assertIn(f"batch 1: 2 tests ({TESTS[0]}, {TESTS[1]})", self.get_nth_step(0).logs["stdio"].header)
+
+    @defer.inlineCallbacks
+    def test_a_tests_file_that_cannot_be_written_fails_the_batch_not_the_step(self):
+        self.setup_shard(template=["python", "-m", "pytest", "--junitxml={junit}", "@{tests_file}"])
+        self.expect_commands(
+            ExpectMkdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+            *[
+                ExpectDownloadFile(
+                    workdir="wkdir",
+                    workerdest=f"{self.REPORTS}/batch-{n}.tests",
+                    blocksize=64 * 1024,
+                    maxsize=None,
+                    mode=None,
+                    reader=ExpectRemoteRef(remotetransfer.StringFileReader),
+                ).exit(1)  # fmt: skip
+                for n in (1, 2)
+            ],
+            ExpectRmdir(dir=f"wkdir/{self.REPORTS}", log_environ=False).exit(0),
+        )
+        self.expect_outcome(result=FAILURE)
+        yield self.run_step()
+        self.assertIn("could not write the batch's tests file", self.get_nth_step(0).logs["stdio"].stderr)
 
     @defer.inlineCallbacks
     def test_truncated_report_fails_that_batch_then_rerun_passes(self):
@@ -488,9 +543,10 @@ class ScriptedShards:
     name = "shards"
     builderNames = ["tests-shard"]
 
-    def __init__(self, script: dict[str, list[bool]]):
+    def __init__(self, script: dict[str, list[bool]], startup_s: float | None = None):
         self.script = {test: list(outcomes) for test, outcomes in script.items()}
         self.triggered = []
+        self.startup_s = startup_s  # given: batches report a wall time of start-up + tests
 
     def trigger(self, waited_for, sourcestamps, set_props, parent_buildid, parent_relationship):
         index = set_props.getProperty("shard_index")
@@ -499,7 +555,8 @@ class ScriptedShards:
         puller = f"worker{index}#1"
         while (assignment := session.next_batch(puller, index)).kind == AssignmentKind.run:
             results = [scripted_result(test, self.script[test].pop(0)) for test in assignment.batch.tests]
-            session.report(puller, assignment.batch.id, results)
+            wall_s = None if self.startup_s is None else self.startup_s + sum(r.seconds for r in results)
+            session.report(puller, assignment.batch.id, results, wall_s)
         session.worker_lost(puller)  # the shard build ends
         brids = {100: 500 + index}
         return defer.succeed((1, brids)), defer.succeed((SUCCESS, brids))
@@ -513,8 +570,8 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         self.setup_test_reactor()
         yield self.setup_test_build_step()
 
-    def setup_sharded(self, script, **kwargs):
-        shards = ScriptedShards(script)
+    def setup_sharded(self, script, startup_s=None, **kwargs):
+        shards = ScriptedShards(script, startup_s)
         self.master.scheduler_manager = mock.Mock(namedServices={"shards": shards})
         # max_shards: the default cap counts the shard workers, which this fake master has none of.
         self.setup_step(
@@ -565,6 +622,35 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         yield self.run_step()
         self.assertIn(f"failed: {TESTS[1]}", self.get_nth_step(0).getResultSummary()["step"])
         self.assertIn("scripted failure", self.get_nth_step(0).logs["failures"].stdout)
+
+    @defer.inlineCallbacks
+    def test_learnt_start_up_is_stored_and_shown_beside_both_bounds(self):
+        self.setup_sharded({TESTS[0]: [True], TESTS[1]: [True]}, startup_s=3.0)
+        self.expect_test_result_sets(
+            [
+                ("sharded tests", "pass_fail", "boolean"),
+                ("sharded tests durations", "performance", "s"),
+                ("sharded tests flaky", "fail_only", "boolean"),
+                ("sharded tests batch overhead", "performance", "s"),
+            ]
+        )
+        clamped = 2**31 - 1
+        self.expect_test_results(
+            [
+                (1000, "1", TESTS[0], None, None, clamped),
+                (1001, "2.500000", TESTS[0], None, None, clamped),
+                (1000, "1", TESTS[1], None, None, clamped),
+                (1001, "2.500000", TESTS[1], None, None, clamped),
+                (1003, "3.000000", "worker0#1", None, None, None),  # one row per puller
+            ]
+        )
+        self.expect_outcome(result=SUCCESS)
+        self.expect_property("tests_batch_overhead_s", 3.0)
+        self.expect_property("tests_lower_bound_s", 2.5)
+        self.expect_property("tests_lower_bound_with_startups_s", 5.5)
+        yield self.run_step()
+        step = self.get_nth_step(0)
+        self.assertIn("(5.5 s with start-ups)", step.getResultSummary()["step"])
 
     @defer.inlineCallbacks
     def test_quarantined_failure_does_not_gate(self):

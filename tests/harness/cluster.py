@@ -45,7 +45,7 @@ def tests_factory(mode):
             test_workdir={suite!r},
             discover_command=[{python!r}, "-m", "pytest", "--collect-only", "-q"],
             test_command=[{python!r}, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "--junitxml={{junit}}", "{{tests}}"],
+                          "--junitxml={{junit}}", "@{{tests_file}}"],
             env={{"SHARD_FIXTURE_STATE_DIR": {state_dir!r}}},
             **{step_kwargs!r},
         ),

@@ -122,7 +122,8 @@ struct DispatchOptions {
   // Batches smaller than this (estimated seconds) are topped up: each batch
   // costs a round trip and a runner start on the worker.
   double min_batch_s = 0.0;
-  // Hard cap on tests per batch, so that one lost worker costs little.
+  // Hard cap on tests per batch, so that one lost worker costs little. A
+  // file with more tests than this is split into runs of at most this many.
   int max_batch_tests = 1000;
   // When nothing is queued, an idle worker may re-run the straggling batch
   // whose expected finish is latest; the first result wins.
@@ -132,6 +133,55 @@ struct DispatchOptions {
   double min_speculation_s = 1.0;
   // Same splitting rule as the static plan, against total / workers.
   double split_file_fraction = 0.5;
+  // What a batch costs beyond its tests (runner start-up, collection,
+  // fixtures), as learned by earlier builds; 0 when unknown. Each worker's
+  // own figure replaces it once that worker has finished a batch.
+  double batch_overhead_s = 0.0;
+  // Scale the guessed estimates (file or global median, default) of the
+  // tests still queued by observed / estimated over the guessed tests that
+  // have finished: a first build then sizes its batches from what it sees.
+  bool recalibrate = true;
+};
+
+// A batch is worth its start-up only when its tests take at least this many
+// times as long: the start-up is then at most a fifth of a worker's time,
+// while a worker's share still comes in several batches (a share of 12
+// start-ups is 3 batches) that the tail can balance. A worker's whole share
+// is one batch when it is smaller. Measured in bench/shard_buildbot_bench.py.
+inline constexpr double kBatchWorthFactor = 4.0;
+
+// What one worker's batches cost beyond their tests, learned from each
+// finished batch's wall time against the durations its report gives, and
+// how far the guessed estimates are from what the tests really take.
+// Not thread-safe: the Dispatcher calls it under its lock.
+class BatchCostModel {
+ public:
+  explicit BatchCostModel(double prior_overhead_s = 0.0);
+
+  // A finished batch: `wall_s` from its command's start to its end,
+  // `tests_s` the sum of its tests' reported durations. Overhead is never
+  // negative (a runner may time its tests a little generously).
+  void observe_batch(const std::string& worker, double wall_s, double tests_s);
+  // Finished tests whose estimate was a guess (not their own history).
+  void observe_guessed(double estimated_s, double observed_s);
+
+  // This worker's mean overhead; a worker not yet observed gets the mean of
+  // those that are, else the prior.
+  double overhead_s(const std::string& worker) const;
+  double overhead_s() const;  // the mean over observed workers, else the prior
+  std::unordered_map<std::string, double> overhead_by_worker() const;
+  // observed / estimated over the guessed tests seen so far; 1 before any.
+  double guess_scale() const;
+
+ private:
+  struct Observed {
+    double overhead_sum_s = 0.0;
+    std::size_t batches = 0;
+  };
+  double prior_overhead_s_;
+  std::unordered_map<std::string, Observed> by_worker_;
+  double guessed_estimated_s_ = 0.0;
+  double guessed_observed_s_ = 0.0;
 };
 
 // Guided self-scheduling classically divides by the worker count alone; a
@@ -200,7 +250,13 @@ struct DispatchStats {
   std::size_t batches_in_flight = 0;
   std::size_t speculative_batches = 0;
   std::size_t requeued_batches = 0;  // given back by lost workers
+  // Queued work, the guessed estimates scaled by estimate_scale.
   double queued_estimate_s = 0.0;
+  // The cost model's figures: mean overhead per batch over the workers seen
+  // (the prior until a batch with a wall time is reported), and the factor
+  // applied to guessed estimates.
+  double batch_overhead_s = 0.0;
+  double estimate_scale = 1.0;
 };
 
 // Thread-safe: any number of threads may call any member concurrently.
@@ -227,6 +283,13 @@ class Dispatcher {
   // the batch stays in flight, so the caller can still report_error it.
   void report(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results);
 
+  // The same, with the batch's wall time on the worker (its runner's start
+  // to its end): the cost model learns the batch's overhead from it, when
+  // every test of the batch has a result. Throws InvalidInput for a wall
+  // time that is negative or not finite, recording nothing.
+  void report(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results,
+              double wall_s);
+
   // The batch failed as a whole (runner crashed, unreadable report): every
   // test in it counts as a failed attempt with `message`.
   void report_error(const std::string& worker, std::uint64_t batch_id, const std::string& message);
@@ -242,6 +305,8 @@ class Dispatcher {
   bool done() const;
   DispatchStats stats() const;
   std::vector<TestOutcome> outcomes() const;
+  // Each worker's learned overhead per batch, in seconds.
+  std::unordered_map<std::string, double> overhead_by_worker() const;
 
  private:
   struct State;
