@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-HYPHA = Path(__file__).resolve().parents[3] / "shared" / "data" / "test-durations" / "hypha"
+HYPHA = Path(__file__).resolve().parents[2] / "data" / "test-durations" / "hypha"
 CLI = [sys.executable, "-m", "buildbot_steps.cli"]
 
 
@@ -95,7 +95,6 @@ def test_simulate_reports_the_bound_and_flakes(history, tmp_path):
     assert report["flaky"] + report["failed"] > 0
 
 
-@pytest.mark.skipif(not HYPHA.is_dir(), reason="shared/data is not beside this checkout")
 def test_simulate_the_real_suite():
     files = sorted(HYPHA.glob("*.json"))
     result = run("simulate", "--history", *files[:-1], "--actual", files[-1], "--workers", 8)

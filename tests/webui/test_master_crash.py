@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness import demo
+from harness.local_master import VENV_BIN
 
 HOSTS = ("web1", "web2")
 SUCCESS = 0
@@ -90,7 +91,14 @@ def _children_cmdlines(pid: int) -> str:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return ""
-    return " ".join(Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace") for c in children)
+    return " ".join(_cmdline(child) for child in children)
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""  # it exited meanwhile
 
 
 def deploy(cluster, revision: str) -> int:
@@ -100,9 +108,7 @@ def deploy(cluster, revision: str) -> int:
 
 
 def restart_master(cluster) -> None:
-    cluster._spawn(
-        "master", [str(demo.VENV_BIN / "buildbot"), "start", "--nodaemon", str(cluster.master_dir)]
-    )
+    cluster._spawn("master", [str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(cluster.master_dir)])
     cluster.wait_for_api()
     cluster.wait_for_workers(["deployer"])
 
@@ -116,8 +122,9 @@ def test_a_master_killed_mid_push_leaves_complete_releases_and_a_new_deploy_conv
     brid = deploy(cluster, "v2")
     demo.wait_until(lambda: len(list(cluster.gate.glob("started.*"))) == len(HOSTS), GATE_DEADLINE_S,
                     "every host's rsync to start")  # fmt: skip
-    os.kill(cluster.pids["master"], signal.SIGKILL)
-    os.waitpid(cluster.pids["master"], 0)
+    master = cluster.processes["master"]
+    master.send_signal(signal.SIGKILL)
+    master.wait(timeout=GATE_DEADLINE_S)
     # The transfers the dead master started carry on (their own sessions): let them.
     release_gate(cluster.gate)
 
