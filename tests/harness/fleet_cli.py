@@ -122,3 +122,14 @@ def versions_match_manifests(host_root: Path) -> None:
         if manifest.is_file():
             revision = dict(line.split("=", 1) for line in manifest.read_text().splitlines())["revision"]
             assert (slot / "app/version.txt").read_text() == f"{revision}\n", slot
+
+
+def assert_next_push_converges(runner, make_tree: Callable[[str, dict], Path], hosts) -> None:
+    """After an interrupted run, the next push and flip put every host on v2, with
+    every slot's files matching its manifest."""
+    pushed = runner.push(make_tree("v2", {"app/version.txt": "v2\n"}), "v2", "2")
+    assert pushed.all_ok, pushed.to_text()
+    assert runner.flip("v2").all_ok
+    for host in hosts:
+        assert (host.deploy_root / "current/app/version.txt").read_text() == "v2\n"
+        versions_match_manifests(host.deploy_root)

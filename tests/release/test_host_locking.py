@@ -14,6 +14,7 @@ import signal
 from buildbot_steps import release
 from harness.fleet_cli import (
     WAIT_S,
+    assert_next_push_converges,
     big_tree,
     signal_all,
     start_cli_push,
@@ -62,12 +63,7 @@ def test_a_killed_holder_leaves_no_stale_lock(make_runner, make_tree, fleet, tmp
     assert other.returncode != 0
 
     runner = make_runner(hosts=hosts)
-    pushed = runner.push(make_tree("v2", {"app/version.txt": "v2\n"}), "v2", "2")
-    assert pushed.all_ok, pushed.to_text()
-    assert runner.flip("v2").all_ok
-    for host in hosts:
-        assert (host.deploy_root / "current/app/version.txt").read_text() == "v2\n"
-        versions_match_manifests(host.deploy_root)
+    assert_next_push_converges(runner, make_tree, hosts)
 
 
 def test_the_lock_file_records_its_holder_and_a_symlinked_lock_is_refused(

@@ -12,12 +12,12 @@ import signal
 from harness.fleet_cli import (
     WAIT_S,
     LineCollector,
+    assert_next_push_converges,
     big_tree,
     command_line,
     signal_all,
     start_cli_push,
     stop_receivers,
-    versions_match_manifests,
     wait_for,
 )  # fmt: skip
 from harness.sshd_hosts import descendant_pids, process_name
@@ -60,12 +60,7 @@ def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converge
     assert all(not h.details["slots"] or all(s["state"] != "complete" for s in h.details["slots"].values())
                for h in runner.status().hosts), "the killed push committed"  # fmt: skip
 
-    pushed = runner.push(make_tree("v2", {"app/version.txt": "v2\n"}), "v2", "2")
-    assert pushed.all_ok, pushed.to_text()
-    assert runner.flip("v2").all_ok
-    for host in hosts:
-        assert (host.deploy_root / "current/app/version.txt").read_text() == "v2\n"
-        versions_match_manifests(host.deploy_root)
+    assert_next_push_converges(runner, make_tree, hosts)
 
 
 def test_ctrl_c_cancels_at_once_and_says_which_hosts_committed(make_runner, make_tree, fleet, tmp_path):
