@@ -71,6 +71,25 @@ class FanoutProcess : public ::testing::Test {
     return content.str();
   }
 
+  // A SIGKILLed process may still be runnable for a moment before the kernel
+  // ends it, so "dead" is awaited under a deadline. Returns its last
+  // /proc/<pid>/stat line: empty once it is gone, with state Z while it is a
+  // zombie of init.
+  static std::string stat_once_dead(const std::string& pid) {
+    std::string stat_file = "/proc/" + pid + "/stat";
+    auto deadline = std::chrono::steady_clock::now() + Seconds(kPromptSeconds);
+    std::string stat = read_file(stat_file);
+    while (!is_dead(stat) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));  // polling under a deadline
+      stat = read_file(stat_file);
+    }
+    return stat;
+  }
+
+  static bool is_dead(const std::string& stat) {
+    return stat.empty() || stat.find(") Z ") != std::string::npos;
+  }
+
   fs::path dir_;
 };
 
@@ -139,9 +158,11 @@ TEST_F(FanoutProcess, TimeoutKillsTheProcessGroupPromptly) {
   }
   EXPECT_EQ(results[2].status, HostStatus::Ok);
   // The background sleep was killed with its group: gone, or a zombie of init.
-  pid_t background = std::stoi(read_file(path("bg.pid")));
-  std::string stat = read_file("/proc/" + std::to_string(background) + "/stat");
-  EXPECT_TRUE(stat.empty() || stat.find(") Z ") != std::string::npos) << stat;
+  std::string background = read_file(path("bg.pid"));
+  background.erase(background.find_last_not_of('\n') + 1);
+  ASSERT_FALSE(background.empty());
+  std::string stat = stat_once_dead(background);
+  EXPECT_TRUE(is_dead(stat)) << "still running: " << stat;
 }
 
 TEST_F(FanoutProcess, CancelFromAnotherThreadKillsAndReturnsPromptly) {
@@ -195,16 +216,8 @@ TEST_F(FanoutProcess, ChildrenDieWithTheEngine) {
   ASSERT_FALSE(child_pid.empty());
   ::kill(engine, SIGKILL);
   ASSERT_EQ(::waitpid(engine, nullptr, 0), engine);
-  // Gone, or a zombie of init: no longer running.
-  std::string stat_file = "/proc/" + child_pid + "/stat";
-  auto deadline = std::chrono::steady_clock::now() + Seconds(kPromptSeconds);
-  std::string stat = read_file(stat_file);
-  while (!stat.empty() && stat.find(") Z ") == std::string::npos &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // polling under a deadline
-    stat = read_file(stat_file);
-  }
-  EXPECT_TRUE(stat.empty() || stat.find(") Z ") != std::string::npos) << "still running: " << stat;
+  std::string stat = stat_once_dead(child_pid);
+  EXPECT_TRUE(is_dead(stat)) << "still running: " << stat;
 }
 
 TEST_F(FanoutProcess, ProgramsThatCannotStartAreFailedHosts) {
