@@ -133,13 +133,23 @@ class RunShardStandaloneTests(ShardStepCase):
         self.build.setProperty("shard_tests", tests, "test")
 
     @defer.inlineCallbacks
-    def test_good_report_passes(self):
+    def run_with_reports(self, reports: list[str], result: int):
+        """The shard's whole list runs once per report (a re-run after each bad one); returns the step."""
         self.setup_shard()
         self.expect_batches(
-            *self.batch_run(TESTS, 1, GOOD_REPORT),
+            *[
+                command
+                for number, report in enumerate(reports, 1)
+                for command in self.batch_run(TESTS, number, report)
+            ]
         )
-        self.expect_outcome(result=SUCCESS)
+        self.expect_outcome(result=result)
         yield self.run_step()
+        return self.get_nth_step(0)
+
+    @defer.inlineCallbacks
+    def test_good_report_passes(self):
+        yield self.run_with_reports([GOOD_REPORT], SUCCESS)
 
     @defer.inlineCallbacks
     def test_a_tests_file_carries_the_ids_and_the_log_shows_a_count(self):
@@ -176,47 +186,23 @@ class RunShardStandaloneTests(ShardStepCase):
 
     @defer.inlineCallbacks
     def test_truncated_report_fails_that_batch_then_rerun_passes(self):
-        self.setup_shard()
-        self.expect_batches(
-            *self.batch_run(TESTS, 1, TRUNCATED_REPORT),
-            *self.batch_run(TESTS, 2, GOOD_REPORT),
-        )
-        self.expect_outcome(result=WARNINGS)
-        yield self.run_step()
-        stderr = self.get_nth_step(0).logs["stdio"].stderr
-        self.assertIn("not well-formed XML (truncated?)", stderr)
+        step = yield self.run_with_reports([TRUNCATED_REPORT, GOOD_REPORT], WARNINGS)
+        self.assertIn("not well-formed XML (truncated?)", step.logs["stdio"].stderr)
 
     @defer.inlineCallbacks
     def test_billion_laughs_is_refused_and_fails_the_tests(self):
-        self.setup_shard()
-        self.expect_batches(
-            *self.batch_run(TESTS, 1, BILLION_LAUGHS),
-            *self.batch_run(TESTS, 2, BILLION_LAUGHS),
-        )
-        self.expect_outcome(result=FAILURE)
-        yield self.run_step()
-        self.assertIn("unsafe XML", self.get_nth_step(0).logs["stdio"].stderr)
+        step = yield self.run_with_reports([BILLION_LAUGHS, BILLION_LAUGHS], FAILURE)
+        self.assertIn("unsafe XML", step.logs["stdio"].stderr)
 
     @defer.inlineCallbacks
     def test_deeply_nested_report_is_refused_and_fails_the_tests(self):
-        self.setup_shard()
-        self.expect_batches(
-            *self.batch_run(TESTS, 1, DEEPLY_NESTED),
-            *self.batch_run(TESTS, 2, DEEPLY_NESTED),
-        )
-        self.expect_outcome(result=FAILURE)
-        yield self.run_step()
-        self.assertIn("nested over 64 deep", self.get_nth_step(0).logs["stdio"].stderr)
+        step = yield self.run_with_reports([DEEPLY_NESTED, DEEPLY_NESTED], FAILURE)
+        self.assertIn("nested over 64 deep", step.logs["stdio"].stderr)
 
     @defer.inlineCallbacks
     def test_skipped_test_is_resolved_without_a_rerun(self):
-        self.setup_shard()
-        self.expect_batches(
-            *self.batch_run(TESTS, 1, ONE_SKIPPED),
-        )
-        self.expect_outcome(result=SUCCESS)
-        yield self.run_step()
-        self.assertIn("0 failed attempts", self.get_nth_step(0).getResultSummary()["step"])
+        step = yield self.run_with_reports([ONE_SKIPPED], SUCCESS)
+        self.assertIn("0 failed attempts", step.getResultSummary()["step"])
 
     @defer.inlineCallbacks
     def test_missing_report_is_a_failed_batch(self):
