@@ -42,6 +42,7 @@ void bind_enums(py::module_& module) {
   py::native_enum<Sequential>(module, "Sequential", "enum.Enum")
       .value("SPENDING", Sequential::Spending)
       .value("MIXTURE", Sequential::Mixture)
+      .value("GROUP_SEQUENTIAL", Sequential::GroupSequential)
       .finalize();
   py::native_enum<Verdict>(module, "CanaryVerdict", "enum.Enum")
       .value("CONTINUE", Verdict::Continue)

@@ -355,6 +355,7 @@ class Sequential(enum.Enum):
 
     SPENDING = 0
     MIXTURE = 1
+    GROUP_SEQUENTIAL = 2
 
 class CanaryVerdict(enum.Enum):
     CONTINUE = 0

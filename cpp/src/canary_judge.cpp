@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "canary_arms.hpp"
+#include "canary_boundary.hpp"
 #include "canary_stats.hpp"
 #include "cd/canary.hpp"
 #include "cd/error.hpp"
@@ -67,6 +68,8 @@ const char* to_string(Sequential sequential) {
       return "spending";
     case Sequential::Mixture:
       return "mixture";
+    case Sequential::GroupSequential:
+      return "group_sequential";
   }
   return "unknown";
 }
@@ -212,12 +215,26 @@ double z_of(double p) {
   return std::min(kMaxZ, quantile(complement(normal, p)));
 }
 
+// The method a window actually uses: the group-sequential table is not
+// computed for windows longer than kMaxGroupSequentialLooks.
+Sequential effective_sequential(const JudgeOptions& options) {
+  if (options.sequential == Sequential::GroupSequential && options.looks_in_window > kMaxGroupSequentialLooks)
+    return Sequential::Spending;
+  return options.sequential;
+}
+
 // This look's contribution to the p-value valid over the window.
-double sequential_p(double p_fixed, int look, const JudgeOptions& options) {
+double sequential_p(double p_fixed, int look, const JudgeOptions& options, const SpendingTable* table) {
   const double n = static_cast<double>(options.looks_in_window);
-  if (options.sequential == Sequential::Spending) return p_fixed * n * (n + 1.0) / (2.0 * look);
-  const double r = options.mixture_ratio * look / n;
-  return std::exp(-log_mixture_ratio(z_of(p_fixed), r));
+  switch (effective_sequential(options)) {
+    case Sequential::GroupSequential:
+      return table->p_value(z_of(p_fixed), look);
+    case Sequential::Mixture:
+      return std::exp(-log_mixture_ratio(z_of(p_fixed), options.mixture_ratio * look / n));
+    case Sequential::Spending:
+      break;
+  }
+  return p_fixed * n * (n + 1.0) / (2.0 * look);
 }
 
 }  // namespace
@@ -226,7 +243,8 @@ struct Judge::State {
   std::vector<MetricSpec> metrics;
   JudgeOptions options;
   std::unordered_map<std::string, std::size_t> index;
-  std::vector<double> always_valid_p;  // per metric, running minimum
+  std::vector<double> always_valid_p;          // per metric, running minimum
+  std::shared_ptr<const SpendingTable> table;  // GroupSequential only
   int looks = 0;
   Verdict verdict = Verdict::Continue;
 
@@ -278,7 +296,7 @@ MetricResult Judge::State::judge_metric(std::size_t i, const MetricLook* data) c
   result.ci_high = tested.ci_high;
   result.threshold = tested.threshold;
   result.p_fixed = tested.p_fixed;
-  const double p_now = sequential_p(tested.p_fixed, looks, options);
+  const double p_now = sequential_p(tested.p_fixed, looks, options, table.get());
   result.p_value = std::min(result.p_value, std::min(1.0, p_now));
   return result;
 }
@@ -312,6 +330,8 @@ Judge::Judge(std::vector<MetricSpec> metrics, JudgeOptions options) : state_(std
   state_->always_valid_p.assign(metrics.size(), 1.0);
   state_->metrics = std::move(metrics);
   state_->options = options;
+  if (effective_sequential(options) == Sequential::GroupSequential)
+    state_->table = spending_table(options.looks_in_window);
 }
 
 Judge::~Judge() = default;

@@ -330,7 +330,9 @@ TEST(Judge, AlwaysValidPNeverRises) {
 
 TEST(Judge, SpendingGivesLaterLooksMoreOfTheBudget) {
   std::mt19937 rng(17);
-  Judge judge({latency()}, options(3));
+  JudgeOptions o = options(3);
+  o.sequential = Sequential::Spending;
+  Judge judge({latency()}, o);
   auto canary = values(rng, 10, 100, 5, 5);
   auto control = values(rng, 50, 100, 5);
   double p_fixed = 0.0;

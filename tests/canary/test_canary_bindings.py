@@ -126,13 +126,26 @@ def test_a_quiet_deploy_continues_then_passes() -> None:
         judge.look(look(rng))
 
 
-def test_both_sequential_methods_are_bound() -> None:
+def test_every_sequential_method_is_bound() -> None:
     rng = np.random.default_rng(4)
     for method in _core.Sequential:
         judge = _core.Judge(specs(), sequential=method)
         assert judge.sequential == method
         assert judge.look(look(rng, latency_shift=60.0)).verdict == _core.CanaryVerdict.FAIL
-    assert _core.Judge(specs()).sequential == _core.Sequential.SPENDING
+    assert {m.name for m in _core.Sequential} == {"SPENDING", "MIXTURE", "GROUP_SEQUENTIAL"}
+    assert _core.Judge(specs()).sequential == _core.Sequential.GROUP_SEQUENTIAL
+
+
+def test_group_sequential_gives_a_smaller_valid_p_than_the_union_bound_on_the_same_looks() -> None:
+    rng = np.random.default_rng(5)
+    grouped = _core.Judge(specs(), sequential=_core.Sequential.GROUP_SEQUENTIAL)
+    spending = _core.Judge(specs(), sequential=_core.Sequential.SPENDING)
+    data = look(rng, latency_shift=14.0)
+    first, second = grouped.look(data).metrics, spending.look(data).metrics
+    for a, b in zip(first, second, strict=True):
+        assert a.p_fixed == b.p_fixed
+        assert a.p_value <= b.p_value
+    assert first[0].p_value < second[0].p_value  # the latency shift: evidence, though not enough yet
 
 
 def test_errors_five_times_fail_naming_the_metric() -> None:

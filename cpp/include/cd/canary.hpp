@@ -43,14 +43,31 @@ enum class Verdict {
 };
 
 // How the error budget of one metric is shared over the looks of the window.
+// GroupSequential (the default): Lan-DeMets alpha spending with the
+// Pocock-type function alpha * ln(1 + (e - 1) t), t = look / looks_in_window
+// (early looks get a fair share, so a clear regression stops early), each
+// look's boundary chosen so that the probability of crossing by that look
+// under the null is exactly the budget spent so far, for the joint normal of
+// the look statistics (corr(Z_i, Z_j) = sqrt(i / j): cumulative data, equal
+// information per look); p_n = the smallest budget whose boundaries were
+// crossed by look n. The fixed-look p (Student's t or the binomial) enters as
+// its normal z. If a look adds less information than that (a host's own level
+// stays in every look), looks are more correlated and the boundary only
+// conservative (Slepian). Windows longer than kMaxGroupSequentialLooks use
+// Spending (the boundary's cost grows as looks squared).
 // Spending: look k of N may spend alpha * 2k / (N (N + 1)) (later looks see
 // more data, so they get more), a Bonferroni split that is valid whatever
 // the correlation between looks and needs only each look's own p to be
 // exact; p_n = min over k <= n of p_k / share_k. Mixture: the mixture SPRT
 // (normal mixture, p_n = min(p_{n-1}, 1/Lambda_n)), valid for any number of
 // looks, but paying for that: over a 12-look window its boundary is higher
-// than the spending one at every look (bench/judge_bench.py measures both).
-enum class Sequential { Spending, Mixture };
+// than the spending one at every look (bench/judge_bench.py measures all three).
+enum class Sequential { Spending, Mixture, GroupSequential };
+
+// Longest window the group-sequential boundary is computed for (a monitor
+// phase of 10 minutes at 5 s looks; its table takes about a second once per
+// process); longer windows fall back to Spending.
+inline constexpr int kMaxGroupSequentialLooks = 120;
 
 const char* to_string(Direction direction);
 const char* to_string(MetricKind kind);
@@ -110,6 +127,28 @@ struct RateTest {
 RateTest rate_ratio_test(double canary_events, double canary_exposure, double control_events,
                          double control_exposure, Direction worse, double allowed_ratio = 1.0,
                          double dispersion = 1.0, double confidence = 0.95);
+
+// ------------------------------------------------- group-sequential boundary
+
+// One-sided group-sequential boundaries in the z scale for looks at
+// cumulative information `information` (increasing, > 0; only the ratios
+// matter), by the recursive numerical integration of Armitage, McPherson and
+// Rowe (1969) as laid out in Jennison & Turnbull, "Group Sequential Methods
+// with Applications to Clinical Trials" (2000), chapter 19.
+
+// P(Z_j >= boundaries[j] for some j <= k) under the null, for each look k.
+// A boundary may be +infinity (nothing spent at that look).
+std::vector<double> crossing_probabilities(const std::vector<double>& information,
+                                           const std::vector<double>& boundaries);
+
+// The boundaries whose crossing probabilities are `cumulative_alpha`
+// (non-decreasing, in [0, 1)); a look that spends nothing gets +infinity.
+// Throws InvalidInput for mismatched sizes or bad values.
+std::vector<double> spending_boundaries(const std::vector<double>& information,
+                                        const std::vector<double>& cumulative_alpha);
+
+// Lan & DeMets (1983) Pocock-type spending: alpha * ln(1 + (e - 1) t).
+double pocock_spending(double alpha, double information_fraction);
 
 // ------------------------------------------------------------------- judge
 
@@ -172,7 +211,7 @@ struct JudgeOptions {
   int looks_in_window = 12;
   int min_hosts_per_arm = kDefaultMinHostsPerArm;
   double max_missing_fraction = kDefaultMaxMissingFraction;
-  Sequential sequential = Sequential::Spending;
+  Sequential sequential = Sequential::GroupSequential;
   double mixture_ratio = kDefaultMixtureRatio;
 };
 
