@@ -1,25 +1,15 @@
-"""Canary judges side by side on one simulated fleet.
+"""Canary judges side by side on one simulated fleet (bench/judge_fleet.py).
 
-A fleet of 100 hosts, 5 of them canaries, sampled every 5 s; the canary window
-is 60 s (12 looks) after a baseline period before the flip. Hosts differ the
-way real ones do: traffic (~30 %), error rate (~30 %) and latency level
-(~15 %) per host, noise on load and latency per interval, and a fleet-wide
-trend over time shared by every host. Each scenario simulates the same
-deploys once and hands them to every judge:
+Each scenario simulates the same deploys once and hands them to every judge:
 
-- ours: buildbot_steps._core.Judge (host as the unit, difference in
-  differences against each host's own baseline, alpha spent over the looks,
-  Holm over the metrics); ours-msprt: the same with the mixture SPRT;
-- naive: the seed's approach, Welch at 0.05 on every look, the canary hosts
-  after the flip against the same hosts before it (time points as samples);
-- kayenta: NetflixACAJudge as published (Mann-Whitney 98 % interval of the
-  canary's time series against the control's, High when its lower end is
-  above 0.25 x |Hodges-Lehmann estimate|, score = share of metrics passing,
-  pass 95 / marginal 75, any interim analysis below marginal fails); an
-  analysis every 20 s of the window over all time points so far;
-- flagger: Flagger / Argo Rollouts fixed thresholds on the canary alone, per
-  interval: success rate >= 99 % (errors <= 1 %) and p99 latency <= 500 ms,
-  rolled back at the first failed check (Argo's failureLimit 0).
+- ours: buildbot_steps._core.Judge with its default group-sequential boundary (host as the unit,
+  difference in differences against each host's own baseline, Pocock-type alpha spending over the
+  correlated looks, Holm over the metrics); ours-spending: the same with the union-bound spending
+  (Sequential.SPENDING, the default before);
+- the peers of bench/judge_peers.py (the seed's naive Welch, Kayenta's NetflixACAJudge, Flagger / Argo
+  fixed thresholds), twice: at their published settings, and calibrated: the setting of each one's own
+  knob whose false-rollback rate on separate A/A deploys (another random stream, as many deploys) is
+  the highest at or below our budget (1 %), so that detection is compared at equal false rollbacks.
 
 Run: .venv/bin/python bench/judge_bench.py [--deploys 1000] [--seed 1]
 """
@@ -27,35 +17,21 @@ Run: .venv/bin/python bench/judge_bench.py [--deploys 1000] [--seed 1]
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from scipy import stats
+from judge_fleet import HOSTS, INTERVAL_S, SCENARIOS, WINDOW_LOOKS, Fleet, simulate
+from judge_peers import PEERS, Peer
 
 from buildbot_steps import _core
 
-INTERVAL_S = 5.0
-WINDOW_LOOKS = 12  # 60 s canary window at 5 s intervals
-HOSTS = 100
-REQUESTS_PER_S = 40.0  # a busy web host: tens of requests per second
-ERROR_RATE = 0.005
-P99_LATENCY_MS = 300.0
-LOAD = 2.0
-HOST_SPREAD = {"traffic": 0.30, "errors": 0.30, "latency": 0.15}  # log-sd between hosts
-INTERVAL_NOISE = {"load": 0.10, "latency": 0.10}  # log-sd per host per interval
-TREND_STEP = 0.01  # log-sd of the fleet-wide random walk per interval (~11 % over 11 min)
-FLAGGER_MAX_ERROR_RATE = 0.01
-FLAGGER_MAX_P99_MS = 500.0
-KAYENTA_CONFIDENCE = 0.98
-KAYENTA_TOLERANCE = 0.25
-KAYENTA_MARGINAL = 75.0
-KAYENTA_EVERY_LOOKS = 4  # an interim analysis every 20 s
-NAIVE_ALPHA = 0.05
 CHUNK = 100  # deploys simulated at once: bounds memory to ~100 MB
+CALIBRATION_STREAM = 1000  # the calibration's A/A deploys: a random stream no scenario uses
+CALIBRATED = "@1%"  # suffix of a peer calibrated to our budget
 
 # The judge's metrics: what a web deploy watches, with the change worth a
 # rollback (10 % worse each).
@@ -64,61 +40,8 @@ SPECS = [
     _core.MetricSpec("latency", _core.MetricKind.CONTINUOUS, _core.Direction.INCREASE, 0.1),
     _core.MetricSpec("load", _core.MetricKind.CONTINUOUS, _core.Direction.INCREASE, 0.1),
 ]
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    errors: float = 1.0  # factor on the canaries' error rate after the flip
-    latency: float = 1.0
-    load: float = 1.0
-    bad_hosts: int | None = None  # only this many canaries change (None: all)
-
-
-SCENARIOS = [
-    Scenario("A/A (no change)"),
-    Scenario("errors x1.5", errors=1.5),
-    Scenario("errors x2", errors=2.0),
-    Scenario("errors x5", errors=5.0),
-    Scenario("load +20%", load=1.2),
-    Scenario("latency +30%", latency=1.3),
-    Scenario("one bad canary (errors x5)", errors=5.0, bad_hosts=1),
-]
-
-
-@dataclass
-class Fleet:
-    """Per deploy, host and interval (D, H, T); the flip happens at interval `baseline`."""
-
-    requests: np.ndarray
-    errors: np.ndarray
-    latency: np.ndarray
-    load: np.ndarray
-    baseline: int
-    canaries: int
-
-
-def simulate(
-    rng: np.random.Generator, deploys: int, scenario: Scenario, canaries: int, baseline: int
-) -> Fleet:
-    shape = (deploys, HOSTS)
-    periods = baseline + WINDOW_LOOKS
-    traffic = REQUESTS_PER_S * rng.lognormal(0.0, HOST_SPREAD["traffic"], shape)
-    error_level = ERROR_RATE * rng.lognormal(0.0, HOST_SPREAD["errors"], shape)
-    latency_level = P99_LATENCY_MS * rng.lognormal(0.0, HOST_SPREAD["latency"], shape)
-    trend = np.exp(np.cumsum(rng.normal(0.0, TREND_STEP, (deploys, periods)), axis=1))[:, None, :]
-    load_noise = rng.lognormal(0.0, INTERVAL_NOISE["load"], (*shape, periods))
-    expected = traffic[:, :, None] * trend * INTERVAL_S * load_noise
-    requests = rng.poisson(expected).astype(float)
-    effect = {name: np.ones((*shape, periods)) for name in ("errors", "latency", "load")}
-    changed = canaries if scenario.bad_hosts is None else scenario.bad_hosts
-    for name in effect:
-        effect[name][:, :changed, baseline:] = getattr(scenario, name)
-    errors = rng.poisson(requests * error_level[:, :, None] * effect["errors"]).astype(float)
-    latency_noise = rng.lognormal(0.0, INTERVAL_NOISE["latency"], (*shape, periods))
-    latency = latency_level[:, :, None] * np.sqrt(trend) * latency_noise * effect["latency"]
-    load = LOAD * requests / (REQUESTS_PER_S * INTERVAL_S) * effect["load"]
-    return Fleet(requests, errors, latency, load, baseline, canaries)
+BUDGET = _core.Judge(SPECS).alpha
+OURS = {"ours": _core.Sequential.GROUP_SEQUENTIAL, "ours-spending": _core.Sequential.SPENDING}
 
 
 # ------------------------------------------------------------------- ours
@@ -182,102 +105,6 @@ def judge_ours(
 # ------------------------------------------------------------------ peers
 
 
-def welch_p_greater(after: np.ndarray, before: np.ndarray) -> np.ndarray:
-    """One-sided Welch p (after > before) per row."""
-    n1, n2 = after.shape[1], before.shape[1]
-    v1, v2 = after.var(axis=1, ddof=1) / n1, before.var(axis=1, ddof=1) / n2
-    se2 = v1 + v2
-    df = se2**2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (after.mean(axis=1) - before.mean(axis=1)) / np.sqrt(se2)
-    return np.where(np.isfinite(t), stats.t.sf(t, df), 1.0)
-
-
-def per_interval_metrics(fleet: Fleet, hosts: slice) -> dict[str, np.ndarray]:
-    """Per host and interval values of the three metrics, (D, h, T)."""
-    error_rate = fleet.errors[:, hosts] / np.maximum(fleet.requests[:, hosts], 1.0)
-    return {"errors": error_rate, "latency": fleet.latency[:, hosts], "load": fleet.load[:, hosts]}
-
-
-def first_look(fired: np.ndarray) -> np.ndarray:
-    """(D, looks) booleans -> seconds of the first True, NaN if none."""
-    any_fired = fired.any(axis=1)
-    first = np.argmax(fired, axis=1)
-    return np.where(any_fired, (first + 1) * INTERVAL_S, np.nan)
-
-
-def judge_naive(fleet: Fleet) -> np.ndarray:
-    b, c = fleet.baseline, fleet.canaries
-    metrics = per_interval_metrics(fleet, slice(0, c))
-    deploys = fleet.requests.shape[0]
-    fired = np.zeros((deploys, WINDOW_LOOKS), dtype=bool)
-    for look in range(WINDOW_LOOKS):
-        for values in metrics.values():
-            after = values[:, :, b : b + look + 1].reshape(deploys, -1)
-            before = values[:, :, :b].reshape(deploys, -1)
-            fired[:, look] |= welch_p_greater(after, before) < NAIVE_ALPHA
-    return first_look(fired)
-
-
-@functools.cache
-def wilcoxon_quantile(probability: float, m: int, n: int) -> int:
-    """R's qwilcox: the smallest u with P(U <= u) >= probability, U the Mann-Whitney statistic."""
-    counts = np.zeros((m + 1, n + 1, m * n + 1))
-    counts[0, :, 0] = 1.0
-    counts[:, 0, 0] = 1.0
-    for i in range(1, m + 1):
-        for j in range(1, n + 1):
-            counts[i, j, j:] += counts[i - 1, j, : m * n + 1 - j]  # the largest value is from x
-            counts[i, j] += counts[i, j - 1]  # ... or from y
-    cdf = np.cumsum(counts[m, n]) / counts[m, n].sum()
-    return int(np.searchsorted(cdf, probability - 1e-12))
-
-
-def mann_whitney_interval(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: R's wilcox.test(x, y, conf.int=TRUE, conf.level=0.98), exact: (low, high, estimate)."""
-    m, n = x.shape[1], y.shape[1]
-    diffs = np.sort((x[:, :, None] - y[:, None, :]).reshape(x.shape[0], -1), axis=1)
-    upper_index = max(wilcoxon_quantile((1.0 - KAYENTA_CONFIDENCE) / 2.0, m, n), 1)
-    low = diffs[:, upper_index - 1]
-    high = diffs[:, m * n - upper_index]
-    return low, high, np.median(diffs, axis=1)
-
-
-def aggregate_series(fleet: Fleet, hosts: slice) -> dict[str, np.ndarray]:
-    """One time series per arm, as a metrics store would report the server group: (D, T)."""
-    return {
-        "errors": fleet.errors[:, hosts].sum(axis=1) / np.maximum(fleet.requests[:, hosts].sum(axis=1), 1.0),
-        "latency": fleet.latency[:, hosts].mean(axis=1),
-        "load": fleet.load[:, hosts].mean(axis=1),
-    }
-
-
-def judge_kayenta(fleet: Fleet) -> np.ndarray:
-    b, c = fleet.baseline, fleet.canaries
-    canary, control = aggregate_series(fleet, slice(0, c)), aggregate_series(fleet, slice(c, None))
-    deploys = fleet.requests.shape[0]
-    fired = np.zeros((deploys, WINDOW_LOOKS), dtype=bool)
-    for look in range(KAYENTA_EVERY_LOOKS - 1, WINDOW_LOOKS, KAYENTA_EVERY_LOOKS):
-        passed = np.zeros(deploys)
-        for name in canary:
-            x, y = canary[name][:, b : b + look + 1], control[name][:, b : b + look + 1]
-            low, _, estimate = mann_whitney_interval(x, y)
-            high_metric = low > KAYENTA_TOLERANCE * np.abs(estimate)
-            passed += ~high_metric
-        score = 100.0 * passed / len(canary)
-        fired[:, look] = score < KAYENTA_MARGINAL
-    return first_look(fired)
-
-
-def judge_flagger(fleet: Fleet) -> np.ndarray:
-    b, c = fleet.baseline, fleet.canaries
-    errors = fleet.errors[:, :c, b:].sum(axis=1)
-    requests = np.maximum(fleet.requests[:, :c, b:].sum(axis=1), 1.0)
-    p99 = fleet.latency[:, :c, b:].mean(axis=1)
-    fired = (errors / requests > FLAGGER_MAX_ERROR_RATE) | (p99 > FLAGGER_MAX_P99_MS)
-    return first_look(fired)
-
-
 # ------------------------------------------------------- count test alone
 
 COUNT_TESTS = ["pooled binomial", "quasi-binomial, same window", "quasi-binomial, diff-in-diff"]
@@ -292,7 +119,7 @@ def count_test_false_positives(fleet: Fleet) -> dict[str, list[bool]]:
     b, c = fleet.baseline, fleet.canaries
     errors, requests = fleet.errors[:, :, b:].sum(axis=2), fleet.requests[:, :, b:].sum(axis=2)
     base_errors, base_requests = fleet.errors[:, :, :b].sum(axis=2), fleet.requests[:, :, :b].sum(axis=2)
-    alpha = _core.Judge(SPECS).alpha
+    alpha = BUDGET
     # No allowed increase here: a margin would hide how far each test is from its promise.
     spec = _core.MetricSpec("errors", _core.MetricKind.COUNT, _core.Direction.INCREASE, 0.0)
     fired: dict[str, list[bool]] = {name: [] for name in COUNT_TESTS}
@@ -324,6 +151,23 @@ def count_test_false_positives(fleet: Fleet) -> dict[str, list[bool]]:
     return fired
 
 
+# ------------------------------------------------------------- calibration
+
+
+def calibrate(peer: Peer, deploys: int, seed: int, canaries: int, baseline: int) -> tuple[Any, float]:
+    """The peer's setting with the highest A/A false-rollback rate at or below BUDGET (the loosest
+    first among equals), on deploys no scenario sees; the strictest setting if none is."""
+    rng = np.random.default_rng([seed, CALIBRATION_STREAM])
+    rolled_back = np.zeros(len(peer.ladder))
+    for start in range(0, deploys, CHUNK):
+        fleet = simulate(rng, min(CHUNK, deploys - start), SCENARIOS[0], canaries, baseline)
+        rolled_back += [np.sum(~np.isnan(times)) for times in peer.judge(fleet, peer.ladder)]
+    rates = rolled_back / deploys
+    within = [i for i in range(len(rates)) if rates[i] <= BUDGET] or [len(rates) - 1]
+    best = max(within, key=lambda i: (rates[i], -i))
+    return peer.ladder[best], float(rates[best])
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -339,29 +183,23 @@ class Outcome:
         return statistics.median(hit) if hit else float("nan")
 
 
-JUDGES = ["ours", "ours-msprt", "naive", "kayenta", "flagger"]
-PEERS = ["naive", "kayenta", "flagger"]
-
-
 Outcomes = dict[str, dict[str, Outcome]]
 
 
 def run(
-    deploys: int, seed: int, canaries: int, baseline: int, design: _core.Design
+    deploys: int, seed: int, canaries: int, baseline: int, design: _core.Design, calibrated: dict[str, Any]
 ) -> tuple[Outcomes, dict[str, list[bool]]]:
-    outcomes = {s.name: {j: Outcome() for j in JUDGES} for s in SCENARIOS}
+    columns = [*OURS, *(p.name for p in PEERS), *(p.name + CALIBRATED for p in PEERS)]
+    outcomes = {s.name: {j: Outcome() for j in columns} for s in SCENARIOS}
     count_tests: dict[str, list[bool]] = {name: [] for name in COUNT_TESTS}
     for index, scenario in enumerate(SCENARIOS):
         rng = np.random.default_rng([seed, index])
         for start in range(0, deploys, CHUNK):
             fleet = simulate(rng, min(CHUNK, deploys - start), scenario, canaries, baseline)
-            results = {
-                "ours": judge_ours(fleet, design, canaries, _core.Sequential.SPENDING),
-                "ours-msprt": judge_ours(fleet, design, canaries, _core.Sequential.MIXTURE),
-                "naive": judge_naive(fleet),
-                "kayenta": judge_kayenta(fleet),
-                "flagger": judge_flagger(fleet),
-            }
+            results = {name: judge_ours(fleet, design, canaries, method) for name, method in OURS.items()}
+            for peer in PEERS:
+                published, tuned = peer.judge(fleet, [peer.published, calibrated[peer.name]])
+                results[peer.name], results[peer.name + CALIBRATED] = published, tuned
             for judge, times in results.items():
                 outcomes[scenario.name][judge].times.extend(times.tolist())
             if index == 0:
@@ -406,10 +244,15 @@ def time_one_look(
                 data.append(_core.MetricLook.continuous(f"m{k}", values[:canaries], values[canaries:]))
         return data
 
-    judge = _core.Judge(specs, looks_in_window=10**9)
+    def make() -> _core.Judge:
+        return _core.Judge(specs, looks_in_window=WINDOW_LOOKS)
+
+    judge = make()
     data = build()
     look_only, with_build = [], []
     for _ in range(repeat):
+        if judge.looks >= WINDOW_LOOKS - 1 or judge.verdict != _core.CanaryVerdict.CONTINUE:
+            judge = make()  # a new deploy: the window holds two more looks
         started = time.thread_time()
         judge.look(data)
         look_only.append(time.thread_time() - started)
@@ -428,28 +271,13 @@ def fmt_median(outcome: Outcome) -> str:
     return "   -" if np.isnan(median) else f"{median:4.0f}s"
 
 
-def print_table(outcomes: Outcomes) -> None:
-    header = f"{'scenario':<30}" + "".join(f"{j:>17}" for j in JUDGES)
-    print(header)
-    print(f"{'':<30}" + "".join(f"{'rolled back  med':>17}" for _ in JUDGES))
+def print_table(outcomes: Outcomes, columns: list[str]) -> None:
+    print(f"{'scenario':<30}" + "".join(f"{j:>17}" for j in columns))
+    print(f"{'':<30}" + "".join(f"{'rolled back  med':>17}" for _ in columns))
     for scenario in SCENARIOS:
         row = outcomes[scenario.name]
-        cells = "".join(f"{fmt_rate(row[j]):>11} {fmt_median(row[j]):>5}" for j in JUDGES)
+        cells = "".join(f"{fmt_rate(row[j]):>11} {fmt_median(row[j]):>5}" for j in columns)
         print(f"{scenario.name:<30}{cells}")
-    aa = outcomes[SCENARIOS[0].name]
-    x2 = outcomes["errors x2"]
-    print()
-    print("ratios against ours (peer / ours):")
-    for judge in JUDGES[1:]:
-        if aa["ours"].rate() > 0:
-            false_ratio = f"x{aa[judge].rate() / aa['ours'].rate():6.1f}"
-        else:
-            false_ratio = f"{100 * aa[judge].rate():.1f}% vs none"
-        ttd = x2[judge].median_s() / x2["ours"].median_s()
-        print(
-            f"  {judge:<10} A/A false rollbacks {false_ratio:>14}   errors x2 detection "
-            f"{x2[judge].rate() / max(x2['ours'].rate(), 1e-9):5.2f}x   median time to detect x{ttd:5.2f}"
-        )
 
 
 def upper_bound(rate: float, n: int, z: float = 1.96) -> float:
@@ -460,30 +288,35 @@ def upper_bound(rate: float, n: int, z: float = 1.96) -> float:
 
 
 def print_goals(outcomes: Outcomes) -> None:
-    aa = outcomes[SCENARIOS[0].name]
-    x2 = outcomes["errors x2"]["ours"]
-    within_60 = float(np.mean([not np.isnan(t) and t <= 60.0 for t in x2.times]))
-    print()
-    bound = upper_bound(aa["ours"].rate(), len(aa["ours"].times))
-    print(
-        f"goal: ours <= 1% false rollbacks per deploy: {100 * aa['ours'].rate():.2f}% "
-        f"(95% upper bound {100 * bound:.2f}%) "
-        f"-> {'met' if aa['ours'].rate() <= 0.01 else 'MISSED'}"
-    )
-    print(
-        f"goal: errors x2 detected within 60 s in >= 95%: {100 * within_60:.1f}% "
-        f"-> {'met' if within_60 >= 0.95 else 'MISSED'}"
-    )
-    for judge in PEERS:
-        worse = [
-            scenario.name
-            for scenario in SCENARIOS[1:]
-            if outcomes[scenario.name]["ours"].rate() < outcomes[scenario.name][judge].rate()
-        ]
-        fewer_false = aa["ours"].rate() < aa[judge].rate()
+    for name in OURS:
+        x2 = outcomes["errors x2"][name]
+        within_60 = float(np.mean([not np.isnan(t) and t <= 60.0 for t in x2.times]))
+        for scenario in (s for s in SCENARIOS if s.harmless):
+            false = outcomes[scenario.name][name]
+            bound = upper_bound(false.rate(), len(false.times))
+            print(
+                f"goal ({name}): <= {100 * BUDGET:g}% false rollbacks per deploy, {scenario.name}: "
+                f"{100 * false.rate():.2f}% (95% upper bound {100 * bound:.2f}%) "
+                f"-> {'met' if false.rate() <= BUDGET else 'MISSED'}"
+            )
         print(
-            f"vs {judge:<8}: fewer false rollbacks: {'yes' if fewer_false else 'NO'}; "
-            f"scenarios where ours detects less: {', '.join(worse) if worse else 'none'}"
+            f"goal ({name}): errors x2 detected within 60 s in >= 95%: {100 * within_60:.1f}% "
+            f"-> {'met' if within_60 >= 0.95 else 'MISSED'}"
+        )
+
+
+def print_both_axes(outcomes: Outcomes, peer_columns: list[str]) -> None:
+    """Ours better on both axes at once: A/A false rollbacks <= the peer's and detection >= in every
+    scenario with a harmful change."""
+    aa = outcomes[SCENARIOS[0].name]
+    harmful = [s.name for s in SCENARIOS if not s.harmless]
+    for peer in peer_columns:
+        less = [name for name in harmful if outcomes[name]["ours"].rate() < outcomes[name][peer].rate()]
+        both = aa["ours"].rate() <= aa[peer].rate() and not less
+        print(
+            f"ours vs {peer:<11}: better on both axes at once: {'YES' if both else 'no'} "
+            f"(A/A false rollbacks {100 * aa['ours'].rate():.1f}% vs {100 * aa[peer].rate():.1f}%; "
+            f"ours detects less in: {', '.join(less) if less else 'none'})"
         )
 
 
@@ -507,25 +340,39 @@ def main() -> None:
     )
     parser.add_argument("--design", choices=[d.name.lower() for d in _core.Design], default="diff_in_diff")
     args = parser.parse_args()
+    if args.deploys < 1 or args.canaries < 2 or args.canaries >= HOSTS:
+        parser.error(f"--deploys must be >= 1 and --canaries in [2, {HOSTS - 1}]")
     baseline = int(args.baseline_s / INTERVAL_S)
     design = _core.Design[args.design.upper()]
     print(
         f"{args.deploys} deploys per scenario; {HOSTS} hosts, {args.canaries} canaries, "
         f"{INTERVAL_S:.0f} s looks, {WINDOW_LOOKS * INTERVAL_S:.0f} s window, "
         f"{args.baseline_s:.0f} s baseline; "
-        f"ours: {design.name.lower()}, alpha {_core.Judge(SPECS).alpha} over 3 metrics and all looks"
+        f"ours: {design.name.lower()}, alpha {BUDGET} over 3 metrics and all looks"
     )
     started = time.perf_counter()
-    outcomes, count_tests = run(args.deploys, args.seed, args.canaries, baseline, design)
-    print(f"(simulated and judged in {time.perf_counter() - started:.0f} s)")
+    calibrated = {}
+    print(f"peers calibrated on {args.deploys} other A/A deploys to <= {100 * BUDGET:g}% false rollbacks:")
+    for peer in PEERS:
+        setting, rate = calibrate(peer, args.deploys, args.seed, args.canaries, baseline)
+        calibrated[peer.name] = setting
+        print(
+            f"  {peer.name:<8} published {peer.describe(peer.published)}; "
+            f"calibrated {peer.describe(setting)} ({100 * rate:.1f}% on the calibration deploys)"
+        )
+    outcomes, count_tests = run(args.deploys, args.seed, args.canaries, baseline, design, calibrated)
+    print(f"(calibrated, simulated and judged in {time.perf_counter() - started:.0f} s)")
     print()
-    print_table(outcomes)
+    print("published settings:")
+    print_table(outcomes, [*OURS, *(p.name for p in PEERS)])
+    print()
+    print(f"peers calibrated to <= {100 * BUDGET:g}% false rollbacks:")
+    print_table(outcomes, ["ours", *(p.name + CALIBRATED for p in PEERS)])
+    print()
     print_goals(outcomes)
+    print_both_axes(outcomes, [p.name for p in PEERS] + [p.name + CALIBRATED for p in PEERS])
     print()
-    print(
-        f"error counts alone, A/A, one test over the whole window at alpha {_core.Judge(SPECS).alpha}, "
-        "no allowed increase:"
-    )
+    print(f"error counts alone, A/A, one test over the whole window at alpha {BUDGET}, no allowed increase:")
     for name, fired in count_tests.items():
         print(f"  {name:<30} rejects {100 * float(np.mean(fired)):5.2f}% of deploys that changed nothing")
     look_only, with_build = time_one_look()
