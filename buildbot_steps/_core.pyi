@@ -4,7 +4,7 @@ Read-only attributes (def_readonly, def_property_readonly) are `Final`.
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Final, final
+from typing import ClassVar, Final, final, overload
 
 # ---------------------------------------------------------- bindings/module.cpp
 
@@ -59,8 +59,31 @@ class TestEstimate:
     def source(self) -> str:
         """Where it came from: "history", "file_median", "global_median" or "default"."""
 
-def estimate_durations(tests: Sequence[str], history: Sequence[Mapping[str, float]]) -> list[TestEstimate]:
+@final
+class DurationHistory:
+    """Duration files read by the core into one table; the runs stay in C++."""
+
+    def __len__(self) -> int:
+        """The number of files (runs) read."""
+    @property
+    def newest_ids(self) -> list[str]:
+        """The test ids of the newest file, in its order."""
+    @property
+    def runs(self) -> list[dict[str, float]]:
+        """Each run as {test id: seconds}, oldest first, in its file's order."""
+
+def read_duration_files(paths: Sequence[str]) -> DurationHistory:
+    """pytest-split duration files, oldest first, read and checked by the core."""
+
+@overload
+def estimate_durations(
+    tests: Sequence[str], history: Sequence[Mapping[str, float]] | DurationHistory
+) -> list[TestEstimate]:
     """One estimate per test from past runs (oldest first): {test id: seconds} each."""
+
+@overload
+def estimate_durations(history: DurationHistory) -> list[TestEstimate]:
+    """Estimates for the tests of the newest file."""
 
 def file_of(test_id: str) -> str: ...
 
@@ -79,6 +102,8 @@ def plan_static(
     split_file_fraction: float = ...,
     max_improvement_passes: int = ...,
 ) -> Plan: ...
+def plan_from_history(history: DurationHistory, shards: int, tests: Sequence[str] | None = None) -> Plan:
+    """estimate_durations and plan_static in one call: for `tests`, else the newest file's tests."""
 
 class Batch:
     id: Final[int]
@@ -133,6 +158,9 @@ class DispatchStats:
 
 # A batch is worth sending when its tests take this many times its overhead.
 kBatchWorthFactor: Final[float]
+
+def plan_to_json(plan: Plan) -> str:
+    """The plan as `buildbot-cd plan --json` prints it."""
 
 class Dispatcher:
     """Thread-safe: any number of threads may call any method."""

@@ -12,6 +12,7 @@
 
 #include "cd/error.hpp"
 #include "cd/shard.hpp"
+#include "shard_history.hpp"
 
 namespace cd::shard {
 
@@ -86,17 +87,28 @@ void append_json_string(fmt::memory_buffer& out, std::string_view text) {
 
 }  // namespace
 
+DurationHistory DurationHistory::read(const std::vector<std::string>& paths) {
+  if (paths.empty()) throw InvalidInput("no history files given: pass at least one duration file");
+  auto table = std::make_unique<Table>();
+  simdjson::dom::parser parser;  // one for all files: its buffers are reused
+  for (const auto& path : paths) {
+    simdjson::dom::object object = parse_object(parser, path);
+    table->begin_run(object.size());
+    for (auto [key, value] : object) table->add(key, seconds_of(value, path, key));
+  }
+  table->finish();
+  return DurationHistory(std::move(table));
+}
+
 DurationFile read_duration_file(const std::string& path) {
-  simdjson::dom::parser parser;
-  simdjson::dom::object object = parse_object(parser, path);
+  const DurationHistory history = DurationHistory::read({path});
   DurationFile file{path, {}, {}};
-  file.ids.reserve(object.size());
-  file.durations.reserve(object.size());
-  for (auto [key, value] : object) {
-    std::string id(key);
-    double seconds = seconds_of(value, path, id);
-    auto [entry, inserted] = file.durations.insert_or_assign(id, seconds);
-    if (inserted) file.ids.push_back(std::move(id));
+  const auto& tests = history.tests_of(0);
+  file.ids.reserve(tests.size());
+  file.durations.reserve(tests.size());
+  for (auto test : tests) {
+    file.ids.emplace_back(history.id(test));
+    file.durations.emplace(file.ids.back(), *history.seconds(0, test));
   }
   return file;
 }
