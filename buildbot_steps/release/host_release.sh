@@ -15,7 +15,7 @@
 # (never flippable) until the transfer finished and the manifest is rewritten.
 #
 # Manifest lines: revision=, build=, time=, seq= (order of commits on this
-# host), and once flipped live: previous=, previous_seq= (the slot that was
+# host), modes= (sha256 of the slot's mode list, see apply_modes), and once flipped live: previous=, previous_seq= (the slot that was
 # live before, and which commit it held, so rollback follows the record and
 # never directory mtimes).
 #
@@ -127,7 +127,7 @@ check_root() {
 # (a symlink), or any field fails its check. Shell builtins only (no process
 # per read): this runs on every host of every deploy.
 read_manifest() {
-  m_revision='' m_build='' m_time='' m_seq='' m_previous='' m_previous_seq=''
+  m_revision='' m_build='' m_time='' m_seq='' m_modes='' m_previous='' m_previous_seq=''
   [ -f "$1" ] && [ ! -L "$1" ] || return 1
   while IFS='=' read -r key value; do
     case $key in
@@ -135,6 +135,7 @@ read_manifest() {
       build) m_build=$value ;;
       time) m_time=$value ;;
       seq) m_seq=$value ;;
+      modes) m_modes=$value ;;
       previous) m_previous=$value ;;
       previous_seq) m_previous_seq=$value ;;
     esac
@@ -144,6 +145,7 @@ read_manifest() {
   if [ -n "$m_previous$m_previous_seq" ]; then
     is_slot "$m_previous" && is_number "$m_previous_seq" || return 1
   fi
+  case $m_modes in *[!0-9a-f]*) m_modes='' ;; esac # unknown, never "the same"
 }
 
 # write_manifest FILE: from the m_* variables, atomically (tmp + rename).
@@ -156,6 +158,7 @@ write_manifest() {
     set -C
     {
       printf 'revision=%s\nbuild=%s\ntime=%s\nseq=%s\n' "$m_revision" "$m_build" "$m_time" "$m_seq"
+      if [ -n "$m_modes" ]; then printf 'modes=%s\n' "$m_modes"; fi
       if [ -n "$m_previous" ]; then
         printf 'previous=%s\nprevious_seq=%s\n' "$m_previous" "$m_previous_seq"
       fi
@@ -209,16 +212,61 @@ check_rsync() {
 # it: whatever is at its name becomes a real directory without a manifest.
 open_slot() {
   slot_dir=$rel/$chosen
+  old_modes='' live_modes=''
+  if is_slot_dir "$chosen" && read_manifest "$slot_dir/.release"; then old_modes=$m_modes; fi
+  if [ -n "$live" ] && read_manifest "$rel/$live/.release"; then live_modes=$m_modes; fi
   if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then rm -rf "$slot_dir"; fi
   rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
   mkdir -p "$slot_dir"
   # A slot never written (the first pushes on a host) starts as hard links to
   # the live release: cp -al makes them far faster than rsync's per-file
   # --link-dest, and the rsync after it works in place as in any other slot.
-  if [ -n "$live" ] && is_slot_dir "$live" && [ -z "$(ls -A "$slot_dir")" ]; then
+  [ -n "$live" ] && is_slot_dir "$live" || return 0
+  if [ -z "$(ls -A "$slot_dir")" ]; then
     cp -al "$rel/$live/." "$slot_dir/"
     rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
+  else
+    link_from_live
   fi
+}
+
+# link_from_live: the slot holds an older release; hard-link into it, from the
+# live release, every regular file it lacks or holds as another inode: what
+# changed since that release, in one batch. The rsync after it then works as
+# in place against the live release. This is --link-dest's job, done here
+# because rsync (3.4 and later) looks every file of the tree up in the
+# --link-dest directory, opening each path component on its own: ~35 system
+# calls per file, 3x the CPU of an in-place rsync of a 1% change.
+#
+# Safe by construction: a file is linked only into a directory the slot holds
+# as a real directory (find never follows symlinks, and cp --parents then
+# only walks those), only over a regular file or nothing (never over a
+# directory or symlink: rsync replaces those), never at the manifest names; a
+# link shares the live file's inode and cp changes nothing of it. Best effort:
+# a file not linked is transferred by rsync instead.
+link_from_live() {
+  work=$root/.bbcd
+  mkdir -p "$work"
+  find "$slot_dir" -printf '%y %i %P\n' >"$work/slot.list"
+  find "$rel/$live" -type f -printf '%i %P\n' >"$work/live.list"
+  # Lines of slot.list: TYPE INODE PATH (the top is the directory ""); of
+  # live.list: INODE PATH. Prints the live paths to link.
+  awk '
+    NR == FNR {
+      type = substr($0, 1, 1); rest = substr($0, 3); i = index(rest, " "); path = substr(rest, i + 1)
+      if (type == "d") dir[path] = 1; else if (type == "f") inode[path] = substr(rest, 1, i - 1); else other[path] = 1
+      next
+    }
+    {
+      i = index($0, " "); path = substr($0, i + 1)
+      if (path == ".release" || path == ".release.tmp" || path == ".release.modes" || (path in dir) || (path in other)) next
+      if ((path in inode) && inode[path] == substr($0, 1, i - 1)) next
+      parent = path; if (!sub(/\/[^\/]*$/, "", parent)) parent = ""
+      if (parent in dir) print path
+    }' "$work/slot.list" "$work/live.list" >"$work/link.todo"
+  (cd "$rel/$live" && xargs -d '\n' -r cp -l --remove-destination --parents -t "$slot_dir" -- <"$work/link.todo") ||
+    echo "host_release: some files not linked from the live release; rsync transfers them" >&2
+  rm -f "$work/slot.list" "$work/live.list" "$work/link.todo"
 }
 
 do_transfer() {
@@ -260,6 +308,12 @@ do_transfer() {
 apply_modes() {
   modes=$1/.release.modes
   [ -f "$modes" ] && [ ! -L "$modes" ] || die $EXIT_USAGE "transfer: no mode list $modes in the transfer"
+  new_modes=$(sha256sum <"$modes")
+  new_modes=${new_modes%% *}
+  if modes_already_right; then
+    rm -f "$modes"
+    return 0
+  fi
   work=$root/.bbcd
   mkdir -p "$work"
   rm -rf "$work/modes.found" "$work/modes.todo" "$work/mode.tmp"
@@ -287,6 +341,17 @@ apply_modes() {
   rm -f "$modes" "$work/modes.found" "$work/modes.todo"
 }
 
+# modes_already_right: true when the slot's entries have the modes of the list
+# without a pass: the list is the one of the live release and of the slot's
+# own old release (so every file linked from the live one, kept, or rewritten
+# in place by rsync, and every directory kept, has its mode), and every mode
+# in it is one that rsync --no-perms gives a new entry under umask 022 (no
+# group/other write, no setuid/setgid/sticky bit), so new ones have theirs.
+modes_already_right() {
+  [ -n "$new_modes" ] && [ "$new_modes" = "$live_modes" ] && [ "$new_modes" = "$old_modes" ] &&
+    ! grep -qEv '^[0-7][0145][0145] ' "$modes"
+}
+
 # Sets `chosen`, the slot to overwrite: never the live one nor its rollback
 # target; a slot without a manifest first (free, or a commit that did not
 # finish), else the oldest commit. Sets `top_seq`, the newest commit.
@@ -312,7 +377,8 @@ choose_slot() {
 }
 
 do_commit() {
-  m_revision=$revision m_build=$build m_time=$release_time m_seq=$((top_seq + 1)) m_previous='' m_previous_seq=''
+  m_revision=$revision m_build=$build m_time=$release_time m_seq=$((top_seq + 1)) m_modes=$new_modes
+  m_previous='' m_previous_seq=''
   # Written last (open_slot removed whatever was at these names, and rsync
   # excludes them): a slot with a manifest is complete, by this script's word only.
   write_manifest "$rel/$chosen/.release"
