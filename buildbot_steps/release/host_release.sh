@@ -214,6 +214,11 @@ open_slot() {
   slot_dir=$rel/$chosen
   old_modes='' live_modes=''
   if is_slot_dir "$chosen" && read_manifest "$slot_dir/.release"; then old_modes=$m_modes; fi
+  # The slot's old mode list, checked against old_modes before any use.
+  mkdir -p "$root/.bbcd"
+  rm -rf "$root/.bbcd/modes.old"
+  if [ -f "$root/.bbcd/modes.$chosen" ]; then mv -f -T "$root/.bbcd/modes.$chosen" "$root/.bbcd/modes.old"; fi
+  linked_all=no
   if [ -n "$live" ] && read_manifest "$rel/$live/.release"; then live_modes=$m_modes; fi
   if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then rm -rf "$slot_dir"; fi
   rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
@@ -264,8 +269,11 @@ link_from_live() {
       parent = path; if (!sub(/\/[^\/]*$/, "", parent)) parent = ""
       if (parent in dir) print path
     }' "$work/slot.list" "$work/live.list" >"$work/link.todo"
-  (cd "$rel/$live" && xargs -d '\n' -r cp -l --remove-destination --parents -t "$slot_dir" -- <"$work/link.todo") ||
+  if (cd "$rel/$live" && xargs -d '\n' -r cp -l --remove-destination --parents -t "$slot_dir" -- <"$work/link.todo"); then
+    linked_all=yes
+  else
     echo "host_release: some files not linked from the live release; rsync transfers them" >&2
+  fi
   rm -f "$work/slot.list" "$work/live.list" "$work/link.todo"
 }
 
@@ -296,39 +304,50 @@ do_transfer() {
 
 # apply_modes SLOT_DIR: give every file and directory the mode the tree wants.
 #
-# rsync runs with --no-perms because of --link-dest into a non-empty slot: a
-# file of this slot may be a hard link to the live release's (or another
-# slot's) file, and rsync would chmod such a file in place when only its mode
-# changed, changing the live release with it. Without perms it never does; here
-# a file whose mode must change is first copied (cp -p) and renamed over its
-# name when it has other links, so the shared inode is never touched.
-# .release.modes holds "MODE PATH" lines (find's %m and %P, "." for the slot
-# itself) written by the master; find never follows symlinks, so only real
-# entries of this slot are changed.
+# rsync runs with --no-perms because a file of this slot may be a hard link to
+# the live release's (or another slot's) file, and rsync would chmod such a
+# file in place when only its mode changed, changing the live release with it.
+# Without perms it never does; here a file whose mode must change is first
+# copied (cp -p) and renamed over its name when it has other links, so the
+# shared inode is never touched. .release.modes holds "MODE PATH" lines
+# (octal as find's %m, "." for the slot itself) written by the master.
+#
+# Which entries to look at: when the mode lists of the live release and of the
+# slot's old release are at hand (kept in .bbcd/modes.SLOT, checked against
+# the modes= sha256 of their manifests) and every file was linked from the
+# live release, only the entries mode_candidates names: the work of the
+# difference. Otherwise every entry of the slot (a find walk; find never
+# follows symlinks, so only real entries of this slot are changed).
 apply_modes() {
-  modes=$1/.release.modes
+  dir=$1
+  modes=$dir/.release.modes
   [ -f "$modes" ] && [ ! -L "$modes" ] || die $EXIT_USAGE "transfer: no mode list $modes in the transfer"
-  new_modes=$(sha256sum <"$modes")
-  new_modes=${new_modes%% *}
-  if modes_already_right; then
-    rm -f "$modes"
-    return 0
-  fi
   work=$root/.bbcd
   mkdir -p "$work"
   rm -rf "$work/modes.found" "$work/modes.todo" "$work/mode.tmp"
-  find "$1" \( -type f -o -type d \) -printf '%m %P\n' >"$work/modes.found"
-  # "MODE PATH" for every entry whose mode is not the wanted one.
-  awk -v list="$modes" '
-    BEGIN {
-      while ((getline line < list) > 0) { i = index(line, " "); want[substr(line, i + 1)] = substr(line, 1, i - 1) }
-    }
-    {
-      i = index($0, " "); path = substr($0, i + 1); if (path == "") path = "."
-      if ((path in want) && want[path] != substr($0, 1, i - 1)) print want[path] " " path
-    }' "$work/modes.found" >"$work/modes.todo"
+  new_modes=$(sha256sum <"$modes")
+  new_modes=${new_modes%% *}
+  if [ "$linked_all" = yes ] && kept_list_is "$work/modes.$live" "$live_modes" &&
+    kept_list_is "$work/modes.old" "$old_modes"; then
+    mode_candidates "$work/modes.$live" "$work/modes.old" "$modes" | while IFS= read -r line; do
+      path=$dir/${line#* }
+      [ ! -L "$path" ] && [ -e "$path" ] || continue
+      [ "$(stat -c %a "$path")" = "${line%% *}" ] || printf '%s\n' "$line"
+    done >"$work/modes.todo"
+  else
+    find "$dir" \( -type f -o -type d \) -printf '%m %P\n' >"$work/modes.found"
+    # "MODE PATH" for every entry whose mode is not the wanted one.
+    awk -v list="$modes" '
+      BEGIN {
+        while ((getline line < list) > 0) { i = index(line, " "); want[substr(line, i + 1)] = substr(line, 1, i - 1) }
+      }
+      {
+        i = index($0, " "); path = substr($0, i + 1); if (path == "") path = "."
+        if ((path in want) && want[path] != substr($0, 1, i - 1)) print want[path] " " path
+      }' "$work/modes.found" >"$work/modes.todo"
+  fi
   while IFS= read -r line; do
-    mode=${line%% *} path=$1/${line#* }
+    mode=${line%% *} path=$dir/${line#* }
     case $mode in '' | *[!0-7]* | ?????*) die $EXIT_USAGE "transfer: bad mode '$mode' in $modes" ;; esac
     if [ -f "$path" ] && [ ! -L "$path" ] && [ "$(stat -c %h "$path")" -gt 1 ]; then
       cp -p "$path" "$work/mode.tmp"
@@ -338,18 +357,34 @@ apply_modes() {
       chmod "$mode" "$path"
     fi
   done <"$work/modes.todo"
-  rm -f "$modes" "$work/modes.found" "$work/modes.todo"
+  # Kept for the next push into another slot; its sha256 goes into the manifest.
+  mv -f -T "$modes" "$work/modes.$chosen"
+  rm -f "$work/modes.found" "$work/modes.todo" "$work/modes.old"
 }
 
-# modes_already_right: true when the slot's entries have the modes of the list
-# without a pass: the list is the one of the live release and of the slot's
-# own old release (so every file linked from the live one, kept, or rewritten
-# in place by rsync, and every directory kept, has its mode), and every mode
-# in it is one that rsync --no-perms gives a new entry under umask 022 (no
-# group/other write, no setuid/setgid/sticky bit), so new ones have theirs.
-modes_already_right() {
-  [ -n "$new_modes" ] && [ "$new_modes" = "$live_modes" ] && [ "$new_modes" = "$old_modes" ] &&
-    ! grep -qEv '^[0-7][0145][0145] ' "$modes"
+# kept_list_is FILE SHA256: FILE is a regular file whose sha256 is SHA256.
+kept_list_is() {
+  [ -n "$2" ] && [ -f "$1" ] && [ ! -L "$1" ] || return 1
+  sum=$(sha256sum <"$1")
+  [ "${sum%% *}" = "$2" ]
+}
+
+# mode_candidates LIVE_LIST OLD_LIST NEW_LIST: the "MODE PATH" lines of
+# NEW_LIST that may not have their mode yet. Any other entry has it: its mode
+# is the same in the live release and in the slot's old release, so a file
+# linked from the live release, kept, or rewritten by rsync (which keeps the
+# mode of the file it replaces), and a directory kept, has it; and the mode
+# has no group/other write and no setuid/setgid/sticky bit, so an entry rsync
+# --no-perms creates under umask 022 has it too.
+mode_candidates() {
+  awk '
+    FILENAME == ARGV[1] { i = index($0, " "); live[substr($0, i + 1)] = substr($0, 1, i - 1); next }
+    FILENAME == ARGV[2] { i = index($0, " "); old[substr($0, i + 1)] = substr($0, 1, i - 1); next }
+    {
+      i = index($0, " "); mode = substr($0, 1, i - 1); path = substr($0, i + 1)
+      if (!(path in live) || live[path] != mode || !(path in old) || old[path] != mode || mode !~ /^[0-7][0145][0145]$/)
+        print
+    }' "$1" "$2" "$3"
 }
 
 # Sets `chosen`, the slot to overwrite: never the live one nor its rollback
@@ -396,7 +431,7 @@ prune_slots_beyond() {
     slot=${dir##*/}
     is_slot_dir "$slot" && [ "$slot" -ge "$slots" ] && [ "$slot" != "$live" ] && [ "$slot" != "$keep" ] ||
       continue
-    rm -rf "${rel:?}/$slot"
+    rm -rf "${rel:?}/$slot" "$root/.bbcd/modes.$slot"
   done
 }
 
