@@ -1023,7 +1023,7 @@ def print_table(report: dict, args) -> None:
         print(
             f"Ours, steady push: {report['ours_hardlinked_share'] * 100:.1f}% of the new slot's files "
             "(first host) "
-            "are hard links into the live slot (--link-dest)"
+            "are hard links into the live slot"
         )
     for tool, share in report.get("slots_hardlinked_share", {}).items():
         print(

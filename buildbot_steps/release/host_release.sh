@@ -10,8 +10,9 @@
 #                                     rollback, with who holds it since when
 #
 # A push rsyncs in place into the slot it replaces (never the live one nor its
-# rollback target), so it does the work of the difference: unchanged files
-# stay as they are. The slot's manifest goes first, so the slot is incomplete
+# rollback target), after hard-linking into it what changed since its own
+# release from the live one (link_from_live), so it does the work of the
+# difference: unchanged files stay as they are. The slot's manifest goes first, so the slot is incomplete
 # (never flippable) until the transfer finished and the manifest is rewritten.
 #
 # Manifest lines: revision=, build=, time=, seq= (order of commits on this
@@ -221,7 +222,7 @@ open_slot() {
   linked_all=no
   if [ -n "$live" ] && read_manifest "$rel/$live/.release"; then live_modes=$m_modes; fi
   if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then rm -rf "$slot_dir"; fi
-  rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
+  rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp" "$slot_dir/.release.modes"
   mkdir -p "$slot_dir"
   # A slot never written (the first pushes on a host) starts as hard links to
   # the live release: cp -al makes them far faster than rsync's per-file
@@ -233,6 +234,13 @@ open_slot() {
   else
     link_from_live
   fi
+  # The live release's mode list as rsync's basis for the new one: it sends the
+  # lines that changed, not the list. Dated 1970, so that rsync's quick check
+  # never takes it for the new list (written by the master at push time).
+  if kept_list_is "$root/.bbcd/modes.$live" "$live_modes"; then
+    cp "$root/.bbcd/modes.$live" "$slot_dir/.release.modes"
+    touch -m -d @0 "$slot_dir/.release.modes"
+  fi
 }
 
 # link_from_live: the slot holds an older release; hard-link into it, from the
@@ -241,14 +249,16 @@ open_slot() {
 # in place against the live release. This is --link-dest's job, done here
 # because rsync (3.4 and later) looks every file of the tree up in the
 # --link-dest directory, opening each path component on its own: ~35 system
-# calls per file, 3x the CPU of an in-place rsync of a 1% change.
+# calls per file; measured on 3,000 files, 0.25 s of CPU per push against
+# 0.11 s for an in-place rsync of a 1% change.
 #
 # Safe by construction: a file is linked only into a directory the slot holds
 # as a real directory (find never follows symlinks, and cp --parents then
 # only walks those), only over a regular file or nothing (never over a
 # directory or symlink: rsync replaces those), never at the manifest names; a
 # link shares the live file's inode and cp changes nothing of it. Best effort:
-# a file not linked is transferred by rsync instead.
+# a file not linked is transferred by rsync instead (and apply_modes then
+# walks every entry).
 link_from_live() {
   work=$root/.bbcd
   mkdir -p "$work"
