@@ -1,6 +1,8 @@
 """Engine 1, test sharding: the suite split over many Buildbot workers.
 
-parent_step.py    ShardedTest: lists, plans, triggers the shard builds, gates the build
+parent_step.py    ShardedTest: lists, plans, runs the shard builds, gates the build
+shard_builds.py   the shard builds: Triggerable, worker count and shard cap, trigger, links
+results.py        the parent's plan log, figures, gating verdict and failures log
 shard_step.py     RunShard (in each shard build) and shard_builder_config for master.cfg
 session.py        what the parent and its shards share: batch sources, timeline
 commands.py       test command templates, collect-only listings, shard properties

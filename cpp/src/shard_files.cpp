@@ -1,5 +1,5 @@
 // The shard engine's file formats: pytest-split duration files in, the plan
-// as JSON out. Apart from shard.cpp so the scheduler's policy does not mix
+// as JSON out. Apart from the scheduler's files so the scheduler's policy does not mix
 // with parsing.
 #include <fmt/format.h>
 #include <simdjson.h>

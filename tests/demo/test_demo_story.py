@@ -14,6 +14,7 @@ import pytest
 
 from harness import demo_story
 from harness.demo_story import LIVE, NEVER_DEPLOYED, ROLLED_BACK, LoopStory, Windows
+from harness.local_master import is_buildbot_process, recorded, stop_recorded, wait_until
 
 # Shorter than the demo's windows, still several looks each.
 TEST_WINDOWS = Windows(baseline_s=4, canary_s=12, interval_s=2, monitor_s=6, poll_s=1)
@@ -59,3 +60,11 @@ def test_three_commits_live_rolled_back_never_deployed(story):
     lines = demo_story.timeline(story, [good, production_bug, broken_test])
     assert f"live {len(story.cluster.hosts)}/{len(story.cluster.hosts)} hosts" in lines[1]
     assert "rolled back (canary)" in lines[2] and NEVER_DEPLOYED in lines[3]
+
+    # What `make demo-stop` does, from the record alone: every process of the
+    # demo, master, workers, web hosts and load generator, is stopped.
+    pids, _ = recorded(story.root)
+    others = ["load generator", "master", "coordinator"]
+    assert len(pids) == len(story.cluster.hosts) + len(others) + demo_story.SHARD_WORKERS
+    assert stop_recorded(story.root, "demo stopped") == len(pids)
+    wait_until(lambda: not any(is_buildbot_process(pid) for pid in pids), 30, "every demo process to end")
