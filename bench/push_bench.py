@@ -822,6 +822,7 @@ def push_sequence(tool: str, base: Tree, chain: list[Tree]) -> list[tuple[str, i
 GOALS = (
     ("ours steady / prsync steady (in place)", "ours", "steady", "prsync", "steady", 1.15),
     ("ours steady / ours first", "ours", "steady", "ours", "first", 0.25),
+    # A first push is a full copy into an empty directory: the same job in place or in a slot.
     ("ours first / clush first (its copy mode)", "ours", "first", "clush", "first", 1.0),
 )
 
