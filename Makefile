@@ -29,7 +29,7 @@ demo-stop:
 test: lint-cpp lint-python lint-stubs test-cpp test-python
 
 # The C++ style (.clang-format): fails on any file clang-format would change.
-CPP_SOURCES = $(wildcard cpp/include/cd/*.hpp cpp/src/*.cpp cpp/tests/*.cpp cpp/tests/*.hpp \
+CPP_SOURCES = $(wildcard cpp/include/cd/*.hpp cpp/src/*.cpp cpp/src/*.hpp cpp/tests/*.cpp cpp/tests/*.hpp \
 	bindings/*.cpp bindings/*.hpp)
 lint-cpp: deps
 	clang-format --dry-run -Werror $(CPP_SOURCES)

@@ -120,6 +120,8 @@ def plan_static(
     max_improvement_passes: int = ...,
 ) -> Plan: ...
 def plan_to_json(plan: Plan) -> str: ...
+def plan_from_history(history: DurationHistory, shards: int, tests: Sequence[str] | None = None) -> Plan:
+    """estimate_durations and plan_static in one call: for `tests`, else the newest file's tests."""
 
 class Batch(_Pybind11Object):
     @property
