@@ -3,19 +3,25 @@
 
     .venv/bin/python bench/push_bench.py [--hosts 50] [--concurrency 32] [--repeat 3] [--json]
 
-What it does (DESIGN.md section 4, issue 4):
+What it does (DESIGN.md section 4, issues 4 and 11):
   * generates a release tree (default 50 MiB, a few thousand files of varied
-    sizes, text and binary, deterministic from a seeded RNG) and a second tree,
-    a copy of it with 1% of its bytes changed, spread over files;
+    sizes, text and binary, deterministic from a seeded RNG; bench/push_trees.py)
+    and a chain of SLOTS (5) revisions after it, each a copy of the one before
+    with 1% of its bytes changed, spread over files, 3 files added, 3 removed;
   * starts N real sshd hosts on 127.0.0.k (tests/harness/sshd_hosts.py);
-  * per tool and repetition: empties the destinations (untimed), pushes tree 1
-    ("first push"), then tree 2 ("second push"), timing each;
+  * per tool and repetition: empties the destinations (untimed), pushes the
+    base tree ("first push", timed), then warms up (untimed), then pushes the
+    last revision ("steady push", timed): the push users meet every day, 1%
+    changed from what is live;
       ours    buildbot_steps.release push into a release slot (one ssh session
               per host; rsync in place into the oldest slot, neither live nor
               the rollback target, with --link-dest against the live slot), flipped
-              after each push; every push starts on cold ssh connections (its
-              own ControlMaster sockets, closed in between); the flip right
-              after a push, and a flip on cold connections, are timed too;
+              after each push; warm-up: every revision but the last, so that
+              each of the 5 slots has held a release and the steady push lands
+              in the slot holding the base tree (5 revisions old), as from a
+              fleet's 6th deploy on; every push starts on cold ssh connections
+              (its own ControlMaster sockets, closed in between); the flip right
+              after a timed push, and a flip on cold connections, are timed too;
       serial  one `rsync -a --delete` per host, one after another (run
               --serial-repeat times, default once: it is the slowest);
       prsync  pssh's parallel-rsync -p <concurrency>;
@@ -24,15 +30,16 @@ What it does (DESIGN.md section 4, issue 4):
               delta transfer and no --delete);
       prsync-slots, clush-slots
               the same two tools doing ours' job: every push rsyncs
-              (-a --delete) into a fresh directory push-<n> per host, the
-              second with --link-dest=../push-<n-1> (the host's previous copy);
-              after each push, a timed flip through the same tool
-              (parallel-ssh / clush: `ln -s push-<n> current.tmp && mv -T
-              current.tmp current` per host, on new ssh connections);
+              (-a --delete) into a fresh directory push-<n> per host, after the
+              first with --link-dest=../push-<n-1> (the host's previous copy);
+              after each push, a flip through the same tool (parallel-ssh /
+              clush: `ln -s push-<n> current.tmp && mv -T current.tmp current`
+              per host, on new ssh connections);
       ours-setsid (optional diagnostic) ours with each child in its own session;
     serial, prsync and clush are the peers as they ship: no slots, each pushes
-    into a plain directory per host, and the second push rsyncs tree 2 over
-    their copy of tree 1 in place (no atomic flip, no rollback);
+    into a plain directory per host in place (no atomic flip, no rollback);
+    the peers warm up with the revision before the last only (their steady
+    push depends on nothing older);
   * verifies every copy after every push (untimed);
   * prints the median of the repetitions, ratios, bytes sent (rsync --stats),
     and references: bytes / the loopback rate of one rsync stream of the tree,
@@ -54,12 +61,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
 import platform
-import random
 import re
 import shlex
 import shutil
@@ -69,12 +74,17 @@ import sys
 import tempfile
 import time
 
+from push_trees import MIB, Tree, make_chain, make_tree, verify_copy
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the test harness, imported as the tests do
 
-MIB = 1024 * 1024
-T0 = 1_700_000_000  # mtime of every file of tree 1 (fixed: the trees are reproducible)
-T1 = T0 + 3600  # mtime of the files changed in tree 2
+# Ours keeps this many slots (IMVU's five, the runner's default): the
+# steady-state push is the (SLOTS + 1)th, into the slot that held the first revision.
+SLOTS = 5
+# Revisions after the base tree: SLOTS - 1 warm-up pushes, then the timed one.
+STEADY_REVISIONS = SLOTS
+PHASES = ("first", "steady")  # the timed pushes; "warm" ones are not
 TOOLS = ("ours", "serial", "prsync", "clush", "prsync-slots", "clush-slots")
 # The peers doing ours' job: a fresh directory per push with --link-dest, then a flip.
 SLOT_TOOLS = ("prsync-slots", "clush-slots")
@@ -85,212 +95,9 @@ SLOT_TOOLS = ("prsync-slots", "clush-slots")
 OPTIONAL_TOOLS = ("ours-setsid",)
 TOTAL_SENT_RE = re.compile(r"Total bytes sent:\s*([\d,.]+)")
 
-# Sizes, text/binary and names of a realistic release: lots of small source and
-# template files, some medium assets, a few large bundles.
-TEXT_EXTS = (".py", ".html", ".js", ".css", ".json", ".txt", ".po", ".sql", ".yaml", ".md")
-BIN_EXTS = (".so", ".png", ".woff2", ".bin", ".gz", ".jpg", ".mo")
-TOP_DIRS = ("bin", "lib", "lib/python", "share", "static/js", "static/css", "static/img",
-            "templates", "locale", "conf", "docs", "vendor")  # fmt: skip
-WORDS = [
-    "the",
-    "release",
-    "deploy",
-    "host",
-    "push",
-    "flip",
-    "slot",
-    "rollback",
-    "return",
-    "value",
-    "self",
-    "def",
-    "class",
-    "import",
-    "from",
-    "for",
-    "in",
-    "if",
-    "else",
-    "while",
-    "try",
-    "except",
-    "with",
-    "as",
-    "lambda",
-    "none",
-    "true",
-    "false",
-    "config",
-    "server",
-    "request",
-    "response",
-    "user",
-    "session",
-    "cache",
-    "query",
-    "index",
-    "table",
-    "row",
-    "column",
-    "id",
-    "name",
-    "status",
-    "error",
-    "warning",
-    "info",
-    "debug",
-    "div",
-    "span",
-    "class",
-    "href",
-    "src",
-]
-
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------
-# release trees
-
-
-@dataclasses.dataclass
-class Tree:
-    root: pathlib.Path
-    sizes: dict[str, int]  # relative path -> size
-    digests: dict[str, str] = dataclasses.field(default_factory=dict)  # changed/added files
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.sizes.values())
-
-
-def _text_corpus(rng: random.Random, size: int) -> bytes:
-    lines, n = [], 0
-    while n < size:
-        indent = " " * (4 * rng.randrange(4))
-        line = indent + " ".join(rng.choices(WORDS, k=rng.randrange(3, 14))) + "\n"
-        lines.append(line)
-        n += len(line)
-    return "".join(lines).encode()
-
-
-def _content(rng: random.Random, corpus: bytes, rel: str, size: int) -> bytes:
-    if rel.endswith(TEXT_EXTS):
-        if size <= len(corpus):
-            start = rng.randrange(len(corpus) - size + 1)
-            return corpus[start : start + size]
-        reps = size // len(corpus) + 1
-        return (corpus * reps)[:size]
-    return rng.randbytes(size)
-
-
-def make_tree(root: pathlib.Path, total_bytes: int, nfiles: int, seed: int) -> Tree:
-    rng = random.Random(seed)
-    corpus = _text_corpus(rng, 2 * MIB)
-    dirs = []
-    for top in TOP_DIRS:
-        for i in range(rng.randrange(2, 9)):
-            d = f"{top}/mod{i:02d}"
-            dirs.append(d)
-            if rng.random() < 0.5:
-                dirs.extend(f"{d}/sub{j}" for j in range(rng.randrange(1, 5)))
-    # Log-normal sizes (median ~4 KiB), plus three large bundles.
-    raw = [rng.lognormvariate(8.3, 1.6) for _ in range(nfiles - 3)]
-    small_total = total_bytes * 0.88
-    scale = small_total / sum(raw)
-    sizes_list = [max(1, int(r * scale)) for r in raw]
-    sizes_list += [int(total_bytes * 0.06), int(total_bytes * 0.04)]
-    sizes_list.append(total_bytes - sum(sizes_list))
-    sizes: dict[str, int] = {}
-    for i, size in enumerate(sizes_list):
-        if i >= len(sizes_list) - 3:
-            rel = f"vendor/bundle{i - len(sizes_list) + 3}.bin"
-        else:
-            ext = rng.choice(TEXT_EXTS) if rng.random() < 0.7 else rng.choice(BIN_EXTS)
-            rel = f"{rng.choice(dirs)}/f{i:05d}{ext}"
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_content(rng, corpus, rel, size))
-        os.chmod(path, 0o755 if rel.startswith("bin/") else 0o644)
-        os.utime(path, (T0, T0))
-        sizes[rel] = size
-    assert sum(sizes.values()) == total_bytes
-    return Tree(root, sizes)
-
-
-def make_changed_tree(v1: Tree, root: pathlib.Path, fraction: float, seed: int) -> tuple[Tree, dict]:
-    """Copy v1 (mtimes kept) and change `fraction` of its bytes, spread over files."""
-    root.mkdir(parents=True)
-    run_checked(["cp", "-a", "--", f"{v1.root}/.", str(root)])
-    rng = random.Random(seed + 1)
-    corpus = _text_corpus(rng, 256 * 1024)
-    budget = int(v1.total_bytes * fraction)
-    per_file = max(4096, budget // 40)  # ~40 files touched
-    sizes = dict(v1.sizes)
-    digests: dict[str, str] = {}
-    changed_files = rewritten = 0
-    changed = 0
-    # A few files added and removed, as in a real release.
-    for k in range(3):
-        rel = f"static/js/mod00/added{k}.js"
-        data = _content(rng, corpus, rel, 4096)
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-        os.utime(root / rel, (T1, T1))
-        sizes[rel] = len(data)
-        digests[rel] = hashlib.sha256(data).hexdigest()
-        changed += len(data)
-    candidates = [r for r in v1.sizes if not r.startswith("vendor/bundle")]
-    rng.shuffle(candidates)
-    removed = []
-    for rel in candidates[:3]:
-        (root / rel).unlink()
-        del sizes[rel]
-        removed.append(rel)
-    for rel in candidates[3:]:
-        if changed >= budget:
-            break
-        size = sizes[rel]
-        path = root / rel
-        n = min(size, per_file, budget - changed)
-        data = bytearray(path.read_bytes())
-        if n >= size:
-            data[:] = _content(rng, corpus, rel, size)  # small file: rewritten
-            rewritten += 1
-        else:
-            off = rng.randrange(size - n + 1)
-            data[off : off + n] = _content(rng, corpus, rel, n)
-        path.write_bytes(data)
-        os.utime(path, (T1, T1))
-        digests[rel] = hashlib.sha256(data).hexdigest()
-        changed += n
-        changed_files += 1
-    info = {"changed_bytes": changed, "changed_files": changed_files, "rewritten_files": rewritten,
-            "added_files": 3, "removed_files": len(removed)}  # fmt: skip
-    return Tree(root, sizes, digests), info
-
-
-def verify_copy(dest: pathlib.Path, tree: Tree) -> str | None:
-    """None if `dest` holds exactly the files of `tree` (sizes, changed contents)."""
-    found: dict[str, int] = {}
-    for dirpath, _dirs, files in os.walk(dest):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, dest)
-            if rel == ".release":  # our manifest
-                continue
-            found[rel] = os.lstat(p).st_size
-    if found != tree.sizes:
-        missing = set(tree.sizes) - set(found)
-        extra = set(found) - set(tree.sizes)
-        wrong = [r for r in set(found) & set(tree.sizes) if found[r] != tree.sizes[r]]
-        return f"{dest}: {len(missing)} missing, {len(extra)} extra, {len(wrong)} wrong size"
-    for rel, digest in tree.digests.items():
-        if hashlib.sha256((dest / rel).read_bytes()).hexdigest() != digest:
-            return f"{dest}: {rel} has the wrong content"
-    return None
 
 
 # --------------------------------------------------------------------------
@@ -608,7 +415,7 @@ class Ours:
             identity_file=str(self.env.fleet.identity_file),
             control_dir=tempfile.mkdtemp(prefix="pb-cm-", dir="/tmp"),
         )
-        self.runner = self.release.ReleaseRunner(self.inventory, self.transport, self.settings)
+        self.runner = self.release.ReleaseRunner(self.inventory, self.transport, self.settings, SLOTS)
 
     @staticmethod
     def _detail(report) -> str:
@@ -797,10 +604,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.perf_counter()
         v1 = make_tree(workdir / "tree1", int(args.size_mb * MIB), args.files, args.seed)
-        v2, change = make_changed_tree(v1, workdir / "tree2", args.change_percent / 100, args.seed)
-        report["tree"] = {"bytes": v1.total_bytes, "files": len(v1.sizes), **change}
+        chain, change = make_chain(v1, workdir, STEADY_REVISIONS, args.change_percent / 100, args.seed)
+        report["tree"] = {"bytes": v1.total_bytes, "files": len(v1.sizes), "revisions": len(chain), **change}
         log(
-            f"trees: {len(v1.sizes)} files, {fmt_bytes(v1.total_bytes)}; tree 2 changes "
+            f"trees: {len(v1.sizes)} files, {fmt_bytes(v1.total_bytes)}; {len(chain)} revisions, the "
+            "last changes "
             f"{fmt_bytes(change['changed_bytes'])} in {change['changed_files']} files "
             f"(+{change['added_files']} added, -{change['removed_files']} removed) "
             f"[{time.perf_counter() - t:.1f}s]"
@@ -833,9 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, dict[str, list]] = {
             tool: {
                 "first_s": [],
-                "second_s": [],
+                "steady_s": [],
                 "first_bytes": [],
-                "second_bytes": [],
+                "steady_bytes": [],
                 "flip_s": [],
                 "flip_cold_s": [],
             }
@@ -861,41 +669,44 @@ def main(argv: list[str] | None = None) -> int:
                 env.reset_peers()
                 settle()
                 ours = ours_by_tool.get(tool)
-                for phase, tree in (("first", v1), ("second", v2)):
+                for phase, n, tree in push_sequence(tool, v1, chain):
+                    timed = phase in PHASES
                     if ours is not None:
                         # Cold ssh, like the peers: a real next push comes long
                         # after ControlPersist has closed the last one's masters.
                         ours.start_cold()
-                        res = ours.push(tree, revision=f"r{rep}-{phase}")
+                        res = ours.push(tree, revision=f"r{rep}-{n}")
                     else:
                         res = PEERS[tool](env, tree)
                     settle()
                     if res.failed_hosts:
                         errors.append(
-                            f"{tool} rep {rep} {phase}: {res.failed_hosts} hosts failed: {res.detail}"
+                            f"{tool} rep {rep} {phase} {n}: {res.failed_hosts} hosts failed: {res.detail}"
                         )
                         log(errors[-1])
-                    s[f"{phase}_s"].append(res.seconds)
-                    s[f"{phase}_bytes"].append(res.bytes_sent)
+                    if timed:
+                        s[f"{phase}_s"].append(res.seconds)
+                        s[f"{phase}_bytes"].append(res.bytes_sent)
                     extra = ""
                     if ours is not None:
                         flip = ours.flip()
                         if flip.failed_hosts:
                             errors.append(
-                                f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: "
+                                f"{tool} rep {rep} flip after {phase} {n}: {flip.failed_hosts} failed: "
                                 f"{flip.detail}"
                             )
                             log(errors[-1])
-                        s["flip_s"].append(flip.seconds)
+                        if timed:
+                            s["flip_s"].append(flip.seconds)
                         extra = f", flip {flip.seconds:.2f}s"
                         dests = ours.live_dirs()
-                        if phase == "second":
+                        if phase == "steady":
                             if tool == "ours":
                                 report["ours_hardlinked_share"] = ours.hardlinked_share()
-                            # And a flip on cold connections (back to the first
-                            # revision, still complete in its slot).
+                            # And a flip on cold connections (back to the revision
+                            # before: the rollback target, still complete in its slot).
                             ours.start_cold()
-                            cold = ours.flip(f"r{rep}-first")
+                            cold = ours.flip(f"r{rep}-{n - 1}")
                             if cold.failed_hosts:
                                 errors.append(
                                     f"{tool} rep {rep} cold flip: {cold.failed_hosts} failed: {cold.detail}"
@@ -909,12 +720,13 @@ def main(argv: list[str] | None = None) -> int:
                         flip = PEER_FLIPS[tool](env, slot)
                         if flip.failed_hosts:
                             errors.append(
-                                f"{tool} rep {rep} flip after {phase}: {flip.failed_hosts} failed: "
+                                f"{tool} rep {rep} flip after {phase} {n}: {flip.failed_hosts} failed: "
                                 f"{flip.detail}"
                             )
                             log(errors[-1])
                         # The peers' flip always opens new ssh connections: compared with ours' cold flip.
-                        s["flip_cold_s"].append(flip.seconds)
+                        if timed:
+                            s["flip_cold_s"].append(flip.seconds)
                         extra = f", flip (new connections) {flip.seconds:.2f}s"
                         unflipped = [
                             h.address for h in env.hosts if link_target(env.peer_dir(h) / "current") != slot
@@ -923,17 +735,17 @@ def main(argv: list[str] | None = None) -> int:
                             errors.append(f"{tool} rep {rep} flip after {phase}: current is not {slot} on "
                                           f"{len(unflipped)} hosts, e.g. {unflipped[0]}")  # fmt: skip
                             log(errors[-1])
-                        if phase == "second":
+                        if phase == "steady":
                             report.setdefault("slots_hardlinked_share", {})[tool] = hardlinked_share(dests[0])
                     else:
                         dests = [env.peer_dir(h) for h in env.hosts]
                     bad = [msg for d in dests if (msg := verify_copy(d, tree))]
                     if bad:
                         errors.append(
-                            f"{tool} rep {rep} {phase}: {len(bad)} hosts hold a wrong copy: {bad[0]}"
+                            f"{tool} rep {rep} {phase} {n}: {len(bad)} hosts hold a wrong copy: {bad[0]}"
                         )
                         log(errors[-1])
-                    log(f"rep {rep + 1}/{args.repeat} {tool:11s} {phase:6s} push {res.seconds:6.2f}s "
+                    log(f"rep {rep + 1}/{args.repeat} {tool:11s} {phase:6s} {n} push {res.seconds:6.2f}s "
                         f"sent {fmt_bytes(res.bytes_sent)}{extra}")  # fmt: skip
     finally:
         for ours in ours_by_tool.values():
@@ -948,13 +760,13 @@ def main(argv: list[str] | None = None) -> int:
     # -- summary -----------------------------------------------------------
     results = {}
     for tool, s in samples.items():
-        first, second = median(s["first_s"]), median(s["second_s"])
+        first, steady = median(s["first_s"]), median(s["steady_s"])
         fb = [b for b in s["first_bytes"] if b is not None]
-        sb = [b for b in s["second_bytes"] if b is not None]
+        sb = [b for b in s["steady_bytes"] if b is not None]
         results[tool] = {
-            "first_s": first, "second_s": second,
-            "second_over_first": second / first if first and second is not None else None,
-            "first_bytes_sent": median(fb), "second_bytes_sent": median(sb),
+            "first_s": first, "steady_s": steady,
+            "steady_over_first": steady / first if first and steady is not None else None,
+            "first_bytes_sent": median(fb), "steady_bytes_sent": median(sb),
             "flip_s": median(s["flip_s"]),
             "flip_cold_s": median(s["flip_cold_s"]),
             "samples": s,
@@ -963,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         o = results["ours"]
         for r in results.values():
             r["ours_over_first"] = o["first_s"] / r["first_s"] if r["first_s"] else None
-            r["ours_over_second"] = o["second_s"] / r["second_s"] if r["second_s"] else None
+            r["ours_over_steady"] = o["steady_s"] / r["steady_s"] if r["steady_s"] else None
             r["ours_over_flip_cold"] = (
                 o["flip_cold_s"] / r["flip_cold_s"]
                 if r["flip_cold_s"] and o["flip_cold_s"] is not None
@@ -972,11 +784,11 @@ def main(argv: list[str] | None = None) -> int:
     ref = report["reference"]
     rate = ref["single_stream_bytes_per_s"]
     bound_first = args.hosts * ref["single_stream_bytes_sent"] / rate
-    bound_second = None
-    if "ours" in results and results["ours"]["second_bytes_sent"]:
-        bound_second = results["ours"]["second_bytes_sent"] / rate
+    bound_steady = None
+    if "ours" in results and results["ours"]["steady_bytes_sent"]:
+        bound_steady = results["ours"]["steady_bytes_sent"] / rate
     ref["bytes_over_single_stream_rate_first_s"] = bound_first
-    ref["bytes_over_single_stream_rate_second_s"] = bound_second
+    ref["bytes_over_single_stream_rate_steady_s"] = bound_steady
     report["results"] = results
     report["errors"] = errors
     report["total_runtime_s"] = time.perf_counter() - started
@@ -990,6 +802,40 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_table(report, args)
     return 1 if errors else 0
+
+
+def push_sequence(tool: str, base: Tree, chain: list[Tree]) -> list[tuple[str, int, Tree]]:
+    """(phase, revision number, tree) of every push of one run of `tool`.
+
+    Ours pushes every revision, so that each slot has held a release before the
+    timed steady push, which lands in the slot of the oldest one (the state a
+    fleet is in from its (SLOTS + 1)th deploy on). The peers only need the
+    revision before the timed one: in place or in a fresh directory, their
+    steady push depends on nothing older.
+    """
+    last = len(chain)
+    warm = range(1, last) if tool.startswith("ours") else range(last - 1, last)
+    return [("first", 0, base), *(("warm", n, chain[n - 1]) for n in warm), ("steady", last, chain[-1])]
+
+
+# Issue 11's goals: (label, numerator tool, its phase, denominator tool, its phase, at most).
+GOALS = (
+    ("ours steady / prsync steady (in place)", "ours", "steady", "prsync", "steady", 1.15),
+    ("ours steady / ours first", "ours", "steady", "ours", "first", 0.25),
+    # A first push is a full copy into an empty directory: the same job in place or in a slot.
+    ("ours first / clush first (its copy mode)", "ours", "first", "clush", "first", 1.0),
+)
+
+
+def print_goals(results: dict) -> None:
+    for label, num, num_phase, den, den_phase, limit in GOALS:
+        if num not in results or den not in results:
+            continue
+        a, b = results[num][f"{num_phase}_s"], results[den][f"{den_phase}_s"]
+        if a is None or not b:
+            continue
+        verdict = "met" if a / b <= limit else "NOT met"
+        print(f"Goal {label}: {a:.2f} / {b:.2f} s = {a / b:.2f} (at most {limit}): {verdict}")
 
 
 def link_target(path: pathlib.Path) -> str | None:
@@ -1012,7 +858,8 @@ def print_table(report: dict, args) -> None:
           f"median of {cfg['repeat']}, {cfg['cpus']} CPUs, storage {cfg['storage']}; "
           f"{cfg['rsync']}; {cfg['ssh']}")  # fmt: skip
     print(
-        f"Tree: {tree['files']} files, {fmt_bytes(tree['bytes'])}; second push: "
+        f"Tree: {tree['files']} files, {fmt_bytes(tree['bytes'])}; {tree['revisions']} revisions after it, "
+        f"each 1 push apart; the steady push's revision: "
         f"{fmt_bytes(tree['changed_bytes'])} "
         f"({tree['changed_bytes'] / tree['bytes'] * 100:.2f}%) changed in {tree['changed_files']} files, "
         f"+{tree['added_files']} files, -{tree['removed_files']} files"
@@ -1024,15 +871,15 @@ def print_table(report: dict, args) -> None:
         "window",
         "runs",
         "first s",
-        "second s",
-        "2nd/1st",
+        "steady s",
+        "steady/1st",
         "ours/tool 1st",
-        "ours/tool 2nd",
+        "ours/tool steady",
         "flip s",
         "cold flip s",
         "ours/tool cold flip",
         "sent 1st",
-        "sent 2nd",
+        "sent steady",
     )
     rows = []
     for tool, r in results.items():
@@ -1045,17 +892,17 @@ def print_table(report: dict, args) -> None:
                 window,
                 str(len(r["samples"]["first_s"])),
                 fmt_s(r["first_s"]),
-                fmt_s(r["second_s"]),
-                fmt_ratio(r["second_over_first"]),
+                fmt_s(r["steady_s"]),
+                fmt_ratio(r["steady_over_first"]),
                 fmt_ratio(r.get("ours_over_first")) if tool != "ours" else "",
-                fmt_ratio(r.get("ours_over_second")) if tool != "ours" else "",
+                fmt_ratio(r.get("ours_over_steady")) if tool != "ours" else "",
                 fmt_s(r["flip_s"]) if r["flip_s"] is not None else "",
                 fmt_s(r["flip_cold_s"]) if r["flip_cold_s"] is not None else "",
                 fmt_ratio(r.get("ours_over_flip_cold"))
                 if tool != "ours" and r["flip_cold_s"] is not None
                 else "",
                 fmt_bytes(r["first_bytes_sent"]),
-                fmt_bytes(r["second_bytes_sent"]),
+                fmt_bytes(r["steady_bytes_sent"]),
             )
         )
     rows.append(
@@ -1065,7 +912,7 @@ def print_table(report: dict, args) -> None:
             "",
             "",
             fmt_s(ref["bytes_over_single_stream_rate_first_s"]),
-            fmt_s(ref["bytes_over_single_stream_rate_second_s"]),
+            fmt_s(ref["bytes_over_single_stream_rate_steady_s"]),
             "",
             "",
             "",
@@ -1122,14 +969,14 @@ def print_table(report: dict, args) -> None:
         )
     print()
     print(
-        "ours/tool: our time divided by the tool's (below 1: ours is faster). 2nd/1st: second push over "
-        "first. "
+        "ours/tool: our time divided by the tool's (below 1: ours is faster). steady/1st: the steady "
+        "push over the first. "
         "Times are medians over the runs."
     )
     print(
-        "Job 'slots' (equal work: ours, prsync-slots, clush-slots): every push builds a complete new "
-        "copy in a "
-        "fresh, previously non-existent directory per host (rsync -a --delete; the second push with "
+        "Job 'slots' (ours, prsync-slots, clush-slots): every push builds a complete new copy "
+        "in a separate directory per host (ours: in place into its oldest slot; the slot peers: a "
+        "fresh, previously non-existent directory) (rsync -a --delete; after the first push with "
         "--link-dest "
         "against the host's previous copy, so unchanged files become hard links), and a separate, timed flip "
         "then points `current` at it atomically (a new symlink renamed over `current`); the previous "
@@ -1137,15 +984,14 @@ def print_table(report: dict, args) -> None:
         "intact for rollback. prsync-slots/clush-slots push into <host dir>/push-<n> with "
         "--link-dest=../push-<n-1> and flip with `rm -f current.tmp && ln -s push-<n> current.tmp && mv -T "
         "current.tmp current` run on every host by parallel-ssh -p <window> / clush -f <window> (one new ssh "
-        "connection per host). Job 'in place' (serial, prsync, clush: the peers as they ship): the "
-        "second push "
-        "rsyncs over the copy of the first in place, so there is no atomic flip and no rollback; they "
-        "have no "
+        "connection per host). Job 'in place' (serial, prsync, clush: the peers as they ship): every "
+        "push rsyncs over the copy of the push before in place, so there is no atomic flip "
+        "and no rollback; they have no "
         "flip time."
     )
     print(
         "flip s: ours' flip right after each push, over the push's still-open ssh ControlMaster connections. "
-        "cold flip s: a flip on new ssh connections: ours' rollback flip to the first revision on a fresh "
+        "cold flip s: a flip on new ssh connections: ours' rollback flip to the revision before on a fresh "
         "transport (once per run), and the slot peers' flip after each push (they keep no connections). "
         "ours/tool cold flip compares these two."
     )
@@ -1176,18 +1022,18 @@ def print_table(report: dict, args) -> None:
               f"{fmt_s(d.get('flip_cold_s'))} s on cold connections")  # fmt: skip
     if report.get("ours_hardlinked_share") is not None:
         print(
-            f"Ours, second push: {report['ours_hardlinked_share'] * 100:.1f}% of the new slot's files "
+            f"Ours, steady push: {report['ours_hardlinked_share'] * 100:.1f}% of the new slot's files "
             "(first host) "
-            "are hard links into the live slot (--link-dest)"
+            "are hard links into the live slot"
         )
     for tool, share in report.get("slots_hardlinked_share", {}).items():
         print(
-            f"{tool}, second push: {share * 100:.1f}% of push-2's files (first host) "
-            "are hard links into push-1 (--link-dest)"
+            f"{tool}, steady push: {share * 100:.1f}% of its files (first host) "
+            "are hard links into the copy before (--link-dest)"
         )
     print(
         "ref: bytes / 1-stream rate = bytes sent (first push: the tree to every host; "
-        "second: what ours sent) / the rate of one rsync of the tree to one host "
+        "steady: what ours sent) / the rate of one rsync of the tree to one host "
         f"({ref['single_stream_bytes_per_s'] / MIB:.0f} MiB/s, connection included); "
         f"parallel streams on {cfg['cpus']} CPUs can beat it somewhat: a reference, not a "
         "hard floor. ref: ssh true = one connection per host at the given window, the floor "
@@ -1200,7 +1046,7 @@ def print_table(report: dict, args) -> None:
         "against the live slot, sets modes and commits), starting every push on cold ssh "
         "connections, and flips "
         "after each push (not in the push time). The in-place peers rsync (-a --delete) into "
-        "a plain directory per host, the second push over its copy of tree 1; the slot peers "
+        "a plain directory per host, each push over the copy of the push before; the slot peers "
         "as described above. All prsync/clush rows reach a per-host directory via "
         "--rsync-path 'cd .../$ADDR && rsync' (the flip command does the same cd). The "
         "hosts' sshd sets SHLVL=1 (tests/harness/sshd_hosts.py), so no ssh command sources "
@@ -1208,6 +1054,7 @@ def print_table(report: dict, args) -> None:
         "scp -r has no delta and no --delete). 'sent' is rsync's Total bytes sent summed "
         "over hosts. Every copy is verified after every push (untimed)."
     )
+    print_goals(results)
     la = report["loadavg_1m_start_end"]
     print(
         f"Total benchmark runtime: {report['total_runtime_s']:.0f} s; 1-minute load average {la[0]:.1f} "

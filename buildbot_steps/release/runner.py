@@ -22,7 +22,7 @@ for SCRIPT_FILENAME and DOCUMENT_ROOT).
 rsync decides what changed by size and mtime (its quick check), as every
 rsync-based deploy does: a build must not rewrite a file with the same size
 and the same mtime second. Unchanged files should keep their mtime so that
-`--link-dest` can hard-link them from the live slot.
+the host script can hard-link them from the live slot (and rsync skip them).
 
 Safety of command lines: commands are argument vectors. Over ssh, the remote
 side joins the words after the destination into one line for the user's

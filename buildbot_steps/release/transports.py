@@ -234,10 +234,11 @@ def rsync_base(host: Host, preserve_privileged: bool = False) -> list[str]:
     # a changed file to a temporary name and renames it, which breaks the link.
     # --no-perms: rsync would chmod such a shared file in place when only its
     # mode changed; the host script sets modes from the mode list instead.
-    # --link-dest goes through `current`, which the host resolves to the live slot.
+    # No --link-dest: the host script hard-links the slot to the live release
+    # before the rsync (host_release.sh, link_from_live: rsync 3.4+ would look
+    # every file up in the --link-dest directory, path component by component).
     base = [
         "rsync", "-a", "--no-perms", "--delete", "--stats", f"--timeout={RSYNC_IO_TIMEOUT_S}",
-        f"--link-dest={host.deploy_root}/current",
         *(f"--exclude=/{name}" for name in MANIFEST_NAMES),
     ]  # fmt: skip
     return base if preserve_privileged else [*base, *UNPRIVILEGED_RSYNC_OPTIONS]

@@ -7,6 +7,7 @@ must keep their content, mode and mtime whatever the new release changes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -171,3 +172,68 @@ def test_a_push_and_a_flip_each_open_one_ssh_session_per_host(verbose_fleet, con
     for host in verbose_fleet.hosts:
         assert after_push[host.name] - before[host.name] == 1, verbose_fleet.sessions(host)
         assert after_flip[host.name] - after_push[host.name] == 1, verbose_fleet.sessions(host)
+
+
+def test_a_push_into_an_old_slot_links_what_changed_since_from_the_live_release_and_leaves_nothing_stale(
+    runner_and_root, tmp_path
+):
+    runner, root = runner_and_root
+    later = {"later.txt": (b"changed by v2, kept since\n", 0o644, CHANGED_MTIME)}
+    v1 = {
+        **OLD_FILES,
+        "only-v1.txt": (b"gone after v1\n", 0o644, MTIME),
+        "later.txt": (b"v1\n", 0o644, MTIME),
+    }
+    v4 = {**OLD_FILES, **later, "content.txt": (b"changed by v4\n", 0o644, CHANGED_MTIME + 3600),
+          "new.txt": (b"added by v4\n", 0o644, CHANGED_MTIME + 3600)}  # fmt: skip
+    for n, files in ((1, v1), (2, {**OLD_FILES, **later}), (3, {**OLD_FILES, **later})):
+        push_and_flip(runner, write_tree(tmp_path / f"v{n}", files, f"v{n}"), f"v{n}")
+    live, target = live_slot(root), root / "releases" / "0"  # slot 0 holds v1
+    live_before = snapshot(live)
+
+    pushed = runner.push(write_tree(tmp_path / "v4", v4, "v4"), "v4")
+
+    assert pushed.all_ok and pushed.hosts[0].details["slot"] == "0", pushed.to_text()
+    assert snapshot(live) == live_before, "the live release changed under a push into another slot"
+    written = snapshot(target)
+    assert "only-v1.txt" not in written, "a file of the slot's old release survived the push"
+    for name, (content, mode, mtime) in v4.items():
+        assert written[name][:3] == (content, mode, mtime * 10**9), name
+    # Changed since the slot's release but not by v4: linked from the live release, not sent again.
+    assert written["later.txt"][3] == live_before["later.txt"][3]
+    assert written["content.txt"][3] != live_before["content.txt"][3]
+
+
+def test_a_push_into_an_old_slot_sets_the_modes_that_differ_from_the_live_and_the_old_release(
+    runner_and_root, tmp_path
+):
+    runner, root = runner_and_root
+    common = {"same.txt": (b"unchanged\n", 0o644, MTIME), "shared.txt": (b"group-writable\n", 0o664, MTIME)}
+    old = {**common, "flip.sh": (b"#!/bin/sh\n", 0o644, MTIME)}
+    v1 = {**common, "flip.sh": (b"#!/bin/sh\n", 0o755, MTIME)}
+    # flip.sh goes back to v1's mode (the slot's own), which the live release does not have;
+    # added.txt is new, with a mode rsync --no-perms would not give it under umask 022.
+    v4 = {**v1, "added.txt": (b"new\n", 0o664, MTIME)}
+    for n, (files, private_mode) in enumerate(((v1, 0o750), (old, 0o750), (old, 0o750), (v4, 0o700)), 1):
+        tree = write_tree(tmp_path / f"v{n}", files, f"v{n}")
+        (tree / "private").mkdir()
+        (tree / "private").chmod(private_mode)
+        if n < 4:
+            push_and_flip(runner, tree, f"v{n}")
+    live, target = live_slot(root), root / "releases" / "0"
+    live_before = snapshot(live)
+
+    pushed = runner.push(tmp_path / "v4", "v4")
+
+    assert pushed.all_ok and pushed.hosts[0].details["slot"] == "0", pushed.to_text()
+    assert snapshot(live) == live_before and (live / "private").stat().st_mode & 0o7777 == 0o750
+    written = snapshot(target)
+    for name, (_content, mode, _mtime) in v4.items():
+        assert written[name][1] == mode, name
+    assert (target / "private").stat().st_mode & 0o7777 == 0o700
+    # A file whose mode was already right stays shared with the live release.
+    assert written["shared.txt"][3] == live_before["shared.txt"][3]
+    # The slot's mode list is kept for the next push, under the sha256 its manifest records.
+    manifest = dict(line.split("=", 1) for line in (target / ".release").read_text().splitlines())
+    kept = (root / ".bbcd" / "modes.0").read_bytes()
+    assert manifest["modes"] == hashlib.sha256(kept).hexdigest() and b"664 added.txt\n" in kept
