@@ -6,7 +6,11 @@ runner.py         ReleaseRunner (push, flip, rollback, status) over the core's F
 reports.py        HostReport, RunReport, and the words of refusals and failures
 steps.py          PushRelease, FlipRelease, RollbackRelease for master.cfg
 cli.py            `buildbot-cd push | flip | rollback | status`
-host_release.sh   the one fixed script each host runs (slots, manifest, flip)
+host_release.sh   the fixed script each host runs, first part: checks, lock, manifest,
+                  slots, flip, rollback, status, and `main` (the action dispatch)
+host_transfer.sh  its second part: a push's transfer into a slot (link from the live
+                  release, rsync, mode pass, commit); transports.host_script_text()
+                  joins both into the one text every host runs, ending in `main "$@"`
 
 from buildbot_steps import release
 runner = release.ReleaseRunner(release.Inventory.from_file("hosts.json"), release.SshTransport(...))
@@ -43,7 +47,7 @@ from buildbot_steps.release.transports import (
     TRANSPORTS,
     LocalTransport,
     SshTransport,
-    host_script_path,
+    host_script_argv,
     host_script_text,
 )  # fmt: skip
 
@@ -71,7 +75,7 @@ __all__ = [
     "check_word",
     "deploy_in_progress",
     "deploy_lock",
-    "host_script_path",
+    "host_script_argv",
     "host_script_text",
     "human_bytes",
     "parse_status",

@@ -1,8 +1,9 @@
 """Release push: parallel rsync fan-out into release slots, atomic flip, rollback.
 
 The Python side of engine 2 (DESIGN.md section 4). The per-host layout and its
-operations live in one fixed POSIX sh script, `host_release.sh`, shipped with
-this package; every fan-out runs through `buildbot_steps._core.Fanout`.
+operations live in one fixed POSIX sh script, shipped with this package in two
+parts (`host_release.sh`, `host_transfer.sh`) that every host runs joined as one
+text; every fan-out runs through `buildbot_steps._core.Fanout`.
 
     inventory = Inventory.from_file("hosts.json")      # or Inventory.from_entries([...])
     runner = ReleaseRunner(inventory, SshTransport(known_hosts=..., identity_file=...))
@@ -180,7 +181,7 @@ class ReleaseRunner:
         """Transfer `source` into a fresh slot on every host (or `hosts`).
 
         On each host the transfer and the commit run under the deploy root's
-        lock, held by the host script (see host_release.sh): a push, flip or
+        lock, held by the host script (see host_release.sh, host_transfer.sh): a push, flip or
         rollback from another process or master is refused, never mixed in.
         An empty `source` is refused unless `allow_empty`.
         """

@@ -7,6 +7,7 @@ SOURCE to HOST's staging directory" into argument vectors for the fan-out.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shlex
 import shutil
@@ -31,11 +32,18 @@ NEXT_SLOT_DIR = "releases/next"
 # script's word alone (host_release.sh removes them again before writing it).
 MANIFEST_NAMES = (".release", ".release.tmp")
 # The file, sent next to the tree, that lists the mode of every file and
-# directory of the tree (see host_release.sh's apply_modes); a tree must not
+# directory of the tree (see host_transfer.sh's apply_modes); a tree must not
 # have its own at its top.
 MODE_LIST_NAME = ".release.modes"
 _control_dir_lock = threading.Lock()  # guards the lazily made shared control directory
-HOST_SCRIPT = "host_release.sh"
+# The host script's parts, joined in this order into the one text every host
+# runs (see host_release.sh's top): the layout and actions, then the transfer.
+HOST_SCRIPT_PARTS = ("host_release.sh", "host_transfer.sh")
+# The last line of the joined text: the actions run only once every part's
+# functions are defined.
+HOST_SCRIPT_MAIN = 'main "$@"\n'
+# The script's $0 when it runs as the text of `sh -c` (its words follow).
+HOST_SCRIPT_NAME = "host_release"
 # A unix socket path must stay under ~100 bytes and rsync splits -e on
 # whitespace: a TMPDIR longer than this, or with unsafe characters, is not used.
 MAX_CONTROL_BASE_LENGTH = 40
@@ -49,12 +57,17 @@ SERVER_ALIVE_COUNT_MAX = 3
 # --- transports ------------------------------------------------------------
 
 
+@functools.cache
 def host_script_text() -> str:
-    return resources.files("buildbot_steps.release").joinpath(HOST_SCRIPT).read_text()
+    """The one script every host runs, over ssh or locally: its parts, then `main "$@"`."""
+    package = resources.files("buildbot_steps.release")
+    return "\n".join([*(package.joinpath(part).read_text() for part in HOST_SCRIPT_PARTS), HOST_SCRIPT_MAIN])
 
 
-def host_script_path() -> str:
-    return str(resources.files("buildbot_steps.release").joinpath(HOST_SCRIPT))
+def host_script_argv(action: str, args: list[str]) -> list[str]:
+    """`sh -c TEXT host_release ACTION ARG...`: the host script as one argument
+    vector (~20 kB, far below Linux's 128 kB limit on one argument)."""
+    return ["sh", "-c", host_script_text(), HOST_SCRIPT_NAME, action, *args]
 
 
 @dataclass(frozen=True)
@@ -155,11 +168,10 @@ class SshTransport:
         # script's text (fixed, ours) is quoted as one word.
         remote_shell = " ".join(["ssh", *self.ssh_options(host)])
         remote = f"{host.user}@{host.address}:{host.deploy_root}"
-        receiver = ["sh", "-c", shlex.quote(host_script_text()), "host_release",
-                    "transfer", host.deploy_root, *transfer_args, "--", "rsync"]  # fmt: skip
+        receiver = shlex.join(host_script_argv("transfer", [host.deploy_root, *transfer_args, "--", "rsync"]))
         transfer = [
             *rsync_base(host, self.preserve_privileged), "-e", remote_shell,
-            f"--rsync-path={' '.join(receiver)}", f"{source}/", mode_list, f"{remote}/{NEXT_SLOT_DIR}/",
+            f"--rsync-path={receiver}", f"{source}/", mode_list, f"{remote}/{NEXT_SLOT_DIR}/",
         ]  # fmt: skip
         return [("transfer", CommandSpec(transfer, parse_rsync_stats=True))]
 
@@ -198,20 +210,20 @@ class LocalTransport:
     preserve_privileged: bool = False  # as SshTransport's
 
     def script_command(self, host: Host, action: str, args: list[str]) -> CommandSpec:
-        return CommandSpec(["sh", host_script_path(), action, *args])
+        return CommandSpec(host_script_argv(action, args))
 
     def command(self, host: Host, argv: list[str]) -> CommandSpec:
         return CommandSpec(host_words(host, argv))
 
     def push_steps(self, host: Host, source: str, mode_list: str, transfer_args: list[str]) -> list[PushStep]:
-        """The rsync, run by the host script under its lock (as over ssh)."""
+        """The rsync, run by the host script under its lock (as over ssh, the same text)."""
         rsync = [
             *rsync_base(host, self.preserve_privileged),
             f"{source}/",
             mode_list,
             f"{host.deploy_root}/{NEXT_SLOT_DIR}/",
         ]
-        transfer = ["sh", host_script_path(), "transfer", host.deploy_root, *transfer_args, "--", *rsync]
+        transfer = host_script_argv("transfer", [host.deploy_root, *transfer_args, "--", *rsync])
         return [("transfer", CommandSpec(transfer, parse_rsync_stats=True))]
 
 
@@ -235,7 +247,7 @@ def rsync_base(host: Host, preserve_privileged: bool = False) -> list[str]:
     # --no-perms: rsync would chmod such a shared file in place when only its
     # mode changed; the host script sets modes from the mode list instead.
     # No --link-dest: the host script hard-links the slot to the live release
-    # before the rsync (host_release.sh, link_from_live: rsync 3.4+ would look
+    # before the rsync (host_transfer.sh, link_from_live: rsync 3.4+ would look
     # every file up in the --link-dest directory, path component by component).
     base = [
         "rsync", "-a", "--no-perms", "--delete", "--stats", f"--timeout={RSYNC_IO_TIMEOUT_S}",

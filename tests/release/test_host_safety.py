@@ -131,11 +131,16 @@ def test_rsync_as_root_does_not_reproduce_privileges_unless_asked(make_runner, m
 
 def test_the_transfer_refuses_to_write_anywhere_but_the_next_slot(tmp_path):
     root = tmp_path / "root"
-    argv = ["sh", release.host_script_path(), "transfer", str(root), "5", "v1", "1", "1700000000",
-            "push/v1/m/1", "--", "rsync", "-a", f"{tmp_path}/", f"{tmp_path}/elsewhere/"]  # fmt: skip
-    result = release_script(argv)
+    words = [str(root), "5", "v1", "1", "1700000000", "push/v1/m/1", "--"]
+    result = release_script(
+        release.host_script_argv(
+            "transfer", [*words, "rsync", "-a", f"{tmp_path}/", f"{tmp_path}/elsewhere/"]
+        )
+    )
     assert result.returncode == 3 and f"must write into {root}/releases/next/" in result.stderr
-    result = release_script([*argv[:10], "cp", "-r", f"{tmp_path}/", f"{root}/releases/next/"])
+    result = release_script(
+        release.host_script_argv("transfer", [*words, "cp", "-r", f"{tmp_path}/", f"{root}/releases/next/"])
+    )
     assert result.returncode == 3 and "expected an rsync command" in result.stderr
     assert not (root / "releases").exists()
 

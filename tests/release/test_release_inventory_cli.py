@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+from importlib import resources
 
 import pytest
 
@@ -151,6 +152,43 @@ def test_ssh_commands_are_fixed_words_plus_checked_values():
     # The host script links unchanged files from the live release itself (rsync's
     # --link-dest would look every file of the tree up there).
     assert not any(a.startswith("--link-dest") for a in rsync.argv)
+
+
+# Linux's limit on one argument (MAX_ARG_STRLEN, 32 pages): the host script's
+# text is one word of `sh -c`, locally and in the remote user's shell command.
+MAX_ARG_STRLEN = 32 * 4096
+
+
+def test_both_transports_run_one_script_joined_from_its_parts(tmp_path):
+    host = Inventory.from_entries([{**GOOD, "deploy_root": str(tmp_path / "root")}]).hosts[0]
+    text = release.host_script_text()
+    assert text.startswith("# host_release.sh") and "\n# host_transfer.sh" in text
+    assert text.endswith('\nmain "$@"\n') and text.splitlines().count('main "$@"') == 1
+    assert len(shlex.quote(text).encode()) < MAX_ARG_STRLEN
+    ssh, local = release.SshTransport(), release.LocalTransport()
+    assert ssh.script_command(host, "status", [host.deploy_root, "5"]).stdin_data == text
+    assert local.script_command(host, "status", [host.deploy_root, "5"]).argv == [
+        "sh", "-c", text, "host_release", "status", host.deploy_root, "5"
+    ]  # fmt: skip
+    args = ["5", "abc123", "7", "1700000000", "push/abc123/m/1"]
+    [(_, local_push)] = local.push_steps(host, "/build/tree", "/tmp/x/.release.modes", args)
+    [(_, ssh_push)] = ssh.push_steps(host, "/build/tree", "/tmp/x/.release.modes", args)
+    receiver = next(a for a in ssh_push.argv if a.startswith("--rsync-path="))
+    assert shlex.split(receiver.removeprefix("--rsync-path="))[:4] == local_push.argv[:4]
+    # A part alone only defines functions: nothing runs before every part is in.
+    whole = subprocess.run(local.script_command(host, "status", [host.deploy_root, "5"]).argv,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert whole.returncode == 0 and whole.stdout.startswith("live=\n"), whole.stderr
+    for part in ("host_release.sh", "host_transfer.sh"):
+        alone = subprocess.run(
+            ["sh", "-c", text_of(part), "host_release", "status", host.deploy_root, "5"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert (alone.returncode, alone.stdout, alone.stderr) == (0, "", ""), part
+
+
+def text_of(part: str) -> str:
+    return (resources.files("buildbot_steps.release") / part).read_text()
 
 
 # --- CLI -------------------------------------------------------------------
