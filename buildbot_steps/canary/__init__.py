@@ -10,8 +10,28 @@ report.py          the HTML log: an SVG chart per metric, the table of the decid
 cli.py             `buildbot-cd judge SAMPLES`
 """
 
-from buildbot_steps.canary.command_source import CommandSource
-from buildbot_steps.canary.metrics import MetricConfig, metric_configs
-from buildbot_steps.canary.sources import PrometheusQuerySource, ScrapeSource
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from buildbot_steps._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from buildbot_steps.canary.command_source import CommandSource
+    from buildbot_steps.canary.metrics import MetricConfig, metric_configs
+    from buildbot_steps.canary.sources import PrometheusQuerySource, ScrapeSource
 
 __all__ = ["CommandSource", "MetricConfig", "PrometheusQuerySource", "ScrapeSource", "metric_configs"]
+
+# `buildbot-cd` imports this package to register `judge`: the sources (HTTP
+# clients, prometheus_client) load when first asked for.
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "CommandSource": "buildbot_steps.canary.command_source",
+        "MetricConfig": "buildbot_steps.canary.metrics",
+        "metric_configs": "buildbot_steps.canary.metrics",
+        "PrometheusQuerySource": "buildbot_steps.canary.sources",
+        "ScrapeSource": "buildbot_steps.canary.sources",
+    },
+)

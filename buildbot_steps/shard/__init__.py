@@ -15,8 +15,9 @@ cli.py            `buildbot-cd plan | simulate`
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from buildbot_steps._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from buildbot_steps.shard.parent_step import ShardedTest
@@ -24,17 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = ["RunShard", "ShardedTest", "shard_builder_config"]
 
-# The steps are imported when first asked for (PEP 562): `buildbot-cd plan`
-# imports this package for planning alone, and loading Buildbot and Twisted
-# would cost it about a second.
-_MODULE_OF = {
-    "ShardedTest": "buildbot_steps.shard.parent_step",
-    "RunShard": "buildbot_steps.shard.shard_step",
-    "shard_builder_config": "buildbot_steps.shard.shard_step",
-}
-
-
-def __getattr__(name: str) -> object:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+# `buildbot-cd plan` imports this package for planning alone: the steps (and
+# Buildbot with them) load when first asked for.
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "ShardedTest": "buildbot_steps.shard.parent_step",
+        "RunShard": "buildbot_steps.shard.shard_step",
+        "shard_builder_config": "buildbot_steps.shard.shard_step",
+    },
+)
