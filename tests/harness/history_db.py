@@ -20,21 +20,37 @@ import unittest
 import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import NamedTuple
 
 from buildbot.data.connector import DataConnector
 from buildbot.mq.simple import SimpleMQ
 from buildbot.process.buildstep import BuildStep, create_step_from_step_or_factory
 from twisted.internet import defer
 
+from buildbot_steps._core import Verdict
+
 # Importing buildbot.test turns every warning into an error (for Buildbot's own
 # trial runs); keep the filters of the process that imports this harness.
 with warnings.catch_warnings():
     from buildbot.test import fakedb
     from buildbot.test.fake import fakemaster
+    from buildbot.test.reactor import TestReactorMixin
 
 BUILDER_ID = 1
 MASTER_ID = fakedb.FakeDBConnector.MASTER_ID  # the id FakeMaster reports as its own
 WORKER_ID = 1
+
+
+class Attempt(NamedTuple):
+    seconds: float
+
+
+class Outcome(NamedTuple):
+    """What TestHistory.store reads of a _core.TestOutcome (which Python cannot construct)."""
+
+    id: str
+    verdict: Verdict
+    attempts: list[Attempt]
 
 
 class _TestCase(unittest.TestCase):
@@ -50,21 +66,29 @@ class HistoryDb:
     _builds: int = 0
 
     @classmethod
-    async def start(cls, db_url: str, basedir: str) -> HistoryDb:
-        """A master on `db_url` (an empty database: Buildbot creates its schema)."""
+    async def start(cls, db_url: str, basedir: str, test: TestReactorMixin | None = None) -> HistoryDb:
+        """A master on `db_url` (an empty database: Buildbot creates its schema). With `test`
+        (a trial test after setup_test_reactor), on its test reactor, where the database
+        work runs synchronously; without, on the real reactor and Buildbot's thread pool."""
         master = await fakemaster.make_master(
-            _TestCase(), wantDb=True, wantRealReactor=True, db_url=db_url, basedir=basedir,
+            test or _TestCase(),
+            wantDb=True,
+            wantRealReactor=test is None,
+            db_url=db_url,
+            basedir=basedir,
             auto_shutdown=False,
         )
         master.mq = SimpleMQ()
         await master.mq.setServiceParent(master)
         master.data = DataConnector()
         await master.data.setServiceParent(master)
-        await master.db.insert_test_data([
-            fakedb.Master(id=MASTER_ID, name="history-bench"),
-            fakedb.Builder(id=BUILDER_ID, name="tests"),
-            fakedb.Worker(id=WORKER_ID, name="worker"),
-        ])
+        await master.db.insert_test_data(
+            [
+                fakedb.Master(id=MASTER_ID, name="history-bench"),
+                fakedb.Builder(id=BUILDER_ID, name="tests"),
+                fakedb.Worker(id=WORKER_ID, name="worker"),
+            ]
+        )
         return cls(master)
 
     async def stop(self) -> None:
@@ -75,14 +99,21 @@ class HistoryDb:
         """A BuildStep of a new build of the builder, as far as its test results need one."""
         self._builds += 1
         n = self._builds
-        await self.master.db.insert_test_data([
-            fakedb.Buildset(id=n),
-            fakedb.BuildRequest(id=n, buildsetid=n, builderid=BUILDER_ID),
-            fakedb.Build(
-                id=n, number=n, buildrequestid=n, builderid=BUILDER_ID, workerid=WORKER_ID, masterid=MASTER_ID
-            ),
-            fakedb.Step(id=n, buildid=n, number=0, name="sharded-tests"),
-        ])
+        await self.master.db.insert_test_data(
+            [
+                fakedb.Buildset(id=n),
+                fakedb.BuildRequest(id=n, buildsetid=n, builderid=BUILDER_ID),
+                fakedb.Build(
+                    id=n,
+                    number=n,
+                    buildrequestid=n,
+                    builderid=BUILDER_ID,
+                    workerid=WORKER_ID,
+                    masterid=MASTER_ID,
+                ),
+                fakedb.Step(id=n, buildid=n, number=0, name="sharded-tests"),
+            ]
+        )
         step = create_step_from_step_or_factory(BuildStep(name="sharded-tests"))
         step.master = self.master
         step.stepid = n
