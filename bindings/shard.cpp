@@ -48,47 +48,49 @@ void bind_estimates(py::module_& module) {
       .def("__repr__", [](const TestEstimate& e) {
         return "TestEstimate(" + e.id + ", " + std::to_string(e.seconds) + ", " + to_string(e.source) + ")";
       });
-  module.def("estimate_durations", &estimate_durations, py::arg("tests"), py::arg("history"),
-             py::call_guard<py::gil_scoped_release>(),
+  module.def("estimate_durations",
+             static_cast<std::vector<TestEstimate> (*)(const std::vector<std::string>&,
+                                                       const std::vector<DurationMap>&)>(&estimate_durations),
+             py::arg("tests"), py::arg("history"), py::call_guard<py::gil_scoped_release>(),
              "One estimate per test from past runs (oldest first): {test id: seconds} each.");
   module.def("file_of", &file_of, py::arg("test_id"));
 }
 
-// A history read by the core: the runs stay in C++, so that a million tests
-// are never turned into Python dictionaries only to be turned back.
-struct DurationHistory {
-  std::vector<DurationMap> runs;
-  std::vector<std::string> newest_ids;
-};
-
-DurationHistory read_history_files(const std::vector<std::string>& paths) {
-  if (paths.empty()) throw InvalidInput("no history files given: pass at least one duration file");
-  DurationHistory history;
-  for (const auto& path : paths) {
-    DurationFile file = read_duration_file(path);
-    history.runs.push_back(std::move(file.durations));
-    history.newest_ids = std::move(file.ids);
-  }
-  return history;
+// A run of a history as a dict, in its file's order.
+py::dict run_as_dict(const DurationHistory& history, std::size_t run) {
+  py::dict durations;
+  for (auto test : history.tests_of(run)) durations[py::str(history.id(test))] = *history.seconds(run, test);
+  return durations;
 }
 
+// A history read by the core: the runs stay in C++, so that a million tests
+// are never turned into Python dictionaries only to be turned back.
 void bind_duration_files(py::module_& module) {
   py::class_<DurationHistory>(module, "DurationHistory")
-      .def("__len__", [](const DurationHistory& h) { return h.runs.size(); })
-      .def_readonly("newest_ids", &DurationHistory::newest_ids)
-      .def_readonly("runs", &DurationHistory::runs);
-  module.def("read_duration_files", &read_history_files, py::arg("paths"),
+      .def("__len__", &DurationHistory::runs)
+      .def_property_readonly("newest_ids",
+                             [](const DurationHistory& history) {
+                               py::list ids;
+                               for (auto test : history.tests_of(history.runs() - 1))
+                                 ids.append(py::str(history.id(test)));
+                               return ids;
+                             })
+      .def_property_readonly("runs", [](const DurationHistory& history) {
+        py::list runs;
+        for (std::size_t run = 0; run < history.runs(); ++run) runs.append(run_as_dict(history, run));
+        return runs;
+      });
+  module.def("read_duration_files", &DurationHistory::read, py::arg("paths"),
              py::call_guard<py::gil_scoped_release>(),
              "pytest-split duration files, oldest first, read and checked by the core.");
   module.def(
       "estimate_durations",
       [](const std::vector<std::string>& tests, const DurationHistory& history) {
-        return estimate_durations(tests, history.runs);
+        return estimate_durations(tests, history);
       },
       py::arg("tests"), py::arg("history"), py::call_guard<py::gil_scoped_release>());
   module.def(
-      "estimate_durations",
-      [](const DurationHistory& history) { return estimate_durations(history.newest_ids, history.runs); },
+      "estimate_durations", [](const DurationHistory& history) { return estimate_durations(history); },
       py::arg("history"), py::call_guard<py::gil_scoped_release>(),
       "Estimates for the tests of the newest file.");
   module.attr("kMaxTestDurationSeconds") = kMaxTestDurationSeconds;
@@ -117,6 +119,19 @@ void bind_plan(py::module_& module) {
       py::arg("tests"), py::arg("shards"), py::arg("split_file_fraction") = PlanOptions{}.split_file_fraction,
       py::arg("max_improvement_passes") = PlanOptions{}.max_improvement_passes,
       py::call_guard<py::gil_scoped_release>());
+  // A million estimates as Python objects, made only to be read back, would
+  // cost `buildbot-cd plan --json` a second; here they never leave C++.
+  module.def(
+      "plan_from_history",
+      [](const DurationHistory& history, int shards, const std::optional<std::vector<std::string>>& tests) {
+        PlanOptions options;
+        options.shards = shards;
+        return plan_static(tests ? estimate_durations(*tests, history) : estimate_durations(history),
+                           options);
+      },
+      py::arg("history"), py::arg("shards"), py::arg("tests") = py::none(),
+      py::call_guard<py::gil_scoped_release>(),
+      "estimate_durations and plan_static in one call: for `tests`, else the newest file's tests.");
 }
 
 void bind_results(py::module_& module) {

@@ -1,10 +1,19 @@
 """Types of the C++ core, buildbot_steps._core (bindings/*.cpp), for editors
-and type checkers. Keep it in step with the bindings: one section per file.
-Read-only attributes (def_readonly, def_property_readonly) are `Final`.
+and type checkers. Keep it in step with the bindings: one section per file;
+`make lint-stubs` (mypy's stubtest) checks it against the compiled module.
+Read-only attributes (def_readonly, def_property_readonly) are properties.
+A class with no constructor (no py::init) is made by the core only.
 """
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Final, final
+from typing import ClassVar, Final, final, overload
+
+class _Pybind11Type(type):
+    """pybind11_builtins.pybind11_type: the metaclass of every bound class (stub-only name)."""
+
+class _Pybind11Object(metaclass=_Pybind11Type):
+    """pybind11_builtins.pybind11_object: the base of every bound class (stub-only name)."""
 
 # ---------------------------------------------------------- bindings/module.cpp
 
@@ -19,7 +28,7 @@ class InvalidStateError(CdError):
 
 # ----------------------------------------------------------- bindings/shard.cpp
 
-class _Enum:
+class _Enum(_Pybind11Object):
     """What every py::enum_ has (not a class at run time: a stub-only base)."""
 
     def __init__(self, value: int) -> None: ...
@@ -40,6 +49,7 @@ class Verdict(_Enum):
     passed: ClassVar[Verdict]
     flaky: ClassVar[Verdict]
     failed: ClassVar[Verdict]
+    skipped: ClassVar[Verdict]
     __members__: ClassVar[dict[str, Verdict]]
 
 @final
@@ -51,27 +61,57 @@ class AssignmentKind(_Enum):
     done: ClassVar[AssignmentKind]
     __members__: ClassVar[dict[str, AssignmentKind]]
 
-class TestEstimate:
+class TestEstimate(_Pybind11Object):
     def __init__(self, id: str, seconds: float) -> None: ...
-    id: Final[str]
-    seconds: Final[float]
+    @property
+    def id(self) -> str: ...
+    @property
+    def seconds(self) -> float: ...
     @property
     def source(self) -> str:
         """Where it came from: "history", "file_median", "global_median" or "default"."""
 
+class DurationHistory(_Pybind11Object):
+    """pytest-split duration files read by the core; the runs stay in C++."""
+
+    def __len__(self) -> int:
+        """The number of files (runs) read."""
+    @property
+    def newest_ids(self) -> list[str]: ...
+    @property
+    def runs(self) -> list[dict[str, float]]: ...
+
+def read_duration_files(paths: Sequence[str]) -> DurationHistory:
+    """pytest-split duration files, oldest first, read and checked by the core."""
+
+@overload
 def estimate_durations(tests: Sequence[str], history: Sequence[Mapping[str, float]]) -> list[TestEstimate]:
     """One estimate per test from past runs (oldest first): {test id: seconds} each."""
 
+@overload
+def estimate_durations(tests: Sequence[str], history: DurationHistory) -> list[TestEstimate]: ...
+@overload
+def estimate_durations(history: DurationHistory) -> list[TestEstimate]:
+    """Estimates for the tests of the newest file."""
+
 def file_of(test_id: str) -> str: ...
 
-class Shard:
-    tests: Final[list[str]]
-    estimate_s: Final[float]
+# Longest duration a history may give one test (a week); longer is refused as input.
+kMaxTestDurationSeconds: Final[float]
 
-class Plan:
-    shards: Final[list[Shard]]
-    lower_bound_s: Final[float]
-    makespan_s: Final[float]
+class Shard(_Pybind11Object):
+    @property
+    def tests(self) -> list[str]: ...
+    @property
+    def estimate_s(self) -> float: ...
+
+class Plan(_Pybind11Object):
+    @property
+    def shards(self) -> list[Shard]: ...
+    @property
+    def lower_bound_s(self) -> float: ...
+    @property
+    def makespan_s(self) -> float: ...
 
 def plan_static(
     tests: Sequence[TestEstimate],
@@ -79,62 +119,103 @@ def plan_static(
     split_file_fraction: float = ...,
     max_improvement_passes: int = ...,
 ) -> Plan: ...
+def plan_to_json(plan: Plan) -> str: ...
+def plan_from_history(history: DurationHistory, shards: int, tests: Sequence[str] | None = None) -> Plan:
+    """estimate_durations and plan_static in one call: for `tests`, else the newest file's tests."""
 
-class Batch:
-    id: Final[int]
-    tests: Final[list[str]]
-    estimate_s: Final[float]
-    speculative: Final[bool]
-    retry: Final[bool]
+class Batch(_Pybind11Object):
+    @property
+    def id(self) -> int: ...
+    @property
+    def tests(self) -> list[str]: ...
+    @property
+    def estimate_s(self) -> float: ...
+    @property
+    def speculative(self) -> bool: ...
+    @property
+    def retry(self) -> bool: ...
 
-class Assignment:
-    kind: Final[AssignmentKind]
+class Assignment(_Pybind11Object):
+    @property
+    def kind(self) -> AssignmentKind: ...
     @property
     def batch(self) -> Batch:
         """Meaningful when kind is AssignmentKind.run."""
 
-class TestResult:
-    def __init__(self, id: str, passed: bool, seconds: float, message: str = "") -> None: ...
-    id: Final[str]
-    passed: Final[bool]
-    seconds: Final[float]
-    message: Final[str]
+class TestResult(_Pybind11Object):
+    def __init__(
+        self, id: str, passed: bool, seconds: float, message: str = "", skipped: bool = False
+    ) -> None: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def skipped(self) -> bool: ...
 
-class Attempt:
-    worker: Final[str]
-    passed: Final[bool]
-    seconds: Final[float]
-    message: Final[str]
+class Attempt(_Pybind11Object):
+    @property
+    def worker(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def skipped(self) -> bool: ...
 
-class TestOutcome:
-    id: Final[str]
-    verdict: Final[Verdict]
-    estimate_s: Final[float]
-    attempts: Final[list[Attempt]]
+class TestOutcome(_Pybind11Object):
+    @property
+    def id(self) -> str: ...
+    @property
+    def verdict(self) -> Verdict: ...
+    @property
+    def estimate_s(self) -> float: ...
+    @property
+    def attempts(self) -> list[Attempt]: ...
 
-class DispatchStats:
+class DispatchStats(_Pybind11Object):
     def __init__(self) -> None:
         """All zero: the start of a sum."""
-    def __add__(self, other: DispatchStats) -> DispatchStats:
+    def __add__(self, other: DispatchStats, /) -> DispatchStats:
         """Field by field: the figures of several dispatchers together; batch_overhead_s and
         estimate_scale become their means weighted by tests."""
-    tests: Final[int]
-    resolved: Final[int]
-    passed: Final[int]
-    flaky: Final[int]
-    failed: Final[int]
-    batches_handed_out: Final[int]
-    batches_in_flight: Final[int]
-    speculative_batches: Final[int]
-    requeued_batches: Final[int]
-    queued_estimate_s: Final[float]
-    batch_overhead_s: Final[float]
-    estimate_scale: Final[float]
+    @property
+    def tests(self) -> int: ...
+    @property
+    def resolved(self) -> int: ...
+    @property
+    def passed(self) -> int: ...
+    @property
+    def flaky(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def batches_handed_out(self) -> int: ...
+    @property
+    def batches_in_flight(self) -> int: ...
+    @property
+    def speculative_batches(self) -> int: ...
+    @property
+    def requeued_batches(self) -> int: ...
+    @property
+    def queued_estimate_s(self) -> float: ...
+    @property
+    def batch_overhead_s(self) -> float: ...
+    @property
+    def estimate_scale(self) -> float: ...
 
 # A batch is worth sending when its tests take this many times its overhead.
 kBatchWorthFactor: Final[float]
 
-class Dispatcher:
+class Dispatcher(_Pybind11Object):
     """Thread-safe: any number of threads may call any method."""
 
     def __init__(
@@ -167,22 +248,24 @@ class Dispatcher:
 
 DEFAULT_TRANSIENT_EXIT_CODES: tuple[int, ...]
 
-class Command:
+class Command(_Pybind11Object):
     argv: list[str]
     parse_rsync_stats: bool
     def __init__(
         self, argv: Sequence[str] = ..., stdin_data: str | bytes = ..., parse_rsync_stats: bool = False
     ) -> None: ...
-    stdin_data: Final[bytes]
+    @property
+    def stdin_data(self) -> bytes:
+        """bytes out, str or bytes in: stdin may be any data."""
     @stdin_data.setter
     def stdin_data(self, data: str | bytes) -> None: ...
 
-class HostJob:
+class HostJob(_Pybind11Object):
     host: str
     steps: list[Command]
     def __init__(self, host: str = "", steps: Sequence[Command] = ...) -> None: ...
 
-class FanoutOptions:
+class FanoutOptions(_Pybind11Object):
     """Defaults and checks live in C++ (cd/fanout.hpp); checked when a run starts."""
 
     concurrency: int
@@ -203,26 +286,41 @@ class FanoutOptions:
         output_tail_bytes: int = ...,
     ) -> None: ...
 
-class HostResult:
-    host: Final[str]
+class HostResult(_Pybind11Object):
+    @property
+    def host(self) -> str: ...
     @property
     def status(self) -> str:
         """How the host's run ended: a release.runner.HostState value ("ok", "failed"...)."""
-    exit_code: Final[int]
-    attempts: Final[int]
-    failed_step: Final[int]
-    stdout_tail: Final[str]
-    stderr_tail: Final[str]
-    duration_s: Final[float]
-    bytes_sent: Final[int]
+    @property
+    def exit_code(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def failed_step(self) -> int: ...
+    @property
+    def stdout_tail(self) -> str: ...
+    @property
+    def stderr_tail(self) -> str: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def bytes_sent(self) -> int: ...
 
-class Progress:
-    total: Final[int]
-    done: Final[int]
-    failed: Final[int]
-    running: Final[int]
+class Progress(_Pybind11Object):
+    @property
+    def total(self) -> int: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def running(self) -> int: ...
 
-class Fanout:
+def parse_rsync_bytes_sent(rsync_output: str | bytes) -> int:
+    """The number after the last 'Total bytes sent:' in rsync --stats output, or 0 when there is none."""
+
+class Fanout(_Pybind11Object):
     def __init__(self, options: FanoutOptions = ...) -> None: ...
     def run(
         self, jobs: Sequence[HostJob], progress: Callable[[HostResult, Progress], None] | None = None
@@ -233,4 +331,257 @@ class Fanout:
         """Thread-safe: kill running commands, cancel hosts not started; run() returns promptly."""
 
 # ---------------------------------------------------------- bindings/canary.cpp
-# The canary judge: its classes and functions go here when the binding lands.
+# Enums are real enum.Enum classes (py::native_enum); structs are read-only.
+
+class Direction(enum.Enum):
+    """Which way a metric gets worse."""
+
+    INCREASE = 0
+    DECREASE = 1
+
+class MetricKind(enum.Enum):
+    """CONTINUOUS: Welch's t on host values; COUNT: an exact test of the event rate."""
+
+    CONTINUOUS = 0
+    COUNT = 1
+
+class Design(enum.Enum):
+    """What the canary hosts are compared with."""
+
+    SAME_WINDOW = 0
+    BEFORE_AFTER = 1
+    DIFF_IN_DIFF = 2
+
+class Sequential(enum.Enum):
+    """How one metric's error budget is shared over the looks of the window."""
+
+    SPENDING = 0
+    MIXTURE = 1
+
+class CanaryVerdict(enum.Enum):
+    CONTINUE = 0
+    PASS = 1
+    FAIL = 2
+    INCONCLUSIVE = 3
+
+class MetricStatus(enum.Enum):
+    TESTED = 0
+    INSUFFICIENT_DATA = 1
+
+class Summary(_Pybind11Object):
+    """Sufficient statistics of one arm: count, mean, sample standard deviation."""
+
+    def __init__(self, n: float, mean: float, sd: float) -> None: ...
+    @property
+    def n(self) -> float: ...
+    @property
+    def mean(self) -> float: ...
+    @property
+    def sd(self) -> float: ...
+
+class TTest(_Pybind11Object):
+    @property
+    def statistic(self) -> float: ...
+    @property
+    def df(self) -> float: ...
+    @property
+    def p_value(self) -> float: ...
+    @property
+    def difference(self) -> float: ...
+    @property
+    def std_error(self) -> float: ...
+    @property
+    def ci_low(self) -> float: ...
+    @property
+    def ci_high(self) -> float: ...
+
+class RateTest(_Pybind11Object):
+    @property
+    def ratio(self) -> float: ...
+    @property
+    def null_share(self) -> float: ...
+    @property
+    def p_value(self) -> float: ...
+    @property
+    def ci_low(self) -> float: ...
+    @property
+    def ci_high(self) -> float: ...
+
+def summarize(values: Sequence[float]) -> Summary: ...
+def welch_test(
+    canary: Sequence[float],
+    control: Sequence[float],
+    worse: Direction,
+    margin: float = 0.0,
+    confidence: float = 0.95,
+) -> TTest: ...
+def welch_from_summary(
+    canary: Summary, control: Summary, worse: Direction, margin: float = 0.0, confidence: float = 0.95
+) -> TTest: ...
+def rate_ratio_test(
+    canary_events: float,
+    canary_exposure: float,
+    control_events: float,
+    control_exposure: float,
+    worse: Direction,
+    allowed_ratio: float = 1.0,
+    dispersion: float = 1.0,
+    confidence: float = 0.95,
+) -> RateTest: ...
+
+class MetricSpec(_Pybind11Object):
+    def __init__(self, name: str, kind: MetricKind, worse: Direction, min_effect: float = 0.0) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> MetricKind: ...
+    @property
+    def worse(self) -> Direction: ...
+    @property
+    def min_effect(self) -> float: ...
+
+class HostData(_Pybind11Object):
+    """One host's aggregate for one metric over the window so far."""
+
+    def __init__(
+        self,
+        *,
+        value: float = 0.0,
+        events: float = 0.0,
+        exposure: float = 0.0,
+        baseline_value: float = 0.0,
+        baseline_events: float = 0.0,
+        baseline_exposure: float = 0.0,
+        missing: bool = False,
+    ) -> None: ...
+    @property
+    def missing(self) -> bool: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def events(self) -> float: ...
+    @property
+    def exposure(self) -> float: ...
+    @property
+    def baseline_value(self) -> float: ...
+    @property
+    def baseline_events(self) -> float: ...
+    @property
+    def baseline_exposure(self) -> float: ...
+
+class MetricLook(_Pybind11Object):
+    def __init__(
+        self, metric: str, canary: Sequence[HostData], control: Sequence[HostData] = ...
+    ) -> None: ...
+    @staticmethod
+    def continuous(
+        metric: str,
+        canary: Sequence[float],
+        control: Sequence[float],
+        *,
+        canary_baseline: Sequence[float] | None = None,
+        control_baseline: Sequence[float] | None = None,
+        canary_missing: Sequence[bool] | None = None,
+        control_missing: Sequence[bool] | None = None,
+    ) -> MetricLook:
+        """A look from columns, one entry per host in each."""
+    @staticmethod
+    def count(
+        metric: str,
+        canary_events: Sequence[float],
+        canary_exposure: Sequence[float],
+        control_events: Sequence[float],
+        control_exposure: Sequence[float],
+        *,
+        canary_baseline_events: Sequence[float] | None = None,
+        canary_baseline_exposure: Sequence[float] | None = None,
+        control_baseline_events: Sequence[float] | None = None,
+        control_baseline_exposure: Sequence[float] | None = None,
+        canary_missing: Sequence[bool] | None = None,
+        control_missing: Sequence[bool] | None = None,
+    ) -> MetricLook:
+        """A look from columns, one entry per host in each."""
+    @property
+    def metric(self) -> str: ...
+    @property
+    def canary(self) -> list[HostData]: ...
+    @property
+    def control(self) -> list[HostData]: ...
+
+class MetricResult(_Pybind11Object):
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> MetricKind: ...
+    @property
+    def status(self) -> MetricStatus: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def estimate(self) -> float: ...
+    @property
+    def ci_low(self) -> float: ...
+    @property
+    def ci_high(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def p_fixed(self) -> float: ...
+    @property
+    def p_value(self) -> float: ...
+    @property
+    def level(self) -> float: ...
+    @property
+    def failed(self) -> bool: ...
+    @property
+    def canary_hosts(self) -> int: ...
+    @property
+    def control_hosts(self) -> int: ...
+    @property
+    def canary_missing(self) -> int: ...
+    @property
+    def control_missing(self) -> int: ...
+
+class LookResult(_Pybind11Object):
+    @property
+    def look(self) -> int: ...
+    @property
+    def verdict(self) -> CanaryVerdict: ...
+    @property
+    def failed_metric(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def metrics(self) -> list[MetricResult]: ...
+
+class Judge(_Pybind11Object):
+    def __init__(
+        self,
+        metrics: Sequence[MetricSpec],
+        *,
+        design: Design = ...,
+        alpha: float = ...,
+        looks_in_window: int = ...,
+        min_hosts_per_arm: int = ...,
+        max_missing_fraction: float = ...,
+        sequential: Sequential = ...,
+        mixture_ratio: float = ...,
+    ) -> None: ...
+    def look(self, data: Sequence[MetricLook]) -> LookResult:
+        """One look: every metric's aggregates over the window so far."""
+    @property
+    def looks(self) -> int: ...
+    @property
+    def verdict(self) -> CanaryVerdict: ...
+    @property
+    def metrics(self) -> list[MetricSpec]: ...
+    @property
+    def design(self) -> Design: ...
+    @property
+    def sequential(self) -> Sequential: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def looks_in_window(self) -> int: ...
+    @property
+    def min_hosts_per_arm(self) -> int: ...

@@ -62,6 +62,25 @@ def add_release_commands(subparsers) -> None:
     status.set_defaults(func=run_status)
 
 
+# The release's numeric settings, each an option with its type, default and help.
+FANOUT_NUMBER_OPTIONS: tuple[tuple[str, type, float, str], ...] = (
+    (
+        "--slots", int, release.DEFAULT_SLOTS,
+        f"release slots per host ({release.MIN_SLOTS}-{release.MAX_SLOTS})",
+    ),
+    ("--concurrency", int, release.FANOUT_DEFAULTS.concurrency, "hosts worked on at the same time"),
+    ("--timeout", float, release.FANOUT_DEFAULTS.host_timeout_s, "seconds per host"),
+    (
+        "--retries", int, release.FANOUT_DEFAULTS.max_retries,
+        "re-runs of a host's step after a transient failure (ssh or rsync connection lost)",
+    ),
+    (
+        "--max-fail", float, release.FANOUT_DEFAULTS.max_fail_fraction,
+        "abort hosts not yet started once this share of hosts failed (0..1)",
+    ),
+)  # fmt: skip
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inventory", required=True, help="JSON inventory file")
     parser.add_argument(
@@ -75,31 +94,8 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh -o option"
     )
-    parser.add_argument(
-        "--slots",
-        type=int,
-        default=release.DEFAULT_SLOTS,
-        help=f"release slots per host ({release.MIN_SLOTS}-{release.MAX_SLOTS})",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=release.FANOUT_DEFAULTS.concurrency,
-        help="hosts worked on at the same time",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=release.FANOUT_DEFAULTS.host_timeout_s, help="seconds per host"
-    )
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=release.FANOUT_DEFAULTS.max_retries,
-        help="re-runs of a host's step after a transient failure (ssh or rsync connection lost)",
-    )
-    parser.add_argument(
-        "--max-fail", type=float, default=release.FANOUT_DEFAULTS.max_fail_fraction,
-        help="abort hosts not yet started once this share of hosts failed (0..1)",
-    )  # fmt: skip
+    for flag, kind, default, text in FANOUT_NUMBER_OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=text)
 
 
 def add_selection_options(parser: argparse.ArgumentParser) -> None:

@@ -108,23 +108,21 @@ def _print_json(data: dict) -> None:
 
 def run_plan(args) -> int:
     planning.check_count("--shards", args.shards, planning.MAX_SHARDS)
+    if args.json and args.ids:
+        raise InvalidInputError("--json and --ids each choose the output: give one of them")
     # Read, estimated and planned in the core: a million tests never become
     # Python objects on the --json path.
     history = _core.read_duration_files(args.history)
-    tests = _tests_to_plan(args)
-    if tests is None:
-        estimates = _core.estimate_durations(history)  # the tests of the newest file
-    else:
-        estimates = _core.estimate_durations(tests, history)
-    plan = _core.plan_static(estimates, args.shards)
-    if args.json and args.ids:
-        raise InvalidInputError("--json and --ids each choose the output: give one of them")
+    tests = _tests_to_plan(args)  # None: the tests of the newest file
     if args.json:
-        sys.stdout.write(_core.plan_to_json(plan))
+        sys.stdout.write(_core.plan_to_json(_core.plan_from_history(history, args.shards, tests)))
     elif args.ids:
-        print(planning.format_plan_ids(plan))
+        print(planning.format_plan_ids(_core.plan_from_history(history, args.shards, tests)))
     else:
-        print(planning.format_plan(plan, estimates))
+        estimates = (
+            _core.estimate_durations(history) if tests is None else _core.estimate_durations(tests, history)
+        )
+        print(planning.format_plan(_core.plan_static(estimates, args.shards), estimates))
     return 0
 
 

@@ -3,9 +3,10 @@
 It lists the tests, reads their durations from Buildbot's own test results of
 earlier builds (history.py), plans with the C++ shard scheduler and triggers
 one build per shard on a shard builder; each runs `RunShard` (shard_step.py),
-which pulls batches from this build's ShardSession (session.py). When every
-shard has finished it stores the results, renders the report (report.py) and
-gates the build.
+which pulls batches from this build's ShardSession (session.py). Triggering
+and following those builds is shard_builds.py's. When every shard has finished
+it stores the results, renders the report (report.py) and gates the build on
+the verdict (results.py).
 
 master.cfg wiring (see `shard_builder_config` for the shard side):
 
@@ -28,23 +29,20 @@ master.cfg wiring (see `shard_builder_config` for the shard side):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from buildbot import config
-from buildbot.interfaces import IRenderable, ITriggerableScheduler
+from buildbot.interfaces import IRenderable
 from buildbot.process import remotecommand
 from buildbot.process.buildstep import BuildStep
 from buildbot.process.properties import Properties
-from buildbot.process.results import FAILURE, SUCCESS, WARNINGS, statusToString
-from buildbot.reporters.utils import getURLForBuild, getURLForBuildrequest
-from buildbot.schedulers.triggerable import Triggerable
+from buildbot.process.results import FAILURE, SUCCESS
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
 from buildbot_steps import _core
-from buildbot_steps._core import Plan, TestEstimate, TestOutcome, Verdict
-from buildbot_steps.shard import report
+from buildbot_steps._core import Plan, TestEstimate, Verdict
+from buildbot_steps.shard import report, results
 from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.commands import (
     COMMAND_PROPERTY,
@@ -58,7 +56,6 @@ from buildbot_steps.shard.commands import (
     INDEX_PROPERTY,
     MODE_PROPERTY,
     MODES,
-    NOT_PASSED,
     PARENT_PROPERTY,
     STATIC,
     TESTS_PROPERTY,
@@ -66,11 +63,11 @@ from buildbot_steps.shard.commands import (
     Quarantine,
     ShardedTestError,
     check_test_command,
-    names,
     parse_test_listing,
 )  # fmt: skip
 from buildbot_steps.shard.history import TestHistory
 from buildbot_steps.shard.junit import MAX_REPORT_BYTES
+from buildbot_steps.shard.shard_builds import ABSOLUTE_MAX_SHARDS, SHARDS_PER_WORKER_CAP, ShardBuilds
 
 # Batches are topped up to at least this many estimated seconds, whatever the
 # cost model says: each costs a round trip and a runner start-up (0.5 s for a
@@ -79,16 +76,6 @@ from buildbot_steps.shard.junit import MAX_REPORT_BYTES
 # (kBatchWorthFactor x the start-up). The guided batch sizes still shrink
 # towards this at the tail, which keeps the end balanced.
 DEFAULT_MIN_BATCH_S = 5.0
-
-# Without max_shards, a build may ask for at most this many shards per shard
-# worker: a few more shards than workers still balance (each worker runs a
-# few in turn), while a typo or a hostile force form (shards=300, or 10**9)
-# must not flood the master with build requests.
-SHARDS_PER_WORKER_CAP = 4
-
-# No configuration may allow more: every shard is a build request, a build and
-# a row in the database, all held by one master.
-ABSOLUTE_MAX_SHARDS = 1024
 
 
 class ShardedTest(BuildStep):
@@ -149,7 +136,7 @@ class ShardedTest(BuildStep):
         self._check_static_arguments()
         self._session: shard_session.ShardSession | None = None
         self._shard_total = 0
-        self._brids: list[int] = []
+        self._builds: ShardBuilds | None = None
         self._summary: str | None = None
         self._flake_record: dict[str, int] = {}  # test id -> earlier builds it was flaky in
         self._history = TestHistory(self, results_description)
@@ -204,15 +191,13 @@ class ShardedTest(BuildStep):
     async def run(self) -> int:
         try:
             self._check_rendered_arguments()
-            scheduler = self._triggerable()
-            shards = self._shard_count(scheduler)
+            builds = self._builds = ShardBuilds(self, self.shard_scheduler)
+            shards = builds.capped_shard_count(self.shards, self.max_shards)
             tests = await self._list_tests()
             builderid = await self.build.getBuilderId()
             reading = await self._history.read(builderid)
             self._flake_record = reading.flake_record
-            return await self._run_sharded(
-                scheduler, tests, reading.durations, shards, reading.batch_overhead_s
-            )
+            return await self._run_sharded(builds, tests, reading.durations, shards, reading.batch_overhead_s)
         except ShardedTestError as problem:
             self._summary = f"{problem}"
             await self.addCompleteLog("problem", f"{problem}\n")
@@ -247,13 +232,13 @@ class ShardedTest(BuildStep):
 
     async def _run_sharded(
         self,
-        scheduler: Triggerable,
+        builds: ShardBuilds,
         tests: list[str],
         history: list[dict[str, float]],
         shards: int | None,
         batch_overhead_s: float,
     ) -> int:
-        shards = shards or self._workers_of(scheduler)
+        shards = shards or builds.worker_count()
         # Milliseconds for thousands of tests, but not microseconds: off the reactor.
         try:
             estimates = await threads.deferToThread(_core.estimate_durations, tests, history)
@@ -263,53 +248,17 @@ class ShardedTest(BuildStep):
         session = self._make_session(estimates, plan, shards, batch_overhead_s)
         self._report_estimates(estimates, len(history))
         await self.addCompleteLog(
-            "plan", self._plan_text(estimates, plan, shards, len(history), batch_overhead_s)
+            "plan", results.plan_text(estimates, plan, shards, len(history), batch_overhead_s)
         )
         self._session, self._shard_total = session, shards
         session.listeners.append(self.updateSummary)
         shard_session.register_session(self.build.buildid, session)
         try:
-            await self._trigger_shards(scheduler, plan, shards)
+            await builds.run([self._shard_properties(plan, index, shards) for index in range(shards)])
         finally:
             shard_session.unregister_session(self.build.buildid)
             session.listeners.clear()
         return await self._publish(session, plan)
-
-    def _triggerable(self) -> Triggerable:
-        schedulers = self.master.scheduler_manager.namedServices
-        scheduler = schedulers.get(self.shard_scheduler)
-        if scheduler is None or not ITriggerableScheduler.providedBy(scheduler):
-            raise ShardedTestError(
-                f"shard_scheduler {self.shard_scheduler!r} is not a Triggerable scheduler of this master"
-            )
-        return scheduler
-
-    def _shard_count(self, scheduler: Triggerable) -> int | None:
-        """The shards asked for, refused above the cap (before anything runs); None: one per worker."""
-        if self.shards is None:
-            return None
-        if self.max_shards is not None:
-            cap, why = self.max_shards, "max_shards"
-        else:
-            workers = self._workers_of(scheduler)
-            cap = min(SHARDS_PER_WORKER_CAP * workers, ABSOLUTE_MAX_SHARDS)
-            why = f"{SHARDS_PER_WORKER_CAP} per shard worker, {workers} workers"
-        if self.shards > cap:
-            raise ShardedTestError(
-                f"refusing {self.shards} shards: at most {cap} ({why}); ask for fewer shards, "
-                "or raise max_shards in the ShardedTest step"
-            )
-        return self.shards
-
-    def _workers_of(self, scheduler: Triggerable) -> int:
-        names = set()
-        for builder_name in scheduler.builderNames:
-            builder = self.master.botmaster.builders.get(builder_name)
-            if builder is not None and builder.config is not None:
-                names.update(builder.config.workernames)
-        if not names:
-            raise ShardedTestError(f"the shard builders of {self.shard_scheduler!r} list no workers")
-        return len(names)
 
     def _make_session(
         self, estimates: list[TestEstimate], plan: Plan, shards: int, batch_overhead_s: float
@@ -341,60 +290,10 @@ class ShardedTest(BuildStep):
         return shard_session.ShardSession(shard_session.DynamicBatches(dispatcher), settings, clock)
 
     def _report_estimates(self, estimates: list[TestEstimate], history_builds: int) -> None:
-        sources = _count_sources(estimates)
+        sources = results.count_sources(estimates)
         self.setProperty("shard_history_builds", history_builds, "ShardedTest")
         self.setProperty("shard_estimate_sources", sources, "ShardedTest")
         self.setProperty("shard_estimates_from_history", sources.get("history", 0), "ShardedTest")
-
-    @staticmethod
-    def _plan_text(
-        estimates: list[TestEstimate], plan: Plan, shards: int, history_builds: int, batch_overhead_s: float
-    ) -> str:
-        sources = _count_sources(estimates)
-        lines = [
-            f"tests: {len(estimates)}; shards: {shards}; earlier builds read: {history_builds}",
-            "estimate sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())),
-            f"estimated total: {sum(e.seconds for e in estimates):.2f} s; "
-            f"lower bound per shard: {plan.lower_bound_s:.2f} s "
-            f"({plan.lower_bound_s + batch_overhead_s:.2f} s with one start-up); "
-            f"static plan makespan: {plan.makespan_s:.2f} s",
-            f"batch overhead learnt by earlier builds: {batch_overhead_s:.2f} s "
-            "(the dispatcher refines it from this build's batches)",
-        ]
-        for index, shard in enumerate(plan.shards):
-            lines.append(f"  shard {index}: {len(shard.tests)} tests, {shard.estimate_s:.2f} s")
-        return "\n".join(lines) + "\n"
-
-    async def _trigger_shards(self, scheduler: Triggerable, plan: Plan, shards: int) -> None:
-        sourcestamps = [ss.asDict() for ss in self.build.getAllSourceStamps()]
-        waiting = []
-        for index in range(shards):
-            ids, finished = scheduler.trigger(
-                waited_for=True,
-                sourcestamps=sourcestamps,
-                set_props=self._shard_properties(plan, index, shards),
-                parent_buildid=self.build.buildid,
-                parent_relationship="shard of",
-            )
-            _, brids = await ids
-            for brid in brids.values():
-                self._brids.append(brid)
-                await self.addURL(f"shard {index} (request {brid})", getURLForBuildrequest(self.master, brid))
-            waiting.append(finished)
-        await defer.DeferredList(waiting, consumeErrors=True)
-        await self._link_shard_builds()
-
-    async def _link_shard_builds(self) -> None:
-        """One link per finished shard build, as Buildbot's Trigger step adds.
-
-        The web UI counts a request without a build link as a pending build:
-        without these, a finished step would still read "N pending builds".
-        """
-        for brid in self._brids:
-            builds = await self.master.db.builds.getBuilds(buildrequestid=brid)
-            for build in builds:
-                label = f"{statusToString(build.results)}: shard build #{build.number}"
-                await self.addURL(label, getURLForBuild(self.master, build.builderid, build.number))
 
     def _shard_properties(self, plan: Plan, index: int, shards: int) -> Properties:
         properties = Properties()
@@ -417,95 +316,23 @@ class ShardedTest(BuildStep):
 
     async def _publish(self, session: shard_session.ShardSession, plan: Plan) -> int:
         outcomes = list(session.batches.outcomes())
-        figures = self._figures(outcomes, session, plan)
+        figures = results.figures(outcomes, session, plan, self._shard_total)
         await self._history.store(outcomes, session.batches.overhead_by_worker())
         for key, value in figures.items():
             self.setProperty(f"tests_{key}", value, "ShardedTest")
         flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
         self.setProperty("tests_flaky_names", flaky, "ShardedTest")
-        quarantined = Quarantine(self.quarantine)
-        quarantine = {o.id for o in outcomes if o.id in quarantined}
+        quarantine = Quarantine(self.quarantine)
+        quarantined = {o.id for o in outcomes if o.id in quarantine}
         await self.addHTMLLog(
             "report",
-            report.render_report(outcomes, session.timeline, figures, quarantine, self._flake_record),
+            report.render_report(outcomes, session.timeline, figures, quarantined, self._flake_record),
         )
-        result, text = self._verdict(outcomes, figures)
+        result, text = results.verdict(outcomes, figures, quarantine)
         self._summary = text
         if result != SUCCESS:
-            await self.addCompleteLog("failures", self._failures_text(outcomes))
+            await self.addCompleteLog("failures", results.failures_text(outcomes))
         return result
-
-    def _figures(
-        self, outcomes: list[TestOutcome], session: shard_session.ShardSession, plan: Plan
-    ) -> dict[str, int | float]:
-        counts = dict.fromkeys(Verdict.__members__.values(), 0)
-        for outcome in outcomes:
-            counts[outcome.verdict] += 1
-        durations = [o.attempts[-1].seconds for o in outcomes if o.attempts]
-        hosts = {puller.split("#")[0] for puller in session.workers_seen}
-        workers = max(1, len(hosts) or self._shard_total)
-        finished = [run.end_s for run in session.timeline if run.end_s is not None]
-        started = [run.start_s for run in session.timeline]
-        makespan = (max(finished) - min(started)) if finished and started else 0.0
-        bound = max(max(durations, default=0.0), sum(durations) / workers)
-        stats = session.batches.stats()
-        # Every worker starts its runner at least once: the bound with start-ups.
-        overhead = stats.batch_overhead_s
-        return {
-            "total": len(outcomes),
-            "passed": counts[Verdict.passed],
-            "failed": counts[Verdict.failed],
-            "flaky": counts[Verdict.flaky],
-            "skipped": counts[Verdict.skipped],
-            "not_run": counts[Verdict.pending],
-            "workers": workers,
-            "makespan_s": round(makespan, 3),
-            "lower_bound_s": round(bound, 3),
-            "lower_bound_with_startups_s": round(bound + overhead, 3),
-            "batch_overhead_s": round(overhead, 3),
-            "estimate_scale": round(stats.estimate_scale, 4),
-            "planned_lower_bound_s": round(plan.lower_bound_s, 3),
-            "batches": len(session.timeline),
-            "requeued_batches": stats.requeued_batches,
-            "straggler_copies": stats.speculative_batches,
-        }
-
-    def _verdict(self, outcomes: list[TestOutcome], figures: dict[str, int | float]) -> tuple[int, str]:
-        def bad(o: TestOutcome) -> bool:
-            return o.verdict in NOT_PASSED
-
-        quarantine = Quarantine(self.quarantine)
-        gating = [o.id for o in outcomes if bad(o) and o.id not in quarantine]
-        quarantined = [o.id for o in outcomes if bad(o) and o.id in quarantine]
-        flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
-        text = (
-            f"{figures['passed']} passed, {figures['failed']} failed, {figures['flaky']} flaky"
-            + (f", {figures['skipped']} skipped" if figures["skipped"] else "")
-            + (f", {figures['not_run']} not run" if figures["not_run"] else "")
-            + f"; makespan {figures['makespan_s']:.1f} s vs bound {figures['lower_bound_s']:.1f} s "
-            f"({figures['lower_bound_with_startups_s']:.1f} s with start-ups)"
-        )
-        if gating:
-            return FAILURE, text + "; failed: " + names(gating)
-        if flaky or quarantined:
-            notes = ([f"flaky: {names(flaky)}"] if flaky else []) + (
-                [f"quarantined failures: {names(quarantined)}"] if quarantined else []
-            )
-            return WARNINGS, text + "; " + "; ".join(notes)
-        return SUCCESS, text
-
-    @staticmethod
-    def _failures_text(outcomes: Sequence[TestOutcome]) -> str:
-        lines = []
-        for outcome in outcomes:
-            if outcome.verdict in (Verdict.passed, Verdict.skipped):
-                continue
-            lines.append(f"{outcome.verdict.name.upper()}: {outcome.id}")
-            for attempt in outcome.attempts:
-                state = report.attempt_state(attempt)
-                lines.append(f"  on {attempt.worker}: {state} in {attempt.seconds:.3f} s")
-                lines.extend(f"    {line}" for line in (attempt.message or "").splitlines())
-        return "\n".join(lines) + "\n"
 
     # ---------------------------------------------------------- summaries
 
@@ -525,10 +352,8 @@ class ShardedTest(BuildStep):
         return super().getResultSummary()
 
     def interrupt(self, reason: str | Failure) -> defer.Deferred:
-        for brid in self._brids:
-            self.master.data.control(
-                "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", brid)
-            )
+        if self._builds is not None:
+            self._builds.cancel()
         return super().interrupt(reason)
 
 
@@ -542,11 +367,3 @@ def is_test_list(value: object) -> bool:
 
 def is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _count_sources(estimates: list[TestEstimate]) -> dict[str, int]:
-    """How many estimates came from history, file medians, etc."""
-    sources: dict[str, int] = {}
-    for estimate in estimates:
-        sources[estimate.source] = sources.get(estimate.source, 0) + 1
-    return sources

@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "cd/error.hpp"
+#include "temp_file.hpp"
 
 namespace cd::shard {
 namespace {
@@ -46,20 +47,7 @@ std::multiset<std::string> planned_tests(const Plan& plan) {
 
 // ---------------------------------------------------------------- estimates
 
-// A duration file written to a temporary path, removed with the object.
-class TempFile {
- public:
-  explicit TempFile(const std::string& text)
-      : path_(testing::TempDir() + "durations-" + std::to_string(counter_++)) {
-    std::ofstream(path_, std::ios::binary) << text;
-  }
-  ~TempFile() { std::remove(path_.c_str()); }
-  const std::string& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string path_;
-};
+using testing_support::TempFile;
 
 TEST(DurationFiles, KeepTheFileOrderAndTheLastDuplicate) {
   TempFile file(R"({"b.py::t": 2, "a.py::t": 0.5, "b.py::t": 3.25})");

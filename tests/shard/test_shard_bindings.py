@@ -109,3 +109,23 @@ def test_python_threads_share_one_dispatcher():
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads)
     assert sorted(seen) == sorted(t.id for t in tests)
+
+
+def test_history_read_by_the_core_plans_as_its_estimates_do(tmp_path):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text('{"b.py::t": 2, "a.py::t": 1}')
+    new.write_text('{"c.py::t": 3, "a.py::t": 5, "c.py::t": 4}')
+    history = _core.read_duration_files([str(old), str(new)])
+    assert len(history) == 2
+    assert history.newest_ids == ["c.py::t", "a.py::t"]
+    assert [list(run.items()) for run in history.runs] == [
+        [("b.py::t", 2.0), ("a.py::t", 1.0)],
+        [("c.py::t", 4.0), ("a.py::t", 5.0)],
+    ]
+    expected = _core.plan_static(_core.estimate_durations(history), 2)
+    planned = _core.plan_from_history(history, 2)
+    assert [shard.tests for shard in planned.shards] == [shard.tests for shard in expected.shards]
+    subset = _core.plan_from_history(history, 1, ["a.py::t", "b.py::t", "new.py::t"])
+    assert sorted(subset.shards[0].tests) == ["a.py::t", "b.py::t", "new.py::t"]
+    # a: the faster of its two runs; new.py: the median of the known 1, 2 and 4
+    assert subset.shards[0].estimate_s == 1.0 + 2.0 + 2.0

@@ -11,7 +11,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -54,6 +56,14 @@ std::string file_of(const std::string& test_id);
 std::vector<TestEstimate> estimate_durations(const std::vector<std::string>& tests,
                                              const std::vector<DurationMap>& history);
 
+class DurationHistory;  // below, with the duration files
+
+// The same from a history read by the core, and for the tests of its newest
+// run (in that file's order). The durations were checked as they were read.
+std::vector<TestEstimate> estimate_durations(const std::vector<std::string>& tests,
+                                             const DurationHistory& history);
+std::vector<TestEstimate> estimate_durations(const DurationHistory& history);
+
 // ------------------------------------------------------------ duration files
 
 // One pytest-split `.test_durations` file: a JSON object {"test id": seconds}.
@@ -75,6 +85,37 @@ DurationFile read_duration_file(const std::string& path);
 
 // The durations of several files, oldest first, as estimate_durations takes them.
 std::vector<DurationMap> durations_of(const std::vector<DurationFile>& files);
+
+// Several duration files, oldest first, read into one table: each test id
+// once, with its duration in each run. A million tests in five files are
+// then a million ids and five columns of numbers, not five hash maps of a
+// million nodes each.
+class DurationHistory {
+ public:
+  // Reads and checks each file as read_duration_file does; throws
+  // InvalidInput naming the file, or for an empty list.
+  static DurationHistory read(const std::vector<std::string>& paths);
+
+  DurationHistory(DurationHistory&&) noexcept;
+  DurationHistory& operator=(DurationHistory&&) noexcept;
+  ~DurationHistory();
+
+  std::size_t runs() const;   // files read
+  std::size_t tests() const;  // distinct test ids over all runs
+  std::string_view id(std::size_t test) const;
+  // The test's index, for `seconds`; nullopt for an id in no run.
+  std::optional<std::size_t> find(std::string_view id) const;
+  // Its duration in that run (0 is the oldest); nullopt when absent there.
+  std::optional<double> seconds(std::size_t run, std::size_t test) const;
+  // The tests of one run in its file's order (a later duplicate key wins,
+  // as in Python, and keeps the first one's place).
+  const std::vector<std::uint32_t>& tests_of(std::size_t run) const;
+
+ private:
+  struct Table;
+  explicit DurationHistory(std::unique_ptr<Table> table);
+  std::unique_ptr<Table> table_;
+};
 
 // --------------------------------------------------------------- static plan
 

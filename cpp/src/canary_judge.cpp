@@ -1,16 +1,16 @@
-#include "cd/canary.hpp"
-
+// The canary judge: per metric, the fixed-look test on the arms, made valid
+// over repeated looks (alpha spending or a normal mixture), Holm's correction
+// across metrics, and the verdict.
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <boost/math/distributions/normal.hpp>
-#include <boost/math/distributions/students_t.hpp>
-#include <boost/math/special_functions/beta.hpp>
 #include <cmath>
-#include <limits>
 #include <numeric>
 #include <unordered_map>
 
+#include "canary_arms.hpp"
+#include "canary_stats.hpp"
+#include "cd/canary.hpp"
 #include "cd/error.hpp"
 
 namespace cd::canary {
@@ -83,173 +83,9 @@ const char* to_string(MetricStatus status) {
 
 namespace {
 
-constexpr double kInfinity = std::numeric_limits<double>::infinity();
-
-// Boost computes double functions in long double by default; double is
-// accurate to ~1e-15 here and several times faster (a look over 1,000 hosts
-// and 20 metrics is dominated by these calls).
-using Policy = boost::math::policies::policy<boost::math::policies::promote_double<false>>;
-using StudentsT = boost::math::students_t_distribution<double, Policy>;
-using Normal = boost::math::normal_distribution<double, Policy>;
-
 // A z beyond this is "certain" in double precision (the normal tail at 38 is
 // below the smallest double); it keeps exp() and logs finite.
 constexpr double kMaxZ = 38.0;
-
-// Added to a host's baseline events before its rate is used as an expected
-// count, so that a host quiet before the flip still has a comparable rate
-// (the Jeffreys prior's half event).
-constexpr double kBaselinePriorEvents = 0.5;
-
-void check_finite(double value, const char* what) {
-  if (!std::isfinite(value)) throw InvalidInput(fmt::format("{} is {} (must be finite)", what, value));
-}
-
-void check_non_negative(double value, const char* what) {
-  check_finite(value, what);
-  if (value < 0.0) throw InvalidInput(fmt::format("{} is {} (must be >= 0)", what, value));
-}
-
-void check_confidence(double confidence) {
-  if (!(confidence > 0.0 && confidence < 1.0))
-    throw InvalidInput(fmt::format("confidence is {} (must be in (0, 1))", confidence));
-}
-
-void check_summary(const Summary& arm, const char* name) {
-  check_finite(arm.mean, name);
-  check_non_negative(arm.sd, name);
-  if (!(arm.n >= 2.0) || !std::isfinite(arm.n))
-    throw InvalidInput(fmt::format("{} has n = {} (Welch's t needs at least 2 values per arm)", name, arm.n));
-}
-
-// One-sided p of a t statistic in the worse direction.
-double one_sided_p(double statistic, double df, Direction worse) {
-  if (std::isinf(statistic)) return (statistic > 0) == (worse == Direction::Increase) ? 0.0 : 1.0;
-  StudentsT t(df);
-  return worse == Direction::Increase ? cdf(complement(t, statistic)) : cdf(t, statistic);
-}
-
-// The t test behind both designs: `variance_b` = 0 and `n_b` = 0 is the
-// one-sample case (df = n_a - 1), otherwise Welch-Satterthwaite.
-TTest t_test(double difference, double variance_a, double n_a, double variance_b, double n_b, Direction worse,
-             double margin, double confidence) {
-  TTest result;
-  const double share_a = variance_a / n_a;
-  const double share_b = n_b > 0.0 ? variance_b / n_b : 0.0;
-  const double se2 = share_a + share_b;
-  const double denominator =
-      share_a * share_a / (n_a - 1.0) + (n_b > 1.0 ? share_b * share_b / (n_b - 1.0) : 0.0);
-  result.difference = difference;
-  result.std_error = std::sqrt(se2);
-  // With no spread at all the df is undefined; any value gives the same
-  // (degenerate) answer, so take the one-sample one.
-  result.df = denominator > 0.0 ? se2 * se2 / denominator : n_a - 1.0;
-  const double shifted = worse == Direction::Increase ? difference - margin : difference + margin;
-  if (result.std_error > 0.0) {
-    result.statistic = shifted / result.std_error;
-  } else {
-    result.statistic = shifted > 0.0 ? kInfinity : (shifted < 0.0 ? -kInfinity : 0.0);
-  }
-  result.p_value = one_sided_p(result.statistic, result.df, worse);
-  StudentsT t(result.df);
-  const double half_width = quantile(complement(t, (1.0 - confidence) / 2.0)) * result.std_error;
-  result.ci_low = difference - half_width;
-  result.ci_high = difference + half_width;
-  return result;
-}
-
-// P(X >= k) and P(X <= k) for X ~ Binomial(n, p), for real k and n through
-// the regularized incomplete beta (exact for integers, continuous between).
-double binomial_upper_tail(double k, double n, double p) {
-  return k <= 0.0 ? 1.0 : boost::math::ibeta(k, n - k + 1.0, p, Policy());
-}
-
-double binomial_lower_tail(double k, double n, double p) {
-  return k >= n ? 1.0 : boost::math::ibetac(k + 1.0, n - k, p, Policy());
-}
-
-// Clopper-Pearson interval of a binomial share.
-std::pair<double, double> share_interval(double k, double n, double confidence) {
-  const double tail = (1.0 - confidence) / 2.0;
-  const double low = k <= 0.0 ? 0.0 : boost::math::ibeta_inv(k, n - k + 1.0, tail, Policy());
-  const double high = k >= n ? 1.0 : boost::math::ibeta_inv(k + 1.0, n - k, 1.0 - tail, Policy());
-  return {low, high};
-}
-
-double share_to_ratio(double share, double canary_exposure, double control_exposure) {
-  if (share >= 1.0) return kInfinity;
-  return share / (1.0 - share) * control_exposure / canary_exposure;
-}
-
-}  // namespace
-
-Summary summarize(const std::vector<double>& values) {
-  if (values.empty()) throw InvalidInput("cannot summarize an empty sample");
-  double sum = 0.0;
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (!std::isfinite(values[i]))
-      throw InvalidInput(fmt::format("value {} is {} (must be finite)", i, values[i]));
-    sum += values[i];
-  }
-  const double n = static_cast<double>(values.size());
-  const double mean = sum / n;
-  double squares = 0.0;  // two passes: the one-pass formula cancels badly
-  for (double value : values) squares += (value - mean) * (value - mean);
-  return {n, mean, values.size() > 1 ? std::sqrt(squares / (n - 1.0)) : 0.0};
-}
-
-TTest welch_from_summary(const Summary& canary, const Summary& control, Direction worse, double margin,
-                         double confidence) {
-  check_summary(canary, "canary");
-  check_summary(control, "control");
-  check_non_negative(margin, "margin");
-  check_confidence(confidence);
-  return t_test(canary.mean - control.mean, canary.sd * canary.sd, canary.n, control.sd * control.sd,
-                control.n, worse, margin, confidence);
-}
-
-TTest welch_test(const std::vector<double>& canary, const std::vector<double>& control, Direction worse,
-                 double margin, double confidence) {
-  return welch_from_summary(summarize(canary), summarize(control), worse, margin, confidence);
-}
-
-RateTest rate_ratio_test(double canary_events, double canary_exposure, double control_events,
-                         double control_exposure, Direction worse, double allowed_ratio, double dispersion,
-                         double confidence) {
-  check_non_negative(canary_events, "canary events");
-  check_non_negative(canary_exposure, "canary exposure");
-  check_non_negative(control_events, "control events");
-  check_non_negative(control_exposure, "control exposure");
-  if (canary_exposure <= 0.0 || control_exposure <= 0.0)
-    throw InvalidInput("an exposure is 0: no traffic, nothing to compare");
-  check_finite(allowed_ratio, "allowed ratio");
-  if (allowed_ratio <= 0.0)
-    throw InvalidInput(fmt::format("allowed ratio is {} (must be > 0)", allowed_ratio));
-  check_finite(dispersion, "dispersion");
-  if (dispersion < 1.0) throw InvalidInput(fmt::format("dispersion is {} (must be >= 1)", dispersion));
-  check_confidence(confidence);
-
-  RateTest result;
-  result.ratio = (canary_events / canary_exposure) / (control_events / control_exposure);
-  const double k = canary_events / dispersion;
-  const double n = (canary_events + control_events) / dispersion;
-  result.null_share = canary_exposure * allowed_ratio / (canary_exposure * allowed_ratio + control_exposure);
-  result.p_value = worse == Direction::Increase ? binomial_upper_tail(k, n, result.null_share)
-                                                : binomial_lower_tail(k, n, result.null_share);
-  if (n <= 0.0) {
-    result.ci_low = 0.0;
-    result.ci_high = kInfinity;
-  } else {
-    auto [low, high] = share_interval(k, n, confidence);
-    result.ci_low = share_to_ratio(low, canary_exposure, control_exposure);
-    result.ci_high = share_to_ratio(high, canary_exposure, control_exposure);
-  }
-  return result;
-}
-
-// ------------------------------------------------------------------- judge
-
-namespace {
 
 void check_options(const JudgeOptions& options) {
   if (!(options.alpha > 0.0 && options.alpha < 1.0))
@@ -271,122 +107,6 @@ void check_spec(const MetricSpec& spec) {
   if (!(spec.min_effect >= 0.0 && spec.min_effect < 1.0))
     throw InvalidInput(
         fmt::format("metric '{}': min_effect is {} (must be in [0, 1))", spec.name, spec.min_effect));
-}
-
-// Where a value came from, for error messages: "metric 'x', canary host 3".
-struct Where {
-  const std::string& metric;
-  const char* arm;
-  std::size_t host;
-  std::string operator()(const char* field) const {
-    return fmt::format("metric '{}', {} host {}: {}", metric, arm, host, field);
-  }
-};
-
-// One arm's hosts reduced to what the tests need.
-struct Arm {
-  int hosts = 0;                 // given
-  int missing = 0;               // marked missing, or (counts) without any traffic
-  std::vector<double> values;    // Continuous: one per used host
-  std::vector<double> events;    // Count: one per used host
-  std::vector<double> exposure;  // Count: one per used host (expected events with a baseline)
-  double baseline_sum = 0.0;     // Continuous: sum of used hosts' baselines
-  // Count, BeforeAfter: the used hosts' own totals after and before the flip.
-  double raw_exposure = 0.0;
-  double baseline_events = 0.0;
-  double baseline_exposure = 0.0;
-  int used() const { return hosts - missing; }
-};
-
-// Kept out of line: the checks below run for every host and every field, and
-// only the rare failure needs to build a message.
-[[noreturn, gnu::noinline]] void bad_value(double value, const Where& where, const char* field,
-                                           const char* rule) {
-  throw InvalidInput(fmt::format("{} is {} (must be {})", where(field), value, rule));
-}
-
-inline double checked(double value, const Where& where, const char* field) {
-  if (!std::isfinite(value)) bad_value(value, where, field, "finite");
-  return value;
-}
-
-inline double checked_count(double value, const Where& where, const char* field) {
-  if (!(value >= 0.0 && value <= std::numeric_limits<double>::max()))
-    bad_value(value, where, field, "finite and >= 0");
-  return value;
-}
-
-void add_continuous(const HostData& host, const Where& where, Design design, Arm& arm) {
-  const double value = checked(host.value, where, "value");
-  if (design == Design::SameWindow) {
-    arm.values.push_back(value);
-    return;
-  }
-  const double baseline = checked(host.baseline_value, where, "baseline_value");
-  arm.values.push_back(value - baseline);
-  arm.baseline_sum += baseline;
-}
-
-// Counts: in SameWindow the exposure is the host's own (requests,
-// host-seconds); with a baseline it becomes the events the host would have
-// had at its own rate before the flip, so fixed per-host rate differences
-// cancel. A host without traffic tells nothing and counts as missing.
-void add_count(const HostData& host, const Where& where, Design design, Arm& arm) {
-  const double events = checked_count(host.events, where, "events");
-  const double exposure = checked_count(host.exposure, where, "exposure");
-  if (events > 0.0 && exposure <= 0.0)
-    throw InvalidInput(fmt::format("{} {} events with exposure 0", where("events"), events));
-  double weight = exposure;
-  if (design != Design::SameWindow) {
-    const double baseline_events = checked_count(host.baseline_events, where, "baseline_events");
-    const double baseline_exposure = checked_count(host.baseline_exposure, where, "baseline_exposure");
-    if (baseline_events > 0.0 && baseline_exposure <= 0.0)
-      throw InvalidInput(
-          fmt::format("{} {} events with exposure 0", where("baseline_events"), baseline_events));
-    weight = baseline_exposure > 0.0 ? exposure * (baseline_events + kBaselinePriorEvents) / baseline_exposure
-                                     : 0.0;
-    if (weight > 0.0) {
-      arm.baseline_events += baseline_events;
-      arm.baseline_exposure += baseline_exposure;
-    }
-  }
-  if (weight <= 0.0) {
-    ++arm.missing;
-    return;
-  }
-  arm.raw_exposure += exposure;
-  arm.events.push_back(events);
-  arm.exposure.push_back(weight);
-}
-
-Arm collect(const std::vector<HostData>& hosts, const MetricSpec& spec, const char* arm_name, Design design) {
-  Arm arm;
-  arm.hosts = static_cast<int>(hosts.size());
-  (spec.kind == MetricKind::Continuous ? arm.values : arm.events).reserve(hosts.size());
-  if (spec.kind == MetricKind::Count) arm.exposure.reserve(hosts.size());
-  for (std::size_t i = 0; i < hosts.size(); ++i) {
-    if (hosts[i].missing) {
-      ++arm.missing;
-      continue;
-    }
-    Where where{spec.name, arm_name, i};
-    if (spec.kind == MetricKind::Continuous) {
-      add_continuous(hosts[i], where, design, arm);
-    } else {
-      add_count(hosts[i], where, design, arm);
-    }
-  }
-  return arm;
-}
-
-// Empty when the arm is usable, else why not.
-std::string arm_problem(const Arm& arm, const char* name, const JudgeOptions& options) {
-  if (arm.hosts > 0 && static_cast<double>(arm.missing) > options.max_missing_fraction * arm.hosts)
-    return fmt::format("{}: {} of {} hosts missing or without traffic (at most {:.0f}% allowed)", name,
-                       arm.missing, arm.hosts, 100.0 * options.max_missing_fraction);
-  if (arm.used() < options.min_hosts_per_arm)
-    return fmt::format("{}: {} hosts with data (need {})", name, arm.used(), options.min_hosts_per_arm);
-  return {};
 }
 
 // The quasi-binomial dispersion of an arm: Pearson's chi-square of its hosts'

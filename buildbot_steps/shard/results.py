@@ -1,0 +1,124 @@
+"""What the parent step `ShardedTest` says about a sharded run, as text and numbers.
+
+The "plan" log written before the shards start, then, once they have all
+finished: the figures stored as `tests_*` properties, the verdict that gates
+the build with its one-line summary, and the "failures" log. Pure functions of
+the plan, the outcomes and the session: the step (parent_step.py) publishes
+them; the HTML report is report.py's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+
+from buildbot_steps._core import Plan, TestEstimate, TestOutcome, Verdict
+from buildbot_steps.shard import report
+from buildbot_steps.shard.commands import NOT_PASSED, Quarantine, names
+from buildbot_steps.shard.session import ShardSession
+
+Figures = dict[str, int | float]
+
+
+def count_sources(estimates: list[TestEstimate]) -> dict[str, int]:
+    """How many estimates came from history, file medians, etc."""
+    sources: dict[str, int] = {}
+    for estimate in estimates:
+        sources[estimate.source] = sources.get(estimate.source, 0) + 1
+    return sources
+
+
+def plan_text(
+    estimates: list[TestEstimate], plan: Plan, shards: int, history_builds: int, batch_overhead_s: float
+) -> str:
+    """The "plan" log: where the estimates came from, the bounds, each shard's static share."""
+    sources = count_sources(estimates)
+    lines = [
+        f"tests: {len(estimates)}; shards: {shards}; earlier builds read: {history_builds}",
+        "estimate sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())),
+        f"estimated total: {sum(e.seconds for e in estimates):.2f} s; "
+        f"lower bound per shard: {plan.lower_bound_s:.2f} s "
+        f"({plan.lower_bound_s + batch_overhead_s:.2f} s with one start-up); "
+        f"static plan makespan: {plan.makespan_s:.2f} s",
+        f"batch overhead learnt by earlier builds: {batch_overhead_s:.2f} s "
+        "(the dispatcher refines it from this build's batches)",
+    ]
+    for index, shard in enumerate(plan.shards):
+        lines.append(f"  shard {index}: {len(shard.tests)} tests, {shard.estimate_s:.2f} s")
+    return "\n".join(lines) + "\n"
+
+
+def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shard_total: int) -> Figures:
+    """The run's counts, makespan and bounds, each stored as a `tests_<key>` property."""
+    counts = dict.fromkeys(Verdict.__members__.values(), 0)
+    for outcome in outcomes:
+        counts[outcome.verdict] += 1
+    durations = [o.attempts[-1].seconds for o in outcomes if o.attempts]
+    hosts = {puller.split("#")[0] for puller in session.workers_seen}
+    workers = max(1, len(hosts) or shard_total)
+    finished = [run.end_s for run in session.timeline if run.end_s is not None]
+    started = [run.start_s for run in session.timeline]
+    makespan = (max(finished) - min(started)) if finished and started else 0.0
+    bound = max(max(durations, default=0.0), sum(durations) / workers)
+    stats = session.batches.stats()
+    # Every worker starts its runner at least once: the bound with start-ups.
+    overhead = stats.batch_overhead_s
+    return {
+        "total": len(outcomes),
+        "passed": counts[Verdict.passed],
+        "failed": counts[Verdict.failed],
+        "flaky": counts[Verdict.flaky],
+        "skipped": counts[Verdict.skipped],
+        "not_run": counts[Verdict.pending],
+        "workers": workers,
+        "makespan_s": round(makespan, 3),
+        "lower_bound_s": round(bound, 3),
+        "lower_bound_with_startups_s": round(bound + overhead, 3),
+        "batch_overhead_s": round(overhead, 3),
+        "estimate_scale": round(stats.estimate_scale, 4),
+        "planned_lower_bound_s": round(plan.lower_bound_s, 3),
+        "batches": len(session.timeline),
+        "requeued_batches": stats.requeued_batches,
+        "straggler_copies": stats.speculative_batches,
+    }
+
+
+def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quarantine) -> tuple[int, str]:
+    """The build result and its summary: a failure outside quarantine fails, flakes warn."""
+
+    def bad(o: TestOutcome) -> bool:
+        return o.verdict in NOT_PASSED
+
+    gating = [o.id for o in outcomes if bad(o) and o.id not in quarantine]
+    quarantined = [o.id for o in outcomes if bad(o) and o.id in quarantine]
+    flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
+    text = (
+        f"{run_figures['passed']} passed, {run_figures['failed']} failed, {run_figures['flaky']} flaky"
+        + (f", {run_figures['skipped']} skipped" if run_figures["skipped"] else "")
+        + (f", {run_figures['not_run']} not run" if run_figures["not_run"] else "")
+        + f"; makespan {run_figures['makespan_s']:.1f} s vs bound {run_figures['lower_bound_s']:.1f} s "
+        f"({run_figures['lower_bound_with_startups_s']:.1f} s with start-ups)"
+    )
+    if gating:
+        return FAILURE, text + "; failed: " + names(gating)
+    if flaky or quarantined:
+        notes = ([f"flaky: {names(flaky)}"] if flaky else []) + (
+            [f"quarantined failures: {names(quarantined)}"] if quarantined else []
+        )
+        return WARNINGS, text + "; " + "; ".join(notes)
+    return SUCCESS, text
+
+
+def failures_text(outcomes: Sequence[TestOutcome]) -> str:
+    """The "failures" log: every test that did not simply pass, with each attempt's message."""
+    lines = []
+    for outcome in outcomes:
+        if outcome.verdict in (Verdict.passed, Verdict.skipped):
+            continue
+        lines.append(f"{outcome.verdict.name.upper()}: {outcome.id}")
+        for attempt in outcome.attempts:
+            state = report.attempt_state(attempt)
+            lines.append(f"  on {attempt.worker}: {state} in {attempt.seconds:.3f} s")
+            lines.extend(f"    {line}" for line in (attempt.message or "").splitlines())
+    return "\n".join(lines) + "\n"

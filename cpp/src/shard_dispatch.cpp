@@ -1,0 +1,314 @@
+// The dynamic dispatcher: workers pull batches and report results; this file
+// keeps the books (attempts, verdicts, re-runs, lost workers) and the public
+// Dispatcher interface. What goes into a batch is shard_dispatch_queue.cpp.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+
+#include "cd/error.hpp"
+#include "cd/shard.hpp"
+#include "shard_dispatch_state.hpp"
+#include "shard_units.hpp"
+
+namespace cd::shard {
+
+const char* to_string(Verdict verdict) {
+  switch (verdict) {
+    case Verdict::Pending:
+      return "pending";
+    case Verdict::Passed:
+      return "passed";
+    case Verdict::Flaky:
+      return "flaky";
+    case Verdict::Failed:
+      return "failed";
+    case Verdict::Skipped:
+      return "skipped";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr char kNoResultMessage[] = "no result reported for this test";
+
+// Units of more than `max_tests` tests (a file of thousands of cases) become
+// runs of at most `max_tests` consecutive tests, still longest first.
+std::vector<Unit> cap_unit_sizes(std::vector<Unit> units, const std::vector<TestEstimate>& tests,
+                                 std::size_t max_tests) {
+  std::vector<Unit> capped;
+  bool split = false;
+  for (auto& unit : units) {
+    if (unit.tests.size() <= max_tests) {
+      capped.push_back(std::move(unit));
+      continue;
+    }
+    split = true;
+    for (std::size_t first = 0; first < unit.tests.size(); first += max_tests) {
+      Unit part;
+      for (std::size_t i = first; i < std::min(unit.tests.size(), first + max_tests); ++i) {
+        part.tests.push_back(unit.tests[i]);
+        part.estimate_s += tests[unit.tests[i]].seconds;
+      }
+      capped.push_back(std::move(part));
+    }
+  }
+  if (split) std::sort(capped.begin(), capped.end(), longer_first);
+  return capped;
+}
+
+}  // namespace
+
+void Dispatcher::State::resolve(std::size_t test, Verdict verdict) {
+  test_states[test].verdict = verdict;
+  ++stats.resolved;
+  if (verdict == Verdict::Passed) ++stats.passed;
+  if (verdict == Verdict::Flaky) ++stats.flaky;
+  if (verdict == Verdict::Failed) ++stats.failed;
+  if (verdict == Verdict::Skipped) ++stats.skipped;
+}
+
+void Dispatcher::State::record(std::size_t test, Attempt attempt) {
+  auto& state = test_states[test];
+  if (state.verdict != Verdict::Pending) return;  // another copy decided it first
+  bool passed = attempt.passed;
+  bool skipped = attempt.skipped;
+  state.attempts.push_back(std::move(attempt));
+  if (skipped) {
+    resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Skipped);
+    return;
+  }
+  if (passed) {
+    resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Passed);
+    return;
+  }
+  ++state.failures;
+  if (state.copies_in_flight > 0) return;  // the copy still running is the re-run
+  if (static_cast<int>(state.attempts.size()) >= options.max_attempts) {
+    resolve(test, Verdict::Failed);
+  } else {
+    requeue({test}, true);
+  }
+}
+
+void Dispatcher::State::requeue(std::vector<std::size_t> batch_tests, bool retry) {
+  Item item;
+  item.retry = retry;
+  for (auto test : batch_tests) {
+    item.estimate_s += tests[test].seconds;
+    if (guessed(tests[test])) item.guessed_s += tests[test].seconds;
+    test_states[test].queued = true;
+  }
+  item.tests = std::move(batch_tests);
+  enqueue_figures(item, 1.0);
+  double estimate = item.estimate_s;
+  requeued.emplace(estimate, std::move(item));
+}
+
+std::unordered_map<std::uint64_t, InFlight>::iterator Dispatcher::State::find_in_flight(
+    const std::string& worker, std::uint64_t batch_id) {
+  auto found = in_flight.find(batch_id);
+  if (found == in_flight.end() || found->second.worker != worker) {
+    throw InvalidState(fmt::format("batch {} is not in flight on worker '{}'", batch_id, worker));
+  }
+  return found;
+}
+
+InFlight Dispatcher::State::finish(const std::string& worker, std::uint64_t batch_id) {
+  auto found = find_in_flight(worker, batch_id);
+  InFlight flight = std::move(found->second);
+  in_flight.erase(found);
+  stats.batches_in_flight = in_flight.size();
+  for (auto test : flight.tests) --test_states[test].copies_in_flight;
+  return flight;
+}
+
+// A test whose failed attempt waited on a copy that has now gone away
+// (lost, or failed too) needs its re-run or its verdict now.
+void Dispatcher::State::settle_after_copy(std::size_t test) {
+  auto& state = test_states[test];
+  if (state.verdict != Verdict::Pending || state.copies_in_flight > 0 || state.failures == 0) return;
+  if (static_cast<int>(state.attempts.size()) >= options.max_attempts) {
+    resolve(test, Verdict::Failed);
+  } else if (!state.queued) {
+    requeue({test}, true);
+  }
+}
+
+Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
+    : state_(std::make_unique<State>()) {
+  if (options.workers < 1)
+    throw InvalidInput(fmt::format("workers must be at least 1, got {}", options.workers));
+  if (options.max_attempts < 1) {
+    throw InvalidInput(fmt::format("max_attempts must be at least 1, got {}", options.max_attempts));
+  }
+  if (!std::isfinite(options.batch_overhead_s) || options.batch_overhead_s < 0.0) {
+    throw InvalidInput(fmt::format("batch_overhead_s must be a finite number of seconds >= 0, got {}",
+                                   options.batch_overhead_s));
+  }
+  if (options.max_batch_tests < 1) {
+    throw InvalidInput(fmt::format("max_batch_tests must be at least 1, got {}", options.max_batch_tests));
+  }
+  check_estimates(tests);
+  auto& state = *state_;
+  state.options = options;
+  const double share = total_estimate(tests) / options.workers;
+  auto units = cap_unit_sizes(
+      make_units(tests, options.split_file_fraction * share, static_cast<std::size_t>(options.workers)),
+      tests, static_cast<std::size_t>(options.max_batch_tests));
+  state.cost = BatchCostModel(options.batch_overhead_s);
+  for (auto& unit : units) {
+    Item item{std::move(unit.tests), unit.estimate_s, false};
+    for (auto test : item.tests) {
+      if (guessed(tests[test])) item.guessed_s += tests[test].seconds;
+    }
+    state.enqueue_figures(item, 1.0);
+    state.fresh.push_back(std::move(item));
+  }
+  state.test_states.resize(tests.size());
+  state.stats.tests = tests.size();
+  state.tests = std::move(tests);
+}
+
+Dispatcher::~Dispatcher() = default;
+
+Assignment Dispatcher::next_batch(const std::string& worker, double now_s) {
+  std::lock_guard lock(state_->mutex);
+  auto& state = *state_;
+  state.live_workers.insert(worker);
+  if (state.stats.resolved == state.stats.tests) return Assignment{Assignment::Kind::Done, {}};
+  if (auto assignment = state.from_queue(worker, now_s)) return std::move(*assignment);
+  if (auto assignment = state.straggler_copy(worker, now_s)) return std::move(*assignment);
+  return Assignment{Assignment::Kind::Wait, {}};
+}
+
+void Dispatcher::report(const std::string& worker, std::uint64_t batch_id,
+                        const std::vector<TestResult>& results) {
+  std::lock_guard lock(state_->mutex);
+  state_->accept(worker, batch_id, results, std::nullopt);
+}
+
+void Dispatcher::report(const std::string& worker, std::uint64_t batch_id,
+                        const std::vector<TestResult>& results, double wall_s) {
+  std::lock_guard lock(state_->mutex);
+  state_->accept(worker, batch_id, results, wall_s);
+}
+
+// The results of a batch; `wall_s` when the caller timed it. Under the lock.
+void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id,
+                               const std::vector<TestResult>& results, std::optional<double> wall_s) {
+  auto& state = *this;
+  // Everything is checked before anything changes: a refused report leaves
+  // the batch in flight, so the caller can still fail it with report_error
+  // instead of its tests being neither recorded nor queued (a stalled run).
+  state.find_in_flight(worker, batch_id);
+  for (const auto& result : results) check_duration(result.seconds, result.id, "result");
+  if (wall_s && (!std::isfinite(*wall_s) || *wall_s < 0.0)) {
+    throw InvalidInput(
+        fmt::format("batch {}: wall time {} (must be a finite number of seconds >= 0)", batch_id, *wall_s));
+  }
+  InFlight flight = state.finish(worker, batch_id);
+  std::unordered_map<std::string_view, const TestResult*> by_id;
+  for (const auto& result : results) by_id.emplace(result.id, &result);
+  double tests_s = 0.0;
+  std::size_t answered = 0;
+  for (auto test : flight.tests) {
+    auto found = by_id.find(state.tests[test].id);
+    if (found == by_id.end()) {
+      state.record(test, {worker, false, 0.0, kNoResultMessage});
+    } else {
+      const TestResult& result = *found->second;
+      tests_s += result.seconds;
+      ++answered;
+      if (guessed(state.tests[test])) state.cost.observe_guessed(state.tests[test].seconds, result.seconds);
+      state.record(
+          test, {worker, result.passed && !result.skipped, result.seconds, result.message, result.skipped});
+    }
+    state.settle_after_copy(test);
+  }
+  // Only a batch that ran to the end says what its start-up costs.
+  if (wall_s && answered == flight.tests.size()) state.cost.observe_batch(worker, *wall_s, tests_s);
+}
+
+void Dispatcher::report_error(const std::string& worker, std::uint64_t batch_id, const std::string& message) {
+  std::lock_guard lock(state_->mutex);
+  auto& state = *state_;
+  InFlight flight = state.finish(worker, batch_id);
+  for (auto test : flight.tests) {
+    state.record(test, {worker, false, 0.0, message});
+    state.settle_after_copy(test);
+  }
+}
+
+void Dispatcher::worker_lost(const std::string& worker) {
+  std::lock_guard lock(state_->mutex);
+  auto& state = *state_;
+  state.live_workers.erase(worker);
+  std::vector<std::uint64_t> lost;
+  for (const auto& [id, flight] : state.in_flight) {
+    if (flight.worker == worker) lost.push_back(id);
+  }
+  std::sort(lost.begin(), lost.end());
+  for (auto id : lost) {
+    InFlight flight = state.finish(worker, id);
+    std::vector<std::size_t> orphaned;
+    for (auto test : flight.tests) {
+      const auto& test_state = state.test_states[test];
+      if (test_state.verdict != Verdict::Pending || test_state.copies_in_flight > 0) continue;
+      if (test_state.failures > 0) {
+        state.settle_after_copy(test);  // it was this batch's job to re-run it
+      } else {
+        orphaned.push_back(test);
+      }
+    }
+    if (!orphaned.empty()) {
+      state.requeue(std::move(orphaned), false);
+      ++state.stats.requeued_batches;
+    }
+  }
+}
+
+bool Dispatcher::batch_obsolete(std::uint64_t batch_id) const {
+  std::lock_guard lock(state_->mutex);
+  auto found = state_->in_flight.find(batch_id);
+  return found == state_->in_flight.end() || state_->unresolved(found->second.tests).empty();
+}
+
+bool Dispatcher::done() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->stats.resolved == state_->stats.tests;
+}
+
+DispatchStats Dispatcher::stats() const {
+  std::lock_guard lock(state_->mutex);
+  DispatchStats stats = state_->stats;
+  stats.queued_estimate_s = state_->queued_estimate_s();
+  stats.batch_overhead_s = state_->cost.overhead_s();
+  stats.estimate_scale = state_->scale();
+  return stats;
+}
+
+std::unordered_map<std::string, double> Dispatcher::overhead_by_worker() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->cost.overhead_by_worker();
+}
+
+std::vector<TestOutcome> Dispatcher::outcomes() const {
+  std::lock_guard lock(state_->mutex);
+  const auto& state = *state_;
+  std::vector<TestOutcome> outcomes;
+  outcomes.reserve(state.tests.size());
+  for (std::size_t test = 0; test < state.tests.size(); ++test) {
+    const auto& test_state = state.test_states[test];
+    outcomes.push_back(
+        {state.tests[test].id, test_state.verdict, state.tests[test].seconds, test_state.attempts});
+  }
+  return outcomes;
+}
+
+}  // namespace cd::shard

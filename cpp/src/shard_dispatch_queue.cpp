@@ -1,0 +1,179 @@
+// The dispatcher's choice of work: which queued tests make the next batch
+// and how large it is, and when an idle worker copies a straggling batch.
+#include <algorithm>
+#include <cmath>
+
+#include "cd/shard.hpp"
+#include "shard_dispatch_state.hpp"
+
+namespace cd::shard {
+
+bool Dispatcher::State::tried_by(std::size_t test, const std::string& worker) const {
+  const auto& attempts = test_states[test].attempts;
+  return std::any_of(attempts.begin(), attempts.end(), [&](const Attempt& a) { return a.worker == worker; });
+}
+
+// A re-run goes to a worker that has not run the test yet, unless every
+// live worker has: then any worker beats waiting for ever.
+bool Dispatcher::State::may_run(const Item& item, const std::string& worker) const {
+  if (!item.retry) return true;
+  for (auto test : item.tests) {
+    if (!tried_by(test, worker)) continue;
+    bool someone_else = std::any_of(live_workers.begin(), live_workers.end(), [&](const std::string& other) {
+      return other != worker && !tried_by(test, other);
+    });
+    if (someone_else) return false;
+  }
+  return true;
+}
+
+// The longest eligible item, fresh or requeued, without taking it: the
+// requeued entry, or requeued.end() for the next fresh one; nullopt if none.
+std::optional<std::multimap<double, Item, std::greater<>>::iterator> Dispatcher::State::peek_longest(
+    const std::string& worker) {
+  auto eligible = std::find_if(requeued.begin(), requeued.end(),
+                               [&](const auto& entry) { return may_run(entry.second, worker); });
+  bool have_fresh = next_fresh < fresh.size();
+  if (eligible != requeued.end() && (!have_fresh || eligible->first >= fresh[next_fresh].estimate_s)) {
+    return eligible;
+  }
+  if (have_fresh) return requeued.end();
+  return std::nullopt;
+}
+
+const Item& Dispatcher::State::peeked(std::multimap<double, Item, std::greater<>>::iterator where) const {
+  return where == requeued.end() ? fresh[next_fresh] : where->second;
+}
+
+Item Dispatcher::State::take(std::multimap<double, Item, std::greater<>>::iterator where) {
+  Item taken;
+  if (where == requeued.end()) {
+    taken = std::move(fresh[next_fresh++]);
+  } else {
+    taken = std::move(where->second);
+    requeued.erase(where);
+  }
+  enqueue_figures(taken, -1.0);
+  for (auto test : taken.tests) test_states[test].queued = false;
+  return taken;
+}
+
+// Work not yet done: the queue, and what running batches have left.
+double Dispatcher::State::remaining_work_s(double now_s) const {
+  double work = queued_estimate_s();
+  for (const auto& [id, flight] : in_flight) {
+    if (flight.speculative) continue;  // its tests are counted in the original
+    work += std::max(0.0, flight.started_s + flight.known_s + flight.guessed_s * scale() - now_s);
+  }
+  return work;
+}
+
+// Guided self-scheduling: a share of what is left, shrinking as it drains.
+// With a start-up to pay, a worker's share of the remaining work is cut
+// into equal batches each worth kBatchWorthFactor start-ups (one batch if
+// the share is smaller): equal cuts end every worker's last batch together,
+// where a fixed size would leave a remainder to one worker.
+double Dispatcher::State::batch_target_s(const std::string& worker, double now_s) const {
+  const double workers = std::max(1, options.workers);
+  double target = std::max(options.min_batch_s, queued_estimate_s() / (kGuidedDivisor * workers));
+  const double overhead = cost.overhead_s(worker);
+  if (overhead > 0.0) {
+    const double share = remaining_work_s(now_s) / workers;
+    const double batches = std::max(1.0, std::floor(share / (kBatchWorthFactor * overhead)));
+    target = std::max(target, share / batches);
+  }
+  return target;
+}
+
+Assignment Dispatcher::State::hand_out(const std::string& worker, double now_s, InFlight flight, bool retry) {
+  Assignment assignment;
+  assignment.kind = Assignment::Kind::Run;
+  flight.known_s = flight.guessed_s = 0.0;
+  for (auto test : flight.tests)
+    (guessed(tests[test]) ? flight.guessed_s : flight.known_s) += tests[test].seconds;
+  flight.estimate_s = flight.known_s + flight.guessed_s * scale();
+  assignment.batch.id = next_batch_id++;
+  assignment.batch.estimate_s = flight.estimate_s;
+  assignment.batch.speculative = flight.speculative;
+  assignment.batch.retry = retry;
+  for (auto test : flight.tests) {
+    assignment.batch.tests.push_back(tests[test].id);
+    ++test_states[test].copies_in_flight;
+  }
+  flight.worker = worker;
+  flight.started_s = now_s;
+  in_flight.emplace(assignment.batch.id, std::move(flight));
+  ++stats.batches_handed_out;
+  stats.batches_in_flight = in_flight.size();
+  return assignment;
+}
+
+// Longest first up to the target, never past max_batch_tests (no unit is
+// larger than that: see cap_unit_sizes), and at least one item.
+std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worker, double now_s) {
+  const double target = batch_target_s(worker, now_s);
+  const auto cap = static_cast<std::size_t>(options.max_batch_tests);
+  InFlight flight;
+  bool retry = false;
+  while (flight.tests.empty() || flight.estimate_s < target) {
+    auto where = peek_longest(worker);
+    if (!where) break;
+    if (!flight.tests.empty() && flight.tests.size() + peeked(*where).tests.size() > cap) break;
+    Item item = take(*where);
+    flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
+    flight.estimate_s += estimate_of(item);
+    retry = retry || item.retry;
+  }
+  if (flight.tests.empty()) return std::nullopt;
+  return hand_out(worker, now_s, std::move(flight), retry);
+}
+
+std::vector<std::size_t> Dispatcher::State::unresolved(const std::vector<std::size_t>& batch_tests) const {
+  std::vector<std::size_t> open;
+  for (auto test : batch_tests) {
+    if (test_states[test].verdict == Verdict::Pending) open.push_back(test);
+  }
+  return open;
+}
+
+// Nothing queued: copy the in-flight batch expected to finish last, if it
+// is still far enough from done to be worth a second worker.
+std::optional<Assignment> Dispatcher::State::straggler_copy(const std::string& worker, double now_s) {
+  if (!options.speculate) return std::nullopt;
+  while (InFlight* latest = latest_finishing(worker, now_s)) {
+    auto open = unresolved(latest->tests);
+    bool tried_here =
+        std::any_of(open.begin(), open.end(), [&](auto test) { return tried_by(test, worker); });
+    if (open.empty() || tried_here) {
+      latest->copied = true;  // not worth copying; do not look at it again
+      continue;
+    }
+    InFlight copy;
+    copy.tests = std::move(open);
+    copy.speculative = true;
+    latest->copied = true;
+    ++stats.speculative_batches;
+    return hand_out(worker, now_s, std::move(copy), false);
+  }
+  return std::nullopt;
+}
+
+// The in-flight batch of another worker expected to finish last, if it is
+// far enough from done to be worth a second worker.
+InFlight* Dispatcher::State::latest_finishing(const std::string& worker, double now_s) {
+  InFlight* latest = nullptr;
+  for (auto& [id, flight] : in_flight) {
+    if (flight.speculative || flight.copied || flight.worker == worker) continue;
+    // The copy pays this worker's start-up first: it can only win against
+    // an original expected to need longer than that (its own start-up included).
+    double finish = flight.started_s + flight.estimate_s + cost.overhead_s(flight.worker);
+    if (finish - now_s < options.min_speculation_s + cost.overhead_s(worker)) continue;
+    if (latest == nullptr || finish > latest->started_s + latest->estimate_s ||
+        (finish == latest->started_s + latest->estimate_s && flight.tests < latest->tests)) {
+      latest = &flight;
+    }
+  }
+  return latest;
+}
+
+}  // namespace cd::shard

@@ -1,0 +1,113 @@
+// The dispatcher's state, shared by the two halves of its work: choosing what
+// a worker gets next (shard_dispatch_queue.cpp) and recording what comes back
+// (shard_dispatch.cpp). Internal to cpp/src; the public interface is cd/shard.hpp.
+// Every member is used under `mutex`.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "cd/shard.hpp"
+
+namespace cd::shard {
+
+struct Item {
+  std::vector<std::size_t> tests;
+  double estimate_s = 0.0;  // as estimated before the run, unscaled
+  bool retry = false;
+  double guessed_s = 0.0;  // the part of estimate_s that is guessed, not history
+};
+
+inline bool guessed(const TestEstimate& test) { return test.source != EstimateSource::History; }
+
+struct InFlight {
+  std::string worker;
+  std::vector<std::size_t> tests;
+  double started_s = 0.0;
+  double estimate_s = 0.0;
+  bool speculative = false;
+  bool copied = false;  // a straggler copy of it runs elsewhere
+  // estimate_s split as the queue keeps it, so that a recalibration applies
+  // to batches already running too.
+  double known_s = 0.0;
+  double guessed_s = 0.0;
+};
+
+struct TestState {
+  Verdict verdict = Verdict::Pending;
+  int failures = 0;
+  int copies_in_flight = 0;
+  bool queued = false;  // waiting in the requeued list
+  std::vector<Attempt> attempts;
+};
+
+struct Dispatcher::State {
+  mutable std::mutex mutex;
+  DispatchOptions options;
+  std::vector<TestEstimate> tests;
+  std::vector<TestState> test_states;
+  std::vector<Item> fresh;  // longest first; consumed from next_fresh
+  std::size_t next_fresh = 0;
+  // Retries and lost batches, longest first; the first eligible one is
+  // almost always at the front, since only re-runs exclude workers.
+  std::multimap<double, Item, std::greater<>> requeued;
+  std::unordered_map<std::uint64_t, InFlight> in_flight;
+  std::unordered_set<std::string> live_workers;
+  std::uint64_t next_batch_id = 1;
+  DispatchStats stats;
+  BatchCostModel cost;
+  // Queued work, split so that the guessed part can be rescaled.
+  double queued_known_s = 0.0;
+  double queued_guessed_s = 0.0;
+
+  void accept(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results,
+              std::optional<double> wall_s);
+
+  double scale() const { return options.recalibrate ? cost.guess_scale() : 1.0; }
+
+  double estimate_of(const Item& item) const {
+    return item.estimate_s - item.guessed_s + item.guessed_s * scale();
+  }
+
+  double queued_estimate_s() const { return queued_known_s + queued_guessed_s * scale(); }
+
+  void enqueue_figures(const Item& item, double sign) {
+    queued_known_s = std::max(0.0, queued_known_s + sign * (item.estimate_s - item.guessed_s));
+    queued_guessed_s = std::max(0.0, queued_guessed_s + sign * item.guessed_s);
+  }
+
+  // Choosing work (shard_dispatch_queue.cpp).
+  bool tried_by(std::size_t test, const std::string& worker) const;
+  bool may_run(const Item& item, const std::string& worker) const;
+  std::optional<std::multimap<double, Item, std::greater<>>::iterator> peek_longest(
+      const std::string& worker);
+  const Item& peeked(std::multimap<double, Item, std::greater<>>::iterator where) const;
+  Item take(std::multimap<double, Item, std::greater<>>::iterator where);
+  double remaining_work_s(double now_s) const;
+  double batch_target_s(const std::string& worker, double now_s) const;
+  Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry);
+  std::optional<Assignment> from_queue(const std::string& worker, double now_s);
+  std::vector<std::size_t> unresolved(const std::vector<std::size_t>& batch_tests) const;
+  std::optional<Assignment> straggler_copy(const std::string& worker, double now_s);
+  InFlight* latest_finishing(const std::string& worker, double now_s);
+
+  // Recording results (shard_dispatch.cpp).
+  void resolve(std::size_t test, Verdict verdict);
+  void record(std::size_t test, Attempt attempt);
+  void requeue(std::vector<std::size_t> batch_tests, bool retry);
+  std::unordered_map<std::uint64_t, InFlight>::iterator find_in_flight(const std::string& worker,
+                                                                       std::uint64_t batch_id);
+  InFlight finish(const std::string& worker, std::uint64_t batch_id);
+  void settle_after_copy(std::size_t test);
+};
+
+}  // namespace cd::shard
