@@ -3,8 +3,10 @@
 Each build writes three result sets for its tests (DESIGN.md section 3):
     "<description>"           category pass_fail, value "1"/"0", duration_ns
                               clamped to 2**31-1 ns (for other consumers)
-    "<description> durations" category performance, value_unit "s", value the
-                              exact duration in seconds as text ("2.513402")
+    "<description> durations" category performance, value_unit "json": the exact
+                              durations in seconds packed as JSON objects,
+                              {"test id": 2.513402, ...}, at most
+                              PACKED_ROW_BYTES a row, test_name "durations N"
     "<description> flaky"     category fail_only, one row per flaky test
     "<description> batch overhead"  category performance, value_unit "s", one
                               row per worker (test_name): what a batch cost
@@ -13,10 +15,19 @@ Each build writes three result sets for its tests (DESIGN.md section 3):
 `test_results.duration_ns` is a 32-bit integer on PostgreSQL (at most
 2.147 s), so the planner reads only the durations set, where durations of any
 length survive.
+
+Why packed: Buildbot's addTestResults compiles one multi-row INSERT whose bind
+parameters SQLAlchemy builds one by one, about 0.3 ms a row on this machine,
+and the data API turns every row read into a dict: one row per test cost
+~14 s to write and ~4 s to read for 15,000 tests (bench/history_db_bench.py).
+Packed, the durations of 100,000 tests are a few hundred rows. Earlier builds'
+sets of one row per test (value_unit "s") are still read. The pass_fail set
+keeps one row per test, and is now nearly all of the write's cost.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -35,6 +46,11 @@ NANOSECONDS = 1_000_000_000
 # runs of each test (kRecentRunsConsidered).
 HISTORY_BUILDS = 5
 
+# Durations packed into one test_results row stay under half of MySQL's TEXT
+# (65,535 bytes), the smallest `value` column among Buildbot's databases.
+PACKED_ROW_BYTES = 30_000
+PACKED_UNIT = "json"
+
 
 def duration_ns_for_db(seconds: float) -> int:
     """Nanoseconds clamped to what PostgreSQL's 32-bit column accepts."""
@@ -42,7 +58,7 @@ def duration_ns_for_db(seconds: float) -> int:
 
 
 def durations_of(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """{test id: seconds} from the rows of a durations result set."""
+    """{test id: seconds} from the rows of a durations result set, one row per test."""
     durations = {}
     for row in rows:
         try:
@@ -52,6 +68,41 @@ def durations_of(rows: list[dict[str, Any]]) -> dict[str, float]:
         if row.get("test_name") and math.isfinite(seconds) and seconds >= 0:
             durations[row["test_name"]] = seconds
     return durations
+
+
+def packed_durations_of(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """{test id: seconds} from the rows of a packed durations result set."""
+    durations: dict[str, float] = {}
+    for row in rows:
+        try:
+            packed = json.loads(row["value"])
+        except (TypeError, ValueError):
+            continue  # a hand-edited or foreign row: skip it, do not fail the plan
+        if not isinstance(packed, dict):
+            continue
+        for test, seconds in packed.items():
+            if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0:
+                durations[test] = float(seconds)
+    return durations
+
+
+def pack_durations(durations: dict[str, float]) -> list[str]:
+    """JSON objects of {test id: seconds}, each at most PACKED_ROW_BYTES (a longer single
+    test id gets a row of its own)."""
+    rows: list[str] = []
+    entries: list[str] = []
+    size = 2  # the braces
+    for test in sorted(durations):
+        entry = f"{json.dumps(test)}:{durations[test]:.6f}"
+        entry_bytes = len(entry.encode()) + 1  # and its comma
+        if entries and size + entry_bytes > PACKED_ROW_BYTES:
+            rows.append("{" + ",".join(entries) + "}")
+            entries, size = [], 2
+        entries.append(entry)
+        size += entry_bytes
+    if entries:
+        rows.append("{" + ",".join(entries) + "}")
+    return rows
 
 
 class HistoryReading(NamedTuple):
@@ -81,7 +132,9 @@ class TestHistory:
         )[-HISTORY_BUILDS:]
         history = []
         for result_set in recent:
-            history.append(durations_of(await self._results_of(result_set)))
+            rows = await self._results_of(result_set)
+            packed = result_set.get("value_unit") == PACKED_UNIT
+            history.append(packed_durations_of(rows) if packed else durations_of(rows))
         recent_builds = {s["buildid"] for s in recent}
         flake_record: dict[str, int] = {}
         for result_set in complete:
@@ -110,9 +163,10 @@ class TestHistory:
     ) -> None:
         step = self._step
         outcome_set = await step.addTestResultSet(self.description, "pass_fail", "boolean")
-        duration_set = await step.addTestResultSet(self.durations_description, "performance", "s")
+        duration_set = await step.addTestResultSet(self.durations_description, "performance", PACKED_UNIT)
         # Only the flaky tests, so the flake record costs a few rows per build.
         flaky_set = await step.addTestResultSet(self.flaky_description, "fail_only", "boolean")
+        durations: dict[str, float] = {}
         for outcome in outcomes:
             if not outcome.attempts:
                 continue  # never ran: no duration to learn from
@@ -121,9 +175,11 @@ class TestHistory:
             if outcome.verdict != Verdict.skipped:  # neither a pass nor a failure
                 passed = "1" if outcome.verdict in (Verdict.passed, Verdict.flaky) else "0"
                 step.addTestResult(outcome_set, passed, test_name=outcome.id, duration_ns=duration_ns)
-            step.addTestResult(duration_set, f"{seconds:.6f}", test_name=outcome.id, duration_ns=duration_ns)
+            durations[outcome.id] = seconds
             if outcome.verdict == Verdict.flaky:
                 step.addTestResult(flaky_set, "0", test_name=outcome.id)
+        for index, packed in enumerate(pack_durations(durations)):
+            step.addTestResult(duration_set, packed, test_name=f"durations {index}")
         if overhead_by_worker:
             overhead_set = await step.addTestResultSet(self.overhead_description, "performance", "s")
             for worker, seconds in sorted(overhead_by_worker.items()):

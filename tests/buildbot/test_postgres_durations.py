@@ -12,6 +12,8 @@ import re
 
 import pytest
 
+from buildbot_steps.shard.history import packed_durations_of
+
 LONG_TEST = "tests/test_slow.py::test_slow_2500ms"
 SHORT_TEST = "tests/test_fast.py::TestStrings::test_upper"
 POSTGRES_INT4_MAX = 2**31 - 1
@@ -24,19 +26,20 @@ def cluster(postgres_url, make_cluster):
     return make_cluster(shard_workers=4, db_url=postgres_url, tests=[LONG_TEST, SHORT_TEST])
 
 
-def durations_of(cluster, buildid: int) -> dict[str, dict]:
+def rows_of(cluster, buildid: int, description: str) -> list[dict]:
     sets = cluster.test_result_sets(buildid)
-    durations = next(s for s in sets if s["description"] == "sharded tests durations")
-    return {r["test_name"]: r for r in cluster.test_results(durations["test_result_setid"])}
+    result_set = next(s for s in sets if s["description"] == description)
+    return cluster.test_results(result_set["test_result_setid"])
 
 
 def test_long_duration_round_trip_through_postgresql(cluster):
     assert cluster.api("builders")  # the master runs on PostgreSQL
     first = cluster.wait_for_build(cluster.force_build())
     assert first["results"] == 0, first["state_string"]
-    rows = durations_of(cluster, first["buildid"])
-    assert float(rows[LONG_TEST]["value"]) >= 2.5
-    assert rows[LONG_TEST]["duration_ns"] == POSTGRES_INT4_MAX
+    durations = packed_durations_of(rows_of(cluster, first["buildid"], "sharded tests durations"))
+    assert durations[LONG_TEST] >= 2.5
+    outcomes = {r["test_name"]: r for r in rows_of(cluster, first["buildid"], "sharded tests")}
+    assert outcomes[LONG_TEST]["duration_ns"] == POSTGRES_INT4_MAX
 
     second = cluster.wait_for_build(cluster.force_build())
     assert second["properties"]["shard_estimates_from_history"] == 2

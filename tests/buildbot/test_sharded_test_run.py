@@ -27,6 +27,11 @@ TESTS = ["tests/test_a.py::test_one", "tests/test_a.py::test_two"]
 SKIP = "skip"
 
 
+def packed_durations(tests) -> str:
+    """The durations row of tests all scripted at 2.5 s, as history.py packs it."""
+    return "{" + ",".join(f'"{test}":2.500000' for test in sorted(tests)) + "}"
+
+
 def scripted_result(test: str, outcome: bool | str) -> JUnitTestResult:
     if outcome == SKIP:
         return JUnitTestResult(test, False, 2.5, "skipped: scripted skip", skipped=True)
@@ -82,11 +87,12 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         return shards
 
     def expect_stored(self, verdicts: dict[str, str]) -> None:
-        """The three result sets, and each test's rows (all scripted at 2.5 s)."""
+        """The three result sets, each test's rows (all scripted at 2.5 s), and the durations
+        packed into one row."""
         self.expect_test_result_sets(
             [
                 ("sharded tests", "pass_fail", "boolean"),
-                ("sharded tests durations", "performance", "s"),
+                ("sharded tests durations", "performance", "json"),
                 ("sharded tests flaky", "fail_only", "boolean"),
             ]
         )
@@ -96,9 +102,9 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
             passed = "1" if verdict in ("passed", "flaky") else "0"
             if verdict != "skipped":  # neither a pass nor a failure
                 rows.append((1000, passed, test, None, None, clamped))
-            rows.append((1001, "2.500000", test, None, None, clamped))
             if verdict == "flaky":
                 rows.append((1002, "0", test, None, None, None))
+        rows.append((1001, packed_durations(verdicts), "durations 0", None, None, None))
         self.expect_test_results(rows)
 
     @defer.inlineCallbacks
@@ -130,7 +136,7 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         self.expect_test_result_sets(
             [
                 ("sharded tests", "pass_fail", "boolean"),
-                ("sharded tests durations", "performance", "s"),
+                ("sharded tests durations", "performance", "json"),
                 ("sharded tests flaky", "fail_only", "boolean"),
                 ("sharded tests batch overhead", "performance", "s"),
             ]
@@ -139,9 +145,8 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         self.expect_test_results(
             [
                 (1000, "1", TESTS[0], None, None, clamped),
-                (1001, "2.500000", TESTS[0], None, None, clamped),
                 (1000, "1", TESTS[1], None, None, clamped),
-                (1001, "2.500000", TESTS[1], None, None, clamped),
+                (1001, packed_durations(TESTS), "durations 0", None, None, None),
                 (1003, "3.000000", "worker0#1", None, None, None),  # one row per puller
             ]
         )
