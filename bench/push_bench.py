@@ -15,7 +15,8 @@ What it does (DESIGN.md section 4, issues 4 and 11):
     changed from what is live;
       ours    buildbot_steps.release push into a release slot (one ssh session
               per host; rsync in place into the oldest slot, neither live nor
-              the rollback target, with --link-dest against the live slot), flipped
+              the rollback target, after the host script has hard-linked what
+              changed since that slot's release from the live slot), flipped
               after each push; warm-up: every revision but the last, so that
               each of the 5 slots has held a release and the steady push lands
               in the slot holding the base tree (5 revisions old), as from a
@@ -442,7 +443,7 @@ class Ours:
         return [pathlib.Path(os.path.realpath(h.deploy_root / "current")) for h in self.env.hosts]
 
     def hardlinked_share(self) -> float:
-        """Share of the live slot's files on the first host that are hard links (--link-dest)."""
+        """Share of the live slot's files on the first host that are hard links into another release."""
         return hardlinked_share(self.live_dirs()[0])
 
     def close(self) -> None:
@@ -457,7 +458,7 @@ class Ours:
 
 
 def hardlinked_share(root: pathlib.Path) -> float:
-    """Share of the files under `root` (our manifest aside) that are hard links (--link-dest)."""
+    """Share of the files under `root` (our manifest aside) that are hard links into another release."""
     files = linked = 0
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
@@ -1042,8 +1043,9 @@ def print_table(report: dict, args) -> None:
     print(
         "Setup: ours pushes into release slots (one ssh session per host: the receiving "
         "rsync runs through the host script, which under the deploy root's lock rsyncs in "
-        "place into the oldest slot, neither live nor the rollback target, with --link-dest "
-        "against the live slot, sets modes and commits), starting every push on cold ssh "
+        "place into the oldest slot, neither live nor the rollback target, after hard-linking "
+        "what changed since that slot's release from the live slot, sets modes and commits), "
+        "starting every push on cold ssh "
         "connections, and flips "
         "after each push (not in the push time). The in-place peers rsync (-a --delete) into "
         "a plain directory per host, each push over the copy of the push before; the slot peers "
