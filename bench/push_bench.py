@@ -906,61 +906,32 @@ def print_table(report: dict, args) -> None:
                 fmt_bytes(r["steady_bytes_sent"]),
             )
         )
+
+    def reference_row(label: str, **cells: str) -> tuple[str, ...]:
+        """A row of lower bounds: `cells` maps column names (spaces as _) to values."""
+        return (label, *(cells.get(name.replace(" ", "_").replace("/", "_"), "") for name in head[1:]))
+
     rows.append(
-        (
+        reference_row(
             "ref: bytes / 1-stream rate",
-            "",
-            "",
-            "",
-            fmt_s(ref["bytes_over_single_stream_rate_first_s"]),
-            fmt_s(ref["bytes_over_single_stream_rate_steady_s"]),
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
+            first_s=fmt_s(ref["bytes_over_single_stream_rate_first_s"]),
+            steady_s=fmt_s(ref["bytes_over_single_stream_rate_steady_s"]),
         )
     )
     rtt_ref = fmt_s(ref["ssh_true_x_hosts_over_concurrency_s"])
     rows.append(
-        (
+        reference_row(
             f"ref: ssh true x {cfg['hosts']}/{cfg['concurrency']}",
-            "",
-            "",
-            "",
-            rtt_ref,
-            rtt_ref,
-            "",
-            "",
-            "",
-            "",
-            rtt_ref,
-            "",
-            "",
-            "",
+            first_s=rtt_ref,
+            steady_s=rtt_ref,
+            cold_flip_s=rtt_ref,
         )
     )
     if ref.get("parallel_ssh_true_s") is not None:
         p = fmt_s(ref["parallel_ssh_true_s"])
         rows.append(
-            (
-                f"ref: parallel-ssh -p {cfg['concurrency']} true",
-                "",
-                "",
-                "",
-                p,
-                p,
-                "",
-                "",
-                "",
-                "",
-                p,
-                "",
-                "",
-                "",
+            reference_row(
+                f"ref: parallel-ssh -p {cfg['concurrency']} true", first_s=p, steady_s=p, cold_flip_s=p
             )
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
