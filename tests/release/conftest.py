@@ -6,8 +6,10 @@ A fleet of 20 hosts starts in about half a second, so every test gets its own
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from harness import sshd_hosts
 
 HERE = Path(__file__).parent
 FLEET_SIZE = 20  # the issue asks for at least 20 real hosts
+# Seconds between the mtimes of successive trees: above rsync's one-second quick-check window.
+TREE_MTIME_STEP_S = 2
 
 
 @pytest.fixture
@@ -58,16 +62,27 @@ def make_runner(fleet, control_dir):
 
 @pytest.fixture
 def make_tree(tmp_path):
-    """make_tree(name, files={"path": bytes or str}) -> Path of a release tree."""
+    """make_tree(name, files={"path": bytes or str}) -> Path of a release tree.
+
+    Each tree's files are dated a few seconds after the previous tree's, as a
+    later build's are: rsync's quick check takes a file of the same size and
+    mtime for unchanged, so two trees written within one second would make a
+    same-size change invisible to it (a limit of rsync's, stated in the README)."""
+    trees_made = 0
+    first_mtime = time.time()
 
     def make(name: str, files: dict) -> Path:
+        nonlocal trees_made
         root = tmp_path / "trees" / name
+        mtime = first_mtime + TREE_MTIME_STEP_S * trees_made
+        trees_made += 1
         for relative, content in files.items():
             path = root / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, str):
                 content = content.encode()
             path.write_bytes(content)
+            os.utime(path, (mtime, mtime))
         root.mkdir(parents=True, exist_ok=True)
         return root
 
