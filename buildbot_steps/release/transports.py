@@ -249,8 +249,12 @@ def rsync_base(host: Host, preserve_privileged: bool = False) -> list[str]:
     # No --link-dest: the host script hard-links the slot to the live release
     # before the rsync (host_transfer.sh, link_from_live: rsync 3.4+ would look
     # every file up in the --link-dest directory, path component by component).
+    # --modify-window=-1: the quick check compares mtimes to the nanosecond
+    # (receiver rsync 3.1.3+); at whole seconds, a same-size change built
+    # within the second of the slot's copy would be taken for unchanged.
     base = [
-        "rsync", "-a", "--no-perms", "--delete", "--stats", f"--timeout={RSYNC_IO_TIMEOUT_S}",
+        "rsync", "-a", "--no-perms", "--delete", "--modify-window=-1", "--stats",
+        f"--timeout={RSYNC_IO_TIMEOUT_S}",
         *(f"--exclude=/{name}" for name in MANIFEST_NAMES),
     ]  # fmt: skip
     return base if preserve_privileged else [*base, *UNPRIVILEGED_RSYNC_OPTIONS]

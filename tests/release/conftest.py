@@ -66,8 +66,9 @@ def make_tree(tmp_path):
 
     Each tree's files are dated a few seconds after the previous tree's, as a
     later build's are: rsync's quick check takes a file of the same size and
-    mtime for unchanged, so two trees written within one second would make a
-    same-size change invisible to it (a limit of rsync's, stated in the README)."""
+    mtime for unchanged, and the kernel dates writes by a clock that ticks
+    every few milliseconds, so two trees written back to back can share an
+    mtime even to the nanosecond (a limit stated in the README)."""
     trees_made = 0
     first_mtime = time.time()
 

@@ -236,3 +236,19 @@ def test_a_push_into_an_old_slot_sets_the_modes_that_differ_from_the_live_and_th
     manifest = dict(line.split("=", 1) for line in (target / ".release").read_text().splitlines())
     kept = (root / ".bbcd" / "modes.0").read_bytes()
     assert manifest["modes"] == hashlib.sha256(kept).hexdigest() and b"664 added.txt\n" in kept
+
+
+def test_a_same_size_change_within_the_same_second_reaches_the_slot(runner_and_root, tmp_path):
+    # Two builds within one second, as a fast pipeline or a test makes them:
+    # rsync's quick check at whole seconds would take the new file for the
+    # live one (same size, same second) and leave the old content in the slot.
+    runner, root = runner_and_root
+    for n, (content, mtime_ns) in enumerate(
+        ((b"rate 0.1\n", MTIME * 10**9), (b"rate 0.3\n", MTIME * 10**9 + 5 * 10**8)), 1
+    ):
+        tree = tmp_path / f"v{n}"
+        tree.mkdir()
+        (tree / "behaviour.txt").write_bytes(content)
+        os.utime(tree / "behaviour.txt", ns=(mtime_ns, mtime_ns))
+        push_and_flip(runner, tree, f"v{n}")
+    assert (live_slot(root) / "behaviour.txt").read_bytes() == b"rate 0.3\n"
