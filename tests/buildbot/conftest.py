@@ -19,8 +19,12 @@ from harness.cluster import BuildbotCluster, PostgresServer
 def make_cluster(tmp_path_factory):
     clusters = []
 
-    def make(shard_workers: int = 4, db_url: str | None = None, **step_kwargs) -> BuildbotCluster:
-        cluster = BuildbotCluster(tmp_path_factory.mktemp("bb"), shard_workers, db_url, step_kwargs)
+    def make(
+        shard_workers: int = 4, db_url: str | None = None, www_plugins: dict | None = None, **step_kwargs
+    ) -> BuildbotCluster:
+        cluster = BuildbotCluster(
+            tmp_path_factory.mktemp("bb"), shard_workers, db_url, step_kwargs, www_plugins=www_plugins
+        )
         clusters.append(cluster)
         cluster.start()
         return cluster
