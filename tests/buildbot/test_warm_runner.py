@@ -16,6 +16,7 @@ import pytest
 
 from buildbot_steps.shard import warm_channel, warm_pytest_plugin
 from buildbot_steps.shard.warm_channel import ChannelError, results_of
+from harness.cluster import FIXTURE_SUITE
 
 FAILURE = 2
 SUITE_SIZE = 34
@@ -64,6 +65,57 @@ def test_a_warm_build_runs_every_test_with_one_start_up_per_shard(cluster, warm_
     assert len(starts) == SHARD_WORKERS, starts
     report = cluster.step_log(warm_build["buildid"], "sharded-tests", "report")
     assert FAILING_TEST in report and FLAKY_TEST in report
+
+
+QUICK_TESTS = 8
+KILLER_TEST = "tests/test_killer.py::test_ends_its_runner"
+KILLER_SUITE = {
+    "pytest.ini": "[pytest]\naddopts = -p no:cacheprovider\n",
+    "conftest.py": (FIXTURE_SUITE / "conftest.py").read_text(),  # records each pytest session
+    "tests/__init__.py": "",
+    "tests/test_quick.py": "".join(f"def test_{i}():\n    pass\n\n\n" for i in range(QUICK_TESTS)),
+    # Ends a warm runner, as a segfault in an extension would; passes batch by batch.
+    "tests/test_killer.py": (
+        "import os\n\n\ndef test_ends_its_runner():\n"
+        "    if os.environ.get('BUILDBOT_CD_QUEUE_TOKEN'):\n        os._exit(3)\n"
+    ),
+}
+SUCCESS = 0
+# Each of the two warm runners can die once; the third attempt runs batch by batch.
+KILLER_ATTEMPTS = SHARD_WORKERS + 1
+
+
+def test_a_runner_that_dies_fails_its_batch_and_the_shard_goes_on_batch_by_batch(
+    make_cluster, tmp_path_factory
+):
+    suite = tmp_path_factory.mktemp("killer-suite")
+    for name, text in KILLER_SUITE.items():
+        (suite / name).parent.mkdir(parents=True, exist_ok=True)
+        (suite / name).write_text(text)
+    cluster = make_cluster(
+        shard_workers=SHARD_WORKERS,
+        www_plugins={warm_channel.PLUGIN_NAME: {}},
+        suite_source=suite,
+        warm_runner=True,
+        min_batch_s=0.01,
+        max_attempts=KILLER_ATTEMPTS,
+    )
+    build = cluster.wait_for_build(cluster.force_build())
+    props = build["properties"]
+    # A flaky test does not fail the build (its summary and properties name it).
+    assert build["results"] == SUCCESS, build["state_string"]
+    assert (props["tests_total"], props["tests_failed"]) == (QUICK_TESTS + 1, 0)
+    # The killer failed with its runner, then passed: flaky. A quick test that
+    # shared its batch failed there once: flaky too, never lost.
+    assert KILLER_TEST in props["tests_flaky_names"]
+    assert props["tests_passed"] + props["tests_flaky"] == QUICK_TESTS + 1
+    logs = [
+        cluster.step_log(b["buildid"], "run-shard", "stdio")
+        for b in cluster.api(f"builds?builderid={cluster.builder_id('tests-shard')}")["builds"]
+    ]
+    assert any("warm runner ended (exit code 3) before the shard: batch by batch" in log for log in logs)
+    # The batch after the fall-back started a pytest of its own.
+    assert len((cluster.state_dir / "sessions.log").read_text().split()) > SHARD_WORKERS
 
 
 def post(url: str, body: bytes, token: str | None) -> tuple[int, dict]:
