@@ -65,15 +65,16 @@ class WarmChannel:
     """One warm runner's channel: hands it batches and takes its results.
 
     next_batch() -> the next batch for this shard, or None when it is done
-    (the step's own wait-and-stall logic); hand_in(batch, results, wall_s) the
-    step's. Batches handed out and not reported are `running` (the step fails
-    them if the runner ends first).
+    (the step's own wait-and-stall logic); hand_in(batch, results, wall_s,
+    problem) the step's: `problem` is why the batch failed as a whole (results
+    refused), else None. Batches handed out and not reported are `running`
+    (the step fails them if the runner ends first).
     """
 
     def __init__(
         self,
         next_batch: Callable[[], Awaitable[Any]],
-        hand_in: Callable[[Any, list[JUnitTestResult], float], None],
+        hand_in: Callable[[Any, list[JUnitTestResult], float, str | None], None],
         clock: Callable[[], float],
         max_body_bytes: int,
     ):
@@ -108,10 +109,15 @@ class WarmChannel:
     def _report(self, batch_id: object, results: object) -> dict:
         if isinstance(batch_id, bool) or not isinstance(batch_id, int) or batch_id not in self.running:
             raise ChannelError(f"batch {batch_id!r} is not running on this shard")
-        running = self.running[batch_id]
-        checked = results_of(results, set(running.batch.tests))
-        del self.running[batch_id]
-        self._hand_in(running.batch, checked, self._clock() - running.started_s)
+        running = self.running.pop(batch_id)
+        wall_s = self._clock() - running.started_s
+        try:
+            checked = results_of(results, set(running.batch.tests))
+        except ChannelError as refused:
+            # As a JUnit report that cannot be read: the batch fails as a whole.
+            self._hand_in(running.batch, [], wall_s, f"results refused: {refused}")
+            raise
+        self._hand_in(running.batch, checked, wall_s, None)
         return {"ok": True}
 
 
@@ -121,7 +127,11 @@ def results_of(results: object, batch_tests: set[str]) -> list[JUnitTestResult]:
         raise ChannelError("results must be a list")
     checked: dict[str, JUnitTestResult] = {}
     for entry in results:
-        if not isinstance(entry, dict) or entry.get("id") not in batch_tests:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("id"), str)
+            or entry["id"] not in batch_tests
+        ):
             raise ChannelError(f"result {str(entry)[:200]!r} is not for a test of this batch")
         test_id, outcome, seconds = entry["id"], entry.get("outcome"), entry.get("seconds")
         if test_id in checked:

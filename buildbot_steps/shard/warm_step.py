@@ -63,12 +63,12 @@ class WarmRunnerMixin:
                     timers[batch.id] = self.master.reactor.callLater(settings.timeout_s, expire, batch.id)
             return batch
 
-        def hand_in(batch: Any, results: list[JUnitTestResult], wall_s: float) -> None:
+        def hand_in(batch: Any, results: list[JUnitTestResult], wall_s: float, problem: str | None) -> None:
             _cancel(timers.pop(batch.id, None))
             if session.batch_obsolete(batch.id):
                 self._drop_obsolete(session, batch)
             else:
-                self._hand_in(session, batch, results, None, None, wall_s)
+                self._hand_in(session, batch, results, problem, None, wall_s)
             self.updateSummary()
 
         def expire(batch_id: int) -> None:

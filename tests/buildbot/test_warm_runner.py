@@ -7,6 +7,7 @@ the start-ups a build paid are counted, not inferred from timings.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import urllib.error
@@ -170,3 +171,42 @@ def test_the_runner_and_the_master_agree_on_the_environment():
     assert warm_pytest_plugin.QUEUE_URL_ENV == warm_channel.QUEUE_URL_ENV
     assert warm_pytest_plugin.QUEUE_TOKEN_ENV == warm_channel.QUEUE_TOKEN_ENV
     assert warm_channel.PLUGIN_SOURCE.read_text().startswith('"""The warm pytest runner')
+
+
+class Batch:
+    def __init__(self, batch_id: int, tests: list[str]):
+        self.id, self.tests = batch_id, tests
+
+
+def test_a_channel_hands_out_batches_and_fails_one_whose_results_it_refuses():
+    queue = [Batch(1, ["a.py::t1"]), Batch(2, ["a.py::t2"])]
+    handed_in: list[tuple] = []
+
+    async def next_batch():
+        return queue.pop(0) if queue else None
+
+    def hand_in(batch, results, wall_s, problem):
+        handed_in.append((batch.id, [r.id for r in results], problem))
+
+    channel = warm_channel.WarmChannel(next_batch, hand_in, lambda: 0.0, max_body_bytes=1000)
+
+    def ask(payload):
+        return asyncio.run(channel.handle(payload))
+
+    assert ask({"op": "next"}) == {"kind": "run", "batch": 1, "tests": ["a.py::t1"]}
+    assert ask(
+        {"op": "report", "batch": 1, "results": [{"id": "a.py::t1", "outcome": "passed", "seconds": 0.1}]}
+    )
+    assert ask({"op": "next"})["batch"] == 2
+    with pytest.raises(ChannelError, match="not for a test of this batch"):
+        ask(
+            {"op": "report", "batch": 2, "results": [{"id": "a.py::t1", "outcome": "passed", "seconds": 0.1}]}
+        )
+    assert handed_in[0] == (1, ["a.py::t1"], None)
+    assert handed_in[1][0] == 2 and handed_in[1][2].startswith("results refused: ")
+    assert channel.running == {}
+    with pytest.raises(ChannelError, match="batch 2 is not running"):
+        ask({"op": "report", "batch": 2, "results": []})
+    with pytest.raises(ChannelError, match="unknown op"):
+        ask({"op": "shutdown"})
+    assert ask({"op": "next"}) == {"kind": "done"} and ask({"op": "next"}) == {"kind": "done"}
