@@ -10,8 +10,11 @@ If the runner ends before the dispatcher is done (a crash, a timeout, a
 plugin that cannot load), the batches it held fail as a whole (and are
 re-run as any failed batch is), and the shard goes on batch by batch.
 
-A batch copy made obsolete by another worker is not interrupted here (the
-runner holds no per-batch command to stop); its results are dropped.
+A straggler copy that another worker finished first runs on here (the
+runner has no per-batch command to stop; such copies are made only when a
+worker has nothing else to do) and its results are dropped; once every test
+is decided, a runner still busy with such a copy is stopped, so that the
+build does not wait for it.
 """
 
 from __future__ import annotations
@@ -39,84 +42,116 @@ PYTHONPATH = "PYTHONPATH"
 
 
 class WarmRunnerMixin:
-    """RunShard's `_run_warm`; needs its `_next_batch_to_run`, `_hand_in` and `_send_text`."""
+    """RunShard's `_run_warm`; needs its `_next_batch_to_run`, `_hand_in`,
+    `_drop_obsolete` and `_send_text`."""
 
     async def _run_warm(
         self: Any, session: ShardSession, shard_index: int, workdir: str, reports_dir: str
     ) -> bool:
-        """Runs the shard's batches in one warm runner; True if it ran until the
-        dispatcher said done, False if the shard must go on batch by batch."""
-        settings = session.settings
+        """Runs the shard's batches in one warm runner; True if it ran until every
+        test was decided, False if the shard must go on batch by batch."""
         plugin_path = self.build.path_module.join(reports_dir, f"{PLUGIN_MODULE}.py")
         if not await self._send_text(workdir, plugin_path, PLUGIN_SOURCE.read_text()):
             await self.stdio.addHeader(f"could not write {plugin_path} on the worker: batch by batch\n")
             return False
-        timers: dict[int, IDelayedCall] = {}
-        timed_out: set[int] = set()
-        cmd: remotecommand.RemoteShellCommand | None = None
-
-        async def next_batch() -> Any:
-            batch = await self._next_batch_to_run(session, shard_index)
-            if batch is not None:
-                await self.stdio.addHeader(f"\n=== warm batch {batch.id}: {len(batch.tests)} tests\n")
-                if settings.timeout_s:
-                    timers[batch.id] = self.master.reactor.callLater(settings.timeout_s, expire, batch.id)
-            return batch
-
-        def hand_in(batch: Any, results: list[JUnitTestResult], wall_s: float, problem: str | None) -> None:
-            _cancel(timers.pop(batch.id, None))
-            if session.batch_obsolete(batch.id):
-                self._drop_obsolete(session, batch)
-            else:
-                self._hand_in(session, batch, results, problem, None, wall_s)
-            self.updateSummary()
-
-        def expire(batch_id: int) -> None:
-            timed_out.add(batch_id)
-            if cmd is not None and cmd.active:
-                cmd.interrupt(f"batch {batch_id} ran over its {settings.timeout_s:.0f} s timeout")
-
-        channel = WarmChannel(next_batch, hand_in, self.master.reactor.seconds, settings.max_report_bytes)
-        cmd = remotecommand.RemoteShellCommand(
-            workdir,
-            list(settings.warm_command),
-            env=self._warm_env(settings.env, reports_dir, settings.queue_url, channel.token),
-            timeout=None,  # each batch has its own; between batches the master decides
-            logEnviron=False,  # the environment holds the shard's secret
-        )
+        run = _WarmRun(self, session, shard_index)
+        cmd = run.command(workdir, reports_dir)
         cmd.useLog(self.stdio, False)
-        open_channel(channel)
+        open_channel(run.channel)
+        session.listeners.append(run.stop_if_only_copies_left)
         try:
             await self.runCommand(cmd)
         finally:
-            close_channel(channel)
-            for timer in timers.values():
-                _cancel(timer)
-        for running in list(channel.running.values()):
-            why = (
-                "ran over its timeout"
-                if running.batch.id in timed_out
-                else "was running when the warm runner ended"
-            )
-            self._hand_in(session, running.batch, [], f"the batch {why}", cmd.rc)
-        if channel.said_done and not channel.running:
+            session.listeners.remove(run.stop_if_only_copies_left)
+            close_channel(run.channel)
+        run.settle_unreported(cmd.rc)
+        if run.channel.said_done or session.batches.done():
             return True
         await self.stdio.addHeader(
             f"warm runner ended (exit code {cmd.rc}) before the shard: batch by batch\n"
         )
         return False
 
-    @staticmethod
-    def _warm_env(env: dict[str, str], reports_dir: str, queue_url: str, token: str) -> dict[str, Any]:
+
+class _WarmRun:
+    """One warm runner's life on the master: its channel, command and batch timers."""
+
+    def __init__(self, step: Any, session: ShardSession, shard_index: int):
+        self.step = step
+        self.session = session
+        self.shard_index = shard_index
+        self.timers: dict[int, IDelayedCall] = {}
+        self.timed_out: set[int] = set()
+        self.cmd: remotecommand.RemoteShellCommand | None = None
+        self.channel = WarmChannel(
+            self.next_batch, self.hand_in, step.master.reactor.seconds, session.settings.max_report_bytes
+        )
+
+    def command(self, workdir: str, reports_dir: str) -> remotecommand.RemoteShellCommand:
+        settings = self.session.settings
         # The plugin file sits in the reports directory, relative to the
         # command's working directory; the worker joins a list with os.pathsep
         # and expands ${PYTHONPATH} from its own environment.
-        return {
-            **env,
-            PYTHONPATH: [reports_dir, env.get(PYTHONPATH, "${PYTHONPATH}")],
-            QUEUE_URL_ENV: queue_url,
-            QUEUE_TOKEN_ENV: token,
+        env = {
+            **settings.env,
+            PYTHONPATH: [reports_dir, settings.env.get(PYTHONPATH, "${PYTHONPATH}")],
+            QUEUE_URL_ENV: settings.queue_url,
+            QUEUE_TOKEN_ENV: self.channel.token,
         }
+        self.cmd = remotecommand.RemoteShellCommand(
+            workdir,
+            list(settings.warm_command or []),
+            env=env,
+            timeout=None,  # each batch has its own; between batches the master decides
+            logEnviron=False,  # the environment holds the shard's secret
+        )
+        return self.cmd
+
+    async def next_batch(self) -> Any:
+        batch = await self.step._next_batch_to_run(self.session, self.shard_index)
+        if batch is not None:
+            await self.step.stdio.addHeader(f"\n=== warm batch {batch.id}: {len(batch.tests)} tests\n")
+            timeout_s = self.session.settings.timeout_s
+            if timeout_s:
+                self.timers[batch.id] = self.step.master.reactor.callLater(timeout_s, self.expire, batch.id)
+        return batch
+
+    def hand_in(self, batch: Any, results: list[JUnitTestResult], wall_s: float, problem: str | None) -> None:
+        _cancel(self.timers.pop(batch.id, None))
+        if self.session.batch_obsolete(batch.id):
+            self.step._drop_obsolete(self.session, batch)
+        else:
+            self.step._hand_in(self.session, batch, results, problem, None, wall_s)
+        self.step.updateSummary()
+
+    def expire(self, batch_id: int) -> None:
+        self.timed_out.add(batch_id)
+        self._interrupt(f"batch {batch_id} ran over its {self.session.settings.timeout_s:.0f} s timeout")
+
+    def stop_if_only_copies_left(self) -> None:
+        running = self.channel.running
+        if running and self.session.batches.done() and all(self.session.batch_obsolete(i) for i in running):
+            self._interrupt("every test is decided: stopping the warm runner's leftover copy")
+
+    def _interrupt(self, why: str) -> None:
+        if self.cmd is not None and self.cmd.active and not self.cmd.interrupted:
+            self.step.stdio.addHeader(f"{why}\n")
+            self.cmd.interrupt(why)
+
+    def settle_unreported(self, rc: int | None) -> None:
+        """After the runner ended: the batches it held and never reported."""
+        for timer in self.timers.values():
+            _cancel(timer)
+        for running in self.channel.running.values():
+            batch = running.batch
+            if self.session.batch_obsolete(batch.id):
+                self.step._drop_obsolete(self.session, batch)
+                continue
+            why = (
+                "ran over its timeout" if batch.id in self.timed_out else "was running when the runner ended"
+            )
+            self.step._hand_in(self.session, batch, [], f"the batch {why}", rc)
+        self.channel.running.clear()
 
 
 def _cancel(timer: IDelayedCall | None) -> None:
