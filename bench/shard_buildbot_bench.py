@@ -16,9 +16,12 @@ on N local buildbot-worker processes, one shard per worker. Three suites:
                  build (no history) against the third (history and a learnt
                  start-up)
 
-and the first two run three ways each:
+and each runs four ways:
 
-    dynamic      ShardedTest(mode="dynamic"): shards pull batches, longest first
+    dynamic      ShardedTest(mode="dynamic"): shards pull batches, longest first,
+                 one runner start-up per batch
+    warm         the same with warm_runner=True: one pytest per shard, fed batch
+                 after batch through the master's web server (one start-up per shard)
     static       ShardedTest(mode="static"): the core's LPT plan, fixed lists
     pytest-split one shard build per worker running `pytest --splits N --group i`
                  (pytest-split's default algorithm, duration_based_chunks)
@@ -93,6 +96,13 @@ c["builders"].append(util.BuilderConfig(
 ))
 c["schedulers"].append(schedulers.Triggerable(name="split-shard", builderNames=["split-shard"]))
 c["schedulers"].append(schedulers.ForceScheduler(name="force-split", builderNames=["split"]))
+
+# Dynamic with the warm runner: one pytest per shard, fed over the master's web server.
+c["www"]["plugins"]["buildbot_cd"] = {{}}
+c["builders"].append(util.BuilderConfig(
+    name="tests-warm", workernames=["coordinator"], factory=tests_factory("dynamic", warm_runner=True),
+))
+c["schedulers"].append(schedulers.ForceScheduler(name="force-warm", builderNames=["tests-warm"]))
 """
 
 
@@ -188,23 +198,30 @@ def timed_builds(bench_cluster: BenchCluster, suite: Suite) -> list[tuple[str, d
     """The rows of one suite, each a forced build timed end to end."""
     if suite.with_history:
         # Each builder plans from its own history: one warm-up build each.
-        for builder, scheduler in (("tests", "force"), ("tests-static", "force-static")):
+        for builder, scheduler in (
+            ("tests", "force"),
+            ("tests-warm", "force-warm"),
+            ("tests-static", "force-static"),
+        ):
             warmup = bench_cluster.timed_build(builder, scheduler)
             print(
                 f"  warm-up {builder} (no history): wall {warmup['wall_s']:.1f} s; {warmup['state_string']}"
             )
         return [
             ("dynamic", bench_cluster.timed_build("tests", "force")),
+            ("warm", bench_cluster.timed_build("tests-warm", "force-warm")),
             ("static", bench_cluster.timed_build("tests-static", "force-static")),
             ("pytest-split", bench_cluster.timed_build("split", "force-split")),
         ]
     rows = [
         ("dynamic 1st", bench_cluster.timed_build("tests", "force")),
+        ("warm 1st", bench_cluster.timed_build("tests-warm", "force-warm")),
         ("static 1st", bench_cluster.timed_build("tests-static", "force-static")),
         ("pytest-split", bench_cluster.timed_build("split", "force-split")),
     ]
-    bench_cluster.timed_build("tests", "force")
-    rows.append(("dynamic 3rd", bench_cluster.timed_build("tests", "force")))
+    for mode, builder, scheduler in (("dynamic", "tests", "force"), ("warm", "tests-warm", "force-warm")):
+        bench_cluster.timed_build(builder, scheduler)
+        rows.append((f"{mode} 3rd", bench_cluster.timed_build(builder, scheduler)))
     return rows
 
 
@@ -250,10 +267,11 @@ def print_rows(rows: list[tuple[str, dict]], bound: float) -> None:
             f"{build['shards_s'] / with_startups:>10.2f}{build['before_s']:>10.0f}{build['after_s']:>9.0f}"
             f"{build['batches']:>9}  {build['state_string']}"
         )
-    first = dict(rows).get("dynamic 1st")
-    third = dict(rows).get("dynamic 3rd")
-    if first and third:
-        print(f"  first build / third build (shards): {first['shards_s'] / max(1, third['shards_s']):.2f}")
+    for mode in ("dynamic", "warm"):
+        first, third = dict(rows).get(f"{mode} 1st"), dict(rows).get(f"{mode} 3rd")
+        if first and third:
+            ratio = first["shards_s"] / max(1, third["shards_s"])
+            print(f"  {mode}: first build / third build (shards): {ratio:.2f}")
 
 
 SUITES = ("sleep", "slow-start", "no-history")

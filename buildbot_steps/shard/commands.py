@@ -95,6 +95,16 @@ def check_test_command(command: object) -> str | None:
     return None
 
 
+def warm_command_of(test_command: list[str], plugin_module: str) -> list[str] | None:
+    """The test command without its batch (ids and report), loading `plugin_module`:
+    what a warm runner starts once per shard. None if it is not a pytest command."""
+    if not any(arg == "pytest" or arg.endswith(("/pytest", "/py.test")) for arg in test_command):
+        return None
+    placeholders = (TESTS_PLACEHOLDER, TESTS_FILE_PLACEHOLDER, JUNIT_PLACEHOLDER)
+    kept = [arg for arg in test_command if not any(p in arg for p in placeholders)]
+    return [*kept, "-p", plugin_module]
+
+
 def uses_tests_file(command: list[str]) -> bool:
     return any(TESTS_FILE_PLACEHOLDER in arg for arg in command)
 

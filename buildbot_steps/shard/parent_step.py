@@ -64,10 +64,12 @@ from buildbot_steps.shard.commands import (
     ShardedTestError,
     check_test_command,
     parse_test_listing,
+    warm_command_of,
 )  # fmt: skip
 from buildbot_steps.shard.history import TestHistory
 from buildbot_steps.shard.junit import MAX_REPORT_BYTES
 from buildbot_steps.shard.shard_builds import ABSOLUTE_MAX_SHARDS, SHARDS_PER_WORKER_CAP, ShardBuilds
+from buildbot_steps.shard.warm_channel import PLUGIN_MODULE, PLUGIN_NAME, QUEUE_PATH
 
 # Batches are topped up to at least this many estimated seconds, whatever the
 # cost model says: each costs a round trip and a runner start-up (0.5 s for a
@@ -110,6 +112,7 @@ class ShardedTest(BuildStep):
         min_batch_s: float = DEFAULT_MIN_BATCH_S,
         max_batch_tests: int = DEFAULT_MAX_BATCH_TESTS,
         speculate: bool = True,
+        warm_runner: bool = False,
         batch_timeout: float | None = DEFAULT_BATCH_TIMEOUT_S,
         max_report_bytes: int = MAX_REPORT_BYTES,
         results_description: str = "sharded tests",
@@ -130,6 +133,7 @@ class ShardedTest(BuildStep):
         self.min_batch_s = min_batch_s
         self.max_batch_tests = max_batch_tests
         self.speculate = speculate
+        self.warm_runner = warm_runner
         self.batch_timeout = batch_timeout
         self.max_report_bytes = max_report_bytes
         self.results_description = results_description
@@ -174,6 +178,19 @@ class ShardedTest(BuildStep):
                 )
             elif isinstance(self.max_shards, int) and self.shards > self.max_shards:
                 config.error(f"ShardedTest: shards={self.shards} is more than max_shards={self.max_shards}")
+        if not isinstance(self.warm_runner, bool):
+            config.error("ShardedTest: warm_runner must be True or False")
+        if self.warm_runner and self.mode != DYNAMIC:
+            config.error(
+                "ShardedTest: warm_runner=True needs mode='dynamic' (a static shard's list is one batch)"
+            )
+        rendered_later = IRenderable.providedBy(self.test_command)
+        if (
+            self.warm_runner
+            and not rendered_later
+            and warm_command_of(self.test_command, PLUGIN_MODULE) is None
+        ):
+            config.error("ShardedTest: warm_runner=True needs a pytest test_command")
 
     def _check_rendered_arguments(self) -> None:
         problem = check_test_command(self.test_command)
@@ -185,6 +202,22 @@ class ShardedTest(BuildStep):
             raise ShardedTestError("discover_command must be a non-empty argument vector")
         if self.tests is not None and not is_test_list(self.tests):
             raise ShardedTestError("tests must render to a list of test id strings")
+        if self.warm_runner:
+            self._queue_url()  # refuses before any shard starts
+
+    def _queue_url(self) -> str:
+        """Where warm runners reach this master: its www plugin under buildbotURL."""
+        if PLUGIN_NAME not in self.master.config.www.get("plugins", {}):
+            raise ShardedTestError(
+                f"warm_runner=True needs the {PLUGIN_NAME!r} www plugin: add "
+                f'c["www"]["plugins"]["{PLUGIN_NAME}"] = {{}} to master.cfg'
+            )
+        base = self.master.config.buildbotURL
+        if not base.startswith(("http://", "https://")):
+            raise ShardedTestError(
+                f"warm_runner=True needs c['buildbotURL'] (the URL workers reach the master at), not {base!r}"
+            )
+        return f"{base.rstrip('/')}/plugins/{PLUGIN_NAME}/{QUEUE_PATH}"
 
     # --------------------------------------------------------------- run
 
@@ -269,6 +302,8 @@ class ShardedTest(BuildStep):
             env=dict(self.env),
             timeout_s=self.batch_timeout,
             max_report_bytes=self.max_report_bytes,
+            warm_command=warm_command_of(self.test_command, PLUGIN_MODULE) if self.warm_runner else None,
+            queue_url=self._queue_url() if self.warm_runner else "",
         )
         clock = self.master.reactor.seconds
         if self.mode == STATIC:

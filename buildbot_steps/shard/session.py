@@ -235,6 +235,10 @@ class ShardCommandSettings:
     env: dict[str, str]
     timeout_s: float | None
     max_report_bytes: int
+    # Warm runner (dynamic pytest only): the command started once per shard,
+    # and the URL of the master's queue its plugin pulls batches from.
+    warm_command: list[str] | None = None
+    queue_url: str = ""
 
 
 @dataclasses.dataclass

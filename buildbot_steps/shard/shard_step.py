@@ -53,6 +53,7 @@ from buildbot_steps.shard.junit import (
     parse_junit_report,
 )  # fmt: skip
 from buildbot_steps.shard.session import AnyAssignment, Batch, ShardSession
+from buildbot_steps.shard.warm_step import WarmRunnerMixin
 
 # A shard told to wait asks again after a report, or after this long anyway:
 # straggler copies depend on elapsed time, not only on reports.
@@ -138,7 +139,7 @@ def batch_of(assignment: AnyAssignment) -> AnyBatch:
 # ------------------------------------------------------------ the shard step
 
 
-class RunShard(CommandMixin, BuildStep):
+class RunShard(WarmRunnerMixin, CommandMixin, BuildStep):
     """Pulls batches from the parent's session and runs them on this worker.
 
     Without a parent session on this master (multi-master, or a rebuild of a
@@ -191,7 +192,11 @@ class RunShard(CommandMixin, BuildStep):
         shard_index = 0 if standalone else self.getProperty(INDEX_PROPERTY, 0)
         try:
             await self.runMkdir(self.build.path_module.join(workdir, reports_dir))
-            await self._pull_batches(session, shard_index, workdir, reports_dir)
+            warm_finished = session.settings.warm_command is not None and await self._run_warm(
+                session, shard_index, workdir, reports_dir
+            )
+            if not warm_finished:
+                await self._pull_batches(session, shard_index, workdir, reports_dir)
             # A puller that has left is no longer live: the dispatcher must not
             # keep a re-run waiting for it.
             session.worker_lost(self._worker)
@@ -253,24 +258,29 @@ class RunShard(CommandMixin, BuildStep):
     async def _pull_batches(
         self, session: ShardSession, shard_index: int, workdir: str, reports_dir: str
     ) -> None:
+        while (batch := await self._next_batch_to_run(session, shard_index)) is not None:
+            await self._run_batch(session, batch, workdir, reports_dir)
+            self.updateSummary()
+
+    async def _next_batch_to_run(self, session: ShardSession, shard_index: int) -> AnyBatch | None:
+        """The next batch for this shard, waiting while the dispatcher says so;
+        None when the shard is done (or stopped, or stalled)."""
         idle_since = None
         while not self.stopped:
             assignment = session.next_batch(self._worker, shard_index)
             if assignment.kind == AssignmentKind.done:
-                return
-            if assignment.kind == AssignmentKind.wait:
-                idle_since = self._idle_since(session, idle_since)
-                if self.master.reactor.seconds() - idle_since > STALL_TIMEOUT_S:
-                    await self.stdio.addHeader(
-                        f"nothing ran anywhere for {STALL_TIMEOUT_S:.0f} s while waiting: "
-                        "leaving the remaining tests to other shards\n"
-                    )
-                    return
-                await session.wait_for_change(self.master.reactor, WAIT_POLL_S)
-                continue
-            idle_since = None
-            await self._run_batch(session, batch_of(assignment), workdir, reports_dir)
-            self.updateSummary()
+                return None
+            if assignment.kind == AssignmentKind.run:
+                return batch_of(assignment)
+            idle_since = self._idle_since(session, idle_since)
+            if self.master.reactor.seconds() - idle_since > STALL_TIMEOUT_S:
+                await self.stdio.addHeader(
+                    f"nothing ran anywhere for {STALL_TIMEOUT_S:.0f} s while waiting: "
+                    "leaving the remaining tests to other shards\n"
+                )
+                return None
+            await session.wait_for_change(self.master.reactor, WAIT_POLL_S)
+        return None
 
     def _idle_since(self, session: ShardSession, idle_since: float | None) -> float:
         if session.batches.stats().batches_in_flight:
@@ -291,11 +301,11 @@ class RunShard(CommandMixin, BuildStep):
             f"\n=== {kind}batch {batch.id}: {short_list(tests)}, estimated {batch.estimate_s:.2f} s\n"
         )
         started = self.master.reactor.seconds()  # the batch's wall time starts with its ids' upload
-        if uses_tests_file(settings.test_command):
-            problem = await self._send_tests_file(workdir, tests_path, tests)
-            if problem is not None:
-                self._hand_in(session, batch, [], problem, None)
-                return
+        ids_file = uses_tests_file(settings.test_command)
+        if ids_file and not await self._send_text(workdir, tests_path, batch_ids_text(tests)):
+            problem = f"could not write the batch's tests file {tests_path} on the worker"
+            self._hand_in(session, batch, [], problem, None)
+            return
         cmd = remotecommand.RemoteShellCommand(
             workdir, argv, env=settings.env, timeout=settings.timeout_s, logEnviron=False
         )
@@ -323,13 +333,13 @@ class RunShard(CommandMixin, BuildStep):
                 problem = str(bad_report)
         self._hand_in(session, batch, results, problem, cmd.rc, wall_s)
 
-    async def _send_tests_file(self, workdir: str, tests_path: str, tests: list[str]) -> str | None:
-        """Writes the batch's ids, one per line, where `{tests_file}` points;
-        None, or why it could not (the batch then fails as a whole)."""
-        reader = remotetransfer.StringFileReader(batch_ids_text(tests).encode("utf-8"))
+    async def _send_text(self, workdir: str, path: str, text: str) -> bool:
+        """Writes `text` to `path` (under `workdir`) on the worker: the batch's
+        ids where `{tests_file}` points, the warm runner's plugin. Done or not."""
+        reader = remotetransfer.StringFileReader(text.encode("utf-8"))
         args = {
             "workdir": workdir,
-            "workerdest": tests_path,
+            "workerdest": path,
             "reader": reader,
             "maxsize": None,
             "blocksize": 64 * 1024,
@@ -337,9 +347,7 @@ class RunShard(CommandMixin, BuildStep):
         }
         cmd = remotecommand.RemoteCommand("downloadFile", args, decodeRC={0: SUCCESS})
         await self.runCommand(cmd)
-        if cmd.didFail():
-            return f"could not write the batch's tests file {tests_path} on the worker"
-        return None
+        return not cmd.didFail()
 
     def _canceller(
         self, session: ShardSession, batch: AnyBatch, cmd: remotecommand.RemoteCommand

@@ -12,15 +12,28 @@ import tempfile
 
 import pytest
 
-from harness.cluster import BuildbotCluster, PostgresServer
+from harness.cluster import FIXTURE_SUITE, BuildbotCluster, PostgresServer
 
 
 @pytest.fixture(scope="module")
 def make_cluster(tmp_path_factory):
     clusters = []
 
-    def make(shard_workers: int = 4, db_url: str | None = None, **step_kwargs) -> BuildbotCluster:
-        cluster = BuildbotCluster(tmp_path_factory.mktemp("bb"), shard_workers, db_url, step_kwargs)
+    def make(
+        shard_workers: int = 4,
+        db_url: str | None = None,
+        www_plugins: dict | None = None,
+        suite_source: pathlib.Path = FIXTURE_SUITE,
+        **step_kwargs,
+    ) -> BuildbotCluster:
+        cluster = BuildbotCluster(
+            tmp_path_factory.mktemp("bb"),
+            shard_workers,
+            db_url,
+            step_kwargs,
+            suite_source=suite_source,
+            www_plugins=www_plugins,
+        )
         clusters.append(cluster)
         cluster.start()
         return cluster

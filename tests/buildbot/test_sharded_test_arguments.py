@@ -77,6 +77,16 @@ class ShardedTestConfigTests(ConfigErrorsMixin, unittest.TestCase):
         with self.assertRaisesConfigError("tests must be a list of test id strings"):
             ShardedTest(shard_scheduler="shards", tests=[1, 2])
 
+    def test_warm_runner_needs_the_dynamic_mode(self):
+        with self.assertRaisesConfigError("warm_runner=True needs mode='dynamic'"):
+            ShardedTest(shard_scheduler="shards", mode="static", warm_runner=True)
+
+    def test_warm_runner_needs_a_pytest_command(self):
+        with self.assertRaisesConfigError("warm_runner=True needs a pytest test_command"):
+            ShardedTest(
+                shard_scheduler="shards", warm_runner=True, test_command=["tox", "{tests}", "{junit}"]
+            )
+
     def test_run_shard_bad_template(self):
         with self.assertRaisesConfigError("RunShard: test_command must"):
             RunShard(test_command=["pytest"])
@@ -123,6 +133,18 @@ class ShardedTestStepTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCa
         self.expect_outcome(result=FAILURE)
         self.expect_result_summary({"step": "no tests to run (the list is empty or discovery found none)"})
         yield self.run_step()
+
+    @defer.inlineCallbacks
+    def test_a_warm_runner_without_the_www_plugin_is_refused_before_anything_runs(self):
+        self.setup_step(ShardedTest(shard_scheduler="shards", tests=TESTS, warm_runner=True))
+        self.expect_outcome(result=FAILURE)
+        self.expect_result_summary(
+            {
+                "step": "warm_runner=True needs the 'buildbot_cd' www plugin: add "
+                'c["www"]["plugins"]["buildbot_cd"] = {} to master.cfg'
+            }
+        )
+        yield self.run_step()  # FakeTriggerable fails the test if a shard is triggered
 
     @defer.inlineCallbacks
     def test_unknown_scheduler_is_a_failure(self):

@@ -35,10 +35,10 @@ METRICS = [
 LOAD_LIMIT_S = 120  # the load stops by itself if a test hangs
 
 
-def plan(web_fleet, pushed, source=None, timing=TIMING, **options) -> CanaryPlan:
+def plan(web_fleet, pushed, source=None, timing=TIMING, metrics=METRICS, **options) -> CanaryPlan:
     canary = [f"web{i}" for i in range(1, CANARIES + 1)]
     sources = {"default": source or ScrapeSource(web_fleet.metrics_urls(), timeout_s=2)}
-    return CanaryPlan("r2", canary, metric_configs(METRICS), sources, pushed, timing, **options)
+    return CanaryPlan("r2", canary, metric_configs(metrics), sources, pushed, timing, **options)
 
 
 def run_under_load(web_fleet, runner, canary_plan, progress=None):
@@ -84,7 +84,11 @@ def test_a_release_bad_only_after_the_full_flip_is_rolled_back_by_the_monitoring
                 set_behaviour(host.deploy_root, BAD)
 
     timing = Timing(baseline_s=4, canary_s=6, interval_s=1, monitor_s=10)
-    outcome = run_under_load(web_fleet, runner, plan(web_fleet, pushed, timing=timing), break_after_full_flip)
+    # Errors only: the monitoring compares each host with its own baseline
+    # (before/after), and this shared machine's load alone can move a 2 ms
+    # latency by half between the two; errors are counted, not timed.
+    errors_only = plan(web_fleet, pushed, timing=timing, metrics=METRICS[:1])
+    outcome = run_under_load(web_fleet, runner, errors_only, break_after_full_flip)
     assert (outcome.phase, outcome.verdict, outcome.action) == ("monitor", "FAIL", "rolled back all")
     assert outcome.failed_metric == "errors"
     assert outcome.samples["phases"][0]["looks"][-1]["verdict"] == "PASS"

@@ -31,13 +31,13 @@ c = BuildmasterConfig = {{}}
 c["title"] = "shard integration test"
 c["buildbotURL"] = "http://127.0.0.1:{web_port}/"
 c["protocols"] = {{"pb": {{"port": "tcp:{pb_port}:interface=127.0.0.1"}}}}
-c["www"] = {{"port": "tcp:{web_port}:interface=127.0.0.1", "plugins": {{}}}}
+c["www"] = {{"port": "tcp:{web_port}:interface=127.0.0.1", "plugins": {www_plugins!r}}}
 c["db"] = {{"db_url": {db_url!r}}}
 c["buildbotNetUsageData"] = None
 c["workers"] = [worker.Worker(name, {password!r}) for name in {all_workers!r}]
 
 shard_builder, shard_scheduler = shard_builder_config("tests-shard", workernames={shard_workers!r})
-def tests_factory(mode):
+def tests_factory(mode, **extra):
     return util.BuildFactory([
         steps.ShardedTest(
             shard_scheduler="tests-shard",
@@ -47,7 +47,9 @@ def tests_factory(mode):
             test_command=[{python!r}, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "--junitxml={{junit}}", "@{{tests_file}}"],
             env={{"SHARD_FIXTURE_STATE_DIR": {state_dir!r}}},
-            **{step_kwargs!r},
+            # The warm runner is for dynamic runs (a static shard is one batch).
+            **{{k: v for k, v in {step_kwargs!r}.items() if mode == "dynamic" or k != "warm_runner"}},
+            **extra,
         ),
     ])
 
@@ -76,6 +78,7 @@ class BuildbotCluster(LocalMaster):
         step_kwargs: dict,
         suite_source: pathlib.Path = FIXTURE_SUITE,
         build_deadline_s: float = BUILD_DEADLINE_S,
+        www_plugins: dict | None = None,
     ):
         self.suite_source = suite_source
         self.suite = root / "suite"
@@ -94,6 +97,7 @@ class BuildbotCluster(LocalMaster):
             python=PYTHON,
             state_dir=str(self.state_dir),
             step_kwargs=step_kwargs,
+            www_plugins=www_plugins or {},
         )
         super().__init__(root, master_cfg, ["coordinator", *self.shard_workers], web_port=web_port,
                          pb_port=pb_port, db_url=db_url, build_deadline_s=build_deadline_s)  # fmt: skip

@@ -43,6 +43,19 @@ def test_example_passes_checkconfig_with_an_inventory_and_options(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_warm_runner_is_chosen_without_editing_the_file(tmp_path):
+    done = checkconfig(tmp_path, BUILDBOT_CD_WARM_RUNNER="on")
+    assert done.returncode == 0, done.stdout + done.stderr
+    refused = checkconfig(tmp_path, BUILDBOT_CD_WARM_RUNNER="on", BUILDBOT_CD_SHARD_MODE="static")
+    assert (
+        refused.returncode != 0 and "warm_runner=True needs mode='dynamic'" in refused.stdout + refused.stderr
+    )
+    typo = checkconfig(tmp_path, BUILDBOT_CD_WARM_RUNNER="yes")
+    assert (
+        typo.returncode != 0 and "BUILDBOT_CD_WARM_RUNNER must be 'on' or 'off'" in typo.stdout + typo.stderr
+    )
+
+
 def test_a_bad_inventory_is_a_configuration_error_naming_the_entry(tmp_path):
     inventory = tmp_path / "hosts.json"
     inventory.write_text(json.dumps([{"address": "web1;reboot", "deploy_root": "/srv/app"}]))

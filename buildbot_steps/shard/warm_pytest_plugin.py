@@ -1,0 +1,111 @@
+"""The warm pytest runner: one pytest process per shard, fed batch after batch.
+
+RunShard (warm_runner=True) writes this file into the shard's reports
+directory on the worker as `buildbot_cd_warm.py` and starts the test command
+once, with `-p buildbot_cd_warm` and no batch: pytest collects the suite, pays
+its start-up and session fixtures once, then this plugin's loop asks the
+master for a batch, runs those items, sends their results, and asks again
+until the master says done. It needs nothing on the worker but pytest and the
+standard library (the worker's test environment need not have buildbot-cd).
+
+The channel is the master's web server (warm_channel.py): POST JSON to
+$BUILDBOT_CD_QUEUE_URL with the shard's secret in $BUILDBOT_CD_QUEUE_TOKEN:
+    {"op": "next"}  -> {"kind": "run", "batch": 7, "tests": ["a.py::t", ...]}
+                       | {"kind": "wait"} | {"kind": "done"}
+    {"op": "report", "batch": 7, "results": [{"id": "a.py::t", "outcome":
+        "passed" | "failed" | "skipped", "seconds": 0.12, "message": "..."}]}
+A test of a batch that this process did not collect is left out of the
+results: the master counts it as not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import pytest
+
+# The same names as warm_channel.py's (this file cannot import it on the
+# worker; test_warm_runner.py checks that they agree).
+QUEUE_URL_ENV = "BUILDBOT_CD_QUEUE_URL"
+QUEUE_TOKEN_ENV = "BUILDBOT_CD_QUEUE_TOKEN"
+# The master holds a "next" open while nothing is ready (up to its stall
+# timeout, 120 s): a request may take that long and still be healthy.
+REQUEST_TIMEOUT_S = 300
+# Failure text sent per test: enough for an assertion and a traceback's end
+# (the master caps it again).
+MESSAGE_CHARS = 8000
+
+
+class _Queue:
+    def __init__(self, url: str, token: str):
+        self.url = url
+        self.token = token
+
+    def call(self, payload: dict) -> dict:
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps(payload).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return json.load(response)
+
+
+class _SessionOnly:
+    """Stands for "the next test" after a batch's last one: pytest then tears
+    down every fixture but the session's, which the next batch reuses."""
+
+    def __init__(self, session: pytest.Session):
+        self._session = session
+
+    def listchain(self) -> list:
+        return [self._session]
+
+
+class _Results:
+    """Each test's outcome over its setup, call and teardown reports."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, dict] = {}
+
+    def add(self, report: pytest.TestReport) -> None:
+        entry = self.by_id.setdefault(
+            report.nodeid, {"id": report.nodeid, "outcome": "passed", "seconds": 0.0, "message": ""}
+        )
+        entry["seconds"] += max(0.0, float(report.duration))
+        if report.failed:
+            entry["outcome"] = "failed"
+            entry["message"] = (entry["message"] + report.longreprtext)[-MESSAGE_CHARS:]
+        elif report.skipped and entry["outcome"] == "passed":
+            entry["outcome"] = "skipped"
+
+    def take(self) -> list[dict]:
+        taken, self.by_id = list(self.by_id.values()), {}
+        return taken
+
+
+_results = _Results()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _results.add(report)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool:
+    queue = _Queue(os.environ[QUEUE_URL_ENV], os.environ[QUEUE_TOKEN_ENV])
+    items = {item.nodeid: item for item in session.items}
+    while True:
+        answer = queue.call({"op": "next"})
+        if answer.get("kind") == "done":
+            return True
+        if answer.get("kind") != "run":
+            continue  # wait: the master held the request as long as it could; ask again
+        batch = [items[test] for test in answer["tests"] if test in items]
+        for index, item in enumerate(batch):
+            following = batch[index + 1] if index + 1 < len(batch) else _SessionOnly(session)
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=following)
+        queue.call({"op": "report", "batch": answer["batch"], "results": _results.take()})

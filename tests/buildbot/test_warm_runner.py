@@ -1,0 +1,212 @@
+"""The warm pytest runner on a real master and real workers: one pytest
+process per shard, fed batch after batch through the master's web server.
+
+The fixture suite records every pytest session it starts (its conftest), so
+the start-ups a build paid are counted, not inferred from timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import urllib.error
+import urllib.request
+
+import pytest
+
+from buildbot_steps.shard import warm_channel, warm_pytest_plugin
+from buildbot_steps.shard.warm_channel import ChannelError, results_of
+from harness.cluster import FIXTURE_SUITE
+
+FAILURE = 2
+SUITE_SIZE = 34
+SHARD_WORKERS = 2
+FAILING_TEST = "tests/test_outcomes.py::test_always_fails"
+FLAKY_TEST = "tests/test_outcomes.py::test_flaky_first_run"
+REQUEST_TIMEOUT_S = 10
+
+
+@pytest.fixture(scope="module")
+def cluster(make_cluster):
+    # Batches of about one test: the cold path would start pytest ~34 times.
+    return make_cluster(
+        shard_workers=SHARD_WORKERS,
+        www_plugins={warm_channel.PLUGIN_NAME: {}},
+        warm_runner=True,
+        min_batch_s=0.01,
+    )
+
+
+@pytest.fixture(scope="module")
+def warm_build(cluster):
+    return cluster.wait_for_build(cluster.force_build())
+
+
+def shard_steps(cluster, parent_buildid: int) -> list[dict]:
+    builds = cluster.api(
+        f"builds?builderid={cluster.builder_id('tests-shard')}&property=shard_parent_buildid"
+    )["builds"]
+    ours = [b for b in builds if b["properties"].get("shard_parent_buildid", [None])[0] == parent_buildid]
+    return [cluster.api(f"builds/{b['buildid']}/steps/run-shard")["steps"][0] for b in ours]
+
+
+def test_a_warm_build_runs_every_test_with_one_start_up_per_shard(cluster, warm_build):
+    props = warm_build["properties"]
+    assert warm_build["results"] == FAILURE, warm_build["state_string"]
+    assert props["tests_total"] == SUITE_SIZE
+    assert (props["tests_failed"], props["tests_flaky"]) == (1, 1)
+    assert props["tests_passed"] == SUITE_SIZE - 2
+    steps = shard_steps(cluster, warm_build["buildid"])
+    assert len(steps) == SHARD_WORKERS
+    batches = sum(int(s["state_string"].split(" batches")[0]) for s in steps)
+    starts = (cluster.state_dir / "sessions.log").read_text().split()
+    # Each shard pulled many batches, and pytest started once per shard.
+    assert batches > 2 * SHARD_WORKERS, [s["state_string"] for s in steps]
+    assert len(starts) == SHARD_WORKERS, starts
+    report = cluster.step_log(warm_build["buildid"], "sharded-tests", "report")
+    assert FAILING_TEST in report and FLAKY_TEST in report
+
+
+QUICK_TESTS = 8
+KILLER_TEST = "tests/test_killer.py::test_ends_its_runner"
+KILLER_SUITE = {
+    "pytest.ini": "[pytest]\naddopts = -p no:cacheprovider\n",
+    "conftest.py": (FIXTURE_SUITE / "conftest.py").read_text(),  # records each pytest session
+    "tests/__init__.py": "",
+    "tests/test_quick.py": "".join(f"def test_{i}():\n    pass\n\n\n" for i in range(QUICK_TESTS)),
+    # Ends a warm runner, as a segfault in an extension would; passes batch by batch.
+    "tests/test_killer.py": (
+        "import os\n\n\ndef test_ends_its_runner():\n"
+        "    if os.environ.get('BUILDBOT_CD_QUEUE_TOKEN'):\n        os._exit(3)\n"
+    ),
+}
+SUCCESS = 0
+# Each of the two warm runners can die once; the third attempt runs batch by batch.
+KILLER_ATTEMPTS = SHARD_WORKERS + 1
+
+
+def test_a_runner_that_dies_fails_its_batch_and_the_shard_goes_on_batch_by_batch(
+    make_cluster, tmp_path_factory
+):
+    suite = tmp_path_factory.mktemp("killer-suite")
+    for name, text in KILLER_SUITE.items():
+        (suite / name).parent.mkdir(parents=True, exist_ok=True)
+        (suite / name).write_text(text)
+    cluster = make_cluster(
+        shard_workers=SHARD_WORKERS,
+        www_plugins={warm_channel.PLUGIN_NAME: {}},
+        suite_source=suite,
+        warm_runner=True,
+        min_batch_s=0.01,
+        max_attempts=KILLER_ATTEMPTS,
+    )
+    build = cluster.wait_for_build(cluster.force_build())
+    props = build["properties"]
+    # A flaky test does not fail the build (its summary and properties name it).
+    assert build["results"] == SUCCESS, build["state_string"]
+    assert (props["tests_total"], props["tests_failed"]) == (QUICK_TESTS + 1, 0)
+    # The killer failed with its runner, then passed: flaky. A quick test that
+    # shared its batch failed there once: flaky too, never lost.
+    assert KILLER_TEST in props["tests_flaky_names"]
+    assert props["tests_passed"] + props["tests_flaky"] == QUICK_TESTS + 1
+    logs = [
+        cluster.step_log(b["buildid"], "run-shard", "stdio")
+        for b in cluster.api(f"builds?builderid={cluster.builder_id('tests-shard')}")["builds"]
+    ]
+    assert any("warm runner ended (exit code 3) before the shard: batch by batch" in log for log in logs)
+    # The batch after the fall-back started a pytest of its own.
+    assert len((cluster.state_dir / "sessions.log").read_text().split()) > SHARD_WORKERS
+
+
+def post(url: str, body: bytes, token: str | None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.load(refused)
+
+
+def test_the_queue_answers_nobody_without_a_running_shard_s_secret(cluster, warm_build):
+    queue = f"{cluster.url}plugins/{warm_channel.PLUGIN_NAME}/{warm_channel.QUEUE_PATH}"
+    next_batch = json.dumps({"op": "next"}).encode()
+    for token in (None, "", "guess", "x" * 43):
+        status, answer = post(queue, next_batch, token)
+        assert status == 403 and "kind" not in answer, (token, status, answer)
+    status, _ = post(f"{cluster.url}plugins/{warm_channel.PLUGIN_NAME}/other", next_batch, "guess")
+    assert status == 404
+    # The web UI loads every configured plugin's scripts: this one has none, and says so with a 200.
+    with urllib.request.urlopen(
+        f"{cluster.url}plugins/{warm_channel.PLUGIN_NAME}/scripts.js", timeout=REQUEST_TIMEOUT_S
+    ) as response:
+        assert response.status == 200 and response.read() == b""
+
+
+def test_a_runner_s_results_are_checked_like_a_junit_report():
+    batch = {"a.py::t1", "a.py::t2"}
+    good = results_of([{"id": "a.py::t1", "outcome": "failed", "seconds": 0.5, "message": "boom"}], batch)
+    assert [(r.id, r.passed, r.skipped, r.seconds, r.message) for r in good] == [
+        ("a.py::t1", False, False, 0.5, "boom")
+    ]
+    bad_reports = [
+        ("not a list", "must be a list"),
+        ([{"id": "b.py::other", "outcome": "passed", "seconds": 1}], "not for a test of this batch"),
+        ([{"id": "a.py::t1", "outcome": "passed", "seconds": 1}] * 2, "reported twice"),
+        ([{"id": "a.py::t1", "outcome": "fine", "seconds": 1}], "outcome 'fine'"),
+        ([{"id": "a.py::t1", "outcome": "passed", "seconds": math.nan}], "took nan s"),
+        ([{"id": "a.py::t1", "outcome": "passed", "seconds": -1}], "took -1 s"),
+        ([{"id": "a.py::t1", "outcome": "passed", "seconds": True}], "is not a number"),
+    ]
+    for report, expected in bad_reports:
+        with pytest.raises(ChannelError, match=expected):
+            results_of(report, batch)
+
+
+def test_the_runner_and_the_master_agree_on_the_environment():
+    # The plugin runs on the worker without buildbot-cd: it keeps its own copies.
+    assert warm_pytest_plugin.QUEUE_URL_ENV == warm_channel.QUEUE_URL_ENV
+    assert warm_pytest_plugin.QUEUE_TOKEN_ENV == warm_channel.QUEUE_TOKEN_ENV
+    assert warm_channel.PLUGIN_SOURCE.read_text().startswith('"""The warm pytest runner')
+
+
+class Batch:
+    def __init__(self, batch_id: int, tests: list[str]):
+        self.id, self.tests = batch_id, tests
+
+
+def test_a_channel_hands_out_batches_and_fails_one_whose_results_it_refuses():
+    queue = [Batch(1, ["a.py::t1"]), Batch(2, ["a.py::t2"])]
+    handed_in: list[tuple] = []
+
+    async def next_batch():
+        return queue.pop(0) if queue else None
+
+    def hand_in(batch, results, wall_s, problem):
+        handed_in.append((batch.id, [r.id for r in results], problem))
+
+    channel = warm_channel.WarmChannel(next_batch, hand_in, lambda: 0.0, max_body_bytes=1000)
+
+    def ask(payload):
+        return asyncio.run(channel.handle(payload))
+
+    assert ask({"op": "next"}) == {"kind": "run", "batch": 1, "tests": ["a.py::t1"]}
+    assert ask(
+        {"op": "report", "batch": 1, "results": [{"id": "a.py::t1", "outcome": "passed", "seconds": 0.1}]}
+    )
+    assert ask({"op": "next"})["batch"] == 2
+    with pytest.raises(ChannelError, match="not for a test of this batch"):
+        ask(
+            {"op": "report", "batch": 2, "results": [{"id": "a.py::t1", "outcome": "passed", "seconds": 0.1}]}
+        )
+    assert handed_in[0] == (1, ["a.py::t1"], None)
+    assert handed_in[1][0] == 2 and handed_in[1][2].startswith("results refused: ")
+    assert channel.running == {}
+    with pytest.raises(ChannelError, match="batch 2 is not running"):
+        ask({"op": "report", "batch": 2, "results": []})
+    with pytest.raises(ChannelError, match="unknown op"):
+        ask({"op": "shutdown"})
+    assert ask({"op": "next"}) == {"kind": "done"} and ask({"op": "next"}) == {"kind": "done"}
