@@ -22,7 +22,8 @@ and the data API turns every row read into a dict: one row per test cost
 ~14 s to write and ~4 s to read for 15,000 tests (bench/history_db_bench.py).
 Packed, the durations of 100,000 tests are a few hundred rows. Earlier builds'
 sets of one row per test (value_unit "s") are still read. The pass_fail set
-keeps one row per test, and is now nearly all of the write's cost.
+keeps one row per test (Buildbot's web UI shows them), written as one
+executemany by result_rows.py rather than through addTestResult.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from buildbot.process.buildstep import BuildStep
 from twisted.internet import defer
 
 from buildbot_steps._core import TestOutcome, Verdict
+from buildbot_steps.shard.result_rows import ResultRow, store_pass_fail_set
 
 # The largest value of a PostgreSQL `integer` column (test_results.duration_ns).
 POSTGRES_INT4_MAX = 2**31 - 1
@@ -105,6 +107,24 @@ def pack_durations(durations: dict[str, float]) -> list[str]:
     return rows
 
 
+def rows_of(outcomes: Sequence[TestOutcome]) -> tuple[list[ResultRow], list[str], dict[str, float]]:
+    """(pass_fail rows, flaky test ids, {test id: seconds}) of the tests that ran."""
+    pass_fail: list[ResultRow] = []
+    flaky: list[str] = []
+    durations: dict[str, float] = {}
+    for outcome in outcomes:
+        if not outcome.attempts:
+            continue  # never ran: no duration to learn from
+        seconds = outcome.attempts[-1].seconds
+        if outcome.verdict != Verdict.skipped:  # neither a pass nor a failure
+            passed = "1" if outcome.verdict in (Verdict.passed, Verdict.flaky) else "0"
+            pass_fail.append(ResultRow(outcome.id, passed, duration_ns_for_db(seconds)))
+        durations[outcome.id] = seconds
+        if outcome.verdict == Verdict.flaky:
+            flaky.append(outcome.id)
+    return pass_fail, flaky, durations
+
+
 class HistoryReading(NamedTuple):
     durations: list[dict[str, float]]  # per earlier build, oldest first
     flake_record: dict[str, int]  # test id -> earlier builds it was flaky in
@@ -162,22 +182,15 @@ class TestHistory:
         self, outcomes: Sequence[TestOutcome], overhead_by_worker: dict[str, float] | None = None
     ) -> None:
         step = self._step
-        outcome_set = await step.addTestResultSet(self.description, "pass_fail", "boolean")
+        pass_fail, flaky, durations = rows_of(outcomes)
+        # One row per test, for Buildbot's test-results view: nearly all of the write, so it
+        # takes the executemany path (result_rows.py); the other sets are a few rows each.
+        await store_pass_fail_set(step, self.description, pass_fail)
         duration_set = await step.addTestResultSet(self.durations_description, "performance", PACKED_UNIT)
         # Only the flaky tests, so the flake record costs a few rows per build.
         flaky_set = await step.addTestResultSet(self.flaky_description, "fail_only", "boolean")
-        durations: dict[str, float] = {}
-        for outcome in outcomes:
-            if not outcome.attempts:
-                continue  # never ran: no duration to learn from
-            seconds = outcome.attempts[-1].seconds
-            duration_ns = duration_ns_for_db(seconds)
-            if outcome.verdict != Verdict.skipped:  # neither a pass nor a failure
-                passed = "1" if outcome.verdict in (Verdict.passed, Verdict.flaky) else "0"
-                step.addTestResult(outcome_set, passed, test_name=outcome.id, duration_ns=duration_ns)
-            durations[outcome.id] = seconds
-            if outcome.verdict == Verdict.flaky:
-                step.addTestResult(flaky_set, "0", test_name=outcome.id)
+        for test in flaky:
+            step.addTestResult(flaky_set, "0", test_name=test)
         for index, packed in enumerate(pack_durations(durations)):
             step.addTestResult(duration_set, packed, test_name=f"durations {index}")
         if overhead_by_worker:

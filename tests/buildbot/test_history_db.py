@@ -12,12 +12,15 @@ import random
 import shutil
 import tempfile
 
+import pytest
 from buildbot.test.reactor import TestReactorMixin
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from buildbot_steps._core import Verdict
 from buildbot_steps.shard import history as shard_history  # its TestHistory is no test class
+from buildbot_steps.shard import result_rows
+from buildbot_steps.shard.result_rows import ResultRow
 from harness.history_db import BUILDER_ID, Attempt, HistoryDb, Outcome
 
 DESCRIPTION = "sharded tests"
@@ -37,16 +40,23 @@ def outcomes_of(build: int) -> list[Outcome]:
     ]
 
 
-class HistoryRoundTripTests(TestReactorMixin, unittest.TestCase):
+class SqliteHistoryDbCase(TestReactorMixin, unittest.TestCase):
+    """A HistoryDb per test, on a SQLite file in a temporary directory."""
+
+    def db_url(self, root: str) -> str:
+        return f"sqlite:///{root}/state.sqlite"
+
     @defer.inlineCallbacks
     def setUp(self):
         self.setup_test_reactor()
         root = tempfile.mkdtemp(prefix="history-db-test-")
         self.addCleanup(shutil.rmtree, root, ignore_errors=True)
-        url = f"sqlite:///{root}/state.sqlite"
+        url = self.db_url(root)
         self.db = yield defer.ensureDeferred(HistoryDb.start(url, f"{root}/master", test=self))
         self.addCleanup(lambda: defer.ensureDeferred(self.db.stop()))
 
+
+class HistoryRoundTripTests(SqliteHistoryDbCase):
     async def store(self, outcomes: list[Outcome], overhead: dict[str, float] | None = None) -> int:
         step = await self.db.new_step()
         await shard_history.TestHistory(step, DESCRIPTION).store(outcomes, overhead)
@@ -97,6 +107,95 @@ class HistoryRoundTripTests(TestReactorMixin, unittest.TestCase):
 
         reading = yield defer.ensureDeferred(self.read())
         self.assertEqual(reading.durations, [{"t.py::old": 2.513402}, {"t.py::new": 0.25}])
+
+
+def pass_fail_rows(build: int, tests: int = TESTS) -> list[ResultRow]:
+    return shard_history.rows_of(outcomes_of(build)[:tests])[0]
+
+
+# What a result set and its rows are, whichever path wrote them: no ids, no description.
+SET_FIELDS = ("builderid", "category", "value_unit", "tests_passed", "tests_failed", "complete")
+ROW_FIELDS = ("builderid", "test_name", "test_code_path", "line", "duration_ns", "value")
+
+
+class PassFailRowsSqliteTests(SqliteHistoryDbCase):
+    """result_rows' executemany writes what Buildbot's addTestResult path writes, read back through
+    Buildbot's data API."""
+
+    async def fast_write(self, description: str, rows: list[ResultRow]) -> int:
+        step = await self.db.new_step()
+        setid = await result_rows.store_pass_fail_set(step, description, rows)
+        await self.db.finish_step(step)
+        return setid
+
+    async def buildbot_write(self, description: str, rows: list[ResultRow]) -> int:
+        step = await self.db.new_step()
+        setid = await step.addTestResultSet(description, "pass_fail", "boolean")
+        for row in rows:
+            step.addTestResult(setid, row.value, test_name=row.test_name, duration_ns=row.duration_ns)
+        await self.db.finish_step(step)
+        return setid
+
+    async def written(self, setid: int) -> tuple[dict, list[dict]]:
+        data = self.db.master.data
+        result_set = await data.get(("test_result_sets", setid))
+        rows = await data.get(("test_result_sets", setid, "results"))
+        rows = sorted(rows, key=lambda r: r["test_name"])
+        return {f: result_set[f] for f in SET_FIELDS}, [{f: r[f] for f in ROW_FIELDS} for r in rows]
+
+    @defer.inlineCallbacks
+    def test_the_executemany_writes_what_buildbot_writes(self):
+        self.patch(result_rows, "ROWS_PER_EXECUTE", 1000)  # several chunks of TESTS rows
+        rows = pass_fail_rows(1)
+        fast = yield defer.ensureDeferred(self.fast_write("fast", rows))  # the names are new
+        slow = yield defer.ensureDeferred(self.buildbot_write("buildbot", rows))
+        fast_set, fast_rows = yield defer.ensureDeferred(self.written(fast))
+        slow_set, slow_rows = yield defer.ensureDeferred(self.written(slow))
+
+        self.assertEqual(fast_set, slow_set)
+        self.assertEqual(fast_rows, slow_rows)
+        expected = sorted((r.test_name, r.value, r.duration_ns) for r in rows)
+        self.assertEqual([(r["test_name"], r["value"], r["duration_ns"]) for r in fast_rows], expected)
+        passed = sum(r.value == "1" for r in rows)
+        self.assertEqual(
+            (fast_set["tests_passed"], fast_set["tests_failed"], fast_set["complete"]),
+            (passed, len(rows) - passed, True),
+        )
+
+    @defer.inlineCallbacks
+    def test_known_and_new_test_names_get_their_own_ids(self):
+        yield defer.ensureDeferred(self.fast_write("first", pass_fail_rows(1, tests=100)))
+        rows = pass_fail_rows(2, tests=200)  # the first 100 names known, the next 100 new
+        setid = yield defer.ensureDeferred(self.fast_write("second", rows))
+        _, written = yield defer.ensureDeferred(self.written(setid))
+        self.assertEqual(
+            [(r["test_name"], r["value"]) for r in written], sorted((r.test_name, r.value) for r in rows)
+        )
+
+    @defer.inlineCallbacks
+    def test_buildbots_add_names_gives_the_ids_of_known_and_new_names(self):
+        """Pins the contract result_rows relies on in Buildbot's private `_add_names` (4.3): a set
+        of names in, {name: id} out for all of them, known names keeping their id."""
+        add_names = self.db.master.db.test_results._add_names
+        first = yield add_names(BUILDER_ID, {"a.py::t", "b.py::t"})
+        second = yield add_names(BUILDER_ID, {"b.py::t", "c.py::t"})
+        self.assertEqual(set(first), {"a.py::t", "b.py::t"})
+        self.assertEqual(set(second), {"b.py::t", "c.py::t"})
+        self.assertEqual(second["b.py::t"], first["b.py::t"])
+        self.assertEqual(len({*first.values(), *second.values()}), 3)
+        names = yield self.db.master.db.test_results.getTestNames(BUILDER_ID)
+        self.assertEqual(sorted(names), ["a.py::t", "b.py::t", "c.py::t"])
+
+
+class PassFailRowsPostgresTests(PassFailRowsSqliteTests):
+    """The same on Debian's PostgreSQL (RETURNING for the names, psycopg2's executemany)."""
+
+    @pytest.fixture(autouse=True)
+    def _postgres(self, postgres_url):
+        self._postgres_url = postgres_url
+
+    def db_url(self, root: str) -> str:
+        return self._postgres_url
 
 
 def test_a_test_id_longer_than_a_row_gets_a_row_of_its_own():
