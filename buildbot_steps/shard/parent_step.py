@@ -78,6 +78,10 @@ from buildbot_steps.shard.warm_channel import PLUGIN_MODULE, PLUGIN_NAME, QUEUE_
 # (kBatchWorthFactor x the start-up). The guided batch sizes still shrink
 # towards this at the tail, which keeps the end balanced.
 DEFAULT_MIN_BATCH_S = 5.0
+# With the warm runner a batch costs a round trip to the master and the
+# collection of its tests, not a start-up: a floor of 5 s would cut a suite
+# of 30 s into 6 batches and leave most of 16 workers idle.
+WARM_DEFAULT_MIN_BATCH_S = 0.5
 
 
 class ShardedTest(BuildStep):
@@ -109,7 +113,7 @@ class ShardedTest(BuildStep):
         mode: str = DYNAMIC,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         quarantine: list[str] | None = None,
-        min_batch_s: float = DEFAULT_MIN_BATCH_S,
+        min_batch_s: float | None = None,  # None: DEFAULT_MIN_BATCH_S, WARM_DEFAULT_MIN_BATCH_S warm
         max_batch_tests: int = DEFAULT_MAX_BATCH_TESTS,
         speculate: bool = True,
         warm_runner: bool = False,
@@ -131,6 +135,8 @@ class ShardedTest(BuildStep):
         self.max_attempts = max_attempts
         self.quarantine = quarantine or []
         self.min_batch_s = min_batch_s
+        if min_batch_s is None:
+            self.min_batch_s = WARM_DEFAULT_MIN_BATCH_S if warm_runner is True else DEFAULT_MIN_BATCH_S
         self.max_batch_tests = max_batch_tests
         self.speculate = speculate
         self.warm_runner = warm_runner

@@ -21,6 +21,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from buildbot_steps.shard import RunShard, ShardedTest
+from buildbot_steps.shard.parent_step import DEFAULT_MIN_BATCH_S, WARM_DEFAULT_MIN_BATCH_S
 
 TESTS = ["tests/test_a.py::test_one", "tests/test_a.py::test_two"]
 
@@ -86,6 +87,15 @@ class ShardedTestConfigTests(ConfigErrorsMixin, unittest.TestCase):
             ShardedTest(
                 shard_scheduler="shards", warm_runner=True, test_command=["tox", "{tests}", "{junit}"]
             )
+
+    def test_the_batch_floor_defaults_to_what_a_batch_costs(self):
+        # Cold: a batch pays a runner start-up; warm: a round trip and its collection.
+        self.assertEqual(ShardedTest(shard_scheduler="shards").min_batch_s, DEFAULT_MIN_BATCH_S)
+        warm = ShardedTest(shard_scheduler="shards", warm_runner=True)
+        self.assertEqual(warm.min_batch_s, WARM_DEFAULT_MIN_BATCH_S)
+        self.assertEqual(
+            ShardedTest(shard_scheduler="shards", warm_runner=True, min_batch_s=2).min_batch_s, 2
+        )
 
     def test_run_shard_bad_template(self):
         with self.assertRaisesConfigError("RunShard: test_command must"):
