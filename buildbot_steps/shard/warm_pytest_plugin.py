@@ -2,13 +2,15 @@
 
 RunShard (warm_runner=True) writes this file into the shard's reports
 directory on the worker as `buildbot_cd_warm.py` and starts the test command
-once, with `-p buildbot_cd_warm` and no batch: pytest pays its start-up and
-session fixtures once, then this plugin's loop asks the master for a batch,
-collects just those tests (as `pytest ID...` would: a shard never collects
-the whole suite, which on a big suite costs as much as the start-up), runs
-them, sends their results, and asks again until the master says done. It
-needs nothing on the worker but pytest and the standard library (the
-worker's test environment need not have buildbot-cd).
+once, with `-p buildbot_cd_warm` and no batch: pytest collects the suite and
+pays its start-up and session fixtures once, then this plugin's loop asks
+the master for a batch, runs those items, sends their results, and asks again
+until the master says done. It needs nothing on the worker but pytest and the
+standard library (the worker's test environment need not have buildbot-cd).
+
+Collected once, not per batch: pytest's collection is not meant to run twice
+in a session (a second `perform_collect` loses the fixtures of a package's
+conftest.py), so each shard pays the whole suite's collection once.
 
 The channel is the master's web server (warm_channel.py): POST JSON to
 $BUILDBOT_CD_QUEUE_URL with the shard's secret in $BUILDBOT_CD_QUEUE_TOKEN:
@@ -16,13 +18,12 @@ $BUILDBOT_CD_QUEUE_URL with the shard's secret in $BUILDBOT_CD_QUEUE_TOKEN:
                        | {"kind": "wait"} | {"kind": "done"}
     {"op": "report", "batch": 7, "results": [{"id": "a.py::t", "outcome":
         "passed" | "failed" | "skipped", "seconds": 0.12, "message": "..."}]}
-A test of a batch that cannot be collected is left out of the results: the
-master counts it as not run.
+A test of a batch that this process did not collect is left out of the
+results: the master counts it as not run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import urllib.request
@@ -98,31 +99,16 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection(session: pytest.Session) -> bool:
-    return True  # nothing up front: each batch collects its own tests
-
-
-def _collect(session: pytest.Session, test_ids: list[str]) -> list:
-    try:
-        return list(session.perform_collect(test_ids))
-    except pytest.UsageError:  # an id that matches nothing: collect the others one by one
-        found = []
-        for test_id in test_ids:
-            with contextlib.suppress(pytest.UsageError):
-                found.extend(session.perform_collect([test_id]))
-        return found
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> bool:
     queue = _Queue(os.environ[QUEUE_URL_ENV], os.environ[QUEUE_TOKEN_ENV])
+    items = {item.nodeid: item for item in session.items}
     while True:
         answer = queue.call({"op": "next"})
         if answer.get("kind") == "done":
             return True
         if answer.get("kind") != "run":
             continue  # wait: the master held the request as long as it could; ask again
-        batch = _collect(session, answer["tests"])
+        batch = [items[test] for test in answer["tests"] if test in items]
         for index, item in enumerate(batch):
             following = batch[index + 1] if index + 1 < len(batch) else _SessionOnly(session)
             item.config.hook.pytest_runtest_protocol(item=item, nextitem=following)

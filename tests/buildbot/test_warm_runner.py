@@ -17,7 +17,6 @@ import pytest
 
 from buildbot_steps.shard import warm_channel, warm_pytest_plugin
 from buildbot_steps.shard.warm_channel import ChannelError, results_of
-from harness.cluster import FIXTURE_SUITE
 
 FAILURE = 2
 SUITE_SIZE = 34
@@ -68,13 +67,40 @@ def test_a_warm_build_runs_every_test_with_one_start_up_per_shard(cluster, warm_
     assert FAILING_TEST in report and FLAKY_TEST in report
 
 
-QUICK_TESTS = 8
+# Several files and several batches per runner.
+QUICK_FILES = 5
+QUICK_TESTS_PER_FILE = 8
+QUICK_TESTS = QUICK_FILES * QUICK_TESTS_PER_FILE
 KILLER_TEST = "tests/test_killer.py::test_ends_its_runner"
+# As a project lays a suite out: a package whose conftest.py holds the fixtures.
+KILLER_CONFTEST = """import os
+import pathlib
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_session_start():
+    with open(pathlib.Path(os.environ["SHARD_FIXTURE_STATE_DIR"]) / "sessions.log", "a") as log:
+        log.write(f"{os.getpid()}\\n")
+
+
+@pytest.fixture
+def answer():
+    return 42
+"""
 KILLER_SUITE = {
     "pytest.ini": "[pytest]\naddopts = -p no:cacheprovider\n",
-    "conftest.py": (FIXTURE_SUITE / "conftest.py").read_text(),  # records each pytest session
     "tests/__init__.py": "",
-    "tests/test_quick.py": "".join(f"def test_{i}():\n    pass\n\n\n" for i in range(QUICK_TESTS)),
+    # Used by tests in every batch: a runner that collected again per batch
+    # would lose the package's fixtures after its first batch.
+    "tests/conftest.py": KILLER_CONFTEST,
+    **{
+        f"tests/test_quick_{file}.py": "".join(
+            f"def test_{i}(answer):\n    assert answer == 42\n\n\n" for i in range(QUICK_TESTS_PER_FILE)
+        )
+        for file in range(QUICK_FILES)
+    },
     # Ends a warm runner, as a segfault in an extension would; passes batch by batch.
     "tests/test_killer.py": (
         "import os\n\n\ndef test_ends_its_runner():\n"
