@@ -78,9 +78,9 @@ from buildbot_steps.shard.warm_channel import PLUGIN_MODULE, PLUGIN_NAME, QUEUE_
 # (kBatchWorthFactor x the start-up). The guided batch sizes still shrink
 # towards this at the tail, which keeps the end balanced.
 DEFAULT_MIN_BATCH_S = 5.0
-# With the warm runner a batch costs a round trip to the master and the
-# collection of its tests, not a start-up: a floor of 5 s would cut a suite
-# of 30 s into 6 batches and leave most of 16 workers idle.
+# With the warm runner a batch costs a round trip to the master, not a
+# start-up: a floor of 5 s would cut a suite of 30 s into 6 batches and leave
+# most of 16 workers idle.
 WARM_DEFAULT_MIN_BATCH_S = 0.5
 
 
@@ -134,9 +134,8 @@ class ShardedTest(BuildStep):
         self.mode = mode
         self.max_attempts = max_attempts
         self.quarantine = quarantine or []
-        self.min_batch_s = min_batch_s
-        if min_batch_s is None:
-            self.min_batch_s = WARM_DEFAULT_MIN_BATCH_S if warm_runner is True else DEFAULT_MIN_BATCH_S
+        default_min_batch_s = WARM_DEFAULT_MIN_BATCH_S if warm_runner else DEFAULT_MIN_BATCH_S
+        self.min_batch_s = default_min_batch_s if min_batch_s is None else min_batch_s
         self.max_batch_tests = max_batch_tests
         self.speculate = speculate
         self.warm_runner = warm_runner
@@ -150,6 +149,7 @@ class ShardedTest(BuildStep):
         self._summary: str | None = None
         self._flake_record: dict[str, int] = {}  # test id -> earlier builds it was flaky in
         self._history = TestHistory(self, results_description)
+        self._warm_queue_url = ""  # set from the master's configuration when the step runs
 
     # ------------------------------------------------------ configuration
 
@@ -208,8 +208,8 @@ class ShardedTest(BuildStep):
             raise ShardedTestError("discover_command must be a non-empty argument vector")
         if self.tests is not None and not is_test_list(self.tests):
             raise ShardedTestError("tests must render to a list of test id strings")
-        if self.warm_runner:
-            self._queue_url()  # refuses before any shard starts
+        # Refused before discovery and before any shard starts.
+        self._warm_queue_url = self._queue_url() if self.warm_runner else ""
 
     def _queue_url(self) -> str:
         """Where warm runners reach this master: its www plugin under buildbotURL."""
@@ -309,7 +309,7 @@ class ShardedTest(BuildStep):
             timeout_s=self.batch_timeout,
             max_report_bytes=self.max_report_bytes,
             warm_command=warm_command_of(self.test_command, PLUGIN_MODULE) if self.warm_runner else None,
-            queue_url=self._queue_url() if self.warm_runner else "",
+            queue_url=self._warm_queue_url,
         )
         clock = self.master.reactor.seconds
         if self.mode == STATIC:

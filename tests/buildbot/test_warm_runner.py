@@ -58,11 +58,13 @@ def test_a_warm_build_runs_every_test_with_one_start_up_per_shard(cluster, warm_
     assert props["tests_passed"] == SUITE_SIZE - 2
     steps = shard_steps(cluster, warm_build["buildid"])
     assert len(steps) == SHARD_WORKERS
-    batches = sum(int(s["state_string"].split(" batches")[0]) for s in steps)
+    batches = [int(s["state_string"].split(" batches")[0]) for s in steps]
+    # The suite's session fixture records each pytest session that ran a test
+    # (a runner that started after the others had taken every test ran none).
     starts = (cluster.state_dir / "sessions.log").read_text().split()
-    # Each shard pulled many batches, and pytest started once per shard.
-    assert batches > 2 * SHARD_WORKERS, [s["state_string"] for s in steps]
-    assert len(starts) == SHARD_WORKERS, starts
+    runners_with_tests = sum(count > 0 for count in batches)
+    assert len(starts) == runners_with_tests >= 1, (starts, batches)
+    assert sum(batches) > 2 * len(starts), [s["state_string"] for s in steps]
     report = cluster.step_log(warm_build["buildid"], "sharded-tests", "report")
     assert FAILING_TEST in report and FLAKY_TEST in report
 
@@ -140,9 +142,10 @@ def test_a_runner_that_dies_fails_its_batch_and_the_shard_goes_on_batch_by_batch
         cluster.step_log(b["buildid"], "run-shard", "stdio")
         for b in cluster.api(f"builds?builderid={cluster.builder_id('tests-shard')}")["builds"]
     ]
-    assert any("warm runner ended (exit code 3) before the shard: batch by batch" in log for log in logs)
-    # The batch after the fall-back started a pytest of its own.
-    assert len((cluster.state_dir / "sessions.log").read_text().split()) > SHARD_WORKERS
+    fall_back = "warm runner ended (exit code 3) before the shard: batch by batch"
+    # The killer passed, which it does only batch by batch: a shard that fell
+    # back ran it as a pytest of its own, with a JUnit report, after the fall-back.
+    assert any(fall_back in log and "--junitxml=" in log.split(fall_back, 1)[1] for log in logs), logs
 
 
 def post(url: str, body: bytes, token: str | None) -> tuple[int, dict]:
