@@ -24,6 +24,7 @@ from buildbot_steps.shard.result_rows import ResultRow
 from harness.history_db import BUILDER_ID, Attempt, HistoryDb, Outcome
 
 DESCRIPTION = "sharded tests"
+OTHER_BUILDER = 2
 TESTS = 3000  # more than one packed row and more than one of Buildbot's 3,000-row batches
 VERDICTS = [Verdict.passed] * 20 + [Verdict.failed, Verdict.flaky, Verdict.skipped]
 
@@ -185,6 +186,47 @@ class PassFailRowsSqliteTests(SqliteHistoryDbCase):
         self.assertEqual(len({*first.values(), *second.values()}), 3)
         names = yield self.db.master.db.test_results.getTestNames(BUILDER_ID)
         self.assertEqual(sorted(names), ["a.py::t", "b.py::t", "c.py::t"])
+
+    @defer.inlineCallbacks
+    def test_a_big_suites_names_are_read_at_once_and_keep_their_ids(self):
+        self.patch(result_rows, "READ_ALL_NAMES_FROM", 50)  # 100 and 200 names: the one-read path
+        add_names = self.db.master.db.test_results._add_names
+        yield defer.ensureDeferred(self.db.add_builder(OTHER_BUILDER, "other"))
+        first = pass_fail_rows(1, tests=100)
+        yield defer.ensureDeferred(self.fast_write("first", first))
+        # The same names on another builder, newer rows: ids that must not be taken for this one.
+        yield add_names(OTHER_BUILDER, {r.test_name for r in first})
+        rows = pass_fail_rows(2, tests=200)  # the first 100 names known, the next 100 new
+        names = {r.test_name for r in rows}
+        setid = yield defer.ensureDeferred(self.fast_write("second", rows))
+
+        _, written = yield defer.ensureDeferred(self.written(setid))
+        self.assertEqual(
+            [(r["test_name"], r["value"]) for r in written], sorted((r.test_name, r.value) for r in rows)
+        )
+        builder_names = yield self.db.master.db.test_results.getTestNames(BUILDER_ID)
+        # Each name once: the two builds' names (a test skipped in one has no row there).
+        self.assertEqual(sorted(builder_names), sorted(names | {r.test_name for r in first}))
+        step = yield defer.ensureDeferred(self.db.new_step())
+        read_at_once = yield defer.ensureDeferred(result_rows.resolve_test_name_ids(step, BUILDER_ID, names))
+        self.assertEqual(read_at_once, (yield add_names(BUILDER_ID, names)))  # Buildbot's own ids
+
+    @defer.inlineCallbacks
+    def test_known_names_read_at_once_do_not_go_through_buildbots_lookup(self):
+        self.patch(result_rows, "READ_ALL_NAMES_FROM", 50)
+        rows = pass_fail_rows(1, tests=100)
+        yield defer.ensureDeferred(self.fast_write("first", rows))
+        asked: list[set[str]] = []
+        real_add_names = self.db.master.db.test_results._add_names
+
+        def add_names(builderid: int, names: set[str]):
+            asked.append(names)
+            return real_add_names(builderid, names)
+
+        self.patch(self.db.master.db.test_results, "_add_names", add_names)
+        yield defer.ensureDeferred(self.fast_write("again", rows))
+        yield defer.ensureDeferred(self.fast_write("one more", rows + [ResultRow("new.py::t", "1", 5)]))
+        self.assertEqual(asked, [{"new.py::t"}])
 
 
 class PassFailRowsPostgresTests(PassFailRowsSqliteTests):

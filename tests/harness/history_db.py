@@ -95,6 +95,9 @@ class HistoryDb:
         """Closes the database; removes `basedir` (make_master's shutdown does)."""
         await self.master.test_shutdown()
 
+    async def add_builder(self, builderid: int, name: str) -> None:
+        await self.master.db.insert_test_data([fakedb.Builder(id=builderid, name=name)])
+
     async def new_step(self) -> BuildStep:
         """A BuildStep of a new build of the builder, as far as its test results need one."""
         self._builds += 1
