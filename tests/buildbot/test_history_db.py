@@ -123,6 +123,8 @@ class PassFailRowsSqliteTests(SqliteHistoryDbCase):
     """result_rows' executemany writes what Buildbot's addTestResult path writes, read back through
     Buildbot's data API."""
 
+    rows_go_by_copy = False  # PostgreSQL's COPY, or the portable executemany
+
     async def fast_write(self, description: str, rows: list[ResultRow]) -> int:
         step = await self.db.new_step()
         setid = await result_rows.store_pass_fail_set(step, description, rows)
@@ -228,9 +230,49 @@ class PassFailRowsSqliteTests(SqliteHistoryDbCase):
         yield defer.ensureDeferred(self.fast_write("one more", rows + [ResultRow("new.py::t", "1", 5)]))
         self.assertEqual(asked, [{"new.py::t"}])
 
+    @defer.inlineCallbacks
+    def test_the_rows_insert_writes_values_nulls_and_escapes_as_given(self):
+        """What _insert_rows is handed comes back, whichever way it writes (COPY's text format
+        escapes backslashes, tabs and line ends, and spells NULL \\N)."""
+        step = yield defer.ensureDeferred(self.db.new_step())
+        setid = yield step.addTestResultSet("odd values", "pass_fail", "boolean")
+        names = ["a.py::t", "b.py::t", "c.py::t", "d.py::t"]
+        ids = yield self.db.master.db.test_results._add_names(BUILDER_ID, set(names))
+        odd = {"a.py::t": ("tab\there", 7), "b.py::t": ("back\\slash\\N", None)}
+        odd |= {"c.py::t": ("line\nend\r", 0), "d.py::t": ("\\N", 2**31 - 1)}
+        values = [(BUILDER_ID, setid, ids[n], None, None, odd[n][1], odd[n][0]) for n in names]
+        db = self.db.master.db
+        yield db.pool.do_with_transaction(result_rows._insert_rows, db.model.test_results, values)
+
+        _, written = yield defer.ensureDeferred(self.written(setid))
+        self.assertEqual(
+            [(r["test_name"], r["value"], r["duration_ns"]) for r in written], [(n, *odd[n]) for n in names]
+        )
+        self.assertEqual({(r["line"], r["test_code_path"]) for r in written}, {(None, None)})
+
+    @defer.inlineCallbacks
+    def test_the_rows_go_by_copy_exactly_where_expected(self):
+        copies = []
+        real_copy = result_rows.copy_into_postgresql
+
+        def copy(conn, table, values):
+            copies.append(len(values))
+            real_copy(conn, table, values)
+
+        self.patch(result_rows, "copy_into_postgresql", copy)
+        self.patch(result_rows, "ROWS_PER_EXECUTE", 100)
+        rows = pass_fail_rows(1, tests=250)
+        setid = yield defer.ensureDeferred(self.fast_write("fast", rows))
+        _, written = yield defer.ensureDeferred(self.written(setid))
+        self.assertEqual(len(written), len(rows))
+        expected_copies = [100, 100, len(rows) - 200] if self.rows_go_by_copy else []
+        self.assertEqual(copies, expected_copies)
+
 
 class PassFailRowsPostgresTests(PassFailRowsSqliteTests):
-    """The same on Debian's PostgreSQL (RETURNING for the names, psycopg2's executemany)."""
+    """The same on Debian's PostgreSQL (RETURNING for the names, COPY for the rows)."""
+
+    rows_go_by_copy = True
 
     @pytest.fixture(autouse=True)
     def _postgres(self, postgres_url):
@@ -244,3 +286,13 @@ def test_a_test_id_longer_than_a_row_gets_a_row_of_its_own():
     long_id = "t.py::test_" + "x" * shard_history.PACKED_ROW_BYTES
     rows = shard_history.pack_durations({"a.py::t": 1.0, long_id: 2.0, "z.py::t": 3.0})
     assert [json.loads(row) for row in rows] == [{"a.py::t": 1.0}, {long_id: 2.0}, {"z.py::t": 3.0}]
+
+
+class PassFailRowsPostgresExecutemanyTests(PassFailRowsPostgresTests):
+    """The portable executemany on PostgreSQL too: what another driver (psycopg 3, asyncpg) takes."""
+
+    rows_go_by_copy = False
+
+    def setUp(self):
+        self.patch(result_rows, "uses_postgresql_copy", lambda conn: False)
+        return super().setUp()
