@@ -10,8 +10,10 @@ through `progress` (called in this thread). Waiting between looks is on an
 Event, so `cancel()` ends a wait at once.
 
 Phases and the judge's design for each:
-  canary    the canary hosts against the control hosts (every other host, on
-            the old release) in the same window: SAME_WINDOW
+  canary    each host's change from its own baseline, the canary hosts
+            against the control hosts (every other host, on the old release)
+            in the same window: DIFF_IN_DIFF (fixed per-host levels and the
+            fleet-wide trend both cancel; the baseline is read anyway)
   monitor   after the full flip there is no control left: each flipped host
             against its own figures from the baseline window: BEFORE_AFTER
 """
@@ -163,7 +165,7 @@ class CanaryRun:
                 lambda: self.runner.rollback(plan.revision, Selection(names=tuple(plan.canary))),
             )
             return self._finish(Outcome("INCONCLUSIVE", "canary", "", reason=reason), "rolled back canary")
-        verdict = self._phase("canary", "same_window", timing.canary_s, canary, control, baseline)
+        verdict = self._phase("canary", "diff_in_diff", timing.canary_s, canary, control, baseline)
         decided = self._outcome(verdict, "canary")
         if verdict.verdict == _core.CanaryVerdict.FAIL or (
             verdict.verdict == _core.CanaryVerdict.INCONCLUSIVE and plan.on_inconclusive == "rollback"

@@ -9,7 +9,7 @@ the same judge gives the same verdicts:
      "metrics": [{"name": "errors", "kind": "count", "worse": "increase", "min_effect": 0.2,
                   "unit": "per request"}, ...],
      "events": [{"t": 10.2, "what": "flip canary", "hosts": [...]}, ...],
-     "phases": [{"name": "canary", "design": "same_window", "looks_in_window": 12,
+     "phases": [{"name": "canary", "design": "diff_in_diff", "looks_in_window": 12,
                  "min_hosts_per_arm": 5, "max_missing_fraction": 0.2,
                  "looks": [{"look": 1, "t": 15.3, "elapsed_s": 5.0, "verdict": "CONTINUE",
                             "failed_metric": "", "reason": "",

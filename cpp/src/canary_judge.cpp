@@ -149,6 +149,24 @@ double signed_margin(const MetricSpec& spec, double reference) {
   return spec.worse == Direction::Increase ? margin : -margin;
 }
 
+// A few canaries estimate their own spread poorly: 5 hosts give 4 degrees
+// of freedom, where Student's t needs a statistic of 8 for what a normal
+// reaches at 3.3. With no change the canary hosts vary like the control's,
+// which measure that spread on many more hosts; so when the control's
+// variance is the larger, it stands for both arms and the test has the
+// control's degrees of freedom. The canary's own is kept when larger (one
+// bad host, a release that makes hosts differ): the test never assumes less
+// spread than the canary shows, and is never looser than the pooled test on
+// the control's variance.
+TTest welch_with_borrowed_spread(double difference, const Summary& canary, const Summary& control,
+                                 Direction worse, double margin, double confidence) {
+  const double own = canary.sd * canary.sd, borrowed = control.sd * control.sd;
+  if (borrowed > own && control.n > canary.n)
+    return t_test(difference, borrowed, canary.n, borrowed, control.n, worse, margin, confidence,
+                  control.n - 1.0);
+  return t_test(difference, own, canary.n, borrowed, control.n, worse, margin, confidence);
+}
+
 // Continuous metrics, the host as the unit: Welch on host values (or on each
 // host's change from its baseline), the allowed change relative to the
 // reference level.
@@ -165,7 +183,7 @@ Tested test_continuous(const MetricSpec& spec, const Arm& canary, const Arm& con
     const Summary b = summarize(control.values);
     reference = design == Design::SameWindow ? b.mean : b.mean + control.baseline_sum / b.n;
     const double margin = spec.min_effect * std::fabs(reference);
-    t = t_test(a.mean - b.mean, a.sd * a.sd, a.n, b.sd * b.sd, b.n, spec.worse, margin, confidence);
+    t = welch_with_borrowed_spread(a.mean - b.mean, a, b, spec.worse, margin, confidence);
   }
   return {t.difference, t.ci_low, t.ci_high, signed_margin(spec, reference), t.p_value};
 }

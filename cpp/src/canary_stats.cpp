@@ -46,7 +46,7 @@ double one_sided_p(double statistic, double df, Direction worse) {
 }  // namespace
 
 TTest t_test(double difference, double variance_a, double n_a, double variance_b, double n_b, Direction worse,
-             double margin, double confidence) {
+             double margin, double confidence, std::optional<double> df) {
   TTest result;
   const double share_a = variance_a / n_a;
   const double share_b = n_b > 0.0 ? variance_b / n_b : 0.0;
@@ -57,7 +57,7 @@ TTest t_test(double difference, double variance_a, double n_a, double variance_b
   result.std_error = std::sqrt(se2);
   // With no spread at all the df is undefined; any value gives the same
   // (degenerate) answer, so take the one-sample one.
-  result.df = denominator > 0.0 ? se2 * se2 / denominator : n_a - 1.0;
+  result.df = df ? *df : (denominator > 0.0 ? se2 * se2 / denominator : n_a - 1.0);
   const double shifted = worse == Direction::Increase ? difference - margin : difference + margin;
   if (result.std_error > 0.0) {
     result.statistic = shifted / result.std_error;

@@ -7,6 +7,7 @@
 #include <boost/math/distributions/normal.hpp>
 #include <boost/math/distributions/students_t.hpp>
 #include <limits>
+#include <optional>
 
 #include "cd/canary.hpp"
 
@@ -22,8 +23,9 @@ using StudentsT = boost::math::students_t_distribution<double, Policy>;
 using Normal = boost::math::normal_distribution<double, Policy>;
 
 // The t test behind both designs: `variance_b` = 0 and `n_b` = 0 is the
-// one-sample case (df = n_a - 1), otherwise Welch-Satterthwaite.
+// one-sample case (df = n_a - 1), otherwise Welch-Satterthwaite, unless
+// `df` gives the degrees of freedom of the standard error's estimate.
 TTest t_test(double difference, double variance_a, double n_a, double variance_b, double n_b, Direction worse,
-             double margin, double confidence);
+             double margin, double confidence, std::optional<double> df = std::nullopt);
 
 }  // namespace cd::canary

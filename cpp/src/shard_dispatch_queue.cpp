@@ -58,12 +58,19 @@ Item Dispatcher::State::take(std::multimap<double, Item, std::greater<>>::iterat
   return taken;
 }
 
-// Work not yet done: the queue, and what running batches have left.
+// Work not yet done: the queue, and what running batches have left. A
+// running batch starts its tests only after its worker's start-up: workers
+// that ask a few seconds apart, while the first batches are still starting,
+// must see the same work (counting those seconds as tests run shrank the
+// later workers' shares and left a remainder: one more batch and one more
+// start-up at the end).
 double Dispatcher::State::remaining_work_s(double now_s) const {
   double work = queued_estimate_s();
   for (const auto& [id, flight] : in_flight) {
     if (flight.speculative) continue;  // its tests are counted in the original
-    work += std::max(0.0, flight.started_s + flight.known_s + flight.guessed_s * scale() - now_s);
+    const double tests_started_s = flight.started_s + cost.overhead_s(flight.worker);
+    const double estimate_s = flight.known_s + flight.guessed_s * scale();
+    work += std::clamp(tests_started_s + estimate_s - now_s, 0.0, estimate_s);
   }
   return work;
 }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/math/distributions/students_t.hpp>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -393,6 +394,40 @@ TEST(Judge, DiffInDiffRemovesFixedHostLevels) {
   EXPECT_EQ(did.look({{"latency", canary, control}}).verdict, Verdict::Pass);
   Judge before_after({latency()}, options(1, Design::BeforeAfter));
   EXPECT_EQ(before_after.look({{"latency", canary, {}}}).verdict, Verdict::Pass);
+}
+
+// Five canaries that happen to agree closely would make Welch's test trust
+// a spread measured on 4 degrees of freedom; the judge takes the control's
+// larger spread for both arms, with the control's degrees of freedom. A
+// canary more spread than the control keeps its own (plain Welch).
+TEST(Judge, TheCanarysSpreadIsNeverTakenBelowTheControls) {
+  std::mt19937 rng(15);
+  std::vector<HostData> control = values(rng, 50, 100, 10);
+  std::vector<double> control_values;
+  for (const auto& host : control) control_values.push_back(host.value);
+  const double n_b = 50.0;
+  double mean_b = 0.0, ss_b = 0.0;
+  for (double v : control_values) mean_b += v / n_b;
+  for (double v : control_values) ss_b += (v - mean_b) * (v - mean_b);
+  const double variance_b = ss_b / (n_b - 1.0);
+
+  const std::vector<double> tight = {125.0, 125.002, 124.998, 125.001, 124.999};
+  std::vector<HostData> canary;
+  for (double v : tight) canary.push_back(value_host(v));
+  Judge judge({latency()}, options(12));
+  const MetricResult tested = judge.look({{"latency", canary, control}}).metrics[0];
+  const double margin = 0.1 * mean_b;
+  const double statistic = (125.0 - mean_b - margin) / std::sqrt(variance_b * (1.0 / 5.0 + 1.0 / n_b));
+  boost::math::students_t_distribution<double> t(n_b - 1.0);
+  EXPECT_NEAR(tested.p_fixed, boost::math::cdf(boost::math::complement(t, statistic)), 1e-12);
+  EXPECT_GT(tested.p_fixed, 10.0 * welch_test(tight, control_values, Direction::Increase, margin).p_value);
+
+  const std::vector<double> spread = {95.0, 160.0, 110.0, 140.0, 125.0};
+  canary.clear();
+  for (double v : spread) canary.push_back(value_host(v));
+  Judge plain({latency()}, options(12));
+  EXPECT_NEAR(plain.look({{"latency", canary, control}}).metrics[0].p_fixed,
+              welch_test(spread, control_values, Direction::Increase, margin).p_value, 1e-12);
 }
 
 TEST(Judge, CountDesignsWithABaseline) {

@@ -653,6 +653,23 @@ TEST(Dispatcher, StartUpsDoNotShrinkBatchesBelowAWorkersShare) {
   EXPECT_NEAR(a.batch.estimate_s, 2.0, 0.11);
 }
 
+// Shard builds start a few seconds apart; with a start-up longer than that,
+// no batch has run a test yet when the last worker asks, and every worker
+// gets its share: one batch each, nothing left for a second start-up.
+TEST(Dispatcher, WorkersAskingSecondsApartDuringTheStartUpsGetOneBatchEach) {
+  auto tests = uniform_suite(3000, 0.01, EstimateSource::History);  // 30 s of tests
+  DispatchOptions options = workers(6);
+  options.batch_overhead_s = 13.0;  // learnt in earlier builds
+  Dispatcher dispatcher(tests, options);
+  for (int w = 0; w < 6; ++w) {
+    auto batch = dispatcher.next_batch("w" + std::to_string(w), 0.5 * w);
+    ASSERT_EQ(batch.kind, Assignment::Kind::Run) << "worker " << w;
+    EXPECT_NEAR(batch.batch.estimate_s, 5.0, 0.05) << "worker " << w;
+  }
+  EXPECT_NEAR(dispatcher.stats().queued_estimate_s, 0.0, 1e-9);
+  EXPECT_EQ(dispatcher.stats().batches_handed_out, 6u);
+}
+
 TEST(Dispatcher, WallTimeWithMissingResultsTeachesNothingAndBadWallTimeIsRefused) {
   auto tests = uniform_suite(10, 1.0, EstimateSource::History);
   Dispatcher dispatcher(tests, workers(1));
