@@ -2,6 +2,8 @@
 // and how large it is, and when an idle worker copies a straggling batch.
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
+#include <vector>
 
 #include "cd/shard.hpp"
 #include "shard_dispatch_state.hpp"
@@ -75,18 +77,52 @@ double Dispatcher::State::remaining_work_s(double now_s) const {
   return work;
 }
 
+// The asking worker's part of the queue when the queue is split so that
+// every worker ends together: each can start a batch's tests after its
+// start-up, now or once its running batch ends (workers whose shard build
+// has not asked yet, now), and the part of each is the time from then to
+// the common end (water-filling; a worker busy past that end gets nothing).
+double Dispatcher::State::part_for_equal_finish(const std::string& asking, double now_s) const {
+  std::unordered_map<std::string, double> busy_until;
+  for (const auto& [id, flight] : in_flight) {
+    if (flight.speculative || flight.worker == asking) continue;
+    const double end = std::max(now_s, flight.started_s + cost.overhead_s(flight.worker) + flight.known_s +
+                                           flight.guessed_s * scale());
+    auto [where, inserted] = busy_until.emplace(flight.worker, end);
+    if (!inserted) where->second = std::max(where->second, end);
+  }
+  const double own_start = now_s + cost.overhead_s(asking);
+  std::vector<double> starts(
+      std::max<std::size_t>(1, options.workers - std::min<std::size_t>(options.workers, busy_until.size())),
+      own_start);
+  for (const auto& [worker, end] : busy_until) starts.push_back(end + cost.overhead_s(worker));
+  std::sort(starts.begin(), starts.end());
+  // The common end: the smallest T with sum over starts below T of (T - start) = queued.
+  double queued = queued_estimate_s(), sum_starts = 0.0, end = own_start;
+  for (std::size_t k = 0; k < starts.size(); ++k) {
+    sum_starts += starts[k];
+    end = (queued + sum_starts) / static_cast<double>(k + 1);
+    if (k + 1 == starts.size() || end <= starts[k + 1]) break;
+  }
+  return std::max(0.0, end - own_start);
+}
+
 // Guided self-scheduling: a share of what is left, shrinking as it drains.
 // With a start-up to pay, a worker's share of the remaining work is cut
-// into equal batches each worth kBatchWorthFactor start-ups (one batch if
-// the share is smaller): equal cuts end every worker's last batch together,
-// where a fixed size would leave a remainder to one worker.
+// into equal batches each worth kBatchWorthFactor start-ups: equal cuts end
+// every worker's last batch together, where a fixed size would leave a
+// remainder to one worker. When a share is worth one batch only, the queue
+// is split so that every worker ends together, each taking its part of what
+// is left: a batch cut larger or smaller than its part is made up by the
+// next ones, and nothing is left over for one more start-up.
 double Dispatcher::State::batch_target_s(const std::string& worker, double now_s) const {
   const double workers = std::max(1, options.workers);
   double target = std::max(options.min_batch_s, queued_estimate_s() / (kGuidedDivisor * workers));
   const double overhead = cost.overhead_s(worker);
   if (overhead > 0.0) {
     const double share = remaining_work_s(now_s) / workers;
-    const double batches = std::max(1.0, std::floor(share / (kBatchWorthFactor * overhead)));
+    const double batches = std::floor(share / (kBatchWorthFactor * overhead));
+    if (batches <= 1.0) return std::max(target, part_for_equal_finish(worker, now_s));
     target = std::max(target, share / batches);
   }
   return target;
@@ -115,8 +151,10 @@ Assignment Dispatcher::State::hand_out(const std::string& worker, double now_s, 
   return assignment;
 }
 
-// Longest first up to the target, never past max_batch_tests (no unit is
-// larger than that: see cap_unit_sizes), and at least one item.
+// Longest first to the nearest of the target (an item that would overshoot
+// it by more than the batch falls short stays queued), never past
+// max_batch_tests (no unit is larger than that: see cap_unit_sizes), and at
+// least one item.
 std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worker, double now_s) {
   const double target = batch_target_s(worker, now_s);
   const auto cap = static_cast<std::size_t>(options.max_batch_tests);
@@ -126,6 +164,8 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
     auto where = peek_longest(worker);
     if (!where) break;
     if (!flight.tests.empty() && flight.tests.size() + peeked(*where).tests.size() > cap) break;
+    const double after = flight.estimate_s + estimate_of(peeked(*where));
+    if (!flight.tests.empty() && after - target > target - flight.estimate_s) break;
     Item item = take(*where);
     flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
     flight.estimate_s += estimate_of(item);

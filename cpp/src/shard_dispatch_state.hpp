@@ -94,6 +94,7 @@ struct Dispatcher::State {
   Item take(std::multimap<double, Item, std::greater<>>::iterator where);
   double remaining_work_s(double now_s) const;
   double batch_target_s(const std::string& worker, double now_s) const;
+  double part_for_equal_finish(const std::string& asking, double now_s) const;
   Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry);
   std::optional<Assignment> from_queue(const std::string& worker, double now_s);
   std::vector<std::size_t> unresolved(const std::vector<std::size_t>& batch_tests) const;
