@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from harness.sshd_hosts import SshdFleet, SshdHost
+from harness.sshd_hosts import SshdFleet, SshdHost, descendant_pids
 
 T = TypeVar("T")
 
@@ -51,7 +51,25 @@ def start_cli_push(
 ) -> subprocess.Popen:
     inventory = write_inventory(fleet, hosts, workdir / f"inventory-{revision}.json")
     argv = cli_argv(fleet, inventory, "push", "--source", str(tree), "--revision", revision, *extra)
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # faulthandler: a push that does not end can be made to print every thread's stack (SIGABRT).
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_or_explain(cli: subprocess.Popen, stderr: LineCollector) -> None:
+    """Waits for the CLI to end; if it does not within WAIT_S, fails with its threads' stacks, its
+    stderr and its children, so that a hang is diagnosed from the one run that showed it."""
+    try:
+        cli.wait(timeout=WAIT_S)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    children = [command_line(pid) for pid in descendant_pids(cli.pid)]
+    os.kill(cli.pid, signal.SIGABRT)  # faulthandler prints every thread's stack, then the CLI dies
+    cli.wait(timeout=WAIT_S)
+    raise AssertionError(
+        f"the CLI did not end within {WAIT_S} s; its children: {children}\nits stderr:\n{stderr.text()}"
+    )
 
 
 class LineCollector:

@@ -19,6 +19,7 @@ from harness.fleet_cli import (
     start_cli_push,
     stop_receivers,
     wait_for,
+    wait_or_explain,
 )  # fmt: skip
 from harness.sshd_hosts import descendant_pids, process_name
 
@@ -74,7 +75,7 @@ def test_ctrl_c_cancels_at_once_and_says_which_hosts_committed(make_runner, make
         )
         os.kill(cli.pid, signal.SIGINT)
         # Well before the host timeout (600 s by default): the transfer is cancelled.
-        cli.wait(timeout=WAIT_S)
+        wait_or_explain(cli, progress)
         out, err = output.text(), progress.text()
     finally:
         signal_all(stopped, signal.SIGCONT)
