@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+
+import pytest
 
 from harness.fleet_cli import (
     WAIT_S,
@@ -64,6 +67,17 @@ def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converge
     assert_next_push_converges(runner, make_tree, hosts)
 
 
+@pytest.fixture
+def sigint_not_ignored() -> Iterator[None]:
+    """A run started in the background (`cmd &` without job control, as nohup'd CI is) has SIGINT
+    ignored, the CLI it starts inherits that and rightly ignores Ctrl-C: the CLI must start with
+    SIGINT at its default, which exec gives a child of a process that catches it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_not_ignored")
 def test_ctrl_c_cancels_at_once_and_says_which_hosts_committed(make_runner, make_tree, fleet, tmp_path):
     done_host, stuck_host = fleet.hosts[:2]
     cli = start_cli_push(fleet, [done_host, stuck_host], tmp_path, big_tree(make_tree, "v1"), "v1")
