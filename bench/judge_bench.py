@@ -33,8 +33,9 @@ from buildbot_steps import _core
 
 CHUNK = 100  # deploys simulated at once: bounds memory to ~100 MB
 CALIBRATION_STREAM = 1000  # the calibration's deploys: random streams no scenario uses
-# Suffixes of a peer calibrated to our budget, and the deploys that count as false rollbacks there.
-CALIBRATIONS = {"@1%": "A/A deploys", "@1%all": "every deploy that must not be rolled back"}
+# Suffixes of a peer calibrated to our budget: which deploys count as false rollbacks there, and
+# whether that is every harmless scenario (else A/A alone).
+CALIBRATIONS = {"@1%": ("A/A deploys", False), "@1%all": ("every deploy that must not be rolled back", True)}
 
 # The judge's metrics: what a web deploy watches, with the change worth a
 # rollback (10 % worse each).
@@ -375,12 +376,10 @@ def main() -> None:
     )
     started = time.perf_counter()
     calibrated: dict[str, dict[str, Any]] = {suffix: {} for suffix in CALIBRATIONS}
-    for suffix, counted in CALIBRATIONS.items():
+    for suffix, (counted, every_harmless) in CALIBRATIONS.items():
         print(f"peers{suffix}: calibrated on {args.deploys} other deploys of each kind, counting {counted}:")
         for peer in PEERS:
-            setting, rate = calibrate(
-                peer, args.deploys, args.seed, args.canaries, baseline, every_harmless=suffix != "@1%"
-            )
+            setting, rate = calibrate(peer, args.deploys, args.seed, args.canaries, baseline, every_harmless)
             calibrated[suffix][peer.name] = setting
             print(
                 f"  {peer.name:<8} published {peer.describe(peer.published)}; "
@@ -392,7 +391,7 @@ def main() -> None:
     print("published settings:")
     print_table(outcomes, [*OURS, *(p.name for p in PEERS)])
     print()
-    for suffix, counted in CALIBRATIONS.items():
+    for suffix, (counted, _) in CALIBRATIONS.items():
         print(f"peers calibrated to <= {100 * BUDGET:g}% false rollbacks on {counted}:")
         print_table(outcomes, ["ours", *(p.name + suffix for p in PEERS)])
         print()
