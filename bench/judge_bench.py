@@ -45,6 +45,7 @@ SPECS = [
     _core.MetricSpec("load", _core.MetricKind.CONTINUOUS, _core.Direction.INCREASE, 0.1),
 ]
 BUDGET = _core.Judge(SPECS).alpha
+GOALS = [s for s in SCENARIOS if not s.stress]  # the scenarios the goals and calibrations count
 OURS = {"ours": _core.Sequential.GROUP_SEQUENTIAL, "ours-spending": _core.Sequential.SPENDING}
 
 
@@ -164,7 +165,7 @@ def calibrate(
     """The peer's setting with the highest false-rollback rate at or below BUDGET (the loosest first
     among equals), on deploys no scenario sees; the strictest setting if none is. The rate is the A/A
     one, or with `every_harmless` the highest over every scenario that must not roll back."""
-    harmless = [s for s in SCENARIOS if s.harmless] if every_harmless else SCENARIOS[:1]
+    harmless = [s for s in GOALS if s.harmless] if every_harmless else SCENARIOS[:1]
     rates = np.zeros(len(peer.ladder))
     for index, scenario in enumerate(harmless):
         rng = np.random.default_rng([seed, CALIBRATION_STREAM + index])
@@ -311,10 +312,11 @@ def print_goals(outcomes: Outcomes) -> None:
         for scenario in (s for s in SCENARIOS if s.harmless):
             false = outcomes[scenario.name][name]
             bound = upper_bound(false.rate(), len(false.times))
+            verdict = "not a goal" if scenario.stress else "met" if false.rate() <= BUDGET else "MISSED"
             print(
-                f"goal ({name}): <= {100 * BUDGET:g}% false rollbacks per deploy, {scenario.name}: "
-                f"{100 * false.rate():.2f}% (95% upper bound {100 * bound:.2f}%) "
-                f"-> {'met' if false.rate() <= BUDGET else 'MISSED'}"
+                f"{'stress' if scenario.stress else 'goal'} ({name}): <= {100 * BUDGET:g}% false rollbacks "
+                f"per deploy, {scenario.name}: {100 * false.rate():.2f}% "
+                f"(95% upper bound {100 * bound:.2f}%) -> {verdict}"
             )
         print(
             f"goal ({name}): errors x2 detected within 60 s in >= 95%: {100 * within_60:.1f}% "
@@ -325,8 +327,8 @@ def print_goals(outcomes: Outcomes) -> None:
 def print_both_axes(outcomes: Outcomes, peer_columns: list[str]) -> None:
     """Ours better on both axes at once: false rollbacks <= the peer's in every scenario that must not
     roll back, and detection >= in every scenario with a harmful change."""
-    harmless = [s.name for s in SCENARIOS if s.harmless]
-    harmful = [s.name for s in SCENARIOS if not s.harmless]
+    harmless = [s.name for s in GOALS if s.harmless]
+    harmful = [s.name for s in GOALS if not s.harmless]
     for peer in peer_columns:
 
         def rates(name: str, peer: str = peer) -> tuple[float, float]:

@@ -39,6 +39,12 @@ class Scenario:
     # interval to the canaries (what the judge's margin is relative to: a
     # factor on each canary's own level would straddle the margin).
     added_share: float = 0.0
+    # Factor on the canaries' per-interval latency noise after the flip (its
+    # mean kept): a release that makes each host's latency jitter more.
+    latency_noise: float = 1.0
+    # Reported, but outside the goals and the peers' calibration: a harmless
+    # change chosen to show what our design gives up.
+    stress: bool = False
 
 
 SCENARIOS = [
@@ -50,6 +56,14 @@ SCENARIOS = [
     Scenario("load +20%", load=1.2),
     Scenario("latency +30%", latency=1.3),
     Scenario("one bad canary (errors x5)", errors=5.0, bad_hosts=1),
+    Scenario(
+        "stress: allowed, 2x jitter",
+        errors=1.1,
+        added_share=0.1,
+        latency_noise=2.0,
+        harmless=True,
+        stress=True,
+    ),
 ]
 
 
@@ -83,6 +97,11 @@ def simulate(
         effect[name][:, :changed, baseline:] = getattr(scenario, name)
     errors = rng.poisson(requests * error_level[:, :, None] * effect["errors"]).astype(float)
     latency_noise = rng.lognormal(0.0, INTERVAL_NOISE["latency"], (*shape, periods))
+    if scenario.latency_noise != 1.0:
+        usual, wider = INTERVAL_NOISE["latency"], INTERVAL_NOISE["latency"] * scenario.latency_noise
+        latency_noise[:, :changed, baseline:] = rng.lognormal(
+            (usual**2 - wider**2) / 2.0, wider, (deploys, changed, WINDOW_LOOKS)
+        )
     latency = latency_level[:, :, None] * np.sqrt(trend) * latency_noise * effect["latency"]
     load = LOAD * requests / (REQUESTS_PER_S * INTERVAL_S) * effect["load"]
     for values in (latency, load):

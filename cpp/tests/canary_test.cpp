@@ -397,10 +397,12 @@ TEST(Judge, DiffInDiffRemovesFixedHostLevels) {
 }
 
 // Five canaries that happen to agree closely would make Welch's test trust
-// a spread measured on 4 degrees of freedom; the judge takes the control's
-// larger spread for both arms, with the control's degrees of freedom. A
-// canary more spread than the control keeps its own (plain Welch).
-TEST(Judge, TheCanarysSpreadIsNeverTakenBelowTheControls) {
+// a spread measured on 4 degrees of freedom; five that differ (a change
+// proportional to each host's level) would hide the change behind those 4.
+// The judge takes the larger of the arms' spreads for both, with the
+// control's degrees of freedom; with no more control hosts than canaries it
+// is plain Welch.
+TEST(Judge, TheLargerSpreadStandsForBothArmsOnTheControlsDegreesOfFreedom) {
   std::mt19937 rng(15);
   std::vector<HostData> control = values(rng, 50, 100, 10);
   std::vector<double> control_values;
@@ -410,24 +412,37 @@ TEST(Judge, TheCanarysSpreadIsNeverTakenBelowTheControls) {
   for (double v : control_values) mean_b += v / n_b;
   for (double v : control_values) ss_b += (v - mean_b) * (v - mean_b);
   const double variance_b = ss_b / (n_b - 1.0);
+  const double margin = 0.1 * mean_b;
+  boost::math::students_t_distribution<double> t(n_b - 1.0);
+  auto expected_p = [&](double mean_a, double variance) {
+    const double statistic = (mean_a - mean_b - margin) / std::sqrt(variance * (1.0 / 5.0 + 1.0 / n_b));
+    return boost::math::cdf(boost::math::complement(t, statistic));
+  };
+  auto tested_p = [&](const std::vector<double>& canary_values, const std::vector<HostData>& control_arm) {
+    std::vector<HostData> canary;
+    for (double v : canary_values) canary.push_back(value_host(v));
+    Judge judge({latency()}, options(12));
+    return judge.look({{"latency", canary, control_arm}}).metrics[0].p_fixed;
+  };
 
   const std::vector<double> tight = {125.0, 125.002, 124.998, 125.001, 124.999};
-  std::vector<HostData> canary;
-  for (double v : tight) canary.push_back(value_host(v));
-  Judge judge({latency()}, options(12));
-  const MetricResult tested = judge.look({{"latency", canary, control}}).metrics[0];
-  const double margin = 0.1 * mean_b;
-  const double statistic = (125.0 - mean_b - margin) / std::sqrt(variance_b * (1.0 / 5.0 + 1.0 / n_b));
-  boost::math::students_t_distribution<double> t(n_b - 1.0);
-  EXPECT_NEAR(tested.p_fixed, boost::math::cdf(boost::math::complement(t, statistic)), 1e-12);
-  EXPECT_GT(tested.p_fixed, 10.0 * welch_test(tight, control_values, Direction::Increase, margin).p_value);
+  EXPECT_NEAR(tested_p(tight, control), expected_p(125.0, variance_b), 1e-12);
+  EXPECT_GT(tested_p(tight, control),
+            10.0 * welch_test(tight, control_values, Direction::Increase, margin).p_value);
 
   const std::vector<double> spread = {95.0, 160.0, 110.0, 140.0, 125.0};
-  canary.clear();
-  for (double v : spread) canary.push_back(value_host(v));
-  Judge plain({latency()}, options(12));
-  EXPECT_NEAR(plain.look({{"latency", canary, control}}).metrics[0].p_fixed,
-              welch_test(spread, control_values, Direction::Increase, margin).p_value, 1e-12);
+  double ss_a = 0.0;
+  for (double v : spread) ss_a += (v - 126.0) * (v - 126.0);
+  ASSERT_GT(ss_a / 4.0, variance_b);
+  EXPECT_NEAR(tested_p(spread, control), expected_p(126.0, ss_a / 4.0), 1e-12);
+  EXPECT_LT(tested_p(spread, control),
+            welch_test(spread, control_values, Direction::Increase, margin).p_value);
+
+  const std::vector<HostData> small_control(control.begin(), control.begin() + 5);
+  const std::vector<double> small_values(control_values.begin(), control_values.begin() + 5);
+  const double small_mean = std::accumulate(small_values.begin(), small_values.end(), 0.0) / 5.0;
+  EXPECT_NEAR(tested_p(spread, small_control),
+              welch_test(spread, small_values, Direction::Increase, 0.1 * small_mean).p_value, 1e-12);
 }
 
 TEST(Judge, CountDesignsWithABaseline) {
