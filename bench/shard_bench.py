@@ -2,10 +2,11 @@
 """Shard scheduler benchmark: pytest-split against our static plan and our
 dynamic dispatcher, on the same inputs in one run.
 
-    .venv/bin/python bench/shard_bench.py [--repeat 3] [--quick]
+    .venv/bin/python bench/shard_bench.py [--repeat 3] [--quick] [--start-up-s 2]
 
 Makespans are scored on a virtual clock (buildbot_steps.sharding.simulate's
-model, with no per-batch cost): each test takes its duration from the
+model, with no per-batch cost; --start-up-s also scores the real suite with a
+runner start-up paid by every command): each test takes its duration from the
 "actual" run. Every makespan is printed as a ratio to the lower bound
 max(longest actual test, total actual / workers); no schedule beats it.
 Planning times are medians of --repeat runs, measured in this process.
