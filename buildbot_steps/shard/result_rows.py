@@ -132,11 +132,11 @@ def _name_ids_of_builder(conn: sa.engine.Connection, table: sa.Table, builderid:
 
 def _insert_rows(conn: sa.engine.Connection, table: sa.Table, values: list[tuple[Any, ...]]) -> None:
     """`values` (tuples in ROW_COLUMNS order) into `table`, in the caller's transaction."""
-    copy = copy_into_postgresql if uses_postgresql_copy(conn) else None
+    by_copy = uses_postgresql_copy(conn)
     for start in range(0, len(values), ROWS_PER_EXECUTE):
         chunk = values[start : start + ROWS_PER_EXECUTE]
-        if copy:
-            copy(conn, table, chunk)
+        if by_copy:
+            copy_into_postgresql(conn, table, chunk)
         else:
             conn.execute(table.insert(), [dict(zip(ROW_COLUMNS, row)) for row in chunk])
 

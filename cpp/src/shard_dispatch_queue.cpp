@@ -70,11 +70,16 @@ double Dispatcher::State::remaining_work_s(double now_s) const {
   double work = queued_estimate_s();
   for (const auto& [id, flight] : in_flight) {
     if (flight.speculative) continue;  // its tests are counted in the original
-    const double tests_started_s = flight.started_s + cost.overhead_s(flight.worker);
     const double estimate_s = flight.known_s + flight.guessed_s * scale();
-    work += std::clamp(tests_started_s + estimate_s - now_s, 0.0, estimate_s);
+    work += std::clamp(tests_end_s(flight) - now_s, 0.0, estimate_s);
   }
   return work;
+}
+
+// When a running batch's tests are expected to end: after its worker's
+// start-up and its estimate, rescaled as the guesses are.
+double Dispatcher::State::tests_end_s(const InFlight& flight) const {
+  return flight.started_s + cost.overhead_s(flight.worker) + flight.known_s + flight.guessed_s * scale();
 }
 
 // The asking worker's part of the queue when the queue is split so that
@@ -86,8 +91,7 @@ double Dispatcher::State::part_for_equal_finish(const std::string& asking, doubl
   std::unordered_map<std::string, double> busy_until;
   for (const auto& [id, flight] : in_flight) {
     if (flight.speculative || flight.worker == asking) continue;
-    const double end = std::max(now_s, flight.started_s + cost.overhead_s(flight.worker) + flight.known_s +
-                                           flight.guessed_s * scale());
+    const double end = std::max(now_s, tests_end_s(flight));
     auto [where, inserted] = busy_until.emplace(flight.worker, end);
     if (!inserted) where->second = std::max(where->second, end);
   }

@@ -93,6 +93,7 @@ struct Dispatcher::State {
   const Item& peeked(std::multimap<double, Item, std::greater<>>::iterator where) const;
   Item take(std::multimap<double, Item, std::greater<>>::iterator where);
   double remaining_work_s(double now_s) const;
+  double tests_end_s(const InFlight& flight) const;
   double batch_target_s(const std::string& worker, double now_s) const;
   double part_for_equal_finish(const std::string& asking, double now_s) const;
   Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry);

@@ -282,12 +282,6 @@ class PassFailRowsPostgresTests(PassFailRowsSqliteTests):
         return self._postgres_url
 
 
-def test_a_test_id_longer_than_a_row_gets_a_row_of_its_own():
-    long_id = "t.py::test_" + "x" * shard_history.PACKED_ROW_BYTES
-    rows = shard_history.pack_durations({"a.py::t": 1.0, long_id: 2.0, "z.py::t": 3.0})
-    assert [json.loads(row) for row in rows] == [{"a.py::t": 1.0}, {long_id: 2.0}, {"z.py::t": 3.0}]
-
-
 class PassFailRowsPostgresExecutemanyTests(PassFailRowsPostgresTests):
     """The portable executemany on PostgreSQL too: what another driver (psycopg 3, asyncpg) takes."""
 
@@ -296,3 +290,9 @@ class PassFailRowsPostgresExecutemanyTests(PassFailRowsPostgresTests):
     def setUp(self):
         self.patch(result_rows, "uses_postgresql_copy", lambda conn: False)
         return super().setUp()
+
+
+def test_a_test_id_longer_than_a_row_gets_a_row_of_its_own():
+    long_id = "t.py::test_" + "x" * shard_history.PACKED_ROW_BYTES
+    rows = shard_history.pack_durations({"a.py::t": 1.0, long_id: 2.0, "z.py::t": 3.0})
+    assert [json.loads(row) for row in rows] == [{"a.py::t": 1.0}, {long_id: 2.0}, {"z.py::t": 3.0}]
