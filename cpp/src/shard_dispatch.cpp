@@ -181,6 +181,7 @@ Assignment Dispatcher::next_batch(const std::string& worker, double now_s) {
   std::lock_guard lock(state_->mutex);
   auto& state = *state_;
   state.live_workers.insert(worker);
+  state.note_arrival(worker, now_s);
   if (state.stats.resolved == state.stats.tests) return Assignment{Assignment::Kind::Done, {}};
   if (auto assignment = state.from_queue(worker, now_s)) return std::move(*assignment);
   if (auto assignment = state.straggler_copy(worker, now_s)) return std::move(*assignment);

@@ -82,11 +82,26 @@ double Dispatcher::State::tests_end_s(const InFlight& flight) const {
   return flight.started_s + cost.overhead_s(flight.worker) + flight.known_s + flight.guessed_s * scale();
 }
 
+void Dispatcher::State::note_arrival(const std::string& worker, double now_s) {
+  if (!arrived.insert(worker).second) return;
+  if (arrived.size() == 1) first_arrival_s = now_s;
+  last_arrival_s = now_s;
+}
+
+// Seconds between two workers' first requests so far; 0 until two have asked.
+double Dispatcher::State::arrival_pace_s() const {
+  if (arrived.size() < 2) return 0.0;
+  return (last_arrival_s - first_arrival_s) / static_cast<double>(arrived.size() - 1);
+}
+
 // The asking worker's part of the queue when the queue is split so that
 // every worker ends together: each can start a batch's tests after its
-// start-up, now or once its running batch ends (workers whose shard build
-// has not asked yet, now), and the part of each is the time from then to
-// the common end (water-filling; a worker busy past that end gets nothing).
+// start-up, now or once its running batch ends, and the part of each is the
+// time from then to the common end (water-filling; a worker busy past that
+// end gets nothing). Workers whose shard build has not asked yet arrive at
+// the pace of those that have: Buildbot starts shard builds one after
+// another (16 took 4-5 s on a loaded master), and counting the last ones as
+// starting now left the first ones idle early and the last ones late.
 double Dispatcher::State::part_for_equal_finish(const std::string& asking, double now_s) const {
   std::unordered_map<std::string, double> busy_until;
   for (const auto& [id, flight] : in_flight) {
@@ -95,11 +110,16 @@ double Dispatcher::State::part_for_equal_finish(const std::string& asking, doubl
     auto [where, inserted] = busy_until.emplace(flight.worker, end);
     if (!inserted) where->second = std::max(where->second, end);
   }
+  const auto workers = static_cast<std::size_t>(options.workers);
+  const std::size_t not_arrived = workers - std::min(workers, arrived.size());
   const double own_start = now_s + cost.overhead_s(asking);
-  std::vector<double> starts(
-      std::max<std::size_t>(1, options.workers - std::min<std::size_t>(options.workers, busy_until.size())),
-      own_start);
+  // The asking worker and those idle since their last batch start now.
+  std::vector<double> starts(std::max<std::size_t>(1, workers - std::min(workers, busy_until.size() + not_arrived)),
+                             own_start);
   for (const auto& [worker, end] : busy_until) starts.push_back(end + cost.overhead_s(worker));
+  for (std::size_t k = 1; k <= not_arrived; ++k) {
+    starts.push_back(now_s + static_cast<double>(k) * arrival_pace_s() + cost.overhead_s());
+  }
   std::sort(starts.begin(), starts.end());
   // The common end: the smallest T with sum over starts below T of (T - start) = queued.
   double queued = queued_estimate_s(), sum_starts = 0.0, end = own_start;

@@ -62,6 +62,12 @@ struct Dispatcher::State {
   std::multimap<double, Item, std::greater<>> requeued;
   std::unordered_map<std::uint64_t, InFlight> in_flight;
   std::unordered_set<std::string> live_workers;
+  // Workers that have asked at least once, and when the first and the last
+  // of them first asked: shard builds start one after another, and the pace
+  // of those arrivals says when the others will ask.
+  std::unordered_set<std::string> arrived;
+  double first_arrival_s = 0.0;
+  double last_arrival_s = 0.0;
   std::uint64_t next_batch_id = 1;
   DispatchStats stats;
   BatchCostModel cost;
@@ -95,6 +101,8 @@ struct Dispatcher::State {
   double remaining_work_s(double now_s) const;
   double tests_end_s(const InFlight& flight) const;
   double batch_target_s(const std::string& worker, double now_s) const;
+  void note_arrival(const std::string& worker, double now_s);
+  double arrival_pace_s() const;
   double part_for_equal_finish(const std::string& asking, double now_s) const;
   Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry);
   std::optional<Assignment> from_queue(const std::string& worker, double now_s);

@@ -655,17 +655,28 @@ TEST(Dispatcher, StartUpsDoNotShrinkBatchesBelowAWorkersShare) {
 
 // Shard builds start a few seconds apart; with a start-up longer than that,
 // no batch has run a test yet when the last worker asks, and every worker
-// gets its share: one batch each, nothing left for a second start-up.
-TEST(Dispatcher, WorkersAskingSecondsApartDuringTheStartUpsGetOneBatchEach) {
+// gets one batch, nothing left for a second start-up. From the second on,
+// the workers still to come are expected at the pace of those that came, so
+// their batches end together; the first, knowing no pace, takes an even share.
+TEST(Dispatcher, WorkersAskingSecondsApartDuringTheStartUpsGetOneBatchEachEndingTogether) {
   auto tests = uniform_suite(3000, 0.01, EstimateSource::History);  // 30 s of tests
   DispatchOptions options = workers(6);
-  options.batch_overhead_s = 13.0;  // learnt in earlier builds
+  const double startup_s = 13.0, apart_s = 0.5;
+  options.batch_overhead_s = startup_s;  // learnt in earlier builds
   Dispatcher dispatcher(tests, options);
+  std::vector<double> ends;
   for (int w = 0; w < 6; ++w) {
-    auto batch = dispatcher.next_batch("w" + std::to_string(w), 0.5 * w);
+    const double asked_s = apart_s * w;
+    auto batch = dispatcher.next_batch("w" + std::to_string(w), asked_s);
     ASSERT_EQ(batch.kind, Assignment::Kind::Run) << "worker " << w;
-    EXPECT_NEAR(batch.batch.estimate_s, 5.0, 0.05) << "worker " << w;
+    ends.push_back(asked_s + startup_s + batch.batch.estimate_s);
   }
+  // A file of 20 tests (0.2 s) is the unit a batch is cut in: within one.
+  const double unit_s = 0.2;
+  EXPECT_NEAR(ends[0], startup_s + 5.0, unit_s / 2 + 1e-9);
+  for (int w = 2; w < 6; ++w) EXPECT_NEAR(ends[w], ends[1], unit_s + 1e-9) << "worker " << w;
+  // Even shares would end the last worker at 2.5 + 13 + 5 = 20.5 s.
+  EXPECT_LT(ends[5], 20.0);
   EXPECT_NEAR(dispatcher.stats().queued_estimate_s, 0.0, 1e-9);
   EXPECT_EQ(dispatcher.stats().batches_handed_out, 6u);
 }
