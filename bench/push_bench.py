@@ -42,6 +42,10 @@ What it does (DESIGN.md section 4, issues 4 and 11):
     the peers warm up with the revision before the last only (their steady
     push depends on nothing older);
   * verifies every copy after every push (untimed);
+  * measures each timed push's CPU on the deploying side and on the hosts
+    (CpuSplit: two cgroup v1 cpuacct groups; as root): on this machine both
+    share its cores, so the wall time bills the hosts' work to the push, where
+    on a fleet every host has its own CPU;
   * prints the median of the repetitions, ratios, bytes sent (rsync --stats),
     and references: bytes / the loopback rate of one rsync stream of the tree,
     one `ssh host true` round trip x hosts / concurrency, and a measured
@@ -372,6 +376,62 @@ PEER_FLIPS = {"prsync-slots": flip_pssh, "clush-slots": flip_clush}
 
 
 # --------------------------------------------------------------------------
+# where the CPU goes: the deploying side and the hosts
+
+
+class CpuSplit:
+    """CPU time of the deploying side (this process and everything it starts:
+    our fan-out, the peers, their ssh clients, ControlMasters and sending
+    rsyncs) and of the hosts (the sshd listeners and every session they fork),
+    from two cgroup v1 cpuacct groups. On this machine both share its cores,
+    so a push's wall time bills the hosts' work as if the deploy host did it;
+    on a fleet each host has its own CPU and the deploy side is what is shared.
+    Unavailable (None figures) without a writable /sys/fs/cgroup/cpuacct."""
+
+    ROOT = pathlib.Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self) -> None:
+        self.groups: dict[str, pathlib.Path] = {}
+        try:
+            for side in ("deploy", "hosts"):
+                group = self.ROOT / f"push-bench-{os.getpid()}-{side}"
+                group.mkdir()
+                self.groups[side] = group
+            (self.groups["deploy"] / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as exc:
+            log(f"CPU split unavailable ({exc}): CPU columns left empty")
+            self.close()
+
+    def add_hosts(self, pids: list[int]) -> None:
+        if "hosts" in self.groups:
+            for pid in pids:
+                (self.groups["hosts"] / "cgroup.procs").write_text(str(pid))
+
+    def read(self) -> dict[str, float] | None:
+        """Seconds of CPU used so far by each side."""
+        if len(self.groups) != 2:
+            return None
+        return {side: int((group / "cpuacct.usage").read_text()) / 1e9 for side, group in self.groups.items()}
+
+    @staticmethod
+    def spent(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+        if before is None or after is None:
+            return None
+        return {side: after[side] - before[side] for side in before}
+
+    def close(self) -> None:
+        """Every process back in the root group (the hosts are stopped by then), the groups removed."""
+        for group in self.groups.values():
+            try:
+                for pid in (group / "cgroup.procs").read_text().split():
+                    (self.ROOT / "cgroup.procs").write_text(pid)
+                group.rmdir()
+            except OSError as exc:
+                log(f"could not remove {group}: {exc}")
+        self.groups = {}
+
+
+# --------------------------------------------------------------------------
 # ours
 
 
@@ -602,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     ours_by_tool: dict[str, Ours] = {}
     fleet = None
+    cpu = None
     try:
         t = time.perf_counter()
         v1 = make_tree(workdir / "tree1", int(args.size_mb * MIB), args.files, args.seed)
@@ -616,8 +677,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         t = time.perf_counter()
+        cpu = CpuSplit()
         fleet = sshd_hosts.SshdFleet(args.hosts, workdir / "fleet")
         fleet.start()
+        cpu.add_hosts([host.process.pid for host in fleet.hosts if host.process is not None])
         env = Env(fleet, workdir, args.concurrency)
         log(
             f"{args.hosts} sshd hosts up on 127.0.0.{sshd_hosts.FIRST_HOST_OCTET}.. "
@@ -647,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
                 "steady_bytes": [],
                 "flip_s": [],
                 "flip_cold_s": [],
+                "first_cpu": [],
+                "steady_cpu": [],
             }
             for tool in tools
         }
@@ -676,9 +741,12 @@ def main(argv: list[str] | None = None) -> int:
                         # Cold ssh, like the peers: a real next push comes long
                         # after ControlPersist has closed the last one's masters.
                         ours.start_cold()
+                        cpu_before = cpu.read()
                         res = ours.push(tree, revision=f"r{rep}-{n}")
                     else:
+                        cpu_before = cpu.read()
                         res = PEERS[tool](env, tree)
+                    cpu_spent = CpuSplit.spent(cpu_before, cpu.read())
                     settle()
                     if res.failed_hosts:
                         errors.append(
@@ -688,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
                     if timed:
                         s[f"{phase}_s"].append(res.seconds)
                         s[f"{phase}_bytes"].append(res.bytes_sent)
+                        if cpu_spent is not None:
+                            s[f"{phase}_cpu"].append(cpu_spent)
                     extra = ""
                     if ours is not None:
                         flip = ours.flip()
@@ -753,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
             ours.close()
         if fleet is not None:
             fleet.stop()
+        if cpu is not None:
+            cpu.close()
         if mounted and subprocess.run(["umount", str(workdir)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(workdir)], capture_output=True)
         if tmp is not None:
@@ -770,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
             "first_bytes_sent": median(fb), "steady_bytes_sent": median(sb),
             "flip_s": median(s["flip_s"]),
             "flip_cold_s": median(s["flip_cold_s"]),
+            **{f"{phase}_cpu_{side}_s": median([c[side] for c in s[f"{phase}_cpu"]])
+               for phase in PHASES for side in ("deploy", "hosts")},
             "samples": s,
         }  # fmt: skip
     if "ours" in results:
@@ -837,6 +911,25 @@ def print_goals(results: dict) -> None:
             continue
         verdict = "met" if a / b <= limit else "NOT met"
         print(f"Goal {label}: {a:.2f} / {b:.2f} s = {a / b:.2f} (at most {limit}): {verdict}")
+
+
+def print_cpu_split(results: dict, hosts: int) -> None:
+    """CPU seconds per push on each side (CpuSplit), and ours over each tool's deploy side."""
+    ours = results.get("ours", {})
+    rows = [(tool, r) for tool, r in results.items() if r.get("steady_cpu_deploy_s") is not None]
+    if not rows:
+        return
+    print()
+    print("CPU per push, median (s): deploy side = the pushing tool with its ssh clients and sending "
+          f"rsyncs; hosts = every sshd session, over {hosts} hosts")  # fmt: skip
+    print(f"  {'tool':<14}{'1st deploy':>11}{'1st hosts':>11}{'steady deploy':>15}{'steady hosts':>14}"
+          f"{'ours/tool steady deploy':>25}")  # fmt: skip
+    for tool, r in rows:
+        ratio = ""
+        if tool != "ours" and ours.get("steady_cpu_deploy_s") and r["steady_cpu_deploy_s"]:
+            ratio = f"{ours['steady_cpu_deploy_s'] / r['steady_cpu_deploy_s']:.2f}"
+        print(f"  {tool:<14}{r['first_cpu_deploy_s']:>11.2f}{r['first_cpu_hosts_s']:>11.2f}"
+              f"{r['steady_cpu_deploy_s']:>15.2f}{r['steady_cpu_hosts_s']:>14.2f}{ratio:>25}")  # fmt: skip
 
 
 def link_target(path: pathlib.Path) -> str | None:
@@ -1027,6 +1120,7 @@ def print_table(report: dict, args) -> None:
         "scp -r has no delta and no --delete). 'sent' is rsync's Total bytes sent summed "
         "over hosts. Every copy is verified after every push (untimed)."
     )
+    print_cpu_split(results, cfg["hosts"])
     print_goals(results)
     la = report["loadavg_1m_start_end"]
     print(

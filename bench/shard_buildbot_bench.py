@@ -2,7 +2,7 @@
 """Sharded test runs through a real Buildbot master: wall time against the bound.
 
     .venv/bin/python bench/shard_buildbot_bench.py [--tests 600] [--total-s 240] [--workers 16]
-        [--startup-s 2] [--tiny-tests 3000] [--suites sleep,slow-start,no-history]
+        [--startup-s 2] [--tiny-tests 3000] [--suites sleep,slow-start,no-history] [--repeat 1]
 
 A synthetic suite of sleep-based tests (heavy-tailed durations, seeded) runs
 on N local buildbot-worker processes, one shard per worker. Three suites:
@@ -38,7 +38,16 @@ the tests alone, max(longest nominal test, nominal total / workers), and the
 tests plus one runner start-up per worker (the start-up as the dispatcher
 learnt it, tests_batch_overhead_s). The gap between wall and shards is
 Buildbot's own overhead: build request, discovery, history reads, shard build
-start-up; inside the shards, each batch pays a runner start-up.
+start-up; inside the shards, each batch pays a runner start-up. A third ratio,
+"x starts", takes the bound from when each shard build really started:
+Buildbot starts them one after another (16 builds took 4-5 s here), and no
+mode can run a test on a worker before its shard build starts.
+
+--repeat N runs each suite N times, each on a fresh master, and prints the
+medians. The suites load no Hypothesis plugin (`-p no:hypothesispytest`): a
+user's project would not have it, and the one in this environment imports all
+of Hypothesis at the end of every pytest run (1.7 s of CPU each; with 16
+runners on 2 cores it was most of every start-up this bench measured before).
 """
 
 from __future__ import annotations
@@ -187,7 +196,8 @@ class BenchCluster(cluster.BuildbotCluster):
         build["after_s"] = build["complete_at"] - last_end
         # How far apart Buildbot started the shard builds: the last one starts
         # its runner that much later than the first.
-        build["start_spread_s"] = max(b["started_at"] for b in children) - first_start
+        build["shard_starts_s"] = sorted(b["started_at"] - first_start for b in children)
+        build["start_spread_s"] = build["shard_starts_s"][-1]
         build["batches"] = build["properties"].get("tests_batches", len(children))
         return build
 
@@ -231,7 +241,15 @@ def timed_builds(bench_cluster: BenchCluster, suite: Suite) -> list[tuple[str, d
     return rows
 
 
-def run_suite(root: pathlib.Path, suite: Suite, workers: int) -> None:
+def run_suite(root: pathlib.Path, suite: Suite, workers: int, repeat: int) -> None:
+    """`repeat` runs of the suite, each on a fresh master (a first build must
+    find no history), then the medians of their figures."""
+    runs = [run_suite_once(root / f"run{index}", suite, workers) for index in range(repeat)]
+    if repeat > 1:
+        print_medians(suite.name, runs)
+
+
+def run_suite_once(root: pathlib.Path, suite: Suite, workers: int) -> dict[str, dict[str, float]]:
     durations = suite.durations
     bound = max(max(durations), sum(durations) / workers)
     suite_source = root / suite.name / "suite-source"
@@ -251,10 +269,27 @@ def run_suite(root: pathlib.Path, suite: Suite, workers: int) -> None:
         rows = timed_builds(bench_cluster, suite)
     finally:
         bench_cluster.stop()
-    print_rows(rows, bound)
+    return print_rows(rows, bound, durations)
 
 
-def print_rows(rows: list[tuple[str, dict]], bound: float) -> None:
+def bound_from_starts(starts_s: list[float], startup_s: float, durations: list[float]) -> float:
+    """The lower bound once each shard build has started (Buildbot starts them
+    one after another) and paid one start-up: the earliest T by which the
+    workers, each from its own start, can have run every test; never less than
+    the first start plus the longest test. Seconds from the first shard start."""
+    ready = sorted(start + startup_s for start in starts_s)
+    total = sum(durations)
+    for count in range(1, len(ready) + 1):
+        end = (total + sum(ready[:count])) / count
+        if count == len(ready) or end <= ready[count]:
+            break
+    return max(end, ready[0] + max(durations))
+
+
+def print_rows(
+    rows: list[tuple[str, dict]], bound: float, durations: list[float]
+) -> dict[str, dict[str, float]]:
+    """Prints one run's rows; returns each mode's figures (and the first-over-third ratios)."""
     # The start-up the last dynamic build learnt (its mean over workers).
     dynamic = [build for mode, build in rows if mode.startswith("dynamic")]
     startup = float(dynamic[-1]["properties"].get("tests_batch_overhead_s", 0.0)) if dynamic else 0.0
@@ -265,19 +300,40 @@ def print_rows(rows: list[tuple[str, dict]], bound: float) -> None:
     )
     print(
         f"  {'mode':<14}{'wall s':>8}{'shards s':>10}{'x tests':>9}{'x +start':>10}"
-        f"{'before s':>10}{'after s':>9}{'starts s':>9}{'batches':>9}  result"
+        f"{'before s':>10}{'after s':>9}{'starts s':>9}{'x starts':>9}{'batches':>9}  result"
     )
+    figures: dict[str, dict[str, float]] = {}
     for mode, build in rows:
+        figures[mode] = {
+            "wall s": build["wall_s"],
+            "shards s": build["shards_s"],
+            "x tests": build["shards_s"] / bound,
+            "x +start": build["shards_s"] / with_startups,
+            "x starts": build["shards_s"] / bound_from_starts(build["shard_starts_s"], startup, durations),
+        }
         print(
-            f"  {mode:<14}{build['wall_s']:>8.1f}{build['shards_s']:>10.0f}{build['shards_s'] / bound:>9.2f}"
-            f"{build['shards_s'] / with_startups:>10.2f}{build['before_s']:>10.0f}{build['after_s']:>9.0f}"
-            f"{build['start_spread_s']:>9.0f}{build['batches']:>9}  {build['state_string']}"
+            f"  {mode:<14}{build['wall_s']:>8.1f}{build['shards_s']:>10.0f}{figures[mode]['x tests']:>9.2f}"
+            f"{figures[mode]['x +start']:>10.2f}{build['before_s']:>10.0f}{build['after_s']:>9.0f}"
+            f"{build['start_spread_s']:>9.0f}{figures[mode]['x starts']:>9.2f}"
+            f"{build['batches']:>9}  {build['state_string']}"
         )
     for mode in ("dynamic", "warm"):
         first, third = dict(rows).get(f"{mode} 1st"), dict(rows).get(f"{mode} 3rd")
         if first and third:
             ratio = first["shards_s"] / max(1, third["shards_s"])
+            figures[f"{mode}: first / third build"] = {"shards s": ratio}
             print(f"  {mode}: first build / third build (shards): {ratio:.2f}")
+    return figures
+
+
+def print_medians(suite: str, runs: list[dict[str, dict[str, float]]]) -> None:
+    print(f"\n[{suite}] medians of {len(runs)} runs")
+    for mode in runs[0]:
+        columns = runs[0][mode].keys()
+        medians = (
+            f"{column} {statistics.median(run[mode][column] for run in runs):.2f}" for column in columns
+        )
+        print(f"  {mode:<30}" + "; ".join(medians))
 
 
 SUITES = ("sleep", "slow-start", "no-history")
@@ -293,6 +349,7 @@ def main() -> int:
     parser.add_argument("--startup-s", type=float, default=2.0, help="extra runner start-up (slow-start)")
     parser.add_argument("--tiny-tests", type=int, default=3000, help="tests of the no-history suite")
     parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, of {SUITES}")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per suite (fresh master each); medians")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.suites.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in SUITES]
@@ -302,6 +359,7 @@ def main() -> int:
         ("--tests", args.tests),
         ("--workers", args.workers),
         ("--tiny-tests", args.tiny_tests),
+        ("--repeat", args.repeat),
     ):
         if value < 1:
             parser.error(f"{option} must be at least 1")
@@ -315,12 +373,14 @@ def main() -> int:
     root = pathlib.Path(tempfile.mkdtemp(prefix="shard-buildbot-bench-"))
     print(f"jitter log-sd {JITTER_LOG_SD}; working in {root}")
     for name in chosen:
-        run_suite(root, suites[name], args.workers)
+        run_suite(root, suites[name], args.workers, args.repeat)
     print(
         "\nwall: force request to build complete (REST API). shards: first shard build start to last "
         "shard build end; x tests: shards / max(longest test, total / workers); x +start: shards / "
         "(that bound + one learnt runner start-up per worker). before: parent start (discovery, "
-        "history, plan, trigger) to first shard start; after: last shard end to parent end; starts: first to last shard build start. "
+        "history, plan, trigger) to first shard start; after: last shard end to parent end; "
+        "starts: first to last shard build start; x starts: shards / the bound once every shard "
+        "build has started (each from its own start: one learnt start-up, then its part). "
         "Buildbot's timestamps are whole seconds. Each batch (pytest-split: each shard) pays one "
         "runner start-up inside the shards column."
     )
