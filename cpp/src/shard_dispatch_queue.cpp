@@ -114,8 +114,8 @@ double Dispatcher::State::part_for_equal_finish(const std::string& asking, doubl
   const std::size_t not_arrived = workers - std::min(workers, arrived.size());
   const double own_start = now_s + cost.overhead_s(asking);
   // The asking worker and those idle since their last batch start now.
-  std::vector<double> starts(std::max<std::size_t>(1, workers - std::min(workers, busy_until.size() + not_arrived)),
-                             own_start);
+  std::vector<double> starts(
+      std::max<std::size_t>(1, workers - std::min(workers, busy_until.size() + not_arrived)), own_start);
   for (const auto& [worker, end] : busy_until) starts.push_back(end + cost.overhead_s(worker));
   for (std::size_t k = 1; k <= not_arrived; ++k) {
     starts.push_back(now_s + static_cast<double>(k) * arrival_pace_s() + cost.overhead_s());
