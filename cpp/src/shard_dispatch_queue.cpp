@@ -100,8 +100,8 @@ double Dispatcher::State::arrival_pace_s() const {
 // time from then to the common end (water-filling; a worker busy past that
 // end gets nothing). Workers whose shard build has not asked yet arrive at
 // the pace of those that have: Buildbot starts shard builds one after
-// another (16 took 4-5 s on a loaded master), and counting the last ones as
-// starting now left the first ones idle early and the last ones late.
+// another (16 took 4-6 s on a loaded master), and counting the last ones as
+// starting now gave the first ones too little and the last ones too much.
 double Dispatcher::State::part_for_equal_finish(const std::string& asking, double now_s) const {
   std::unordered_map<std::string, double> busy_until;
   for (const auto& [id, flight] : in_flight) {
