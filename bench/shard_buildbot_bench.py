@@ -40,7 +40,7 @@ learnt it, tests_batch_overhead_s). The gap between wall and shards is
 Buildbot's own overhead: build request, discovery, history reads, shard build
 start-up; inside the shards, each batch pays a runner start-up. A third ratio,
 "x starts", takes the bound from when each shard build really started:
-Buildbot starts them one after another (16 builds took 4-5 s here), and no
+Buildbot starts them one after another (16 builds took 3-7 s here), and no
 mode can run a test on a worker before its shard build starts.
 
 --repeat N runs each suite N times, each on a fresh master, and prints the
@@ -321,7 +321,7 @@ def print_rows(
         first, third = dict(rows).get(f"{mode} 1st"), dict(rows).get(f"{mode} 3rd")
         if first and third:
             ratio = first["shards_s"] / max(1, third["shards_s"])
-            figures[f"{mode}: first / third build"] = {"shards s": ratio}
+            figures[f"{mode}: first / third build"] = {"shards ratio": ratio}
             print(f"  {mode}: first build / third build (shards): {ratio:.2f}")
     return figures
 
