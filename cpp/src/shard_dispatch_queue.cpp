@@ -100,7 +100,7 @@ double Dispatcher::State::arrival_pace_s() const {
 // time from then to the common end (water-filling; a worker busy past that
 // end gets nothing). Workers whose shard build has not asked yet arrive at
 // the pace of those that have: Buildbot starts shard builds one after
-// another (16 took 4-6 s on a loaded master), and counting the last ones as
+// another (16 took 3-7 s on a loaded master), and counting the last ones as
 // starting now gave the first ones too little and the last ones too much.
 double Dispatcher::State::part_for_equal_finish(const std::string& asking, double now_s) const {
   std::unordered_map<std::string, double> busy_until;
@@ -117,8 +117,9 @@ double Dispatcher::State::part_for_equal_finish(const std::string& asking, doubl
   std::vector<double> starts(
       std::max<std::size_t>(1, workers - std::min(workers, busy_until.size() + not_arrived)), own_start);
   for (const auto& [worker, end] : busy_until) starts.push_back(end + cost.overhead_s(worker));
+  const double pace_s = arrival_pace_s();
   for (std::size_t k = 1; k <= not_arrived; ++k) {
-    starts.push_back(now_s + static_cast<double>(k) * arrival_pace_s() + cost.overhead_s());
+    starts.push_back(now_s + static_cast<double>(k) * pace_s + cost.overhead_s());
   }
   std::sort(starts.begin(), starts.end());
   // The common end: the smallest T with sum over starts below T of (T - start) = queued.
