@@ -95,7 +95,7 @@ is_safe_word() {
 
 # try_lock: take the deploy root's lock on fd 9, or refuse saying who holds it.
 try_lock() {
-  mkdir -p "$root"
+  [ -d "$root" ] || mkdir -p "$root"
   lock=$root/$LOCK_FILE
   [ ! -L "$lock" ] || die $EXIT_USAGE "$lock is a symlink: remove it"
   exec 9>>"$lock"
@@ -158,17 +158,16 @@ read_manifest() {
 # creates it with O_EXCL, which never follows one; mv -T never moves into a
 # directory.
 write_manifest() {
-  rm -rf "$1.tmp"
-  (
-    set -C
-    {
-      printf 'revision=%s\nbuild=%s\ntime=%s\nseq=%s\n' "$m_revision" "$m_build" "$m_time" "$m_seq"
-      if [ -n "$m_modes" ]; then printf 'modes=%s\n' "$m_modes"; fi
-      if [ -n "$m_previous" ]; then
-        printf 'previous=%s\nprevious_seq=%s\n' "$m_previous" "$m_previous_seq"
-      fi
-    } >"$1.tmp"
-  )
+  if [ -e "$1.tmp" ] || [ -L "$1.tmp" ]; then rm -rf "$1.tmp"; fi
+  set -C
+  {
+    printf 'revision=%s\nbuild=%s\ntime=%s\nseq=%s\n' "$m_revision" "$m_build" "$m_time" "$m_seq"
+    if [ -n "$m_modes" ]; then printf 'modes=%s\n' "$m_modes"; fi
+    if [ -n "$m_previous" ]; then
+      printf 'previous=%s\nprevious_seq=%s\n' "$m_previous" "$m_previous_seq"
+    fi
+  } >"$1.tmp"
+  set +C
   mv -T "$1.tmp" "$1"
 }
 
@@ -224,11 +223,8 @@ choose_slot() {
 }
 
 # Slots numbered SLOTS and up (left by a larger --slots) go, except the live
-# one and its rollback target.
+# one and its rollback target (as choose_slot found them: the lock is held).
 prune_slots_beyond() {
-  find_live
-  keep=''
-  if [ -n "$live" ] && read_manifest "$rel/$live/.release"; then keep=$m_previous; fi
   for dir in "$rel"/*; do
     slot=${dir##*/}
     is_slot_dir "$slot" && [ "$slot" -ge "$slots" ] && [ "$slot" != "$live" ] && [ "$slot" != "$keep" ] ||

@@ -11,8 +11,7 @@
 do_transfer() {
   check_rsync "$@"
   acquire_lock "$owner"
-  mkdir -p "$rel"
-  rm -rf "$rel/.incoming" # the staging directory of older versions of this script
+  work=$root/.bbcd
   choose_slot
   open_slot
   # The same command with its last word, NEXT/, replaced by the chosen slot.
@@ -49,24 +48,34 @@ check_rsync() {
 
 # open_slot: the chosen slot, made incomplete before anything is written into
 # it: whatever is at its name becomes a real directory without a manifest.
+# Every process counts here (this runs on every host of every push): one rm
+# and one mkdir for all the names, one sha256sum for both kept mode lists.
 open_slot() {
   slot_dir=$rel/$chosen
   old_modes='' live_modes=''
   if is_slot_dir "$chosen" && read_manifest "$slot_dir/.release"; then old_modes=$m_modes; fi
-  # The slot's old mode list, checked against old_modes before any use.
-  mkdir -p "$root/.bbcd"
-  rm -rf "$root/.bbcd/modes.old"
-  if [ -f "$root/.bbcd/modes.$chosen" ]; then mv -f -T "$root/.bbcd/modes.$chosen" "$root/.bbcd/modes.old"; fi
-  linked_all=no
   if [ -n "$live" ] && read_manifest "$rel/$live/.release"; then live_modes=$m_modes; fi
-  if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then rm -rf "$slot_dir"; fi
-  rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp" "$slot_dir/.release.modes"
-  mkdir -p "$slot_dir"
+  fresh=yes linked_all=no
+  if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then
+    set -- "$slot_dir"
+  elif [ -d "$slot_dir" ]; then
+    set -- "$slot_dir/.release" "$slot_dir/.release.tmp" "$slot_dir/.release.modes"
+    fresh=no
+  else
+    set --
+  fi
+  # What is at the names of the work files of a push (.bbcd: left by the last
+  # one, not to be trusted), .incoming (the staging directory of older versions
+  # of this script) and modes.old (where they kept the slot's old mode list).
+  rm -rf "$rel/.incoming" "$work/modes.old" "$work/slot.list" "$work/live.list" "$work/link.todo" \
+    "$work/modes.want" "$work/modes.paths" "$work/modes.stat" "$work/modes.todo" "$work/mode.tmp" "$work/sums" "$@"
+  mkdir -p "$slot_dir" "$work"
+  check_kept_lists
   # A slot never written (the first pushes on a host) starts as hard links to
   # the live release: cp -al makes them far faster than rsync's per-file
   # --link-dest, and the rsync after it works in place as in any other slot.
   [ -n "$live" ] && is_slot_dir "$live" || return 0
-  if [ -z "$(ls -A "$slot_dir")" ]; then
+  if [ "$fresh" = yes ]; then
     cp -al "$rel/$live/." "$slot_dir/"
     rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
   else
@@ -75,10 +84,30 @@ open_slot() {
   # The live release's mode list as rsync's basis for the new one: it sends the
   # lines that changed, not the list. Dated 1970, so that rsync's quick check
   # never takes it for the new list (written by the master at push time).
-  if kept_list_is "$root/.bbcd/modes.$live" "$live_modes"; then
-    cp "$root/.bbcd/modes.$live" "$slot_dir/.release.modes"
+  if [ "$live_list_ok" = yes ]; then
+    cp "$work/modes.$live" "$slot_dir/.release.modes"
     touch -m -d @0 "$slot_dir/.release.modes"
   fi
+}
+
+# check_kept_lists: live_list_ok and old_list_ok say whether the mode lists
+# kept for the live release and for the slot's old release (.bbcd/modes.SLOT)
+# are the ones their manifests record (regular files with the modes= sha256).
+check_kept_lists() {
+  live_list_ok=no old_list_ok=no
+  set --
+  if [ -n "$live_modes" ] && is_regular "$work/modes.$live"; then set -- "$@" "$work/modes.$live"; fi
+  if [ -n "$old_modes" ] && is_regular "$work/modes.$chosen"; then set -- "$@" "$work/modes.$chosen"; fi
+  [ $# -gt 0 ] || return 0
+  sha256sum -- "$@" >"$work/sums"
+  while read -r sum name; do
+    if [ "$name" = "$work/modes.$live" ] && [ "$sum" = "$live_modes" ]; then live_list_ok=yes; fi
+    if [ "$name" = "$work/modes.$chosen" ] && [ "$sum" = "$old_modes" ]; then old_list_ok=yes; fi
+  done <"$work/sums"
+}
+
+is_regular() {
+  [ -f "$1" ] && [ ! -L "$1" ]
 }
 
 # link_from_live: the slot holds an older release; hard-link into it, from the
@@ -98,8 +127,6 @@ open_slot() {
 # a file not linked is transferred by rsync instead (and apply_modes then
 # walks every entry).
 link_from_live() {
-  work=$root/.bbcd
-  mkdir -p "$work"
   find "$slot_dir" -printf '%y %i %P\n' >"$work/slot.list"
   find "$rel/$live" -type f -printf '%i %P\n' >"$work/live.list"
   # Lines of slot.list: TYPE INODE PATH (the top is the directory ""); of
@@ -122,7 +149,6 @@ link_from_live() {
   else
     echo "host_release: some files not linked from the live release; rsync transfers them" >&2
   fi
-  rm -f "$work/slot.list" "$work/live.list" "$work/link.todo"
 }
 
 # apply_modes SLOT_DIR: give every file and directory the mode the tree wants.
@@ -138,41 +164,33 @@ link_from_live() {
 # Which entries to look at: when the mode lists of the live release and of the
 # slot's old release are at hand (kept in .bbcd/modes.SLOT, checked against
 # the modes= sha256 of their manifests) and every file was linked from the
-# live release, only the entries mode_candidates names: the work of the
-# difference. Otherwise every entry of the slot (a find walk; find never
-# follows symlinks, so only real entries of this slot are changed).
+# live release, only the entries mode_candidates names, looked at by one stat:
+# the work of the difference. Otherwise every entry of the slot (a find walk;
+# find never follows symlinks, so only real entries of this slot are changed).
+# Either way the entries to change go to modes.todo as "MODE LINKS PATH".
 apply_modes() {
   dir=$1
   modes=$dir/.release.modes
-  [ -f "$modes" ] && [ ! -L "$modes" ] || die $EXIT_USAGE "transfer: no mode list $modes in the transfer"
-  work=$root/.bbcd
-  mkdir -p "$work"
-  rm -rf "$work/modes.found" "$work/modes.todo" "$work/mode.tmp"
-  new_modes=$(sha256sum <"$modes")
-  new_modes=${new_modes%% *}
-  if [ "$linked_all" = yes ] && kept_list_is "$work/modes.$live" "$live_modes" &&
-    kept_list_is "$work/modes.old" "$old_modes"; then
-    mode_candidates "$work/modes.$live" "$work/modes.old" "$modes" | while IFS= read -r line; do
-      path=$dir/${line#* }
-      [ ! -L "$path" ] && [ -e "$path" ] || continue
-      [ "$(stat -c %a "$path")" = "${line%% *}" ] || printf '%s\n' "$line"
-    done >"$work/modes.todo"
+  is_regular "$modes" || die $EXIT_USAGE "transfer: no mode list $modes in the transfer"
+  if [ "$linked_all" = yes ] && [ "$live_list_ok" = yes ] && [ "$old_list_ok" = yes ]; then
+    want=$work/modes.want
+    mode_candidates "$work/modes.$live" "$work/modes.$chosen" "$modes" "$want" >"$work/modes.paths"
+    # stat without -L reports a symlink as one (type a...), skipped below; a
+    # path not there (xargs: 123) has nothing to change.
+    (cd "$dir" && xargs -d '\n' -r stat -c '%a %h %f %n' -- <"$work/modes.paths" >"$work/modes.stat" 2>/dev/null) ||
+      [ $? -eq 123 ]
   else
-    find "$dir" \( -type f -o -type d \) -printf '%m %P\n' >"$work/modes.found"
-    # "MODE PATH" for every entry whose mode is not the wanted one.
-    awk -v list="$modes" '
-      BEGIN {
-        while ((getline line < list) > 0) { i = index(line, " "); want[substr(line, i + 1)] = substr(line, 1, i - 1) }
-      }
-      {
-        i = index($0, " "); path = substr($0, i + 1); if (path == "") path = "."
-        if ((path in want) && want[path] != substr($0, 1, i - 1)) print want[path] " " path
-      }' "$work/modes.found" >"$work/modes.todo"
+    want=$modes
+    find "$dir" \( -type f -o -type d \) -printf '%m %n 0 %P\n' >"$work/modes.stat"
   fi
+  sha256sum -- "$modes" >"$work/sums"
+  read -r new_modes _ <"$work/sums"
+  modes_to_change "$want" "$work/modes.stat" >"$work/modes.todo"
   while IFS= read -r line; do
-    mode=${line%% *} path=$dir/${line#* }
+    mode=${line%% *} rest=${line#* }
+    links=${rest%% *} path=$dir/${rest#* }
     case $mode in '' | *[!0-7]* | ?????*) die $EXIT_USAGE "transfer: bad mode '$mode' in $modes" ;; esac
-    if [ -f "$path" ] && [ ! -L "$path" ] && [ "$(stat -c %h "$path")" -gt 1 ]; then
+    if [ "$links" -gt 1 ] && [ -f "$path" ] && [ ! -L "$path" ]; then
       cp -p "$path" "$work/mode.tmp"
       chmod "$mode" "$work/mode.tmp"
       mv -f -T "$work/mode.tmp" "$path"
@@ -180,34 +198,47 @@ apply_modes() {
       chmod "$mode" "$path"
     fi
   done <"$work/modes.todo"
-  # Kept for the next push into another slot; its sha256 goes into the manifest.
+  # Kept for the next push into another slot (it replaces the slot's old
+  # list); its sha256 goes into the manifest.
   mv -f -T "$modes" "$work/modes.$chosen"
-  rm -f "$work/modes.found" "$work/modes.todo" "$work/modes.old"
 }
 
-# kept_list_is FILE SHA256: FILE is a regular file whose sha256 is SHA256.
-kept_list_is() {
-  [ -n "$2" ] && [ -f "$1" ] && [ ! -L "$1" ] || return 1
-  sum=$(sha256sum <"$1")
-  [ "${sum%% *}" = "$2" ]
-}
-
-# mode_candidates LIVE_LIST OLD_LIST NEW_LIST: the "MODE PATH" lines of
-# NEW_LIST that may not have their mode yet. Any other entry has it: its mode
-# is the same in the live release and in the slot's old release, so a file
-# linked from the live release, kept, or rewritten by rsync (which keeps the
-# mode of the file it replaces), and a directory kept, has it; and the mode
-# has no group/other write and no setuid/setgid/sticky bit, so an entry rsync
-# --no-perms creates under umask 022 has it too.
+# mode_candidates LIVE_LIST OLD_LIST NEW_LIST WANT: the "MODE PATH" lines of
+# NEW_LIST that may not have their mode yet go to the file WANT, their paths
+# to stdout. Any other entry has it: its mode is the same in the live release
+# and in the slot's old release, so a file linked from the live release, kept,
+# or rewritten by rsync (which keeps the mode of the file it replaces), and a
+# directory kept, has it; and the mode has no group/other write and no
+# setuid/setgid/sticky bit, so an entry rsync --no-perms creates under umask
+# 022 has it too.
 mode_candidates() {
-  awk '
+  awk -v want="$4" '
+    BEGIN { printf "" > want }
     FILENAME == ARGV[1] { i = index($0, " "); live[substr($0, i + 1)] = substr($0, 1, i - 1); next }
     FILENAME == ARGV[2] { i = index($0, " "); old[substr($0, i + 1)] = substr($0, 1, i - 1); next }
     {
       i = index($0, " "); mode = substr($0, 1, i - 1); path = substr($0, i + 1)
-      if (!(path in live) || live[path] != mode || !(path in old) || old[path] != mode || mode !~ /^[0-7][0145][0145]$/)
-        print
+      if (!(path in live) || live[path] != mode || !(path in old) || old[path] != mode || mode !~ /^[0-7][0145][0145]$/) {
+        print > want
+        print path
+      }
     }' "$1" "$2" "$3"
+}
+
+# modes_to_change WANT STAT: "MODE LINKS PATH" for every file or directory of
+# STAT ("MODE LINKS TYPE PATH": TYPE is stat's raw mode in hex, or 0 when only
+# files and directories were listed) whose mode is not the one WANT ("MODE
+# PATH") gives it.
+modes_to_change() {
+  awk '
+    FILENAME == ARGV[1] { i = index($0, " "); want[substr($0, i + 1)] = substr($0, 1, i - 1); next }
+    {
+      mode = $1; links = $2; type = $3
+      if (type != "0" && !(length(type) == 4 && (type ~ /^[84]/))) next
+      path = $0; for (f = 0; f < 3; f++) path = substr(path, index(path, " ") + 1)
+      if (path == "") path = "."
+      if ((path in want) && want[path] != mode) print want[path] " " links " " path
+    }' "$1" "$2"
 }
 
 do_commit() {
