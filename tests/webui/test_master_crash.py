@@ -125,7 +125,7 @@ def test_a_master_killed_mid_push_leaves_complete_releases_and_a_new_deploy_conv
     master = cluster.processes["master"]
     master.send_signal(signal.SIGKILL)
     master.wait(timeout=GATE_DEADLINE_S)
-    # The transfers the dead master started carry on (their own sessions): let them.
+    # The transfers the dead master started carry on (their own process groups): let them.
     release_gate(cluster.gate)
 
     restart_master(cluster)

@@ -175,7 +175,7 @@ class Launcher {
   virtual void run() = 0;
 };
 
-// The real launcher: Boost.Process children in their own session (a kill
+// The real launcher: Boost.Process children in their own process group (a kill
 // reaches the whole tree), close-on-exec pipes, Boost.Asio timers. It holds
 // SIGPIPE blocked on the calling thread and restores the SIGCHLD handler
 // that was installed before it, once the last one is destroyed.
