@@ -13,7 +13,7 @@ import pytest
 
 from buildbot_steps import _core, release
 from buildbot_steps import cli as buildbot_cd
-from buildbot_steps.release import InvalidInput, Inventory, Selection
+from buildbot_steps.release import InvalidInput, Inventory, Selection, transports
 
 BUILD_TIME = 1_700_000_000
 GOOD = {
@@ -124,7 +124,7 @@ def test_ssh_commands_are_fixed_words_plus_checked_values():
     script = transport.script_command(host, "flip", ["/srv/app", "abc123"])
     assert script.argv[-7:] == ["deploy@web1.example.com", "sh", "-s", "--", "flip", "/srv/app", "abc123"]
     assert "StrictHostKeyChecking=yes" in script.argv and "ControlPath=/run/c/%C" in script.argv
-    assert script.stdin_data.startswith("# host_release.sh")
+    assert script.stdin_data == release.host_script_text()
     steps = dict(
         transport.push_steps(
             host,
@@ -162,7 +162,11 @@ MAX_ARG_STRLEN = 32 * 4096
 def test_both_transports_run_one_script_joined_from_its_parts(tmp_path):
     host = Inventory.from_entries([{**GOOD, "deploy_root": str(tmp_path / "root")}]).hosts[0]
     text = release.host_script_text()
-    assert text.startswith("# host_release.sh") and "\n# host_transfer.sh" in text
+    # The parts in order, without their comment lines (every host parses the text on every action).
+    parts = [transports.without_comment_lines(text_of(part)) for part in transports.HOST_SCRIPT_PARTS]
+    assert text == "\n".join([*parts, 'main "$@"\n'])
+    assert not any(line.lstrip().startswith("#") for line in text.splitlines())
+    assert len(text) < 0.6 * (len(text_of("host_release.sh")) + len(text_of("host_transfer.sh")))
     assert text.endswith('\nmain "$@"\n') and text.splitlines().count('main "$@"') == 1
     assert len(shlex.quote(text).encode()) < MAX_ARG_STRLEN
     ssh, local = release.SshTransport(), release.LocalTransport()
