@@ -157,6 +157,16 @@ class SshdFleet:
         self._spawn(host)
         self._wait_all_ready([host])
 
+    def set_session_env(self, host: SshdHost, env: dict[str, str]) -> None:
+        """Restart the host with `env` in every session's environment (sshd's
+        SetEnv, which overrides sshd's own PATH): e.g. a PATH that puts a
+        test's stand-in for a command first."""
+        lines = [line for line in host.config_file.read_text().splitlines() if not line.startswith("SetEnv ")]
+        # One line: sshd keeps the first SetEnv it reads and ignores the others.
+        lines.append(" ".join(["SetEnv SHLVL=1", *(f"{name}={value}" for name, value in env.items())]))
+        host.config_file.write_text("\n".join(lines) + "\n")
+        self.restart(host)
+
     def freeze(self, host: SshdHost) -> None:
         """SIGSTOP the host's sshd and its sessions: connections hang, nothing answers."""
         for pid in [host.process.pid, *descendant_pids(host.process.pid)]:

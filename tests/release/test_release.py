@@ -13,7 +13,7 @@ from buildbot_steps import release
 from buildbot_steps.release import Selection
 
 WAIT_S = 60.0  # deadline for events the tests wait on; they normally take < 1 s
-WATCH_POLL_S = 0.002  # the kill watcher must catch a transfer that lasts ~0.1 s
+WATCH_POLL_S = 0.01  # how often the kill watcher looks for the stand-in's mark
 # A refused connection: ssh exits 255, and rsync passes that on only if ssh
 # has exited when rsync cleans up (its _exit_cleanup reaps the remote shell
 # with WNOHANG); otherwise it exits with its own 12, "protocol data stream".
@@ -110,27 +110,42 @@ def test_host_down_before_push_is_not_flipped_and_stays_on_old_release(make_runn
     assert live_of(runner)[down.name] == "v1"
 
 
-def test_host_killed_mid_transfer_stays_on_old_release(make_runner, make_tree, fleet):
+# The victim's rsync: says it has started, then holds until the host is
+# killed (bounded, should the kill never come).
+HOLDING_RSYNC = """#!/bin/sh
+: >"${0%/*}/started"
+exec sleep 60
+"""
+
+
+def test_host_killed_during_its_transfer_stays_on_old_release(make_runner, make_tree, fleet, tmp_path):
     runner = make_runner()
     deploy(runner, small_tree(make_tree, "v1"), "v1")
     victim = fleet.hosts[7]
-    # Incompressible, so the transfer lasts long enough to be caught.
-    big = small_tree(make_tree, "v2", {"data/blob.bin": os.urandom(4 * 1024 * 1024)})
+    # The victim's host script finds a holding rsync first on its PATH: the
+    # kill lands after the script has opened the slot and before anything
+    # could complete it, however loaded the machine (a real rsync of a few
+    # MB can end between two looks at the process list).
+    stand_in = tmp_path / "stand-in"
+    stand_in.mkdir()
+    (stand_in / "rsync").write_text(HOLDING_RSYNC)
+    (stand_in / "rsync").chmod(0o755)
+    fleet.set_session_env(victim, {"PATH": f"{stand_in}:/usr/sbin:/usr/bin:/sbin:/bin"})
 
     killed = threading.Event()
 
     def kill_when_transferring() -> None:
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
-            if fleet.session_pids(victim, "rsync"):
+            if (stand_in / "started").exists():
                 fleet.kill(victim)
                 killed.set()
                 return
-            time.sleep(WATCH_POLL_S)  # polling a process list, under a deadline
+            time.sleep(WATCH_POLL_S)  # polling for the stand-in's mark, under a deadline
 
     watcher = threading.Thread(target=kill_when_transferring)
     watcher.start()
-    pushed = runner.push(big, "v2", "2")
+    pushed = runner.push(small_tree(make_tree, "v2"), "v2", "2")
     watcher.join()
     assert killed.is_set()
     assert pushed.by_host()[victim.name].status == "failed", pushed.to_text()
@@ -141,6 +156,11 @@ def test_host_killed_mid_transfer_stays_on_old_release(make_runner, make_tree, f
     live = live_of(runner)
     assert live.pop(victim.name) == "v1"
     assert set(live.values()) == {"v2"}
+    # The slot the push had opened is there, and incomplete: never flippable.
+    slots = runner.status(Selection(names=(victim.name,))).hosts[0].details["slots"]
+    assert [slot["state"] for slot in slots.values()].count("incomplete") == 1, slots
+    refused = runner.flip("v2", Selection(names=(victim.name,)))
+    assert refused.hosts[0].status == "failed" and "no complete release" in refused.hosts[0].error
 
 
 def test_host_that_hangs_times_out_and_is_not_flipped(make_runner, make_tree, fleet):
