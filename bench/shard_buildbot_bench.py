@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/shard_buildbot_bench.py [--tests 600] [--total-s 240] [--workers 16]
         [--startup-s 2] [--tiny-tests 3000] [--suites sleep,slow-start,no-history] [--repeat 1]
+        [--history-builds 2]
 
 A synthetic suite of sleep-based tests (heavy-tailed durations, seeded) runs
 on N local buildbot-worker processes, one shard per worker. Three suites:
@@ -26,10 +27,12 @@ and each runs four ways:
     pytest-split one shard build per worker running `pytest --splits N --group i`
                  (pytest-split's default algorithm, duration_based_chunks)
 
-Every mode plans from the same knowledge: ours from the history of a warm-up
-build, pytest-split from a .test_durations file with the nominal durations.
-Each test sleeps its nominal duration times exp(N(0, JITTER_LOG_SD)), drawn
-anew on every run: the run-to-run variance that makes fixed plans finish late.
+Every mode plans from the same knowledge: ours from the history of
+--history-builds warm-up builds (two by default: one run tells a test's
+duration, two also how much it varies from run to run), pytest-split from
+a .test_durations file with the nominal durations. Each test sleeps its
+nominal duration times exp(N(0, JITTER_LOG_SD)), drawn anew on every run:
+the run-to-run variance that makes fixed plans finish late.
 
 Printed per mode: the build's wall time (force request to build complete, as
 seen from the REST API), the sharded part alone (first shard build started to
@@ -210,19 +213,21 @@ class Suite:
     with_history: bool  # False: every mode plans blind on its first build
 
 
-def timed_builds(bench_cluster: BenchCluster, suite: Suite) -> list[tuple[str, dict]]:
+def timed_builds(bench_cluster: BenchCluster, suite: Suite, history_builds: int) -> list[tuple[str, dict]]:
     """The rows of one suite, each a forced build timed end to end."""
     if suite.with_history:
-        # Each builder plans from its own history: one warm-up build each.
+        # Each builder plans from its own history: `history_builds` warm-up builds each.
         for builder, scheduler in (
             ("tests", "force"),
             ("tests-warm", "force-warm"),
             ("tests-static", "force-static"),
         ):
-            warmup = bench_cluster.timed_build(builder, scheduler)
-            print(
-                f"  warm-up {builder} (no history): wall {warmup['wall_s']:.1f} s; {warmup['state_string']}"
-            )
+            for done in range(history_builds):
+                warmup = bench_cluster.timed_build(builder, scheduler)
+                print(
+                    f"  warm-up {builder} ({done} builds of history): wall {warmup['wall_s']:.1f} s; "
+                    f"{warmup['state_string']}"
+                )
         return [
             ("dynamic", bench_cluster.timed_build("tests", "force")),
             ("warm", bench_cluster.timed_build("tests-warm", "force-warm")),
@@ -241,15 +246,17 @@ def timed_builds(bench_cluster: BenchCluster, suite: Suite) -> list[tuple[str, d
     return rows
 
 
-def run_suite(root: pathlib.Path, suite: Suite, workers: int, repeat: int) -> None:
+def run_suite(root: pathlib.Path, suite: Suite, workers: int, repeat: int, history_builds: int) -> None:
     """`repeat` runs of the suite, each on a fresh master (a first build must
     find no history), then the medians of their figures."""
-    runs = [run_suite_once(root / f"run{index}", suite, workers) for index in range(repeat)]
+    runs = [run_suite_once(root / f"run{index}", suite, workers, history_builds) for index in range(repeat)]
     if repeat > 1:
         print_medians(suite.name, runs)
 
 
-def run_suite_once(root: pathlib.Path, suite: Suite, workers: int) -> dict[str, dict[str, float]]:
+def run_suite_once(
+    root: pathlib.Path, suite: Suite, workers: int, history_builds: int
+) -> dict[str, dict[str, float]]:
     durations = suite.durations
     bound = max(max(durations), sum(durations) / workers)
     suite_source = root / suite.name / "suite-source"
@@ -266,7 +273,7 @@ def run_suite_once(root: pathlib.Path, suite: Suite, workers: int) -> dict[str, 
     (root / suite.name / "cluster").mkdir()
     try:
         bench_cluster.start()
-        rows = timed_builds(bench_cluster, suite)
+        rows = timed_builds(bench_cluster, suite, history_builds)
     finally:
         bench_cluster.stop()
     return print_rows(rows, bound, durations)
@@ -350,6 +357,13 @@ def main() -> int:
     parser.add_argument("--tiny-tests", type=int, default=3000, help="tests of the no-history suite")
     parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, of {SUITES}")
     parser.add_argument("--repeat", type=int, default=1, help="runs per suite (fresh master each); medians")
+    parser.add_argument(
+        "--history-builds",
+        type=int,
+        default=2,
+        help="warm-up builds per builder before the timed ones (sleep, slow-start); with one, no "
+        "test's run-to-run spread is known and the dispatcher hedges with more batches",
+    )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.suites.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in SUITES]
@@ -360,6 +374,7 @@ def main() -> int:
         ("--workers", args.workers),
         ("--tiny-tests", args.tiny_tests),
         ("--repeat", args.repeat),
+        ("--history-builds", args.history_builds),
     ):
         if value < 1:
             parser.error(f"{option} must be at least 1")
@@ -373,7 +388,7 @@ def main() -> int:
     root = pathlib.Path(tempfile.mkdtemp(prefix="shard-buildbot-bench-"))
     print(f"jitter log-sd {JITTER_LOG_SD}; working in {root}")
     for name in chosen:
-        run_suite(root, suites[name], args.workers, args.repeat)
+        run_suite(root, suites[name], args.workers, args.repeat, args.history_builds)
     print(
         "\nwall: force request to build complete (REST API). shards: first shard build start to last "
         "shard build end; x tests: shards / max(longest test, total / workers); x +start: shards / "

@@ -38,12 +38,13 @@ void bind_enums(py::module_& module) {
 
 void bind_estimates(py::module_& module) {
   py::class_<TestEstimate>(module, "TestEstimate")
-      .def(py::init([](std::string id, double seconds) {
-             return TestEstimate{std::move(id), seconds};
+      .def(py::init([](std::string id, double seconds, std::optional<double> spread_s) {
+             return TestEstimate{std::move(id), seconds, EstimateSource::Default, spread_s};
            }),
-           py::arg("id"), py::arg("seconds"))
+           py::arg("id"), py::arg("seconds"), py::arg("spread_s") = py::none())
       .def_readonly("id", &TestEstimate::id)
       .def_readonly("seconds", &TestEstimate::seconds)
+      .def_readonly("spread_s", &TestEstimate::spread_s)
       .def_property_readonly("source", [](const TestEstimate& e) { return to_string(e.source); })
       .def("__repr__", [](const TestEstimate& e) {
         return "TestEstimate(" + e.id + ", " + std::to_string(e.seconds) + ", " + to_string(e.source) + ")";

@@ -62,11 +62,14 @@ class AssignmentKind(_Enum):
     __members__: ClassVar[dict[str, AssignmentKind]]
 
 class TestEstimate(_Pybind11Object):
-    def __init__(self, id: str, seconds: float) -> None: ...
+    def __init__(self, id: str, seconds: float, spread_s: float | None = None) -> None: ...
     @property
     def id(self) -> str: ...
     @property
     def seconds(self) -> float: ...
+    @property
+    def spread_s(self) -> float | None:
+        """Standard deviation of its recent runs (two or more); None when unknown."""
     @property
     def source(self) -> str:
         """Where it came from: "history", "file_median", "global_median" or "default"."""

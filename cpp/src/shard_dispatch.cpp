@@ -62,6 +62,21 @@ std::vector<Unit> cap_unit_sizes(std::vector<Unit> units, const std::vector<Test
   return capped;
 }
 
+// The suite's variance per estimated second, over the tests whose spread is
+// known; unknown when they carry less than kSpreadKnownShare of the suite
+// (or it has no seconds at all).
+std::optional<double> variance_per_s(const std::vector<TestEstimate>& tests) {
+  double total_s = 0.0, known_s = 0.0, variance = 0.0;
+  for (const auto& test : tests) {
+    total_s += test.seconds;
+    if (!test.spread_s) continue;
+    known_s += test.seconds;
+    variance += *test.spread_s * *test.spread_s;
+  }
+  if (known_s <= 0.0 || known_s < kSpreadKnownShare * total_s) return std::nullopt;
+  return variance / known_s;
+}
+
 }  // namespace
 
 void Dispatcher::State::resolve(std::size_t test, Verdict verdict) {
@@ -170,6 +185,7 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
     state.enqueue_figures(item, 1.0);
     state.fresh.push_back(std::move(item));
   }
+  state.variance_per_s = variance_per_s(tests);
   state.test_states.resize(tests.size());
   state.stats.tests = tests.size();
   state.tests = std::move(tests);

@@ -136,10 +136,11 @@ double Dispatcher::State::part_for_equal_finish(const std::string& asking, doubl
 // With a start-up to pay, a worker's share of the remaining work is cut
 // into equal batches each worth kBatchWorthFactor start-ups: equal cuts end
 // every worker's last batch together, where a fixed size would leave a
-// remainder to one worker. When a share is worth one batch only, the queue
-// is split so that every worker ends together, each taking its part of what
-// is left: a batch cut larger or smaller than its part is made up by the
-// next ones, and nothing is left over for one more start-up.
+// remainder to one worker. When a share is worth one batch only, or the
+// suite is predictable enough that one batch will do, the queue is split so
+// that every worker ends together, each taking its part of what is left: a
+// batch cut larger or smaller than its part is made up by the next ones,
+// and nothing is left over for one more start-up.
 double Dispatcher::State::batch_target_s(const std::string& worker, double now_s) const {
   const double workers = std::max(1, options.workers);
   double target = std::max(options.min_batch_s, queued_estimate_s() / (kGuidedDivisor * workers));
@@ -147,10 +148,22 @@ double Dispatcher::State::batch_target_s(const std::string& worker, double now_s
   if (overhead > 0.0) {
     const double share = remaining_work_s(now_s) / workers;
     const double batches = std::floor(share / (kBatchWorthFactor * overhead));
-    if (batches <= 1.0) return std::max(target, part_for_equal_finish(worker, now_s));
+    if (batches <= 1.0 || one_batch_is_enough(share, overhead)) {
+      return std::max(target, part_for_equal_finish(worker, now_s));
+    }
     target = std::max(target, share / batches);
   }
   return target;
+}
+
+// Whether a second batch per worker would cost more start-up than it takes
+// back in lateness (see kSecondBatchGain): never when the suite's spread is
+// unknown (a first build, a history of one run).
+bool Dispatcher::State::one_batch_is_enough(double share_s, double overhead_s) const {
+  if (!variance_per_s) return false;
+  const double z = std::sqrt(2.0 * std::log(std::max(1, options.workers)));
+  const double sigma = std::sqrt(*variance_per_s * share_s);
+  return kSecondBatchGain * z * sigma <= overhead_s;
 }
 
 Assignment Dispatcher::State::hand_out(const std::string& worker, double now_s, InFlight flight, bool retry) {

@@ -71,6 +71,10 @@ struct Dispatcher::State {
   std::uint64_t next_batch_id = 1;
   DispatchStats stats;
   BatchCostModel cost;
+  // The suite's variance per estimated second (its tests' spreads squared,
+  // summed, over their estimates): how unpredictable a share of it is.
+  // Unknown when too little of the suite has a known spread.
+  std::optional<double> variance_per_s;
   // Queued work, split so that the guessed part can be rescaled.
   double queued_known_s = 0.0;
   double queued_guessed_s = 0.0;
@@ -104,6 +108,7 @@ struct Dispatcher::State {
   void note_arrival(const std::string& worker, double now_s);
   double arrival_pace_s() const;
   double part_for_equal_finish(const std::string& asking, double now_s) const;
+  bool one_batch_is_enough(double share_s, double overhead_s) const;
   Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry);
   std::optional<Assignment> from_queue(const std::string& worker, double now_s);
   std::vector<std::size_t> unresolved(const std::vector<std::size_t>& batch_tests) const;

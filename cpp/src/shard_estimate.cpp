@@ -70,6 +70,19 @@ double trimmed_mean(RecentRuns runs) {
   return sum / static_cast<double>(runs.count - 1);
 }
 
+// The standard deviation of the recent runs, slowest included (a test that
+// is sometimes far slower is what makes a suite unpredictable); unknown
+// with fewer than two.
+std::optional<double> spread_of(const RecentRuns& runs) {
+  if (runs.count < 2) return std::nullopt;
+  const auto begin = runs.seconds.begin();
+  const auto end = begin + static_cast<std::ptrdiff_t>(runs.count);
+  const double mean = std::accumulate(begin, end, 0.0) / static_cast<double>(runs.count);
+  double squares = 0.0;
+  for (auto it = begin; it != end; ++it) squares += (*it - mean) * (*it - mean);
+  return std::sqrt(squares / static_cast<double>(runs.count - 1));
+}
+
 // The runs an estimate looks at: the most recent ones.
 std::size_t first_recent_run(std::size_t runs) {
   return runs > kRecentRunsConsidered ? runs - kRecentRunsConsidered : 0;
@@ -122,10 +135,11 @@ class NewTestEstimates {
 
   TestEstimate estimate(std::string_view test_id) const {
     if (auto file = file_median_.find(std::string(file_view(test_id))); file != file_median_.end()) {
-      return {std::string(test_id), file->second, EstimateSource::FileMedian};
+      return {std::string(test_id), file->second, EstimateSource::FileMedian, std::nullopt};
     }
-    if (global_median_) return {std::string(test_id), *global_median_, EstimateSource::GlobalMedian};
-    return {std::string(test_id), kDefaultEstimateSeconds, EstimateSource::Default};
+    if (global_median_)
+      return {std::string(test_id), *global_median_, EstimateSource::GlobalMedian, std::nullopt};
+    return {std::string(test_id), kDefaultEstimateSeconds, EstimateSource::Default, std::nullopt};
   }
 
  private:
@@ -144,7 +158,8 @@ std::vector<TestEstimate> estimate_each(std::size_t count, const IdOf& id_of, co
   for (std::size_t k = 0; k < count; ++k) {
     const RecentRuns runs = runs_of(k);
     if (runs.count > 0) {
-      estimates.push_back({std::string(id_of(k)), trimmed_mean(runs), EstimateSource::History});
+      estimates.push_back(
+          {std::string(id_of(k)), trimmed_mean(runs), EstimateSource::History, spread_of(runs)});
       continue;
     }
     if (!new_tests) new_tests.emplace(for_each_known);

@@ -18,7 +18,10 @@ bool longer_first(const Unit& a, const Unit& b) {
 
 void check_estimates(const std::vector<TestEstimate>& tests) {
   if (tests.empty()) throw InvalidInput("no tests to schedule: the suite is empty");
-  for (const auto& test : tests) check_duration(test.seconds, test.id, "estimate");
+  for (const auto& test : tests) {
+    check_duration(test.seconds, test.id, "estimate");
+    if (test.spread_s) check_duration(*test.spread_s, test.id, "spread");
+  }
   check_unique(tests, [](const TestEstimate& test) -> const std::string& { return test.id; });
 }
 

@@ -101,6 +101,16 @@ TEST(Estimates, ATestThatIsOftenSlowKeepsThatInItsEstimate) {
   EXPECT_DOUBLE_EQ(estimate_durations({"a.py::t"}, history)[0].seconds, 21.0);
 }
 
+TEST(Estimates, SpreadIsTheStandardDeviationOfTheRecentRunsUnknownWithOneRunOrNone) {
+  std::vector<DurationMap> history = {
+      {{"a.py::t", 1.0}, {"a.py::once", 2.0}}, {{"a.py::t", 3.0}}, {{"a.py::t", 5.0}}};
+  auto estimates = estimate_durations({"a.py::t", "a.py::once", "a.py::new"}, history);
+  ASSERT_TRUE(estimates[0].spread_s.has_value());
+  EXPECT_DOUBLE_EQ(*estimates[0].spread_s, 2.0);  // 1, 3, 5: the slowest counts too
+  EXPECT_FALSE(estimates[1].spread_s.has_value());
+  EXPECT_FALSE(estimates[2].spread_s.has_value());  // a guess (file median)
+}
+
 TEST(Estimates, TwoRunsTakeTheFasterSoAnOutlierCannotWin) {
   auto estimates = estimate_durations({"a.py::t"}, {{{"a.py::t", 2.0}}, {{"a.py::t", 50.0}}});
   EXPECT_DOUBLE_EQ(estimates[0].seconds, 2.0);
@@ -617,13 +627,48 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
   return run;
 }
 
-std::vector<TestEstimate> uniform_suite(std::size_t n, double seconds, EstimateSource source) {
+std::vector<TestEstimate> uniform_suite(std::size_t n, double seconds, EstimateSource source,
+                                        std::optional<double> spread_s = std::nullopt) {
   std::vector<TestEstimate> tests;
   for (std::size_t i = 0; i < n; ++i) {
-    tests.push_back(
-        {"tests/test_" + std::to_string(i / 20) + ".py::test_" + std::to_string(i), seconds, source});
+    tests.push_back({"tests/test_" + std::to_string(i / 20) + ".py::test_" + std::to_string(i), seconds,
+                     source, spread_s});
   }
   return tests;
+}
+
+// 240 s of tests on 16 workers with a 1 s start-up: a share of 15 s is worth
+// three batches of four start-ups each. When the history shows each test
+// within 15 % of its estimate, a share is late by 0.4 s at most (2.35 sigma),
+// and a second batch would take back less than the start-up it costs: one
+// batch each. When it shows tests straying by half a second each (a share
+// then strays by 6 s), or shows nothing (one run), several.
+TEST(Dispatcher, APredictableSuiteGoesInOneBatchPerWorkerAnUnpredictableOneInSeveral) {
+  DispatchOptions options = workers(16);
+  options.batch_overhead_s = 1.0;
+  const double test_s = 0.1, startup_s = 1.0;
+  auto predictable = simulate(uniform_suite(2400, test_s, EstimateSource::History, 0.15 * test_s), options,
+                              test_s, startup_s);
+  auto erratic =
+      simulate(uniform_suite(2400, test_s, EstimateSource::History, 0.5), options, test_s, startup_s);
+  auto unknown = simulate(uniform_suite(2400, test_s, EstimateSource::History), options, test_s, startup_s);
+  EXPECT_EQ(predictable.batches, 16u);
+  EXPECT_GE(erratic.batches, 2u * 16u);
+  EXPECT_EQ(unknown.batches, erratic.batches);
+  // One start-up each, then 15 s of tests cut in files of 2 s: 8 files at most.
+  EXPECT_LE(predictable.makespan_s, startup_s + 8 * 2.0 + 1e-9);
+  EXPECT_GT(unknown.makespan_s, predictable.makespan_s + 0.9);
+}
+
+TEST(Dispatcher, ANegativeOrNonFiniteSpreadIsNamed) {
+  for (double spread : {-1.0, std::nan("")}) {
+    try {
+      Dispatcher dispatcher(uniform_suite(2, 1.0, EstimateSource::History, spread), workers(1));
+      FAIL() << "accepted spread " << spread;
+    } catch (const InvalidInput& error) {
+      EXPECT_NE(std::string(error.what()).find("tests/test_0.py::test_0"), std::string::npos) << error.what();
+    }
+  }
 }
 
 TEST(Dispatcher, LearnsTheOverheadFromWallTimeAndSendsBatchesWorthIt) {

@@ -23,6 +23,16 @@ def test_estimates_say_where_they_came_from():
     assert {e.source for e in _core.estimate_durations(["x"], [])} == {"default"}
 
 
+def test_estimates_carry_the_spread_of_their_runs_which_the_dispatcher_checks():
+    history = [{"a.py::twice": 1.0, "a.py::once": 2.0}, {"a.py::twice": 3.0}]
+    by_id = {e.id: e for e in _core.estimate_durations(["a.py::twice", "a.py::once"], history)}
+    assert by_id["a.py::twice"].spread_s == pytest.approx(2**0.5)  # 1 and 3
+    assert by_id["a.py::once"].spread_s is None
+    assert _core.TestEstimate("a", 1.0, spread_s=0.25).spread_s == 0.25
+    with pytest.raises(_core.InvalidInputError, match="'a.py::bad'"):
+        _core.Dispatcher([_core.TestEstimate("a.py::bad", 1.0, spread_s=-1.0)], workers=2)
+
+
 def test_plan_static_round_trip():
     tests = estimates([(f"f{k}.py::t", float(k + 1)) for k in range(20)])
     plan = _core.plan_static(tests, 4)

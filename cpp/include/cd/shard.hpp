@@ -9,6 +9,7 @@
 //              report(worker, batch, [{id, passed, seconds, message, skipped}])
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -37,6 +38,10 @@ struct TestEstimate {
   std::string id;
   double seconds = 0.0;
   EstimateSource source = EstimateSource::Default;
+  // How far its recent runs stray from one another (their standard
+  // deviation), when it has two or more; unknown otherwise. The dispatcher
+  // reads from it how predictable the suite is.
+  std::optional<double> spread_s;
 };
 
 // Runs looked at per test: enough that dropping the slowest leaves a mean,
@@ -188,7 +193,9 @@ struct DispatchOptions {
 // times as long: the start-up is then at most a fifth of a worker's time,
 // while a worker's share still comes in several batches (a share of 12
 // start-ups is 3 batches) that the tail can balance. A worker's whole share
-// is one batch when it is smaller. Measured in bench/shard_buildbot_bench.py.
+// is one batch when it is smaller, or when the history shows the suite
+// predictable enough that a second batch would not repay its start-up (see
+// kSecondBatchGain). Measured in bench/shard_buildbot_bench.py.
 inline constexpr double kBatchWorthFactor = 4.0;
 
 // What one worker's batches cost beyond their tests, learned from each
@@ -224,6 +231,19 @@ class BatchCostModel {
   double guessed_estimated_s_ = 0.0;
   double guessed_observed_s_ = 0.0;
 };
+
+// A worker's share sent as one batch ends late by about z * sigma: sigma the
+// spread of the share's tests (independent, so their variances add) and z
+// the expected largest of the workers' deviations in units of sigma,
+// sqrt(2 ln workers). Sent as two, the second is cut once the first has shown
+// how far off it was, and only its own spread is left: sigma / sqrt(2). So a
+// second batch takes back this share of the lateness, for one more start-up.
+inline const double kSecondBatchGain = 1.0 - 1.0 / std::sqrt(2.0);
+
+// The spread of a suite is known when the tests whose spread is known carry
+// at least this share of its estimated seconds: a few new tests do not make
+// a predictable suite unpredictable, a history of one run does.
+inline constexpr double kSpreadKnownShare = 0.9;
 
 // Guided self-scheduling classically divides by the worker count alone; a
 // larger divisor keeps batches small enough that a test far slower than its
