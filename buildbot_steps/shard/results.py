@@ -9,6 +9,7 @@ them; the HTML report is report.py's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
@@ -29,6 +30,21 @@ def count_sources(estimates: list[TestEstimate]) -> dict[str, int]:
     return sources
 
 
+def spread_text(estimates: list[TestEstimate]) -> str:
+    """How much of the suite's run-to-run spread the history shows: the
+    dispatcher sends one batch per worker only when it knows the suite to be
+    predictable (see README, "How it schedules")."""
+    total_s = sum(e.seconds for e in estimates)
+    known = [e for e in estimates if e.spread_s is not None]
+    known_s = sum(e.seconds for e in known)
+    share = f"{known_s / total_s:.0%}" if total_s > 0 else "none"
+    spread_s = math.sqrt(sum(e.spread_s**2 for e in known))
+    return (
+        f"run-to-run spread known for {share} of the estimated seconds ({len(known)} tests with two or more "
+        f"runs); their total's spread: {spread_s:.2f} s"
+    )
+
+
 def plan_text(
     estimates: list[TestEstimate], plan: Plan, shards: int, history_builds: int, batch_overhead_s: float
 ) -> str:
@@ -37,6 +53,7 @@ def plan_text(
     lines = [
         f"tests: {len(estimates)}; shards: {shards}; earlier builds read: {history_builds}",
         "estimate sources: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())),
+        spread_text(estimates),
         f"estimated total: {sum(e.seconds for e in estimates):.2f} s; "
         f"lower bound per shard: {plan.lower_bound_s:.2f} s "
         f"({plan.lower_bound_s + batch_overhead_s:.2f} s with one start-up); "

@@ -10,6 +10,7 @@ from twisted.internet import defer
 from buildbot_steps import _core
 from buildbot_steps._core import AssignmentKind, DispatchStats, Verdict
 from buildbot_steps.shard import report as shard_report
+from buildbot_steps.shard import results
 from buildbot_steps.shard.commands import (
     Quarantine,
     batch_ids_text,
@@ -28,6 +29,18 @@ def test_template_expands_one_argument_per_test():
         ["pytest", "--junitxml={junit}", "{tests}", "-x"], ["a::t[1 2]", "b::u"], "r/1.xml"
     )
     assert argv == ["pytest", "--junitxml=r/1.xml", "a::t[1 2]", "b::u", "-x"]
+
+
+def test_the_plan_log_says_how_much_of_the_suites_spread_the_history_shows():
+    history = [{"a.py::t": 1.0, "a.py::u": 4.0}, {"a.py::t": 3.0, "a.py::u": 6.0, "a.py::once": 1.0}]
+    estimates = _core.estimate_durations(["a.py::t", "a.py::u", "a.py::once"], history)
+    # t: 1 and 3, u: 4 and 6 (spread sqrt 2 each, estimates 1 and 4, the faster of two runs);
+    # once: one run, so its 1 s of the 6 s estimated has no known spread.
+    assert results.spread_text(estimates) == (
+        "run-to-run spread known for 83% of the estimated seconds (2 tests with two or more runs); "
+        "their total's spread: 2.00 s"
+    )
+    assert "spread known for 0%" in results.spread_text(_core.estimate_durations(["a.py::t"], history[:1]))
 
 
 def test_template_checks():
