@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <boost/math/statistics/univariate_statistics.hpp>
 #include <cmath>
 #include <numeric>
 #include <optional>
@@ -76,11 +77,8 @@ double trimmed_mean(RecentRuns runs) {
 std::optional<double> spread_of(const RecentRuns& runs) {
   if (runs.count < 2) return std::nullopt;
   const auto begin = runs.seconds.begin();
-  const auto end = begin + static_cast<std::ptrdiff_t>(runs.count);
-  const double mean = std::accumulate(begin, end, 0.0) / static_cast<double>(runs.count);
-  double squares = 0.0;
-  for (auto it = begin; it != end; ++it) squares += (*it - mean) * (*it - mean);
-  return std::sqrt(squares / static_cast<double>(runs.count - 1));
+  return std::sqrt(
+      boost::math::statistics::sample_variance(begin, begin + static_cast<std::ptrdiff_t>(runs.count)));
 }
 
 // The runs an estimate looks at: the most recent ones.

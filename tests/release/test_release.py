@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ from buildbot_steps import release
 from buildbot_steps.release import Selection
 
 WAIT_S = 60.0  # deadline for events the tests wait on; they normally take < 1 s
-WATCH_POLL_S = 0.01  # how often the kill watcher looks for the stand-in's mark
 # A refused connection: ssh exits 255, and rsync passes that on only if ssh
 # has exited when rsync cleans up (its _exit_cleanup reaps the remote shell
 # with WNOHANG); otherwise it exits with its own 12, "protocol data stream".
@@ -110,10 +109,11 @@ def test_host_down_before_push_is_not_flipped_and_stays_on_old_release(make_runn
     assert live_of(runner)[down.name] == "v1"
 
 
-# The victim's rsync: says it has started, then holds until the host is
-# killed (bounded, should the kill never come).
+# The victim's rsync: says it has started through a FIFO (the write blocks
+# until the test reads it), then holds until the host is killed (bounded,
+# should the kill never come).
 HOLDING_RSYNC = """#!/bin/sh
-: >"${0%/*}/started"
+echo started >"${0%/*}/started"
 exec sleep 60
 """
 
@@ -130,22 +130,23 @@ def test_host_killed_during_its_transfer_stays_on_old_release(make_runner, make_
     stand_in.mkdir()
     (stand_in / "rsync").write_text(HOLDING_RSYNC)
     (stand_in / "rsync").chmod(0o755)
+    started = stand_in / "started"
+    os.mkfifo(started)
     fleet.set_session_env(victim, {"PATH": f"{stand_in}:/usr/sbin:/usr/bin:/sbin:/bin"})
 
     killed = threading.Event()
 
-    def kill_when_transferring() -> None:
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            if (stand_in / "started").exists():
-                fleet.kill(victim)
-                killed.set()
-                return
-            time.sleep(WATCH_POLL_S)  # polling for the stand-in's mark, under a deadline
+    def kill_once_started() -> None:
+        if started.read_text():  # blocks until the stand-in writes, or "" once released below
+            fleet.kill(victim)
+            killed.set()
 
-    watcher = threading.Thread(target=kill_when_transferring)
+    watcher = threading.Thread(target=kill_once_started)
     watcher.start()
     pushed = runner.push(small_tree(make_tree, "v2"), "v2", "2")
+    # A watcher still reading means the stand-in never ran: end its read.
+    with contextlib.suppress(OSError):  # ENXIO: the watcher has read and closed the FIFO
+        os.close(os.open(started, os.O_WRONLY | os.O_NONBLOCK))
     watcher.join()
     assert killed.is_set()
     assert pushed.by_host()[victim.name].status == "failed", pushed.to_text()
