@@ -65,6 +65,7 @@ FIGURE_LABELS = {
     "batches": ("Batches run", "{}"),
     "requeued_batches": ("Batches re-queued (worker lost)", "{}"),
     "straggler_copies": ("Straggler copies started", "{}"),
+    "whole_part_batches": ("Batches cut as a worker's whole part (suite predictable by its history)", "{}"),
 }
 
 

@@ -98,6 +98,7 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
         "batches": len(session.timeline),
         "requeued_batches": stats.requeued_batches,
         "straggler_copies": stats.speculative_batches,
+        "whole_part_batches": stats.whole_part_batches,
     }
 
 

@@ -141,19 +141,18 @@ double Dispatcher::State::part_for_equal_finish(const std::string& asking, doubl
 // that every worker ends together, each taking its part of what is left: a
 // batch cut larger or smaller than its part is made up by the next ones,
 // and nothing is left over for one more start-up.
-double Dispatcher::State::batch_target_s(const std::string& worker, double now_s) const {
+Dispatcher::State::BatchTarget Dispatcher::State::batch_target(const std::string& worker,
+                                                               double now_s) const {
   const double workers = std::max(1, options.workers);
-  double target = std::max(options.min_batch_s, queued_estimate_s() / (kGuidedDivisor * workers));
+  const double guided = std::max(options.min_batch_s, queued_estimate_s() / (kGuidedDivisor * workers));
   const double overhead = cost.overhead_s(worker);
-  if (overhead > 0.0) {
-    const double share = remaining_work_s(now_s) / workers;
-    const double batches = std::floor(share / (kBatchWorthFactor * overhead));
-    if (batches <= 1.0 || one_batch_is_enough(share, overhead)) {
-      return std::max(target, part_for_equal_finish(worker, now_s));
-    }
-    target = std::max(target, share / batches);
-  }
-  return target;
+  if (overhead <= 0.0) return {guided, false};
+  const double share = remaining_work_s(now_s) / workers;
+  const double batches = std::floor(share / (kBatchWorthFactor * overhead));
+  if (batches <= 1.0) return {std::max(guided, part_for_equal_finish(worker, now_s)), false};
+  if (one_batch_is_enough(share, overhead))
+    return {std::max(guided, part_for_equal_finish(worker, now_s)), true};
+  return {std::max(guided, share / batches), false};
 }
 
 // Whether a second batch per worker would cost more start-up than it takes
@@ -194,7 +193,7 @@ Assignment Dispatcher::State::hand_out(const std::string& worker, double now_s, 
 // max_batch_tests (no unit is larger than that: see cap_unit_sizes), and at
 // least one item.
 std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worker, double now_s) {
-  const double target = batch_target_s(worker, now_s);
+  const auto [target, whole_part_of_predictable] = batch_target(worker, now_s);
   const auto cap = static_cast<std::size_t>(options.max_batch_tests);
   InFlight flight;
   bool retry = false;
@@ -210,6 +209,7 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
     retry = retry || item.retry;
   }
   if (flight.tests.empty()) return std::nullopt;
+  if (whole_part_of_predictable) ++stats.whole_part_batches;
   return hand_out(worker, now_s, std::move(flight), retry);
 }
 

@@ -104,7 +104,13 @@ struct Dispatcher::State {
   Item take(std::multimap<double, Item, std::greater<>>::iterator where);
   double remaining_work_s(double now_s) const;
   double tests_end_s(const InFlight& flight) const;
-  double batch_target_s(const std::string& worker, double now_s) const;
+  // A batch's size in estimated seconds, and whether it is the worker's
+  // whole part because the suite is predictable (one_batch_is_enough).
+  struct BatchTarget {
+    double seconds = 0.0;
+    bool whole_part_of_predictable = false;
+  };
+  BatchTarget batch_target(const std::string& worker, double now_s) const;
   void note_arrival(const std::string& worker, double now_s);
   double arrival_pace_s() const;
   double part_for_equal_finish(const std::string& asking, double now_s) const;

@@ -590,6 +590,7 @@ TEST(CostModel, GuessScaleIsObservedOverEstimated) {
 struct SimulatedRun {
   double makespan_s = 0.0;
   std::size_t batches = 0;
+  std::size_t whole_part_batches = 0;
   double overhead_s = 0.0;
 };
 
@@ -623,6 +624,7 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
   }
   EXPECT_TRUE(dispatcher.done());
   run.batches = dispatcher.stats().batches_handed_out;
+  run.whole_part_batches = dispatcher.stats().whole_part_batches;
   run.overhead_s = dispatcher.stats().batch_overhead_s;
   return run;
 }
@@ -655,6 +657,10 @@ TEST(Dispatcher, APredictableSuiteGoesInOneBatchPerWorkerAnUnpredictableOneInSev
   EXPECT_EQ(predictable.batches, 16u);
   EXPECT_GE(erratic.batches, 2u * 16u);
   EXPECT_EQ(unknown.batches, erratic.batches);
+  // The stats say which cuts the predictability made: every one, or none.
+  EXPECT_EQ(predictable.whole_part_batches, 16u);
+  EXPECT_EQ(erratic.whole_part_batches, 0u);
+  EXPECT_EQ(unknown.whole_part_batches, 0u);
   // One start-up each, then 15 s of tests cut in files of 2 s: 8 files at most.
   EXPECT_LE(predictable.makespan_s, startup_s + 8 * 2.0 + 1e-9);
   EXPECT_GT(unknown.makespan_s, predictable.makespan_s + 0.9);

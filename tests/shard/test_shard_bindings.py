@@ -33,6 +33,22 @@ def test_estimates_carry_the_spread_of_their_runs_which_the_dispatcher_checks():
         _core.Dispatcher([_core.TestEstimate("a.py::bad", 1.0, spread_s=-1.0)], workers=2)
 
 
+def test_the_stats_count_the_batches_cut_whole_because_the_suite_is_predictable():
+    # 240 s of tests on 16 workers with a 1 s start-up: a 15 s share is worth
+    # several batches, unless the history shows every test within a few percent.
+    def first_batch_stats(spread_s):
+        suite = [_core.TestEstimate(f"t{k // 20}.py::t{k}", 0.1, spread_s=spread_s) for k in range(2400)]
+        dispatcher = _core.Dispatcher(suite, workers=16, batch_overhead_s=1.0)
+        batch = dispatcher.next_batch("w0", 0.0).batch
+        return batch.estimate_s, dispatcher.stats().whole_part_batches
+
+    whole_s, whole = first_batch_stats(0.015)
+    cut_s, cut = first_batch_stats(None)
+    assert (whole, cut) == (1, 0)
+    assert whole_s == pytest.approx(240 / 16, abs=2.0)
+    assert cut_s < whole_s / 2
+
+
 def test_plan_static_round_trip():
     tests = estimates([(f"f{k}.py::t", float(k + 1)) for k in range(20)])
     plan = _core.plan_static(tests, 4)

@@ -311,6 +311,10 @@ struct DispatchStats {
   std::size_t batches_in_flight = 0;
   std::size_t speculative_batches = 0;
   std::size_t requeued_batches = 0;  // given back by lost workers
+  // Batches cut as the asking worker's whole part of what was left because
+  // the history showed the suite predictable: a second batch per worker
+  // would not have repaid its start-up (see kSecondBatchGain).
+  std::size_t whole_part_batches = 0;
   // Queued work, the guessed estimates scaled by estimate_scale.
   double queued_estimate_s = 0.0;
   // The cost model's figures: mean overhead per batch over the workers seen
