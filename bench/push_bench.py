@@ -459,8 +459,8 @@ class Ours:
                     spec = super().script_command(host, action, args)
                     return dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv])
 
-                def push_steps(self, host, source, mode_list, transfer_args):
-                    steps = super().push_steps(host, source, mode_list, transfer_args)
+                def push_steps(self, host, source, entry_list, transfer_args):
+                    steps = super().push_steps(host, source, entry_list, transfer_args)
                     return [(name, dataclasses.replace(spec, argv=["setsid", "-w", *spec.argv]))
                             for name, spec in steps]  # fmt: skip
 

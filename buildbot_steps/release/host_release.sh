@@ -4,8 +4,11 @@
 #   ROOT/current -> releases/K        the live release (a relative link)
 #   ROOT/releases/K/.release          manifest, written last: a slot with a
 #                                     manifest is complete
-#   ROOT/releases/K/.release.modes    while a push writes slot K: the modes the
-#                                     tree wants (see host_transfer.sh's apply_modes)
+#   ROOT/releases/K/.release.list     while a push writes slot K: the tree's
+#                                     entries and their modes (see host_transfer.sh's
+#                                     apply_modes)
+#   ROOT/.bbcd/list.K                 slot K's entry list, kept (its sha256 is the
+#                                     manifest's list=), and a push's work files
 #   ROOT/.deploy.lock                 flock(1) lock of a transfer, flip or
 #                                     rollback, with who holds it since when
 #
@@ -18,7 +21,7 @@
 # main runs, whichever part defines it.
 #
 # Manifest lines: revision=, build=, time=, seq= (order of commits on this
-# host), modes= (sha256 of the slot's mode list, see host_transfer.sh's
+# host), list= (sha256 of the slot's entry list, see host_transfer.sh's
 # apply_modes), and once flipped live: previous=, previous_seq= (the slot that was
 # live before, and which commit it held, so rollback follows the record and
 # never directory mtimes).
@@ -132,7 +135,7 @@ check_root() {
 # (a symlink), or any field fails its check. Shell builtins only (no process
 # per read): this runs on every host of every deploy.
 read_manifest() {
-  m_revision='' m_build='' m_time='' m_seq='' m_modes='' m_previous='' m_previous_seq=''
+  m_revision='' m_build='' m_time='' m_seq='' m_list='' m_previous='' m_previous_seq=''
   [ -f "$1" ] && [ ! -L "$1" ] || return 1
   while IFS='=' read -r key value; do
     case $key in
@@ -140,7 +143,7 @@ read_manifest() {
       build) m_build=$value ;;
       time) m_time=$value ;;
       seq) m_seq=$value ;;
-      modes) m_modes=$value ;;
+      list) m_list=$value ;;
       previous) m_previous=$value ;;
       previous_seq) m_previous_seq=$value ;;
     esac
@@ -150,7 +153,7 @@ read_manifest() {
   if [ -n "$m_previous$m_previous_seq" ]; then
     is_slot "$m_previous" && is_number "$m_previous_seq" || return 1
   fi
-  case $m_modes in *[!0-9a-f]*) m_modes='' ;; esac # unknown, never "the same"
+  case $m_list in *[!0-9a-f]*) m_list='' ;; esac # unknown, never "the same"
 }
 
 # write_manifest FILE: from the m_* variables, atomically (tmp + rename).
@@ -162,7 +165,7 @@ write_manifest() {
   set -C
   {
     printf 'revision=%s\nbuild=%s\ntime=%s\nseq=%s\n' "$m_revision" "$m_build" "$m_time" "$m_seq"
-    if [ -n "$m_modes" ]; then printf 'modes=%s\n' "$m_modes"; fi
+    if [ -n "$m_list" ]; then printf 'list=%s\n' "$m_list"; fi
     if [ -n "$m_previous" ]; then
       printf 'previous=%s\nprevious_seq=%s\n' "$m_previous" "$m_previous_seq"
     fi
@@ -229,7 +232,7 @@ prune_slots_beyond() {
     slot=${dir##*/}
     is_slot_dir "$slot" && [ "$slot" -ge "$slots" ] && [ "$slot" != "$live" ] && [ "$slot" != "$keep" ] ||
       continue
-    rm -rf "${rel:?}/$slot" "$root/.bbcd/modes.$slot"
+    rm -rf "${rel:?}/$slot" "$root/.bbcd/list.$slot" "$root/.bbcd/modes.$slot"
   done
 }
 

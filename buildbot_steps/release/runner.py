@@ -65,7 +65,7 @@ from buildbot_steps.release.reports import (
     parse_key_values,
     parse_status,
 )  # fmt: skip
-from buildbot_steps.release.transports import CommandSpec, PushStep, SshTransport, write_mode_list
+from buildbot_steps.release.transports import CommandSpec, PushStep, SshTransport, write_entry_list
 
 __all__ = [
     "FANOUT_DEFAULTS",
@@ -197,11 +197,11 @@ class ReleaseRunner:
         ]
         chosen = self._hosts(Selection(names=tuple(hosts)) if hosts is not None else ALL_HOSTS)
         keep_setid = bool(getattr(self.transport, "preserve_privileged", False))
-        with tempfile.TemporaryDirectory(prefix="bbcd-modes-") as scratch:
-            mode_list = write_mode_list(source_dir, scratch, keep_setid)
+        with tempfile.TemporaryDirectory(prefix="bbcd-entries-") as scratch:
+            entry_list = write_entry_list(source_dir, scratch, keep_setid)
 
             def steps(host: Host) -> list[PushStep]:
-                return self.transport.push_steps(host, source_dir, mode_list, transfer_args)
+                return self.transport.push_steps(host, source_dir, entry_list, transfer_args)
 
             with deploy_lock(f"push {revision}", self.inventory.hosts):
                 report = self._run("push", chosen, steps, revision)

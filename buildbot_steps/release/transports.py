@@ -31,10 +31,10 @@ NEXT_SLOT_DIR = "releases/next"
 # Names in a release tree that rsync never transfers: the manifest is the host
 # script's word alone (host_release.sh removes them again before writing it).
 MANIFEST_NAMES = (".release", ".release.tmp")
-# The file, sent next to the tree, that lists the mode of every file and
-# directory of the tree (see host_transfer.sh's apply_modes); a tree must not
-# have its own at its top.
-MODE_LIST_NAME = ".release.modes"
+# The file, sent next to the tree, that lists every file and directory of the
+# tree with its mode, and a file's size and mtime (see host_transfer.sh's
+# apply_modes and changed_since_old_list); a tree must not have its own at its top.
+ENTRY_LIST_NAME = ".release.list"
 _control_dir_lock = threading.Lock()  # guards the lazily made shared control directory
 # The host script's parts, joined in this order into the one text every host
 # runs (see host_release.sh's top): the layout and actions, then the transfer.
@@ -165,7 +165,9 @@ class SshTransport:
         words = host_words(host, argv)
         return CommandSpec(["ssh", *self.ssh_options(host), f"{host.user}@{host.address}", shlex.join(words)])
 
-    def push_steps(self, host: Host, source: str, mode_list: str, transfer_args: list[str]) -> list[PushStep]:
+    def push_steps(
+        self, host: Host, source: str, entry_list: str, transfer_args: list[str]
+    ) -> list[PushStep]:
         """One rsync, one ssh session: the host script runs as rsync's receiving side.
 
         rsync starts its receiving side as `<--rsync-path> --server ...` on the
@@ -182,7 +184,7 @@ class SshTransport:
         receiver = shlex.join(host_script_argv("transfer", [host.deploy_root, *transfer_args, "--", "rsync"]))
         transfer = [
             *rsync_base(host, self.preserve_privileged), "-e", remote_shell,
-            f"--rsync-path={receiver}", f"{source}/", mode_list, f"{remote}/{NEXT_SLOT_DIR}/",
+            f"--rsync-path={receiver}", f"{source}/", entry_list, f"{remote}/{NEXT_SLOT_DIR}/",
         ]  # fmt: skip
         return [("transfer", CommandSpec(transfer, parse_rsync_stats=True))]
 
@@ -226,12 +228,14 @@ class LocalTransport:
     def command(self, host: Host, argv: list[str]) -> CommandSpec:
         return CommandSpec(host_words(host, argv))
 
-    def push_steps(self, host: Host, source: str, mode_list: str, transfer_args: list[str]) -> list[PushStep]:
+    def push_steps(
+        self, host: Host, source: str, entry_list: str, transfer_args: list[str]
+    ) -> list[PushStep]:
         """The rsync, run by the host script under its lock (as over ssh, the same text)."""
         rsync = [
             *rsync_base(host, self.preserve_privileged),
             f"{source}/",
-            mode_list,
+            entry_list,
             f"{host.deploy_root}/{NEXT_SLOT_DIR}/",
         ]
         transfer = host_script_argv("transfer", [host.deploy_root, *transfer_args, "--", *rsync])
@@ -256,7 +260,7 @@ def rsync_base(host: Host, preserve_privileged: bool = False) -> list[str]:
     # file shared with the live slot would be rewritten under it; rsync writes
     # a changed file to a temporary name and renames it, which breaks the link.
     # --no-perms: rsync would chmod such a shared file in place when only its
-    # mode changed; the host script sets modes from the mode list instead.
+    # mode changed; the host script sets modes from the entry list instead.
     # No --link-dest: the host script hard-links the slot to the live release
     # before the rsync (host_transfer.sh, link_from_live: rsync 3.4+ would look
     # every file up in the --link-dest directory, path component by component).
@@ -271,14 +275,18 @@ def rsync_base(host: Host, preserve_privileged: bool = False) -> list[str]:
     return base if preserve_privileged else [*base, *UNPRIVILEGED_RSYNC_OPTIONS]
 
 
-def write_mode_list(source: str, directory: str, keep_setid: bool) -> str:
-    """Write MODE_LIST_NAME into `directory`: "MODE PATH" per file and directory
-    of `source` (octal as find's %m, "." for the top), returned as its path.
+def write_entry_list(source: str, directory: str, keep_setid: bool) -> str:
+    """Write ENTRY_LIST_NAME into `directory`, returned as its path: a line
+    "MODE SIZE MTIME PATH" per file and "MODE - - PATH" per directory of
+    `source` (MODE octal as find's %m, MTIME in nanoseconds, "." for the top),
+    sorted bytewise as the host's `LC_ALL=C comm` reads them. The manifest
+    names at the top are left out: rsync never transfers them.
 
     Without keep_setid the setuid/setgid bits are dropped, as --chmod=ug-s does.
     """
     lines: list[bytes] = []
     top = os.fsencode(source)
+    never_sent = {name.encode() for name in MANIFEST_NAMES}
     for dirpath, dirnames, filenames in os.walk(top):
         for name in [b"", *dirnames, *filenames] if dirpath == top else [*dirnames, *filenames]:
             path = os.path.join(dirpath, name) if name else dirpath
@@ -287,18 +295,24 @@ def write_mode_list(source: str, directory: str, keep_setid: bool) -> str:
                 raise InvalidInput(
                     f"release source has a name with a newline: {os.fsdecode(relative)!r}; rename it"
                 )
-            if relative == MODE_LIST_NAME.encode():
+            if relative == ENTRY_LIST_NAME.encode():
                 raise InvalidInput(
-                    f"release source {source!r} has {MODE_LIST_NAME!r} at its top, a name the release "
+                    f"release source {source!r} has {ENTRY_LIST_NAME!r} at its top, a name the release "
                     "layout reserves; remove or rename it"
                 )
+            if relative in never_sent:
+                continue
             info = os.lstat(path)
-            if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
-                mode = stat.S_IMODE(info.st_mode) & (~0 if keep_setid else ~(stat.S_ISUID | stat.S_ISGID))
-                lines.append(b"%o %s\n" % (mode, relative))
-    path = os.path.join(directory, MODE_LIST_NAME)
+            mode = stat.S_IMODE(info.st_mode) & (~0 if keep_setid else ~(stat.S_ISUID | stat.S_ISGID))
+            if stat.S_ISREG(info.st_mode):
+                lines.append(b"%o %d %d %s" % (mode, info.st_size, info.st_mtime_ns, relative))
+            elif stat.S_ISDIR(info.st_mode):
+                lines.append(b"%o - - %s" % (mode, relative))
+    # Sorted without their newlines: a name may hold bytes below "\n".
+    lines.sort()
+    path = os.path.join(directory, ENTRY_LIST_NAME)
     with open(path, "wb") as out:
-        out.writelines(lines)
+        out.writelines(line + b"\n" for line in lines)
     return path
 
 

@@ -130,7 +130,7 @@ def test_a_push_into_an_old_slot_leaves_the_live_release_untouched(runner_and_ro
     assert written["same.txt"][3] == target_before["same.txt"][3] == live_before["same.txt"][3]
     for name in ("content.txt", "bin/mode.sh", "bin/both.sh"):
         assert written[name][3] != live_before[name][3], name
-    assert not (target / ".release.modes").exists()
+    assert not (target / ".release.list").exists()
     push_and_flip_live = runner.flip("v4")
     assert push_and_flip_live.all_ok and live_slot(root) == target
 
@@ -232,10 +232,11 @@ def test_a_push_into_an_old_slot_sets_the_modes_that_differ_from_the_live_and_th
     assert (target / "private").stat().st_mode & 0o7777 == 0o700
     # A file whose mode was already right stays shared with the live release.
     assert written["shared.txt"][3] == live_before["shared.txt"][3]
-    # The slot's mode list is kept for the next push, under the sha256 its manifest records.
+    # The slot's entry list is kept for the next push, under the sha256 its manifest records.
     manifest = dict(line.split("=", 1) for line in (target / ".release").read_text().splitlines())
-    kept = (root / ".bbcd" / "modes.0").read_bytes()
-    assert manifest["modes"] == hashlib.sha256(kept).hexdigest() and b"664 added.txt\n" in kept
+    kept = (root / ".bbcd" / "list.0").read_bytes()
+    assert manifest["list"] == hashlib.sha256(kept).hexdigest()
+    assert f"664 4 {MTIME * 10**9} added.txt\n".encode() in kept and b"700 - - private\n" in kept
 
 
 def test_a_same_size_change_within_the_same_second_reaches_the_slot(runner_and_root, tmp_path):
@@ -252,3 +253,48 @@ def test_a_same_size_change_within_the_same_second_reaches_the_slot(runner_and_r
         os.utime(tree / "behaviour.txt", ns=(mtime_ns, mtime_ns))
         push_and_flip(runner, tree, f"v{n}")
     assert (live_slot(root) / "behaviour.txt").read_bytes() == b"rate 0.3\n"
+
+
+def test_a_kept_list_that_is_not_the_one_its_manifest_records_is_not_trusted(runner_and_root, tmp_path):
+    # run.sh becomes executable after v1, content and mtime unchanged. If the
+    # slot's kept list claimed v1 had it executable too, trusting it would
+    # leave slot 0's own non-executable copy in place: neither linked from the
+    # live release nor looked at by the mode pass.
+    runner, root = runner_and_root
+    v1 = {**OLD_FILES, "run.sh": (b"#!/bin/sh\n", 0o644, MTIME)}
+    later = {**OLD_FILES, "run.sh": (b"#!/bin/sh\n", 0o755, MTIME)}
+    for n, files in ((1, v1), (2, later), (3, later)):
+        push_and_flip(runner, write_tree(tmp_path / f"v{n}", files, f"v{n}"), f"v{n}")
+    kept = root / ".bbcd" / "list.0"
+    line = f"644 10 {MTIME * 10**9} run.sh\n".encode()
+    assert line in kept.read_bytes()
+    # Still sorted, as a list the master wrote: only its sha256 tells it apart.
+    lines = kept.read_bytes().replace(line, line.replace(b"644", b"755", 1)).splitlines()
+    kept.write_bytes(b"".join(entry + b"\n" for entry in sorted(lines)))
+
+    pushed = runner.push(write_tree(tmp_path / "v4", later, "v4"), "v4")
+
+    assert pushed.all_ok and pushed.hosts[0].details["slot"] == "0", pushed.to_text()
+    assert (root / "releases" / "0" / "run.sh").stat().st_mode & 0o7777 == 0o755
+
+
+def test_a_directory_of_the_old_slot_replaced_by_a_symlink_does_not_lead_links_out(runner_and_root, tmp_path):
+    # bin/both.sh changes after v1, so a push into slot 0 (v1) links it from
+    # the live release into bin/, which the kept lists say is a directory; on
+    # disk it now points out of the deploy root.
+    runner, root = runner_and_root
+    later = {**OLD_FILES, "bin/both.sh": (b"#!/bin/sh\necho later\n", 0o644, CHANGED_MTIME)}
+    for n, files in ((1, OLD_FILES), (2, later), (3, later)):
+        push_and_flip(runner, write_tree(tmp_path / f"v{n}", files, f"v{n}"), f"v{n}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(root / "releases" / "0" / "bin")
+    (root / "releases" / "0" / "bin").symlink_to(outside)
+
+    pushed = runner.push(write_tree(tmp_path / "v4", later, "v4"), "v4")
+
+    assert pushed.all_ok and pushed.hosts[0].details["slot"] == "0", pushed.to_text()
+    assert list(outside.iterdir()) == []
+    slot_bin = root / "releases" / "0" / "bin"
+    assert slot_bin.is_dir() and not slot_bin.is_symlink()
+    assert (slot_bin / "both.sh").read_bytes() == later["bin/both.sh"][0]

@@ -129,7 +129,7 @@ def test_ssh_commands_are_fixed_words_plus_checked_values():
         transport.push_steps(
             host,
             "/build/tree",
-            "/tmp/x/.release.modes",
+            "/tmp/x/.release.list",
             ["5", "abc123", "7", "1700000000", "push/abc123/m/1"],
         )
     )
@@ -137,7 +137,7 @@ def test_ssh_commands_are_fixed_words_plus_checked_values():
     rsync = steps["transfer"]
     assert "--inplace" not in rsync.argv and "-L" not in rsync.argv and "--copy-links" not in rsync.argv
     assert rsync.argv[-3:] == [
-        "/build/tree/", "/tmp/x/.release.modes", "deploy@web1.example.com:/srv/app/releases/next/"
+        "/build/tree/", "/tmp/x/.release.list", "deploy@web1.example.com:/srv/app/releases/next/"
     ]  # fmt: skip
     remote_shell = rsync.argv[rsync.argv.index("-e") + 1]
     assert remote_shell.startswith("ssh -o BatchMode=yes") and remote_shell.endswith("-p 2222")
@@ -175,8 +175,8 @@ def test_both_transports_run_one_script_joined_from_its_parts(tmp_path):
         "sh", "-c", text, "host_release", "status", host.deploy_root, "5"
     ]  # fmt: skip
     args = ["5", "abc123", "7", "1700000000", "push/abc123/m/1"]
-    [(_, local_push)] = local.push_steps(host, "/build/tree", "/tmp/x/.release.modes", args)
-    [(_, ssh_push)] = ssh.push_steps(host, "/build/tree", "/tmp/x/.release.modes", args)
+    [(_, local_push)] = local.push_steps(host, "/build/tree", "/tmp/x/.release.list", args)
+    [(_, ssh_push)] = ssh.push_steps(host, "/build/tree", "/tmp/x/.release.list", args)
     receiver = next(a for a in ssh_push.argv if a.startswith("--rsync-path="))
     assert shlex.split(receiver.removeprefix("--rsync-path="))[:4] == local_push.argv[:4]
     # A part alone only defines functions: nothing runs before every part is in.
