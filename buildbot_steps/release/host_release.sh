@@ -7,7 +7,7 @@
 #   ROOT/releases/K/.release.list     while a push writes slot K: the tree's
 #                                     entries and their modes (see host_transfer.sh's
 #                                     apply_modes)
-#   ROOT/.bbcd/list.K                 slot K's entry list, kept (its sha256 is the
+#   ROOT/.bbcd/list.K                 slot K's entry list, kept (its digest is the
 #                                     manifest's list=), and a push's work files
 #   ROOT/.deploy.lock                 flock(1) lock of a transfer, flip or
 #                                     rollback, with who holds it since when
@@ -21,7 +21,7 @@
 # main runs, whichever part defines it.
 #
 # Manifest lines: revision=, build=, time=, seq= (order of commits on this
-# host), list= (sha256 of the slot's entry list, see host_transfer.sh's
+# host), list= (BLAKE2b-256 of the slot's entry list, see host_transfer.sh's
 # apply_modes), and once flipped live: previous=, previous_seq= (the slot that was
 # live before, and which commit it held, so rollback follows the record and
 # never directory mtimes).
@@ -61,6 +61,9 @@ EXIT_NOT_VERIFIED=5
 EXIT_BUSY=6
 LOCK_FILE=.deploy.lock
 MAX_SLOT=99 # the caller's MAX_SLOTS - 1
+# b2sum: half the CPU of sha256sum on this path, which runs on every host of
+# every push; 256 bits, as hashlib.blake2b(digest_size=32).
+LIST_DIGEST_BITS=256
 
 die() {
   code=$1

@@ -51,7 +51,8 @@ check_rsync() {
 # open_slot: the chosen slot, made incomplete before anything is written into
 # it: whatever is at its name becomes a real directory without a manifest.
 # Every process counts here (this runs on every host of every push): one rm
-# and one mkdir for all the names, one sha256sum for both kept entry lists.
+# and one mkdir for all the names (none when they are there), one b2sum for
+# both kept entry lists.
 open_slot() {
   slot_dir=$rel/$chosen
   old_list='' live_list=''
@@ -72,7 +73,7 @@ open_slot() {
   rm -rf "$rel/.incoming" "$work/modes.old" "$work/modes.$chosen" "$work/slot.list" "$work/live.list" \
     "$work/slot.dirs" "$work/lists.comm" "$work/settled.list" "$work/link.todo" "$work/modes.want" \
     "$work/modes.paths" "$work/modes.stat" "$work/modes.todo" "$work/mode.tmp" "$work/sums" "$@"
-  mkdir -p "$slot_dir" "$work"
+  if [ "$fresh" = yes ] || [ ! -d "$work" ]; then mkdir -p "$slot_dir" "$work"; fi
   check_kept_lists
   # A slot never written (the first pushes on a host) starts as hard links to
   # the live release: cp -al makes them far faster than rsync's per-file
@@ -98,14 +99,14 @@ open_slot() {
 
 # check_kept_lists: live_list_ok and old_list_ok say whether the entry lists
 # kept for the live release and for the slot's old release (.bbcd/list.SLOT)
-# are the ones their manifests record (regular files with the list= sha256).
+# are the ones their manifests record (regular files with the list= digest).
 check_kept_lists() {
   live_list_ok=no old_list_ok=no
   set --
   if [ -n "$live_list" ] && is_regular "$work/list.$live"; then set -- "$@" "$work/list.$live"; fi
   if [ -n "$old_list" ] && is_regular "$work/list.$chosen"; then set -- "$@" "$work/list.$chosen"; fi
   [ $# -gt 0 ] || return 0
-  sha256sum -- "$@" >"$work/sums"
+  b2sum -l "$LIST_DIGEST_BITS" -- "$@" >"$work/sums"
   while read -r sum name; do
     if [ "$name" = "$work/list.$live" ] && [ "$sum" = "$live_list" ]; then live_list_ok=yes; fi
     if [ "$name" = "$work/list.$chosen" ] && [ "$sum" = "$old_list" ]; then old_list_ok=yes; fi
@@ -231,7 +232,7 @@ apply_modes() {
     want=$list
     find "$dir" \( -type f -o -type d \) -printf '%m %n 0 %P\n' >"$work/modes.stat"
   fi
-  sha256sum -- "$list" >"$work/sums"
+  b2sum -l "$LIST_DIGEST_BITS" -- "$list" >"$work/sums"
   read -r new_list _ <"$work/sums"
   modes_to_change "$want" "$work/modes.stat" >"$work/modes.todo"
   while IFS= read -r line; do
@@ -247,7 +248,7 @@ apply_modes() {
     fi
   done <"$work/modes.todo"
   # Kept for the next push into another slot (it replaces the slot's old
-  # list); its sha256 goes into the manifest.
+  # list); its digest goes into the manifest.
   mv -f -T "$list" "$work/list.$chosen"
 }
 

@@ -232,10 +232,10 @@ def test_a_push_into_an_old_slot_sets_the_modes_that_differ_from_the_live_and_th
     assert (target / "private").stat().st_mode & 0o7777 == 0o700
     # A file whose mode was already right stays shared with the live release.
     assert written["shared.txt"][3] == live_before["shared.txt"][3]
-    # The slot's entry list is kept for the next push, under the sha256 its manifest records.
+    # The slot's entry list is kept for the next push, under the digest its manifest records.
     manifest = dict(line.split("=", 1) for line in (target / ".release").read_text().splitlines())
     kept = (root / ".bbcd" / "list.0").read_bytes()
-    assert manifest["list"] == hashlib.sha256(kept).hexdigest()
+    assert manifest["list"] == hashlib.blake2b(kept, digest_size=32).hexdigest()
     assert f"664 4 {MTIME * 10**9} added.txt\n".encode() in kept and b"700 - - private\n" in kept
 
 
@@ -268,7 +268,7 @@ def test_a_kept_list_that_is_not_the_one_its_manifest_records_is_not_trusted(run
     kept = root / ".bbcd" / "list.0"
     line = f"644 10 {MTIME * 10**9} run.sh\n".encode()
     assert line in kept.read_bytes()
-    # Still sorted, as a list the master wrote: only its sha256 tells it apart.
+    # Still sorted, as a list the master wrote: only its digest tells it apart.
     lines = kept.read_bytes().replace(line, line.replace(b"644", b"755", 1)).splitlines()
     kept.write_bytes(b"".join(entry + b"\n" for entry in sorted(lines)))
 
