@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import random
 import statistics
@@ -187,10 +188,12 @@ class BenchCluster(cluster.BuildbotCluster):
         )
 
     def timed_build(self, builder: str, scheduler: str) -> dict:
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), machine_cpu_s()
         brid = self.force_build(builder, scheduler)
         build = self.wait_for_build(brid)
         build["wall_s"] = time.monotonic() - started
+        (busy_after, total_after), (busy_before, total_before) = machine_cpu_s(), cpu_before
+        build["cpu_busy_share"] = (busy_after - busy_before) / max(1e-9, total_after - total_before)
         children = self.api(f"builds/{build['buildid']}/triggered_builds")["builds"]
         first_start = min(b["started_at"] for b in children)
         last_end = max(b["complete_at"] for b in children)
@@ -203,6 +206,16 @@ class BenchCluster(cluster.BuildbotCluster):
         build["start_spread_s"] = build["shard_starts_s"][-1]
         build["batches"] = build["properties"].get("tests_batches", len(children))
         return build
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, from /proc/stat:
+    every CPU's user, nice, system, irq, softirq and steal time, and those plus
+    idle and iowait."""
+    ticks = [int(field) for field in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    per_s = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / per_s, sum(ticks) / per_s
 
 
 @dataclasses.dataclass
@@ -307,7 +320,7 @@ def print_rows(
     )
     print(
         f"  {'mode':<14}{'wall s':>8}{'shards s':>10}{'x tests':>9}{'x +start':>10}"
-        f"{'before s':>10}{'after s':>9}{'starts s':>9}{'x starts':>9}{'batches':>9}  result"
+        f"{'before s':>10}{'after s':>9}{'starts s':>9}{'x starts':>9}{'batches':>9}{'cpu busy':>10}  result"
     )
     figures: dict[str, dict[str, float]] = {}
     for mode, build in rows:
@@ -317,12 +330,13 @@ def print_rows(
             "x tests": build["shards_s"] / bound,
             "x +start": build["shards_s"] / with_startups,
             "x starts": build["shards_s"] / bound_from_starts(build["shard_starts_s"], startup, durations),
+            "cpu busy": build["cpu_busy_share"],
         }
         print(
             f"  {mode:<14}{build['wall_s']:>8.1f}{build['shards_s']:>10.0f}{figures[mode]['x tests']:>9.2f}"
             f"{figures[mode]['x +start']:>10.2f}{build['before_s']:>10.0f}{build['after_s']:>9.0f}"
             f"{build['start_spread_s']:>9.0f}{figures[mode]['x starts']:>9.2f}"
-            f"{build['batches']:>9}  {build['state_string']}"
+            f"{build['batches']:>9}{build['cpu_busy_share']:>10.0%}  {build['state_string']}"
         )
     for mode in ("dynamic", "warm"):
         first, third = dict(rows).get(f"{mode} 1st"), dict(rows).get(f"{mode} 3rd")
@@ -397,7 +411,9 @@ def main() -> int:
         "starts: first to last shard build start; x starts: shards / the bound once every shard "
         "build has started (each from its own start: one learnt start-up, then its part). "
         "Buildbot's timestamps are whole seconds. Each batch (pytest-split: each shard) pays one "
-        "runner start-up inside the shards column."
+        "runner start-up inside the shards column. cpu busy: the share of the machine's CPU time "
+        "(all CPUs, from /proc/stat) that was busy from the force request to the build's end; "
+        "near 100 %, the CPUs, not the schedule, set the pace."
     )
     return 0
 
