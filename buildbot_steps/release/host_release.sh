@@ -1,4 +1,5 @@
-# host_release.sh: the release layout on one host (POSIX sh, GNU coreutils).
+# host_release.sh: the release layout on one host (POSIX sh, GNU coreutils 8.26+,
+# findutils, flock).
 #
 #   ROOT/releases/0 .. releases/N-1   slots
 #   ROOT/current -> releases/K        the live release (a relative link)
@@ -50,8 +51,9 @@
 #
 # Exit codes avoid rsync's and ssh's transient codes (10 12 23 30 35 255),
 # which the fan-out would retry: 3 bad usage, 4 no such release, 5 the flip did
-# not verify, 6 another deploy holds the lock. A failing mv/rm (full disk...)
-# exits with its own code via set -e.
+# not verify, 6 another deploy holds the lock, 7 a tool this script runs is
+# not on the host's PATH. A failing mv/rm (full disk...) exits with its own
+# code via set -e.
 set -eu
 umask 022
 
@@ -59,6 +61,10 @@ EXIT_USAGE=3
 EXIT_NO_RELEASE=4
 EXIT_NOT_VERIFIED=5
 EXIT_BUSY=6
+EXIT_MISSING_TOOL=7
+# Every program this script runs: checked before an action starts, so that a
+# host short of one is named and left as it was, not stopped half-way.
+HOST_TOOLS='awk b2sum chmod comm cp cut date find flock head ln mkdir mv readlink rm rsync stat touch tr xargs'
 LOCK_FILE=.deploy.lock
 MAX_SLOT=99 # the caller's MAX_SLOTS - 1
 # b2sum: half the CPU of sha256sum on this path, which runs on every host of
@@ -320,8 +326,18 @@ do_status() {
 # main ACTION ROOT ARG...: check the words, then run the action. A function,
 # called by the last line of the joined text (`main "$@"`, see the top), so
 # nothing runs before every part of the script is defined.
+# require_tools: every HOST_TOOLS program on PATH (command -v is a builtin:
+# no process), or one message naming the first missing one.
+require_tools() {
+  for tool in $HOST_TOOLS; do
+    command -v "$tool" >/dev/null 2>&1 ||
+      die $EXIT_MISSING_TOOL "'$tool' is not on this host's PATH ($PATH): install rsync, util-linux (flock), GNU coreutils 8.26 or later and GNU findutils"
+  done
+}
+
 main() {
   [ $# -ge 2 ] || die $EXIT_USAGE "usage: ACTION ROOT ARG..."
+  require_tools
   action=$1
   root=$2
   check_root "$root"

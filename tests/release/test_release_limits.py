@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -119,6 +121,34 @@ def test_a_full_disk_reads_no_space_left(make_runner, make_tree, fleet):
     assert report.status == "failed", pushed.to_text()
     assert report.error == f"no space left on {full.name}:{full.deploy_root}", pushed.to_text()
     assert pushed.by_host()[fleet.hosts[1].name].ok
+
+
+def test_a_host_without_a_tool_the_script_runs_is_named_and_left_as_it_was(
+    make_runner, make_tree, fleet, tmp_path
+):
+    short, whole = fleet.hosts[:2]
+    runner = make_runner(hosts=[short, whole])
+    assert runner.push(make_tree("v1", {"version": "1\n"}), "v1", "1").all_ok
+    assert runner.flip("v1").all_ok
+    # Every program the sessions and the script run, from one directory, but b2sum.
+    tools = re.search(r"^HOST_TOOLS='([^']*)'$", release.host_script_text(), re.MULTILINE)
+    assert tools and "b2sum" in tools[1].split()
+    path = tmp_path / "bin"
+    path.mkdir()
+    for tool in (*tools[1].split(), "sh", "bash"):
+        if tool != "b2sum":
+            (path / tool).symlink_to(shutil.which(tool))
+    fleet.set_session_env(short, {"PATH": str(path)})
+
+    pushed = runner.push(make_tree("v2", {"version": "2\n"}), "v2", "2")
+
+    report = pushed.by_host()[short.name]
+    assert report.status == "failed", pushed.to_text()
+    assert "'b2sum' is not on this host's PATH" in report.error, report.error
+    assert "GNU coreutils 8.26 or later" in report.error
+    assert pushed.by_host()[whole.name].ok
+    assert sorted(p.name for p in (short.deploy_root / "releases").iterdir()) == ["0"]
+    assert not (short.deploy_root / ".bbcd" / "list.1").exists()
 
 
 def test_a_tmpdir_with_a_space_works(make_tree, fleet, tmp_path):
