@@ -205,7 +205,23 @@ class BenchCluster(cluster.BuildbotCluster):
         build["shard_starts_s"] = sorted(b["started_at"] - first_start for b in children)
         build["start_spread_s"] = build["shard_starts_s"][-1]
         build["batches"] = build["properties"].get("tests_batches", len(children))
+        build["shard_phases_s"] = self.shard_phases_s(children)
         return build
+
+    def shard_phases_s(self, children: list[dict]) -> tuple[float, float, float]:
+        """Means over the shard builds: from the build's start to its test
+        step's start (Buildbot's own set-up), the test step, and from the step's
+        end to the build's end. Whole seconds each, so only their means say much."""
+        phases = []
+        for child in children:
+            steps = self.api(f"builds/{child['buildid']}/steps")["steps"]
+            runs = [s for s in steps if s["name"] in ("run-shard", "pytest-split") and s["complete_at"]]
+            if runs:
+                first, last = min(s["started_at"] for s in runs), max(s["complete_at"] for s in runs)
+                phases.append((first - child["started_at"], last - first, child["complete_at"] - last))
+        if not phases:
+            return (0.0, 0.0, 0.0)
+        return tuple(statistics.fmean(p[k] for p in phases) for k in range(3))  # type: ignore[return-value]
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -320,7 +336,8 @@ def print_rows(
     )
     print(
         f"  {'mode':<14}{'wall s':>8}{'shards s':>10}{'x tests':>9}{'x +start':>10}"
-        f"{'before s':>10}{'after s':>9}{'starts s':>9}{'x starts':>9}{'batches':>9}{'cpu busy':>10}  result"
+        f"{'before s':>10}{'after s':>9}{'starts s':>9}{'x starts':>9}{'x setup':>9}"
+        f"{'batches':>9}{'cpu busy':>10}  result"
     )
     figures: dict[str, dict[str, float]] = {}
     for mode, build in rows:
@@ -330,14 +347,22 @@ def print_rows(
             "x tests": build["shards_s"] / bound,
             "x +start": build["shards_s"] / with_startups,
             "x starts": build["shards_s"] / bound_from_starts(build["shard_starts_s"], startup, durations),
+            # And Buildbot's own set-up of each shard build before its test step.
+            "x setup": build["shards_s"]
+            / bound_from_starts(build["shard_starts_s"], startup + build["shard_phases_s"][0], durations),
             "cpu busy": build["cpu_busy_share"],
         }
         print(
             f"  {mode:<14}{build['wall_s']:>8.1f}{build['shards_s']:>10.0f}{figures[mode]['x tests']:>9.2f}"
             f"{figures[mode]['x +start']:>10.2f}{build['before_s']:>10.0f}{build['after_s']:>9.0f}"
             f"{build['start_spread_s']:>9.0f}{figures[mode]['x starts']:>9.2f}"
+            f"{figures[mode]['x setup']:>9.2f}"
             f"{build['batches']:>9}{build['cpu_busy_share']:>10.0%}  {build['state_string']}"
         )
+    for mode, build in rows:
+        before, step, after = build["shard_phases_s"]
+        print(f"  {mode}: a shard build's mean: {before:.1f} s to its test step, the step {step:.1f} s, "
+              f"{after:.1f} s after it")  # fmt: skip
     for mode in ("dynamic", "warm"):
         first, third = dict(rows).get(f"{mode} 1st"), dict(rows).get(f"{mode} 3rd")
         if first and third:
@@ -409,7 +434,9 @@ def main() -> int:
         "(that bound + one learnt runner start-up per worker). before: parent start (discovery, "
         "history, plan, trigger) to first shard start; after: last shard end to parent end; "
         "starts: first to last shard build start; x starts: shards / the bound once every shard "
-        "build has started (each from its own start: one learnt start-up, then its part). "
+        "build has started (each from its own start: one learnt start-up, then its part); x setup: "
+        "the same bound with each worker also paying the shard builds' mean set-up by Buildbot "
+        "before their test step (printed below each table). "
         "Buildbot's timestamps are whole seconds. Each batch (pytest-split: each shard) pays one "
         "runner start-up inside the shards column. cpu busy: the share of the machine's CPU time "
         "(all CPUs, from /proc/stat) that was busy from the force request to the build's end; "
