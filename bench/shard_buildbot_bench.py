@@ -221,7 +221,8 @@ class BenchCluster(cluster.BuildbotCluster):
                 phases.append((first - child["started_at"], last - first, child["complete_at"] - last))
         if not phases:
             return (0.0, 0.0, 0.0)
-        return tuple(statistics.fmean(p[k] for p in phases) for k in range(3))  # type: ignore[return-value]
+        before, step, after = (statistics.fmean(p[k] for p in phases) for k in range(3))
+        return before, step, after
 
 
 def machine_cpu_s() -> tuple[float, float]:

@@ -323,9 +323,6 @@ do_status() {
   done
 }
 
-# main ACTION ROOT ARG...: check the words, then run the action. A function,
-# called by the last line of the joined text (`main "$@"`, see the top), so
-# nothing runs before every part of the script is defined.
 # require_tools: every HOST_TOOLS program on PATH (command -v is a builtin:
 # no process), or one message naming the first missing one.
 require_tools() {
@@ -335,6 +332,9 @@ require_tools() {
   done
 }
 
+# main ACTION ROOT ARG...: check the words, then run the action. A function,
+# called by the last line of the joined text (`main "$@"`, see the top), so
+# nothing runs before every part of the script is defined.
 main() {
   [ $# -ge 2 ] || die $EXIT_USAGE "usage: ACTION ROOT ARG..."
   require_tools

@@ -228,6 +228,7 @@ apply_modes() {
   dir=$1
   list=$dir/.release.list
   is_regular "$list" || die $EXIT_USAGE "transfer: no entry list $list in the transfer"
+  want=$work/modes.want
   if ! { [ "$linked_all" = yes ] && [ "$settled_listed" = yes ] && stat_candidates "$dir"; }; then
     want=$list
     find "$dir" \( -type f -o -type d \) -printf '%m %n 0 %P\n' >"$work/modes.stat"
@@ -261,9 +262,8 @@ apply_modes() {
 # --no-perms creates under umask 022 (one the slot lacked after all) has it
 # too. Fails (the caller walks the slot) on a list comm finds unsorted.
 stat_candidates() {
-  want=$work/modes.want
-  LC_ALL=C comm -23 --check-order "$1/.release.list" "$work/settled.list" >"$want" 2>/dev/null &&
-    cut -d ' ' -f 4- "$want" >"$work/modes.paths" &&
+  LC_ALL=C comm -23 --check-order "$1/.release.list" "$work/settled.list" >"$work/modes.want" 2>/dev/null &&
+    cut -d ' ' -f 4- "$work/modes.want" >"$work/modes.paths" &&
     {
       # stat without -L reports a symlink as one (type a...), skipped by
       # modes_to_change; a path not there (xargs: 123) has nothing to change.
