@@ -338,7 +338,7 @@ def print_rows(
     print(
         f"  {'mode':<14}{'wall s':>8}{'shards s':>10}{'x tests':>9}{'x +start':>10}"
         f"{'before s':>10}{'after s':>9}{'starts s':>9}{'x starts':>9}{'x setup':>9}"
-        f"{'batches':>9}{'cpu busy':>10}  result"
+        f"{'batches':>9}{'run s':>8}{'let go':>8}{'cpu busy':>10}  result"
     )
     figures: dict[str, dict[str, float]] = {}
     for mode, build in rows:
@@ -353,12 +353,18 @@ def print_rows(
             / bound_from_starts(build["shard_starts_s"], startup + build["shard_phases_s"][0], durations),
             "cpu busy": build["cpu_busy_share"],
         }
+        # Our modes' own clock (pytest-split has none): first batch out to last result in.
+        run_s = build["properties"].get("tests_makespan_s")
+        if run_s is not None:
+            figures[mode]["run s"] = run_s
         print(
             f"  {mode:<14}{build['wall_s']:>8.1f}{build['shards_s']:>10.0f}{figures[mode]['x tests']:>9.2f}"
             f"{figures[mode]['x +start']:>10.2f}{build['before_s']:>10.0f}{build['after_s']:>9.0f}"
             f"{build['start_spread_s']:>9.0f}{figures[mode]['x starts']:>9.2f}"
             f"{figures[mode]['x setup']:>9.2f}"
-            f"{build['batches']:>9}{build['cpu_busy_share']:>10.0%}  {build['state_string']}"
+            f"{build['batches']:>9}{_or_dash(run_s, '{:.1f}'):>8}"
+            f"{_or_dash(build['properties'].get('tests_workers_released'), '{}'):>8}"
+            f"{build['cpu_busy_share']:>10.0%}  {build['state_string']}"
         )
     for mode, build in rows:
         before, step, after = build["shard_phases_s"]
@@ -371,6 +377,10 @@ def print_rows(
             figures[f"{mode}: first / third build"] = {"shards ratio": ratio}
             print(f"  {mode}: first build / third build (shards): {ratio:.2f}")
     return figures
+
+
+def _or_dash(value: float | int | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
 
 
 def print_medians(suite: str, runs: list[dict[str, dict[str, float]]]) -> None:
@@ -441,7 +451,9 @@ def main() -> int:
         "Buildbot's timestamps are whole seconds. Each batch (pytest-split: each shard) pays one "
         "runner start-up inside the shards column. cpu busy: the share of the machine's CPU time "
         "(all CPUs, from /proc/stat) that was busy from the force request to the build's end; "
-        "near 100 %, the CPUs, not the schedule, set the pace."
+        "near 100 %, the CPUs, not the schedule, set the pace. run s: the step's own clock "
+        "(tests_makespan_s), first batch handed out to last result in, to the millisecond; let go: "
+        "shards told they were done while others still ran (tests_workers_released)."
     )
     return 0
 

@@ -66,6 +66,7 @@ FIGURE_LABELS = {
     "requeued_batches": ("Batches re-queued (worker lost)", "{}"),
     "straggler_copies": ("Straggler copies started", "{}"),
     "whole_part_batches": ("Batches cut as a worker's whole part (suite predictable by its history)", "{}"),
+    "workers_released": ("Workers let go early (nothing queued, enough others waiting)", "{}"),
 }
 
 

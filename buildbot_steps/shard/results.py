@@ -99,6 +99,7 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
         "requeued_batches": stats.requeued_batches,
         "straggler_copies": stats.speculative_batches,
         "whole_part_batches": stats.whole_part_batches,
+        "workers_released": stats.workers_released,
     }
 
 

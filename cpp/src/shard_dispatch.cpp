@@ -199,8 +199,14 @@ Assignment Dispatcher::next_batch(const std::string& worker, double now_s) {
   state.live_workers.insert(worker);
   state.note_arrival(worker, now_s);
   if (state.stats.resolved == state.stats.tests) return Assignment{Assignment::Kind::Done, {}};
-  if (auto assignment = state.from_queue(worker, now_s)) return std::move(*assignment);
-  if (auto assignment = state.straggler_copy(worker, now_s)) return std::move(*assignment);
+  auto assignment = state.from_queue(worker, now_s);
+  if (!assignment) assignment = state.straggler_copy(worker, now_s);
+  if (assignment) {
+    state.waiting.erase(worker);
+    return std::move(*assignment);
+  }
+  if (state.release_idle(worker)) return Assignment{Assignment::Kind::Done, {}};
+  state.waiting.insert(worker);
   return Assignment{Assignment::Kind::Wait, {}};
 }
 
@@ -266,6 +272,7 @@ void Dispatcher::worker_lost(const std::string& worker) {
   std::lock_guard lock(state_->mutex);
   auto& state = *state_;
   state.live_workers.erase(worker);
+  state.waiting.erase(worker);
   std::vector<std::uint64_t> lost;
   for (const auto& [id, flight] : state.in_flight) {
     if (flight.worker == worker) lost.push_back(id);

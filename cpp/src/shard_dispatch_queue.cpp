@@ -243,6 +243,19 @@ std::optional<Assignment> Dispatcher::State::straggler_copy(const std::string& w
   return std::nullopt;
 }
 
+// An idle worker with nothing it may run goes home when nothing is queued
+// and enough others already wait (idle_workers_kept); it is no longer
+// live, so a re-run never waits for it.
+bool Dispatcher::State::release_idle(const std::string& worker) {
+  if (next_fresh < fresh.size() || !requeued.empty()) return false;
+  const std::size_t others_waiting = waiting.size() - waiting.count(worker);
+  if (others_waiting < static_cast<std::size_t>(idle_workers_kept(options))) return false;
+  waiting.erase(worker);
+  live_workers.erase(worker);
+  ++stats.workers_released;
+  return true;
+}
+
 // The in-flight batch of another worker expected to finish last, if it is
 // far enough from done to be worth a second worker.
 InFlight* Dispatcher::State::latest_finishing(const std::string& worker, double now_s) {

@@ -62,6 +62,8 @@ struct Dispatcher::State {
   std::multimap<double, Item, std::greater<>> requeued;
   std::unordered_map<std::uint64_t, InFlight> in_flight;
   std::unordered_set<std::string> live_workers;
+  // Live workers told Wait when they last asked: idle until they ask again.
+  std::unordered_set<std::string> waiting;
   // Workers that have asked at least once, and when the first and the last
   // of them first asked: shard builds start one after another, and the pace
   // of those arrivals says when the others will ask.
@@ -119,6 +121,7 @@ struct Dispatcher::State {
   std::optional<Assignment> from_queue(const std::string& worker, double now_s);
   std::vector<std::size_t> unresolved(const std::vector<std::size_t>& batch_tests) const;
   std::optional<Assignment> straggler_copy(const std::string& worker, double now_s);
+  bool release_idle(const std::string& worker);
   InFlight* latest_finishing(const std::string& worker, double now_s);
 
   // Recording results (shard_dispatch.cpp).

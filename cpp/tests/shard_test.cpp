@@ -801,6 +801,39 @@ TEST(Dispatcher, RejectsANegativeOverheadPrior) {
   EXPECT_THROW(Dispatcher(suite({{"a", 1}}), options), InvalidInput);
 }
 
+TEST(Dispatcher, IdleWorkersBeyondThoseKeptForReRunsAreToldDone) {
+  DispatchOptions options = workers(4);
+  options.max_attempts = 3;  // two re-runs, each on a worker new to the test: two kept
+  options.speculate = false;
+  Dispatcher dispatcher(suite({{"a.py::t", 10}, {"b.py::t", 10}, {"c.py::t", 10}, {"d.py::t", 10}}), options);
+  std::map<std::string, Batch> running;
+  for (const char* worker : {"a", "b", "c", "d"}) running[worker] = dispatcher.next_batch(worker, 0.0).batch;
+  for (const char* worker : {"a", "b"}) {
+    dispatcher.report(worker, running[worker].id, all_passed(running[worker]));
+    EXPECT_EQ(dispatcher.next_batch(worker, 10.0).kind, Assignment::Kind::Wait) << worker;
+  }
+  dispatcher.report("c", running["c"].id, all_passed(running["c"]));
+  EXPECT_EQ(dispatcher.next_batch("c", 10.0).kind, Assignment::Kind::Done);
+  EXPECT_EQ(dispatcher.stats().workers_released, 1u);
+  EXPECT_FALSE(dispatcher.done());
+
+  // d's test fails twice: its re-runs go to the two kept workers at once,
+  // never to c, which was let go (a re-run does not wait for it either).
+  const std::string failing = running["d"].tests.front();
+  dispatcher.report("d", running["d"].id, {{failing, false, 10.0, "boom"}});
+  EXPECT_EQ(dispatcher.next_batch("d", 11.0).kind, Assignment::Kind::Wait);  // must go elsewhere
+  auto second = dispatcher.next_batch("a", 11.0);
+  ASSERT_EQ(second.kind, Assignment::Kind::Run);
+  dispatcher.report("a", second.batch.id, {{failing, false, 10.0, "boom"}});
+  auto third = dispatcher.next_batch("b", 21.0);
+  ASSERT_EQ(third.kind, Assignment::Kind::Run);
+  EXPECT_EQ(third.batch.tests, std::vector<std::string>{failing});
+  dispatcher.report("b", third.batch.id, all_passed(third.batch));
+  EXPECT_TRUE(dispatcher.done());
+  EXPECT_EQ(dispatcher.stats().flaky, 1u);
+  EXPECT_EQ(dispatcher.stats().workers_released, 1u);
+}
+
 TEST(Dispatcher, NoStragglerCopyThatItsOwnStartUpWouldMakeLate) {
   auto tests = suite({{"a", 10.0}});
   DispatchOptions options = workers(2);

@@ -168,6 +168,41 @@ def test_killed_worker_costs_a_rerun_not_the_build(cluster):
     assert lost, "the killed worker's shard build should end RETRY or EXCEPTION"
 
 
+def test_an_idle_shard_ends_while_a_held_test_still_runs(make_cluster):
+    # Its own cluster: three live shard workers and no straggler copies, so
+    # that while the long test holds its batch open the two others run dry:
+    # one waits for re-runs (max_attempts - 1 = 1 kept), the other is told
+    # there is nothing for it and ends its build then, not after the held test.
+    cluster = make_cluster(shard_workers=3, speculate=False)
+    hold = cluster.state_dir / "hold"
+    hold.touch()
+    try:
+        brid = cluster.force_build()
+        cluster.wait_until(
+            lambda: next(cluster.state_dir.glob("holding.*"), None),
+            HOLD_DEADLINE_S,
+            "the held test to start on a shard worker",
+        )
+
+        def ended_shards() -> list[dict] | None:
+            parent = cluster.running_build(brid)
+            ended = [b for b in shard_builds_of(cluster, parent["buildid"]) if b["complete"]]
+            return ended or None
+
+        ended = cluster.wait_until(ended_shards, HOLD_DEADLINE_S, "a shard build to end during the hold")
+        assert not cluster.running_build(brid)["complete"]
+    finally:
+        hold.unlink()
+
+    build = cluster.wait_for_build(brid)
+    props = build["properties"]
+    assert len(ended) == 1 and props["tests_workers_released"] == 1
+    assert ended[0]["results"] in (0, WARNINGS, FAILURE), ended[0]["state_string"]
+    assert props["tests_not_run"] == 0 and props["tests_failed"] == 1
+    assert props["tests_passed"] + props["tests_flaky"] == SUITE_SIZE - 1
+    cluster.stop()
+
+
 def test_static_mode_hands_each_shard_its_fixed_list(cluster):
     build = cluster.wait_for_build(cluster.force_build("tests-static", "force-static"))
     props = build["properties"]
