@@ -1,11 +1,15 @@
 """A `buildbot-cd` process against an SshdFleet, and ways to hold its transfer still.
 
+    hold_receivers(fleet, hosts, workdir)     # before the push: each host's first
+                                              # receiving rsync will stop itself
     cli = start_cli_push(fleet, hosts, workdir, tree, "v1")   # a real `buildbot-cd push`
-    stopped = stop_receivers(fleet, hosts)    # SIGSTOP the receiving rsync on each host
+    stopped = stop_receivers(fleet, hosts)    # those receivers, once stopped
     signal_all(stopped, signal.SIGCONT)
 
-Holding the host's side with SIGSTOP makes an overlap or an interruption land
-mid-transfer for certain, not by timing.
+Holding the host's side stopped makes an overlap or an interruption land
+mid-transfer for certain, not by timing: the receiver stops itself before it
+runs, so it cannot end between two looks at the process list (a real rsync
+of a few MB can, on a loaded machine).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,20 +104,52 @@ def wait_for(condition: Callable[[], T], what: str) -> T:
     raise AssertionError(f"not within {WAIT_S} s: {what}")
 
 
+# The host's first rsync stops itself (the mkdir marks it taken); SIGCONT
+# lets it become the real rsync. Later ones (the next push) run at once.
+SELF_STOPPING_RSYNC = """#!/bin/sh
+if mkdir "${{0%/*}}/held" 2>/dev/null; then kill -STOP $$; fi
+exec {rsync} "$@"
+"""
+
+
+def hold_receivers(fleet: SshdFleet, hosts: list[SshdHost], workdir: Path) -> None:
+    """Before a push starts: on each host, the first rsync the sessions run (the
+    push's receiving side) stops itself (SIGSTOP) as it starts, for the test to
+    find with stop_receivers and let go with SIGCONT."""
+    for host in hosts:
+        stand_in = workdir / f"self-stopping-{host.name}"
+        stand_in.mkdir()
+        (stand_in / "rsync").write_text(SELF_STOPPING_RSYNC.format(rsync=shutil.which("rsync")))
+        (stand_in / "rsync").chmod(0o755)
+        fleet.set_session_env(host, {"PATH": f"{stand_in}:/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
 def stop_receivers(fleet: SshdFleet, hosts: list[SshdHost]) -> dict[str, list[int]]:
-    """SIGSTOP the receiving rsync on each host once it runs: {host name: pids}."""
+    """The receiving rsync on each host held by hold_receivers, once it has
+    stopped itself: {host name: pids}. Never a SIGSTOP of ours: one landing
+    before the receiver's own would be undone by the SIGCONT that follows,
+    and the receiver would then stop itself for good."""
     stopped = {}
     for host in hosts:
-        pids = wait_for(lambda h=host: receiver_pids(fleet, h), f"the receiving rsync on {host.name}")
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        stopped[host.name] = pids
+        stopped[host.name] = wait_for(
+            lambda h=host: [p for p in receiver_pids(fleet, h) if is_stopped(p)],
+            f"the receiving rsync on {host.name} to stop itself",
+        )
     return stopped
 
 
 def receiver_pids(fleet: SshdFleet, host: SshdHost) -> list[int]:
     """The host's rsync receiving a push into a slot."""
     return [pid for pid in fleet.session_pids(host, "rsync") if RECEIVER_MARK in command_line(pid)]
+
+
+def is_stopped(pid: int) -> bool:
+    """The process is stopped by a signal (state T in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
 
 
 def command_line(pid: int) -> str:

@@ -16,6 +16,7 @@ from harness.fleet_cli import (
     WAIT_S,
     assert_next_push_converges,
     big_tree,
+    hold_receivers,
     signal_all,
     start_cli_push,
     stop_receivers,
@@ -25,6 +26,7 @@ from harness.fleet_cli import (
 
 def test_a_push_from_another_process_is_refused_never_mixed(make_runner, make_tree, fleet, tmp_path):
     hosts = fleet.hosts[:3]
+    hold_receivers(fleet, hosts, tmp_path)
     other = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1")
     stopped = stop_receivers(fleet, hosts)
     try:
@@ -51,6 +53,7 @@ def test_a_push_from_another_process_is_refused_never_mixed(make_runner, make_tr
 
 def test_a_killed_holder_leaves_no_stale_lock(make_runner, make_tree, fleet, tmp_path):
     hosts = fleet.hosts[:2]
+    hold_receivers(fleet, hosts, tmp_path)
     # No retries: the push whose holders die fails (a retry would take the lock again and succeed).
     other = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1", "--retries", "0")
     stopped = stop_receivers(fleet, hosts)

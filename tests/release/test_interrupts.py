@@ -18,6 +18,7 @@ from harness.fleet_cli import (
     assert_next_push_converges,
     big_tree,
     command_line,
+    hold_receivers,
     signal_all,
     start_cli_push,
     stop_receivers,
@@ -45,6 +46,7 @@ def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converge
     make_runner, make_tree, fleet, tmp_path
 ):
     hosts = fleet.hosts[:2]
+    hold_receivers(fleet, hosts, tmp_path)
     cli = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1")
     stopped = stop_receivers(fleet, hosts)
     children = transfer_children(cli.pid)
@@ -80,6 +82,7 @@ def sigint_not_ignored() -> Iterator[None]:
 @pytest.mark.usefixtures("sigint_not_ignored")
 def test_ctrl_c_cancels_at_once_and_says_which_hosts_committed(make_runner, make_tree, fleet, tmp_path):
     done_host, stuck_host = fleet.hosts[:2]
+    hold_receivers(fleet, [stuck_host], tmp_path)
     cli = start_cli_push(fleet, [done_host, stuck_host], tmp_path, big_tree(make_tree, "v1"), "v1")
     stopped = stop_receivers(fleet, [stuck_host])
     progress, output = LineCollector(cli.stderr), LineCollector(cli.stdout)
