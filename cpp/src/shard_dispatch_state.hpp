@@ -104,13 +104,19 @@ struct Dispatcher::State {
       const std::string& worker);
   const Item& peeked(std::multimap<double, Item, std::greater<>>::iterator where) const;
   Item take(std::multimap<double, Item, std::greater<>>::iterator where);
+  double estimate_of_test(std::size_t test) const;
+  bool take_nearest(std::multimap<double, Item, std::greater<>>::iterator where, double target,
+                    std::size_t cap, InFlight& flight);
   double remaining_work_s(double now_s) const;
   double tests_end_s(const InFlight& flight) const;
-  // A batch's size in estimated seconds, and whether it is the worker's
-  // whole part because the suite is predictable (one_batch_is_enough).
+  // A batch's size in estimated seconds; whether it is the worker's whole
+  // part because the suite is predictable (one_batch_is_enough); and whether
+  // it is a part meant to end with the others' (part_for_equal_finish), which
+  // is cut to the test, not to the file (see take_nearest).
   struct BatchTarget {
     double seconds = 0.0;
     bool whole_part_of_predictable = false;
+    bool to_the_test = false;
   };
   BatchTarget batch_target(const std::string& worker, double now_s) const;
   void note_arrival(const std::string& worker, double now_s);
