@@ -338,7 +338,7 @@ def print_rows(
     print(
         f"  {'mode':<14}{'wall s':>8}{'shards s':>10}{'x tests':>9}{'x +start':>10}"
         f"{'before s':>10}{'after s':>9}{'starts s':>9}{'x starts':>9}{'x setup':>9}"
-        f"{'batches':>9}{'run s':>8}{'let go':>8}{'cpu busy':>10}  result"
+        f"{'batches':>9}{'run s':>8}{'let go':>8}{'split':>7}{'cpu busy':>10}  result"
     )
     figures: dict[str, dict[str, float]] = {}
     for mode, build in rows:
@@ -364,12 +364,14 @@ def print_rows(
             f"{figures[mode]['x setup']:>9.2f}"
             f"{build['batches']:>9}{_or_dash(run_s, '{:.1f}'):>8}"
             f"{_or_dash(build['properties'].get('tests_workers_released'), '{}'):>8}"
+            f"{_or_dash(build['properties'].get('tests_files_split'), '{}'):>7}"
             f"{build['cpu_busy_share']:>10.0%}  {build['state_string']}"
         )
     for mode, build in rows:
         before, step, after = build["shard_phases_s"]
         print(f"  {mode}: a shard build's mean: {before:.1f} s to its test step, the step {step:.1f} s, "
               f"{after:.1f} s after it")  # fmt: skip
+    print_ratios_to_peers(figures)
     for mode in ("dynamic", "warm"):
         first, third = dict(rows).get(f"{mode} 1st"), dict(rows).get(f"{mode} 3rd")
         if first and third:
@@ -377,6 +379,22 @@ def print_rows(
             figures[f"{mode}: first / third build"] = {"shards ratio": ratio}
             print(f"  {mode}: first build / third build (shards): {ratio:.2f}")
     return figures
+
+
+def print_ratios_to_peers(figures: dict[str, dict[str, float]]) -> None:
+    """Each of our dynamic modes over static and pytest-split on the same builds
+    (history, or a first build each): shards, Buildbot's whole seconds, and
+    dynamic against static on the step's own clock too."""
+    for ours, peers in ((("dynamic", "warm"), ("static", "pytest-split")),
+                        (("dynamic 1st", "warm 1st"), ("static 1st", "pytest-split"))):  # fmt: skip
+        for mode in (m for m in ours if m in figures):
+            for peer in (p for p in peers if p in figures):
+                mine, theirs = figures[mode], figures[peer]
+                line = f"  {mode} / {peer}: shards {mine['shards s'] / max(1.0, theirs['shards s']):.2f}"
+                # Warm's clock starts once its runner is up: only its shards compare.
+                if "run s" in theirs and not mode.startswith("warm"):
+                    line += f", run s {mine['run s'] / theirs['run s']:.2f}"
+                print(line)
 
 
 def _or_dash(value: float | int | None, form: str) -> str:
@@ -453,7 +471,8 @@ def main() -> int:
         "(all CPUs, from /proc/stat) that was busy from the force request to the build's end; "
         "near 100 %, the CPUs, not the schedule, set the pace. run s: the step's own clock "
         "(tests_makespan_s), first batch handed out to last result in, to the millisecond; let go: "
-        "shards told they were done while others still ran (tests_workers_released)."
+        "shards told they were done while others still ran (tests_workers_released); split: files whose "
+        "tests went to two batches so that a part could be cut to the test (tests_files_split)."
     )
     return 0
 

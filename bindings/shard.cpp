@@ -185,6 +185,7 @@ void bind_results(py::module_& module) {
              sum.requeued_batches = a.requeued_batches + b.requeued_batches;
              sum.whole_part_batches = a.whole_part_batches + b.whole_part_batches;
              sum.workers_released = a.workers_released + b.workers_released;
+             sum.files_split = a.files_split + b.files_split;
              sum.queued_estimate_s = a.queued_estimate_s + b.queued_estimate_s;
              // The cost model's figures are per run, not additive: their means
              // weighted by tests (an empty start value weighs nothing).
@@ -209,6 +210,7 @@ void bind_results(py::module_& module) {
       .def_readonly("requeued_batches", &DispatchStats::requeued_batches)
       .def_readonly("whole_part_batches", &DispatchStats::whole_part_batches)
       .def_readonly("workers_released", &DispatchStats::workers_released)
+      .def_readonly("files_split", &DispatchStats::files_split)
       .def_readonly("queued_estimate_s", &DispatchStats::queued_estimate_s)
       .def_readonly("batch_overhead_s", &DispatchStats::batch_overhead_s)
       .def_readonly("estimate_scale", &DispatchStats::estimate_scale);

@@ -67,6 +67,7 @@ FIGURE_LABELS = {
     "straggler_copies": ("Straggler copies started", "{}"),
     "whole_part_batches": ("Batches cut as a worker's whole part (suite predictable by its history)", "{}"),
     "workers_released": ("Workers let go early (nothing queued, enough others waiting)", "{}"),
+    "files_split": ("Files split to cut a part to the test (their set-up paid once more)", "{}"),
 }
 
 

@@ -100,6 +100,7 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
         "straggler_copies": stats.speculative_batches,
         "whole_part_batches": stats.whole_part_batches,
         "workers_released": stats.workers_released,
+        "files_split": stats.files_split,
     }
 
 

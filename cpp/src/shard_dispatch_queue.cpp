@@ -252,7 +252,10 @@ bool Dispatcher::State::take_nearest(std::multimap<double, Item, std::greater<>>
   take(where);
   flight.tests.insert(flight.tests.end(), fit.begin(), fit.end());
   flight.estimate_s = estimate;
-  if (!rest.empty()) requeue(std::move(rest), retry);
+  if (!rest.empty()) {
+    requeue(std::move(rest), retry);
+    ++stats.files_split;
+  }
   return true;
 }
 

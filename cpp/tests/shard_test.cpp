@@ -755,6 +755,8 @@ TEST(Dispatcher, APartMeantToEndWithTheOthersIsCutToTheTestNotToTheFile) {
   EXPECT_EQ(std::set<std::string>(handed_out.begin(), handed_out.end()).size(), tests.size());
   EXPECT_NEAR(dispatcher.stats().queued_estimate_s, 0.0, 1e-9);
   EXPECT_EQ(dispatcher.stats().whole_part_batches, 4u);
+  // Each of the first three parts split the file it ended in; the last took what was left.
+  EXPECT_EQ(dispatcher.stats().files_split, 3u);
 }
 
 TEST(Dispatcher, WallTimeWithMissingResultsTeachesNothingAndBadWallTimeIsRefused) {

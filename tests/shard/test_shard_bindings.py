@@ -49,6 +49,16 @@ def test_the_stats_count_the_batches_cut_whole_because_the_suite_is_predictable(
     assert cut_s < whole_s / 2
 
 
+def test_the_stats_count_the_files_split_to_cut_a_part_to_the_test():
+    # 9 files of six 1 s tests, 4 workers: parts of 13.5 s, cut inside a file.
+    suite = [_core.TestEstimate(f"t{k // 6}.py::t{k}", 1.0, spread_s=0.05) for k in range(54)]
+    dispatcher = _core.Dispatcher(suite, workers=4, batch_overhead_s=1.0)
+    first = dispatcher.next_batch("w0", 0.0).batch
+    assert first.estimate_s == pytest.approx(13.5, abs=1.0)
+    assert {test.split("::")[0] for test in first.tests} == {"t0.py", "t1.py", "t2.py"}
+    assert dispatcher.stats().files_split == 1
+
+
 def test_plan_static_round_trip():
     tests = estimates([(f"f{k}.py::t", float(k + 1)) for k in range(20)])
     plan = _core.plan_static(tests, 4)

@@ -319,6 +319,10 @@ struct DispatchStats {
   // the history showed the suite predictable: a second batch per worker
   // would not have repaid its start-up (see kSecondBatchGain).
   std::size_t whole_part_batches = 0;
+  // Times a file's queued tests were divided between two batches so that a
+  // part meant to end with the others could be cut to the test: each time,
+  // the file's import and module fixtures are paid once more.
+  std::size_t files_split = 0;
   // Queued work, the guessed estimates scaled by estimate_scale.
   double queued_estimate_s = 0.0;
   // The cost model's figures: mean overhead per batch over the workers seen
