@@ -58,7 +58,7 @@ open_slot() {
   old_list='' live_list=''
   if is_slot_dir "$chosen" && read_manifest "$slot_dir/.release"; then old_list=$m_list; fi
   if [ -n "$live" ] && read_manifest "$rel/$live/.release"; then live_list=$m_list; fi
-  fresh=yes linked_all=no settled_listed=no
+  fresh=yes linked_all=no settled_listed=no empty_before=no
   if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then
     set -- "$slot_dir"
   elif [ -d "$slot_dir" ]; then
@@ -75,10 +75,15 @@ open_slot() {
     "$work/modes.paths" "$work/modes.stat" "$work/modes.todo" "$work/mode.tmp" "$work/sums" "$@"
   if [ "$fresh" = yes ] || [ ! -d "$work" ]; then mkdir -p "$slot_dir" "$work"; fi
   check_kept_lists
+  if ! { [ -n "$live" ] && is_slot_dir "$live"; }; then
+    # Nothing to link from (the first push on a host): rsync creates every
+    # entry of a fresh slot itself.
+    empty_before=$fresh
+    return 0
+  fi
   # A slot never written (the first pushes on a host) starts as hard links to
   # the live release: cp -al makes them far faster than rsync's per-file
   # --link-dest, and the rsync after it works in place as in any other slot.
-  [ -n "$live" ] && is_slot_dir "$live" || return 0
   if [ "$fresh" = yes ]; then
     cp -al "$rel/$live/." "$slot_dir/"
     rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
@@ -218,9 +223,10 @@ link_todo() {
 # (MODE octal as find's %m, MTIME in nanoseconds, "." for the slot itself),
 # sorted bytewise.
 #
-# Which entries to look at: when the slot was linked from the live release
-# by the kept lists (changed_since_old_list), only the entries stat_candidates
-# names, looked at by one stat: the work of the difference. Otherwise every
+# Which entries to look at: when the slot was empty before rsync ran, only
+# those created_candidates names; when it was linked from the live release by
+# the kept lists (changed_since_old_list), only those stat_candidates names;
+# either way looked at by one stat: the work of the difference. Otherwise every
 # entry of the slot (a find walk; find never follows symlinks, so only real
 # entries of this slot are changed). Either way the entries to change go to
 # modes.todo as "MODE LINKS PATH".
@@ -229,7 +235,7 @@ apply_modes() {
   list=$dir/.release.list
   is_regular "$list" || die $EXIT_USAGE "transfer: no entry list $list in the transfer"
   want=$work/modes.want
-  if ! { [ "$linked_all" = yes ] && [ "$settled_listed" = yes ] && stat_candidates "$dir"; }; then
+  if ! candidates_listed "$dir"; then
     want=$list
     find "$dir" \( -type f -o -type d \) -printf '%m %n 0 %P\n' >"$work/modes.stat"
   fi
@@ -240,17 +246,40 @@ apply_modes() {
     mode=${line%% *} rest=${line#* }
     links=${rest%% *} path=$dir/${rest#* }
     case $mode in '' | *[!0-7]* | ?????*) die $EXIT_USAGE "transfer: bad mode '$mode' in $list" ;; esac
+    # Two leading zeros: GNU chmod keeps a directory's setuid and setgid bits
+    # for a numeric mode of four digits or fewer (a directory made under a
+    # setgid one inherits the bit), and clears them only for a longer one.
     if [ "$links" -gt 1 ] && [ -f "$path" ] && [ ! -L "$path" ]; then
       cp -p "$path" "$work/mode.tmp"
-      chmod "$mode" "$work/mode.tmp"
+      chmod "00$mode" "$work/mode.tmp"
       mv -f -T "$work/mode.tmp" "$path"
     else
-      chmod "$mode" "$path"
+      chmod "00$mode" "$path"
     fi
   done <"$work/modes.todo"
   # Kept for the next push into another slot (it replaces the slot's old
   # list); its digest goes into the manifest.
   mv -f -T "$list" "$work/list.$chosen"
+}
+
+# candidates_listed DIR: whether the entries whose mode may be wrong are
+# known without walking DIR (modes.want, and their stat in modes.stat).
+candidates_listed() {
+  if [ "$empty_before" = yes ]; then
+    created_candidates "$1"
+  else
+    [ "$linked_all" = yes ] && [ "$settled_listed" = yes ] && stat_candidates "$1"
+  fi
+}
+
+# created_candidates DIR: the slot was empty before rsync ran, so rsync
+# --no-perms created every entry under umask 022. An entry whose mode has no
+# group/other write and no setuid/setgid/sticky bit then has it already; the
+# others, and every directory (a setgid parent passes its bit on to a new
+# directory), go to modes.want and one stat.
+created_candidates() {
+  awk '!/^[0-7][0145][0145] / || $2 == "-"' "$1/.release.list" >"$work/modes.want" &&
+    stat_wanted "$1"
 }
 
 # stat_candidates DIR: the lines of DIR's new list that are not in
@@ -263,7 +292,12 @@ apply_modes() {
 # too. Fails (the caller walks the slot) on a list comm finds unsorted.
 stat_candidates() {
   LC_ALL=C comm -23 --check-order "$1/.release.list" "$work/settled.list" >"$work/modes.want" 2>/dev/null &&
-    cut -d ' ' -f 4- "$work/modes.want" >"$work/modes.paths" &&
+    stat_wanted "$1"
+}
+
+# stat_wanted DIR: one stat of the paths of modes.want's lines into modes.stat.
+stat_wanted() {
+  cut -d ' ' -f 4- "$work/modes.want" >"$work/modes.paths" &&
     {
       # stat without -L reports a symlink as one (type a...), skipped by
       # modes_to_change; a path not there (xargs: 123) has nothing to change.

@@ -239,6 +239,39 @@ def test_a_push_into_an_old_slot_sets_the_modes_that_differ_from_the_live_and_th
     assert f"664 4 {MTIME * 10**9} added.txt\n".encode() in kept and b"700 - - private\n" in kept
 
 
+def test_the_first_push_on_a_host_gives_each_entry_its_mode_even_under_a_setgid_directory(
+    runner_and_root, tmp_path
+):
+    # Nothing is live yet: rsync creates every entry under umask 022, and the host
+    # script looks only at those that may have come out wrong: a mode with group or
+    # other write or a special bit, and every directory, which a setgid parent marks.
+    runner, root = runner_and_root
+    (root / "releases").mkdir(parents=True)
+    (root / "releases").chmod(0o2755)
+    files = {
+        "plain.txt": (b"plain\n", 0o644, MTIME),
+        "run.sh": (b"#!/bin/sh\n", 0o755, MTIME),
+        "secret.txt": (b"secret\n", 0o600, MTIME),
+        "shared.txt": (b"group-writable\n", 0o664, MTIME),
+        "lib/module.py": (b"x = 1\n", 0o644, MTIME),
+    }
+    tree = write_tree(tmp_path / "v1", files, "v1")
+    (tree / "private").mkdir()
+    (tree / "private").chmod(0o750)
+
+    pushed = runner.push(tree, "v1")
+
+    assert pushed.all_ok, pushed.to_text()
+    slot = root / "releases" / pushed.hosts[0].details["slot"]
+    for name, (_content, mode, _mtime) in files.items():
+        assert (slot / name).stat().st_mode & 0o7777 == mode, name
+    modes = {name: (slot / name).stat().st_mode & 0o7777 for name in (".", "lib", "private")}
+    assert modes == {".": tree.stat().st_mode & 0o7777, "lib": 0o755, "private": 0o750}
+    # Looked at: those entries only, not a walk of the slot.
+    looked_at = (root / ".bbcd" / "modes.want").read_text()
+    assert " shared.txt\n" in looked_at and " private\n" in looked_at and "plain.txt" not in looked_at
+
+
 def test_a_same_size_change_within_the_same_second_reaches_the_slot(runner_and_root, tmp_path):
     # Two builds within one second, as a fast pipeline or a test makes them:
     # rsync's quick check at whole seconds would take the new file for the
