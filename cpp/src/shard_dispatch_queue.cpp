@@ -55,9 +55,20 @@ Item Dispatcher::State::take(std::multimap<double, Item, std::greater<>>::iterat
     taken = std::move(where->second);
     requeued.erase(where);
   }
-  enqueue_figures(taken, -1.0);
-  for (auto test : taken.tests) test_states[test].queued = false;
-  return taken;
+  return dequeued(std::move(taken));
+}
+
+// The shortest fresh item: the last of the fresh queue (longest first).
+Item Dispatcher::State::take_shortest_fresh() {
+  Item taken = std::move(fresh.back());
+  fresh.pop_back();
+  return dequeued(std::move(taken));
+}
+
+Item Dispatcher::State::dequeued(Item item) {
+  enqueue_figures(item, -1.0);
+  for (auto test : item.tests) test_states[test].queued = false;
+  return item;
 }
 
 // Work not yet done: the queue, and what running batches have left. A
@@ -149,10 +160,10 @@ Dispatcher::State::BatchTarget Dispatcher::State::batch_target(const std::string
   if (overhead <= 0.0) return {guided, false};
   const double share = remaining_work_s(now_s) / workers;
   const double batches = std::floor(share / (kBatchWorthFactor * overhead));
-  if (batches <= 1.0) return {std::max(guided, part_for_equal_finish(worker, now_s)), false, true};
-  if (one_batch_is_enough(share, overhead))
-    return {std::max(guided, part_for_equal_finish(worker, now_s)), true, true};
-  return {std::max(guided, share / batches), false, false};
+  const bool predictable = one_batch_is_enough(share, overhead);
+  if (batches <= 1.0 || predictable)
+    return {std::max(guided, part_for_equal_finish(worker, now_s)), batches > 1.0, true, predictable};
+  return {std::max(guided, share / batches), false, false, false};
 }
 
 // Whether a second batch per worker would cost more start-up than it takes
@@ -189,13 +200,12 @@ Assignment Dispatcher::State::hand_out(const std::string& worker, double now_s, 
 }
 
 // Longest first to the nearest of the target (an item that would overshoot
-// it by more than the batch falls short stays queued; for a part cut to the
-// test, an item that would overshoot it at all gives the batch only the
-// tests of it that bring it nearest), never past
+// it by more than the batch falls short stays queued; a part cut to the test
+// takes those of its tests that fit, then is topped up: see top_up), never past
 // max_batch_tests (no unit is larger than that: see cap_unit_sizes), and at
 // least one item.
 std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worker, double now_s) {
-  const auto [target, whole_part_of_predictable, to_the_test] = batch_target(worker, now_s);
+  const auto [target, whole_part_of_predictable, to_the_test, top_up_ok] = batch_target(worker, now_s);
   const auto cap = static_cast<std::size_t>(options.max_batch_tests);
   InFlight flight;
   bool retry = false;
@@ -206,9 +216,16 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
     const bool next_retry = next.retry;
     const double after = flight.estimate_s + estimate_of(next);
     const bool overshoots = after - target > target - flight.estimate_s;
-    if (to_the_test && after > target && take_nearest(*where, target, cap, flight)) {
-      retry = retry || next_retry;
-      break;
+    if (to_the_test && after > target) {
+      if (take_fitting(*where, target, cap, flight, Fit::Below)) retry = retry || next_retry;
+      if (top_up_ok) top_up(target, cap, flight);
+      // Nothing shorter left to top up from (the last parts): the longest one's tests, to the nearest.
+      auto longest = flight.estimate_s < target ? peek_longest(worker) : std::nullopt;
+      if (longest) {
+        const bool longest_retry = peeked(*longest).retry;
+        if (take_fitting(*longest, target, cap, flight, Fit::Nearest)) retry = retry || longest_retry;
+      }
+      if (!flight.tests.empty()) break;
     }
     if (!flight.tests.empty() && (overshoots || flight.tests.size() + next.tests.size() > cap)) break;
     Item item = take(*where);
@@ -217,6 +234,9 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
     retry = retry || item.retry;
   }
   if (flight.tests.empty()) return std::nullopt;
+  if (to_the_test && arrived.size() >= static_cast<std::size_t>(options.workers)) {
+    take_crumbs(worker, cap, flight, retry);
+  }
   if (whole_part_of_predictable) ++stats.whole_part_batches;
   return hand_out(worker, now_s, std::move(flight), retry);
 }
@@ -225,38 +245,94 @@ double Dispatcher::State::estimate_of_test(std::size_t test) const {
   return guessed(tests[test]) ? tests[test].seconds * scale() : tests[test].seconds;
 }
 
-// Into `flight`, the tests of the item at `where` that bring it nearest to
-// `target`: each in turn while it fits (adding it overshoots by no more than
-// the batch falls short without it). The rest stay queued as one item; false,
-// and nothing taken, when none fits. Cut to whole files (units of a few
-// seconds each), parts meant to end together ended up to half a file early
-// or late: 5 s apart on the shard bench (40 files of ~6 s, parts of ~15 s).
-// Splitting a file costs its import and module fixtures once more, on one
-// more worker.
-bool Dispatcher::State::take_nearest(std::multimap<double, Item, std::greater<>>::iterator where,
-                                     double target, std::size_t cap, InFlight& flight) {
-  const Item& item = peeked(where);
+// A part meant to end with the others, once the longest item left would
+// overshoot it and its tests that fit are in (take_fitting): the gap left,
+// less than one of those tests, is topped up from the shortest fresh items,
+// whole while they fit, then with those tests of the next one that bring it
+// nearest. Cut at whole files of a few seconds, such parts ended up to half
+// a file early or late (5 s apart on the shard bench: 40 files of ~6 s,
+// parts of ~15 s); cut at the longest item's tests, up to half of a long
+// test. Never takes the longest item: only the gap. Only for a suite whose
+// history shows it predictable: on one with surprises the short items are
+// what balances the end of the build, and topping parts up with them early
+// cost 2 % on the real hypha suite (bench/shard_bench.py, 32 workers, 2 s
+// start-ups).
+void Dispatcher::State::top_up(double target, std::size_t cap, InFlight& flight) {
+  while (flight.estimate_s < target && fresh.size() > next_fresh + 1) {
+    const Item& shortest = fresh.back();
+    if (flight.tests.size() + shortest.tests.size() <= cap &&
+        flight.estimate_s + estimate_of(shortest) <= target) {
+      Item item = take_shortest_fresh();
+      flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
+      flight.estimate_s += estimate_of(item);
+      continue;
+    }
+    if (auto rest = split_off(shortest, target, cap, flight, Fit::Nearest)) {
+      take_shortest_fresh();
+      requeue_rest(std::move(*rest), false);
+    }
+    return;
+  }
+}
+
+// Into `flight`, the tests of the item at `where` that fit (see split_off),
+// the rest staying queued; false, and nothing taken, when none fits.
+bool Dispatcher::State::take_fitting(std::multimap<double, Item, std::greater<>>::iterator where,
+                                     double target, std::size_t cap, InFlight& flight, Fit fit_rule) {
+  auto rest = split_off(peeked(where), target, cap, flight, fit_rule);
+  if (!rest) return false;
+  const bool retry = peeked(where).retry;
+  take(where);
+  requeue_rest(std::move(*rest), retry);
+  return true;
+}
+
+// Moves into `flight` the tests of `item` that fit, each in turn: below
+// `target`, or (Nearest) overshooting it by no more than the batch falls
+// short without it; returns the others, or nullopt, and nothing moved, when none
+// fits. The caller takes the item off the queue.
+std::optional<std::vector<std::size_t>> Dispatcher::State::split_off(const Item& item, double target,
+                                                                     std::size_t cap, InFlight& flight,
+                                                                     Fit fit_rule) {
   std::vector<std::size_t> fit, rest;
   double estimate = flight.estimate_s;
   for (auto test : item.tests) {
     const double after = estimate + estimate_of_test(test);
-    if (flight.tests.size() + fit.size() < cap && after - target <= target - estimate) {
+    const bool fits = fit_rule == Fit::Nearest ? after - target <= target - estimate : after <= target;
+    if (flight.tests.size() + fit.size() < cap && fits) {
       fit.push_back(test);
       estimate = after;
     } else {
       rest.push_back(test);
     }
   }
-  if (fit.empty()) return false;
-  const bool retry = item.retry;
-  take(where);
+  if (fit.empty()) return std::nullopt;
   flight.tests.insert(flight.tests.end(), fit.begin(), fit.end());
   flight.estimate_s = estimate;
-  if (!rest.empty()) {
-    requeue(std::move(rest), retry);
-    ++stats.files_split;
+  return rest;
+}
+
+// Parts cut to the test can leave a few tests queued once every worker has
+// asked; less than a start-up's worth would cost a start-up more on another
+// worker than it costs in this batch, which takes it.
+void Dispatcher::State::take_crumbs(const std::string& worker, std::size_t cap, InFlight& flight,
+                                    bool& retry) {
+  while (queued_estimate_s() < cost.overhead_s(worker)) {
+    auto where = peek_longest(worker);
+    if (!where || flight.tests.size() + peeked(*where).tests.size() > cap) return;
+    Item item = take(*where);
+    flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
+    flight.estimate_s += estimate_of(item);
+    retry = retry || item.retry;
   }
-  return true;
+}
+
+// What is left of a file split between batches goes back to the queue; the
+// file then pays its import and module fixtures once more, on one more worker.
+void Dispatcher::State::requeue_rest(std::vector<std::size_t> rest, bool retry) {
+  if (rest.empty()) return;
+  requeue(std::move(rest), retry);
+  ++stats.files_split;
 }
 
 std::vector<std::size_t> Dispatcher::State::unresolved(const std::vector<std::size_t>& batch_tests) const {

@@ -104,19 +104,29 @@ struct Dispatcher::State {
       const std::string& worker);
   const Item& peeked(std::multimap<double, Item, std::greater<>>::iterator where) const;
   Item take(std::multimap<double, Item, std::greater<>>::iterator where);
+  Item take_shortest_fresh();
+  Item dequeued(Item item);
   double estimate_of_test(std::size_t test) const;
-  bool take_nearest(std::multimap<double, Item, std::greater<>>::iterator where, double target,
-                    std::size_t cap, InFlight& flight);
+  void top_up(double target, std::size_t cap, InFlight& flight);
+  enum class Fit { Below, Nearest };
+  bool take_fitting(std::multimap<double, Item, std::greater<>>::iterator where, double target,
+                    std::size_t cap, InFlight& flight, Fit fit_rule);
+  std::optional<std::vector<std::size_t>> split_off(const Item& item, double target, std::size_t cap,
+                                                    InFlight& flight, Fit fit_rule);
+  void requeue_rest(std::vector<std::size_t> rest, bool retry);
+  void take_crumbs(const std::string& worker, std::size_t cap, InFlight& flight, bool& retry);
   double remaining_work_s(double now_s) const;
   double tests_end_s(const InFlight& flight) const;
   // A batch's size in estimated seconds; whether it is the worker's whole
-  // part because the suite is predictable (one_batch_is_enough); and whether
-  // it is a part meant to end with the others' (part_for_equal_finish), which
-  // is cut to the test, not to the file (see take_nearest).
+  // part because the suite is predictable (one_batch_is_enough); whether it
+  // is a part meant to end with the others' (part_for_equal_finish), which is
+  // cut to the test, not to the file; and whether it may be topped up from
+  // the shortest items (top_up: a predictable suite).
   struct BatchTarget {
     double seconds = 0.0;
     bool whole_part_of_predictable = false;
     bool to_the_test = false;
+    bool top_up_ok = false;
   };
   BatchTarget batch_target(const std::string& worker, double now_s) const;
   void note_arrival(const std::string& worker, double now_s);

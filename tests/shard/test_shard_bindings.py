@@ -1,6 +1,7 @@
 """The shard scheduler through its Python binding: values convert both ways,
 C++ errors arrive as our own exception classes, and the GIL is released."""
 
+import collections
 import threading
 
 import pytest
@@ -55,8 +56,9 @@ def test_the_stats_count_the_files_split_to_cut_a_part_to_the_test():
     dispatcher = _core.Dispatcher(suite, workers=4, batch_overhead_s=1.0)
     first = dispatcher.next_batch("w0", 0.0).batch
     assert first.estimate_s == pytest.approx(13.5, abs=1.0)
-    assert {test.split("::")[0] for test in first.tests} == {"t0.py", "t1.py", "t2.py"}
-    assert dispatcher.stats().files_split == 1
+    per_file = collections.Counter(test.split("::")[0] for test in first.tests)
+    split = [name for name, tests in per_file.items() if tests < 6]
+    assert split and dispatcher.stats().files_split == len(split)
 
 
 def test_plan_static_round_trip():
