@@ -229,8 +229,7 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
     }
     if (!flight.tests.empty() && (overshoots || flight.tests.size() + next.tests.size() > cap)) break;
     Item item = take(*where);
-    flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
-    flight.estimate_s += estimate_of(item);
+    append(flight, item);
     retry = retry || item.retry;
   }
   if (flight.tests.empty()) return std::nullopt;
@@ -239,6 +238,12 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
   }
   if (whole_part_of_predictable) ++stats.whole_part_batches;
   return hand_out(worker, now_s, std::move(flight), retry);
+}
+
+// A whole item into the batch being cut.
+void Dispatcher::State::append(InFlight& flight, const Item& item) const {
+  flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
+  flight.estimate_s += estimate_of(item);
 }
 
 double Dispatcher::State::estimate_of_test(std::size_t test) const {
@@ -262,9 +267,7 @@ void Dispatcher::State::top_up(double target, std::size_t cap, InFlight& flight)
     const Item& shortest = fresh.back();
     if (flight.tests.size() + shortest.tests.size() <= cap &&
         flight.estimate_s + estimate_of(shortest) <= target) {
-      Item item = take_shortest_fresh();
-      flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
-      flight.estimate_s += estimate_of(item);
+      append(flight, take_shortest_fresh());
       continue;
     }
     if (auto rest = split_off(shortest, target, cap, flight, Fit::Nearest)) {
@@ -321,8 +324,7 @@ void Dispatcher::State::take_crumbs(const std::string& worker, std::size_t cap, 
     auto where = peek_longest(worker);
     if (!where || flight.tests.size() + peeked(*where).tests.size() > cap) return;
     Item item = take(*where);
-    flight.tests.insert(flight.tests.end(), item.tests.begin(), item.tests.end());
-    flight.estimate_s += estimate_of(item);
+    append(flight, item);
     retry = retry || item.retry;
   }
 }

@@ -107,6 +107,7 @@ struct Dispatcher::State {
   Item take_shortest_fresh();
   Item dequeued(Item item);
   double estimate_of_test(std::size_t test) const;
+  void append(InFlight& flight, const Item& item) const;
   void top_up(double target, std::size_t cap, InFlight& flight);
   enum class Fit { Below, Nearest };
   bool take_fitting(std::multimap<double, Item, std::greater<>>::iterator where, double target,

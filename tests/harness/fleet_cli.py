@@ -116,12 +116,9 @@ def hold_receivers(fleet: SshdFleet, hosts: list[SshdHost], workdir: Path) -> No
     """Before a push starts: on each host, the first rsync the sessions run (the
     push's receiving side) stops itself (SIGSTOP) as it starts, for the test to
     find with stop_receivers and let go with SIGCONT."""
+    script = SELF_STOPPING_RSYNC.format(rsync=shutil.which("rsync"))
     for host in hosts:
-        stand_in = workdir / f"self-stopping-{host.name}"
-        stand_in.mkdir()
-        (stand_in / "rsync").write_text(SELF_STOPPING_RSYNC.format(rsync=shutil.which("rsync")))
-        (stand_in / "rsync").chmod(0o755)
-        fleet.set_session_env(host, {"PATH": f"{stand_in}:/usr/sbin:/usr/bin:/sbin:/bin"})
+        fleet.put_stand_in(host, workdir / f"self-stopping-{host.name}", "rsync", script)
 
 
 def stop_receivers(fleet: SshdFleet, hosts: list[SshdHost]) -> dict[str, list[int]]:

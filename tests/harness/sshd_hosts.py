@@ -38,6 +38,8 @@ SSH_KEYGEN = "ssh-keygen"
 PRIVSEP_DIR = Path("/run/sshd")
 FIRST_HOST_OCTET = 2  # 127.0.0.1 stays for everything else on the machine
 MAX_HOSTS = 250  # the last octet runs out at 254
+# A session's PATH after a test's stand-ins: sshd's own default.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Generous: 20+ sshd processes start at once on 2 cores.
 READY_TIMEOUT_S = 30.0
 READY_POLL_S = 0.02
@@ -166,6 +168,17 @@ class SshdFleet:
         lines.append(" ".join(["SetEnv SHLVL=1", *(f"{name}={value}" for name, value in env.items())]))
         host.config_file.write_text("\n".join(lines) + "\n")
         self.restart(host)
+
+    def put_stand_in(self, host: SshdHost, directory: Path, name: str, script: str) -> Path:
+        """The executable `directory`/`name` (the text `script`), first on the
+        PATH of every session of the host (restarted): a test's stand-in for a
+        command the host script runs."""
+        directory.mkdir(parents=True, exist_ok=True)
+        command = directory / name
+        command.write_text(script)
+        command.chmod(0o755)
+        self.set_session_env(host, {"PATH": f"{directory}:{SYSTEM_PATH}"})
+        return command
 
     def freeze(self, host: SshdHost) -> None:
         """SIGSTOP the host's sshd and its sessions: connections hang, nothing answers."""

@@ -126,13 +126,8 @@ def test_host_killed_during_its_transfer_stays_on_old_release(make_runner, make_
     # kill lands after the script has opened the slot and before anything
     # could complete it, however loaded the machine (a real rsync of a few
     # MB can end between two looks at the process list).
-    stand_in = tmp_path / "stand-in"
-    stand_in.mkdir()
-    (stand_in / "rsync").write_text(HOLDING_RSYNC)
-    (stand_in / "rsync").chmod(0o755)
-    started = stand_in / "started"
+    started = fleet.put_stand_in(victim, tmp_path / "stand-in", "rsync", HOLDING_RSYNC).with_name("started")
     os.mkfifo(started)
-    fleet.set_session_env(victim, {"PATH": f"{stand_in}:/usr/sbin:/usr/bin:/sbin:/bin"})
 
     killed = threading.Event()
 
