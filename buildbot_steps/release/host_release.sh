@@ -31,7 +31,7 @@
 # a push as the text of `sh -c` in rsync's --rsync-path (one ssh session);
 # locally as the text of `sh -c`, the same words:
 #   sh -s -- ACTION ARG...      or      sh -c TEXT host_release ACTION ARG...
-#   transfer ROOT SLOTS REVISION BUILD TIME OWNER -- rsync ARG... ROOT/releases/next/
+#   transfer ROOT SLOTS REVISION BUILD TIME OWNER LIST -- rsync ARG... ROOT/releases/next/
 #                                                 lock, choose the slot to replace, invalidate
 #                                                 its manifest, run the rsync into it (the
 #                                                 receiving side over ssh; `next` stands for
@@ -39,6 +39,9 @@
 #   flip     ROOT OWNER REVISION                  make REVISION live
 #   rollback ROOT OWNER [LIVE_REVISION]           back to the recorded previous
 #   status   ROOT SLOTS                           what is live, what is where
+# OWNER is ACTION/REVISION/MASTER/PID/SINCE (SINCE: the master's UTC time);
+# LIST is the BLAKE2b-256 digest of the entry list in the transfer, computed
+# by the master that wrote it.
 #
 # Nothing in a release tree steers this script: rsync excludes .release and
 # .release.tmp, commit removes whatever is at those names before writing its
@@ -64,11 +67,12 @@ EXIT_BUSY=6
 EXIT_MISSING_TOOL=7
 # Every program this script runs: checked before an action starts, so that a
 # host short of one is named and left as it was, not stopped half-way.
-HOST_TOOLS='awk b2sum chmod comm cp cut date find flock head ln mkdir mv readlink rm rsync stat touch tr xargs'
+HOST_TOOLS='awk b2sum chmod cp find flock head ln mkdir mv readlink rm rsync stat tr xargs'
 LOCK_FILE=.deploy.lock
 MAX_SLOT=99 # the caller's MAX_SLOTS - 1
 # b2sum: half the CPU of sha256sum on this path, which runs on every host of
-# every push; 256 bits, as hashlib.blake2b(digest_size=32).
+# every push; 256 bits, as hashlib.blake2b(digest_size=32), which the master
+# computes for the entry list it sends.
 LIST_DIGEST_BITS=256
 
 die() {
@@ -82,6 +86,14 @@ check_word() {
   case $1 in
     '' | *[!A-Za-z0-9._/-]* | -*) die $EXIT_USAGE "unsafe argument: '$1'" ;;
   esac
+}
+
+# check_digest DIGEST: a BLAKE2b-256 digest in hex, as b2sum prints it.
+check_digest() {
+  case $1 in
+    *[!0-9a-f]*) die $EXIT_USAGE "not a list digest: '$1'" ;;
+  esac
+  [ ${#1} -eq $((LIST_DIGEST_BITS / 4)) ] || die $EXIT_USAGE "not a list digest: '$1'"
 }
 
 check_number() {
@@ -123,9 +135,10 @@ try_lock() {
 acquire_lock() {
   try_lock
   # Who holds it, for the refusal above: rewritten in place (the lock is on
-  # the open file, not its content).
+  # the open file, not its content). OWNER is ACTION/REVISION/MASTER/PID/SINCE,
+  # SINCE the master's UTC time (no `date` process on every host).
   : >"$lock"
-  printf 'since=%s what=%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" >&9
+  printf 'since=%s what=%s\n' "${1##*/}" "${1%/*}" >&9
 }
 
 check_root() {
@@ -349,12 +362,13 @@ main() {
 
   case $action in
     transfer)
-      [ $# -ge 7 ] && [ "$6" = -- ] || die $EXIT_USAGE "usage: transfer ROOT SLOTS REVISION BUILD TIME OWNER -- rsync ARG... ROOT/releases/next/"
-      slots=$1 revision=$2 build=$3 release_time=$4 owner=$5
+      [ $# -ge 8 ] && [ "$7" = -- ] || die $EXIT_USAGE "usage: transfer ROOT SLOTS REVISION BUILD TIME OWNER LIST -- rsync ARG... ROOT/releases/next/"
+      slots=$1 revision=$2 build=$3 release_time=$4 owner=$5 list_digest=$6
       for arg in "$slots" "$revision" "$build" "$release_time" "$owner"; do check_word "$arg"; done
       check_number "$slots"
       check_number "$release_time"
-      shift 6
+      check_digest "$list_digest"
+      shift 7
       do_transfer "$@"
       ;;
     flip)

@@ -94,12 +94,11 @@ open_slot() {
     link_from_live
   fi
   # The live release's entry list as rsync's basis for the new one: it sends
-  # the lines that changed, not the list. Dated 1970, so that rsync's quick
-  # check never takes it for the new list (written by the master at push time).
-  if [ "$live_list_ok" = yes ]; then
-    cp "$work/list.$live" "$slot_dir/.release.list"
-    touch -m -d @0 "$slot_dir/.release.list"
-  fi
+  # the lines that changed, not the list. A hard link, which rsync replaces
+  # (it writes the new list to a temporary name), so the kept list stays as
+  # it is; its mtime is the one the master gave it at its own push, to the
+  # nanosecond, so rsync's quick check never takes it for the new list.
+  if [ "$live_list_ok" = yes ]; then ln "$work/list.$live" "$slot_dir/.release.list"; fi
 }
 
 # check_kept_lists: live_list_ok and old_list_ok say whether the entry lists
@@ -125,42 +124,38 @@ is_regular() {
 # changed_since_old_list: the slot holds an older release and both kept lists
 # are at hand: the files to link from the live release (link.todo) are those
 # whose line in the live list is not in the slot's old list (new, or changed
-# in mode, size or mtime since), found by one comm of the two sorted lists,
-# without walking either tree. A file whose line is in both is, in the slot,
-# what it is in the live release by rsync's own quick check, which the rsync
-# after this applies to it in any case. Fails (the caller then walks the
-# trees) on a list comm finds unsorted.
+# in mode, size or mtime since), found by one awk over the two lists, without
+# walking either tree. A file whose line is in both is, in the slot, what it
+# is in the live release by rsync's own quick check, which the rsync after
+# this applies to it in any case.
 #
 # settled.list gets the live list's lines whose entry the slot will hold
 # with that line's mode before rsync runs, for the mode pass: a file kept
 # (its line in both lists) or linked from the live release (its line in the
 # live list only), and a directory kept; each with a plain mode (see
-# stat_candidates).
+# want_candidates).
 #
 # Safe as link_from_live: a file is linked only into a directory the slot
 # holds as a real one (slot.dirs: find never follows symlinks), only over a
 # regular file, a symlink or nothing (cp replaces the name, never follows it),
 # never at the manifest names.
 changed_since_old_list() {
-  LC_ALL=C comm --check-order "$work/list.$chosen" "$work/list.$live" >"$work/lists.comm" 2>/dev/null ||
-    return 1
   find "$slot_dir" -type d -printf '%P\n' >"$work/slot.dirs"
-  # Lines of lists.comm: the old list's own lines as they are, the live list's
-  # own after one tab, the lines in both after two. Entry lines: MODE SIZE
-  # MTIME PATH, SIZE and MTIME "-" for a directory.
+  # Entry lines: MODE SIZE MTIME PATH, SIZE and MTIME "-" for a directory.
   awk -v settled="$work/settled.list" '
     BEGIN { printf "" > settled }
-    NR == FNR { dir[$0] = 1; next }
-    /^\t\t/ { if ($0 ~ /^\t\t[0-7][0145][0145] /) print substr($0, 3) > settled; next }
-    /^\t/ {
-      line = substr($0, 2); rest = line
+    FILENAME == ARGV[1] { dir[$0] = 1; next }
+    FILENAME == ARGV[2] { old[$0] = 1; next }
+    $0 in old { if ($0 ~ /^[0-7][0145][0145] /) print > settled; next }
+    {
+      rest = $0
       for (f = 0; f < 3; f++) { i = index(rest, " "); field[f] = substr(rest, 1, i - 1); rest = substr(rest, i + 1) }
       if (field[1] == "-" || rest == ".release" || rest == ".release.tmp" || rest == ".release.list") next
-      if (line ~ /^[0-7][0145][0145] /) print line > settled
+      if ($0 ~ /^[0-7][0145][0145] /) print > settled
       if (rest in dir) next
       parent = rest; if (!sub(/\/[^\/]*$/, "", parent)) parent = ""
       if (parent in dir) print rest
-    }' "$work/slot.dirs" "$work/lists.comm" >"$work/link.todo"
+    }' "$work/slot.dirs" "$work/list.$chosen" "$work/list.$live" >"$work/link.todo"
 }
 
 # link_from_live: the slot holds an older release and the kept lists are not
@@ -220,13 +215,12 @@ link_todo() {
 # copied (cp -p) and renamed over its name when it has other links, so the
 # shared inode is never touched. .release.list, written by the master, holds
 # a line "MODE SIZE MTIME PATH" per file and "MODE - - PATH" per directory
-# (MODE octal as find's %m, MTIME in nanoseconds, "." for the slot itself),
-# sorted bytewise.
+# (MODE octal as find's %m, MTIME in nanoseconds, "." for the slot itself).
 #
-# Which entries to look at: when the slot was empty before rsync ran, only
-# those created_candidates names; when it was linked from the live release by
-# the kept lists (changed_since_old_list), only those stat_candidates names;
-# either way looked at by one stat: the work of the difference. Otherwise every
+# Which entries to look at: when the slot was empty before rsync ran, or was
+# linked from the live release by the kept lists (changed_since_old_list),
+# only the candidates want_candidates names, looked at by one stat (none when
+# there are none): the work of the difference. Otherwise every
 # entry of the slot (a find walk; find never follows symlinks, so only real
 # entries of this slot are changed). Either way the entries to change go to
 # modes.todo as "MODE LINKS PATH".
@@ -239,9 +233,7 @@ apply_modes() {
     want=$list
     find "$dir" \( -type f -o -type d \) -printf '%m %n 0 %P\n' >"$work/modes.stat"
   fi
-  b2sum -l "$LIST_DIGEST_BITS" -- "$list" >"$work/sums"
-  read -r new_list _ <"$work/sums"
-  modes_to_change "$want" "$work/modes.stat" >"$work/modes.todo"
+  if [ -s "$work/modes.stat" ]; then modes_to_change "$want" "$work/modes.stat" >"$work/modes.todo"; else : >"$work/modes.todo"; fi
   while IFS= read -r line; do
     mode=${line%% *} rest=${line#* }
     links=${rest%% *} path=$dir/${rest#* }
@@ -258,7 +250,8 @@ apply_modes() {
     fi
   done <"$work/modes.todo"
   # Kept for the next push into another slot (it replaces the slot's old
-  # list); its digest goes into the manifest.
+  # list); its digest, computed by the master that wrote it, goes into the
+  # manifest.
   mv -f -T "$list" "$work/list.$chosen"
 }
 
@@ -266,44 +259,47 @@ apply_modes() {
 # known without walking DIR (modes.want, and their stat in modes.stat).
 candidates_listed() {
   if [ "$empty_before" = yes ]; then
-    created_candidates "$1"
+    want_candidates "$1" /dev/null created
   else
-    [ "$linked_all" = yes ] && [ "$settled_listed" = yes ] && stat_candidates "$1"
+    [ "$linked_all" = yes ] && [ "$settled_listed" = yes ] && want_candidates "$1" "$work/settled.list" kept
   fi
 }
 
-# created_candidates DIR: the slot was empty before rsync ran, so rsync
-# --no-perms created every entry under umask 022. An entry whose mode has no
-# group/other write and no setuid/setgid/sticky bit then has it already; the
-# others, and every directory (a setgid parent passes its bit on to a new
-# directory), go to modes.want and one stat.
-created_candidates() {
-  awk '!/^[0-7][0145][0145] / || $2 == "-"' "$1/.release.list" >"$work/modes.want" &&
-    stat_wanted "$1"
-}
-
-# stat_candidates DIR: the lines of DIR's new list that are not in
-# settled.list go to modes.want, and one stat of their paths to modes.stat
-# ("MODE LINKS TYPE PATH"). Any other entry has its mode: the slot held it
-# with that mode before rsync ran (changed_since_old_list), and rsync kept
-# it or rewrote it keeping the mode of the file it replaced; and the mode has
-# no group/other write and no setuid/setgid/sticky bit, so an entry rsync
-# --no-perms creates under umask 022 (one the slot lacked after all) has it
-# too. Fails (the caller walks the slot) on a list comm finds unsorted.
-stat_candidates() {
-  LC_ALL=C comm -23 --check-order "$1/.release.list" "$work/settled.list" >"$work/modes.want" 2>/dev/null &&
-    stat_wanted "$1"
-}
-
-# stat_wanted DIR: one stat of the paths of modes.want's lines into modes.stat.
-stat_wanted() {
-  cut -d ' ' -f 4- "$work/modes.want" >"$work/modes.paths" &&
+# want_candidates DIR SETTLED HOW: the lines of DIR's new list whose entry
+# may not have its mode yet go to modes.want, and one stat of their paths to
+# modes.stat ("MODE LINKS TYPE PATH"). Either rsync --no-perms created every
+# entry of an empty slot under umask 022 (HOW is created): an entry whose
+# mode has no group/other write and no setuid/setgid/sticky bit (a plain
+# mode) then has it already; the others, and every directory (a setgid
+# parent passes its bit on to a new directory), are candidates. Or the slot
+# was linked from the live release by the kept lists (HOW is kept): a line
+# in SETTLED (changed_since_old_list) is an entry the slot held with that
+# mode before rsync ran, and rsync kept it or rewrote it keeping the mode of
+# the file it replaced; an entry rsync created (one the slot lacked after
+# all) with a plain mode has it too. Any other line is a candidate.
+want_candidates() {
+  awk -v paths="$work/modes.paths" -v how="$3" '
+    BEGIN { printf "" > paths }
+    FILENAME == ARGV[1] { settled[$0] = 1; next }
+    $0 in settled { next }
+    how == "created" && /^[0-7][0145][0145] / && $2 != "-" { next }
     {
-      # stat without -L reports a symlink as one (type a...), skipped by
-      # modes_to_change; a path not there (xargs: 123) has nothing to change.
-      (cd "$1" && xargs -d '\n' -r stat -c '%a %h %f %n' -- <"$work/modes.paths" >"$work/modes.stat" 2>/dev/null) ||
-        [ $? -eq 123 ]
-    }
+      print
+      path = $0; for (f = 0; f < 3; f++) path = substr(path, index(path, " ") + 1)
+      print path > paths
+    }' "$2" "$1/.release.list" >"$work/modes.want" &&
+    stat_wanted "$1"
+}
+
+# stat_wanted DIR: one stat of the paths of modes.paths into modes.stat; none
+# when there are none.
+stat_wanted() {
+  : >"$work/modes.stat"
+  [ -s "$work/modes.paths" ] || return 0
+  # stat without -L reports a symlink as one (type a...), skipped by
+  # modes_to_change; a path not there (xargs: 123) has nothing to change.
+  (cd "$1" && xargs -d '\n' -r stat -c '%a %h %f %n' -- <"$work/modes.paths" >"$work/modes.stat" 2>/dev/null) ||
+    [ $? -eq 123 ]
 }
 
 # modes_to_change WANT STAT: "MODE LINKS PATH" for every file or directory of
@@ -327,7 +323,7 @@ modes_to_change() {
 }
 
 do_commit() {
-  m_revision=$revision m_build=$build m_time=$release_time m_seq=$((top_seq + 1)) m_list=$new_list
+  m_revision=$revision m_build=$build m_time=$release_time m_seq=$((top_seq + 1)) m_list=$list_digest
   m_previous='' m_previous_seq=''
   # Written last (open_slot removed whatever was at these names, and rsync
   # excludes them): a slot with a manifest is complete, by this script's word only.

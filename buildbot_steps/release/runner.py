@@ -188,20 +188,22 @@ class ReleaseRunner:
         source_dir = self._check_source(source, allow_empty)
         revision = check_word(revision, "revision")
         build = check_word(build, "build")
-        transfer_args = [
-            str(self.slots),
-            revision,
-            build,
-            str(int(time.time())),
-            owner_word("push", revision),
-        ]
         chosen = self._hosts(Selection(names=tuple(hosts)) if hosts is not None else ALL_HOSTS)
         keep_setid = bool(getattr(self.transport, "preserve_privileged", False))
         with tempfile.TemporaryDirectory(prefix="bbcd-entries-") as scratch:
             entry_list = write_entry_list(source_dir, scratch, keep_setid)
+            owner = owner_word("push", revision)
+            transfer_args = [
+                str(self.slots),
+                revision,
+                build,
+                str(int(time.time())),
+                owner,
+                entry_list.digest,
+            ]
 
             def steps(host: Host) -> list[PushStep]:
-                return self.transport.push_steps(host, source_dir, entry_list, transfer_args)
+                return self.transport.push_steps(host, source_dir, entry_list.path, transfer_args)
 
             with deploy_lock(f"push {revision}", self.inventory.hosts):
                 report = self._run("push", chosen, steps, revision)
@@ -350,6 +352,8 @@ def to_command(spec: CommandSpec) -> _core.Command:
 
 
 def owner_word(action: str, revision: str | None) -> str:
-    """Who holds a host's lock, as host_release.sh records it: action/revision/master/pid."""
+    """Who holds a host's lock and since when, as host_release.sh records it:
+    action/revision/master/pid/since, since the master's UTC time."""
     origin = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64].strip(".-") or "master"
-    return check_word(f"{action}/{revision or 'any'}/{origin}/{os.getpid()}", "lock owner")
+    since = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return check_word(f"{action}/{revision or 'any'}/{origin}/{os.getpid()}/{since}", "lock owner")

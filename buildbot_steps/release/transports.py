@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import os
 import shlex
 import shutil
@@ -16,6 +17,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from importlib import resources
+from typing import NamedTuple
 
 from buildbot_steps.release.inventory import (
     SAFE_OPTION_PATH,
@@ -275,12 +277,24 @@ def rsync_base(host: Host, preserve_privileged: bool = False) -> list[str]:
     return base if preserve_privileged else [*base, *UNPRIVILEGED_RSYNC_OPTIONS]
 
 
-def write_entry_list(source: str, directory: str, keep_setid: bool) -> str:
-    """Write ENTRY_LIST_NAME into `directory`, returned as its path: a line
-    "MODE SIZE MTIME PATH" per file and "MODE - - PATH" per directory of
-    `source` (MODE octal as find's %m, MTIME in nanoseconds, "." for the top),
-    sorted bytewise as the host's `LC_ALL=C comm` reads them. The manifest
-    names at the top are left out: rsync never transfers them.
+class EntryList(NamedTuple):
+    path: str
+    # BLAKE2b-256 in hex, as the host's `b2sum -l 256` prints it: the host
+    # records it in the slot's manifest without hashing the list again.
+    digest: str
+
+
+# The digest's size in bytes: host_release.sh's LIST_DIGEST_BITS / 8.
+LIST_DIGEST_BYTES = 32
+
+
+def write_entry_list(source: str, directory: str, keep_setid: bool) -> EntryList:
+    """Write ENTRY_LIST_NAME into `directory`: a line "MODE SIZE MTIME PATH"
+    per file and "MODE - - PATH" per directory of `source` (MODE octal as
+    find's %m, MTIME in nanoseconds, "." for the top), sorted bytewise, so
+    that the order is the same from push to push and rsync sends only the
+    lines that changed. The manifest names at the top are left out: rsync
+    never transfers them.
 
     Without keep_setid the setuid/setgid bits are dropped, as --chmod=ug-s does.
     """
@@ -310,10 +324,11 @@ def write_entry_list(source: str, directory: str, keep_setid: bool) -> str:
                 lines.append(b"%o - - %s" % (mode, relative))
     # Sorted without their newlines: a name may hold bytes below "\n".
     lines.sort()
+    text = b"".join(line + b"\n" for line in lines)
     path = os.path.join(directory, ENTRY_LIST_NAME)
     with open(path, "wb") as out:
-        out.writelines(line + b"\n" for line in lines)
-    return path
+        out.write(text)
+    return EntryList(path, hashlib.blake2b(text, digest_size=LIST_DIGEST_BYTES).hexdigest())
 
 
 # The transports a step or the command line may name.

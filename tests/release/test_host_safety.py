@@ -131,7 +131,7 @@ def test_rsync_as_root_does_not_reproduce_privileges_unless_asked(make_runner, m
 
 def test_the_transfer_refuses_to_write_anywhere_but_the_next_slot(tmp_path):
     root = tmp_path / "root"
-    words = [str(root), "5", "v1", "1", "1700000000", "push/v1/m/1", "--"]
+    words = [str(root), "5", "v1", "1", "1700000000", "push/v1/m/1/20261128T103000Z", "0" * 64, "--"]
     result = release_script(
         release.host_script_argv(
             "transfer", [*words, "rsync", "-a", f"{tmp_path}/", f"{tmp_path}/elsewhere/"]
@@ -142,6 +142,10 @@ def test_the_transfer_refuses_to_write_anywhere_but_the_next_slot(tmp_path):
         release.host_script_argv("transfer", [*words, "cp", "-r", f"{tmp_path}/", f"{root}/releases/next/"])
     )
     assert result.returncode == 3 and "expected an rsync command" in result.stderr
+    for digest in ("0" * 63, "G" * 64, "0" * 64 + ";"):
+        bad_digest = [*words[:-2], digest, "--", "rsync", "-a", f"{tmp_path}/", f"{root}/releases/next/"]
+        result = release_script(release.host_script_argv("transfer", bad_digest))
+        assert result.returncode == 3 and f"not a list digest: '{digest}'" in result.stderr
     assert not (root / "releases").exists()
 
 

@@ -144,7 +144,7 @@ def test_the_replaced_slot_is_not_flippable_from_the_moment_its_transfer_starts(
     for n in (1, 2, 3):
         push_and_flip(runner, write_tree(tmp_path / f"v{n}", OLD_FILES, f"v{n}"), f"v{n}")
     # A transfer into slot 0 (v1) that fails: rsync of a source that is not there.
-    args = [str(root), str(SLOTS), "v4", "4", str(MTIME), "push/v4/test/1", "--",
+    args = [str(root), str(SLOTS), "v4", "4", str(MTIME), "push/v4/test/1/20261128T103000Z", "0" * 64, "--",
             "rsync", "-a", f"{tmp_path}/missing/", f"{root}/releases/next/"]  # fmt: skip
     failed = subprocess.run(release.host_script_argv("transfer", args), capture_output=True, text=True)
     assert failed.returncode == 23, failed.stderr
@@ -237,6 +237,12 @@ def test_a_push_into_an_old_slot_sets_the_modes_that_differ_from_the_live_and_th
     kept = (root / ".bbcd" / "list.0").read_bytes()
     assert manifest["list"] == hashlib.blake2b(kept, digest_size=32).hexdigest()
     assert f"664 4 {MTIME * 10**9} added.txt\n".encode() in kept and b"700 - - private\n" in kept
+    # The live release's kept list, rsync's basis for the new one (a hard link into the
+    # slot), is still the one the live manifest records: rsync replaced the link.
+    live_manifest = dict(line.split("=", 1) for line in (live / ".release").read_text().splitlines())
+    live_kept = (root / ".bbcd" / f"list.{live.name}").read_bytes()
+    assert live_manifest["list"] == hashlib.blake2b(live_kept, digest_size=32).hexdigest()
+    assert b"added.txt" not in live_kept and b"750 - - private\n" in live_kept
 
 
 def test_the_first_push_on_a_host_gives_each_entry_its_mode_even_under_a_setgid_directory(
