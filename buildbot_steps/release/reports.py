@@ -12,6 +12,9 @@ from buildbot_steps.release.inventory import Host
 # host_release.sh's exit code when another run holds the deploy root's lock.
 EXIT_HOST_BUSY = 6
 BUSY_LINE = re.compile(r"busy since=(\S+) what=(\S+)")
+# The holding master's UTC time, as runner.owner_word writes it (the script
+# takes it from the owner word: no `date` process on every host).
+SINCE_WORD = re.compile(r"^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$")
 COMMITTED_LINE = re.compile(r"^host_release: committed (slot=\d+ seq=\d+)$", re.MULTILINE)
 NO_SPACE_TEXT = "No space left on device"
 # host_release.sh's require_tools: the host lacks a program the script runs.
@@ -178,6 +181,9 @@ def busy_message(host: Host, stderr: str) -> str | None:
     if found is None:
         return None
     since, what = found.groups()
+    stamp = SINCE_WORD.match(since)
+    if stamp:
+        since = "{}-{}-{} {}:{}:{} UTC".format(*stamp.groups())
     parts = what.split("/")
     if len(parts) == 4:
         what = f"{parts[0]} {parts[1]} from {parts[2]} pid {parts[3]}"

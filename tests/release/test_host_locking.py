@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 
 from buildbot_steps import release
@@ -36,6 +37,7 @@ def test_a_push_from_another_process_is_refused_never_mixed(make_runner, make_tr
             report = ours.by_host()[host.name]
             assert report.status == "failed" and report.failed_step == "transfer", ours.to_text()
             assert report.error.startswith(f"another deploy holds {host.name}:{host.deploy_root} since 20")
+            assert re.search(r" since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(push v1 from ", report.error)
             assert "(push v1 from " in report.error and f" pid {other.pid})" in report.error
         # Flip and rollback wait for nobody either.
         flipped = runner.flip("v1")
