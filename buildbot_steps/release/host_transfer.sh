@@ -86,7 +86,7 @@ open_slot() {
   # --link-dest, and the rsync after it works in place as in any other slot.
   if [ "$fresh" = yes ]; then
     cp -al "$rel/$live/." "$slot_dir/"
-    rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp"
+    rm -rf "$slot_dir/.release" "$slot_dir/.release.tmp" "$slot_dir/.release.list"
   elif [ "$live_list_ok" = yes ] && [ "$old_list_ok" = yes ] && changed_since_old_list; then
     settled_listed=yes
     link_todo
@@ -96,7 +96,7 @@ open_slot() {
   # The live release's entry list as rsync's basis for the new one: it sends
   # the lines that changed, not the list. A hard link, which rsync replaces
   # (it writes the new list to a temporary name), so the kept list stays as
-  # it is; its mtime is the one the master gave it at its own push, to the
+  # it is; its mtime is when the master wrote it for its own push, to the
   # nanosecond, so rsync's quick check never takes it for the new list.
   if [ "$live_list_ok" = yes ]; then ln "$work/list.$live" "$slot_dir/.release.list"; fi
 }
