@@ -8,9 +8,14 @@ the master for a batch, runs those items, sends their results, and asks again
 until the master says done. It needs nothing on the worker but pytest and the
 standard library (the worker's test environment need not have buildbot-cd).
 
-Collected once, not per batch: pytest's collection is not meant to run twice
-in a session (a second `perform_collect` loses the fixtures of a package's
-conftest.py), so each shard pays the whole suite's collection once.
+Collected once, lazily: pytest's collection runs once, as usual (a second
+`perform_collect` would make new directory nodes, and pytest 9.1+ ties a
+conftest.py's fixtures to its directory's node, so they would be lost), but a
+test module is only listed there, not imported: it is collected the first
+time a batch holds one of its tests, under the same directory nodes. A shard
+then imports the modules it runs, as a static shard does, not the whole
+suite: with 16 shards on 2 cores, 16 collections of the whole suite at once
+were the warm runner's largest cost beyond a static shard's.
 
 The channel is the master's web server (warm_channel.py): POST JSON to
 $BUILDBOT_CD_QUEUE_URL with the shard's secret in $BUILDBOT_CD_QUEUE_TOKEN:
@@ -94,6 +99,50 @@ class _Results:
 _results = _Results()
 
 
+class _LazyModule(pytest.Module):
+    """A test module that yields its tests only once a batch needs them."""
+
+    needed = False
+
+    def collect(self):
+        return super().collect() if self.needed else []
+
+
+# Every test module of the session by node id (as the master names tests).
+_modules: dict[str, _LazyModule] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path, parent):
+    # A package's __init__.py is pytest's own business (pytest 7 makes the
+    # Package node here).
+    if module_path.name == "__init__.py":
+        return None
+    module = _LazyModule.from_parent(parent, path=module_path)
+    _modules[module.nodeid] = module
+    return module
+
+
+def pytest_report_collectionfinish(config, items) -> str:
+    return f"buildbot-cd warm runner: {len(_modules)} test modules, each collected when a batch needs it"
+
+
+def _collect_modules_of(tests: list[str], session: pytest.Session, items: dict) -> None:
+    """Collects the modules of `tests` not collected yet into `items`, as pytest
+    would have at the start (its item hooks, then -k/-m and other plugins'
+    selection through pytest_collection_modifyitems)."""
+    for test in tests:
+        module = _modules.get(test.split("::", 1)[0])
+        if module is None or module.needed:
+            continue
+        module.needed = True
+        collected = list(session.genitems(module))
+        hook = session.config.hook
+        hook.pytest_collection_modifyitems(session=session, config=session.config, items=collected)
+        session.testscollected += len(collected)
+        items.update((item.nodeid, item) for item in collected)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     _results.add(report)
 
@@ -108,6 +157,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool:
             return True
         if answer.get("kind") != "run":
             continue  # wait: the master held the request as long as it could; ask again
+        _collect_modules_of(answer["tests"], session, items)
         batch = [items[test] for test in answer["tests"] if test in items]
         for index, item in enumerate(batch):
             following = batch[index + 1] if index + 1 < len(batch) else _SessionOnly(session)

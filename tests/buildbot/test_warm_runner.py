@@ -8,10 +8,16 @@ the start-ups a build paid are counted, not inferred from timings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
+import subprocess
+import sys
+import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -24,6 +30,8 @@ SHARD_WORKERS = 2
 FAILING_TEST = "tests/test_outcomes.py::test_always_fails"
 FLAKY_TEST = "tests/test_outcomes.py::test_flaky_first_run"
 REQUEST_TIMEOUT_S = 10
+# A pytest of four small modules: seconds at most, even on a loaded machine.
+RUNNER_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +247,104 @@ def test_a_channel_hands_out_batches_and_fails_one_whose_results_it_refuses():
     with pytest.raises(ChannelError, match="unknown op"):
         ask({"op": "shutdown"})
     assert ask({"op": "next"}) == {"kind": "done"} and ask({"op": "next"}) == {"kind": "done"}
+
+
+# A suite whose modules record that they were imported: the warm runner must
+# import only the modules of the tests it is given, as a static shard does.
+LAZY_MODULE = """import os
+
+with open(os.environ["IMPORT_LOG"], "a") as log:
+    log.write(__name__ + "\\n")
+"""
+LAZY_SUITE = {
+    "pytest.ini": "[pytest]\naddopts = -p no:cacheprovider\n",
+    "tests/__init__.py": "",
+    "tests/conftest.py": "import pytest\n\n\n@pytest.fixture\ndef answer():\n    return 42\n",
+    "tests/test_one.py": LAZY_MODULE + "\n\ndef test_a(answer):\n    assert answer == 42\n",
+    "tests/test_unused.py": LAZY_MODULE + "\n\ndef test_never_asked():\n    pass\n",
+    "tests/sub/__init__.py": "",
+    # A deeper package's conftest, using the top one's fixture.
+    "tests/sub/conftest.py": (
+        "import pytest\n\n\n@pytest.fixture\ndef deeper(answer):\n    return answer + 1\n"
+    ),
+    "tests/sub/test_two.py": LAZY_MODULE
+    + "\n\nimport pytest\n\n\n@pytest.mark.parametrize('n', [1, 2])\n"
+    + "def test_b(n, deeper):\n    assert deeper == 43 and n in (1, 2)\n",
+}
+LAZY_BATCHES = [
+    ["tests/test_one.py::test_a"],
+    ["tests/sub/test_two.py::test_b[2]", "tests/test_one.py::test_a"],
+]
+
+
+@contextlib.contextmanager
+def scripted_queue(batches: list[list[str]]):
+    """A stand-in for the master's queue on 127.0.0.1: hands out `batches`, then done;
+    yields the list of the reports it received."""
+    answers = [{"kind": "run", "batch": n, "tests": tests} for n, tests in enumerate(batches, 1)]
+    reports: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if payload["op"] == "report":
+                reports.append(payload)
+                answer: dict = {}
+            else:
+                answer = answers.pop(0) if answers else {"kind": "done"}
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's name)
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/queue", reports
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_warm_runner_imports_only_the_modules_of_the_tests_it_is_given(tmp_path):
+    suite, plugin_dir = tmp_path / "suite", tmp_path / "plugin"
+    for name, text in LAZY_SUITE.items():
+        (suite / name).parent.mkdir(parents=True, exist_ok=True)
+        (suite / name).write_text(text)
+    plugin_dir.mkdir()
+    (plugin_dir / f"{warm_channel.PLUGIN_MODULE}.py").write_text(warm_channel.PLUGIN_SOURCE.read_text())
+    import_log = tmp_path / "imports.log"
+    with scripted_queue(LAZY_BATCHES) as (url, reports):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(plugin_dir),
+            "IMPORT_LOG": str(import_log),
+            warm_channel.QUEUE_URL_ENV: url,
+            warm_channel.QUEUE_TOKEN_ENV: "secret",
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            warm_channel.PLUGIN_MODULE,
+            "-p",
+            "no:hypothesispytest",
+        ]
+        run = subprocess.run(
+            [*command, "tests"], cwd=suite, env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S
+        )
+    assert run.returncode == 0, run.stdout + run.stderr
+    # Imported when a batch first needed it, once; test_unused.py never.
+    assert import_log.read_text().split() == ["tests.test_one", "tests.sub.test_two"]
+    outcomes = [{(r["id"], r["outcome"]) for r in report["results"]} for report in reports]
+    assert [report["batch"] for report in reports] == [1, 2]
+    assert outcomes == [
+        {("tests/test_one.py::test_a", "passed")},
+        {("tests/sub/test_two.py::test_b[2]", "passed"), ("tests/test_one.py::test_a", "passed")},
+    ]
