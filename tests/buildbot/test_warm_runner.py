@@ -311,15 +311,19 @@ def scripted_queue(batches: list[list[str]]):
         server.server_close()
 
 
-def test_a_warm_runner_imports_only_the_modules_of_the_tests_it_is_given(tmp_path):
+def run_warm_runner(
+    tmp_path, files: dict[str, str], batches: list[list[str]]
+) -> tuple[list[str], list[dict]]:
+    """The plugin in a real pytest over `files`, fed `batches`: the modules
+    imported, in order, and the reports the runner sent."""
     suite, plugin_dir = tmp_path / "suite", tmp_path / "plugin"
-    for name, text in LAZY_SUITE.items():
+    for name, text in files.items():
         (suite / name).parent.mkdir(parents=True, exist_ok=True)
         (suite / name).write_text(text)
     plugin_dir.mkdir()
     (plugin_dir / f"{warm_channel.PLUGIN_MODULE}.py").write_text(warm_channel.PLUGIN_SOURCE.read_text())
     import_log = tmp_path / "imports.log"
-    with scripted_queue(LAZY_BATCHES) as (url, reports):
+    with scripted_queue(batches) as (url, reports):
         env = {
             **os.environ,
             "PYTHONPATH": str(plugin_dir),
@@ -340,11 +344,25 @@ def test_a_warm_runner_imports_only_the_modules_of_the_tests_it_is_given(tmp_pat
             [*command, "tests"], cwd=suite, env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S
         )
     assert run.returncode == 0, run.stdout + run.stderr
+    return import_log.read_text().split(), reports
+
+
+def test_a_warm_runner_imports_only_the_modules_of_the_tests_it_is_given(tmp_path):
+    imported, reports = run_warm_runner(tmp_path, LAZY_SUITE, LAZY_BATCHES)
     # Imported when a batch first needed it, once; test_unused.py never.
-    assert import_log.read_text().split() == ["tests.test_one", "tests.sub.test_two"]
+    assert imported == ["tests.test_one", "tests.sub.test_two"]
     outcomes = [{(r["id"], r["outcome"]) for r in report["results"]} for report in reports]
     assert [report["batch"] for report in reports] == [1, 2]
     assert outcomes == [
         {("tests/test_one.py::test_a", "passed")},
         {("tests/sub/test_two.py::test_b[2]", "passed"), ("tests/test_one.py::test_a", "passed")},
     ]
+
+
+def test_a_suite_that_makes_its_own_module_collectors_is_collected_at_the_start(tmp_path):
+    own_modules = "\n\ndef pytest_pycollect_makemodule(module_path, parent):\n    return None\n"
+    files = {**LAZY_SUITE, "tests/conftest.py": LAZY_SUITE["tests/conftest.py"] + own_modules}
+    imported, reports = run_warm_runner(tmp_path, files, LAZY_BATCHES)
+    assert sorted(imported) == ["tests.sub.test_two", "tests.test_one", "tests.test_unused"]
+    assert [len(report["results"]) for report in reports] == [1, 2]
+    assert all(result["outcome"] == "passed" for report in reports for result in report["results"])
