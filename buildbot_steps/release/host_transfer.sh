@@ -69,7 +69,8 @@ open_slot() {
   fi
   # What is at the names of the work files of a push (.bbcd: left by the last
   # one, not to be trusted), .incoming (the staging directory of older versions
-  # of this script) and modes.* and .release.modes (their mode lists).
+  # of this script), modes.* and .release.modes (their mode lists) and
+  # lists.comm (their join of the kept lists).
   rm -rf "$rel/.incoming" "$work/modes.old" "$work/modes.$chosen" "$work/slot.list" "$work/live.list" \
     "$work/slot.dirs" "$work/lists.comm" "$work/settled.list" "$work/link.todo" "$work/modes.want" \
     "$work/modes.paths" "$work/modes.stat" "$work/modes.todo" "$work/mode.tmp" "$work/sums" "$@"

@@ -213,18 +213,14 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
     auto where = peek_longest(worker);
     if (!where) break;
     const Item& next = peeked(*where);
-    const bool next_retry = next.retry;
     const double after = flight.estimate_s + estimate_of(next);
     const bool overshoots = after - target > target - flight.estimate_s;
     if (to_the_test && after > target) {
-      if (take_fitting(*where, target, cap, flight, Fit::Below)) retry = retry || next_retry;
+      take_fitting(*where, target, cap, flight, Fit::Below, retry);
       if (top_up_ok) top_up(target, cap, flight);
       // Nothing shorter left to top up from (the last parts): the longest one's tests, to the nearest.
       auto longest = flight.estimate_s < target ? peek_longest(worker) : std::nullopt;
-      if (longest) {
-        const bool longest_retry = peeked(*longest).retry;
-        if (take_fitting(*longest, target, cap, flight, Fit::Nearest)) retry = retry || longest_retry;
-      }
+      if (longest) take_fitting(*longest, target, cap, flight, Fit::Nearest, retry);
       if (!flight.tests.empty()) break;
     }
     if (!flight.tests.empty() && (overshoots || flight.tests.size() + next.tests.size() > cap)) break;
@@ -279,15 +275,17 @@ void Dispatcher::State::top_up(double target, std::size_t cap, InFlight& flight)
 }
 
 // Into `flight`, the tests of the item at `where` that fit (see split_off),
-// the rest staying queued; false, and nothing taken, when none fits.
-bool Dispatcher::State::take_fitting(std::multimap<double, Item, std::greater<>>::iterator where,
-                                     double target, std::size_t cap, InFlight& flight, Fit fit_rule) {
+// the rest staying queued; `retry` set if the item was a re-run. Nothing
+// taken when none fits.
+void Dispatcher::State::take_fitting(std::multimap<double, Item, std::greater<>>::iterator where,
+                                     double target, std::size_t cap, InFlight& flight, Fit fit_rule,
+                                     bool& retry) {
   auto rest = split_off(peeked(where), target, cap, flight, fit_rule);
-  if (!rest) return false;
-  const bool retry = peeked(where).retry;
+  if (!rest) return;
+  const bool item_retry = peeked(where).retry;
   take(where);
-  requeue_rest(std::move(*rest), retry);
-  return true;
+  requeue_rest(std::move(*rest), item_retry);
+  retry = retry || item_retry;
 }
 
 // Moves into `flight` the tests of `item` that fit, each in turn: below

@@ -110,8 +110,8 @@ struct Dispatcher::State {
   void append(InFlight& flight, const Item& item) const;
   void top_up(double target, std::size_t cap, InFlight& flight);
   enum class Fit { Below, Nearest };
-  bool take_fitting(std::multimap<double, Item, std::greater<>>::iterator where, double target,
-                    std::size_t cap, InFlight& flight, Fit fit_rule);
+  void take_fitting(std::multimap<double, Item, std::greater<>>::iterator where, double target,
+                    std::size_t cap, InFlight& flight, Fit fit_rule, bool& retry);
   std::optional<std::vector<std::size_t>> split_off(const Item& item, double target, std::size_t cap,
                                                     InFlight& flight, Fit fit_rule);
   void requeue_rest(std::vector<std::size_t> rest, bool retry);
