@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,6 +30,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
+# free_port's search: above the ports only root may bind, below the ephemeral
+# range; random, so that masters started one after another do not probe the
+# same ports; a few tries, since other listeners hold only a handful.
+FIRST_UNPRIVILEGED_PORT = 1024
+LINUX_DEFAULT_EPHEMERAL = (32768, 60999)
+PORT_TRIES = 100
+_PORT_PICKER = random.Random()
 VENV_BIN = Path(sys.executable).parent
 WORKER_PASSWORD = "pass"
 # Poll period of wait_until: short, since every wait is bounded by a deadline.
@@ -58,11 +66,28 @@ class LocalMasterError(RuntimeError):
 
 
 def free_port() -> int:
-    """An unused loopback port chosen by the OS; the master binds it a moment
-    later (a tiny race, acceptable on loopback)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """An unused loopback port for a listener that binds it a moment later,
+    taken below the kernel's ephemeral range. A port the OS picks (bind to 0)
+    comes from that range, from which every outgoing connection's local port
+    comes too: in the moment before the master bound it, one of the suite's
+    own connections could take it ("Address already in use" at a demo
+    master's start, seen once in a full run). Below the range only another
+    listener can hold a port, and the bind here skips those."""
+    low = ephemeral_range()[0]
+    for port in _PORT_PICKER.sample(range(FIRST_UNPRIVILEGED_PORT, low), PORT_TRIES):
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    raise LocalMasterError(f"no free loopback port below {low} after {PORT_TRIES} tries")
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default if unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return LINUX_DEFAULT_EPHEMERAL
 
 
 def wait_until(predicate: Callable[[], T], deadline_s: float, what: str) -> T:
