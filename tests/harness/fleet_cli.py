@@ -52,12 +52,19 @@ def cli_argv(fleet: SshdFleet, inventory: Path, *args: str) -> list[str]:
 
 
 def start_cli_push(
-    fleet: SshdFleet, hosts: list[SshdHost], workdir: Path, tree: Path, revision: str, *extra: str
+    fleet: SshdFleet,
+    hosts: list[SshdHost],
+    workdir: Path,
+    tree: Path,
+    revision: str,
+    *extra: str,
+    tmpdir: str | None = None,
 ) -> subprocess.Popen:
+    """`buildbot-cd push` started; `tmpdir` its TMPDIR (see harness.scratch)."""
     inventory = write_inventory(fleet, hosts, workdir / f"inventory-{revision}.json")
     argv = cli_argv(fleet, inventory, "push", "--source", str(tree), "--revision", revision, *extra)
     # faulthandler: a push that does not end can be made to print every thread's stack (SIGABRT).
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", **({"TMPDIR": tmpdir} if tmpdir else {})}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

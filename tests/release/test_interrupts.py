@@ -25,6 +25,7 @@ from harness.fleet_cli import (
     wait_for,
     wait_or_explain,
 )  # fmt: skip
+from harness.scratch import killed_process_tmpdir
 from harness.sshd_hosts import descendant_pids, process_name
 
 
@@ -43,11 +44,11 @@ def alive(pid: int) -> bool:
 
 
 def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converges(
-    make_runner, make_tree, fleet, tmp_path
+    make_runner, make_tree, fleet, tmp_path, cli_tmpdir
 ):
     hosts = fleet.hosts[:2]
     hold_receivers(fleet, hosts, tmp_path)
-    cli = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1")
+    cli = start_cli_push(fleet, hosts, tmp_path, big_tree(make_tree, "v1"), "v1", tmpdir=cli_tmpdir)
     stopped = stop_receivers(fleet, hosts)
     children = transfer_children(cli.pid)
     rsyncs = [p for p in children if process_name(p) == "rsync"]
@@ -67,6 +68,12 @@ def test_kill_9_of_the_push_leaves_no_transfer_running_and_the_next_run_converge
                for h in runner.status().hosts), "the killed push committed"  # fmt: skip
 
     assert_next_push_converges(runner, make_tree, hosts)
+
+
+@pytest.fixture
+def cli_tmpdir() -> Iterator[str]:
+    with killed_process_tmpdir() as path:
+        yield path
 
 
 @pytest.fixture

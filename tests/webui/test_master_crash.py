@@ -21,6 +21,7 @@ import pytest
 
 from harness import demo
 from harness.local_master import VENV_BIN
+from harness.scratch import killed_process_tmpdir
 
 HOSTS = ("web1", "web2")
 SUCCESS = 0
@@ -56,18 +57,19 @@ def gated(tmp_path):
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     real_rsync = shutil.which("rsync")
     assert real_rsync, "rsync is not installed"
-    cluster = demo.DemoCluster(
-        tmp_path / "cluster", shard_workers=1, hosts=HOSTS,
-        extra_env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "BBCD_TEST_GATE": str(gate),
-                   "BBCD_TEST_REAL_RSYNC": real_rsync},
-    )  # fmt: skip
-    cluster.gate = gate
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        release_gate(gate)
-        cluster.stop()
+    with killed_process_tmpdir() as master_tmpdir:
+        cluster = demo.DemoCluster(
+            tmp_path / "cluster", shard_workers=1, hosts=HOSTS,
+            extra_env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "BBCD_TEST_GATE": str(gate),
+                       "BBCD_TEST_REAL_RSYNC": real_rsync, "TMPDIR": master_tmpdir},
+        )  # fmt: skip
+        cluster.gate = gate
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            release_gate(gate)
+            cluster.stop()
 
 
 def release_gate(gate: Path) -> None:
