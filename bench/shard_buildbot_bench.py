@@ -2,11 +2,11 @@
 """Sharded test runs through a real Buildbot master: wall time against the bound.
 
     .venv/bin/python bench/shard_buildbot_bench.py [--tests 600] [--total-s 240] [--workers 16]
-        [--startup-s 2] [--tiny-tests 3000] [--suites sleep,slow-start,no-history] [--repeat 1]
-        [--history-builds 2]
+        [--startup-s 2] [--tiny-tests 3000] [--suites sleep,slow-start,no-history,networkx]
+        [--repeat 1] [--history-builds 2]
 
 A synthetic suite of sleep-based tests (heavy-tailed durations, seeded) runs
-on N local buildbot-worker processes, one shard per worker. Three suites:
+on N local buildbot-worker processes, one shard per worker. Four suites:
 
     sleep        the tests alone: each batch pays one plain pytest start-up
     slow-start   the same tests behind a runner that takes --startup-s to start
@@ -16,6 +16,12 @@ on N local buildbot-worker processes, one shard per worker. Three suites:
                  start-up, as a new user's first build sees them: the first
                  build (no history) against the third (history and a learnt
                  start-up)
+    networkx     a real project's suite, as a new user tries one: networkx's
+                 (REAL_SUITE_PACKAGE, ~6,800 tests, its tests ship in its wheel,
+                 fetched from the package index), first build against third as
+                 no-history, and against one plain `pytest` of the whole suite
+                 (which also gives each test's duration for the bound); the
+                 only suite whose tests use the CPU rather than sleep
 
 and each runs four ways:
 
@@ -62,10 +68,13 @@ import os
 import pathlib
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import zipfile
+from xml.etree import ElementTree
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the local-master harness, as the tests import it
@@ -84,6 +93,11 @@ TESTS_PER_FILE = 15
 SEED = 20091021
 # Seconds allowed for one sharded build of the synthetic suite.
 BUILD_DEADLINE_S = 900
+# The real suite: pinned, so that runs on different days run the same tests.
+REAL_SUITE = "networkx"
+REAL_SUITE_PACKAGE = "networkx==3.6.1"
+# As write_suite's: no Hypothesis plugin in a user's project.
+PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider -p no:hypothesispytest\n"
 
 SPLIT_MASTER_CFG = """
 
@@ -139,7 +153,7 @@ def write_suite(root: pathlib.Path, durations: list[float], startup_s: float = 0
     # A user's project: no Hypothesis. Its plugin, which the bench's own
     # environment has, imports all of Hypothesis at every run's end (1.7 s of
     # CPU, ~13 s with 16 runners on 2 cores).
-    (root / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider -p no:hypothesispytest\n")
+    (root / "pytest.ini").write_text(PYTEST_INI)
     (tests_dir / "__init__.py").write_text("")
     (tests_dir / "conftest.py").write_text(
         textwrap.dedent(f"""
@@ -169,6 +183,34 @@ def write_suite(root: pathlib.Path, durations: list[float], startup_s: float = 0
             by_id[f"tests/{name}::test_{index:04d}"] = seconds
         (tests_dir / name).write_text("\n".join(lines))
     return by_id
+
+
+def fetch_real_suite(root: pathlib.Path) -> None:
+    """REAL_SUITE_PACKAGE's wheel from the package index, unpacked into `root`
+    with the bench's pytest.ini: the package's tests ship inside it."""
+    wheels = root.parent / "wheel"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+         "-d", str(wheels), REAL_SUITE_PACKAGE],
+        check=True,
+    )  # fmt: skip
+    with zipfile.ZipFile(next(wheels.glob("*.whl"))) as wheel:
+        wheel.extractall(root)
+    (root / "pytest.ini").write_text(PYTEST_INI)
+
+
+def plain_pytest(suite: pathlib.Path) -> tuple[float, list[float]]:
+    """One `pytest` of the whole suite in one process, as a user runs it
+    without sharding: its wall time and each test's duration (its JUnit report)."""
+    report = suite.parent / "plain.xml"
+    started = time.monotonic()
+    subprocess.run(
+        [cluster.PYTHON, "-m", "pytest", "-q", f"--junitxml={report}"],
+        cwd=suite, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wall_s = time.monotonic() - started
+    cases = ElementTree.parse(report).iter("testcase")
+    return wall_s, [float(case.get("time", 0.0)) for case in cases]
 
 
 class BenchCluster(cluster.BuildbotCluster):
@@ -287,18 +329,33 @@ def run_suite(root: pathlib.Path, suite: Suite, workers: int, repeat: int, histo
 def run_suite_once(
     root: pathlib.Path, suite: Suite, workers: int, history_builds: int
 ) -> dict[str, dict[str, float]]:
-    durations = suite.durations
-    bound = max(max(durations), sum(durations) / workers)
     suite_source = root / suite.name / "suite-source"
-    by_id = write_suite(suite_source, durations, suite.startup_s)
+    plain_s = None
+    if suite.name == REAL_SUITE:
+        fetch_real_suite(suite_source)
+        plain_s, durations = plain_pytest(suite_source)
+        by_id = {}
+        what = f"{REAL_SUITE_PACKAGE}'s suite: {len(durations)} tests, {sum(durations):.0f} s of tests"
+    else:
+        durations = suite.durations
+        by_id = write_suite(suite_source, durations, suite.startup_s)
+        what = f"{len(durations)} tests, {sum(durations):.0f} s of sleep"
+    bound = max(max(durations), sum(durations) / workers)
     durations_path = root / suite.name / "test_durations.json"
     # pytest-split knows what our history knows: nothing on a first build.
     durations_path.write_text(json.dumps(by_id if suite.with_history else {}))
     print(
-        f"\n[{suite.name}] {len(durations)} tests, {sum(durations):.0f} s of sleep, longest "
+        f"\n[{suite.name}] {what}, longest "
         f"{max(durations):.3f} s, median {statistics.median(durations):.3f} s; runner start-up "
         f"+{suite.startup_s:.1f} s; {workers} workers; bound (tests alone) {bound:.2f} s"
     )
+    if plain_s is not None:
+        # Its tests use the CPU: with more workers than CPUs, the CPUs set the bound.
+        cpus = os.cpu_count() or 1
+        print(
+            f"  plain pytest of the whole suite, one process: {plain_s:.1f} s; bound by the machine's "
+            f"{cpus} CPUs (tests / min(workers, CPUs)): {sum(durations) / min(workers, cpus):.2f} s"
+        )
     bench_cluster = BenchCluster(root / suite.name / "cluster", workers, durations_path, suite_source)
     (root / suite.name / "cluster").mkdir()
     try:
@@ -306,7 +363,13 @@ def run_suite_once(
         rows = timed_builds(bench_cluster, suite, history_builds)
     finally:
         bench_cluster.stop()
-    return print_rows(rows, bound, durations)
+    figures = print_rows(rows, bound, durations)
+    if plain_s is not None:
+        for mode in ("dynamic 1st", "warm 1st", "static 1st", "pytest-split", "dynamic 3rd", "warm 3rd"):
+            ratio = dict(rows)[mode]["wall_s"] / plain_s
+            figures[f"{mode} / plain pytest"] = {"wall ratio": ratio}
+            print(f"  {mode} / plain pytest: wall {ratio:.2f}")
+    return figures
 
 
 def bound_from_starts(starts_s: list[float], startup_s: float, durations: list[float]) -> float:
@@ -411,7 +474,7 @@ def print_medians(suite: str, runs: list[dict[str, dict[str, float]]]) -> None:
         print(f"  {mode:<30}" + "; ".join(medians))
 
 
-SUITES = ("sleep", "slow-start", "no-history")
+SUITES = ("sleep", "slow-start", "no-history", REAL_SUITE)
 
 
 def main() -> int:
@@ -452,6 +515,8 @@ def main() -> int:
         "sleep": Suite("sleep", durations, 0.0, True),
         "slow-start": Suite("slow-start", durations, args.startup_s, True),
         "no-history": Suite("no-history", tiny_durations(args.tiny_tests), args.startup_s, False),
+        # Its durations come from a plain pytest run of it (run_suite_once).
+        REAL_SUITE: Suite(REAL_SUITE, [], 0.0, False),
     }
     root = pathlib.Path(tempfile.mkdtemp(prefix="shard-buildbot-bench-"))
     print(f"jitter log-sd {JITTER_LOG_SD}; working in {root}")
