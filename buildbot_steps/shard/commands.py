@@ -47,14 +47,17 @@ DEFAULT_MAX_ATTEMPTS = 2
 # the build for ever, and no sane batch runs for twenty minutes.
 DEFAULT_BATCH_TIMEOUT_S = 20 * 60
 
-# Cap on tests per batch of the dynamic mode, so that a lost worker costs
-# little. The ids travel in a file ({tests_file}), so the OS argument limit is
-# not what bounds it; a thousand fast tests are still only seconds to redo.
-DEFAULT_MAX_BATCH_TESTS = 1000
+# Cap on tests per batch. A cap that binds costs one more runner start-up per
+# worker on every build: at 1,000, networkx's 6,848 tests on 6 workers took two
+# batches per worker, static's shards too, and ~5 s more of a 50 s build
+# (bench/shard_buildbot_bench.py --suites networkx). The dispatcher sizes
+# batches in seconds (start-ups, equal ends); this only bounds one batch's ids
+# file and JUnit report (10,000 test cases are a few MB, under MAX_REPORT_BYTES).
+DEFAULT_MAX_BATCH_TESTS = 10_000
 
 # The static mode runs a shard's list in as few runner starts as this allows
 # (like one pytest-split group).
-STATIC_MAX_BATCH_TESTS = 1000
+STATIC_MAX_BATCH_TESTS = DEFAULT_MAX_BATCH_TESTS
 
 
 # Properties of a shard build, set by the parent.

@@ -116,10 +116,10 @@ void Dispatcher::State::requeue(std::vector<std::size_t> batch_tests, bool retry
   item.retry = retry;
   for (auto test : batch_tests) {
     item.estimate_s += tests[test].seconds;
-    if (guessed(tests[test])) item.guessed_s += tests[test].seconds;
     test_states[test].queued = true;
   }
   item.tests = std::move(batch_tests);
+  add_guessed_part(item);
   enqueue_figures(item, 1.0);
   double estimate = item.estimate_s;
   requeued.emplace(estimate, std::move(item));
@@ -177,18 +177,16 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
       make_units(tests, options.split_file_fraction * share, static_cast<std::size_t>(options.workers)),
       tests, static_cast<std::size_t>(options.max_batch_tests));
   state.cost = BatchCostModel(options.batch_overhead_s);
-  for (auto& unit : units) {
-    Item item{std::move(unit.tests), unit.estimate_s, false};
-    for (auto test : item.tests) {
-      if (guessed(tests[test])) item.guessed_s += tests[test].seconds;
-    }
-    state.enqueue_figures(item, 1.0);
-    state.fresh.push_back(std::move(item));
-  }
   state.variance_per_s = variance_per_s(tests);
   state.test_states.resize(tests.size());
   state.stats.tests = tests.size();
   state.tests = std::move(tests);
+  for (auto& unit : units) {
+    Item item{std::move(unit.tests), unit.estimate_s, false};
+    state.add_guessed_part(item);
+    state.enqueue_figures(item, 1.0);
+    state.fresh.push_back(std::move(item));
+  }
 }
 
 Dispatcher::~Dispatcher() = default;

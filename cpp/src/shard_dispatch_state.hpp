@@ -24,7 +24,8 @@ struct Item {
   std::vector<std::size_t> tests;
   double estimate_s = 0.0;  // as estimated before the run, unscaled
   bool retry = false;
-  double guessed_s = 0.0;  // the part of estimate_s that is guessed, not history
+  double guessed_s = 0.0;         // the part of estimate_s that is guessed, not history
+  std::size_t guessed_tests = 0;  // how many of `tests` that part holds
 };
 
 inline bool guessed(const TestEstimate& test) { return test.source != EstimateSource::History; }
@@ -80,6 +81,9 @@ struct Dispatcher::State {
   // Queued work, split so that the guessed part can be rescaled.
   double queued_known_s = 0.0;
   double queued_guessed_s = 0.0;
+  // Queued tests, and how many of them have a guessed estimate (batch_cap).
+  std::size_t queued_tests = 0;
+  std::size_t queued_guessed_tests = 0;
 
   void accept(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results,
               std::optional<double> wall_s);
@@ -95,6 +99,22 @@ struct Dispatcher::State {
   void enqueue_figures(const Item& item, double sign) {
     queued_known_s = std::max(0.0, queued_known_s + sign * (item.estimate_s - item.guessed_s));
     queued_guessed_s = std::max(0.0, queued_guessed_s + sign * item.guessed_s);
+    if (sign > 0.0) {
+      queued_tests += item.tests.size();
+      queued_guessed_tests += item.guessed_tests;
+    } else {
+      queued_tests -= std::min(queued_tests, item.tests.size());
+      queued_guessed_tests -= std::min(queued_guessed_tests, item.guessed_tests);
+    }
+  }
+
+  // An item's guessed part (guessed_s, guessed_tests) from its tests.
+  void add_guessed_part(Item& item) const {
+    for (auto test : item.tests) {
+      if (!guessed(tests[test])) continue;
+      item.guessed_s += tests[test].seconds;
+      ++item.guessed_tests;
+    }
   }
 
   // Choosing work (shard_dispatch_queue.cpp).
@@ -107,6 +127,7 @@ struct Dispatcher::State {
   Item take_shortest_fresh();
   Item dequeued(Item item);
   double estimate_of_test(std::size_t test) const;
+  std::size_t batch_cap() const;
   void append(InFlight& flight, const Item& item) const;
   void top_up(double target, std::size_t cap, InFlight& flight);
   enum class Fit { Below, Nearest };

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <queue>
@@ -595,9 +596,9 @@ struct SimulatedRun {
 };
 
 // Workers pull on a virtual clock; a batch takes `startup_s` plus its tests'
-// `actual_s` each, and is reported with that wall time.
-SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions options, double actual_s,
-                      double startup_s) {
+// actual durations (`actual_of` each test id), and is reported with that wall time.
+SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions options,
+                      const std::function<double(const std::string&)>& actual_of, double startup_s) {
   Dispatcher dispatcher(tests, options);
   using Event = std::tuple<double, int, std::uint64_t, std::vector<std::string>>;
   std::priority_queue<Event, std::vector<Event>, std::greater<>> events;
@@ -610,8 +611,12 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
     std::string worker = "w" + std::to_string(w);
     if (batch_id != 0) {
       std::vector<TestResult> results;
-      for (const auto& id : ids) results.push_back({id, true, actual_s, ""});
-      dispatcher.report(worker, batch_id, results, startup_s + actual_s * static_cast<double>(ids.size()));
+      double wall_s = startup_s;
+      for (const auto& id : ids) {
+        results.push_back({id, true, actual_of(id), ""});
+        wall_s += actual_of(id);
+      }
+      dispatcher.report(worker, batch_id, results, wall_s);
       run.makespan_s = now;
       for (int idle : waiting) events.emplace(now, idle, 0, std::vector<std::string>{});
       waiting.clear();
@@ -619,7 +624,8 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
     auto assignment = dispatcher.next_batch(worker, now);
     if (assignment.kind == Assignment::Kind::Wait) waiting.push_back(w);
     if (assignment.kind != Assignment::Kind::Run) continue;
-    double finish = now + startup_s + actual_s * static_cast<double>(assignment.batch.tests.size());
+    double finish = now + startup_s;
+    for (const auto& id : assignment.batch.tests) finish += actual_of(id);
     events.emplace(finish, w, assignment.batch.id, assignment.batch.tests);
   }
   EXPECT_TRUE(dispatcher.done());
@@ -627,6 +633,13 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
   run.whole_part_batches = dispatcher.stats().whole_part_batches;
   run.overhead_s = dispatcher.stats().batch_overhead_s;
   return run;
+}
+
+// Every test taking `actual_s`.
+SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions options, double actual_s,
+                      double startup_s) {
+  return simulate(
+      tests, options, [actual_s](const std::string&) { return actual_s; }, startup_s);
 }
 
 std::vector<TestEstimate> uniform_suite(std::size_t n, double seconds, EstimateSource source,
@@ -815,6 +828,38 @@ TEST(Dispatcher, NoHistoryRecalibratesSoTheFirstBuildMatchesOneWithHistory) {
   EXPECT_GT(unscaled.batches, first.batches);
   // Both against the bound with start-ups: total / workers + one start-up.
   EXPECT_LE(third.makespan_s, 1.25 * (50.0 / 6 + 1.5));
+}
+
+// A first build whose first results are unlike the rest: the guesses (1 s
+// each) hand out the files with the most tests first, here six files of 200
+// tests of 0.1 ms, and the rest, 100 files of 50 tests of 20 ms, is then
+// rescaled to half a second, less than the 3 s start-up. It must still go to
+// every worker, a share each by count (as static splits a suite without
+// history), not whole to the first one that asks (100 s while five idle).
+TEST(Dispatcher, AFirstBuildWhoseFirstResultsAreUnlikeTheRestStillSharesTheRest) {
+  std::vector<TestEstimate> tests;
+  for (int file = 0; file < 6; ++file) {
+    for (int i = 0; i < 200; ++i) {
+      tests.push_back({"tests/test_fast" + std::to_string(file) + ".py::case[" + std::to_string(i) + "]",
+                       kDefaultEstimateSeconds, EstimateSource::Default});
+    }
+  }
+  for (int file = 0; file < 100; ++file) {
+    for (int i = 0; i < 50; ++i) {
+      tests.push_back({"tests/test_slow" + std::to_string(file) + ".py::test_" + std::to_string(i),
+                       kDefaultEstimateSeconds, EstimateSource::Default});
+    }
+  }
+  const auto actual_of = [](const std::string& id) {
+    return id.find("fast") != std::string::npos ? 1e-4 : 0.02;
+  };
+  DispatchOptions options = workers(6);
+  options.max_batch_tests = 100000;  // no cap of the user's
+  const double startup_s = 3.0;
+  auto run = simulate(tests, options, actual_of, startup_s);
+  // The tests' 100.1 s over 6 workers, and the first build's two start-ups each.
+  const double bound_s = (6 * 200 * 1e-4 + 100 * 50 * 0.02) / 6 + 2 * startup_s;
+  EXPECT_LE(run.makespan_s, 1.25 * bound_s);
 }
 
 TEST(Dispatcher, MaxBatchTestsSplitsAFileOfThousandsOfTests) {

@@ -169,9 +169,10 @@ struct DispatchOptions {
   // Batches smaller than this (estimated seconds) are topped up: each batch
   // costs a round trip and a runner start on the worker.
   double min_batch_s = 0.0;
-  // Hard cap on tests per batch, so that one lost worker costs little. A
+  // Hard cap on tests per batch: it bounds a batch's ids file and report. A
   // file with more tests than this is split into runs of at most this many.
-  int max_batch_tests = 1000;
+  // Batches are sized in seconds; a cap that binds costs a runner start-up.
+  int max_batch_tests = 10000;
   // When nothing is queued, an idle worker may re-run the straggling batch
   // whose expected finish is latest; the first result wins.
   bool speculate = true;
