@@ -84,6 +84,9 @@ struct Dispatcher::State {
   // Queued tests, and how many of them have a guessed estimate (batch_cap).
   std::size_t queued_tests = 0;
   std::size_t queued_guessed_tests = 0;
+  // A worker's share by count of the guessed tests queued when the first
+  // guesses were rescaled (batch_cap).
+  std::optional<std::size_t> guessed_share_tests;
 
   void accept(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results,
               std::optional<double> wall_s);
@@ -127,7 +130,7 @@ struct Dispatcher::State {
   Item take_shortest_fresh();
   Item dequeued(Item item);
   double estimate_of_test(std::size_t test) const;
-  std::size_t batch_cap() const;
+  std::size_t batch_cap();
   void append(InFlight& flight, const Item& item) const;
   void top_up(double target, std::size_t cap, InFlight& flight);
   enum class Fit { Below, Nearest };

@@ -222,6 +222,8 @@ class BatchCostModel {
   std::unordered_map<std::string, double> overhead_by_worker() const;
   // observed / estimated over the guessed tests seen so far; 1 before any.
   double guess_scale() const;
+  // Whether a guessed test has finished: guess_scale() is a measurement.
+  bool guesses_observed() const { return guessed_estimated_s_ > 0.0; }
 
  private:
   struct Observed {
