@@ -241,24 +241,27 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
   return hand_out(worker, now_s, std::move(flight), retry);
 }
 
-// Tests per batch: max_batch_tests, and while every queued test's estimate is
-// a guess (a first build), a worker's share by count of what was queued when
-// the first results rescaled the guesses, as static splits a suite without
-// history. Those results come from the items handed out first, which need not
-// be like the rest: on networkx's suite (6,848 tests, 6 workers) the first
-// batches ran ~20 times faster per test than the suite's mean, the rest was
-// then estimated at 2 s, less than a start-up, and went whole to one worker,
-// which ran it for 70 s while five stood idle. (A share of the whole suite
-// left the last worker nothing once the first batches had taken theirs; a
-// share of what is queued at each request shrinks as the workers ask and
-// leaves a remainder for one more round of start-ups.)
+// Tests per batch: max_batch_tests; and in a first build whose first results
+// make the rest look not worth a start-up per worker, a worker's share by
+// count of what was queued then, as static splits a suite without history.
+// Those results come from the items handed out first, which need not be like
+// the rest: on networkx's suite (6,848 tests, 6 workers) the first batches
+// ran ~20 times faster per test than the suite's mean, the rest was then
+// estimated at 2 s, less than a start-up, and went whole to one worker, which
+// ran it for 70 s while five stood idle. When the rescaled rest is worth
+// spreading anyway (a suite of like tests), the parts cut in seconds stay:
+// capping them too cost the bench's first build of 3,000 tiny tests 2 s of 12.
+// (A share of the whole suite left the last worker nothing once the first
+// batches had taken theirs; a share of what is queued at each request shrinks
+// as the workers ask and leaves a remainder for one more round of start-ups.)
 std::size_t Dispatcher::State::batch_cap() {
   const auto cap = static_cast<std::size_t>(options.max_batch_tests);
   if (queued_guessed_tests == 0 || queued_guessed_tests < queued_tests) return cap;
   if (!guessed_share_tests) {
     if (!cost.guesses_observed()) return cap;  // the first batches: guided, small
     const auto workers = static_cast<std::size_t>(std::max(1, options.workers));
-    guessed_share_tests = (queued_tests + workers - 1) / workers;
+    const bool rest_looks_negligible = queued_estimate_s() / static_cast<double>(workers) < cost.overhead_s();
+    guessed_share_tests = rest_looks_negligible ? (queued_tests + workers - 1) / workers : cap;
   }
   return std::clamp<std::size_t>(*guessed_share_tests, 1, cap);
 }

@@ -84,8 +84,8 @@ struct Dispatcher::State {
   // Queued tests, and how many of them have a guessed estimate (batch_cap).
   std::size_t queued_tests = 0;
   std::size_t queued_guessed_tests = 0;
-  // A worker's share by count of the guessed tests queued when the first
-  // guesses were rescaled (batch_cap).
+  // The cap on tests per batch decided when the first guesses were rescaled:
+  // a worker's share by count of the queue then, or max_batch_tests (batch_cap).
   std::optional<std::size_t> guessed_share_tests;
 
   void accept(const std::string& worker, std::uint64_t batch_id, const std::vector<TestResult>& results,
