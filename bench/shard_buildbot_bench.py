@@ -96,6 +96,8 @@ BUILD_DEADLINE_S = 900
 # The real suite: pinned, so that runs on different days run the same tests.
 REAL_SUITE = "networkx"
 REAL_SUITE_PACKAGE = "networkx==3.6.1"
+# pytest's exit codes for a run that ran the suite (failed tests still time it).
+PYTEST_ALL_PASSED, PYTEST_SOME_FAILED = 0, 1
 # As write_suite's: no Hypothesis plugin in a user's project.
 PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider -p no:hypothesispytest\n"
 
@@ -189,11 +191,15 @@ def fetch_real_suite(root: pathlib.Path) -> None:
     """REAL_SUITE_PACKAGE's wheel from the package index, unpacked into `root`
     with the bench's pytest.ini: the package's tests ship inside it."""
     wheels = root.parent / "wheel"
-    subprocess.run(
+    download = subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
          "-d", str(wheels), REAL_SUITE_PACKAGE],
-        check=True,
     )  # fmt: skip
+    if download.returncode != 0:
+        sys.exit(
+            f"shard_buildbot_bench: could not download {REAL_SUITE_PACKAGE} from the package index "
+            f"(pip exit code {download.returncode}); the {REAL_SUITE} suite needs it"
+        )
     with zipfile.ZipFile(next(wheels.glob("*.whl"))) as wheel:
         wheel.extractall(root)
     (root / "pytest.ini").write_text(PYTEST_INI)
@@ -204,11 +210,14 @@ def plain_pytest(suite: pathlib.Path) -> tuple[float, list[float]]:
     without sharding: its wall time and each test's duration (its JUnit report)."""
     report = suite.parent / "plain.xml"
     started = time.monotonic()
-    subprocess.run(
-        [cluster.PYTHON, "-m", "pytest", "-q", f"--junitxml={report}"],
-        cwd=suite, check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    run = subprocess.run(
+        [cluster.PYTHON, "-m", "pytest", "-q", f"--junitxml={report}"], cwd=suite, stdout=subprocess.DEVNULL
+    )
     wall_s = time.monotonic() - started
+    if run.returncode not in (PYTEST_ALL_PASSED, PYTEST_SOME_FAILED):
+        sys.exit(
+            f"shard_buildbot_bench: pytest of {suite} did not run its tests (exit code {run.returncode})"
+        )
     cases = ElementTree.parse(report).iter("testcase")
     return wall_s, [float(case.get("time", 0.0)) for case in cases]
 
@@ -365,8 +374,8 @@ def run_suite_once(
         bench_cluster.stop()
     figures = print_rows(rows, bound, durations)
     if plain_s is not None:
-        for mode in ("dynamic 1st", "warm 1st", "static 1st", "pytest-split", "dynamic 3rd", "warm 3rd"):
-            ratio = dict(rows)[mode]["wall_s"] / plain_s
+        for mode, build in rows:
+            ratio = build["wall_s"] / plain_s
             figures[f"{mode} / plain pytest"] = {"wall ratio": ratio}
             print(f"  {mode} / plain pytest: wall {ratio:.2f}")
     return figures

@@ -613,8 +613,9 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
       std::vector<TestResult> results;
       double wall_s = startup_s;
       for (const auto& id : ids) {
-        results.push_back({id, true, actual_of(id), ""});
-        wall_s += actual_of(id);
+        const double seconds = actual_of(id);
+        results.push_back({id, true, seconds, ""});
+        wall_s += seconds;
       }
       dispatcher.report(worker, batch_id, results, wall_s);
       run.makespan_s = now;
