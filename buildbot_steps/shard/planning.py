@@ -181,9 +181,15 @@ def simulate(
     flake_rate: float = 0.0,
     seed: int = 0,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    overhead_known: bool = False,
 ) -> SimulationResult:
     """Replay the suite: plan or dispatch from the estimates, then let each
-    test take its ``actual`` duration (its estimate when absent there)."""
+    test take its ``actual`` duration (its estimate when absent there).
+
+    Every batch costs ``batch_overhead_s`` beyond its tests. The dispatcher
+    learns it from its first batches, as on a first build, or with
+    ``overhead_known`` starts from it, as on a build whose history recorded it.
+    """
     check_count("--workers", workers, MAX_SHARDS)
     check_count("--max-attempts", max_attempts, MAX_ATTEMPTS)
     if mode not in MODES:
@@ -197,14 +203,23 @@ def simulate(
         )
     durations = {e.id: actual.get(e.id, e.seconds) for e in estimates}
     clock = _Clock(durations, flake_rate, random.Random(seed))
-    run = _simulate_dynamic if mode == DYNAMIC else _simulate_static
-    result = run(estimates, clock, workers, batch_overhead_s, max_attempts)
+    if mode == DYNAMIC:
+        result = _simulate_dynamic(estimates, clock, workers, batch_overhead_s, max_attempts, overhead_known)
+    else:
+        result = _simulate_static(estimates, clock, workers, batch_overhead_s, max_attempts)
     result.lower_bound_s = lower_bound(list(durations.values()), workers)
     return result
 
 
-def _simulate_dynamic(estimates, clock: _Clock, workers: int, overhead_s: float, max_attempts: int):
-    dispatcher = _core.Dispatcher(list(estimates), workers=workers, max_attempts=max_attempts)
+def _simulate_dynamic(
+    estimates, clock: _Clock, workers: int, overhead_s: float, max_attempts: int, overhead_known: bool
+):
+    dispatcher = _core.Dispatcher(
+        list(estimates),
+        workers=workers,
+        max_attempts=max_attempts,
+        batch_overhead_s=overhead_s if overhead_known else 0.0,
+    )
     # Events: (time, sequence, worker, batch or None); None means "ask for work".
     events: list = [(0.0, w, f"worker-{w}", None) for w in range(workers)]
     heapq.heapify(events)

@@ -8,6 +8,7 @@ import pytest
 
 from buildbot_steps import _core
 from buildbot_steps._core import AssignmentKind, Verdict
+from buildbot_steps.shard import planning
 
 
 def estimates(pairs):
@@ -167,3 +168,17 @@ def test_history_read_by_the_core_plans_as_its_estimates_do(tmp_path):
     assert sorted(subset.shards[0].tests) == ["a.py::t", "b.py::t", "new.py::t"]
     # a: the faster of its two runs; new.py: the median of the known 1, 2 and 4
     assert subset.shards[0].estimate_s == 1.0 + 2.0 + 2.0
+
+
+def test_a_simulated_build_whose_history_recorded_the_start_up_cuts_its_batches_from_the_start():
+    # 240 s of 1 s tests on 8 workers, each batch starting in 2 s: a 30 s
+    # share is worth floor(30 / (4 x 2)) = 3 batches. Knowing the start-up
+    # from the start, as the step does from the newest build, the dispatcher
+    # cuts exactly those; learning it, its first batches are small guesses.
+    suite = estimates((f"t{i:03d}.py::test", 1.0) for i in range(240))
+    actual = {test.id: test.seconds for test in suite}
+    known = planning.simulate(suite, actual, 8, batch_overhead_s=2.0, overhead_known=True)
+    learnt = planning.simulate(suite, actual, 8, batch_overhead_s=2.0)
+    assert known.batches == 8 * 3
+    assert known.makespan_s == pytest.approx(30.0 + 3 * 2.0)
+    assert learnt.batches > known.batches
