@@ -215,6 +215,10 @@ class DispatchStats(_Pybind11Object):
     @property
     def files_split(self) -> int: ...
     @property
+    def batch_tests_cap(self) -> int:
+        """Tests per batch at most: max_batch_tests, or a worker's share of the suite by
+        count when its history shows it surprise-prone."""
+    @property
     def queued_estimate_s(self) -> float: ...
     @property
     def batch_overhead_s(self) -> float: ...

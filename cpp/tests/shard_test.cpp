@@ -593,6 +593,8 @@ struct SimulatedRun {
   std::size_t batches = 0;
   std::size_t whole_part_batches = 0;
   double overhead_s = 0.0;
+  std::size_t largest_batch = 0;
+  std::size_t batch_tests_cap = 0;
 };
 
 // Workers pull on a virtual clock; a batch takes `startup_s` plus its tests'
@@ -625,6 +627,7 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
     auto assignment = dispatcher.next_batch(worker, now);
     if (assignment.kind == Assignment::Kind::Wait) waiting.push_back(w);
     if (assignment.kind != Assignment::Kind::Run) continue;
+    run.largest_batch = std::max(run.largest_batch, assignment.batch.tests.size());
     double finish = now + startup_s;
     for (const auto& id : assignment.batch.tests) finish += actual_of(id);
     events.emplace(finish, w, assignment.batch.id, assignment.batch.tests);
@@ -633,6 +636,7 @@ SimulatedRun simulate(const std::vector<TestEstimate>& tests, DispatchOptions op
   run.batches = dispatcher.stats().batches_handed_out;
   run.whole_part_batches = dispatcher.stats().whole_part_batches;
   run.overhead_s = dispatcher.stats().batch_overhead_s;
+  run.batch_tests_cap = dispatcher.stats().batch_tests_cap;
   return run;
 }
 
@@ -651,6 +655,50 @@ std::vector<TestEstimate> uniform_suite(std::size_t n, double seconds, EstimateS
                      source, spread_s});
   }
   return tests;
+}
+
+// 15 files of one 5 s test and one file of 304 tests of 10 ms, on 16 workers
+// with 2 s start-ups: a share of 4.9 s is worth one batch, and parts cut in
+// seconds put the short tests in one. When the history shows tests
+// straying by a second, a test far slower than its estimate can be any test
+// (here 4 of the short ones take 10 s), so a batch holds at most a share by
+// count (20 tests) and the surprises go to several workers; when it shows
+// every test within 1 %, the parts in seconds stay.
+TEST(Dispatcher, ASurpriseProneSuiteCutsItsBatchesAtAShareByCount) {
+  DispatchOptions options = workers(16);
+  options.batch_overhead_s = 2.0;
+  const double startup_s = 2.0, short_s = 0.01, long_s = 5.0, surprise_s = 10.0;
+  auto suite = [&](double spread_fraction) {
+    std::vector<TestEstimate> tests;
+    for (int i = 0; i < 15; ++i) {
+      tests.push_back({"tests/test_long_" + std::to_string(i) + ".py::test", long_s, EstimateSource::History,
+                       spread_fraction * long_s + spread_fraction * 100});
+    }
+    for (int i = 0; i < 304; ++i) {
+      tests.push_back({"tests/test_short.py::test_" + std::to_string(i), short_s, EstimateSource::History,
+                       spread_fraction * 100});
+    }
+    return tests;
+  };
+  // Every 76th short test is a surprise: 4 of them, spread through the file.
+  auto actual_of = [&](const std::string& id) {
+    const auto at = id.find("::test_");
+    if (at == std::string::npos) return long_s;
+    return std::stoi(id.substr(at + 7)) % 76 == 75 ? surprise_s : short_s;
+  };
+  auto surprise_prone = simulate(suite(0.01), options, actual_of, startup_s);
+  auto predictable = simulate(
+      suite(0.0001), options,
+      [&](const std::string& id) { return id.find("::test_") == std::string::npos ? long_s : short_s; },
+      startup_s);
+  EXPECT_EQ(surprise_prone.batch_tests_cap, 20u);  // ceil(319 / 16)
+  EXPECT_LE(surprise_prone.largest_batch, 20u);
+  // No batch runs two surprises: one start-up, a surprise and its batch's
+  // short tests, after at most one batch of a long test.
+  EXPECT_LE(surprise_prone.makespan_s, 2 * startup_s + long_s + surprise_s + 20 * short_s + 1e-9);
+  EXPECT_EQ(predictable.batch_tests_cap, static_cast<std::size_t>(options.max_batch_tests));
+  EXPECT_GT(predictable.largest_batch, 20u);
+  EXPECT_EQ(predictable.batches, 16u);
 }
 
 // 240 s of tests on 16 workers with a 1 s start-up: a share of 15 s is worth

@@ -182,3 +182,16 @@ def test_a_simulated_build_whose_history_recorded_the_start_up_cuts_its_batches_
     assert known.batches == 8 * 3
     assert known.makespan_s == pytest.approx(30.0 + 3 * 2.0)
     assert learnt.batches > known.batches
+
+
+def test_the_stats_say_a_surprise_prone_suite_caps_its_batches_at_a_share_by_count():
+    # 100 tests of 0.1 s on 4 workers with a 1 s start-up: tests straying by
+    # a second each make a second batch per worker worth its start-up.
+    def cap(spread_s):
+        suite = [_core.TestEstimate(f"t.py::test_{i}", 0.1, spread_s=spread_s) for i in range(100)]
+        dispatcher = _core.Dispatcher(suite, workers=4, batch_overhead_s=1.0, max_batch_tests=1000)
+        return dispatcher.stats().batch_tests_cap
+
+    assert cap(1.0) == 25
+    assert cap(0.001) == 1000
+    assert cap(None) == 1000  # no spread known: no surprise to expect

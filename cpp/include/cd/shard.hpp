@@ -322,6 +322,10 @@ struct DispatchStats {
   // the history showed the suite predictable: a second batch per worker
   // would not have repaid its start-up (see kSecondBatchGain).
   std::size_t whole_part_batches = 0;
+  // Tests per batch at most: max_batch_tests, or a worker's share of the
+  // suite by count when the history showed the suite surprise-prone (a
+  // second batch per worker would repay its start-up: see kSecondBatchGain).
+  std::size_t batch_tests_cap = 0;
   // Times a file's queued tests were divided between two batches so that a
   // part meant to end with the others could be cut to the test: each time,
   // the file's import and module fixtures are paid once more.
