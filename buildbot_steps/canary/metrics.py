@@ -182,6 +182,9 @@ def host_figure(metric: MetricConfig, readings: list[Reading]) -> HostFigure:
         return HostFigure(value=metric.scale * sum(values) / len(values))
     if len(good) < 2:
         return HostFigure(missing=True, reason="fewer than two readings of a counter in the window")
+    negative = next((s for s in metric.series for r in good if r.values[s] < 0), None)
+    if negative is not None:
+        return HostFigure(missing=True, reason=f"counter {negative!r} read below zero")
     increases = [counter_increase([r.values[s] for r in good]) for s in metric.series]
     seconds = good[-1].t - good[0].t
     if metric.shape == "rate":
@@ -195,4 +198,8 @@ def host_figure(metric: MetricConfig, readings: list[Reading]) -> HostFigure:
             return HostFigure(missing=True, reason=f"no increase of {metric.series[1]!r} in the window")
         return HostFigure(value=metric.scale * increases[0] / increases[1])
     exposure = increases[1] if len(increases) > 1 else seconds
+    if increases[0] > 0 and exposure <= 0:
+        # The judge takes events only with their exposure: counters out of
+        # step (or a page counting errors of no request) say nothing.
+        return HostFigure(missing=True, reason=f"{increases[0]:g} events with no exposure in the window")
     return HostFigure(events=increases[0], exposure=exposure)

@@ -38,6 +38,9 @@ DEFAULT_TIMEOUT_S = 3.0
 # Parallel requests per reading: enough for a few hundred hosts within the timeout.
 DEFAULT_CONCURRENCY = 32
 ALLOWED_SCHEMES = ("http", "https")
+# The label our one query per reading adds to each series' elements, to tell
+# the series apart (see PrometheusQuerySource.read).
+SERIES_LABEL = "bbcd_series"
 # `name` or `name{label="value",...}`: which samples of the page a series sums.
 SELECTOR = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?$")
 MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"\\]*)"\s*$')
@@ -178,7 +181,13 @@ class ScrapeSource:
 class PrometheusQuerySource:
     """A Prometheus server's instant query API: each series is a PromQL
     expression whose result has one element per host, told apart by the label
-    `host_label` (its value is the host's name, or `label_values[name]`)."""
+    `host_label` (its value is the host's name, or `label_values[name]`).
+
+    A reading asks for every series in one query, so that all its values come
+    from the same scrapes: asked one by one, a scrape landing between two
+    queries gave a host's errors from the newer scrape and its requests from
+    the older one, and once events with no exposure (errors with no requests).
+    """
 
     def __init__(
         self,
@@ -196,8 +205,9 @@ class PrometheusQuerySource:
         self.timeout_s = float(timeout_s)
         self.max_bytes = int(max_bytes)
 
-    def query(self, expression: str) -> dict[str, float]:
-        """label value -> value; OSError or ValueError when the server says no."""
+    def query(self, expression: str) -> list[dict]:
+        """The result's elements ({"metric": labels, "value": [time, text]});
+        OSError or ValueError when the server says no."""
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
         answer = json.loads(fetch(url, self.timeout_s, self.max_bytes))
         if not isinstance(answer, dict):
@@ -209,26 +219,20 @@ class PrometheusQuerySource:
             raise ValueError(
                 f"query {expression!r} returned a {data.get('resultType')}, not an instant vector"
             )
-        values: dict[str, float] = {}
-        for element in data.get("result", []):
-            key = element.get("metric", {}).get(self.host_label)
-            if key is not None:
-                values[key] = float(element["value"][1])
-        return values
+        return list(data.get("result", []))
 
     def read(self, hosts: Iterable[Host], series: Iterable[str]) -> dict[str, HostValues]:
         hosts = list(hosts)
-        results: dict[str, dict[str, float]] = {}
-        for expression in sorted(set(series)):
-            try:
-                results[expression] = self.query(expression)
-            except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as error:
-                reason = f"Prometheus query failed: {describe(error)}"
-                return {host.name: (None, reason) for host in hosts}
+        expressions = sorted(set(series))
+        try:
+            results = self._values_by_host(expressions, self.query(one_query(expressions)))
+        except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as error:
+            reason = f"Prometheus query failed: {describe(error)}"
+            return {host.name: (None, reason) for host in hosts}
         answers: dict[str, HostValues] = {}
         for host in hosts:
             key = self.label_values.get(host.name, host.name)
-            values = {expr: result[key] for expr, result in results.items() if key in result}
+            values = results.get(key, {})
             bad = next((expr for expr, value in values.items() if not math.isfinite(value)), None)
             if bad is not None:
                 answers[host.name] = (None, f"{bad} is {values[bad]}")
@@ -237,3 +241,26 @@ class PrometheusQuerySource:
             else:
                 answers[host.name] = (values, "")
         return answers
+
+    def _values_by_host(self, expressions: list[str], elements: list[dict]) -> dict[str, dict[str, float]]:
+        """host label value -> {expression: value}, from one_query's elements."""
+        values: dict[str, dict[str, float]] = {}
+        for element in elements:
+            labels = element.get("metric", {})
+            key = labels.get(self.host_label)
+            if key is not None:
+                expression = expressions[int(labels[SERIES_LABEL])]
+                values.setdefault(key, {})[expression] = float(element["value"][1])
+        return values
+
+
+def one_query(expressions: list[str]) -> str:
+    """The expressions as one PromQL query: each one's elements tagged with its
+    index in SERIES_LABEL (label_replace with an empty source and regex sets
+    it), joined with `or`, which keeps every element of every operand since
+    their tags differ. Each expression on lines of its own, so that a
+    trailing PromQL comment in it ends with its line."""
+    return " or ".join(
+        f'label_replace((\n{expression}\n), "{SERIES_LABEL}", "{index}", "", "")'
+        for index, expression in enumerate(expressions)
+    )

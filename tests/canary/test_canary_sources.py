@@ -18,6 +18,9 @@ from buildbot_steps.errors import InvalidInputError
 from harness.local_master import wait_until
 from harness.webfleet import LoadGenerator
 
+# Back to back, a few seconds of readings: they straddle several of the test
+# Prometheus's 1 s scrapes.
+READINGS_BACK_TO_BACK = 200
 REQUESTS = "app_requests_total"
 ERRORS = "app_errors_total"
 
@@ -50,6 +53,21 @@ def test_bad_pages_make_the_host_missing_with_a_reason(page, reason):
     values, why = parse_page(page, [Selector(REQUESTS)])
     assert values is None
     assert reason in why
+
+
+def test_counters_out_of_step_or_below_zero_make_the_host_missing_not_the_judge_fail():
+    errors = MetricConfig.from_entry({"name": "errors", "events": ERRORS, "exposure": REQUESTS})
+
+    def figure(first: tuple[float, float], last: tuple[float, float]):
+        readings = [Reading(t, {ERRORS: e, REQUESTS: r}) for t, (e, r) in enumerate((first, last))]
+        return host_figure(errors, readings)
+
+    out_of_step = figure((5, 100), (7, 100))
+    assert out_of_step.missing and "2 events with no exposure" in out_of_step.reason
+    quiet = figure((5, 100), (5, 100))
+    assert not quiet.missing and (quiet.events, quiet.exposure) == (0, 0)
+    below = figure((-5, 100), (2, 110))
+    assert below.missing and f"counter {ERRORS!r} read below zero" in below.reason
 
 
 def test_bad_selectors_and_urls_are_refused():
@@ -167,6 +185,25 @@ def test_prometheus_query_source_reads_one_value_per_host(web_fleet, prometheus)
     )
     broken = source.read(hosts, ["sum(("])
     assert all(values is None and "query failed" in reason for values, reason in broken.values())
+    commented = source.read(hosts, ["up # a PromQL comment ends with its line"])
+    assert all(values == {"up # a PromQL comment ends with its line": 1} for values, _ in commented.values())
+
+
+def test_every_series_of_a_prometheus_reading_comes_from_the_same_scrape(web_fleet, prometheus):
+    # Each series' sample time: equal for every host in every reading when the
+    # series are read together, whatever scrapes land while the master asks.
+    source = PrometheusQuerySource(prometheus.url, host_label="host")
+    hosts = release.Inventory.from_entries(web_fleet.inventory_entries()).hosts
+    stamps = [f"timestamp({REQUESTS})", f"timestamp({ERRORS})", "timestamp(up)"]
+    wait_until(
+        lambda: all(values is not None for values, _ in source.read(hosts, stamps).values()),
+        60,
+        "Prometheus to scrape every web host",
+    )
+    for _ in range(READINGS_BACK_TO_BACK):
+        for values, reason in source.read(hosts, stamps).values():
+            assert values is not None, reason
+            assert len(set(values.values())) == 1, values
 
 
 def test_the_ssh_command_is_one_exactly_quoted_remote_line():

@@ -172,6 +172,8 @@ struct DispatchOptions {
   // Hard cap on tests per batch: it bounds a batch's ids file and report. A
   // file with more tests than this is split into runs of at most this many.
   // Batches are sized in seconds; a cap that binds costs a runner start-up.
+  // A history that shows surprises caps batches further, at a worker's share
+  // of the suite by count (DispatchStats::batch_tests_cap).
   int max_batch_tests = 10000;
   // When nothing is queued, an idle worker may re-run the straggling batch
   // whose expected finish is latest; the first result wins.
