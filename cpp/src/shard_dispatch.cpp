@@ -63,9 +63,9 @@ std::vector<Unit> cap_unit_sizes(std::vector<Unit> units, const std::vector<Test
 }
 
 // The suite's variance per estimated second, over the tests whose spread is
-// known; unknown when they carry less than kSpreadKnownShare of the suite
-// (or it has no seconds at all).
-std::optional<double> variance_per_s(const std::vector<TestEstimate>& tests) {
+// known; unknown when they carry less than `known_share` of the suite (or it
+// has no seconds at all).
+std::optional<double> variance_per_s(const std::vector<TestEstimate>& tests, double known_share) {
   double total_s = 0.0, known_s = 0.0, variance = 0.0;
   for (const auto& test : tests) {
     total_s += test.seconds;
@@ -73,14 +73,15 @@ std::optional<double> variance_per_s(const std::vector<TestEstimate>& tests) {
     known_s += test.seconds;
     variance += *test.spread_s * *test.spread_s;
   }
-  if (known_s <= 0.0 || known_s < kSpreadKnownShare * total_s) return std::nullopt;
+  if (known_s <= 0.0 || known_s < known_share * total_s) return std::nullopt;
   return variance / known_s;
 }
 
 // A worker's share of the suite by count: at most this many tests per batch
-// when the history shows the suite surprise-prone, that is, when a second
-// batch per worker would repay its start-up (one_batch_is_enough; with no
-// start-up recorded, any spread at all). A test far slower than its estimate
+// when the history shows the suite surprise-prone, that is, when the tests
+// whose spread is known (kSurprisesSeenShare of the suite at least) make a
+// second batch per worker repay its start-up (with no start-up recorded, any
+// spread at all). A test far slower than its estimate
 // can then be any test: the real hypha suite has ~10 tests of ~40 s per run,
 // each of them ~0.1 s in the runs before. So a batch's risk grows with its
 // count, not its estimated seconds, and parts cut in seconds put the many
@@ -88,8 +89,8 @@ std::optional<double> variance_per_s(const std::vector<TestEstimate>& tests) {
 // 32 on 32 workers with 2 s start-ups, which held 4 surprises and ran 163 s
 // against a bound of 41. Over 500 runs of that suite with 2 s start-ups and
 // its surprises moved to random tests (bench/shard_bench.py --start-up-s 2),
-// the mean makespan / bound at 32 workers went from 2.08 to 1.85 with the
-// start-up known from the start (static: 1.84), and stayed at 1.61 at 8.
+// the mean makespan / bound with the start-up known from the start went from
+// 2.08 to 1.65 at 32 workers (static: 1.84) and from 1.61 to 1.59 at 8 (1.91).
 // Only then: networkx's 6,848 tests, a few long and thousands of tiny ones,
 // capped at a share on 6 workers with 9 s start-ups (simulated from their
 // recorded durations) ran in 8-10 batches instead of 6, 30 s instead of 22.
@@ -194,8 +195,9 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
   auto& state = *state_;
   state.options = options;
   const double share = total_estimate(tests) / options.workers;
-  state.variance_per_s = variance_per_s(tests);
-  if (state.variance_per_s && !state.one_batch_is_enough(share, options.batch_overhead_s)) {
+  state.variance_per_s = variance_per_s(tests, kSpreadKnownShare);
+  const auto seen = variance_per_s(tests, kSurprisesSeenShare);
+  if (seen && state.second_batch_repays(*seen, share, options.batch_overhead_s)) {
     state.options.max_batch_tests =
         std::min(state.options.max_batch_tests, share_by_count(tests.size(), options.workers));
   }

@@ -171,10 +171,15 @@ Dispatcher::State::BatchTarget Dispatcher::State::batch_target(const std::string
 // back in lateness (see kSecondBatchGain): never when the suite's spread is
 // unknown (a first build, a history of one run).
 bool Dispatcher::State::one_batch_is_enough(double share_s, double overhead_s) const {
-  if (!variance_per_s) return false;
+  return variance_per_s && !second_batch_repays(*variance_per_s, share_s, overhead_s);
+}
+
+// Whether, at `variance` per second, a second batch per worker takes back
+// more lateness than the start-up it costs (see kSecondBatchGain).
+bool Dispatcher::State::second_batch_repays(double variance, double share_s, double overhead_s) const {
   const double z = std::sqrt(2.0 * std::log(std::max(1, options.workers)));
-  const double sigma = std::sqrt(*variance_per_s * share_s);
-  return kSecondBatchGain * z * sigma <= overhead_s;
+  const double sigma = std::sqrt(variance * share_s);
+  return kSecondBatchGain * z * sigma > overhead_s;
 }
 
 Assignment Dispatcher::State::hand_out(const std::string& worker, double now_s, InFlight flight, bool retry) {

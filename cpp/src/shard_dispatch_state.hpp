@@ -158,6 +158,7 @@ struct Dispatcher::State {
   double arrival_pace_s() const;
   double part_for_equal_finish(const std::string& asking, double now_s) const;
   bool one_batch_is_enough(double share_s, double overhead_s) const;
+  bool second_batch_repays(double variance, double share_s, double overhead_s) const;
   Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry);
   std::optional<Assignment> from_queue(const std::string& worker, double now_s);
   std::vector<std::size_t> unresolved(const std::vector<std::size_t>& batch_tests) const;

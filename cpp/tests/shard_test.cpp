@@ -662,17 +662,20 @@ std::vector<TestEstimate> uniform_suite(std::size_t n, double seconds, EstimateS
 // seconds put the short tests in one. When the history shows tests
 // straying by a second, a test far slower than its estimate can be any test
 // (here 4 of the short ones take 10 s), so a batch holds at most a share by
-// count (20 tests) and the surprises go to several workers; when it shows
-// every test within 1 %, the parts in seconds stay.
+// count (20 tests) and the surprises go to several workers, also when a
+// third of the suite's seconds are new tests (no spread known: surprises
+// seen in the rest are enough); when it shows every test within 1 %, the
+// parts in seconds stay.
 TEST(Dispatcher, ASurpriseProneSuiteCutsItsBatchesAtAShareByCount) {
   DispatchOptions options = workers(16);
   options.batch_overhead_s = 2.0;
   const double startup_s = 2.0, short_s = 0.01, long_s = 5.0, surprise_s = 10.0;
-  auto suite = [&](double spread_fraction) {
+  auto suite = [&](double spread_fraction, int new_long_tests = 0) {
     std::vector<TestEstimate> tests;
     for (int i = 0; i < 15; ++i) {
       tests.push_back({"tests/test_long_" + std::to_string(i) + ".py::test", long_s, EstimateSource::History,
                        spread_fraction * long_s + spread_fraction * 100});
+      if (i < new_long_tests) tests.back().spread_s.reset();
     }
     for (int i = 0; i < 304; ++i) {
       tests.push_back({"tests/test_short.py::test_" + std::to_string(i), short_s, EstimateSource::History,
@@ -692,6 +695,7 @@ TEST(Dispatcher, ASurpriseProneSuiteCutsItsBatchesAtAShareByCount) {
       [&](const std::string& id) { return id.find("::test_") == std::string::npos ? long_s : short_s; },
       startup_s);
   EXPECT_EQ(surprise_prone.batch_tests_cap, 20u);  // ceil(319 / 16)
+  EXPECT_EQ(Dispatcher(suite(0.01, 5), options).stats().batch_tests_cap, 20u);
   EXPECT_LE(surprise_prone.largest_batch, 20u);
   // No batch runs two surprises: one start-up, a surprise and its batch's
   // short tests, after at most one batch of a long test.
