@@ -333,7 +333,8 @@ struct DispatchStats {
   std::size_t whole_part_batches = 0;
   // Tests per batch at most: max_batch_tests, or a worker's share of the
   // suite by count when the history showed the suite surprise-prone (a
-  // second batch per worker would repay its start-up: see kSecondBatchGain).
+  // second batch per worker would repay its start-up: see kSecondBatchGain
+  // and kSurprisesSeenShare).
   std::size_t batch_tests_cap = 0;
   // Times a file's queued tests were divided between two batches so that a
   // part meant to end with the others could be cut to the test: each time,
