@@ -225,7 +225,8 @@ class PrometheusQuerySource:
         hosts = list(hosts)
         expressions = sorted(set(series))
         try:
-            results = self._values_by_host(expressions, self.query(one_query(expressions)))
+            elements = self.query(one_query(expressions)) if expressions else []
+            results = self._values_by_host(expressions, elements)
         except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as error:
             reason = f"Prometheus query failed: {describe(error)}"
             return {host.name: (None, reason) for host in hosts}
@@ -249,8 +250,10 @@ class PrometheusQuerySource:
             labels = element.get("metric", {})
             key = labels.get(self.host_label)
             if key is not None:
-                expression = expressions[int(labels[SERIES_LABEL])]
-                values.setdefault(key, {})[expression] = float(element["value"][1])
+                tag = labels.get(SERIES_LABEL, "")
+                if not (tag.isdecimal() and int(tag) < len(expressions)):
+                    raise ValueError(f"an element without a series of the query: {labels!r}")
+                values.setdefault(key, {})[expressions[int(tag)]] = float(element["value"][1])
         return values
 
 

@@ -4,6 +4,7 @@ command run on each host over the local transport."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,6 +154,44 @@ def test_hostile_pages_are_capped_refused_or_timed_out():
     assert "UTF-8" in answers["binary"][1]
     assert "timed out" in answers["silent"][1]
     assert all(values is None for values, _ in answers.values())
+
+
+class UntaggedPrometheusHandler(BaseHTTPRequestHandler):
+    """A query API answering with an element of no series of the query: its
+    tag (bbcd_series) missing or out of range, by path."""
+
+    TAGS = {"/missing": {}, "/beyond": {"bbcd_series": "7"}, "/negative": {"bbcd_series": "-1"}}
+
+    def do_GET(self):  # noqa: N802
+        prefix = self.path.split("/api/")[0]
+        metric = {"host": "h1", **self.TAGS[prefix]}
+        answer = {
+            "status": "success",
+            "data": {"resultType": "vector", "result": [{"metric": metric, "value": [0, "1"]}]},
+        }
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("path", sorted(UntaggedPrometheusHandler.TAGS))
+def test_a_prometheus_answer_outside_the_query_makes_every_host_missing(path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), UntaggedPrometheusHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    source = PrometheusQuerySource(f"http://127.0.0.1:{server.server_address[1]}{path}", host_label="host")
+    hosts = [release.Host(name, "127.0.0.1", 22, "root", "/srv") for name in ("h1", "h2")]
+    try:
+        answers = source.read(hosts, ["up", "node_load1"])
+    finally:
+        server.shutdown()
+    assert all(
+        values is None and "without a series of the query" in reason for values, reason in answers.values()
+    )
 
 
 def test_command_source_over_the_local_transport(tmp_path):
