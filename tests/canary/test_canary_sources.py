@@ -110,7 +110,18 @@ def test_scrape_source_reads_every_fleet_host_and_reports_a_dead_one(web_fleet):
             assert values["node_load1"] >= 0 and values["process_cpu_seconds_total"] > 0
 
 
-class HostileHandler(BaseHTTPRequestHandler):
+class QuietHandler(BaseHTTPRequestHandler):
+    def send_body(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class HostileHandler(QuietHandler):
     def do_GET(self):  # noqa: N802
         if self.path == "/huge":
             body = b"# TYPE x counter\n" + b"x 1\n" * 100_000
@@ -121,13 +132,7 @@ class HostileHandler(BaseHTTPRequestHandler):
             return
         else:
             body = b"\xff\xfe not text"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(body)
 
 
 def test_hostile_pages_are_capped_refused_or_timed_out():
@@ -156,7 +161,7 @@ def test_hostile_pages_are_capped_refused_or_timed_out():
     assert all(values is None for values, _ in answers.values())
 
 
-class UntaggedPrometheusHandler(BaseHTTPRequestHandler):
+class UntaggedPrometheusHandler(QuietHandler):
     """A query API answering with an element of no series of the query: its
     tag (bbcd_series) missing or out of range, by path."""
 
@@ -169,14 +174,7 @@ class UntaggedPrometheusHandler(BaseHTTPRequestHandler):
             "status": "success",
             "data": {"resultType": "vector", "result": [{"metric": metric, "value": [0, "1"]}]},
         }
-        body = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(json.dumps(answer).encode())
 
 
 @pytest.mark.parametrize("path", sorted(UntaggedPrometheusHandler.TAGS))
