@@ -101,25 +101,19 @@ def imvu_case(seed: int = 2009):
 
 # ------------------------------------------------------------------ scoring
 
-SCHEDULERS = (
-    "pytest-split duration_based_chunks",
-    "pytest-split least_duration",
-    "ours static",
-    "ours dynamic",
-    "(clairvoyant LPT: knows the actual)",
-)
-# With a start-up per command, ours dynamic also as on a build whose history
-# recorded the start-up (the step reads it from the newest build): "ours
-# dynamic" learns it from its first batches, as a first build does.
-DYNAMIC_KNOWN = "ours dynamic, start-up known"
-SHORT_NAMES = {
+# Each scheduler's name, and its column heading.
+SCHEDULERS = {
     "pytest-split duration_based_chunks": "chunks",
     "pytest-split least_duration": "least_dur",
     "ours static": "static",
     "ours dynamic": "dynamic",
     "(clairvoyant LPT: knows the actual)": "clairvoy",
-    DYNAMIC_KNOWN: "dyn known",
 }
+# With a start-up per command, ours dynamic also as on a build whose history
+# recorded the start-up (the step reads it from the newest build): "ours
+# dynamic" learns it from its first batches, as a first build does.
+DYNAMIC_KNOWN = "ours dynamic, start-up known"
+SHORT_NAMES = {**SCHEDULERS, DYNAMIC_KNOWN: "dyn known"}
 
 
 def makespan_of(groups: list[list[str]], actual: dict[str, float]) -> float:

@@ -77,29 +77,6 @@ std::optional<double> variance_per_s(const std::vector<TestEstimate>& tests, dou
   return variance / known_s;
 }
 
-// A worker's share of the suite by count: at most this many tests per batch
-// when the history shows the suite surprise-prone, that is, when the tests
-// whose spread is known (kSurprisesSeenShare of the suite at least) make a
-// second batch per worker repay its start-up (with no start-up recorded, any
-// spread at all). A test far slower than its estimate can then be any test:
-// the real hypha suite has ~10 tests of ~40 s per run, each of them ~0.1 s in
-// the runs before. So a batch's risk grows with its count, not its estimated
-// seconds, and parts cut in seconds put the many short tests in a few
-// batches: 163 of the suite's 922 tests in one part of 32 on 32 workers with
-// 2 s start-ups, which held 4 surprises and ran 163 s against a bound of 41.
-// Over 500 runs of that suite with 2 s start-ups and its surprises moved to
-// random tests (bench/shard_bench.py --start-up-s 2), the mean makespan /
-// bound with the start-up known from the start went from 2.08 to 1.65 at 32
-// workers (static: 1.84) and from 1.61 to 1.59 at 8 (1.91).
-// Not on every suite: networkx's 6,848 tests, a few long and thousands of
-// tiny ones, capped at a share on 6 workers with 9 s start-ups (simulated
-// from their recorded durations), ran in 8-10 batches instead of 6, 30 s
-// instead of 22.
-int share_by_count(std::size_t tests, int workers) {
-  const auto share = (tests + static_cast<std::size_t>(workers) - 1) / static_cast<std::size_t>(workers);
-  return static_cast<int>(std::clamp<std::size_t>(share, 1, std::numeric_limits<int>::max()));
-}
-
 }  // namespace
 
 void Dispatcher::State::resolve(std::size_t test, Verdict verdict) {
@@ -197,10 +174,23 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
   state.options = options;
   const double share = total_estimate(tests) / options.workers;
   state.variance_per_s = variance_per_s(tests, kSpreadKnownShare);
+  // A surprise-prone suite (the tests whose spread is known, kSurprisesSeenShare
+  // of it at least, make a second batch per worker repay its start-up; with
+  // no start-up recorded, any spread at all): at most a worker's share by
+  // count per batch. A test far slower than its estimate can then be any test
+  // (the real hypha suite: ~10 tests of ~0.1 s take ~40 s each run), so a
+  // batch's risk grows with its count, and parts cut in seconds put the many
+  // short tests in a few batches: one of 163 of its 922 tests on 32 workers
+  // held 4 surprises and ran 163 s against a bound of 41. Over 500 runs with
+  // the surprises moved at random (bench/shard_bench.py --start-up-s 2), mean
+  // makespan / bound at 32 workers 2.08 -> 1.65 (static 1.84). Not on every
+  // suite: networkx's (a few long tests, thousands of tiny ones), capped, ran
+  // in 8-10 batches instead of 6 on 6 workers, 30 s instead of 22 (simulated).
   const auto seen = variance_per_s(tests, kSurprisesSeenShare);
   if (seen && state.second_batch_repays(*seen, share, options.batch_overhead_s)) {
-    state.options.max_batch_tests =
-        std::min(state.options.max_batch_tests, share_by_count(tests.size(), options.workers));
+    const auto by_count = share_by_count(tests.size(), options.workers);
+    if (by_count < static_cast<std::size_t>(state.options.max_batch_tests))
+      state.options.max_batch_tests = static_cast<int>(by_count);
   }
   state.stats.batch_tests_cap = static_cast<std::size_t>(state.options.max_batch_tests);
   auto units = cap_unit_sizes(

@@ -264,9 +264,9 @@ std::size_t Dispatcher::State::batch_cap() {
   if (queued_guessed_tests == 0 || queued_guessed_tests < queued_tests) return cap;
   if (!guessed_share_tests) {
     if (!cost.guesses_observed()) return cap;  // the first batches: guided, small
-    const auto workers = static_cast<std::size_t>(std::max(1, options.workers));
-    const bool rest_looks_negligible = queued_estimate_s() / static_cast<double>(workers) < cost.overhead_s();
-    guessed_share_tests = rest_looks_negligible ? (queued_tests + workers - 1) / workers : cap;
+    const double workers = std::max(1, options.workers);
+    const bool rest_looks_negligible = queued_estimate_s() / workers < cost.overhead_s();
+    guessed_share_tests = rest_looks_negligible ? share_by_count(queued_tests, options.workers) : cap;
   }
   return std::clamp<std::size_t>(*guessed_share_tests, 1, cap);
 }

@@ -30,6 +30,12 @@ struct Item {
 
 inline bool guessed(const TestEstimate& test) { return test.source != EstimateSource::History; }
 
+// A worker's share of `count` tests: ceil(count / workers), at least 1.
+inline std::size_t share_by_count(std::size_t count, int workers) {
+  const auto by = static_cast<std::size_t>(std::max(1, workers));
+  return std::max<std::size_t>(1, (count + by - 1) / by);
+}
+
 struct InFlight {
   std::string worker;
   std::vector<std::size_t> tests;
