@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cd/fanout.hpp"
+#include "fanout_jobs.hpp"
 
 namespace cd::fanout {
 namespace {
@@ -93,16 +94,8 @@ class FanoutProcess : public ::testing::Test {
   fs::path dir_;
 };
 
-Command cmd(std::vector<std::string> argv, std::string stdin_data = "") {
-  Command command;
-  command.argv = std::move(argv);
-  command.stdin_data = std::move(stdin_data);
-  return command;
-}
-
-HostJob job(std::string host, std::vector<Command> steps) {
-  return HostJob{std::move(host), std::move(steps)};
-}
+using testing_support::cmd;
+using testing_support::job;
 
 ::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
   if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();

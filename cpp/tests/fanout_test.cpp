@@ -18,23 +18,15 @@
 
 #include "cd/error.hpp"
 #include "fake_launcher.hpp"
+#include "fanout_jobs.hpp"
 
 namespace cd::fanout {
 namespace {
 
 using fake::kForever;
 using fake::Script;
-
-Command cmd(std::vector<std::string> argv, std::string stdin_data = "") {
-  Command command;
-  command.argv = std::move(argv);
-  command.stdin_data = std::move(stdin_data);
-  return command;
-}
-
-HostJob job(std::string host, std::vector<Command> steps) {
-  return HostJob{std::move(host), std::move(steps)};
-}
+using testing_support::cmd;
+using testing_support::job;
 
 // Hosts h0..h<count-1>, each one step {"push", host}.
 std::vector<HostJob> hosts(std::size_t count) {

@@ -13,8 +13,8 @@ import re
 import pytest
 
 from buildbot_steps.shard.history import packed_durations_of
+from harness.fixture_suite import LONG_TEST
 
-LONG_TEST = "tests/test_slow.py::test_slow_2500ms"
 SHORT_TEST = "tests/test_fast.py::TestStrings::test_upper"
 POSTGRES_INT4_MAX = 2**31 - 1
 

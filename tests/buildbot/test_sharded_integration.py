@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from buildbot_steps.shard.history import packed_durations_of
+from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, LONG_TEST, SUITE_SIZE
 
 SUCCESS = 0
 FAILURE = 2
@@ -18,10 +19,6 @@ WARNINGS = 1
 EXCEPTION = 4
 RETRY = 5
 
-FLAKY_TEST = "tests/test_outcomes.py::test_flaky_first_run"
-FAILING_TEST = "tests/test_outcomes.py::test_always_fails"
-LONG_TEST = "tests/test_slow.py::test_slow_2500ms"
-SUITE_SIZE = 34
 
 # How long to wait for the held test to start on some shard worker.
 HOLD_DEADLINE_S = 120

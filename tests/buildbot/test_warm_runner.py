@@ -23,12 +23,10 @@ import pytest
 
 from buildbot_steps.shard import warm_channel, warm_pytest_plugin
 from buildbot_steps.shard.warm_channel import ChannelError, results_of
+from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, SUITE_SIZE
 
 FAILURE = 2
-SUITE_SIZE = 34
 SHARD_WORKERS = 2
-FAILING_TEST = "tests/test_outcomes.py::test_always_fails"
-FLAKY_TEST = "tests/test_outcomes.py::test_flaky_first_run"
 REQUEST_TIMEOUT_S = 10
 # A pytest of four small modules: seconds at most, even on a loaded machine.
 RUNNER_TIMEOUT_S = 120

@@ -15,9 +15,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from harness.local_master import REPO, WORKER_PASSWORD, LocalMaster, free_port
+from harness.fixture_suite import FIXTURE_SUITE
+from harness.local_master import WORKER_PASSWORD, LocalMaster, free_port
 
-FIXTURE_SUITE = REPO / "tests" / "sharding_fixture_suite"
 PYTHON = sys.executable
 
 # Seconds allowed for one sharded build of the fixture suite (~6 s of sleep).

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from buildbot_steps import _core
 from buildbot_steps.shard import planning as sharding
+from harness.fixture_suite import FIXTURE_SUITE
 from harness.local_master import (
     REPO,
     LocalMaster,
@@ -42,7 +43,6 @@ DEMO_FLAKE_RATE = 0.002  # a few flaky runs in ~1,800 tests, to show the re-runs
 # Stages 2 and 3: a real master and workers under ./demo/ (git-ignored).
 DEMO_DIR = REPO / "demo"
 MASTER_CFG_EXAMPLE = REPO / "master.cfg.example"
-FIXTURE_SUITE = REPO / "tests" / "sharding_fixture_suite"
 CLUSTER_SHARD_WORKERS = 4
 DEMO_HOSTS = ("web1", "web2", "web3", "web4")  # web1 is the canary
 # Deadlines in seconds: generous, the machine may be busy; readiness is

@@ -18,12 +18,11 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from harness import demo  # noqa: E402
+from harness.fixture_suite import FAILING_TEST, FLAKY_TEST  # noqa: E402
 
 WARNINGS = 1
 # Seconds an element of the web UI may take to appear (a loaded 2-core box).
 UI_DEADLINE_S = 90
-FAILING_TEST = "tests/test_outcomes.py::test_always_fails"  # quarantined by conftest.py
-FLAKY_TEST = "tests/test_outcomes.py::test_flaky_first_run"
 PIPELINE_BUILDERS = ("tests", "tests-shard", "deploy", "rollback")
 
 
