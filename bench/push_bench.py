@@ -716,12 +716,16 @@ def main(argv: list[str] | None = None) -> int:
             for tool in tools
         }
         errors: list[str] = []
+
+        def record(error: str) -> None:
+            errors.append(error)
+            log(error)
+
         for tool in [t for t in tools if t.startswith("ours")]:
             try:
                 ours_by_tool[tool] = Ours(env, setsid=tool == "ours-setsid")
             except Exception as exc:  # noqa: BLE001 (reported, the peers still run)
-                errors.append(f"{tool}: not run: {type(exc).__name__}: {exc}")
-                log(errors[-1])
+                record(f"{tool}: not run: {type(exc).__name__}: {exc}")
                 tools.remove(tool)
                 del samples[tool]
         for rep in range(args.repeat):
@@ -749,10 +753,7 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_spent = CpuSplit.spent(cpu_before, cpu.read())
                     settle()
                     if res.failed_hosts:
-                        errors.append(
-                            f"{tool} rep {rep} {phase} {n}: {res.failed_hosts} hosts failed: {res.detail}"
-                        )
-                        log(errors[-1])
+                        record(f"{tool} rep {rep} {phase} {n}: {res.failed_hosts} hosts failed: {res.detail}")
                     if timed:
                         s[f"{phase}_s"].append(res.seconds)
                         s[f"{phase}_bytes"].append(res.bytes_sent)
@@ -762,11 +763,10 @@ def main(argv: list[str] | None = None) -> int:
                     if ours is not None:
                         flip = ours.flip()
                         if flip.failed_hosts:
-                            errors.append(
+                            record(
                                 f"{tool} rep {rep} flip after {phase} {n}: {flip.failed_hosts} failed: "
                                 f"{flip.detail}"
                             )
-                            log(errors[-1])
                         if timed:
                             s["flip_s"].append(flip.seconds)
                         extra = f", flip {flip.seconds:.2f}s"
@@ -779,10 +779,9 @@ def main(argv: list[str] | None = None) -> int:
                             ours.start_cold()
                             cold = ours.flip(f"r{rep}-{n - 1}")
                             if cold.failed_hosts:
-                                errors.append(
+                                record(
                                     f"{tool} rep {rep} cold flip: {cold.failed_hosts} failed: {cold.detail}"
                                 )
-                                log(errors[-1])
                             s["flip_cold_s"].append(cold.seconds)
                             extra += f", cold flip {cold.seconds:.2f}s"
                     elif tool in PEER_FLIPS:
@@ -790,11 +789,10 @@ def main(argv: list[str] | None = None) -> int:
                         dests = [env.peer_dir(h) / slot for h in env.hosts]
                         flip = PEER_FLIPS[tool](env, slot)
                         if flip.failed_hosts:
-                            errors.append(
+                            record(
                                 f"{tool} rep {rep} flip after {phase} {n}: {flip.failed_hosts} failed: "
                                 f"{flip.detail}"
                             )
-                            log(errors[-1])
                         # The peers' flip always opens new ssh connections: compared with ours' cold flip.
                         if timed:
                             s["flip_cold_s"].append(flip.seconds)
@@ -803,19 +801,17 @@ def main(argv: list[str] | None = None) -> int:
                             h.address for h in env.hosts if link_target(env.peer_dir(h) / "current") != slot
                         ]
                         if unflipped:
-                            errors.append(f"{tool} rep {rep} flip after {phase}: current is not {slot} on "
-                                          f"{len(unflipped)} hosts, e.g. {unflipped[0]}")  # fmt: skip
-                            log(errors[-1])
+                            record(
+                                f"{tool} rep {rep} flip after {phase}: current is not {slot} on "
+                                f"{len(unflipped)} hosts, e.g. {unflipped[0]}"
+                            )
                         if phase == "steady":
                             report.setdefault("slots_hardlinked_share", {})[tool] = hardlinked_share(dests[0])
                     else:
                         dests = [env.peer_dir(h) for h in env.hosts]
                     bad = [msg for d in dests if (msg := verify_copy(d, tree))]
                     if bad:
-                        errors.append(
-                            f"{tool} rep {rep} {phase} {n}: {len(bad)} hosts hold a wrong copy: {bad[0]}"
-                        )
-                        log(errors[-1])
+                        record(f"{tool} rep {rep} {phase} {n}: {len(bad)} hosts hold a wrong copy: {bad[0]}")
                     log(f"rep {rep + 1}/{args.repeat} {tool:11s} {phase:6s} {n} push {res.seconds:6.2f}s "
                         f"sent {fmt_bytes(res.bytes_sent)}{extra}")  # fmt: skip
     finally:
