@@ -378,11 +378,10 @@ std::vector<std::size_t> Dispatcher::State::unresolved(const std::vector<std::si
   return open;
 }
 
-// Nothing queued: copy the in-flight batch expected to finish last, if it
-// is still far enough from done to be worth a second worker.
+// Nothing queued: copy the straggling batch (see straggler()).
 std::optional<Assignment> Dispatcher::State::straggler_copy(const std::string& worker, double now_s) {
   if (!options.speculate) return std::nullopt;
-  while (InFlight* latest = latest_finishing(worker, now_s)) {
+  while (InFlight* latest = straggler(worker, now_s)) {
     auto open = unresolved(latest->tests);
     bool tried_here =
         std::any_of(open.begin(), open.end(), [&](auto test) { return tried_by(test, worker); });
@@ -413,22 +412,36 @@ bool Dispatcher::State::release_idle(const std::string& worker) {
   return true;
 }
 
-// The in-flight batch of another worker expected to finish last, if it is
-// far enough from done to be worth a second worker.
-InFlight* Dispatcher::State::latest_finishing(const std::string& worker, double now_s) {
+// The in-flight batch of another worker most worth a second copy: the one
+// furthest past its estimate, if one has met a surprise (kOverdueShare);
+// else the one expected to finish last, if it is far enough from done to be
+// worth a second worker.
+InFlight* Dispatcher::State::straggler(const std::string& worker, double now_s) {
+  InFlight* overdue = nullptr;
+  double most_overdue_s = 0.0;
   InFlight* latest = nullptr;
+  double latest_finish_s = 0.0;
   for (auto& [id, flight] : in_flight) {
     if (flight.speculative || flight.copied || flight.worker == worker) continue;
+    // Only a batch of tests with their own history can be overdue: a guess
+    // (a first build's, a new test's) that ran long was a wrong guess.
+    const double overdue_s =
+        now_s - tests_end_s(flight) - kOverdueShare * flight.known_s - options.min_speculation_s;
+    if (flight.guessed_s == 0.0 && overdue_s > most_overdue_s) {
+      overdue = &flight;
+      most_overdue_s = overdue_s;
+    }
     // The copy pays this worker's start-up first: it can only win against
     // an original expected to need longer than that (its own start-up included).
-    double finish = flight.started_s + flight.estimate_s + cost.overhead_s(flight.worker);
-    if (finish - now_s < options.min_speculation_s + cost.overhead_s(worker)) continue;
-    if (latest == nullptr || finish > latest->started_s + latest->estimate_s ||
-        (finish == latest->started_s + latest->estimate_s && flight.tests < latest->tests)) {
+    const double finish_s = flight.started_s + flight.estimate_s + cost.overhead_s(flight.worker);
+    if (finish_s - now_s < options.min_speculation_s + cost.overhead_s(worker)) continue;
+    if (latest == nullptr || finish_s > latest_finish_s ||
+        (finish_s == latest_finish_s && flight.tests < latest->tests)) {
       latest = &flight;
+      latest_finish_s = finish_s;
     }
   }
-  return latest;
+  return overdue != nullptr ? overdue : latest;
 }
 
 }  // namespace cd::shard

@@ -170,7 +170,7 @@ struct Dispatcher::State {
   std::vector<std::size_t> unresolved(const std::vector<std::size_t>& batch_tests) const;
   std::optional<Assignment> straggler_copy(const std::string& worker, double now_s);
   bool release_idle(const std::string& worker);
-  InFlight* latest_finishing(const std::string& worker, double now_s);
+  InFlight* straggler(const std::string& worker, double now_s);
 
   // Recording results (shard_dispatch.cpp).
   void resolve(std::size_t test, Verdict verdict);

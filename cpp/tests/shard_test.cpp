@@ -510,6 +510,38 @@ TEST(Dispatcher, StragglerIsCopiedToAnIdleWorkerAndFirstResultWins) {
   EXPECT_EQ(found->attempts.size(), 1u);
 }
 
+TEST(Dispatcher, ABatchFarPastItsEstimateIsCopiedBeforeTheOneExpectedToEndLast) {
+  // long (20 s), short (2 s) and tiny (1 s) start together on three workers;
+  // tiny's worker is then idle with nothing queued.
+  auto start = [](Dispatcher& dispatcher) {
+    auto long_batch = dispatcher.next_batch("a", 0.0);
+    auto short_batch = dispatcher.next_batch("b", 0.0);
+    auto tiny_batch = dispatcher.next_batch("c", 0.0);
+    EXPECT_EQ(long_batch.batch.tests, std::vector<std::string>{"long.py::t"});
+    EXPECT_EQ(short_batch.batch.tests, std::vector<std::string>{"short.py::t"});
+    dispatcher.report("c", tiny_batch.batch.id, all_passed(tiny_batch.batch));
+  };
+  auto tests = suite({{"long.py::t", 20}, {"short.py::t", 2}, {"tiny.py::t", 1}});
+
+  // At 3 s short is within its margin (its 2 s, a fifth more, and
+  // min_speculation_s): the copy goes to the batch expected to end last.
+  Dispatcher on_time(tests, workers(3));
+  start(on_time);
+  auto copy = on_time.next_batch("c", 3.0);
+  ASSERT_EQ(copy.kind, Assignment::Kind::Run);
+  EXPECT_EQ(copy.batch.tests, std::vector<std::string>{"long.py::t"});
+
+  // At 4 s short has met a surprise: it is copied first, though long has
+  // 16 s left to short's unknown.
+  Dispatcher overdue(tests, workers(3));
+  start(overdue);
+  copy = overdue.next_batch("c", 4.0);
+  ASSERT_EQ(copy.kind, Assignment::Kind::Run);
+  EXPECT_TRUE(copy.batch.speculative);
+  EXPECT_EQ(copy.batch.tests, std::vector<std::string>{"short.py::t"});
+  EXPECT_EQ(overdue.stats().speculative_batches, 1u);
+}
+
 TEST(Dispatcher, NoStragglerCopyWhenDisabledOrNearlyDone) {
   DispatchOptions options = workers(2);
   options.speculate = false;

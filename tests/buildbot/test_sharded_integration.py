@@ -12,6 +12,7 @@ import pytest
 
 from buildbot_steps.shard.history import packed_durations_of
 from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, LONG_TEST, SUITE_SIZE
+from harness.local_master import has_ended
 
 SUCCESS = 0
 FAILURE = 2
@@ -20,6 +21,7 @@ EXCEPTION = 4
 RETRY = 5
 
 
+PASSING_SLEEPS = [f"tests/test_slow.py::test_sleep[{ms}ms]" for ms in (100, 300, 500, 800, 1200)]
 # How long to wait for the held test to start on some shard worker.
 HOLD_DEADLINE_S = 120
 
@@ -164,6 +166,29 @@ def test_killed_worker_costs_a_rerun_not_the_build(cluster):
     shard_builds = cluster.api("builders/tests-shard/builds")["builds"]
     lost = [b for b in shard_builds if b["results"] in (RETRY, EXCEPTION)]
     assert lost, "the killed worker's shard build should end RETRY or EXCEPTION"
+
+
+def test_a_batch_held_by_a_surprise_is_copied_and_the_held_run_stopped(make_cluster):
+    # The long test meets a surprise on its first run only (hold-once): that
+    # run waits until stopped. An idle worker copies its batch (as expected to
+    # end last, or once overdue: cpp/tests/shard_test.cpp tells the two rules
+    # apart), the copy passes, and the held run is stopped, not waited for:
+    # nothing here ever ends the hold. Its own cluster, with a history,
+    # on tests that pass: a test that failed in the copy would wait for the
+    # held run's attempt before its re-run.
+    cluster = make_cluster(shard_workers=2, tests=[LONG_TEST, *PASSING_SLEEPS])
+    cluster.wait_for_build(cluster.force_build())  # the history
+    (cluster.state_dir / "hold-once").touch()
+    build = cluster.wait_for_build(cluster.force_build())
+    held = list(cluster.state_dir.glob("held-once.*"))
+    assert len(held) == 1, "exactly one run meets the surprise"
+    props = build["properties"]
+    assert build["results"] == SUCCESS, build["state_string"]
+    assert props["tests_straggler_copies"] >= 1
+    assert props["tests_passed"] == 1 + len(PASSING_SLEEPS)
+    held_pid = int(held[0].suffix[1:])
+    cluster.wait_until(lambda: has_ended(held_pid), HOLD_DEADLINE_S, "the held run to be stopped")
+    cluster.stop()
 
 
 def test_an_idle_shard_ends_while_a_held_test_still_runs(make_cluster):

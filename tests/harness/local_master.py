@@ -153,10 +153,11 @@ def is_buildbot_process(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return any(marker in cmdline for marker in OUR_COMMAND_MARKERS) and not _is_zombie(pid)
+    return any(marker in cmdline for marker in OUR_COMMAND_MARKERS) and not has_ended(pid)
 
 
-def _is_zombie(pid: int) -> bool:
+def has_ended(pid: int) -> bool:
+    """Gone, or a zombie that its parent has not reaped yet."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):

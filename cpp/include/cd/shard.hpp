@@ -175,11 +175,13 @@ struct DispatchOptions {
   // A history that shows surprises caps batches further, at a worker's share
   // of the suite by count (DispatchStats::batch_tests_cap).
   int max_batch_tests = 10000;
-  // When nothing is queued, an idle worker may re-run the straggling batch
-  // whose expected finish is latest; the first result wins.
+  // When nothing is queued, an idle worker may re-run a straggling batch: one
+  // running well past its estimate (kOverdueShare) first, else the one whose
+  // expected finish is latest. The first result wins.
   bool speculate = true;
-  // Only straggle-copy a batch expected to need at least this much longer:
-  // copying a nearly finished batch wastes a worker and gains nothing.
+  // Only straggle-copy a batch expected to need at least this much longer
+  // (copying a nearly finished batch wastes a worker and gains nothing), or
+  // one running at least this much past its estimate and kOverdueShare.
   double min_speculation_s = 1.0;
   // Same splitting rule as the static plan, against total / workers.
   double split_file_fraction = 0.5;
@@ -257,6 +259,15 @@ inline constexpr double kSpreadKnownShare = 0.9;
 // in half of it are enough to expect more (the real hypha suite's versions
 // add up to 40 % new tests, with the same ~10 surprises per run).
 inline constexpr double kSurprisesSeenShare = 0.5;
+
+// A batch whose tests have run this share of their estimate past it (and
+// min_speculation_s) has met a surprise, a test far slower than its history
+// says: tests vary 15-20 % from run to run (DESIGN.md section 3), and a
+// batch's deviation averages down over its tests. How much longer it will
+// run is unknown, so an idle worker copies it: a copy rarely meets the same
+// surprise (the real hypha suite's land on a different test each run), and
+// the original's command is stopped when the copy's results decide it.
+inline constexpr double kOverdueShare = 0.2;
 
 // Guided self-scheduling classically divides by the worker count alone; a
 // larger divisor keeps batches small enough that a test far slower than its

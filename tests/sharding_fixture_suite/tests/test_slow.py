@@ -4,7 +4,8 @@
 `duration_ns` column (PostgreSQL) can hold. It can also be held mid-run, so
 that an integration test kills its worker while a batch is surely in flight:
 while `$SHARD_FIXTURE_STATE_DIR/hold` exists it writes `holding.<pid>` there
-and waits for `hold` to go.
+and waits for `hold` to go. `hold-once` is a surprise that only its first run
+meets: that run renames it to `held-once.<pid>` and waits while that exists.
 """
 
 import os
@@ -29,12 +30,23 @@ HOLD_LIMIT_S = 300
 
 def hold_while_asked():
     state_dir = os.environ.get("SHARD_FIXTURE_STATE_DIR")
-    hold = pathlib.Path(state_dir, "hold") if state_dir else None
-    if hold is None or not hold.exists():
+    if not state_dir:
         return
-    pathlib.Path(state_dir, f"holding.{os.getpid()}").touch()
+    hold = pathlib.Path(state_dir, "hold")
+    if hold.exists():
+        pathlib.Path(state_dir, f"holding.{os.getpid()}").touch()
+        wait_while(hold)
+    claimed = pathlib.Path(state_dir, f"held-once.{os.getpid()}")
+    try:
+        os.rename(pathlib.Path(state_dir, "hold-once"), claimed)  # atomic: one run claims it
+    except FileNotFoundError:
+        return
+    wait_while(claimed)
+
+
+def wait_while(path):
     deadline = time.monotonic() + HOLD_LIMIT_S
-    while hold.exists() and time.monotonic() < deadline:
+    while path.exists() and time.monotonic() < deadline:
         time.sleep(HOLD_POLL_S)
 
 
