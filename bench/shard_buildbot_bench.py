@@ -2,16 +2,22 @@
 """Sharded test runs through a real Buildbot master: wall time against the bound.
 
     .venv/bin/python bench/shard_buildbot_bench.py [--tests 600] [--total-s 240] [--workers 16]
-        [--startup-s 2] [--tiny-tests 3000] [--suites sleep,slow-start,no-history,networkx]
+        [--startup-s 2] [--surprise-s 10] [--tiny-tests 3000]
+        [--suites sleep,slow-start,surprises,no-history,networkx]
         [--repeat 1] [--history-builds 2]
 
 A synthetic suite of sleep-based tests (heavy-tailed durations, seeded) runs
-on N local buildbot-worker processes, one shard per worker. Four suites:
+on N local buildbot-worker processes, one shard per worker. Five suites:
 
     sleep        the tests alone: each batch pays one plain pytest start-up
     slow-start   the same tests behind a runner that takes --startup-s to start
                  (a conftest.py that sleeps at session start, as a framework's
                  test runner does: settings, app import, database)
+    surprises    the sleep suite where any test may take --surprise-s more, a
+                 different few each run (SURPRISE_RATE of the tests), as the
+                 real hypha suite's database set-up lands on whichever test a
+                 pytest-xdist worker runs first: what no plan made before the
+                 run can place (its bound counts the tests' nominal durations)
     no-history   --tiny-tests tests of a few milliseconds behind the slow
                  start-up, as a new user's first build sees them: the first
                  build (no history) against the third (history and a learnt
@@ -79,6 +85,7 @@ from xml.etree import ElementTree
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the local-master harness, as the tests import it
 
+from buildbot_steps.shard.history import packed_durations_of  # noqa: E402
 from harness import cluster  # noqa: E402
 
 # Log-sd of a test's duration between runs: real suites vary ~15-20% per
@@ -90,6 +97,9 @@ DURATION_LOG_SD = 1.0
 # stays total / workers, which is what sharding can reach.
 LONGEST_SHARE = 0.5
 TESTS_PER_FILE = 15
+# The surprises suite: each test takes --surprise-s more with this chance on
+# every run, about 6 of 600 tests a build, as hypha's runs have 9-12 of ~1,000.
+SURPRISE_RATE = 0.01
 SEED = 20091021
 # Seconds allowed for one sharded build of the synthetic suite.
 BUILD_DEADLINE_S = 900
@@ -149,7 +159,9 @@ def tiny_durations(tests: int) -> list[float]:
     return [rng.uniform(0.001, 0.02) for _ in range(tests)]
 
 
-def write_suite(root: pathlib.Path, durations: list[float], startup_s: float = 0.0) -> dict[str, float]:
+def write_suite(
+    root: pathlib.Path, durations: list[float], startup_s: float = 0.0, surprise_s: float = 0.0
+) -> dict[str, float]:
     tests_dir = root / "tests"
     tests_dir.mkdir(parents=True)
     # A user's project: no Hypothesis. Its plugin, which the bench's own
@@ -162,8 +174,10 @@ def write_suite(root: pathlib.Path, durations: list[float], startup_s: float = 0
             import math, os, random, time
             import pytest
 
-            # Fresh jitter on every run: a test's duration varies between runs.
+            # Fresh jitter on every run: a test's duration varies between runs,
+            # and with surprise_s, any test may take that much more.
             _rng = random.Random()
+            SURPRISE_S, SURPRISE_RATE = {surprise_s}, {SURPRISE_RATE if surprise_s else 0.0}
 
             def pytest_sessionstart(session):
                 # A framework's runner: settings, app import, test database.
@@ -172,7 +186,8 @@ def write_suite(root: pathlib.Path, durations: list[float], startup_s: float = 0
             @pytest.fixture
             def sleep_for():
                 def sleep(nominal_s):
-                    time.sleep(nominal_s * math.exp(_rng.gauss(0.0, {JITTER_LOG_SD})))
+                    surprise_s = SURPRISE_S if _rng.random() < SURPRISE_RATE else 0.0
+                    time.sleep(nominal_s * math.exp(_rng.gauss(0.0, {JITTER_LOG_SD})) + surprise_s)
                 return sleep
         """)
     )
@@ -257,7 +272,19 @@ class BenchCluster(cluster.BuildbotCluster):
         build["start_spread_s"] = build["shard_starts_s"][-1]
         build["batches"] = build["properties"].get("tests_batches", len(children))
         build["shard_phases_s"] = self.shard_phases_s(children)
+        build["run_bound_s"] = self.run_bound_s(build["buildid"])
         return build
+
+    def run_bound_s(self, buildid: int) -> float | None:
+        """The bound of the tests as this build ran them, max(longest, total /
+        workers) over the durations it recorded: where a test's duration is
+        drawn on every run (jitter, surprises), the bound that run could meet.
+        None for a build that records none (pytest-split)."""
+        sets = [s for s in self.test_result_sets(buildid) if s["description"].endswith(" durations")]
+        if not sets:
+            return None
+        seconds = list(packed_durations_of(self.test_results(sets[0]["test_result_setid"])).values())
+        return max(max(seconds), sum(seconds) / len(self.shard_workers)) if seconds else None
 
     def shard_phases_s(self, children: list[dict]) -> tuple[float, float, float]:
         """Means over the shard builds: from the build's start to its test
@@ -292,6 +319,7 @@ class Suite:
     durations: list[float]
     startup_s: float
     with_history: bool  # False: every mode plans blind on its first build
+    surprise_s: float = 0.0  # > 0: SURPRISE_RATE of the tests take this much more, on every run
 
 
 def timed_builds(bench_cluster: BenchCluster, suite: Suite, history_builds: int) -> list[tuple[str, dict]]:
@@ -347,8 +375,10 @@ def run_suite_once(
         what = f"{REAL_SUITE_PACKAGE}'s suite: {len(durations)} tests, {sum(durations):.0f} s of tests"
     else:
         durations = suite.durations
-        by_id = write_suite(suite_source, durations, suite.startup_s)
+        by_id = write_suite(suite_source, durations, suite.startup_s, suite.surprise_s)
         what = f"{len(durations)} tests, {sum(durations):.0f} s of sleep"
+        if suite.surprise_s:
+            what += f" (and any test +{suite.surprise_s:g} s with chance {SURPRISE_RATE:g} on every run)"
     bound = max(max(durations), sum(durations) / workers)
     durations_path = root / suite.name / "test_durations.json"
     # pytest-split knows what our history knows: nothing on a first build.
@@ -429,6 +459,8 @@ def print_rows(
         run_s = build["properties"].get("tests_makespan_s")
         if run_s is not None:
             figures[mode]["run s"] = run_s
+        if build["run_bound_s"]:
+            figures[mode]["x run"] = build["shards_s"] / build["run_bound_s"]
         print(
             f"  {mode:<14}{build['wall_s']:>8.1f}{build['shards_s']:>10.0f}{figures[mode]['x tests']:>9.2f}"
             f"{figures[mode]['x +start']:>10.2f}{build['before_s']:>10.0f}{build['after_s']:>9.0f}"
@@ -443,6 +475,9 @@ def print_rows(
         before, step, after = build["shard_phases_s"]
         print(f"  {mode}: a shard build's mean: {before:.1f} s to its test step, the step {step:.1f} s, "
               f"{after:.1f} s after it")  # fmt: skip
+        if build["run_bound_s"]:
+            print(f"  {mode}: the bound of its tests as they ran {build['run_bound_s']:.2f} s, "
+                  f"shards / that bound (x run) {figures[mode]['x run']:.2f}")  # fmt: skip
     print_ratios_to_peers(figures)
     for mode in ("dynamic", "warm"):
         first, third = dict(rows).get(f"{mode} 1st"), dict(rows).get(f"{mode} 3rd")
@@ -483,7 +518,7 @@ def print_medians(suite: str, runs: list[dict[str, dict[str, float]]]) -> None:
         print(f"  {mode:<30}" + "; ".join(medians))
 
 
-SUITES = ("sleep", "slow-start", "no-history", REAL_SUITE)
+SUITES = ("sleep", "slow-start", "surprises", "no-history", REAL_SUITE)
 
 
 def main() -> int:
@@ -494,6 +529,7 @@ def main() -> int:
     parser.add_argument("--total-s", type=float, default=240.0)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--startup-s", type=float, default=2.0, help="extra runner start-up (slow-start)")
+    parser.add_argument("--surprise-s", type=float, default=10.0, help="what a surprise adds (surprises)")
     parser.add_argument("--tiny-tests", type=int, default=3000, help="tests of the no-history suite")
     parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, of {SUITES}")
     parser.add_argument("--repeat", type=int, default=1, help="runs per suite (fresh master each); medians")
@@ -518,11 +554,15 @@ def main() -> int:
     ):
         if value < 1:
             parser.error(f"{option} must be at least 1")
+    for option, value in (("--startup-s", args.startup_s), ("--surprise-s", args.surprise_s)):
+        if not value >= 0:
+            parser.error(f"{option} must be a number of seconds, 0 or more")
 
     durations = nominal_durations(args.tests, args.total_s, args.workers)
     suites = {
         "sleep": Suite("sleep", durations, 0.0, True),
         "slow-start": Suite("slow-start", durations, args.startup_s, True),
+        "surprises": Suite("surprises", durations, 0.0, True, args.surprise_s),
         "no-history": Suite("no-history", tiny_durations(args.tiny_tests), args.startup_s, False),
         # Its durations come from a plain pytest run of it (run_suite_once).
         REAL_SUITE: Suite(REAL_SUITE, [], 0.0, False),
@@ -546,7 +586,9 @@ def main() -> int:
         "near 100 %, the CPUs, not the schedule, set the pace. run s: the step's own clock "
         "(tests_makespan_s), first batch handed out to last result in, to the millisecond; let go: "
         "shards told they were done while others still ran (tests_workers_released); split: files whose "
-        "tests went to two batches so that a part could be cut to the test (tests_files_split)."
+        "tests went to two batches so that a part could be cut to the test (tests_files_split). x run "
+        "(below each table, our modes): shards / max(longest, total / workers) over the durations "
+        "that build recorded, the bound of its tests as they ran (jitter and surprises drawn anew)."
     )
     return 0
 
