@@ -188,6 +188,7 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
   // in 8-10 batches instead of 6 on 6 workers, 30 s instead of 22 (simulated).
   const auto seen = variance_per_s(tests, kSurprisesSeenShare);
   if (seen && state.second_batch_repays(*seen, share, options.batch_overhead_s)) {
+    state.surprises_expected = true;
     const auto by_count = share_by_count(tests.size(), options.workers);
     if (by_count < static_cast<std::size_t>(state.options.max_batch_tests))
       state.options.max_batch_tests = static_cast<int>(by_count);

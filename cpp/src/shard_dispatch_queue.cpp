@@ -423,11 +423,13 @@ InFlight* Dispatcher::State::straggler(const std::string& worker, double now_s) 
   double latest_finish_s = 0.0;
   for (auto& [id, flight] : in_flight) {
     if (flight.speculative || flight.copied || flight.worker == worker) continue;
-    // Only a batch of tests with their own history can be overdue: a guess
-    // (a first build's, a new test's) that ran long was a wrong guess.
+    // Only where the history shows surprises, and only a batch of tests with
+    // their own history: elsewhere a batch that ran long met a slower machine
+    // (six CPU-bound runners on 2 cores ran networkx's third build 59 s, not
+    // 53, with copies of three such batches), or a wrong guess.
     const double overdue_s =
         now_s - tests_end_s(flight) - kOverdueShare * flight.known_s - options.min_speculation_s;
-    if (flight.guessed_s == 0.0 && overdue_s > most_overdue_s) {
+    if (surprises_expected && flight.guessed_s == 0.0 && overdue_s > most_overdue_s) {
       overdue = &flight;
       most_overdue_s = overdue_s;
     }

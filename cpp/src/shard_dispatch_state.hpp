@@ -84,6 +84,9 @@ struct Dispatcher::State {
   // summed, over their estimates): how unpredictable a share of it is.
   // Unknown when too little of the suite has a known spread.
   std::optional<double> variance_per_s;
+  // The history shows surprises (kSurprisesSeenShare): batches are capped by
+  // count, and a batch far past its estimate is taken to have met one.
+  bool surprises_expected = false;
   // Queued work, split so that the guessed part can be rescaled.
   double queued_known_s = 0.0;
   double queued_guessed_s = 0.0;

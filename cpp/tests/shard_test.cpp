@@ -522,6 +522,13 @@ TEST(Dispatcher, ABatchFarPastItsEstimateIsCopiedBeforeTheOneExpectedToEndLast) 
     dispatcher.report("c", tiny_batch.batch.id, all_passed(tiny_batch.batch));
   };
   auto tests = suite({{"long.py::t", 20}, {"short.py::t", 2}, {"tiny.py::t", 1}});
+  for (auto& test : tests) test.spread_s = 0.5;  // a history that shows surprises
+  // Without them a batch past its estimate met a slower machine: no copy of it.
+  auto predictable = suite({{"long.py::t", 20}, {"short.py::t", 2}, {"tiny.py::t", 1}});
+  for (auto& test : predictable) test.spread_s = 0.0;
+  Dispatcher steady(predictable, workers(3));
+  start(steady);
+  EXPECT_EQ(steady.next_batch("c", 4.0).batch.tests, std::vector<std::string>{"long.py::t"});
 
   // At 3 s short is within its margin (its 2 s, a fifth more, and
   // min_speculation_s): the copy goes to the batch expected to end last.

@@ -260,10 +260,11 @@ inline constexpr double kSpreadKnownShare = 0.9;
 // add up to 40 % new tests, with the same ~10 surprises per run).
 inline constexpr double kSurprisesSeenShare = 0.5;
 
-// A batch whose tests have run this share of their estimate past it (and
-// min_speculation_s) has met a surprise, a test far slower than its history
-// says: tests vary 15-20 % from run to run (DESIGN.md section 3), and a
-// batch's deviation averages down over its tests. How much longer it will
+// Where the history shows surprises (kSurprisesSeenShare), a batch whose
+// tests have run this share of their estimate past it (and
+// min_speculation_s) has met one, a test far slower than its history says:
+// tests vary 15-20 % from run to run (DESIGN.md section 3), and a batch's
+// deviation averages down over its tests. How much longer it will
 // run is unknown, so an idle worker copies it: a copy rarely meets the same
 // surprise (the real hypha suite's land on a different test each run), and
 // the original's command is stopped when the copy's results decide it.
