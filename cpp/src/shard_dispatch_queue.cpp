@@ -381,18 +381,18 @@ std::vector<std::size_t> Dispatcher::State::unresolved(const std::vector<std::si
 // Nothing queued: copy the straggling batch (see straggler()).
 std::optional<Assignment> Dispatcher::State::straggler_copy(const std::string& worker, double now_s) {
   if (!options.speculate) return std::nullopt;
-  while (InFlight* latest = straggler(worker, now_s)) {
-    auto open = unresolved(latest->tests);
+  while (InFlight* original = straggler(worker, now_s)) {
+    auto open = unresolved(original->tests);
     bool tried_here =
         std::any_of(open.begin(), open.end(), [&](auto test) { return tried_by(test, worker); });
     if (open.empty() || tried_here) {
-      latest->copied = true;  // not worth copying; do not look at it again
+      original->copied = true;  // not worth copying; do not look at it again
       continue;
     }
     InFlight copy;
     copy.tests = std::move(open);
     copy.speculative = true;
-    latest->copied = true;
+    original->copied = true;
     ++stats.speculative_batches;
     return hand_out(worker, now_s, std::move(copy), false);
   }
@@ -413,7 +413,8 @@ bool Dispatcher::State::release_idle(const std::string& worker) {
 }
 
 // The in-flight batch of another worker most worth a second copy: the one
-// furthest past its estimate, if one has met a surprise (kOverdueShare);
+// furthest past its estimate, if one has met a surprise (surprises_expected,
+// kOverdueShare);
 // else the one expected to finish last, if it is far enough from done to be
 // worth a second worker.
 InFlight* Dispatcher::State::straggler(const std::string& worker, double now_s) {

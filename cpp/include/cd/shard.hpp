@@ -175,9 +175,10 @@ struct DispatchOptions {
   // A history that shows surprises caps batches further, at a worker's share
   // of the suite by count (DispatchStats::batch_tests_cap).
   int max_batch_tests = 10000;
-  // When nothing is queued, an idle worker may re-run a straggling batch: one
-  // running well past its estimate (kOverdueShare) first, else the one whose
-  // expected finish is latest. The first result wins.
+  // When nothing is queued, an idle worker may re-run a straggling batch:
+  // where the history shows surprises, one running well past its estimate
+  // (kOverdueShare) first; else the one whose expected finish is latest. The
+  // first result wins.
   bool speculate = true;
   // Only straggle-copy a batch expected to need at least this much longer
   // (copying a nearly finished batch wastes a worker and gains nothing), or
