@@ -81,6 +81,7 @@ std::optional<double> variance_per_s(const std::vector<TestEstimate>& tests, dou
 
 void Dispatcher::State::resolve(std::size_t test, Verdict verdict) {
   test_states[test].verdict = verdict;
+  if (test_states[test].queued) drop_queued(test);
   ++stats.resolved;
   if (verdict == Verdict::Passed) ++stats.passed;
   if (verdict == Verdict::Flaky) ++stats.flaky;
@@ -103,11 +104,25 @@ void Dispatcher::State::record(std::size_t test, Attempt attempt) {
     return;
   }
   ++state.failures;
-  if (state.copies_in_flight > 0) return;  // the copy still running is the re-run
   if (static_cast<int>(state.attempts.size()) >= options.max_attempts) {
     resolve(test, Verdict::Failed);
-  } else {
+  } else if (!state.queued) {
+    // Re-run now, even while another copy of the test still runs: that copy
+    // may be the one held by a surprise, and waiting for it would hold the
+    // verdict (and the build) as long. Whichever answers first decides.
     requeue({test}, true);
+  }
+}
+
+// A test decided while its re-run still waits in the queue: the re-run goes.
+void Dispatcher::State::drop_queued(std::size_t test) {
+  for (auto where = requeued.begin(); where != requeued.end(); ++where) {
+    const auto& queued_tests = where->second.tests;
+    if (std::find(queued_tests.begin(), queued_tests.end(), test) == queued_tests.end()) continue;
+    Item item = take(where);
+    item.tests.erase(std::find(item.tests.begin(), item.tests.end(), test));
+    if (!item.tests.empty()) requeue(std::move(item.tests), item.retry);
+    return;
   }
 }
 
@@ -141,18 +156,6 @@ InFlight Dispatcher::State::finish(const std::string& worker, std::uint64_t batc
   stats.batches_in_flight = in_flight.size();
   for (auto test : flight.tests) --test_states[test].copies_in_flight;
   return flight;
-}
-
-// A test whose failed attempt waited on a copy that has now gone away
-// (lost, or failed too) needs its re-run or its verdict now.
-void Dispatcher::State::settle_after_copy(std::size_t test) {
-  auto& state = test_states[test];
-  if (state.verdict != Verdict::Pending || state.copies_in_flight > 0 || state.failures == 0) return;
-  if (static_cast<int>(state.attempts.size()) >= options.max_attempts) {
-    resolve(test, Verdict::Failed);
-  } else if (!state.queued) {
-    requeue({test}, true);
-  }
 }
 
 Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
@@ -270,7 +273,6 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
       state.record(
           test, {worker, result.passed && !result.skipped, result.seconds, result.message, result.skipped});
     }
-    state.settle_after_copy(test);
   }
   // Only a batch that ran to the end says what its start-up costs.
   if (wall_s && answered == flight.tests.size()) state.cost.observe_batch(worker, *wall_s, tests_s);
@@ -280,10 +282,7 @@ void Dispatcher::report_error(const std::string& worker, std::uint64_t batch_id,
   std::lock_guard lock(state_->mutex);
   auto& state = *state_;
   InFlight flight = state.finish(worker, batch_id);
-  for (auto test : flight.tests) {
-    state.record(test, {worker, false, 0.0, message});
-    state.settle_after_copy(test);
-  }
+  for (auto test : flight.tests) state.record(test, {worker, false, 0.0, message});
 }
 
 void Dispatcher::worker_lost(const std::string& worker) {
@@ -301,9 +300,10 @@ void Dispatcher::worker_lost(const std::string& worker) {
     std::vector<std::size_t> orphaned;
     for (auto test : flight.tests) {
       const auto& test_state = state.test_states[test];
-      if (test_state.verdict != Verdict::Pending || test_state.copies_in_flight > 0) continue;
+      if (test_state.verdict != Verdict::Pending || test_state.queued || test_state.copies_in_flight > 0)
+        continue;
       if (test_state.failures > 0) {
-        state.settle_after_copy(test);  // it was this batch's job to re-run it
+        state.requeue({test}, true);  // it was this batch's job to re-run it
       } else {
         orphaned.push_back(test);
       }

@@ -16,14 +16,23 @@ bool Dispatcher::State::tried_by(std::size_t test, const std::string& worker) co
   return std::any_of(attempts.begin(), attempts.end(), [&](const Attempt& a) { return a.worker == worker; });
 }
 
+bool Dispatcher::State::running(std::size_t test, const std::string& worker) const {
+  return std::any_of(in_flight.begin(), in_flight.end(), [&](const auto& entry) {
+    const InFlight& flight = entry.second;
+    return flight.worker == worker &&
+           std::find(flight.tests.begin(), flight.tests.end(), test) != flight.tests.end();
+  });
+}
+
 // A re-run goes to a worker that has not run the test yet, unless every
-// live worker has: then any worker beats waiting for ever.
+// live worker has or is running it now (a straggler copy's original, maybe
+// held by a surprise): then any worker beats waiting for ever.
 bool Dispatcher::State::may_run(const Item& item, const std::string& worker) const {
   if (!item.retry) return true;
   for (auto test : item.tests) {
     if (!tried_by(test, worker)) continue;
     bool someone_else = std::any_of(live_workers.begin(), live_workers.end(), [&](const std::string& other) {
-      return other != worker && !tried_by(test, other);
+      return other != worker && !tried_by(test, other) && !running(test, other);
     });
     if (someone_else) return false;
   }

@@ -131,6 +131,7 @@ struct Dispatcher::State {
 
   // Choosing work (shard_dispatch_queue.cpp).
   bool tried_by(std::size_t test, const std::string& worker) const;
+  bool running(std::size_t test, const std::string& worker) const;
   bool may_run(const Item& item, const std::string& worker) const;
   std::optional<std::multimap<double, Item, std::greater<>>::iterator> peek_longest(
       const std::string& worker);
@@ -182,7 +183,7 @@ struct Dispatcher::State {
   std::unordered_map<std::uint64_t, InFlight>::iterator find_in_flight(const std::string& worker,
                                                                        std::uint64_t batch_id);
   InFlight finish(const std::string& worker, std::uint64_t batch_id);
-  void settle_after_copy(std::size_t test);
+  void drop_queued(std::size_t test);
 };
 
 }  // namespace cd::shard

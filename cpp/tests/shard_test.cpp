@@ -510,6 +510,44 @@ TEST(Dispatcher, StragglerIsCopiedToAnIdleWorkerAndFirstResultWins) {
   EXPECT_EQ(found->attempts.size(), 1u);
 }
 
+TEST(Dispatcher, ATestFailingInACopyIsReRunAtOnceNotAfterItsHeldOriginal) {
+  // a's batch is held (a surprise); b copies it, and the test fails there.
+  auto start = [](Dispatcher& dispatcher) {
+    auto held = dispatcher.next_batch("a", 0.0);
+    auto quick = dispatcher.next_batch("b", 0.0);
+    EXPECT_EQ(held.batch.tests, std::vector<std::string>{"slow.py::t"});
+    dispatcher.report("b", quick.batch.id, all_passed(quick.batch));
+    auto copy = dispatcher.next_batch("b", 1.0);
+    EXPECT_TRUE(copy.batch.speculative);
+    dispatcher.report("b", copy.batch.id, {{"slow.py::t", false, 3.0, "boom"}});
+    return held;
+  };
+  auto tests = suite({{"slow.py::t", 100}, {"quick.py::t", 1}});
+
+  // The re-run goes out now, to b: a already runs the test (before, it waited
+  // for a's attempt, as long as the surprise held it).
+  Dispatcher rerun_now(tests, workers(2));
+  auto held = start(rerun_now);
+  auto rerun = rerun_now.next_batch("b", 4.0);
+  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+  EXPECT_TRUE(rerun.batch.retry);
+  EXPECT_EQ(rerun.batch.tests, std::vector<std::string>{"slow.py::t"});
+  rerun_now.report("b", rerun.batch.id, all_passed(rerun.batch));
+  EXPECT_TRUE(rerun_now.done());
+  EXPECT_TRUE(rerun_now.batch_obsolete(held.batch.id));
+  EXPECT_EQ(rerun_now.outcomes()[0].verdict, Verdict::Flaky);
+  ASSERT_EQ(rerun_now.outcomes()[0].attempts.size(), 2u);
+
+  // The held original answers first: it decides, and the queued re-run goes.
+  Dispatcher original_first(tests, workers(2));
+  held = start(original_first);
+  original_first.report("a", held.batch.id, all_passed(held.batch));
+  EXPECT_TRUE(original_first.done());
+  EXPECT_EQ(original_first.outcomes()[0].verdict, Verdict::Flaky);
+  EXPECT_EQ(original_first.stats().queued_estimate_s, 0.0);
+  EXPECT_EQ(original_first.next_batch("b", 5.0).kind, Assignment::Kind::Done);
+}
+
 TEST(Dispatcher, ABatchFarPastItsEstimateIsCopiedBeforeTheOneExpectedToEndLast) {
   // long (20 s), short (2 s) and tiny (1 s) start together on three workers;
   // tiny's worker is then idle with nothing queued.

@@ -173,9 +173,7 @@ def test_a_batch_held_by_a_surprise_is_copied_and_the_held_run_stopped(make_clus
     # run waits until stopped. An idle worker copies its batch (as expected to
     # end last, or once overdue: cpp/tests/shard_test.cpp tells the two rules
     # apart), the copy passes, and the held run is stopped, not waited for:
-    # nothing here ever ends the hold. Its own cluster, with a history,
-    # on tests that pass: a test that failed in the copy would wait for the
-    # held run's attempt before its re-run.
+    # nothing here ever ends the hold. Its own cluster, with a history.
     cluster = make_cluster(shard_workers=2, tests=[LONG_TEST, *PASSING_SLEEPS])
     cluster.wait_for_build(cluster.force_build())  # the history
     (cluster.state_dir / "hold-once").touch()
@@ -186,6 +184,30 @@ def test_a_batch_held_by_a_surprise_is_copied_and_the_held_run_stopped(make_clus
     assert build["results"] == SUCCESS, build["state_string"]
     assert props["tests_straggler_copies"] >= 1
     assert props["tests_passed"] == 1 + len(PASSING_SLEEPS)
+    held_pid = int(held[0].suffix[1:])
+    cluster.wait_until(lambda: has_ended(held_pid), HOLD_DEADLINE_S, "the held run to be stopped")
+    cluster.stop()
+
+
+def test_a_test_failing_in_the_copy_of_a_held_batch_is_rerun_without_waiting_for_it(make_cluster):
+    # One batch holds the long test and the broken one (min_batch_s above
+    # the suite's seconds); one run of the long test is held (hold-once) and
+    # nothing ends the hold. The other worker's copy of the batch fails the
+    # broken test: its re-run goes out at once, to that worker (the only
+    # other one runs it already), and decides it, so the build ends without
+    # the held run, which is stopped. Before, the re-run waited for the held
+    # run's own attempt, and the build with it.
+    cluster = make_cluster(shard_workers=2, tests=[LONG_TEST, FAILING_TEST], min_batch_s=60.0)
+    cluster.wait_for_build(cluster.force_build())  # the history
+    (cluster.state_dir / "hold-once").touch()
+    build = cluster.wait_for_build(cluster.force_build())
+    held = list(cluster.state_dir.glob("held-once.*"))
+    assert len(held) == 1, "exactly one run meets the surprise"
+    props = build["properties"]
+    assert build["results"] == FAILURE, build["state_string"]
+    assert FAILING_TEST in build["state_string"]
+    assert (props["tests_passed"], props["tests_failed"], props["tests_not_run"]) == (1, 1, 0)
+    assert props["tests_straggler_copies"] >= 1
     held_pid = int(held[0].suffix[1:])
     cluster.wait_until(lambda: has_ended(held_pid), HOLD_DEADLINE_S, "the held run to be stopped")
     cluster.stop()

@@ -178,7 +178,7 @@ struct DispatchOptions {
   // When nothing is queued, an idle worker may re-run a straggling batch:
   // where the history shows surprises, one running well past its estimate
   // (kOverdueShare) first; else the one whose expected finish is latest. The
-  // first result wins.
+  // first result wins; a test that fails in either copy is re-run at once.
   bool speculate = true;
   // Only straggle-copy a batch expected to need at least this much longer
   // (copying a nearly finished batch wastes a worker and gains nothing), or
@@ -364,8 +364,9 @@ struct DispatchStats {
 
 // Idle workers kept waiting, once nothing is queued, for what may still
 // come: re-runs of tests that fail (each must go to a worker that has not
-// run the test, so a test's last re-run can start at once on a waiting one
-// when max_attempts - 1 wait) and batches given back by a lost worker. Any
+// run the test nor runs it now, so a test's last re-run can start at once
+// on a waiting one when max_attempts - 1 wait) and batches given back by a
+// lost worker. Any
 // other idle worker is told Done: held until the end, every shard would end
 // at the same moment, and the master would then wrap up all their builds
 // at once after the last test (16 shard builds: about 3 s on a 2-core master).
