@@ -168,6 +168,17 @@ def test_killed_worker_costs_a_rerun_not_the_build(cluster):
     assert lost, "the killed worker's shard build should end RETRY or EXCEPTION"
 
 
+def build_with_a_held_run(cluster) -> tuple[dict, int]:
+    """A build, after one of history, in which one run of the long test is
+    held (hold-once) and nothing ends the hold; and that run's pid."""
+    cluster.wait_for_build(cluster.force_build())  # the history
+    (cluster.state_dir / "hold-once").touch()
+    build = cluster.wait_for_build(cluster.force_build())
+    held = list(cluster.state_dir.glob("held-once.*"))
+    assert len(held) == 1, "exactly one run meets the surprise"
+    return build, int(held[0].suffix[1:])
+
+
 def test_a_batch_held_by_a_surprise_is_copied_and_the_held_run_stopped(make_cluster):
     # The long test meets a surprise on its first run only (hold-once): that
     # run waits until stopped. An idle worker copies its batch (as expected to
@@ -175,16 +186,11 @@ def test_a_batch_held_by_a_surprise_is_copied_and_the_held_run_stopped(make_clus
     # apart), the copy passes, and the held run is stopped, not waited for:
     # nothing here ever ends the hold. Its own cluster, with a history.
     cluster = make_cluster(shard_workers=2, tests=[LONG_TEST, *PASSING_SLEEPS])
-    cluster.wait_for_build(cluster.force_build())  # the history
-    (cluster.state_dir / "hold-once").touch()
-    build = cluster.wait_for_build(cluster.force_build())
-    held = list(cluster.state_dir.glob("held-once.*"))
-    assert len(held) == 1, "exactly one run meets the surprise"
+    build, held_pid = build_with_a_held_run(cluster)
     props = build["properties"]
     assert build["results"] == SUCCESS, build["state_string"]
     assert props["tests_straggler_copies"] >= 1
     assert props["tests_passed"] == 1 + len(PASSING_SLEEPS)
-    held_pid = int(held[0].suffix[1:])
     cluster.wait_until(lambda: has_ended(held_pid), HOLD_DEADLINE_S, "the held run to be stopped")
     cluster.stop()
 
@@ -198,17 +204,12 @@ def test_a_test_failing_in_the_copy_of_a_held_batch_is_rerun_without_waiting_for
     # the held run, which is stopped. Before, the re-run waited for the held
     # run's own attempt, and the build with it.
     cluster = make_cluster(shard_workers=2, tests=[LONG_TEST, FAILING_TEST], min_batch_s=60.0)
-    cluster.wait_for_build(cluster.force_build())  # the history
-    (cluster.state_dir / "hold-once").touch()
-    build = cluster.wait_for_build(cluster.force_build())
-    held = list(cluster.state_dir.glob("held-once.*"))
-    assert len(held) == 1, "exactly one run meets the surprise"
+    build, held_pid = build_with_a_held_run(cluster)
     props = build["properties"]
     assert build["results"] == FAILURE, build["state_string"]
     assert FAILING_TEST in build["state_string"]
     assert (props["tests_passed"], props["tests_failed"], props["tests_not_run"]) == (1, 1, 0)
     assert props["tests_straggler_copies"] >= 1
-    held_pid = int(held[0].suffix[1:])
     cluster.wait_until(lambda: has_ended(held_pid), HOLD_DEADLINE_S, "the held run to be stopped")
     cluster.stop()
 
