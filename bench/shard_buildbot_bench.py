@@ -4,7 +4,7 @@
     .venv/bin/python bench/shard_buildbot_bench.py [--tests 600] [--total-s 240] [--workers 16]
         [--startup-s 2] [--surprise-s 10] [--tiny-tests 3000]
         [--suites sleep,slow-start,surprises,no-history,networkx]
-        [--repeat 1] [--history-builds 2]
+        [--repeat 1] [--history-builds 2] [--keep]
 
 A synthetic suite of sleep-based tests (heavy-tailed durations, seeded) runs
 on N local buildbot-worker processes, one shard per worker. Five suites:
@@ -73,6 +73,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -540,6 +541,9 @@ def main() -> int:
         help="warm-up builds per builder before the timed ones (sleep, slow-start); with one, no "
         "test's run-to-run spread is known and the dispatcher hedges with more batches",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the working directory (masters' databases and logs)"
+    )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.suites.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in SUITES]
@@ -569,8 +573,14 @@ def main() -> int:
     }
     root = pathlib.Path(tempfile.mkdtemp(prefix="shard-buildbot-bench-"))
     print(f"jitter log-sd {JITTER_LOG_SD}; working in {root}")
-    for name in chosen:
-        run_suite(root, suites[name], args.workers, args.repeat, args.history_builds)
+    try:
+        for name in chosen:
+            run_suite(root, suites[name], args.workers, args.repeat, args.history_builds)
+    finally:
+        if args.keep:
+            print(f"kept {root}: its masters' databases and logs")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(
         "\nwall: force request to build complete (REST API). shards: first shard build start to last "
         "shard build end; x tests: shards / max(longest test, total / workers); x +start: shards / "

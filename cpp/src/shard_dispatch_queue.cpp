@@ -17,6 +17,9 @@ bool Dispatcher::State::tried_by(std::size_t test, const std::string& worker) co
 }
 
 bool Dispatcher::State::running(std::size_t test, const std::string& worker) const {
+  // The count first: a failed test's re-run rarely has a copy of it in
+  // flight, and a broken commit queues thousands of re-runs to look at.
+  if (test_states[test].copies_in_flight == 0) return false;
   return std::any_of(in_flight.begin(), in_flight.end(), [&](const auto& entry) {
     const InFlight& flight = entry.second;
     return flight.worker == worker &&
