@@ -300,12 +300,11 @@ void Dispatcher::worker_lost(const std::string& worker) {
     std::vector<std::size_t> orphaned;
     for (auto test : flight.tests) {
       const auto& test_state = state.test_states[test];
-      if (test_state.verdict != Verdict::Pending || test_state.queued || test_state.copies_in_flight > 0)
-        continue;
+      if (test_state.verdict != Verdict::Pending || test_state.queued) continue;
       if (test_state.failures > 0) {
-        state.requeue({test}, true);  // it was this batch's job to re-run it
-      } else {
-        orphaned.push_back(test);
+        state.requeue({test}, true);  // its re-run, lost: re-run now, as after any failure
+      } else if (test_state.copies_in_flight == 0) {
+        orphaned.push_back(test);  // else the copy still running answers for it
       }
     }
     if (!orphaned.empty()) {

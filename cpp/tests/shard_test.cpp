@@ -546,6 +546,17 @@ TEST(Dispatcher, ATestFailingInACopyIsReRunAtOnceNotAfterItsHeldOriginal) {
   EXPECT_EQ(original_first.outcomes()[0].verdict, Verdict::Flaky);
   EXPECT_EQ(original_first.stats().queued_estimate_s, 0.0);
   EXPECT_EQ(original_first.next_batch("b", 5.0).kind, Assignment::Kind::Done);
+
+  // The re-run's worker is lost: the test is re-run again at once, by a
+  // worker that joins, not after the held original.
+  Dispatcher rerun_lost(tests, workers(2));
+  start(rerun_lost);
+  ASSERT_EQ(rerun_lost.next_batch("b", 4.0).kind, Assignment::Kind::Run);
+  rerun_lost.worker_lost("b");
+  auto again = rerun_lost.next_batch("c", 5.0);
+  ASSERT_EQ(again.kind, Assignment::Kind::Run);
+  EXPECT_TRUE(again.batch.retry);
+  EXPECT_EQ(again.batch.tests, std::vector<std::string>{"slow.py::t"});
 }
 
 TEST(Dispatcher, ABatchFarPastItsEstimateIsCopiedBeforeTheOneExpectedToEndLast) {

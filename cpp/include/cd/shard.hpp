@@ -366,10 +366,10 @@ struct DispatchStats {
 // come: re-runs of tests that fail (each must go to a worker that has not
 // run the test nor runs it now, so a test's last re-run can start at once
 // on a waiting one when max_attempts - 1 wait) and batches given back by a
-// lost worker. Any
-// other idle worker is told Done: held until the end, every shard would end
-// at the same moment, and the master would then wrap up all their builds
-// at once after the last test (16 shard builds: about 3 s on a 2-core master).
+// lost worker. Any other idle worker is told Done: held until the end, every
+// shard would end at the same moment, and the master would then wrap up all
+// their builds at once after the last test (16 shard builds: about 3 s on a
+// 2-core master).
 inline int idle_workers_kept(const DispatchOptions& options) { return std::max(1, options.max_attempts - 1); }
 
 // Thread-safe: any number of threads may call any member concurrently.
