@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from buildbot_steps.shard.history import packed_durations_of
-from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, LONG_TEST, SUITE_SIZE
+from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, LONG_TEST, SUITE_SIZE, build_with_a_held_run
 from harness.local_master import has_ended
 
 SUCCESS = 0
@@ -166,17 +166,6 @@ def test_killed_worker_costs_a_rerun_not_the_build(cluster):
     shard_builds = cluster.api("builders/tests-shard/builds")["builds"]
     lost = [b for b in shard_builds if b["results"] in (RETRY, EXCEPTION)]
     assert lost, "the killed worker's shard build should end RETRY or EXCEPTION"
-
-
-def build_with_a_held_run(cluster) -> tuple[dict, int]:
-    """A build, after one of history, in which one run of the long test is
-    held (hold-once) and nothing ends the hold; and that run's pid."""
-    cluster.wait_for_build(cluster.force_build())  # the history
-    (cluster.state_dir / "hold-once").touch()
-    build = cluster.wait_for_build(cluster.force_build())
-    held = list(cluster.state_dir.glob("held-once.*"))
-    assert len(held) == 1, "exactly one run meets the surprise"
-    return build, int(held[0].suffix[1:])
 
 
 def test_a_batch_held_by_a_surprise_is_copied_and_the_held_run_stopped(make_cluster):

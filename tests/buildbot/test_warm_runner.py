@@ -23,7 +23,8 @@ import pytest
 
 from buildbot_steps.shard import warm_channel, warm_pytest_plugin
 from buildbot_steps.shard.warm_channel import ChannelError, results_of
-from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, SUITE_SIZE
+from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, LONG_TEST, SUITE_SIZE, build_with_a_held_run
+from harness.local_master import has_ended
 
 FAILURE = 2
 SHARD_WORKERS = 2
@@ -152,6 +153,30 @@ def test_a_runner_that_dies_fails_its_batch_and_the_shard_goes_on_batch_by_batch
     # The killer passed, which it does only batch by batch: a shard that fell
     # back ran it as a pytest of its own, with a JUnit report, after the fall-back.
     assert any(fall_back in log and "--junitxml=" in log.split(fall_back, 1)[1] for log in logs), logs
+
+
+def test_a_warm_runner_held_by_a_surprise_is_copied_and_stopped_when_every_test_is_decided(make_cluster):
+    # As the batch-per-command test of the same name in
+    # test_sharded_integration.py: one batch holds the long test and the
+    # broken one, one run of the long test is held and nothing ends the
+    # hold. The other shard's copy decides the long test and fails the broken
+    # one, whose re-run goes to that shard at once; then every test is
+    # decided and the held runner, which could take no more batches, is
+    # stopped. The build ends without it.
+    cluster = make_cluster(
+        shard_workers=SHARD_WORKERS,
+        www_plugins={warm_channel.PLUGIN_NAME: {}},
+        tests=[LONG_TEST, FAILING_TEST],
+        warm_runner=True,
+        min_batch_s=60.0,
+    )
+    build, held_pid = build_with_a_held_run(cluster)
+    props = build["properties"]
+    assert build["results"] == FAILURE, build["state_string"]
+    assert (props["tests_passed"], props["tests_failed"], props["tests_not_run"]) == (1, 1, 0)
+    assert props["tests_straggler_copies"] >= 1
+    cluster.wait_until(lambda: has_ended(held_pid), RUNNER_TIMEOUT_S, "the held runner to be stopped")
+    cluster.stop()
 
 
 def post(url: str, body: bytes, token: str | None) -> tuple[int, dict]:

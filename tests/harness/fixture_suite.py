@@ -11,3 +11,15 @@ SUITE_SIZE = 34  # every test it holds, as pytest collects them
 FAILING_TEST = "tests/test_outcomes.py::test_always_fails"  # fails on every run
 FLAKY_TEST = "tests/test_outcomes.py::test_flaky_first_run"  # fails once, then passes
 LONG_TEST = "tests/test_slow.py::test_slow_2500ms"  # the suite's longest
+
+
+def build_with_a_held_run(cluster) -> tuple[dict, int]:
+    """A build of `cluster` (a harness.cluster.BuildbotCluster), after one of
+    history, in which one run of LONG_TEST is held (its `hold-once`: see
+    tests/test_slow.py) and nothing ends the hold; and that run's pid."""
+    cluster.wait_for_build(cluster.force_build())  # the history
+    (cluster.state_dir / "hold-once").touch()
+    build = cluster.wait_for_build(cluster.force_build())
+    held = list(cluster.state_dir.glob("held-once.*"))
+    assert len(held) == 1, "exactly one run meets the surprise"
+    return build, int(held[0].suffix[1:])
