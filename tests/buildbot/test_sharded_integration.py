@@ -11,7 +11,15 @@ from __future__ import annotations
 import pytest
 
 from buildbot_steps.shard.history import packed_durations_of
-from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, LONG_TEST, SUITE_SIZE, build_with_a_held_run
+from harness.fixture_suite import (
+    FAILING_TEST,
+    FLAKY_TEST,
+    HELD_WITH_A_BROKEN_TEST,
+    LONG_TEST,
+    PASSING_SLEEPS,
+    SUITE_SIZE,
+    build_with_a_held_run,
+)
 from harness.local_master import has_ended
 
 SUCCESS = 0
@@ -21,7 +29,6 @@ EXCEPTION = 4
 RETRY = 5
 
 
-PASSING_SLEEPS = [f"tests/test_slow.py::test_sleep[{ms}ms]" for ms in (100, 300, 500, 800, 1200)]
 # How long to wait for the held test to start on some shard worker.
 HOLD_DEADLINE_S = 120
 
@@ -185,19 +192,21 @@ def test_a_batch_held_by_a_surprise_is_copied_and_the_held_run_stopped(make_clus
 
 
 def test_a_test_failing_in_the_copy_of_a_held_batch_is_rerun_without_waiting_for_it(make_cluster):
-    # One batch holds the long test and the broken one (min_batch_s above
-    # the suite's seconds); one run of the long test is held (hold-once) and
-    # nothing ends the hold. The other worker's copy of the batch fails the
-    # broken test: its re-run goes out at once, to that worker (the only
-    # other one runs it already), and decides it, so the build ends without
-    # the held run, which is stopped. Before, the re-run waited for the held
-    # run's own attempt, and the build with it.
-    cluster = make_cluster(shard_workers=2, tests=[LONG_TEST, FAILING_TEST], min_batch_s=60.0)
+    # One batch holds every test (min_batch_s above the suite's seconds); one
+    # run of the long test is held (hold-once) and nothing ends the hold. The
+    # other worker copies the batch as the one expected to end last (its
+    # ~5 s leave room for that worker's shard build to start a little
+    # later), and the copy fails the broken test: its re-run goes out at
+    # once, to that worker (the only other one runs it already), and decides
+    # it, so the build ends without the held run, which is stopped. Before,
+    # the re-run waited for the held run's own attempt, and the build with it.
+    cluster = make_cluster(shard_workers=2, tests=HELD_WITH_A_BROKEN_TEST, min_batch_s=60.0)
     build, held_pid = build_with_a_held_run(cluster)
     props = build["properties"]
     assert build["results"] == FAILURE, build["state_string"]
     assert FAILING_TEST in build["state_string"]
-    assert (props["tests_passed"], props["tests_failed"], props["tests_not_run"]) == (1, 1, 0)
+    passed = len(HELD_WITH_A_BROKEN_TEST) - 1
+    assert (props["tests_passed"], props["tests_failed"], props["tests_not_run"]) == (passed, 1, 0)
     assert props["tests_straggler_copies"] >= 1
     cluster.wait_until(lambda: has_ended(held_pid), HOLD_DEADLINE_S, "the held run to be stopped")
     cluster.stop()

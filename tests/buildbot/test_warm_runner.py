@@ -23,7 +23,13 @@ import pytest
 
 from buildbot_steps.shard import warm_channel, warm_pytest_plugin
 from buildbot_steps.shard.warm_channel import ChannelError, results_of
-from harness.fixture_suite import FAILING_TEST, FLAKY_TEST, LONG_TEST, SUITE_SIZE, build_with_a_held_run
+from harness.fixture_suite import (
+    FAILING_TEST,
+    FLAKY_TEST,
+    HELD_WITH_A_BROKEN_TEST,
+    SUITE_SIZE,
+    build_with_a_held_run,
+)
 from harness.local_master import has_ended
 
 FAILURE = 2
@@ -156,24 +162,25 @@ def test_a_runner_that_dies_fails_its_batch_and_the_shard_goes_on_batch_by_batch
 
 
 def test_a_warm_runner_held_by_a_surprise_is_copied_and_stopped_when_every_test_is_decided(make_cluster):
-    # As the batch-per-command test of the same name in
-    # test_sharded_integration.py: one batch holds the long test and the
-    # broken one, one run of the long test is held and nothing ends the
-    # hold. The other shard's copy decides the long test and fails the broken
-    # one, whose re-run goes to that shard at once; then every test is
-    # decided and the held runner, which could take no more batches, is
-    # stopped. The build ends without it.
+    # As test_sharded_integration.py's
+    # test_a_test_failing_in_the_copy_of_a_held_batch_is_rerun_without_waiting_for_it,
+    # with warm runners: one batch holds every test, one run of the long test
+    # is held and nothing ends the hold. The other shard's copy decides the
+    # long test and fails the broken one, whose re-run goes to that shard at
+    # once; then every test is decided and the held runner, which could take
+    # no more batches, is stopped. The build ends without it.
     cluster = make_cluster(
         shard_workers=SHARD_WORKERS,
         www_plugins={warm_channel.PLUGIN_NAME: {}},
-        tests=[LONG_TEST, FAILING_TEST],
+        tests=HELD_WITH_A_BROKEN_TEST,
         warm_runner=True,
         min_batch_s=60.0,
     )
     build, held_pid = build_with_a_held_run(cluster)
     props = build["properties"]
     assert build["results"] == FAILURE, build["state_string"]
-    assert (props["tests_passed"], props["tests_failed"], props["tests_not_run"]) == (1, 1, 0)
+    passed = len(HELD_WITH_A_BROKEN_TEST) - 1
+    assert (props["tests_passed"], props["tests_failed"], props["tests_not_run"]) == (passed, 1, 0)
     assert props["tests_straggler_copies"] >= 1
     cluster.wait_until(lambda: has_ended(held_pid), RUNNER_TIMEOUT_S, "the held runner to be stopped")
     cluster.stop()

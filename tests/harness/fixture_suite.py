@@ -11,6 +11,10 @@ SUITE_SIZE = 34  # every test it holds, as pytest collects them
 FAILING_TEST = "tests/test_outcomes.py::test_always_fails"  # fails on every run
 FLAKY_TEST = "tests/test_outcomes.py::test_flaky_first_run"  # fails once, then passes
 LONG_TEST = "tests/test_slow.py::test_slow_2500ms"  # the suite's longest
+PASSING_SLEEPS = [f"tests/test_slow.py::test_sleep[{ms}ms]" for ms in (100, 300, 500, 800, 1200)]
+# The long test, the broken one and ~3 s of passing ones: in one batch, ~5 s
+# that leave a straggler copy of it room to start (build_with_a_held_run).
+HELD_WITH_A_BROKEN_TEST = [LONG_TEST, FAILING_TEST, *PASSING_SLEEPS]
 
 
 def build_with_a_held_run(cluster) -> tuple[dict, int]:
