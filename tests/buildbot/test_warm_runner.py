@@ -42,11 +42,16 @@ RUNNER_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def cluster(make_cluster):
     # Batches of about one test: the cold path would start pytest ~34 times.
+    return make_warm_cluster(make_cluster, min_batch_s=0.01)
+
+
+def make_warm_cluster(make_cluster, **step_kwargs):
+    """A cluster of SHARD_WORKERS shards whose ShardedTest runs warm runners."""
     return make_cluster(
         shard_workers=SHARD_WORKERS,
         www_plugins={warm_channel.PLUGIN_NAME: {}},
         warm_runner=True,
-        min_batch_s=0.01,
+        **step_kwargs,
     )
 
 
@@ -134,13 +139,8 @@ def test_a_runner_that_dies_fails_its_batch_and_the_shard_goes_on_batch_by_batch
     for name, text in KILLER_SUITE.items():
         (suite / name).parent.mkdir(parents=True, exist_ok=True)
         (suite / name).write_text(text)
-    cluster = make_cluster(
-        shard_workers=SHARD_WORKERS,
-        www_plugins={warm_channel.PLUGIN_NAME: {}},
-        suite_source=suite,
-        warm_runner=True,
-        min_batch_s=0.01,
-        max_attempts=KILLER_ATTEMPTS,
+    cluster = make_warm_cluster(
+        make_cluster, suite_source=suite, min_batch_s=0.01, max_attempts=KILLER_ATTEMPTS
     )
     build = cluster.wait_for_build(cluster.force_build())
     props = build["properties"]
@@ -169,13 +169,7 @@ def test_a_warm_runner_held_by_a_surprise_is_copied_and_stopped_when_every_test_
     # long test and fails the broken one, whose re-run goes to that shard at
     # once; then every test is decided and the held runner, which could take
     # no more batches, is stopped. The build ends without it.
-    cluster = make_cluster(
-        shard_workers=SHARD_WORKERS,
-        www_plugins={warm_channel.PLUGIN_NAME: {}},
-        tests=HELD_WITH_A_BROKEN_TEST,
-        warm_runner=True,
-        min_batch_s=60.0,
-    )
+    cluster = make_warm_cluster(make_cluster, tests=HELD_WITH_A_BROKEN_TEST, min_batch_s=60.0)
     build, held_pid = build_with_a_held_run(cluster)
     props = build["properties"]
     assert build["results"] == FAILURE, build["state_string"]
