@@ -4,7 +4,7 @@
     .venv/bin/python bench/shard_buildbot_bench.py [--tests 600] [--total-s 240] [--workers 16]
         [--startup-s 2] [--surprise-s 10] [--tiny-tests 3000]
         [--suites sleep,slow-start,surprises,no-history,networkx]
-        [--repeat 1] [--history-builds 2] [--keep]
+        [--modes dynamic,warm,static,pytest-split] [--repeat 1] [--history-builds 2] [--keep]
 
 A synthetic suite of sleep-based tests (heavy-tailed durations, seeded) runs
 on N local buildbot-worker processes, one shard per worker. Five suites:
@@ -29,7 +29,7 @@ on N local buildbot-worker processes, one shard per worker. Five suites:
                  (which also gives each test's duration for the bound); the
                  only suite whose tests use the CPU rather than sleep
 
-and each runs four ways:
+and each runs four ways (`--modes` picks some):
 
     dynamic      ShardedTest(mode="dynamic"): shards pull batches, longest first,
                  one runner start-up per batch
@@ -323,49 +323,55 @@ class Suite:
     surprise_s: float = 0.0  # > 0: SURPRISE_RATE of the tests take this much more, on every run
 
 
-def timed_builds(bench_cluster: BenchCluster, suite: Suite, history_builds: int) -> list[tuple[str, dict]]:
-    """The rows of one suite, each a forced build timed end to end."""
+# Each mode's builder and force scheduler.
+MODE_BUILDERS = {
+    "dynamic": ("tests", "force"),
+    "warm": ("tests-warm", "force-warm"),
+    "static": ("tests-static", "force-static"),
+    "pytest-split": ("split", "force-split"),
+}
+MODES = tuple(MODE_BUILDERS)
+REPEATED_MODES = ("dynamic", "warm")  # the modes whose third build is timed too (no-history suites)
+
+
+def timed_builds(
+    bench_cluster: BenchCluster, suite: Suite, history_builds: int, modes: tuple[str, ...]
+) -> list[tuple[str, dict]]:
+    """The rows of one suite, each a forced build timed end to end, in MODES order."""
     if suite.with_history:
-        # Each builder plans from its own history: `history_builds` warm-up builds each.
-        for builder, scheduler in (
-            ("tests", "force"),
-            ("tests-warm", "force-warm"),
-            ("tests-static", "force-static"),
-        ):
+        # Each of our builders plans from its own history: `history_builds` warm-up builds each.
+        for builder, scheduler in (MODE_BUILDERS[mode] for mode in modes if mode != "pytest-split"):
             for done in range(history_builds):
                 warmup = bench_cluster.timed_build(builder, scheduler)
                 print(
                     f"  warm-up {builder} ({done} builds of history): wall {warmup['wall_s']:.1f} s; "
                     f"{warmup['state_string']}"
                 )
-        return [
-            ("dynamic", bench_cluster.timed_build("tests", "force")),
-            ("warm", bench_cluster.timed_build("tests-warm", "force-warm")),
-            ("static", bench_cluster.timed_build("tests-static", "force-static")),
-            ("pytest-split", bench_cluster.timed_build("split", "force-split")),
-        ]
+        return [(mode, bench_cluster.timed_build(*MODE_BUILDERS[mode])) for mode in modes]
     rows = [
-        ("dynamic 1st", bench_cluster.timed_build("tests", "force")),
-        ("warm 1st", bench_cluster.timed_build("tests-warm", "force-warm")),
-        ("static 1st", bench_cluster.timed_build("tests-static", "force-static")),
-        ("pytest-split", bench_cluster.timed_build("split", "force-split")),
+        (mode if mode == "pytest-split" else f"{mode} 1st", bench_cluster.timed_build(*MODE_BUILDERS[mode]))
+        for mode in modes
     ]
-    for mode, builder, scheduler in (("dynamic", "tests", "force"), ("warm", "tests-warm", "force-warm")):
-        bench_cluster.timed_build(builder, scheduler)
-        rows.append((f"{mode} 3rd", bench_cluster.timed_build(builder, scheduler)))
+    for mode in (m for m in REPEATED_MODES if m in modes):
+        bench_cluster.timed_build(*MODE_BUILDERS[mode])
+        rows.append((f"{mode} 3rd", bench_cluster.timed_build(*MODE_BUILDERS[mode])))
     return rows
 
 
-def run_suite(root: pathlib.Path, suite: Suite, workers: int, repeat: int, history_builds: int) -> None:
+def run_suite(
+    root: pathlib.Path, suite: Suite, workers: int, repeat: int, history_builds: int, modes: tuple[str, ...]
+) -> None:
     """`repeat` runs of the suite, each on a fresh master (a first build must
     find no history), then the medians of their figures."""
-    runs = [run_suite_once(root / f"run{index}", suite, workers, history_builds) for index in range(repeat)]
+    runs = [
+        run_suite_once(root / f"run{index}", suite, workers, history_builds, modes) for index in range(repeat)
+    ]
     if repeat > 1:
         print_medians(suite.name, runs)
 
 
 def run_suite_once(
-    root: pathlib.Path, suite: Suite, workers: int, history_builds: int
+    root: pathlib.Path, suite: Suite, workers: int, history_builds: int, modes: tuple[str, ...]
 ) -> dict[str, dict[str, float]]:
     suite_source = root / suite.name / "suite-source"
     plain_s = None
@@ -400,7 +406,7 @@ def run_suite_once(
     (root / suite.name / "cluster").mkdir()
     try:
         bench_cluster.start()
-        rows = timed_builds(bench_cluster, suite, history_builds)
+        rows = timed_builds(bench_cluster, suite, history_builds, modes)
     finally:
         bench_cluster.stop()
     figures = print_rows(rows, bound, durations)
@@ -541,6 +547,7 @@ def main() -> int:
         help="warm-up builds per builder before the timed ones (sleep, slow-start); with one, no "
         "test's run-to-run spread is known and the dispatcher hedges with more batches",
     )
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {MODES}")
     parser.add_argument(
         "--keep", action="store_true", help="keep the working directory (masters' databases and logs)"
     )
@@ -549,6 +556,10 @@ def main() -> int:
     unknown = [name for name in chosen if name not in SUITES]
     if unknown or not chosen:
         parser.error(f"--suites: unknown {unknown}; choose from {', '.join(SUITES)}")
+    picked = {name.strip() for name in args.modes.split(",") if name.strip()}
+    if picked - set(MODES) or not picked:
+        parser.error(f"--modes: unknown {sorted(picked - set(MODES))}; choose from {', '.join(MODES)}")
+    modes = tuple(mode for mode in MODES if mode in picked)
     for option, value in (
         ("--tests", args.tests),
         ("--workers", args.workers),
@@ -575,7 +586,7 @@ def main() -> int:
     print(f"jitter log-sd {JITTER_LOG_SD}; working in {root}")
     try:
         for name in chosen:
-            run_suite(root, suites[name], args.workers, args.repeat, args.history_builds)
+            run_suite(root, suites[name], args.workers, args.repeat, args.history_builds, modes)
     finally:
         if args.keep:
             print(f"kept {root}: its masters' databases and logs")
