@@ -331,7 +331,7 @@ MODE_BUILDERS = {
     "pytest-split": ("split", "force-split"),
 }
 MODES = tuple(MODE_BUILDERS)
-REPEATED_MODES = ("dynamic", "warm")  # the modes whose third build is timed too (no-history suites)
+REPEATED_MODES = ("dynamic", "warm", "static")  # the modes whose third build is timed too (no-history suites)
 
 
 def timed_builds(
@@ -486,7 +486,7 @@ def print_rows(
             print(f"  {mode}: the bound of its tests as they ran {build['run_bound_s']:.2f} s, "
                   f"shards / that bound (x run) {figures[mode]['x run']:.2f}")  # fmt: skip
     print_ratios_to_peers(figures)
-    for mode in ("dynamic", "warm"):
+    for mode in REPEATED_MODES:
         first, third = dict(rows).get(f"{mode} 1st"), dict(rows).get(f"{mode} 3rd")
         if first and third:
             ratio = first["shards_s"] / max(1, third["shards_s"])
@@ -497,10 +497,11 @@ def print_rows(
 
 def print_ratios_to_peers(figures: dict[str, dict[str, float]]) -> None:
     """Each of our dynamic modes over static and pytest-split on the same builds
-    (history, or a first build each): shards, Buildbot's whole seconds, and
+    (history, a first build each, or a third build each): shards, Buildbot's whole seconds, and
     dynamic against static on the step's own clock too."""
     for ours, peers in ((("dynamic", "warm"), ("static", "pytest-split")),
-                        (("dynamic 1st", "warm 1st"), ("static 1st", "pytest-split"))):  # fmt: skip
+                        (("dynamic 1st", "warm 1st"), ("static 1st", "pytest-split")),
+                        (("dynamic 3rd", "warm 3rd"), ("static 3rd",))):  # fmt: skip
         for mode in (m for m in ours if m in figures):
             for peer in (p for p in peers if p in figures):
                 mine, theirs = figures[mode], figures[peer]
