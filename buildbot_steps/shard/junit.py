@@ -108,6 +108,10 @@ def _parse_untrusted_xml(data: bytes) -> ElementTree.Element:
         raise JUnitReportError(f"JUnit report refused (unsafe XML): {error!r}") from None
     except ElementTree.ParseError as error:
         raise JUnitReportError(f"JUnit report is not well-formed XML (truncated?): {error}") from None
+    except (LookupError, ValueError) as error:
+        # The declared encoding: unknown (LookupError), multi-byte (expat
+        # reads none: ValueError) or one the bytes are not in (UnicodeError).
+        raise JUnitReportError(f"JUnit report cannot be decoded: {error}") from None
     if root is None:
         raise JUnitReportError("JUnit report has no elements")
     return root

@@ -140,8 +140,10 @@ def results_of(results: object, batch_tests: set[str]) -> list[JUnitTestResult]:
             raise ChannelError(f"test {test_id!r}: outcome {outcome!r} is not one of {OUTCOMES}")
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise ChannelError(f"test {test_id!r}: seconds {seconds!r} is not a number")
-        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_TEST_DURATION_S):
-            raise ChannelError(f"test {test_id!r} took {seconds} s; between 0 and {MAX_TEST_DURATION_S:.0f}")
+        # The bounds first: an int too large for a float has no isfinite.
+        if not (0 <= seconds <= MAX_TEST_DURATION_S and math.isfinite(seconds)):
+            shown = str(seconds)[:40]
+            raise ChannelError(f"test {test_id!r} took {shown} s; between 0 and {MAX_TEST_DURATION_S:.0f}")
         message = entry.get("message", "")
         checked[test_id] = JUnitTestResult(
             id=test_id,

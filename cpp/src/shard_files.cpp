@@ -3,6 +3,7 @@
 // with parsing.
 #include <fmt/format.h>
 #include <simdjson.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cmath>
@@ -66,10 +67,13 @@ class JsonReader {
  private:
   std::size_t read(const std::string& path) {
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
-    if (!file || std::fseek(file.get(), 0, SEEK_END) != 0) cannot_read(path);
-    const long length = std::ftell(file.get());
-    if (length < 0 || std::fseek(file.get(), 0, SEEK_SET) != 0) cannot_read(path);
-    const auto size = static_cast<std::size_t>(length);
+    struct stat status {};
+    if (!file || fstat(fileno(file.get()), &status) != 0) cannot_read(path);
+    // A directory opens too (its size then reads as LONG_MAX), a pipe has none.
+    if (!S_ISREG(status.st_mode)) {
+      throw InvalidInput(fmt::format("cannot read duration file {}: not a regular file", path));
+    }
+    const auto size = static_cast<std::size_t>(status.st_size);
     if (text_.size() < size + simdjson::SIMDJSON_PADDING) text_.resize(size + simdjson::SIMDJSON_PADDING);
     if (std::fread(text_.data(), 1, size, file.get()) != size) cannot_read(path);
     return size;

@@ -148,8 +148,21 @@ def test_nesting_at_the_limit_is_accepted():
             "unsafe XML",
         ),
         (b'<!DOCTYPE testsuites SYSTEM "http://127.0.0.1:1/x.dtd"><testsuites/>', "unsafe XML"),
+        (b'<?xml version="1.0" encoding="x-bogus"?><testsuites/>', "cannot be decoded"),
+        (b'<?xml version="1.0" encoding="utf-32"?><testsuites/>', "cannot be decoded"),
+        (b'<?xml version="1.0" encoding="idna"?><testsuites/>', "cannot be decoded"),
     ],
-    ids=["truncated", "empty", "not-junit", "entity-expansion", "external-entity", "external-dtd"],
+    ids=[
+        "truncated",
+        "empty",
+        "not-junit",
+        "entity-expansion",
+        "external-entity",
+        "external-dtd",
+        "unknown-encoding",
+        "multi-byte-encoding",
+        "codec-not-for-text",
+    ],  # fmt: skip
 )
 def test_hostile_or_broken_reports_are_one_clear_error(data, reason):
     with pytest.raises(JUnitReportError) as raised:

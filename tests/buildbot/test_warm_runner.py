@@ -216,6 +216,7 @@ def test_a_runner_s_results_are_checked_like_a_junit_report():
         ([{"id": "a.py::t1", "outcome": "passed", "seconds": math.nan}], "took nan s"),
         ([{"id": "a.py::t1", "outcome": "passed", "seconds": -1}], "took -1 s"),
         ([{"id": "a.py::t1", "outcome": "passed", "seconds": True}], "is not a number"),
+        ([{"id": "a.py::t1", "outcome": "passed", "seconds": 10**400}], "took 1000"),
     ]
     for report, expected in bad_reports:
         with pytest.raises(ChannelError, match=expected):

@@ -143,10 +143,12 @@ def test_bad_arguments_get_one_clear_line(history, args, message):
     assert "Traceback" not in result.stderr
 
 
-def test_unreadable_history_file(tmp_path):
-    result = run("plan", "--history", tmp_path / "missing.json", "--shards", 2)
+@pytest.mark.parametrize("name, why", [("missing.json", "No such file"), (".", "not a regular file")])
+def test_unreadable_history_file(tmp_path, name, why):
+    result = run("plan", "--history", tmp_path / name, "--shards", 2)
     assert result.returncode == 2
-    assert "cannot read duration file" in result.stderr
+    assert f"cannot read duration file {tmp_path / name}: {why}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_duplicate_ids_in_test_list(history):
