@@ -161,7 +161,8 @@ void bind_results(py::module_& module) {
       .def_readonly("passed", &Attempt::passed)
       .def_readonly("seconds", &Attempt::seconds)
       .def_readonly("message", &Attempt::message)
-      .def_readonly("skipped", &Attempt::skipped);
+      .def_readonly("skipped", &Attempt::skipped)
+      .def_readonly("timed", &Attempt::timed);
   py::class_<TestOutcome>(module, "TestOutcome")
       .def_readonly("id", &TestOutcome::id)
       .def_readonly("verdict", &TestOutcome::verdict)

@@ -107,6 +107,13 @@ def pack_durations(durations: dict[str, float]) -> list[str]:
     return rows
 
 
+def measured_seconds(outcome: TestOutcome) -> float | None:
+    """The test's time from its last attempt the runner timed; None when none
+    was (it never ran, or each batch it was in failed as a whole or left it
+    out of its report: a hang, a crash), which is no duration to learn from."""
+    return next((a.seconds for a in reversed(outcome.attempts) if a.timed), None)
+
+
 def rows_of(outcomes: Sequence[TestOutcome]) -> tuple[list[ResultRow], list[str], dict[str, float]]:
     """(pass_fail rows, flaky test ids, {test id: seconds}) of the tests that ran."""
     pass_fail: list[ResultRow] = []
@@ -114,12 +121,14 @@ def rows_of(outcomes: Sequence[TestOutcome]) -> tuple[list[ResultRow], list[str]
     durations: dict[str, float] = {}
     for outcome in outcomes:
         if not outcome.attempts:
-            continue  # never ran: no duration to learn from
-        seconds = outcome.attempts[-1].seconds
+            continue  # never ran: no result to store
+        seconds = measured_seconds(outcome)
         if outcome.verdict != Verdict.skipped:  # neither a pass nor a failure
             passed = "1" if outcome.verdict in (Verdict.passed, Verdict.flaky) else "0"
-            pass_fail.append(ResultRow(outcome.id, passed, duration_ns_for_db(seconds)))
-        durations[outcome.id] = seconds
+            duration_ns = duration_ns_for_db(seconds) if seconds is not None else None
+            pass_fail.append(ResultRow(outcome.id, passed, duration_ns))
+        if seconds is not None:
+            durations[outcome.id] = seconds
         if outcome.verdict == Verdict.flaky:
             flaky.append(outcome.id)
     return pass_fail, flaky, durations

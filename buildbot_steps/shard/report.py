@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from buildbot_steps._core import Attempt, TestOutcome, Verdict
 from buildbot_steps.shard.commands import NOT_PASSED
+from buildbot_steps.shard.history import measured_seconds
 from buildbot_steps.shard.session import BatchRun
 
 # Slowest tests listed: enough to spot what to split or speed up.
@@ -184,28 +185,26 @@ def _attempts(outcome: TestOutcome) -> str:
     rows = []
     for number, attempt in enumerate(outcome.attempts, start=1):
         verdict = attempt_state(attempt)
+        took = f"in {attempt.seconds:.3f} s" if attempt.timed else "with no time reported"
         rows.append(
             f"<li>attempt {number} on {html.escape(attempt.worker)}: {verdict} "
-            f"in {attempt.seconds:.3f} s<pre>{html.escape(attempt.message or '')}</pre></li>"
+            f"{took}<pre>{html.escape(attempt.message or '')}</pre></li>"
         )
     return f"<ul>{''.join(rows)}</ul>"
 
 
 def _slowest(outcomes: Sequence[TestOutcome]) -> str:
-    timed = sorted(outcomes, key=lambda o: -_duration(o))[:SLOWEST_LISTED]
+    measured = [(seconds, o) for o in outcomes if (seconds := measured_seconds(o)) is not None]
+    timed = sorted(measured, key=lambda pair: -pair[0])[:SLOWEST_LISTED]
     rows = "".join(
-        f"<tr><td>{html.escape(o.id)}</td><td align='right'>{_duration(o):.3f}</td>"
+        f"<tr><td>{html.escape(o.id)}</td><td align='right'>{seconds:.3f}</td>"
         f"<td align='right'>{o.estimate_s:.3f}</td></tr>"
-        for o in timed
+        for seconds, o in timed
     )
     return (
         f"<h3>Slowest {len(timed)} tests</h3><table><tr><th>test</th><th>seconds</th>"
         f"<th>estimate</th></tr>{rows}</table>"
     )
-
-
-def _duration(outcome: TestOutcome) -> float:
-    return outcome.attempts[-1].seconds if outcome.attempts else 0.0
 
 
 def timeline_svg(timeline: Sequence[BatchRun]) -> str:

@@ -17,6 +17,7 @@ from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from buildbot_steps._core import Plan, TestEstimate, TestOutcome, Verdict
 from buildbot_steps.shard import report
 from buildbot_steps.shard.commands import NOT_PASSED, Quarantine, names
+from buildbot_steps.shard.history import measured_seconds
 from buildbot_steps.shard.session import ShardSession
 
 Figures = dict[str, int | float]
@@ -71,7 +72,7 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
     counts = dict.fromkeys(Verdict.__members__.values(), 0)
     for outcome in outcomes:
         counts[outcome.verdict] += 1
-    durations = [o.attempts[-1].seconds for o in outcomes if o.attempts]
+    durations = [s for s in map(measured_seconds, outcomes) if s is not None]
     hosts = {puller.split("#")[0] for puller in session.workers_seen}
     workers = max(1, len(hosts) or shard_total)
     finished = [run.end_s for run in session.timeline if run.end_s is not None]

@@ -95,15 +95,17 @@ void Dispatcher::State::record(std::size_t test, Attempt attempt) {
   bool passed = attempt.passed;
   bool skipped = attempt.skipped;
   state.attempts.push_back(std::move(attempt));
-  if (skipped) {
-    resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Skipped);
+  if (skipped && state.failures == 0) {
+    resolve(test, Verdict::Skipped);
     return;
   }
   if (passed) {
     resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Passed);
     return;
   }
-  ++state.failures;
+  // A failure, or a skip after one (a worker that cannot run the test has
+  // not seen it pass): re-run while attempts are left, else Failed.
+  if (!skipped) ++state.failures;
   if (static_cast<int>(state.attempts.size()) >= options.max_attempts) {
     resolve(test, Verdict::Failed);
   } else if (!state.queued) {
@@ -270,8 +272,8 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
       tests_s += result.seconds;
       ++answered;
       if (guessed(state.tests[test])) state.cost.observe_guessed(state.tests[test].seconds, result.seconds);
-      state.record(
-          test, {worker, result.passed && !result.skipped, result.seconds, result.message, result.skipped});
+      state.record(test, {worker, result.passed && !result.skipped, result.seconds, result.message,
+                          result.skipped, true});
     }
   }
   // Only a batch that ran to the end says what its start-up costs.

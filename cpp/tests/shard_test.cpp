@@ -478,15 +478,58 @@ TEST(Dispatcher, SkippedTestIsResolvedNotRerunAndCountedApart) {
   EXPECT_FALSE(b->attempts[0].passed);
 }
 
-TEST(Dispatcher, SkipAfterAFailureIsFlakyNotSkipped) {
+// A test broken on the worker that ran it and skipped on the one that re-ran
+// it (a GPU test on a CPU worker) never passed: it must still gate.
+TEST(Dispatcher, SkipAfterAFailureIsNoPass) {
   Dispatcher dispatcher(suite({{"a.py::t", 1}}), workers(2));
   auto first = dispatcher.next_batch("w", 0.0);
   dispatcher.report("w", first.batch.id, {{"a.py::t", false, 1.0, "boom"}});
   auto rerun = dispatcher.next_batch("v", 1.0);
   ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
   dispatcher.report("v", rerun.batch.id, {{"a.py::t", false, 0.0, "skipped", true}});
-  EXPECT_EQ(dispatcher.outcomes()[0].verdict, Verdict::Flaky);
+  EXPECT_EQ(dispatcher.outcomes()[0].verdict, Verdict::Failed);
   EXPECT_EQ(dispatcher.stats().skipped, 0u);
+  EXPECT_EQ(dispatcher.stats().failed, 1u);
+}
+
+// With attempts left, the skip is one of them and the test runs again: a
+// pass then makes it flaky, as a pass after any failure does.
+TEST(Dispatcher, SkipAfterAFailureLeavesTheTestToItsRemainingAttempts) {
+  auto options = workers(3);
+  options.max_attempts = 3;
+  Dispatcher dispatcher(suite({{"a.py::t", 1}}), options);
+  auto first = dispatcher.next_batch("w", 0.0);
+  dispatcher.report("w", first.batch.id, {{"a.py::t", false, 1.0, "boom"}});
+  auto skipping = dispatcher.next_batch("v", 1.0);
+  ASSERT_EQ(skipping.kind, Assignment::Kind::Run);
+  dispatcher.report("v", skipping.batch.id, {{"a.py::t", false, 0.0, "skipped", true}});
+  EXPECT_EQ(dispatcher.outcomes()[0].verdict, Verdict::Pending);
+  auto third = dispatcher.next_batch("u", 2.0);
+  ASSERT_EQ(third.kind, Assignment::Kind::Run);
+  dispatcher.report("u", third.batch.id, {{"a.py::t", true, 1.0, ""}});
+  EXPECT_EQ(dispatcher.outcomes()[0].verdict, Verdict::Flaky);
+}
+
+// A test without a result has no time: its attempt says so, so that its 0 s
+// is never learnt as its duration.
+TEST(Dispatcher, AttemptsSayWhetherTheRunnerTimedThem) {
+  Dispatcher dispatcher(suite({{"a.py::t", 1}, {"a.py::u", 1}, {"b.py::t", 1}}), workers(1));
+  auto batch = dispatcher.next_batch("w", 0.0);
+  ASSERT_EQ(batch.kind, Assignment::Kind::Run);
+  const std::string timed_test = batch.batch.tests.front();
+  dispatcher.report("w", batch.batch.id, {{timed_test, true, 0.5, ""}});
+  for (int round = 1; round <= 10 && !dispatcher.done(); ++round) {
+    auto next = dispatcher.next_batch("w", round);
+    ASSERT_EQ(next.kind, Assignment::Kind::Run);
+    dispatcher.report_error("w", next.batch.id, "runner crashed");
+  }
+  ASSERT_TRUE(dispatcher.done());
+  for (const auto& outcome : dispatcher.outcomes()) {
+    ASSERT_FALSE(outcome.attempts.empty()) << outcome.id;
+    for (const auto& attempt : outcome.attempts) {
+      EXPECT_EQ(attempt.timed, outcome.id == timed_test) << outcome.id << " on " << attempt.worker;
+    }
+  }
 }
 
 TEST(Dispatcher, StragglerIsCopiedToAnIdleWorkerAndFirstResultWins) {

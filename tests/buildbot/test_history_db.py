@@ -110,6 +110,18 @@ class HistoryRoundTripTests(SqliteHistoryDbCase):
         self.assertEqual(reading.durations, [{"t.py::old": 2.513402}, {"t.py::new": 0.25}])
 
 
+def test_a_test_without_a_reported_time_is_no_duration_to_learn_from():
+    # A hang or a crash fails the batch as a whole: its tests' attempts carry 0 s, not their time.
+    hangs = Outcome("t.py::hangs", Verdict.failed, [Attempt(0.0, timed=False), Attempt(0.0, timed=False)])
+    flaky = Outcome("t.py::flaky", Verdict.flaky, [Attempt(0.0, timed=False), Attempt(1.5)])
+    late = Outcome("t.py::late", Verdict.failed, [Attempt(2.0), Attempt(0.0, timed=False)])
+    pass_fail, _, durations = shard_history.rows_of([hangs, flaky, late])
+    assert durations == {"t.py::flaky": 1.5, "t.py::late": 2.0}
+    assert [(row.test_name, row.duration_ns) for row in pass_fail] == [
+        ("t.py::hangs", None), ("t.py::flaky", 1_500_000_000), ("t.py::late", 2_000_000_000),
+    ]  # fmt: skip
+
+
 def pass_fail_rows(build: int, tests: int = TESTS) -> list[ResultRow]:
     return shard_history.rows_of(outcomes_of(build)[:tests])[0]
 

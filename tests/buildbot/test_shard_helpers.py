@@ -124,7 +124,8 @@ def test_static_shards_give_a_lost_workers_batch_back():
 
 def test_report_escapes_test_ids_and_draws_a_timeline():
     class Attempt:
-        worker, passed, seconds, message, skipped = "w<1>", False, 1.0, "<script>x</script>", False
+        worker, passed, seconds, message = "w<1>", False, 1.0, "<script>x</script>"
+        skipped, timed = False, True
 
     class Outcome:
         id, verdict, estimate_s, attempts = "t::<b>", Verdict.failed, 1.0, [Attempt()]

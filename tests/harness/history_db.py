@@ -43,6 +43,7 @@ WORKER_ID = 1
 
 class Attempt(NamedTuple):
     seconds: float
+    timed: bool = True
 
 
 class Outcome(NamedTuple):

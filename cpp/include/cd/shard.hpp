@@ -305,7 +305,7 @@ enum class Verdict {
   Pending,  // not yet decided
   Passed,   // passed on its first attempt
   Flaky,    // failed, then passed on another attempt
-  Failed,   // failed on every attempt
+  Failed,   // failed, and no attempt passed (a skip is no pass)
   Skipped,  // the runner skipped it on its first attempt: resolved, never gates
 };
 
@@ -317,6 +317,10 @@ struct Attempt {
   double seconds = 0.0;
   std::string message;
   bool skipped = false;
+  // `seconds` is the runner's own time for the test. False for a test with
+  // no result (its batch failed as a whole, or its report left it out):
+  // seconds is then 0, which is no duration to learn from.
+  bool timed = false;
 };
 
 struct TestOutcome {
@@ -391,8 +395,9 @@ class Dispatcher {
   // Results for a batch this worker was given. Tests of the batch missing
   // from `results` count as failed attempts ("no result reported"). Results
   // for a test already decided by another copy are ignored. A skipped result
-  // decides its test as Skipped (as Flaky after an earlier failure: it did
-  // not fail again, but it did fail once). Throws InvalidState for a batch
+  // decides its test as Skipped; after an earlier failure it is no pass: it
+  // counts as an attempt that did not pass (the test is re-run while attempts
+  // are left, else Failed), so a broken test skipped elsewhere still gates. Throws InvalidState for a batch
   // not in flight on this worker, and InvalidInput for a result whose
   // seconds are negative or not finite; either way nothing is recorded and
   // the batch stays in flight, so the caller can still report_error it.
