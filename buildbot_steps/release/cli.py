@@ -129,7 +129,9 @@ def print_progress(host: release.HostReport, done: int, total: int, failed: int)
 
 
 def host_names(text: str | None):
-    return tuple(n for n in text.split(",") if n) if text else None
+    # Given but empty (`--hosts "$CANARY"` with CANARY unset) selects no host, which
+    # is refused: never every host.
+    return tuple(n for n in text.split(",") if n) if text is not None else None
 
 
 def selection_from(args) -> release.Selection:

@@ -201,14 +201,20 @@ is_slot_dir() {
   is_slot "$1" && [ -d "$rel/$1" ] && [ ! -L "$rel/$1" ]
 }
 
-# Sets `live` to the slot `current` points at; empty when nothing is live.
+# Sets `live` to the slot `current` points at; empty when there is no
+# `current`. One made by hand or by another tool that names no slot as ours
+# do (an absolute path to one is read as one) is refused: taken for
+# nothing live, it would let a push overwrite the slot it serves.
 find_live() {
   live=''
-  target=$(readlink "$root/current" 2>/dev/null) || return 0
+  [ -e "$root/current" ] || [ -L "$root/current" ] || return 0
+  target=$(readlink "$root/current") || target=''
   case $target in
     releases/*) live=${target#releases/} ;;
+    "$rel"/*) live=${target#"$rel"/} ;;
   esac
-  is_slot "$live" || live=''
+  is_slot "$live" ||
+    die $EXIT_USAGE "$root/current is not a link to one of the slots $rel/N (it points at '$target'): make it one (ln -sfn releases/N current) or remove it"
 }
 
 # switch_current SLOT: atomic flip. A temporary link is renamed over

@@ -203,7 +203,7 @@ link_todo() {
   if (cd "$rel/$live" && xargs -d '\n' -r cp -l --remove-destination --parents -t "$slot_dir" -- <"$work/link.todo"); then
     linked_all=yes
   else
-    echo "host_release: some files not linked from the live release; rsync transfers them" >&2
+    echo "host_release: note: some files not linked from the live release; rsync transfers them" >&2
   fi
 }
 

@@ -17,8 +17,9 @@ BUSY_LINE = re.compile(r"busy since=(\S+) what=(\S+)")
 SINCE_WORD = re.compile(r"^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$")
 COMMITTED_LINE = re.compile(r"^host_release: committed (slot=\d+ seq=\d+)$", re.MULTILINE)
 NO_SPACE_TEXT = "No space left on device"
-# host_release.sh's require_tools: the host lacks a program the script runs.
-MISSING_TOOL_LINE = re.compile(r"^host_release: ('\S+' is not on this host's PATH.*)$", re.MULTILINE)
+# host_release.sh's die: why the script refused or stopped (a missing tool, a
+# `current` it does not recognise...); its other lines are a commit or a note.
+SCRIPT_STOP_LINE = re.compile(r"^host_release: (?!committed |note: )(.+)$", re.MULTILINE)
 # The fan-out's note for each retry of a step (cpp/src/fanout.cpp, schedule_retry).
 RETRY_NOTE = re.compile(r"^\[fanout\] step \d+ exited -?\d+, a transient code: retry", re.MULTILINE)
 BYTE_UNITS = ("bytes", "KB", "MB", "GB", "TB")
@@ -202,9 +203,9 @@ def failure_message(result, host: Host) -> str:
     if NO_SPACE_TEXT in stderr:
         return f"no space left on {host.name}:{host.deploy_root}"
     # Inside the transfer, what ends stderr is rsync's "protocol data stream" line.
-    missing = MISSING_TOOL_LINE.search(stderr)
-    if missing:
-        return f"{host.name}: {missing[1]}"
+    stops = SCRIPT_STOP_LINE.findall(stderr)
+    if stops:
+        return f"{host.name}: {stops[-1]}"
     return last_line(stderr) or STATE_ERRORS.get(HostState(result.status), f"exit code {result.exit_code}")
 
 

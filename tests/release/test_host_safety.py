@@ -100,6 +100,30 @@ def test_a_slot_that_is_a_symlink_is_never_flipped_to(make_runner, make_tree, fl
     assert not (host.deploy_root / "current").exists()
 
 
+@pytest.mark.parametrize("link", ["absolute", "foreign"])
+def test_a_current_made_by_hand_is_read_as_its_slot_or_refused(make_runner, make_tree, fleet, link):
+    host = fleet.hosts[0]
+    runner = make_runner(hosts=[host], slots=3)
+    for name in ("v1", "v2", "v3"):
+        assert runner.push(tree_with(make_tree, name), name, "1").all_ok and runner.flip(name).all_ok
+    assert runner.rollback("v3").all_ok and runner.rollback("v2").all_ok
+    # Live now: v1, in the slot holding the oldest commit, which a push would
+    # replace if it took the host for one with nothing live.
+    live = live_slot(host.deploy_root)
+    assert manifest(host.deploy_root, live)["revision"] == "v1"
+    current = host.deploy_root / "current"
+    current.unlink()
+    current.symlink_to(host.deploy_root / "releases" / live if link == "absolute" else f"releases/{live}/")
+
+    pushed = runner.push(tree_with(make_tree, "v4"), "v4", "1")
+    served = host.deploy_root / "releases" / live / "app/version.txt"
+    assert served.read_text() == "v1\n" and manifest(host.deploy_root, live)["revision"] == "v1"
+    if link == "absolute":
+        assert pushed.all_ok
+    else:
+        assert not pushed.all_ok and "is not a link to one of the slots" in pushed.hosts[0].error
+
+
 def privileged_tree(make_tree) -> Path:
     tree = tree_with(make_tree, "v1")
     os.mkfifo(tree / "fifo")
