@@ -230,13 +230,36 @@ class ReleaseRunner:
         """Flip back to the recorded previous release.
 
         With `revision` (the bad one), only hosts live on it move; the others
-        (never flipped, or already rolled back) report changed=no.
+        (never flipped, or already rolled back) report changed=no. Without it,
+        each host steps back from the revision its status shows live.
         """
-        args = [owner_word("rollback", revision)]
-        args += [check_word(revision, "revision")] if revision is not None else []
+        owner = owner_word("rollback", revision)
         chosen = self._eligible(selection, None)
         with deploy_lock("rollback" + (f" {revision}" if revision else ""), self.inventory.hosts):
-            return self._simple("rollback", chosen, args, revision)
+            if revision is None:
+                return self._rollback_from_live(chosen, owner)
+            return self._simple("rollback", chosen, [owner, check_word(revision, "revision")], revision)
+
+    def _rollback_from_live(self, hosts: list[Host], owner: str) -> RunReport:
+        """A rollback told, per host, the revision live now: ssh's 255 is a
+        transient code, and a rollback retried after its connection dropped
+        past the flip would otherwise step back a second time. A host whose
+        status fails is reported with that failure, not rolled back."""
+        status = self.status(Selection(names=tuple(h.name for h in hosts)))
+        live = {h.host: h.details.get("live_revision") for h in status.hosts if h.ok}
+        reachable = [h for h in hosts if h.name in live]
+
+        def steps(host: Host) -> list[PushStep]:
+            expected = [check_word(live[host.name], "live revision")] if live[host.name] else []
+            return [("rollback", self._script(host, "rollback", owner, *expected))]
+
+        report = self._run("rollback", reachable, steps, None) if reachable else RunReport("rollback", [])
+        with_script_details(report)
+        unreachable = {h.host: h for h in status.hosts if not h.ok}
+        done = {h.host: h for h in report.hosts}
+        report.hosts = [done.get(h.name) or unreachable[h.name] for h in hosts]
+        report.duration_s += status.duration_s
+        return report
 
     def status(self, selection: Selection = ALL_HOSTS) -> RunReport:
         """What is live and what is in every slot, per host (no lock: read only)."""
@@ -301,11 +324,7 @@ class ReleaseRunner:
 
     def _simple(self, action: str, hosts: list[Host], args: list[str], revision) -> RunReport:
         report = self._run(action, hosts, lambda h: [(action, self._script(h, action, *args))], revision)
-        for host in report.hosts:
-            stdout = host.details.pop("stdout", "")
-            if host.ok:
-                host.details = parse_key_values(last_line(stdout))
-        return report
+        return with_script_details(report)
 
     def _run(
         self, action, hosts: list[Host], steps_for: Callable[[Host], list[PushStep]], revision
@@ -343,6 +362,15 @@ class ReleaseRunner:
             self.progress(report, progress.done, progress.total, progress.failed)
 
         return on_host_done
+
+
+def with_script_details(report: RunReport) -> RunReport:
+    """Each host's details from the script's last line (live=, previous=, changed=)."""
+    for host in report.hosts:
+        stdout = host.details.pop("stdout", "")
+        if host.ok:
+            host.details = parse_key_values(last_line(stdout))
+    return report
 
 
 def to_command(spec: CommandSpec) -> _core.Command:

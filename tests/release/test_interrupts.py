@@ -7,6 +7,7 @@ lands mid-transfer for certain.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 
@@ -114,3 +115,40 @@ def test_ctrl_c_cancels_at_once_and_says_which_hosts_committed(make_runner, make
     slots = {h.host: h.details["slots"] for h in runner.status().hosts}
     assert slots[done_host.name]["0"]["revision"] == "v1"
     assert all(s["state"] != "complete" for s in slots[stuck_host.name].values())
+
+
+# The host's mv, then, right after the flip of `current`, the end of the ssh
+# connection that carried it (its sshd session killed), once: the client
+# exits 255, a transient code, and the fan-out runs the rollback again.
+DROPPING_MV = """#!/bin/sh
+{mv} "$@" || exit
+for last; do :; done
+case $last in */current) ;; *) exit 0 ;; esac
+[ -e "{marker}" ] && exit 0
+: >"{marker}"
+pid=$$
+while [ "$pid" -gt 1 ]; do
+  pid=$(cut -d' ' -f4 /proc/$pid/stat)
+  case $(cat /proc/$pid/comm) in sshd*) kill -9 "$pid"; exit 0 ;; esac
+done
+"""
+
+
+def test_a_rollback_retried_after_its_connection_dropped_steps_back_once(
+    make_runner, make_tree, fleet, tmp_path
+):
+    host = fleet.hosts[0]
+    runner = make_runner(hosts=[host])
+    for name in ("v1", "v2", "v3"):
+        assert runner.push(make_tree(name, {"version.txt": name}), name).all_ok and runner.flip(name).all_ok
+    marker = tmp_path / "dropped"
+    dropping_mv = DROPPING_MV.format(mv=shutil.which("mv"), marker=marker)
+    fleet.put_stand_in(host, tmp_path / "stand-in", "mv", dropping_mv)
+
+    report = make_runner(hosts=[host]).rollback()  # new connections, under the new PATH
+
+    assert marker.exists(), "the connection was not dropped after the flip"
+    (result,) = report.hosts
+    assert result.retries >= 1, report.to_text()
+    assert (host.deploy_root / "current/version.txt").read_text() == "v2"
+    assert result.ok and result.details["changed"] == "no", report.to_text()
