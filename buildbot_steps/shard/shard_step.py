@@ -53,6 +53,7 @@ from buildbot_steps.shard.junit import (
     parse_junit_report,
 )  # fmt: skip
 from buildbot_steps.shard.session import AnyAssignment, Batch, ShardSession
+from buildbot_steps.shard.warm_channel import ASK_AGAIN, AskAgain
 from buildbot_steps.shard.warm_step import WarmRunnerMixin
 
 # A shard told to wait asks again after a report, or after this long anyway:
@@ -262,17 +263,26 @@ class RunShard(WarmRunnerMixin, CommandMixin, BuildStep):
             await self._run_batch(session, batch, workdir, reports_dir)
             self.updateSummary()
 
-    async def _next_batch_to_run(self, session: ShardSession, shard_index: int) -> AnyBatch | None:
+    # Since when this shard has waited while no batch ran anywhere (None: not
+    # waiting); kept across calls, which a warm runner's held requests split.
+    _idle_from: float | None = None
+
+    async def _next_batch_to_run(
+        self, session: ShardSession, shard_index: int, give_up: Callable[[], bool] | None = None
+    ) -> AnyBatch | None | AskAgain:
         """The next batch for this shard, waiting while the dispatcher says so;
-        None when the shard is done (or stopped, or stalled)."""
-        idle_since = None
+        None when the shard is done (or stopped, or stalled); ASK_AGAIN once
+        `give_up()` says so, before any batch is taken."""
         while not self.stopped:
+            if give_up is not None and give_up():
+                return ASK_AGAIN
             assignment = session.next_batch(self._worker, shard_index)
             if assignment.kind == AssignmentKind.done:
                 return None
             if assignment.kind == AssignmentKind.run:
+                self._idle_from = None
                 return batch_of(assignment)
-            idle_since = self._idle_since(session, idle_since)
+            idle_since = self._idle_from = self._idle_since(session, self._idle_from)
             if self.master.reactor.seconds() - idle_since > STALL_TIMEOUT_S:
                 await self.stdio.addHeader(
                     f"nothing ran anywhere for {STALL_TIMEOUT_S:.0f} s while waiting: "

@@ -23,6 +23,7 @@ reports are: a runner is untrusted input.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hmac
 import json
 import math
@@ -55,6 +56,16 @@ class ChannelError(Exception):
     """A request this channel refuses; the text goes back to the runner."""
 
 
+class AskAgain(enum.Enum):
+    """What next_batch() returns for a request it held long enough without a
+    batch: the runner is told to ask again ({"kind": "wait"})."""
+
+    ASK_AGAIN = "ask again"
+
+
+ASK_AGAIN = AskAgain.ASK_AGAIN
+
+
 @dataclasses.dataclass
 class RunningBatch:
     batch: Any  # session.AnyBatch
@@ -64,8 +75,8 @@ class RunningBatch:
 class WarmChannel:
     """One warm runner's channel: hands it batches and takes its results.
 
-    next_batch() -> the next batch for this shard, or None when it is done
-    (the step's own wait-and-stall logic); hand_in(batch, results, wall_s,
+    next_batch() -> the next batch for this shard, None when it is done (the
+    step's own wait-and-stall logic), or ASK_AGAIN; hand_in(batch, results, wall_s,
     problem) the step's: `problem` is why the batch failed as a whole (results
     refused), else None. Batches handed out and not reported are `running`
     (the step fails them if the runner ends first).
@@ -82,6 +93,7 @@ class WarmChannel:
         self.max_body_bytes = max_body_bytes
         self.running: dict[int, RunningBatch] = {}
         self.said_done = False
+        self.closed = False  # the runner ended: a request still held takes no batch
         self._next_batch = next_batch
         self._hand_in = hand_in
         self._clock = clock
@@ -100,6 +112,8 @@ class WarmChannel:
         if self.said_done:
             return {"kind": "done"}
         batch = await self._next_batch()
+        if batch is ASK_AGAIN:
+            return {"kind": "wait"}
         if batch is None:
             self.said_done = True
             return {"kind": "done"}
@@ -165,6 +179,7 @@ def open_channel(channel: WarmChannel) -> None:
 
 
 def close_channel(channel: WarmChannel) -> None:
+    channel.closed = True
     _channels.pop(channel.token, None)
 
 

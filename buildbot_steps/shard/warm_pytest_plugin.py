@@ -41,8 +41,9 @@ import pytest
 # worker; test_warm_runner.py checks that they agree).
 QUEUE_URL_ENV = "BUILDBOT_CD_QUEUE_URL"
 QUEUE_TOKEN_ENV = "BUILDBOT_CD_QUEUE_TOKEN"
-# The master holds a "next" open while nothing is ready (up to its stall
-# timeout, 120 s): a request may take that long and still be healthy.
+# The master holds a "next" open while nothing is ready, up to 60 s (HOLD_S in
+# warm_step.py), then answers "wait": a request may take that long and still
+# be healthy.
 REQUEST_TIMEOUT_S = 300
 # Failure text sent per test: enough for an assertion and a traceback's end
 # (the master caps it again).

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 
 from buildbot_steps.shard.junit import JUnitTestResult
 from buildbot_steps.shard.warm_channel import (
+    ASK_AGAIN,
     PLUGIN_MODULE,
     PLUGIN_SOURCE,
     QUEUE_TOKEN_ENV,
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     from buildbot_steps.shard.session import ShardSession
 
 PYTHONPATH = "PYTHONPATH"
+# A runner's "next" waits on the master at most this long before it is told to
+# ask again: well within the plugin's request timeout (REQUEST_TIMEOUT_S), so
+# that a runner kept waiting (for a re-run, a straggler) never gives up on a
+# healthy master.
+HOLD_S = 60.0
 
 
 class WarmRunnerMixin:
@@ -108,9 +114,17 @@ class _WarmRun:
         return self.cmd
 
     async def next_batch(self) -> Any:
-        batch = await self.step._next_batch_to_run(self.session, self.shard_index)
-        if batch is not None:
-            await self.step.stdio.addHeader(f"\n=== warm batch {batch.id}: {len(batch.tests)} tests\n")
+        """A request held while the shard waits: ASK_AGAIN after HOLD_S (the
+        runner asks again, well within its request timeout) or once the runner
+        has ended (a request it gave up on must not take a batch nobody runs)."""
+        reactor = self.step.master.reactor
+        answer_by = reactor.seconds() + HOLD_S
+        batch = await self.step._next_batch_to_run(
+            self.session, self.shard_index, lambda: self.channel.closed or reactor.seconds() >= answer_by
+        )
+        if batch is not None and batch is not ASK_AGAIN:
+            # Not awaited: nothing may come between taking the batch and the channel recording it.
+            self.step.stdio.addHeader(f"\n=== warm batch {batch.id}: {len(batch.tests)} tests\n")
             timeout_s = self.session.settings.timeout_s
             if timeout_s:
                 self.timers[batch.id] = self.step.master.reactor.callLater(timeout_s, self.expire, batch.id)

@@ -18,11 +18,17 @@ import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
+from twisted.internet import defer, task
 
-from buildbot_steps.shard import warm_channel, warm_pytest_plugin
+from buildbot_steps import _core
+from buildbot_steps.shard import session as shard_session
+from buildbot_steps.shard import shard_step, warm_channel, warm_pytest_plugin, warm_step
+from buildbot_steps.shard.shard_step import RunShard
 from buildbot_steps.shard.warm_channel import ChannelError, results_of
+from buildbot_steps.shard.warm_step import _WarmRun
 from harness.fixture_suite import (
     FAILING_TEST,
     FLAKY_TEST,
@@ -267,6 +273,58 @@ def test_a_channel_hands_out_batches_and_fails_one_whose_results_it_refuses():
     with pytest.raises(ChannelError, match="unknown op"):
         ask({"op": "shutdown"})
     assert ask({"op": "next"}) == {"kind": "done"} and ask({"op": "next"}) == {"kind": "done"}
+
+
+class StepStandIn:
+    """What _WarmRun needs of a RunShard: its own wait loop, on a virtual clock."""
+
+    _next_batch_to_run = RunShard._next_batch_to_run
+    _idle_since = RunShard._idle_since
+    _idle_from = None
+
+    def __init__(self, worker: str, clock: task.Clock):
+        self.stopped, self._worker = False, worker
+        self.master = SimpleNamespace(reactor=clock)
+        self.stdio = SimpleNamespace(addHeader=lambda text: defer.succeed(None))
+        self.handed_in: list[tuple[int, str | None]] = []
+
+    def _hand_in(self, session, batch, results, problem, rc=None, wall_s=None) -> None:
+        self.handed_in.append((batch.id, problem))
+
+
+def test_a_held_request_is_told_to_ask_again_and_one_left_by_an_ended_runner_takes_no_batch():
+    clock = task.Clock()
+    dispatcher = _core.Dispatcher(
+        [_core.TestEstimate("long.py::t", 600.0), _core.TestEstimate("b.py::t", 1.0)],
+        workers=2, speculate=False, min_batch_s=1000,
+    )  # fmt: skip
+    settings = shard_session.ShardCommandSettings(
+        ["pytest", "{tests}"], "w", {}, 1200.0, 10**6, warm_command=["pytest"], queue_url="http://m/"
+    )
+    session = shard_session.ShardSession(shard_session.DynamicBatches(dispatcher), settings, clock.seconds)
+    whole_suite = session.next_batch("w1#1", 0).batch  # another shard runs it all
+    step = StepStandIn("w2#1", clock)
+    run = _WarmRun(step, session, 1)
+    warm_channel.open_channel(run.channel)
+
+    held = defer.ensureDeferred(run.channel.handle({"op": "next"}))
+    clock.advance(warm_step.HOLD_S + shard_step.WAIT_POLL_S)
+    assert held.result == {"kind": "wait"}  # within the runner's request timeout
+    assert warm_step.HOLD_S < warm_pytest_plugin.REQUEST_TIMEOUT_S
+
+    given_up = defer.ensureDeferred(run.channel.handle({"op": "next"}))
+    warm_channel.close_channel(run.channel)  # the runner ended: what _run_warm does
+    run.settle_unreported(1)
+    failed = [shard_session.JUnitTestResult("long.py::t", False, 590.0, "boom")]
+    session.report(
+        "w1#1", whole_suite.id, [*failed, shard_session.JUnitTestResult("b.py::t", True, 1.0)], 600.0
+    )
+    clock.advance(shard_step.WAIT_POLL_S)
+    assert given_up.called and run.channel.running == {}
+    # The re-run goes to the shard's next puller, batch by batch.
+    rerun = defer.ensureDeferred(step._next_batch_to_run(session, 1))
+    clock.advance(shard_step.WAIT_POLL_S)
+    assert list(rerun.result.tests) == ["long.py::t"]
 
 
 # A suite whose modules record that they were imported: the warm runner must
