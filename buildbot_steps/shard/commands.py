@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from buildbot_steps._core import Verdict
+from buildbot_steps._core import TestOutcome, Verdict
 from buildbot_steps.errors import CdError
 
 TESTS_PLACEHOLDER = "{tests}"
@@ -38,6 +38,14 @@ MODES = (DYNAMIC, STATIC)
 
 # The verdicts that fail a build (a test never run cannot be called green).
 NOT_PASSED = (Verdict.failed, Verdict.pending)
+
+
+def passed_after_a_batch_failure(outcome: TestOutcome) -> bool:
+    """Passed, after a batch it was in failed as a whole (a hang, a crash, a
+    report that could not be read): no failure of its own, so not flaky, but
+    one of its batch-mates may be, and the build warns."""
+    return outcome.verdict == Verdict.passed and any(not a.timed for a in outcome.attempts)
+
 
 # Runs of a failing test, each on another worker where there is one: a second
 # run tells a flaky test (passes) from a broken one (fails again).

@@ -16,7 +16,7 @@ from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 
 from buildbot_steps._core import Plan, TestEstimate, TestOutcome, Verdict
 from buildbot_steps.shard import report
-from buildbot_steps.shard.commands import NOT_PASSED, Quarantine, names
+from buildbot_steps.shard.commands import NOT_PASSED, Quarantine, names, passed_after_a_batch_failure
 from buildbot_steps.shard.history import measured_seconds
 from buildbot_steps.shard.session import ShardSession
 
@@ -106,6 +106,9 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
     }
 
 
+BATCH_FAILURE_NOTE = "passed on re-run after their batch failed as a whole (a hang or a crash)"
+
+
 def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quarantine) -> tuple[int, str]:
     """The build result and its summary: a failure outside quarantine fails, flakes warn."""
 
@@ -115,6 +118,7 @@ def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quara
     gating = [o.id for o in outcomes if bad(o) and o.id not in quarantine]
     quarantined = [o.id for o in outcomes if bad(o) and o.id in quarantine]
     flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
+    rescued = [o.id for o in outcomes if passed_after_a_batch_failure(o)]
     text = (
         f"{run_figures['passed']} passed, {run_figures['failed']} failed, {run_figures['flaky']} flaky"
         + (f", {run_figures['skipped']} skipped" if run_figures["skipped"] else "")
@@ -124,10 +128,12 @@ def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quara
     )
     if gating:
         return FAILURE, text + "; failed: " + names(gating)
-    if flaky or quarantined:
-        notes = ([f"flaky: {names(flaky)}"] if flaky else []) + (
-            [f"quarantined failures: {names(quarantined)}"] if quarantined else []
-        )
+    notes = (
+        ([f"flaky: {names(flaky)}"] if flaky else [])
+        + ([f"quarantined failures: {names(quarantined)}"] if quarantined else [])
+        + ([f"{BATCH_FAILURE_NOTE}: {names(rescued)}"] if rescued else [])
+    )
+    if notes:
         return WARNINGS, text + "; " + "; ".join(notes)
     return SUCCESS, text
 
@@ -136,9 +142,12 @@ def failures_text(outcomes: Sequence[TestOutcome]) -> str:
     """The "failures" log: every test that did not simply pass, with each attempt's message."""
     lines = []
     for outcome in outcomes:
-        if outcome.verdict in (Verdict.passed, Verdict.skipped):
+        rescued = passed_after_a_batch_failure(outcome)
+        if outcome.verdict in (Verdict.passed, Verdict.skipped) and not rescued:
             continue
-        lines.append(f"{outcome.verdict.name.upper()}: {outcome.id}")
+        lines.append(
+            f"{'PASSED AFTER ITS BATCH FAILED' if rescued else outcome.verdict.name.upper()}: {outcome.id}"
+        )
         for attempt in outcome.attempts:
             state = report.attempt_state(attempt)
             lines.append(f"  on {attempt.worker}: {state} in {attempt.seconds:.3f} s")

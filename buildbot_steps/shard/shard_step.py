@@ -43,6 +43,7 @@ from buildbot_steps.shard.commands import (
     check_test_command,
     expand_test_command,
     names,
+    passed_after_a_batch_failure,
     short_list,
     uses_tests_file,
 )  # fmt: skip
@@ -441,13 +442,15 @@ class RunShard(WarmRunnerMixin, CommandMixin, BuildStep):
         bad = NOT_PASSED if tests is None else (Verdict.failed,)
         failed = [o.id for o in outcomes if o.verdict in bad]
         flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
+        rescued = [o.id for o in outcomes if passed_after_a_batch_failure(o)]
         if failed:
             self._summary += "; failed: " + names(failed)
             return FAILURE
         if flaky:
             self._summary += "; flaky: " + names(flaky)
-            return WARNINGS
-        return SUCCESS
+        if rescued:
+            self._summary += "; passed after their batch failed as a whole: " + names(rescued)
+        return WARNINGS if flaky or rescued else SUCCESS
 
     def interrupt(self, reason: str | Failure) -> defer.Deferred:
         if self._session is not None and _connection_lost(reason):

@@ -92,8 +92,9 @@ void Dispatcher::State::resolve(std::size_t test, Verdict verdict) {
 void Dispatcher::State::record(std::size_t test, Attempt attempt) {
   auto& state = test_states[test];
   if (state.verdict != Verdict::Pending) return;  // another copy decided it first
-  bool passed = attempt.passed;
-  bool skipped = attempt.skipped;
+  const bool passed = attempt.passed;
+  const bool skipped = attempt.skipped;
+  const bool own_result = attempt.timed;
   state.attempts.push_back(std::move(attempt));
   if (skipped && state.failures == 0) {
     resolve(test, Verdict::Skipped);
@@ -103,9 +104,12 @@ void Dispatcher::State::record(std::size_t test, Attempt attempt) {
     resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Passed);
     return;
   }
-  // A failure, or a skip after one (a worker that cannot run the test has
+  // A failure, a batch that failed as a whole (no result of the test's own:
+  // one hanging or crashing test takes every test of its batch with it, so
+  // it is no failure of this test, and a later pass makes it Passed, not
+  // Flaky), or a skip after a failure (a worker that cannot run the test has
   // not seen it pass): re-run while attempts are left, else Failed.
-  if (!skipped) ++state.failures;
+  if (!skipped && own_result) ++state.failures;
   if (static_cast<int>(state.attempts.size()) >= options.max_attempts) {
     resolve(test, Verdict::Failed);
   } else if (!state.queued) {

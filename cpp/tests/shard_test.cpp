@@ -453,7 +453,29 @@ TEST(Dispatcher, RefusedReportLeavesTheBatchInFlightForReportError) {
   EXPECT_EQ(rerun.batch.tests.size(), 2u);  // both re-queued, none lost
   dispatcher.report("w", rerun.batch.id, all_passed(rerun.batch));
   EXPECT_TRUE(dispatcher.done());
-  EXPECT_EQ(dispatcher.stats().flaky, 2u);
+  // A batch that failed as a whole is no failure of its tests: passed, not flaky.
+  EXPECT_EQ(dispatcher.stats().passed, 2u);
+  EXPECT_EQ(dispatcher.stats().flaky, 0u);
+}
+
+// One test that hangs or crashes takes its whole batch with it: its
+// batch-mates are not failing tests, and with no result of their own in any
+// attempt they fail only when their attempts run out.
+TEST(Dispatcher, AWholeBatchFailureIsNoTestsOwnFailure) {
+  DispatchOptions options = workers(1);
+  options.min_batch_s = 10.0;  // both tests in one batch
+  Dispatcher dispatcher(suite({{"hangs.py::t", 1}, {"fine.py::t", 1}}), options);
+  auto batch = dispatcher.next_batch("w", 0.0);
+  ASSERT_EQ(batch.batch.tests.size(), 2u);
+  dispatcher.report("w", batch.batch.id, {}, 600.0);  // killed at its timeout: no report
+  auto rerun = dispatcher.next_batch("w", 601.0);
+  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+  dispatcher.report("w", rerun.batch.id, {{"fine.py::t", true, 1.0, ""}, {"hangs.py::t", false, 2.0, "boom"}});
+  std::map<std::string, Verdict> verdicts;
+  for (const auto& outcome : dispatcher.outcomes()) verdicts[outcome.id] = outcome.verdict;
+  EXPECT_EQ(verdicts["fine.py::t"], Verdict::Passed);
+  EXPECT_EQ(verdicts["hangs.py::t"], Verdict::Failed);  // out of attempts, never passed
+  EXPECT_TRUE(dispatcher.done());
 }
 
 TEST(Dispatcher, SkippedTestIsResolvedNotRerunAndCountedApart) {

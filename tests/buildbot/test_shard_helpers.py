@@ -17,6 +17,7 @@ from buildbot_steps.shard.commands import (
     check_test_command,
     expand_test_command,
     parse_test_listing,
+    passed_after_a_batch_failure,
     short_list,
 )
 from buildbot_steps.shard.history import POSTGRES_INT4_MAX, duration_ns_for_db
@@ -162,7 +163,9 @@ def test_results_the_core_refuses_fail_the_batch_and_every_test_is_rerun(mode, b
     rerun = session.next_batch("w1", 0).batch
     assert sorted(rerun.tests) == ["a", "b"]  # none lost, none half-recorded
     assert session.report("w1", rerun.id, [JUnitTestResult(t, True, 1.0) for t in rerun.tests]) is None
-    assert {o.id: o.verdict for o in batches.outcomes()} == {"a": Verdict.flaky, "b": Verdict.flaky}
+    # A refused report fails the batch as a whole: no failure of the tests' own.
+    assert {o.id: o.verdict for o in batches.outcomes()} == {"a": Verdict.passed, "b": Verdict.passed}
+    assert all(passed_after_a_batch_failure(o) for o in batches.outcomes())
     assert batches.done()
 
 

@@ -393,7 +393,8 @@ class Dispatcher {
   Assignment next_batch(const std::string& worker, double now_s);
 
   // Results for a batch this worker was given. Tests of the batch missing
-  // from `results` count as failed attempts ("no result reported"). Results
+  // from `results` count as attempts without a result ("no result reported"),
+  // as in report_error. Results
   // for a test already decided by another copy are ignored. A skipped result
   // decides its test as Skipped; after an earlier failure it is no pass: it
   // counts as an attempt that did not pass (the test is re-run while attempts
@@ -411,7 +412,9 @@ class Dispatcher {
               double wall_s);
 
   // The batch failed as a whole (runner crashed, unreadable report): every
-  // test in it counts as a failed attempt with `message`.
+  // test in it counts as an attempt that did not pass, with `message`, but as
+  // no failure of its own (as a test missing from a report): re-run while
+  // attempts are left, Passed (not Flaky) if it then passes, else Failed.
   void report_error(const std::string& worker, std::uint64_t batch_id, const std::string& message);
 
   // The worker is gone: its batches go back to the queue (no attempt is
