@@ -470,7 +470,8 @@ TEST(Dispatcher, AWholeBatchFailureIsNoTestsOwnFailure) {
   dispatcher.report("w", batch.batch.id, {}, 600.0);  // killed at its timeout: no report
   auto rerun = dispatcher.next_batch("w", 601.0);
   ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
-  dispatcher.report("w", rerun.batch.id, {{"fine.py::t", true, 1.0, ""}, {"hangs.py::t", false, 2.0, "boom"}});
+  dispatcher.report("w", rerun.batch.id,
+                    {{"fine.py::t", true, 1.0, ""}, {"hangs.py::t", false, 2.0, "boom"}});
   std::map<std::string, Verdict> verdicts;
   for (const auto& outcome : dispatcher.outcomes()) verdicts[outcome.id] = outcome.verdict;
   EXPECT_EQ(verdicts["fine.py::t"], Verdict::Passed);
