@@ -169,6 +169,14 @@ class Timeline:
 
 def host_figure(metric: MetricConfig, readings: list[Reading]) -> HostFigure:
     """The metric's aggregate over `readings` (one host, one window)."""
+    figure = _aggregate(metric, readings)
+    # Each value read is finite; their sums, differences and scaling need not be.
+    if not figure.missing and not all(map(math.isfinite, (figure.value, figure.events, figure.exposure))):
+        return HostFigure(missing=True, reason="values too large to combine (the figure overflows)")
+    return figure
+
+
+def _aggregate(metric: MetricConfig, readings: list[Reading]) -> HostFigure:
     if not readings:
         return HostFigure(missing=True, reason="no reading in the window")
     if readings[-1].values is None:

@@ -15,13 +15,14 @@ The third source, a command run on each host, is in command_source.py.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
 import re
-import urllib.error
+import socket
+import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,22 +51,56 @@ COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 HostValues = tuple[dict[str, float] | None, str]  # (series -> value, or None; reason)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's API)
-        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
-
-
-# No proxies from the environment (metrics are fetched directly), no redirects.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-
-
 def fetch(url: str, timeout_s: float, max_bytes: int) -> bytes:
-    """The body of `url`; OSError (or URLError, HTTPError) when it cannot be had."""
-    with _OPENER.open(url, timeout=timeout_s) as response:
+    """The body of `url`, whole within `timeout_s`; OSError (or an
+    http.client.HTTPException) when it cannot be had. No proxies from the
+    environment (metrics are fetched directly), no redirects. The timeout
+    bounds the whole request: a socket timeout bounds each read only, and a
+    page sent a byte at a time would hold the look (and its cancel) for ever."""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    connection = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(
+        parts.hostname, parts.port, timeout=timeout_s
+    )
+    cut: list[bool] = []
+    connected: list[socket.socket] = []  # the response reads it after the connection lets it go
+    deadline = threading.Timer(timeout_s, _cut, (connected, cut))
+    deadline.start()
+    try:
+        try:
+            connection.connect()
+        except OSError as error:
+            raise OSError(f"unreachable: {error.strerror or error}") from None
+        connected.append(connection.sock)
+        if cut:  # the deadline passed before the socket was there to cut
+            raise TimeoutError
+        connection.request("GET", urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")))
+        response = connection.getresponse()
+        if 300 <= response.status < 400:
+            raise OSError(f"HTTP {response.status}: redirect to {response.getheader('Location')} refused")
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status} {response.reason}")
         body = response.read(max_bytes + 1)
+    except (OSError, http.client.HTTPException):
+        if cut:
+            raise TimeoutError(f"timed out: no whole answer within {timeout_s:g} s") from None
+        raise
+    finally:
+        deadline.cancel()
+        connection.close()
+    if cut:
+        raise TimeoutError(f"timed out: no whole answer within {timeout_s:g} s")
     if len(body) > max_bytes:
         raise OSError(f"answer larger than {max_bytes} bytes")
     return body
+
+
+def _cut(connected: list[socket.socket], cut: list[bool]) -> None:
+    """The deadline: a read blocked on the socket returns at once."""
+    cut.append(True)
+    for sock in connected:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def check_url(url: str, what: str) -> str:
@@ -76,10 +111,6 @@ def check_url(url: str, what: str) -> str:
 
 
 def describe(error: BaseException) -> str:
-    if isinstance(error, urllib.error.HTTPError):
-        return f"HTTP {error.code} {error.reason}"
-    if isinstance(error, urllib.error.URLError):
-        return f"unreachable: {error.reason}"
     return str(error) or type(error).__name__
 
 
@@ -122,6 +153,9 @@ def parse_page(text: str, selectors: list[Selector]) -> HostValues:
                 if value < 0 and (selector.is_counter or family.type == "counter"):
                     return None, f"counter {sample.name} is negative ({value})"
                 sums[selector.text] = sums.get(selector.text, 0.0) + value
+    overflown = next((text for text, total in sums.items() if not math.isfinite(total)), None)
+    if overflown is not None:
+        return None, f"the samples of {overflown} sum to {sums[overflown]}"
     return sums, ""
 
 
@@ -209,17 +243,22 @@ class PrometheusQuerySource:
         """The result's elements ({"metric": labels, "value": [time, text]});
         OSError or ValueError when the server says no."""
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
-        answer = json.loads(fetch(url, self.timeout_s, self.max_bytes))
+        try:
+            answer = json.loads(fetch(url, self.timeout_s, self.max_bytes))
+        except RecursionError:
+            raise ValueError(f"query {expression!r}: the answer is nested too deep") from None
         if not isinstance(answer, dict):
             raise ValueError(f"query {expression!r}: the answer is not a JSON object")
         if answer.get("status") != "success":
-            raise ValueError(f"query {expression!r} failed: {answer.get('error', answer)!r}")
-        data = answer.get("data", {})
-        if data.get("resultType") != "vector":
-            raise ValueError(
-                f"query {expression!r} returned a {data.get('resultType')}, not an instant vector"
-            )
-        return list(data.get("result", []))
+            raise ValueError(f"query {expression!r} failed: {str(answer.get('error', answer))[:200]!r}")
+        data = answer.get("data")
+        if not isinstance(data, dict) or data.get("resultType") != "vector":
+            kind = data.get("resultType") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"query {expression!r} returned a {kind}, not an instant vector")
+        result = data.get("result", [])
+        if not isinstance(result, list) or not all(map(is_vector_element, result)):
+            raise ValueError(f"query {expression!r}: the result is not a list of vector elements")
+        return result
 
     def read(self, hosts: Iterable[Host], series: Iterable[str]) -> dict[str, HostValues]:
         hosts = list(hosts)
@@ -247,14 +286,32 @@ class PrometheusQuerySource:
         """host label value -> {expression: value}, from one_query's elements."""
         values: dict[str, dict[str, float]] = {}
         for element in elements:
-            labels = element.get("metric", {})
+            labels = element["metric"]
             key = labels.get(self.host_label)
             if key is not None:
                 tag = labels.get(SERIES_LABEL, "")
                 if not (tag.isdecimal() and int(tag) < len(expressions)):
-                    raise ValueError(f"an element without a series of the query: {labels!r}")
-                values.setdefault(key, {})[expressions[int(tag)]] = float(element["value"][1])
+                    raise ValueError(f"an element without a series of the query: {str(labels)[:200]}")
+                expression = expressions[int(tag)]
+                if expression in values.get(key, {}):
+                    # Which one wins would follow the answer's order, which may change between looks.
+                    raise ValueError(f"two elements for {self.host_label}={key!r} in {expression!r}")
+                values.setdefault(key, {})[expression] = float(element["value"][1])
         return values
+
+
+def is_vector_element(element: object) -> bool:
+    """{"metric": {label: text}, "value": [time, text]}, as the instant query API answers."""
+    if not isinstance(element, dict):
+        return False
+    labels, value = element.get("metric"), element.get("value")
+    return (
+        isinstance(labels, dict)
+        and all(isinstance(v, str) for v in labels.values())
+        and isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[1], str)
+    )
 
 
 def one_query(expressions: list[str]) -> str:

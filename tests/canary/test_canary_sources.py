@@ -4,9 +4,11 @@ command run on each host over the local transport."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -190,6 +192,89 @@ def test_a_prometheus_answer_outside_the_query_makes_every_host_missing(path):
     assert all(
         values is None and "without a series of the query" in reason for values, reason in answers.values()
     )
+
+
+def element(metric: dict, value: object = "1") -> dict:
+    return {"metric": {"host": "h1", **metric}, "value": [0, value]}
+
+
+MALFORMED_PROMETHEUS = {
+    "/list-data": {"status": "success", "data": []},
+    "/text-element": {"status": "success", "data": {"resultType": "vector", "result": ["x"]}},
+    "/number-tag": {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [element({"bbcd_series": 0})]},
+    },
+    "/number-value": {"status": "success", "data": {"resultType": "vector", "result": [element({}, 1)]}},
+    "/twice": {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [element({"bbcd_series": "0"}, v) for v in ("1", "7")]},
+    },
+    "/deep": None,  # 100,000 nested lists
+}
+
+
+class MalformedPrometheusHandler(QuietHandler):
+    def do_GET(self):  # noqa: N802
+        answer = MALFORMED_PROMETHEUS[self.path.split("/api/")[0]]
+        self.send_body(b"[" * 100_000 + b"]" * 100_000 if answer is None else json.dumps(answer).encode())
+
+
+@pytest.mark.parametrize("path", sorted(MALFORMED_PROMETHEUS))
+def test_a_malformed_prometheus_answer_makes_every_host_missing(path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), MalformedPrometheusHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    source = PrometheusQuerySource(
+        f"http://127.0.0.1:{server.server_address[1]}{path}", host_label="host", max_bytes=10**6
+    )
+    hosts = [release.Host(name, "127.0.0.1", 22, "root", "/srv") for name in ("h1", "h2")]
+    try:
+        answers = source.read(hosts, ["up"])
+    finally:
+        server.shutdown()
+    assert all(
+        values is None and reason.startswith("Prometheus query failed") for values, reason in answers.values()
+    )
+
+
+class TricklingHandler(QuietHandler):
+    """A page sent a byte at a time: each read is quick, the whole never comes
+    (bounded: at most TRICKLE_BYTES bytes, one every TRICKLE_PAUSE_S)."""
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(TRICKLE_BYTES))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(TRICKLE_BYTES):
+                self.wfile.write(b"#")
+                self.wfile.flush()
+                time.sleep(TRICKLE_PAUSE_S)  # the attack's pace, not a wait for a condition
+
+
+TRICKLE_BYTES, TRICKLE_PAUSE_S = 400, 0.05  # 20 s in all, 40 times the timeout below
+
+
+def test_a_page_sent_a_byte_at_a_time_times_out_as_a_whole():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TricklingHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hosts = [release.Host("slow", "127.0.0.1", 22, "root", "/srv")]
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        answers = ScrapeSource({"slow": url}, timeout_s=0.5).read(hosts, ["x"])
+    finally:
+        server.shutdown()
+    values, reason = answers["slow"]
+    assert values is None and "timed out" in reason, reason
+
+
+def test_samples_that_sum_past_a_float_make_the_host_missing():
+    values, reason = parse_page('x_total{a="1"} 1e308\nx_total{a="2"} 1e308\n', [Selector("x_total")])
+    assert values is None and "sum to inf" in reason
+    latency = MetricConfig("latency", "gauge", ("lat",), scale=1e10)
+    figure = host_figure(latency, [Reading(0, {"lat": 1e300}, ""), Reading(1, {"lat": 1e300}, "")])
+    assert figure.missing and "overflows" in figure.reason
 
 
 def test_command_source_over_the_local_transport(tmp_path):
