@@ -103,6 +103,9 @@ class Outcome:
     reason: str = ""
     samples: dict = field(default_factory=dict)
     reports: list[RunReport] = field(default_factory=list)
+    # Hosts the last flip or rollback failed on: still on the old release
+    # after a flip, still on the new one after a rollback.
+    left_behind: list[str] = field(default_factory=list)
 
     @property
     def released(self) -> bool:
@@ -144,7 +147,10 @@ class CanaryRun:
             # Never leave a half-released fleet behind an error: whoever is on
             # the new revision goes back, then the error is reported.
             if self.events:
-                self.runner.rollback(self.plan.revision, ALL_HOSTS)
+                self._act(
+                    "roll back all, after an error",
+                    lambda: self.runner.rollback(self.plan.revision, ALL_HOSTS),
+                )
             raise
 
     def _run(self) -> Outcome:
@@ -160,31 +166,39 @@ class CanaryRun:
         control = [h.name for h in self.hosts if h.name not in plan.canary]
         if not canary or not control:
             reason = "the canary flip failed on every canary host" if not canary else "no control hosts left"
-            self._act(
-                "roll back canary",
-                lambda: self.runner.rollback(plan.revision, Selection(names=tuple(plan.canary))),
-            )
-            return self._finish(Outcome("INCONCLUSIVE", "canary", "", reason=reason), "rolled back canary")
+            back = self._roll_back_canary()
+            outcome = Outcome("INCONCLUSIVE", "canary", "", reason=reason)
+            return self._finish(outcome, "rolled back canary", back.failed_hosts)
         verdict = self._phase("canary", "diff_in_diff", timing.canary_s, canary, control, baseline)
         decided = self._outcome(verdict, "canary")
-        if verdict.verdict == _core.CanaryVerdict.FAIL or (
-            verdict.verdict == _core.CanaryVerdict.INCONCLUSIVE and plan.on_inconclusive == "rollback"
-        ):
-            self._act(
-                "roll back canary",
-                lambda: self.runner.rollback(plan.revision, Selection(names=tuple(canary or plan.canary))),
-            )
-            return self._finish(decided, "rolled back canary")
+        if self._rolls_back(verdict):
+            return self._finish(decided, "rolled back canary", self._roll_back_canary().failed_hosts)
         everyone = self._act(
             "flip all", lambda: self.runner.flip(plan.revision, ALL_HOSTS, only_hosts=plan.pushed)
         )
         if timing.monitor_s <= 0 or not everyone.ok_hosts:
-            return self._finish(decided, "promoted")
+            return self._finish(decided, "promoted", everyone.failed_hosts)
         verdict = self._phase("monitor", "before_after", timing.monitor_s, everyone.ok_hosts, [], baseline)
-        if verdict.verdict == _core.CanaryVerdict.FAIL:
-            self._act("roll back all", lambda: self.runner.rollback(plan.revision, ALL_HOSTS))
-            return self._finish(self._outcome(verdict, "monitor"), "rolled back all")
-        return self._finish(self._outcome(verdict, "monitor"), "kept")
+        if self._rolls_back(verdict):
+            back = self._act("roll back all", lambda: self.runner.rollback(plan.revision, ALL_HOSTS))
+            return self._finish(self._outcome(verdict, "monitor"), "rolled back all", back.failed_hosts)
+        return self._finish(self._outcome(verdict, "monitor"), "kept", everyone.failed_hosts)
+
+    def _rolls_back(self, decided: _Decided) -> bool:
+        """A regression; or, unless on_inconclusive="promote", too little data
+        to pass: hosts gone dark count as much in the monitor as in the canary."""
+        return decided.verdict == _core.CanaryVerdict.FAIL or (
+            decided.verdict == _core.CanaryVerdict.INCONCLUSIVE and self.plan.on_inconclusive == "rollback"
+        )
+
+    def _roll_back_canary(self) -> RunReport:
+        # Every canary host, not only those whose flip answered: a flip whose
+        # answer was lost may have taken effect, and rollback(revision) leaves
+        # a host not live on the revision as it is.
+        names = tuple(self.plan.canary)
+        return self._act(
+            "roll back canary", lambda: self.runner.rollback(self.plan.revision, Selection(names=names))
+        )
 
     def cancel(self) -> None:
         """Thread-safe: ends the current wait; a running flip is cancelled by the runner."""
@@ -318,8 +332,9 @@ class CanaryRun:
         last = decided.last or {}
         return Outcome(decided.verdict.name, phase, "", last.get("failed_metric", ""), last.get("reason", ""))
 
-    def _finish(self, outcome: Outcome, action: str) -> Outcome:
+    def _finish(self, outcome: Outcome, action: str, left_behind: list[str]) -> Outcome:
         outcome.action = action
+        outcome.left_behind = list(left_behind)
         outcome.reports = self.reports
         outcome.samples = samples_document(
             self.plan.revision, self.plan.alpha, self.plan.metrics, self.events, self.phases

@@ -159,19 +159,25 @@ class CanaryRelease(_ReleaseStep):
         try:
             outcome = await threads.deferToThread(canary_run.run)
         except CanaryCancelled:
+            await self._actions_log(canary_run.reports)
             return await self._refuse("cancelled; hosts stay as they are (see the actions log)")
         except CdError as error:
+            await self._actions_log(canary_run.reports)
             return await self._refuse(str(error))
         finally:
             self._canary_run = None
         self._outcome = outcome
-        await self.addCompleteLog("actions", "".join(r.to_text() for r in outcome.reports))
+        await self._actions_log(outcome.reports)
         await self.addCompleteLog("samples.json", json.dumps(outcome.samples, indent=1) + "\n")
         await self.addHTMLLog("report", report.render(outcome.samples, outcome))
         self._set_canary_properties(outcome)
         if outcome.released:
-            return SUCCESS if outcome.verdict == "PASS" else WARNINGS
+            return SUCCESS if outcome.verdict == "PASS" and not outcome.left_behind else WARNINGS
         return FAILURE
+
+    async def _actions_log(self, reports) -> None:
+        """Every flip and rollback of the run, host by host: what moved, what did not."""
+        await self.addCompleteLog("actions", "".join(r.to_text() for r in reports))
 
     def _set_canary_properties(self, outcome) -> None:
         last = report.last_look(outcome.samples, outcome.phase) or {}
@@ -230,6 +236,13 @@ class CanaryRelease(_ReleaseStep):
         if outcome is None:
             return super().getResultSummary()
         text = f"canary {outcome.verdict} ({outcome.phase}): {outcome.action}"
+        if outcome.left_behind:
+            where = (
+                "still on the old release"
+                if outcome.released
+                else "the rollback failed, still on the new release"
+            )
+            text += f" ({where}: {', '.join(outcome.left_behind)})"
         last = report.last_look(outcome.samples, outcome.phase)
         result = deciding_result(last) if last else None
         if result is not None and (outcome.failed_metric or outcome.verdict != "PASS"):

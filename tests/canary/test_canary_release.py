@@ -17,6 +17,7 @@ import pytest
 
 from buildbot_steps.canary import PrometheusQuerySource, ScrapeSource, metric_configs
 from buildbot_steps.canary.controller import CanaryPlan, CanaryRun, Timing
+from buildbot_steps.release import Selection
 from harness.local_master import wait_until
 from harness.webfleet import BAD, CANARIES, GOOD, LoadGenerator, live_revisions, set_behaviour
 
@@ -94,6 +95,36 @@ def test_a_release_bad_only_after_the_full_flip_is_rolled_back_by_the_monitoring
     assert outcome.samples["phases"][0]["looks"][-1]["verdict"] == "PASS"
     assert outcome.samples["phases"][1]["design"] == "before_after"
     assert set(live_revisions(runner).values()) == {"r1"}
+
+
+def test_a_release_that_goes_dark_after_the_full_flip_is_rolled_back(web_fleet, deployed):
+    runner, pushed = deployed(GOOD)
+
+    def go_dark(event):
+        if event.get("what") == "flip all":  # every host stops answering, metrics included
+            for host in web_fleet.hosts:
+                web_fleet.stop_host(host.name)
+
+    timing = Timing(baseline_s=3, canary_s=6, interval_s=1, monitor_s=4)
+    outcome = run_under_load(web_fleet, runner, plan(web_fleet, pushed, timing=timing), go_dark)
+    assert (outcome.phase, outcome.verdict, outcome.action) == ("monitor", "INCONCLUSIVE", "rolled back all")
+    assert set(live_revisions(runner).values()) == {"r1"}
+
+
+def test_a_host_the_full_flip_missed_is_named_not_released_in_silence(web_fleet, deployed):
+    runner, pushed = deployed(GOOD)
+    missed = "web9"  # a control host: on the old release through the canary window
+
+    def lose_its_release(event):
+        if event.get("what") == "flip canary":  # its copy of r2 is gone before the full flip
+            status = runner.status(Selection(names=(missed,))).hosts[0].details
+            slot = next(s for s, entry in status["slots"].items() if entry.get("revision") == "r2")
+            (web_fleet.host(missed).deploy_root / "releases" / slot / ".release").unlink()
+
+    outcome = run_under_load(web_fleet, runner, plan(web_fleet, pushed), lose_its_release)
+    assert (outcome.verdict, outcome.action, outcome.left_behind) == ("PASS", "promoted", [missed])
+    live = live_revisions(runner)
+    assert live[missed] == "r1" and {r for h, r in live.items() if h != missed} == {"r2"}
 
 
 def test_a_metrics_endpoint_down_on_one_host_is_reported_not_counted(web_fleet, deployed):
