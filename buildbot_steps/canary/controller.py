@@ -92,6 +92,16 @@ class CanaryPlan:
             raise InvalidInputError(
                 f"metric source(s) {unknown} not configured; sources: {sorted(self.sources)}"
             )
+        check_judge_options(self.metrics, self.alpha, self.min_hosts_per_arm, self.max_missing_fraction)
+
+
+def check_judge_options(
+    metrics: list, alpha: float, min_hosts_per_arm: int, max_missing_fraction: float
+) -> None:
+    """InvalidInputError now for options the judge refuses: found at the first
+    look, they would stop the run after the canary flip."""
+    options = PhaseOptions("canary", "diff_in_diff", 1, alpha, min_hosts_per_arm, max_missing_fraction)
+    make_judge([m.to_dict() for m in metrics], options)
 
 
 @dataclass

@@ -154,29 +154,44 @@ def load_samples(text: str, source: str = "samples") -> dict:
 
 
 def replay(document: dict, alpha: float | None = None) -> list[dict]:
-    """Every phase's looks through a fresh judge: [{"phase", "looks": [outcome...], "verdict"}]."""
-    alpha = float(document.get("alpha", 0.01)) if alpha is None else alpha
+    """Every phase's looks through a fresh judge: [{"phase", "looks": [outcome...], "verdict"}].
+    A log that is not what a run writes (a field missing or of the wrong kind)
+    is InvalidInputError naming the phase, never a verdict."""
+    try:
+        alpha = float(document.get("alpha", 0.01)) if alpha is None else alpha
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"alpha {document.get('alpha')!r} is not a number") from None
     replayed = []
-    for phase in document["phases"]:
-        options = PhaseOptions(
-            phase["name"],
-            phase["design"],
-            int(phase["looks_in_window"]),
-            alpha,
-            int(phase["min_hosts_per_arm"]),
-            float(phase["max_missing_fraction"]),
-        )
-        judge = make_judge(document["metrics"], options)
-        outcomes = []
-        for look in phase["looks"]:
-            if judge.verdict != _core.CanaryVerdict.CONTINUE:
-                break  # a lower alpha may decide earlier than the recorded run did
-            outcomes.append(
-                {
-                    "look": look["look"],
-                    "t": look.get("t"),
-                    **result_dict(judge.look(metric_looks(look["data"]))),
-                }
-            )
-        replayed.append({"phase": phase["name"], "looks": outcomes, "verdict": judge.verdict.name})
+    for index, phase in enumerate(document["phases"]):
+        try:
+            replayed.append(_replay_phase(document["metrics"], phase, alpha))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            if isinstance(error, InvalidInputError):
+                raise
+            what = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            raise InvalidInputError(f"phase {index}: not a phase of a canary samples log ({what})") from None
     return replayed
+
+
+def _replay_phase(metrics: list, phase: dict, alpha: float) -> dict:
+    options = PhaseOptions(
+        phase["name"],
+        phase["design"],
+        int(phase["looks_in_window"]),
+        alpha,
+        int(phase["min_hosts_per_arm"]),
+        float(phase["max_missing_fraction"]),
+    )
+    judge = make_judge(metrics, options)
+    outcomes = []
+    for look in phase["looks"]:
+        if judge.verdict != _core.CanaryVerdict.CONTINUE:
+            break  # a lower alpha may decide earlier than the recorded run did
+        outcomes.append(
+            {
+                "look": look["look"],
+                "t": look.get("t"),
+                **result_dict(judge.look(metric_looks(look["data"]))),
+            }
+        )
+    return {"phase": phase["name"], "looks": outcomes, "verdict": judge.verdict.name}

@@ -142,8 +142,13 @@ def parse_page(text: str, selectors: list[Selector]) -> HostValues:
         families = list(text_string_to_metric_families(text))
     except Exception as error:  # the parser raises ValueError, IndexError, ...: all mean "not valid"
         return None, f"metrics page not in the Prometheus text format: {describe(error)}"
+    seen: set[tuple] = set()
     for family in families:
         for sample in family.samples:
+            identity = (sample.name, tuple(sorted(sample.labels.items())))
+            if identity in seen:  # Prometheus refuses such a page: a sum would count it twice
+                return None, f"sample {sample.name}{dict(sample.labels) or ''} appears twice on the page"
+            seen.add(identity)
             for selector in selectors:
                 if not selector.matches(sample.name, sample.labels):
                     continue

@@ -38,6 +38,7 @@ from buildbot_steps.canary.controller import (
     CanaryPlan,
     CanaryRun,
     Timing,
+    check_judge_options,
 )
 from buildbot_steps.canary.metrics import DEFAULT_SOURCE, metric_configs
 from buildbot_steps.errors import CdError
@@ -109,6 +110,10 @@ class CanaryRelease(_ReleaseStep):
             config.error(f"CanaryRelease: on_inconclusive must be one of {INCONCLUSIVE_ACTIONS}")
         if not (isinstance(alpha, float) and 0 < alpha < 1):
             config.error(f"CanaryRelease: alpha must be a number in (0, 1), got {alpha!r}")
+        else:
+            self._guard(
+                lambda: check_judge_options(self.metrics, alpha, min_hosts_per_arm, max_missing_fraction)
+            )
         self._canary_run = None
         self._look = None  # the latest look, for the live summary
         self._outcome = None

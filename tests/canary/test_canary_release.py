@@ -186,3 +186,30 @@ def test_the_judge_command_refuses_a_bad_alpha(tmp_path, alpha):
         timeout=60,
     )
     assert done.returncode == 2 and "--alpha must be in (0, 1)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "phase, message",
+    [
+        ({"name": "canary"}, "missing 'design'"),
+        (
+            {"name": "canary", "design": "diff_in_diff", "looks_in_window": "many",
+             "min_hosts_per_arm": 3, "max_missing_fraction": 0.5, "looks": []},
+            "invalid literal",
+        ),
+    ],
+)  # fmt: skip
+def test_the_judge_command_refuses_a_log_no_run_wrote(tmp_path, phase, message):
+    samples = tmp_path / "samples.json"
+    document = {"format": "buildbot-cd/canary-samples/1", "metrics": [], "phases": [phase]}
+    samples.write_text(json.dumps(document))
+    done = subprocess.run(
+        [sys.executable, "-m", "buildbot_steps.cli", "judge", str(samples)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # 1 would mean "this canary would be rolled back": bad input is 2, one line.
+    assert done.returncode == 2, done.stderr
+    assert "phase 0: not a phase of a canary samples log" in done.stderr and message in done.stderr
+    assert "Traceback" not in done.stderr

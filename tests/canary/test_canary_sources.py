@@ -269,6 +269,13 @@ def test_a_page_sent_a_byte_at_a_time_times_out_as_a_whole():
     assert values is None and "timed out" in reason, reason
 
 
+def test_a_sample_twice_on_a_page_makes_the_host_missing():
+    values, reason = parse_page('x_total{a="1"} 1\nx_total{a="1"} 1\n', [Selector("x_total")])
+    assert values is None and "appears twice" in reason
+    values, reason = parse_page('x_total{a="1"} 1\nx_total{a="2"} 1\n', [Selector("x_total")])
+    assert values == {"x_total": 2.0} and reason == ""
+
+
 def test_samples_that_sum_past_a_float_make_the_host_missing():
     values, reason = parse_page('x_total{a="1"} 1e308\nx_total{a="2"} 1e308\n', [Selector("x_total")])
     assert values is None and "sum to inf" in reason

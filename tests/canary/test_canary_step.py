@@ -135,3 +135,8 @@ class CanaryStepTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, un
             self.canary(interval=0)
         with self.assertRaisesConfigError("alpha"):
             self.canary(alpha=2.0)
+        # What the judge refuses is refused here, not after the canary flip.
+        with self.assertRaisesConfigError("max_missing_fraction"):
+            self.canary(max_missing_fraction=1.5)
+        with self.assertRaisesConfigError("min_hosts_per_arm"):
+            self.canary(min_hosts_per_arm=0)
