@@ -31,7 +31,7 @@
 # a push as the text of `sh -c` in rsync's --rsync-path (one ssh session);
 # locally as the text of `sh -c`, the same words:
 #   sh -s -- ACTION ARG...      or      sh -c TEXT host_release ACTION ARG...
-#   transfer ROOT SLOTS REVISION BUILD TIME OWNER LIST -- rsync ARG... ROOT/releases/next/
+#   transfer ROOT SLOTS REVISION BUILD TIME OWNER LIST OWNERS -- rsync ARG... ROOT/releases/next/
 #                                                 lock, choose the slot to replace, invalidate
 #                                                 its manifest, run the rsync into it (the
 #                                                 receiving side over ssh; `next` stands for
@@ -40,6 +40,8 @@
 #   rollback ROOT OWNER [LIVE_REVISION]           back to the recorded previous
 #   status   ROOT SLOTS                           what is live, what is where
 # OWNER is ACTION/REVISION/MASTER/PID/SINCE (SINCE: the master's UTC time);
+# OWNERS is `kept` when rsync reproduces the tree's owners and groups
+# (preserve_privileged), else `ours`;
 # LIST is the BLAKE2b-256 digest of the entry list in the transfer, computed
 # by the master that wrote it.
 #
@@ -368,13 +370,14 @@ main() {
 
   case $action in
     transfer)
-      [ $# -ge 8 ] && [ "$7" = -- ] || die $EXIT_USAGE "usage: transfer ROOT SLOTS REVISION BUILD TIME OWNER LIST -- rsync ARG... ROOT/releases/next/"
-      slots=$1 revision=$2 build=$3 release_time=$4 owner=$5 list_digest=$6
+      [ $# -ge 9 ] && [ "$8" = -- ] || die $EXIT_USAGE "usage: transfer ROOT SLOTS REVISION BUILD TIME OWNER LIST OWNERS -- rsync ARG... ROOT/releases/next/"
+      slots=$1 revision=$2 build=$3 release_time=$4 owner=$5 list_digest=$6 owners=$7
       for arg in "$slots" "$revision" "$build" "$release_time" "$owner"; do check_word "$arg"; done
       check_number "$slots"
       check_number "$release_time"
       check_digest "$list_digest"
-      shift 7
+      case $owners in kept | ours) ;; *) die $EXIT_USAGE "transfer: OWNERS must be kept or ours, got '$owners'" ;; esac
+      shift 8
       do_transfer "$@"
       ;;
     flip)

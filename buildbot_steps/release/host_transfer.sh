@@ -16,13 +16,15 @@ do_transfer() {
   work=$root/.bbcd
   choose_slot
   open_slot
-  # The same command with its last word, NEXT/, replaced by the chosen slot.
+  # The same command with its last word, NEXT/, replaced by the chosen slot
+  # (and --link-dest after its first, when owners are kept: see open_slot).
   count=$#
   index=0
   for arg in "$@"; do
     [ "$index" -ne 0 ] || set --
     index=$((index + 1))
     if [ "$index" -eq "$count" ]; then set -- "$@" "$slot_dir/"; else set -- "$@" "$arg"; fi
+    if [ "$index" -eq 1 ] && [ -n "$link_dest" ]; then set -- "$@" "--link-dest=$link_dest"; fi
   done
   set +e
   "$@"
@@ -58,7 +60,7 @@ open_slot() {
   old_list='' live_list=''
   if is_slot_dir "$chosen" && read_manifest "$slot_dir/.release"; then old_list=$m_list; fi
   if [ -n "$live" ] && read_manifest "$rel/$live/.release"; then live_list=$m_list; fi
-  fresh=yes linked_all=no settled_listed=no empty_before=no
+  fresh=yes linked_all=no settled_listed=no empty_before=no link_dest=''
   if [ -L "$slot_dir" ] || { [ -e "$slot_dir" ] && [ ! -d "$slot_dir" ]; }; then
     set -- "$slot_dir"
   elif [ -d "$slot_dir" ]; then
@@ -74,6 +76,10 @@ open_slot() {
   rm -rf "$rel/.incoming" "$work/modes.old" "$work/modes.$chosen" "$work/slot.list" "$work/live.list" \
     "$work/slot.dirs" "$work/lists.comm" "$work/settled.list" "$work/link.todo" "$work/modes.want" \
     "$work/modes.paths" "$work/modes.stat" "$work/modes.todo" "$work/mode.tmp" "$work/sums" "$@"
+  if [ "$owners" = kept ]; then
+    open_fresh_slot
+    return 0
+  fi
   if [ "$fresh" = yes ] || [ ! -d "$work" ]; then mkdir -p "$slot_dir" "$work"; fi
   check_kept_lists
   if ! { [ -n "$live" ] && is_slot_dir "$live"; }; then
@@ -100,6 +106,21 @@ open_slot() {
   # it is; its mtime is when the master wrote it for its own push, to the
   # nanosecond, so rsync's quick check never takes it for the new list.
   if [ "$live_list_ok" = yes ]; then ln "$work/list.$live" "$slot_dir/.release.list"; fi
+}
+
+# open_fresh_slot: with owners and groups kept, rsync would chown a file it
+# takes for unchanged in place, and a file of the slot may share its inode
+# with the live release's: a push would change the live release's owners. So
+# the slot starts empty and rsync links from the live release itself
+# (--link-dest), which it does only for a file whose every kept attribute,
+# owner and group included, is the tree's, and never changes a file there.
+# Slower (rsync looks every file up there, see link_from_live), for
+# preserve_privileged only. The mode pass then walks every entry: a linked
+# file has the live release's mode, which rsync --no-perms does not compare.
+open_fresh_slot() {
+  rm -rf "$slot_dir"
+  mkdir -p "$slot_dir" "$work"
+  if [ -n "$live" ] && is_slot_dir "$live"; then link_dest=$rel/$live; else empty_before=yes; fi
 }
 
 # check_kept_lists: live_list_ok and old_list_ok say whether the entry lists

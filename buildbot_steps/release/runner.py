@@ -200,6 +200,7 @@ class ReleaseRunner:
                 str(int(time.time())),
                 owner,
                 entry_list.digest,
+                "kept" if keep_setid else "ours",  # owners and groups: see host_transfer.sh's open_fresh_slot
             ]
 
             def steps(host: Host) -> list[PushStep]:

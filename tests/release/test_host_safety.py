@@ -153,9 +153,33 @@ def test_rsync_as_root_does_not_reproduce_privileges_unless_asked(make_runner, m
     assert (kept / "owned").stat().st_uid == FOREIGN_UID
 
 
+def test_kept_owners_never_change_the_live_release(make_runner, make_tree, fleet):
+    host = fleet.hosts[0]
+    runner = make_runner(hosts=[host])
+    runner.transport.preserve_privileged = True
+    v1 = tree_with(make_tree, "v1")
+    (v1 / "app.py").write_text("same\n")
+    assert runner.push(v1, "v1", "1").all_ok and runner.flip("v1").all_ok
+    live_file = host.deploy_root / "current" / "app.py"
+    before = live_file.stat()
+    v2 = tree_with(make_tree, "v2")
+    (v2 / "app.py").write_text("same\n")
+    os.utime(v2 / "app.py", ns=(before.st_atime_ns, before.st_mtime_ns))  # rsync's quick check: unchanged
+    os.chown(v2 / "app.py", FOREIGN_UID, FOREIGN_GID)  # only its owner changed
+    (v2 / "other.txt").write_text("unchanged\n")
+    assert runner.push(v2, "v2", "1").all_ok
+
+    after = live_file.stat()
+    assert (after.st_ino, after.st_uid, after.st_gid) == (before.st_ino, before.st_uid, before.st_gid)
+    slot = runner.status().hosts[0].details["slots"]
+    new_slot = next(s for s, entry in slot.items() if entry.get("revision") == "v2")
+    pushed = (host.deploy_root / "releases" / new_slot / "app.py").stat()
+    assert (pushed.st_uid, pushed.st_gid) == (FOREIGN_UID, FOREIGN_GID) and pushed.st_ino != before.st_ino
+
+
 def test_the_transfer_refuses_to_write_anywhere_but_the_next_slot(tmp_path):
     root = tmp_path / "root"
-    words = [str(root), "5", "v1", "1", "1700000000", "push/v1/m/1/20261128T103000Z", "0" * 64, "--"]
+    words = [str(root), "5", "v1", "1", "1700000000", "push/v1/m/1/20261128T103000Z", "0" * 64, "ours", "--"]
     result = release_script(
         release.host_script_argv(
             "transfer", [*words, "rsync", "-a", f"{tmp_path}/", f"{tmp_path}/elsewhere/"]
@@ -167,9 +191,21 @@ def test_the_transfer_refuses_to_write_anywhere_but_the_next_slot(tmp_path):
     )
     assert result.returncode == 3 and "expected an rsync command" in result.stderr
     for digest in ("0" * 63, "G" * 64, "0" * 64 + ";"):
-        bad_digest = [*words[:-2], digest, "--", "rsync", "-a", f"{tmp_path}/", f"{root}/releases/next/"]
+        bad_digest = [
+            *words[:-3],
+            digest,
+            "ours",
+            "--",
+            "rsync",
+            "-a",
+            f"{tmp_path}/",
+            f"{root}/releases/next/",
+        ]
         result = release_script(release.host_script_argv("transfer", bad_digest))
         assert result.returncode == 3 and f"not a list digest: '{digest}'" in result.stderr
+    bad_owners = [*words[:-2], "root", "--", "rsync", "-a", f"{tmp_path}/", f"{root}/releases/next/"]
+    result = release_script(release.host_script_argv("transfer", bad_owners))
+    assert result.returncode == 3 and "OWNERS must be kept or ours, got 'root'" in result.stderr
     assert not (root / "releases").exists()
 
 
