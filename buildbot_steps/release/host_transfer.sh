@@ -256,10 +256,13 @@ apply_modes() {
     find "$dir" \( -type f -o -type d \) -printf '%m %n 0 %P\n' >"$work/modes.stat"
   fi
   if [ -s "$work/modes.stat" ]; then modes_to_change "$want" "$work/modes.stat" >"$work/modes.todo"; else : >"$work/modes.todo"; fi
+  slot_real=''
   while IFS= read -r line; do
     mode=${line%% *} rest=${line#* }
     links=${rest%% *} path=$dir/${rest#* }
     case $mode in '' | *[!0-7]* | ?????*) die $EXIT_USAGE "transfer: bad mode '$mode' in $list" ;; esac
+    in_slot "$dir" "${rest#* }" ||
+      die $EXIT_USAGE "transfer: the entry list is not the tree's: '${rest#* }' lies through a symlink (was the tree changed while it was pushed?)"
     # Two leading zeros: GNU chmod keeps a directory's setuid and setgid bits
     # for a numeric mode of four digits or fewer (a directory made under a
     # setgid one inherits the bit), and clears them only for a longer one.
@@ -275,6 +278,17 @@ apply_modes() {
   # list); its digest, computed by the master that wrote it, goes into the
   # manifest.
   mv -f -T "$list" "$work/list.$chosen"
+}
+
+# in_slot DIR PATH: whether PATH's directory is DIR's own, reached through
+# no symlink. stat and find never follow the entry itself, but stat follows
+# the directories on its way: an entry list that is not the tree's (a tree
+# changed between the master's walk and rsync's) could send chmod or mv out
+# of the slot. One `cd -P` per entry to change, and there are few.
+in_slot() {
+  case $2 in */*) ;; *) return 0 ;; esac
+  [ -n "$slot_real" ] || slot_real=$(cd -P -- "$1" && pwd)
+  [ "$(cd -P -- "$1/${2%/*}" 2>/dev/null && pwd)" = "$slot_real/${2%/*}" ]
 }
 
 # candidates_listed DIR: whether the entries whose mode may be wrong are

@@ -6,6 +6,7 @@ Real sshd hosts (the fleet fixture); each test uses a few of them.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from buildbot_steps import release
+from buildbot_steps.release import runner as release_runner
 
 FORGED_MANIFEST = "revision=forged\nbuild=1\ntime=1\nseq=999\nprevious=../../..\nprevious_seq=1\n"
 FOREIGN_UID = 4242
@@ -175,6 +177,31 @@ def test_kept_owners_never_change_the_live_release(make_runner, make_tree, fleet
     new_slot = next(s for s, entry in slot.items() if entry.get("revision") == "v2")
     pushed = (host.deploy_root / "releases" / new_slot / "app.py").stat()
     assert (pushed.st_uid, pushed.st_gid) == (FOREIGN_UID, FOREIGN_GID) and pushed.st_ino != before.st_ino
+
+
+def test_a_tree_changed_while_it_is_pushed_sends_no_chmod_out_of_the_slot(
+    make_runner, make_tree, fleet, tmp_path, monkeypatch
+):
+    host = fleet.hosts[0]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "secret").write_text("s3cret\n")
+    victim_file = victim / "secret"
+    victim_file.chmod(0o600)
+    tree = make_tree("v1", {"index.html": "v1\n", "a/secret": "x\n"})
+    (tree / "a" / "secret").chmod(0o666)  # a mode the pass must set: a candidate
+    listed = release_runner.write_entry_list
+
+    def list_then_swap(source, directory, keep_setid):
+        entries = listed(source, directory, keep_setid)
+        shutil.rmtree(Path(source) / "a")  # after the master's walk, before rsync's
+        (Path(source) / "a").symlink_to(victim)
+        return entries
+
+    monkeypatch.setattr(release_runner, "write_entry_list", list_then_swap)
+    pushed = make_runner(hosts=[host]).push(tree, "v1", "1")
+    assert stat.S_IMODE(victim_file.stat().st_mode) == 0o600
+    assert not pushed.all_ok and "lies through a symlink" in pushed.hosts[0].error, pushed.to_text()
 
 
 def test_the_transfer_refuses_to_write_anywhere_but_the_next_slot(tmp_path):

@@ -144,8 +144,8 @@ def test_the_replaced_slot_is_not_flippable_from_the_moment_its_transfer_starts(
     for n in (1, 2, 3):
         push_and_flip(runner, write_tree(tmp_path / f"v{n}", OLD_FILES, f"v{n}"), f"v{n}")
     # A transfer into slot 0 (v1) that fails: rsync of a source that is not there.
-    args = [str(root), str(SLOTS), "v4", "4", str(MTIME), "push/v4/test/1/20261128T103000Z", "0" * 64, "ours", "--",
-            "rsync", "-a", f"{tmp_path}/missing/", f"{root}/releases/next/"]  # fmt: skip
+    args = [str(root), str(SLOTS), "v4", "4", str(MTIME), "push/v4/test/1/20261128T103000Z", "0" * 64,
+            "ours", "--", "rsync", "-a", f"{tmp_path}/missing/", f"{root}/releases/next/"]  # fmt: skip
     failed = subprocess.run(release.host_script_argv("transfer", args), capture_output=True, text=True)
     assert failed.returncode == 23, failed.stderr
     assert not (root / "releases" / "0" / ".release").exists()
