@@ -269,7 +269,7 @@ apply_modes() {
     if [ "$links" -gt 1 ] && [ -f "$path" ] && [ ! -L "$path" ]; then
       cp -p "$path" "$work/mode.tmp"
       chmod "00$mode" "$work/mode.tmp"
-      mv -f -T "$work/mode.tmp" "$path"
+      in_writable_directory "${path%/*}" mv -f -T "$work/mode.tmp" "$path"
     else
       chmod "00$mode" "$path"
     fi
@@ -278,6 +278,23 @@ apply_modes() {
   # list); its digest, computed by the master that wrote it, goes into the
   # manifest.
   mv -f -T "$list" "$work/list.$chosen"
+}
+
+# in_writable_directory DIR COMMAND...: COMMAND, which writes into DIR (a
+# directory of this slot, never shared), with DIR made writable to us for
+# that long when it is not: a deploy user other than root cannot rename into
+# a read-only (0555) directory, whichever of it or its entries changed mode.
+in_writable_directory() {
+  dir_of_entry=$1
+  shift
+  if [ -w "$dir_of_entry" ]; then
+    "$@"
+    return
+  fi
+  dir_mode=$(stat -c %a "$dir_of_entry")
+  chmod u+w "$dir_of_entry"
+  "$@"
+  chmod "00$dir_mode" "$dir_of_entry"
 }
 
 # in_slot DIR PATH: whether PATH's directory is DIR's own, reached through

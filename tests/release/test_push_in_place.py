@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +338,54 @@ def test_a_directory_of_the_old_slot_replaced_by_a_symlink_does_not_lead_links_o
     slot_bin = root / "releases" / "0" / "bin"
     assert slot_bin.is_dir() and not slot_bin.is_symlink()
     assert (slot_bin / "both.sh").read_bytes() == later["bin/both.sh"][0]
+
+
+# A deploy user other than root: the pushes of three trees through the
+# release engine, run as `nobody`. The last changes only the mode of a file
+# the slot shares with the live release, inside a read-only directory.
+AS_A_DEPLOY_USER = """
+import os, sys
+from pathlib import Path
+from buildbot_steps import release
+
+work = Path(sys.argv[1])
+root = work / "host"
+runner = release.ReleaseRunner(
+    release.Inventory.from_entries([{"name": "h1", "address": "127.0.0.1", "deploy_root": str(root)}]),
+    release.LocalTransport(), slots=3,
+)
+for version, file_mode in (("v1", 0o644), ("v2", 0o644), ("v3", 0o755)):
+    tree = work / version
+    (tree / "ro").mkdir(parents=True)
+    (tree / "ro" / "f").write_text("same\\n")
+    (tree / "version.txt").write_text(version)
+    os.chmod(tree / "ro" / "f", file_mode)
+    os.utime(tree / "ro" / "f", (1_700_000_000, 1_700_000_000))
+    os.chmod(tree / "ro", 0o555)
+    pushed = runner.push(tree, version)
+    if not (pushed.all_ok and runner.flip(version).all_ok):
+        sys.exit(pushed.to_text())
+"""
+
+
+def test_a_deploy_user_other_than_root_changes_a_mode_inside_a_read_only_directory():
+    # Not under tmp_path: pytest's base directory is root's alone (0700).
+    with tempfile.TemporaryDirectory(prefix="bbcd-deploy-user-") as scratch:
+        check_pushes_as_nobody(Path(scratch))
+
+
+def check_pushes_as_nobody(work: Path) -> None:
+    nobody = 65534
+    os.chown(work, nobody, nobody)
+    done = subprocess.run(
+        ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+         sys.executable, "-c", AS_A_DEPLOY_USER, str(work)],
+        capture_output=True, text=True, timeout=120, cwd=Path(release.__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    live = work / "host" / "current"
+    assert (live / "version.txt").read_text() == "v3"
+    assert (live / "ro" / "f").stat().st_mode & 0o7777 == 0o755
+    assert (live / "ro").stat().st_mode & 0o7777 == 0o555
+    earlier = [s for s in (work / "host" / "releases").iterdir() if (s / "version.txt").read_text() != "v3"]
+    assert earlier and all((s / "ro" / "f").stat().st_mode & 0o7777 == 0o644 for s in earlier)
