@@ -181,9 +181,12 @@ def run_interruptibly(runner: release.ReleaseRunner, work: Work) -> tuple[releas
 def interrupted_summary(command: str, report: release.RunReport) -> str:
     done = ", ".join(report.ok_hosts) or "none"
     not_done = ", ".join(report.failed_hosts) or "none"
+    # Over ssh a host's script runs on when its command is killed: one past
+    # its transfer may still complete the slot (never live), a flip may land.
     return (
         f"buildbot-cd {command}: interrupted; done on {len(report.ok_hosts)} host(s): {done}; "
-        f"not done (left as they were) on {len(report.failed_hosts)} host(s): {not_done}"
+        f"not confirmed on {len(report.failed_hosts)} host(s): {not_done} "
+        f"(one may have finished after the interruption: `buildbot-cd status` says where each is)"
     )
 
 
