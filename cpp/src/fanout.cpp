@@ -242,7 +242,10 @@ class Engine {
     // Every attempt counts: its bytes crossed the network.
     if (command.parse_rsync_stats) host.result.bytes_sent += parse_rsync_bytes_sent(exit.stdout_tail);
     if (!exit.error.empty()) add_note(host, fmt::format("lost the exit status: {}", exit.error));
-    if (host.interrupt) return finish_host(host, *host.interrupt);
+    // A last step that had exited 0 when the deadline or a cancel struck
+    // (what was killed is a daemon holding its output) did its work.
+    const bool last_step_done = exit.exit_code == 0 && host.step + 1 == host.job.steps.size();
+    if (host.interrupt && !last_step_done) return finish_host(host, *host.interrupt);
     if (exit.exit_code == 0) {
       ++host.step;
       host.retries = 0;

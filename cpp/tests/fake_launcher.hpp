@@ -32,6 +32,10 @@ struct Script {
   std::string stderr_data;
   std::string start_error;  // set: start() fails with this reason
   std::string exit_error;   // set: the exit status is "lost"
+  // Its exit is reported this long after it: a daemon it left holds its
+  // output open (the real launcher drains the pipes first). A kill then
+  // ends the daemon: the exit is reported at once, with its own code.
+  double report_delay = 0.0;
 };
 
 struct Launch {
@@ -144,15 +148,22 @@ class FakeLauncher final : public Launcher {
     LaunchRequest request;
     ExitHandler on_exit;
     std::optional<World::Key> exit_event;
+    bool ended = false;  // the process itself; its exit may not be reported yet
     bool exited = false;
 
     void exit_at(double when) {
-      exit_event = world->schedule(when, [self = shared_from_this()] { self->exit(); });
+      exit_event = world->schedule(when, [self = shared_from_this()] { self->end(); });
+    }
+    void end() {
+      ended = true;
+      world->launches[index].ended_at = world->now;
+      if (script.report_delay <= 0.0) return exit();
+      exit_event =
+          world->schedule(world->now + script.report_delay, [self = shared_from_this()] { self->exit(); });
     }
     void exit() {
       exited = true;
       --world->running;
-      world->launches[index].ended_at = world->now;
       auto tail = [](const std::string& text, std::size_t limit) {
         return text.size() <= limit ? text : text.substr(text.size() - limit);
       };
@@ -170,6 +181,10 @@ class FakeLauncher final : public Launcher {
       if (process_->exited || launch.killed) return;
       launch.killed = true;
       if (process_->exit_event) process_->world->events_.erase(*process_->exit_event);
+      if (process_->ended) {  // only its daemon was left: the exit is its own
+        process_->exit();
+        return;
+      }
       process_->script = Script{0.0, kKilledExitCode};
       process_->exit_at(process_->world->now);
     }

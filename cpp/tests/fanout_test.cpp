@@ -159,6 +159,23 @@ TEST(FanoutPolicy, TimeoutKillsTheRunningProcess) {
   EXPECT_FALSE(world.launches[1].killed);
 }
 
+// The deadline struck after the host's last step had exited 0, while a daemon
+// it left still held its output: the step is done, and so is the host.
+TEST(FanoutPolicy, ALastStepThatExitedZeroBeforeTheDeadlineIsOk) {
+  fake::World world;
+  world.script = [](const std::vector<std::string>&, int) {
+    Script script{1.0, 0};
+    script.report_delay = 30.0;
+    return script;
+  };
+  FanoutOptions opts = options();
+  opts.host_timeout_s = 10;
+  auto results = Fanout(opts, world.factory()).run(hosts(1));
+  EXPECT_EQ(results[0].status, HostStatus::Ok);
+  EXPECT_EQ(results[0].exit_code, 0);
+  EXPECT_TRUE(world.launches[0].killed);  // the daemon: the host is not held for its pipes
+}
+
 TEST(FanoutPolicy, TimeoutCoversRetriesAndEndsABackoff) {
   fake::World world;
   world.script = [](const std::vector<std::string>&, int) { return Script{2.0, 23}; };
