@@ -64,6 +64,7 @@ from buildbot_steps.shard.commands import (
     ShardedTestError,
     check_test_command,
     parse_test_listing,
+    passed_after_a_batch_failure,
     warm_command_of,
 )  # fmt: skip
 from buildbot_steps.shard.history import TestHistory
@@ -363,6 +364,8 @@ class ShardedTest(BuildStep):
             self.setProperty(f"tests_{key}", value, "ShardedTest")
         flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
         self.setProperty("tests_flaky_names", flaky, "ShardedTest")
+        rescued = [o.id for o in outcomes if passed_after_a_batch_failure(o)]
+        self.setProperty("tests_passed_after_batch_failure_names", rescued, "ShardedTest")
         quarantine = Quarantine(self.quarantine)
         quarantined = {o.id for o in outcomes if o.id in quarantine}
         await self.addHTMLLog(
