@@ -115,7 +115,11 @@ def secured(tmp_path_factory):
     """A master from master.cfg.example with logins on: one deployer, one viewer."""
     cluster = demo.DemoCluster(
         tmp_path_factory.mktemp("authz"), shard_workers=1, hosts=("web1", "web2"),
-        extra_env={"BUILDBOT_CD_DEPLOYERS": ":".join(DEPLOYER), "BUILDBOT_CD_VIEWERS": ":".join(VIEWER)},
+        extra_env={
+            "BUILDBOT_CD_DEPLOYERS": ":".join(DEPLOYER),
+            "BUILDBOT_CD_VIEWERS": ":".join(VIEWER),
+            "BUILDBOT_CD_CHANGE_PASSWORD": "change-s3cret",
+        },
     )  # fmt: skip
     try:
         cluster.start()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 BUILDBOT = Path(sys.executable).parent / "buildbot"
 
@@ -75,9 +77,26 @@ def test_without_logins_the_example_says_anyone_can_deploy(tmp_path):
 
 
 def test_with_logins_there_is_no_open_door_warning(tmp_path):
-    done = checkconfig(tmp_path, BUILDBOT_CD_DEPLOYERS="alice:secret", BUILDBOT_CD_VIEWERS="bob:secret")
+    done = checkconfig(
+        tmp_path, BUILDBOT_CD_DEPLOYERS="alice:secret", BUILDBOT_CD_VIEWERS="bob:secret",
+        BUILDBOT_CD_CHANGE_PASSWORD="s3cret",
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert OPEN_DOOR_WARNING not in done.stdout
+
+
+@pytest.mark.parametrize("deployers", ["alice", "alice:", ":secret", "alice:secret,bob"])
+def test_a_malformed_login_is_a_configuration_error_never_logins_off(tmp_path, deployers):
+    done = checkconfig(tmp_path, BUILDBOT_CD_DEPLOYERS=deployers, BUILDBOT_CD_CHANGE_PASSWORD="s3cret")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "is not name:password" in output, output
+    assert OPEN_DOOR_WARNING not in output
+
+
+def test_with_logins_the_change_port_needs_its_own_password(tmp_path):
+    done = checkconfig(tmp_path, BUILDBOT_CD_DEPLOYERS="alice:secret")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "set BUILDBOT_CD_CHANGE_PASSWORD" in output, output
 
 
 def test_the_release_root_defaults_to_the_masters_releases_directory(tmp_path):
