@@ -29,6 +29,7 @@ master.cfg wiring (see `shard_builder_config` for the shard side):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from buildbot import config
@@ -69,6 +70,7 @@ from buildbot_steps.shard.commands import (
 )  # fmt: skip
 from buildbot_steps.shard.history import TestHistory
 from buildbot_steps.shard.junit import MAX_REPORT_BYTES
+from buildbot_steps.shard.planning import MAX_TEST_DURATION_S
 from buildbot_steps.shard.shard_builds import ABSOLUTE_MAX_SHARDS, SHARDS_PER_WORKER_CAP, ShardBuilds
 from buildbot_steps.shard.warm_channel import PLUGIN_MODULE, PLUGIN_NAME, QUEUE_PATH
 
@@ -185,8 +187,19 @@ class ShardedTest(BuildStep):
                 )
             elif isinstance(self.max_shards, int) and self.shards > self.max_shards:
                 config.error(f"ShardedTest: shards={self.shards} is more than max_shards={self.max_shards}")
-        if not isinstance(self.warm_runner, bool):
-            config.error("ShardedTest: warm_runner must be True or False")
+        if not IRenderable.providedBy(self.quarantine) and not is_test_list(self.quarantine):
+            # A string would be a list of one-character patterns: '*' quarantines every test.
+            config.error("ShardedTest: quarantine must be a list of test ids or patterns")
+        if not is_seconds(self.min_batch_s, allow_zero=True):
+            config.error(f"ShardedTest: min_batch_s must be seconds between 0 and {MAX_TEST_DURATION_S:.0f}")
+        if self.batch_timeout is not None and not is_seconds(self.batch_timeout, allow_zero=False):
+            config.error(
+                f"ShardedTest: batch_timeout must be seconds, above 0 and at most {MAX_TEST_DURATION_S:.0f}, "
+                "or None"
+            )
+        for label in ("speculate", "warm_runner"):
+            if not isinstance(getattr(self, label), bool):
+                config.error(f"ShardedTest: {label} must be True or False")
         if self.warm_runner and self.mode != DYNAMIC:
             config.error(
                 "ShardedTest: warm_runner=True needs mode='dynamic' (a static shard's list is one batch)"
@@ -209,6 +222,8 @@ class ShardedTest(BuildStep):
             raise ShardedTestError("discover_command must be a non-empty argument vector")
         if self.tests is not None and not is_test_list(self.tests):
             raise ShardedTestError("tests must render to a list of test id strings")
+        if not is_test_list(self.quarantine):
+            raise ShardedTestError("quarantine must render to a list of test ids or patterns")
         # Refused before discovery and before any shard starts.
         self._warm_queue_url = self._queue_url() if self.warm_runner else ""
 
@@ -407,6 +422,13 @@ def _is_count(value: object, maximum: int) -> bool:
 
 def is_test_list(value: object) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value)
+
+
+def is_seconds(value: object, allow_zero: bool) -> bool:
+    """A finite number of seconds, at most a week (MAX_TEST_DURATION_S)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (value >= 0 if allow_zero else value > 0) and value <= MAX_TEST_DURATION_S
 
 
 def is_count(value: object) -> bool:

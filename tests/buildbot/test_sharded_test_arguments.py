@@ -53,6 +53,22 @@ class ShardedTestConfigTests(ConfigErrorsMixin, unittest.TestCase):
         with self.assertRaisesConfigError("mode must be one of"):
             ShardedTest(shard_scheduler="shards", mode="random")
 
+    def test_a_quarantine_given_as_one_string_is_refused(self):
+        # A string is a list of one-character patterns: '*' would quarantine every test.
+        with self.assertRaisesConfigError("quarantine must be a list of test ids or patterns"):
+            ShardedTest(shard_scheduler="shards", quarantine="tests/test_net.py::*")
+
+    def test_batch_settings_are_seconds_and_flags(self):
+        for bad in (-1.0, float("nan"), float("inf"), "5", True):
+            with self.assertRaisesConfigError("min_batch_s must be seconds"):
+                ShardedTest(shard_scheduler="shards", min_batch_s=bad)
+        for bad in (0, -5, float("nan"), "60"):
+            with self.assertRaisesConfigError("batch_timeout must be seconds"):
+                ShardedTest(shard_scheduler="shards", batch_timeout=bad)
+        with self.assertRaisesConfigError("speculate must be True or False"):
+            ShardedTest(shard_scheduler="shards", speculate="no")
+        ShardedTest(shard_scheduler="shards", min_batch_s=0, batch_timeout=None, speculate=False)
+
     def test_bad_attempts(self):
         with self.assertRaisesConfigError("max_attempts must be an integer >= 1"):
             ShardedTest(shard_scheduler="shards", max_attempts=0)
