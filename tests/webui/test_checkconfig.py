@@ -103,3 +103,31 @@ def test_the_release_root_defaults_to_the_masters_releases_directory(tmp_path):
     done = checkconfig(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "releases").is_dir()
+
+
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        ({"BUILDBOT_CD_WWW_PORT": "80a"}, "BUILDBOT_CD_WWW_PORT='80a' is not an integer"),
+        ({"BUILDBOT_CD_WORKERS": "four"}, "BUILDBOT_CD_WORKERS='four' is not an integer"),
+        ({"BUILDBOT_CD_CANARY_JUDGE": "yes"}, "BUILDBOT_CD_CANARY_JUDGE must be 'on' or 'off'"),
+        (
+            {"BUILDBOT_CD_CANARY_JUDGE": "on", "BUILDBOT_CD_CANARY_WINDOW_S": "1m"},
+            "BUILDBOT_CD_CANARY_WINDOW_S='1m' is not a number",
+        ),
+        (
+            {"BUILDBOT_CD_CANARY_JUDGE": "on", "BUILDBOT_CD_METRICS_URL": "web-metrics.json"},
+            "BUILDBOT_CD_METRICS_URL='web-metrics.json': not a URL template, nor a readable JSON file",
+        ),
+    ],
+)
+def test_a_bad_variable_is_one_configuration_error_naming_it(tmp_path, variables, message):
+    done = checkconfig(tmp_path, **variables)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and message in output, output
+    assert "Traceback" not in output
+
+
+def test_hundreds_of_shard_workers_load(tmp_path):
+    done = checkconfig(tmp_path, BUILDBOT_CD_WORKERS="300")
+    assert done.returncode == 0, done.stdout + done.stderr
