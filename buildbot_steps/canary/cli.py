@@ -34,9 +34,11 @@ def read_text(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise InvalidInputError(f"{path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: not UTF-8 text (a canary samples log is JSON)") from None
 
 
 def run_judge(args: argparse.Namespace) -> int:

@@ -145,6 +145,8 @@ def load_samples(text: str, source: str = "samples") -> dict:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise InvalidInputError(f"{source}: not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidInputError(f"{source}: not a canary samples log (nested too deep)") from None
     if not isinstance(document, dict) or document.get("format") != SAMPLES_FORMAT:
         raise InvalidInputError(f"{source}: not a canary samples log (expected format {SAMPLES_FORMAT!r})")
     for key in ("metrics", "phases"):
@@ -161,16 +163,30 @@ def replay(document: dict, alpha: float | None = None) -> list[dict]:
         alpha = float(document.get("alpha", 0.01)) if alpha is None else alpha
     except (TypeError, ValueError):
         raise InvalidInputError(f"alpha {document.get('alpha')!r} is not a number") from None
+    try:
+        for metric in document["metrics"]:
+            metric_spec(metric)
+    except LOG_ERRORS as error:
+        raise InvalidInputError(f"metrics: not those of a canary samples log ({log_error(error)})") from None
     replayed = []
     for index, phase in enumerate(document["phases"]):
         try:
             replayed.append(_replay_phase(document["metrics"], phase, alpha))
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        except LOG_ERRORS as error:
             if isinstance(error, InvalidInputError):
                 raise
-            what = f"missing {error}" if isinstance(error, KeyError) else str(error)
-            raise InvalidInputError(f"phase {index}: not a phase of a canary samples log ({what})") from None
+            raise InvalidInputError(
+                f"phase {index}: not a phase of a canary samples log ({log_error(error)})"
+            ) from None
     return replayed
+
+
+# What reading a log no run wrote raises: a field missing or of another kind.
+LOG_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+def log_error(error: Exception) -> str:
+    return f"missing {error}" if isinstance(error, KeyError) else str(error)
 
 
 def _replay_phase(metrics: list, phase: dict, alpha: float) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -106,13 +107,19 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
     share.add_argument("--fraction", type=float, help="this share of the hosts (0..1], at least one")
 
 
+def absolute(path: str | None) -> str | None:
+    """A path given on the command line, from the current directory: ssh is
+    given absolute ones (its -o options do not take a relative path)."""
+    return os.path.abspath(path) if path else path
+
+
 def runner_from(args) -> release.ReleaseRunner:
     inventory = release.Inventory.from_file(args.inventory)
     preserve = getattr(args, "preserve_privileged", False)
     if args.transport == "ssh":
         transport = release.SshTransport(
-            known_hosts=args.known_hosts, identity_file=args.identity, extra_options=tuple(args.ssh_option),
-            preserve_privileged=preserve,
+            known_hosts=absolute(args.known_hosts), identity_file=absolute(args.identity),
+            extra_options=tuple(args.ssh_option), preserve_privileged=preserve,
         )  # fmt: skip
     else:
         transport = release.LocalTransport(preserve_privileged=preserve)

@@ -203,6 +203,36 @@ def test_the_judge_command_refuses_a_log_no_run_wrote(tmp_path, phase, message):
     samples = tmp_path / "samples.json"
     document = {"format": "buildbot-cd/canary-samples/1", "metrics": [], "phases": [phase]}
     samples.write_text(json.dumps(document))
+    check_judge_refuses(samples, f"phase 0: not a phase of a canary samples log ({message}")
+
+
+SAMPLES_FORMAT = "buildbot-cd/canary-samples/1"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
+        (
+            json.dumps({"format": SAMPLES_FORMAT, "metrics": [{"name": "errors"}], "phases": []}).encode(),
+            "metrics: not those of a canary samples log (missing 'kind')",
+        ),
+        (
+            json.dumps({"format": SAMPLES_FORMAT, "metrics": [], "phases": [
+                {"name": "canary", "design": "diff_in_diff", "looks_in_window": 1e400,
+                 "min_hosts_per_arm": 3, "max_missing_fraction": 0.5, "looks": []}]}).encode(),
+            "phase 0: not a phase of a canary samples log",
+        ),
+    ],
+)  # fmt: skip
+def test_the_judge_command_refuses_a_file_that_is_no_log(tmp_path, content, message):
+    samples = tmp_path / "samples.json"
+    samples.write_bytes(content)
+    check_judge_refuses(samples, message)
+
+
+def check_judge_refuses(samples, message: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "buildbot_steps.cli", "judge", str(samples)],
         capture_output=True,
@@ -211,5 +241,4 @@ def test_the_judge_command_refuses_a_log_no_run_wrote(tmp_path, phase, message):
     )
     # 1 would mean "this canary would be rolled back": bad input is 2, one line.
     assert done.returncode == 2, done.stderr
-    assert "phase 0: not a phase of a canary samples log" in done.stderr and message in done.stderr
-    assert "Traceback" not in done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

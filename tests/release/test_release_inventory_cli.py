@@ -14,6 +14,7 @@ import pytest
 from buildbot_steps import _core, release
 from buildbot_steps import cli as buildbot_cd
 from buildbot_steps.release import InvalidInput, Inventory, Selection, transports
+from buildbot_steps.release import cli as release_cli
 
 BUILD_TIME = 1_700_000_000
 GOOD = {
@@ -326,3 +327,17 @@ def test_fanout_settings_are_the_cores_options_with_the_cores_checks():
         release.FanoutSettings(max_retries=True)
     with pytest.raises(release.InvalidInput, match="must be numbers"):
         release.FanoutSettings(concurrency="many")
+
+
+def test_cli_ssh_key_files_may_be_given_from_the_current_directory(local_inventory, tmp_path, monkeypatch):
+    # As the README's operator example writes them: ssh needs absolute paths.
+    inventory, _ = local_inventory
+    monkeypatch.chdir(tmp_path)
+    args = buildbot_cd.build_parser().parse_args(
+        ["status", "--inventory", str(inventory), "--known-hosts", "kh", "--identity", "keys/id"]
+    )
+    transport = release_cli.runner_from(args).transport
+    assert (transport.known_hosts, transport.identity_file) == (
+        str(tmp_path / "kh"),
+        str(tmp_path / "keys/id"),
+    )
