@@ -58,10 +58,7 @@ def fetch(url: str, timeout_s: float, max_bytes: int) -> bytes:
     bounds the whole request: a socket timeout bounds each read only, and a
     page sent a byte at a time would hold the look (and its cancel) for ever."""
     parts = urllib.parse.urlsplit(url)
-    https = parts.scheme == "https"
-    connection = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(
-        parts.hostname, parts.port, timeout=timeout_s
-    )
+    connection = connection_for(parts, timeout_s)
     cut: list[bool] = []
     connected: list[socket.socket] = []  # the response reads it after the connection lets it go
     deadline = threading.Timer(timeout_s, _cut, (connected, cut))
@@ -93,6 +90,15 @@ def fetch(url: str, timeout_s: float, max_bytes: int) -> bytes:
     if len(body) > max_bytes:
         raise OSError(f"answer larger than {max_bytes} bytes")
     return body
+
+
+def connection_for(parts: urllib.parse.SplitResult, timeout_s: float) -> http.client.HTTPConnection:
+    """Not connected yet. The port is always given: without one, http.client
+    would read an IPv6 address's last group as the port."""
+    https = parts.scheme == "https"
+    port = parts.port or (http.client.HTTPS_PORT if https else http.client.HTTP_PORT)
+    kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    return kind(parts.hostname, port, timeout=timeout_s)
 
 
 def _cut(connected: list[socket.socket], cut: list[bool]) -> None:

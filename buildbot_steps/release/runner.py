@@ -246,6 +246,8 @@ class ReleaseRunner:
         transient code, and a rollback retried after its connection dropped
         past the flip would otherwise step back a second time. A host whose
         status fails is reported with that failure, not rolled back."""
+        if not hosts:
+            raise InvalidInputError("rollback: no hosts selected")
         status = self.status(Selection(names=tuple(h.name for h in hosts)))
         live = {h.host: h.details.get("live_revision") for h in status.hosts if h.ok}
         reachable = [h for h in hosts if h.name in live]

@@ -175,6 +175,11 @@ def _skip_reason(outcome: TestOutcome) -> str:
     return message.splitlines()[0] if message else ""
 
 
+def attempt_took(attempt: Attempt) -> str:
+    """How long the attempt took, as the failures log and the report say it."""
+    return f"in {attempt.seconds:.3f} s" if attempt.timed else "with no time reported"
+
+
 def attempt_state(attempt: Attempt) -> str:
     if attempt.skipped:
         return "skipped"
@@ -185,10 +190,9 @@ def _attempts(outcome: TestOutcome) -> str:
     rows = []
     for number, attempt in enumerate(outcome.attempts, start=1):
         verdict = attempt_state(attempt)
-        took = f"in {attempt.seconds:.3f} s" if attempt.timed else "with no time reported"
         rows.append(
             f"<li>attempt {number} on {html.escape(attempt.worker)}: {verdict} "
-            f"{took}<pre>{html.escape(attempt.message or '')}</pre></li>"
+            f"{attempt_took(attempt)}<pre>{html.escape(attempt.message or '')}</pre></li>"
         )
     return f"<ul>{''.join(rows)}</ul>"
 

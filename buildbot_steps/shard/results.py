@@ -150,6 +150,6 @@ def failures_text(outcomes: Sequence[TestOutcome]) -> str:
         )
         for attempt in outcome.attempts:
             state = report.attempt_state(attempt)
-            lines.append(f"  on {attempt.worker}: {state} in {attempt.seconds:.3f} s")
+            lines.append(f"  on {attempt.worker}: {state} {report.attempt_took(attempt)}")
             lines.extend(f"    {line}" for line in (attempt.message or "").splitlines())
     return "\n".join(lines) + "\n"

@@ -307,8 +307,10 @@ void Dispatcher::worker_lost(const std::string& worker) {
     for (auto test : flight.tests) {
       const auto& test_state = state.test_states[test];
       if (test_state.verdict != Verdict::Pending || test_state.queued) continue;
-      if (test_state.failures > 0) {
-        state.requeue({test}, true);  // its re-run, lost: re-run now, as after any failure
+      if (!test_state.attempts.empty()) {
+        // Its re-run, lost (after a failure, or after a batch that failed as
+        // a whole): re-run now, on a worker that has not run it yet.
+        state.requeue({test}, true);
       } else if (test_state.copies_in_flight == 0) {
         orphaned.push_back(test);  // else the copy still running answers for it
       }

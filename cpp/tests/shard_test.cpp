@@ -625,6 +625,24 @@ TEST(Dispatcher, ATestFailingInACopyIsReRunAtOnceNotAfterItsHeldOriginal) {
   EXPECT_EQ(again.batch.tests, std::vector<std::string>{"slow.py::t"});
 }
 
+// A re-run after a batch that failed as a whole is a re-run as after a
+// failure: lost with its worker, it is queued again as one, for a worker that
+// has not run it.
+TEST(Dispatcher, ALostReRunAfterAWholeBatchFailureStaysAReRun) {
+  Dispatcher dispatcher(suite({{"hangs.py::t", 1}}), workers(3));
+  auto first = dispatcher.next_batch("w1", 0.0);
+  ASSERT_EQ(first.kind, Assignment::Kind::Run);
+  dispatcher.report_error("w1", first.batch.id, "runner crashed");
+  auto rerun = dispatcher.next_batch("w2", 1.0);
+  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+  EXPECT_TRUE(rerun.batch.retry);
+  dispatcher.worker_lost("w2");
+  auto again = dispatcher.next_batch("w3", 2.0);
+  ASSERT_EQ(again.kind, Assignment::Kind::Run);
+  EXPECT_TRUE(again.batch.retry);
+  EXPECT_EQ(again.batch.tests, std::vector<std::string>{"hangs.py::t"});
+}
+
 TEST(Dispatcher, ABatchFarPastItsEstimateIsCopiedBeforeTheOneExpectedToEndLast) {
   // long (20 s), short (2 s) and tiny (1 s) start together on three workers;
   // tiny's worker is then idle with nothing queued.

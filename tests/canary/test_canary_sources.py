@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from buildbot_steps import release
 from buildbot_steps.canary import CommandSource, PrometheusQuerySource, ScrapeSource
 from buildbot_steps.canary.metrics import MetricConfig, Reading, counter_increase, host_figure
-from buildbot_steps.canary.sources import Selector, parse_page
+from buildbot_steps.canary.sources import Selector, connection_for, parse_page
 from buildbot_steps.errors import InvalidInputError
 from harness.local_master import wait_until
 from harness.webfleet import LoadGenerator
@@ -267,6 +268,20 @@ def test_a_page_sent_a_byte_at_a_time_times_out_as_a_whole():
         server.shutdown()
     values, reason = answers["slow"]
     assert values is None and "timed out" in reason, reason
+
+
+@pytest.mark.parametrize(
+    "url, host, port",
+    [
+        ("http://[::1]/metrics", "::1", 80),
+        ("https://[2001:db8::5]/", "2001:db8::5", 443),
+        ("http://web1:9100/metrics?x=1", "web1", 9100),
+        ("http://127.0.0.1/metrics", "127.0.0.1", 80),
+    ],
+)
+def test_a_metrics_url_connects_to_its_host_and_port(url, host, port):
+    connection = connection_for(urllib.parse.urlsplit(url), 1.0)
+    assert (connection.host, connection.port) == (host, port)
 
 
 def test_a_sample_twice_on_a_page_makes_the_host_missing():

@@ -251,6 +251,7 @@ def test_cli_flip_of_a_revision_never_pushed_fails_per_host(local_inventory, cap
         (["flip", "--revision", "r1", "--fraction", "2"], "host fraction must be in (0, 1]"),
         (["flip", "--revision", "r1", "--hosts", "h9"], "unknown host(s): h9"),
         (["flip", "--revision", "r1", "--hosts", ""], "no host"),
+        (["rollback", "--hosts", ","], "rollback: no hosts selected"),
         (["push", "--revision", "r1", "--source", "/no/such/dir"], "is not a directory"),
         (["status", "--slots", "1"], "slots must be an integer 3..100"),
     ],
