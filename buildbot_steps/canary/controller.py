@@ -95,6 +95,18 @@ class CanaryPlan:
         check_judge_options(self.metrics, self.alpha, self.min_hosts_per_arm, self.max_missing_fraction)
 
 
+def judged(judge: _core.Judge, looks: list) -> object:
+    """The judge's look. Each figure is finite, but an arm's sum of them may
+    not be (two hosts' 1e308): the statistics library's error becomes ours,
+    named, and the run rolls back as after any error."""
+    try:
+        return judge.look(looks)
+    except ValueError as error:
+        if isinstance(error, CdError):
+            raise
+        raise InvalidInputError(f"the judge cannot combine the hosts' figures: {error}") from None
+
+
 def check_judge_options(
     metrics: list, alpha: float, min_hosts_per_arm: int, max_missing_fraction: float
 ) -> None:
@@ -254,7 +266,7 @@ class CanaryRun:
         def look() -> bool:
             nonlocal last
             data = self._look_data(start, canary, control, baseline if design != "same_window" else None)
-            result = result_dict(judge.look(metric_looks(data)))
+            result = result_dict(judged(judge, metric_looks(data)))
             entry = {
                 "look": judge.looks,
                 "t": round(self.now(), 3),

@@ -110,13 +110,26 @@ class CanaryRelease(_ReleaseStep):
             config.error(f"CanaryRelease: on_inconclusive must be one of {INCONCLUSIVE_ACTIONS}")
         if not (isinstance(alpha, float) and 0 < alpha < 1):
             config.error(f"CanaryRelease: alpha must be a number in (0, 1), got {alpha!r}")
-        else:
+        elif self._judge_option_types_ok(min_hosts_per_arm, max_missing_fraction) and self.metrics:
             self._guard(
                 lambda: check_judge_options(self.metrics, alpha, min_hosts_per_arm, max_missing_fraction)
             )
         self._canary_run = None
         self._look = None  # the latest look, for the live summary
         self._outcome = None
+
+    @staticmethod
+    def _judge_option_types_ok(min_hosts_per_arm, max_missing_fraction) -> bool:
+        ok = True
+        if isinstance(min_hosts_per_arm, bool) or not isinstance(min_hosts_per_arm, int):
+            config.error(f"CanaryRelease: min_hosts_per_arm must be an integer, got {min_hosts_per_arm!r}")
+            ok = False
+        if isinstance(max_missing_fraction, bool) or not isinstance(max_missing_fraction, (int, float)):
+            config.error(
+                f"CanaryRelease: max_missing_fraction must be a number, got {max_missing_fraction!r}"
+            )
+            ok = False
+        return ok
 
     def _plan(self, runner: release.ReleaseRunner) -> CanaryPlan:
         if not self.revision:

@@ -16,7 +16,9 @@ import sys
 import pytest
 
 from buildbot_steps.canary import PrometheusQuerySource, ScrapeSource, metric_configs
-from buildbot_steps.canary.controller import CanaryPlan, CanaryRun, Timing
+from buildbot_steps.canary.controller import CanaryPlan, CanaryRun, Timing, judged
+from buildbot_steps.canary.judging import PhaseOptions, make_judge, metric_looks
+from buildbot_steps.errors import InvalidInputError
 from buildbot_steps.release import Selection
 from harness.local_master import wait_until
 from harness.webfleet import BAD, CANARIES, GOOD, LoadGenerator, live_revisions, set_behaviour
@@ -242,3 +244,14 @@ def check_judge_refuses(samples, message: str) -> None:
     # 1 would mean "this canary would be rolled back": bad input is 2, one line.
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_figures_too_large_to_combine_stop_the_judge_with_a_named_error():
+    judge = make_judge(
+        [{"name": "latency", "kind": "continuous", "worse": "increase"}],
+        PhaseOptions("canary", "diff_in_diff", 3, 0.01, 2, 0.5),
+    )
+    hosts = {"canary": {f"c{i}": {"value": 1e308} for i in range(3)}}
+    hosts["control"] = {f"k{i}": {"value": 1.0} for i in range(3)}
+    with pytest.raises(InvalidInputError, match="the judge cannot combine the hosts' figures"):
+        judged(judge, metric_looks({"latency": hosts}))

@@ -140,3 +140,7 @@ class CanaryStepTest(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin, un
             self.canary(max_missing_fraction=1.5)
         with self.assertRaisesConfigError("min_hosts_per_arm"):
             self.canary(min_hosts_per_arm=0)
+        with self.assertRaisesConfigError("min_hosts_per_arm must be an integer"):
+            self.canary(min_hosts_per_arm=2.5)
+        with self.assertRaisesConfigError("max_missing_fraction must be a number"):
+            self.canary(max_missing_fraction=None)
