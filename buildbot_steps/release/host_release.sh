@@ -37,7 +37,8 @@
 #                                                 receiving side over ssh; `next` stands for
 #                                                 the chosen slot), set its modes, commit
 #   flip     ROOT OWNER REVISION                  make REVISION live
-#   rollback ROOT OWNER [LIVE_REVISION]           back to the recorded previous
+#   rollback ROOT OWNER [LIVE_REVISION [LIVE_SEQ]]  back to the recorded previous, if
+#                                                 live is that revision (and that commit)
 #   status   ROOT SLOTS                           what is live, what is where
 # OWNER is ACTION/REVISION/MASTER/PID/SINCE (SINCE: the master's UTC time);
 # OWNERS is `kept` when rsync reproduces the tree's owners and groups
@@ -204,19 +205,28 @@ is_slot_dir() {
 }
 
 # Sets `live` to the slot `current` points at; empty when there is no
-# `current`. One made by hand or by another tool that names no slot as ours
-# do (an absolute path to one is read as one) is refused: taken for
-# nothing live, it would let a push overwrite the slot it serves.
-find_live() {
-  live=''
+# `current`. Fails (live empty, current_target what it points at) for one
+# made by hand or by another tool that names no slot as ours do (an absolute
+# path to one, or a trailing slash, still names it).
+read_current() {
+  live='' current_target=''
   [ -e "$root/current" ] || [ -L "$root/current" ] || return 0
-  target=$(readlink "$root/current") || target=''
+  current_target=$(readlink "$root/current") || current_target=''
+  target=${current_target%/}
   case $target in
     releases/*) live=${target#releases/} ;;
     "$rel"/*) live=${target#"$rel"/} ;;
   esac
-  is_slot "$live" ||
-    die $EXIT_USAGE "$root/current is not a link to one of the slots $rel/N (it points at '$target'): make it one (ln -sfn releases/N current) or remove it"
+  is_slot "$live" && return 0
+  live=''
+  return 1
+}
+
+# find_live: read_current, or refuse: a `current` taken for nothing live
+# would let a push overwrite the slot it serves.
+find_live() {
+  read_current ||
+    die $EXIT_USAGE "$root/current is not a link to one of the slots $rel/N (it points at '$current_target'): make it one (ln -sfn releases/N current) or remove it"
 }
 
 # switch_current SLOT: atomic flip. A temporary link is renamed over
@@ -305,8 +315,10 @@ do_flip() {
 do_rollback() {
   find_live
   [ -n "$live" ] && read_manifest "$rel/$live/.release" || die $EXIT_NO_RELEASE "nothing live to roll back from"
-  if [ -n "$expected" ] && [ "$m_revision" != "$expected" ]; then
-    # Not on the release being rolled back (never flipped, or done already).
+  if { [ -n "$expected" ] && [ "$m_revision" != "$expected" ]; } ||
+    { [ -n "$expected_seq" ] && [ "$m_seq" != "$expected_seq" ]; }; then
+    # Not on the release being rolled back (never flipped, or done already:
+    # the commit tells a rebuild of the same revision from the one before).
     echo "live=$live previous= changed=no"
     return 0
   fi
@@ -331,8 +343,7 @@ status_line() {
 # Slots 0..SLOTS-1, then any slot beyond (a larger --slots left it; the next
 # push removes it unless it is live or the rollback target).
 do_status() {
-  find_live
-  echo "live=$live"
+  if read_current; then echo "live=$live"; else echo "live= current=unrecognised"; fi
   i=0
   while [ "$i" -lt "$slots" ]; do
     status_line "$i" ''
@@ -387,8 +398,9 @@ main() {
       do_flip
       ;;
     rollback)
-      [ $# -ge 1 ] && [ $# -le 2 ] || die $EXIT_USAGE "usage: rollback ROOT OWNER [LIVE_REVISION]"
-      expected=${2:-}
+      [ $# -ge 1 ] && [ $# -le 3 ] || die $EXIT_USAGE "usage: rollback ROOT OWNER [LIVE_REVISION [LIVE_SEQ]]"
+      expected=${2:-} expected_seq=${3:-}
+      [ -z "$expected_seq" ] || check_number "$expected_seq"
       acquire_lock "$1"
       do_rollback
       ;;

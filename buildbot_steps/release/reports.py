@@ -155,11 +155,13 @@ def parse_key_values(line: str) -> dict:
 
 def parse_status(stdout: str) -> dict:
     """host_release.sh status output -> {"live", "live_revision", "live_complete", "slots"}."""
-    live, slots = None, {}
+    live, slots, current = None, {}, {}
     for line in stdout.splitlines():
         fields = parse_key_values(line)
         if line.startswith("live="):
             live = fields.get("live") or None
+            # A `current` the host script does not recognise (made by hand): see host_release.sh.
+            current = {"current": fields["current"]} if "current" in fields else {}
         elif "slot" in fields:
             slots[fields.pop("slot")] = fields
     live_slot = slots.get(live, {}) if live is not None else {}
@@ -167,6 +169,7 @@ def parse_status(stdout: str) -> dict:
         "live": live,
         "live_revision": live_slot.get("revision"),
         "live_complete": live_slot.get("state") == "complete",
+        **current,
         "slots": slots,
     }
 

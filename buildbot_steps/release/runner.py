@@ -249,11 +249,11 @@ class ReleaseRunner:
         if not hosts:
             raise InvalidInputError("rollback: no hosts selected")
         status = self.status(Selection(names=tuple(h.name for h in hosts)))
-        live = {h.host: h.details.get("live_revision") for h in status.hosts if h.ok}
+        live = {h.host: live_commit(h.details) for h in status.hosts if h.ok}
         reachable = [h for h in hosts if h.name in live]
 
         def steps(host: Host) -> list[PushStep]:
-            expected = [check_word(live[host.name], "live revision")] if live[host.name] else []
+            expected = [check_word(word, "live release") for word in live[host.name]]
             return [("rollback", self._script(host, "rollback", owner, *expected))]
 
         report = self._run("rollback", reachable, steps, None) if reachable else RunReport("rollback", [])
@@ -365,6 +365,14 @@ class ReleaseRunner:
             self.progress(report, progress.done, progress.total, progress.failed)
 
         return on_host_done
+
+
+def live_commit(status: dict) -> list[str]:
+    """[revision, seq] of the live slot from a host's status ([] when nothing
+    is live): the same revision pushed twice is told apart by its commit."""
+    revision = status.get("live_revision")
+    seq = (status.get("slots") or {}).get(status.get("live"), {}).get("seq")
+    return [revision, seq] if revision and seq else [revision] if revision else []
 
 
 def with_script_details(report: RunReport) -> RunReport:

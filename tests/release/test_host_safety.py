@@ -102,7 +102,7 @@ def test_a_slot_that_is_a_symlink_is_never_flipped_to(make_runner, make_tree, fl
     assert not (host.deploy_root / "current").exists()
 
 
-@pytest.mark.parametrize("link", ["absolute", "foreign"])
+@pytest.mark.parametrize("link", ["absolute", "trailing-slash", "foreign"])
 def test_a_current_made_by_hand_is_read_as_its_slot_or_refused(make_runner, make_tree, fleet, link):
     host = fleet.hosts[0]
     runner = make_runner(hosts=[host], slots=3)
@@ -115,15 +115,18 @@ def test_a_current_made_by_hand_is_read_as_its_slot_or_refused(make_runner, make
     assert manifest(host.deploy_root, live)["revision"] == "v1"
     current = host.deploy_root / "current"
     current.unlink()
-    current.symlink_to(host.deploy_root / "releases" / live if link == "absolute" else f"releases/{live}/")
+    targets = {"absolute": host.deploy_root / "releases" / live, "trailing-slash": f"releases/{live}/"}
+    current.symlink_to(targets.get(link, f"releases/{live}/x"))
 
     pushed = runner.push(tree_with(make_tree, "v4"), "v4", "1")
     served = host.deploy_root / "releases" / live / "app/version.txt"
     assert served.read_text() == "v1\n" and manifest(host.deploy_root, live)["revision"] == "v1"
-    if link == "absolute":
-        assert pushed.all_ok
+    status = runner.status().hosts[0]
+    if link != "foreign":
+        assert pushed.all_ok and status.details["live"] == live
     else:
         assert not pushed.all_ok and "is not a link to one of the slots" in pushed.hosts[0].error
+        assert status.ok and status.details["live"] is None and status.details["current"] == "unrecognised"
 
 
 def privileged_tree(make_tree) -> Path:

@@ -134,13 +134,23 @@ done
 """
 
 
+@pytest.mark.parametrize(
+    "pushes",
+    [
+        [("v1", "v1"), ("v2", "v2"), ("v3", "v3")],
+        # A rebuild of the same revision: the commit tells the two apart.
+        [("v1", "v1"), ("v2", "v2 build 1"), ("v2", "v2 build 2")],
+    ],
+    ids=["three-revisions", "a-rebuild"],
+)
 def test_a_rollback_retried_after_its_connection_dropped_steps_back_once(
-    make_runner, make_tree, fleet, tmp_path
+    make_runner, make_tree, fleet, tmp_path, pushes
 ):
     host = fleet.hosts[0]
     runner = make_runner(hosts=[host])
-    for name in ("v1", "v2", "v3"):
-        assert runner.push(make_tree(name, {"version.txt": name}), name).all_ok and runner.flip(name).all_ok
+    for build, (revision, content) in enumerate(pushes, start=1):
+        tree = make_tree(f"tree{build}", {"version.txt": content})
+        assert runner.push(tree, revision, str(build)).all_ok and runner.flip(revision).all_ok
     marker = tmp_path / "dropped"
     dropping_mv = DROPPING_MV.format(mv=shutil.which("mv"), marker=marker)
     fleet.put_stand_in(host, tmp_path / "stand-in", "mv", dropping_mv)
@@ -150,5 +160,5 @@ def test_a_rollback_retried_after_its_connection_dropped_steps_back_once(
     assert marker.exists(), "the connection was not dropped after the flip"
     (result,) = report.hosts
     assert result.retries >= 1, report.to_text()
-    assert (host.deploy_root / "current/version.txt").read_text() == "v2"
+    assert (host.deploy_root / "current/version.txt").read_text() == pushes[1][1]
     assert result.ok and result.details["changed"] == "no", report.to_text()
