@@ -248,6 +248,37 @@ def test_a_huge_shard_count_is_refused_by_the_force_form(secured, deployer):
     assert len(secured.api("buildrequests")["buildrequests"]) == requests_before
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "builder", "fields", "refused"),
+    [
+        ("force-tests", "tests", {"revision": "HEAD; rm -rf /"}, "revision"),
+        ("force-deploy", "deploy", {"deploy_revision": "../v1", "release_dir": "v1"}, "deploy_revision"),
+        ("force-rollback", "rollback", {"bad_revision": "a..b"}, "bad_revision"),
+    ],
+)  # fmt: skip
+def test_the_force_forms_take_revisions_by_pattern_only(
+    secured, deployer, scheduler, builder, fields, refused
+):
+    requests_before = len(secured.api("buildrequests")["buildrequests"])
+    status, reply = force(deployer, secured, scheduler, builder, **fields)
+    assert status == INVALID_PARAMS and refused in json.dumps(reply), reply
+    assert len(secured.api("buildrequests")["buildrequests"]) == requests_before
+
+
+def test_the_tests_form_takes_no_repository_or_branch(secured):
+    # The form as the web UI gets it: those fields fixed, whatever a request sends.
+    (form,) = secured.api("forceschedulers/force-tests")["forceschedulers"]
+
+    def fields(entries):
+        for entry in entries:
+            yield entry
+            yield from fields(entry.get("fields") or [])
+
+    kinds = {field["name"]: field["type"] for field in fields(form["all_fields"])}
+    assert kinds["repository"] == kinds["branch"] == kinds["project"] == "fixed"
+    assert kinds["revision"] == "text"
+
+
 def test_a_release_directory_outside_the_root_fails_the_deploy_and_pushes_nothing(
     secured, deployer, deployed
 ):
