@@ -110,7 +110,7 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
 def absolute(path: str | None) -> str | None:
     """A path given on the command line, from the current directory: ssh is
     given absolute ones (its -o options do not take a relative path)."""
-    return os.path.abspath(path) if path else path
+    return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
 def runner_from(args) -> release.ReleaseRunner:

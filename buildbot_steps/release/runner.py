@@ -235,17 +235,20 @@ class ReleaseRunner:
         each host steps back from the revision its status shows live.
         """
         owner = owner_word("rollback", revision)
+        revision = check_word(revision, "revision") if revision is not None else None
         chosen = self._eligible(selection, None)
         with deploy_lock("rollback" + (f" {revision}" if revision else ""), self.inventory.hosts):
-            if revision is None:
-                return self._rollback_from_live(chosen, owner)
-            return self._simple("rollback", chosen, [owner, check_word(revision, "revision")], revision)
+            return self._rollback_from_live(chosen, owner, revision)
 
-    def _rollback_from_live(self, hosts: list[Host], owner: str) -> RunReport:
-        """A rollback told, per host, the revision live now: ssh's 255 is a
-        transient code, and a rollback retried after its connection dropped
-        past the flip would otherwise step back a second time. A host whose
-        status fails is reported with that failure, not rolled back."""
+    def _rollback_from_live(self, hosts: list[Host], owner: str, revision: str | None) -> RunReport:
+        """A rollback told, per host, the commit live now (revision and seq,
+        from a status first): ssh's 255 is a transient code, and a rollback
+        retried after its connection dropped past the flip would otherwise
+        step back a second time, even when the bad revision is given, if it
+        was rebuilt (the slot before holds it too). The status opens the
+        connections the rollback then rides. A host live on another revision
+        than the one given reports changed=no; one whose status fails is
+        reported with that failure, not rolled back."""
         if not hosts:
             raise InvalidInputError("rollback: no hosts selected")
         status = self.status(Selection(names=tuple(h.name for h in hosts)))
@@ -253,15 +256,19 @@ class ReleaseRunner:
         reachable = [h for h in hosts if h.name in live]
 
         def steps(host: Host) -> list[PushStep]:
-            expected = [check_word(word, "live release") for word in live[host.name]]
-            return [("rollback", self._script(host, "rollback", owner, *expected))]
+            expected = live[host.name]
+            if revision is not None and expected[:1] != [revision]:
+                expected = [revision]  # not live on it: the script leaves it as it is
+            words = [check_word(word, "live release") for word in expected]
+            return [("rollback", self._script(host, "rollback", owner, *words))]
 
-        report = self._run("rollback", reachable, steps, None) if reachable else RunReport("rollback", [])
+        report = self._run("rollback", reachable, steps, revision) if reachable else RunReport("rollback", [])
         with_script_details(report)
         unreachable = {h.host: h for h in status.hosts if not h.ok}
         done = {h.host: h for h in report.hosts}
         report.hosts = [done.get(h.name) or unreachable[h.name] for h in hosts]
         report.duration_s += status.duration_s
+        report.revision = revision
         return report
 
     def status(self, selection: Selection = ALL_HOSTS) -> RunReport:

@@ -187,7 +187,10 @@ class ShardedTest(BuildStep):
                 )
             elif isinstance(self.max_shards, int) and self.shards > self.max_shards:
                 config.error(f"ShardedTest: shards={self.shards} is more than max_shards={self.max_shards}")
-        if not IRenderable.providedBy(self.quarantine) and not is_test_list(self.quarantine):
+        if not IRenderable.providedBy(self.quarantine) and not (
+            isinstance(self.quarantine, (list, tuple))
+            and all(isinstance(q, str) or IRenderable.providedBy(q) for q in self.quarantine)
+        ):
             # A string would be a list of one-character patterns: '*' quarantines every test.
             config.error("ShardedTest: quarantine must be a list of test ids or patterns")
         if not is_seconds(self.min_batch_s, allow_zero=True):

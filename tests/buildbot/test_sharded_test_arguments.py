@@ -57,6 +57,8 @@ class ShardedTestConfigTests(ConfigErrorsMixin, unittest.TestCase):
         # A string is a list of one-character patterns: '*' would quarantine every test.
         with self.assertRaisesConfigError("quarantine must be a list of test ids or patterns"):
             ShardedTest(shard_scheduler="shards", quarantine="tests/test_net.py::*")
+        # A list whose items render later is a list.
+        ShardedTest(shard_scheduler="shards", quarantine=[Property("flaky_test"), "a.py::t"])
 
     def test_batch_settings_are_seconds_and_flags(self):
         for bad in (-1.0, float("nan"), float("inf"), "5", True):

@@ -135,16 +135,18 @@ done
 
 
 @pytest.mark.parametrize(
-    "pushes",
+    "pushes, bad",
     [
-        [("v1", "v1"), ("v2", "v2"), ("v3", "v3")],
-        # A rebuild of the same revision: the commit tells the two apart.
-        [("v1", "v1"), ("v2", "v2 build 1"), ("v2", "v2 build 2")],
+        ([("v1", "v1"), ("v2", "v2"), ("v3", "v3")], None),
+        # A rebuild of the same revision: the commit tells the two apart,
+        # whether the bad revision is given or not.
+        ([("v1", "v1"), ("v2", "v2 build 1"), ("v2", "v2 build 2")], None),
+        ([("v1", "v1"), ("v2", "v2 build 1"), ("v2", "v2 build 2")], "v2"),
     ],
-    ids=["three-revisions", "a-rebuild"],
+    ids=["three-revisions", "a-rebuild", "a-rebuild-named"],
 )
 def test_a_rollback_retried_after_its_connection_dropped_steps_back_once(
-    make_runner, make_tree, fleet, tmp_path, pushes
+    make_runner, make_tree, fleet, tmp_path, pushes, bad
 ):
     host = fleet.hosts[0]
     runner = make_runner(hosts=[host])
@@ -155,7 +157,7 @@ def test_a_rollback_retried_after_its_connection_dropped_steps_back_once(
     dropping_mv = DROPPING_MV.format(mv=shutil.which("mv"), marker=marker)
     fleet.put_stand_in(host, tmp_path / "stand-in", "mv", dropping_mv)
 
-    report = make_runner(hosts=[host]).rollback()  # new connections, under the new PATH
+    report = make_runner(hosts=[host]).rollback(bad)  # new connections, under the new PATH
 
     assert marker.exists(), "the connection was not dropped after the flip"
     (result,) = report.hosts

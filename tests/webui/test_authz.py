@@ -252,6 +252,8 @@ def test_a_huge_shard_count_is_refused_by_the_force_form(secured, deployer):
     ("scheduler", "builder", "fields", "refused"),
     [
         ("force-tests", "tests", {"revision": "HEAD; rm -rf /"}, "revision"),
+        ("force-tests", "tests", {"revision": "v1..v2"}, "revision"),
+        ("force-tests", "tests", {"revision": "v1.2.3\n"}, "revision"),
         ("force-deploy", "deploy", {"deploy_revision": "../v1", "release_dir": "v1"}, "deploy_revision"),
         ("force-rollback", "rollback", {"bad_revision": "a..b"}, "bad_revision"),
     ],
