@@ -107,6 +107,11 @@ def pack_durations(durations: dict[str, float]) -> list[str]:
     return rows
 
 
+# Buildbot indexes test names; PostgreSQL's btree refuses an index row over
+# 2,704 bytes after compression, which a long id of random characters is.
+MAX_INDEXED_NAME_BYTES = 2000
+
+
 def measured_seconds(outcome: TestOutcome) -> float | None:
     """The test's time from its last attempt the runner timed; None when none
     was (it never ran, or each batch it was in failed as a whole or left it
@@ -155,15 +160,23 @@ class TestHistory:
         data = self._step.master.data
         sets = await data.get(("builders", builderid, "test_result_sets"))
         complete = [s for s in sets if s["complete"]]
-        recent = sorted(
+        newest_first = sorted(
             (s for s in complete if s["description"] == self.durations_description),
             key=lambda s: s["test_result_setid"],
-        )[-HISTORY_BUILDS:]
-        history = []
-        for result_set in recent:
+            reverse=True,
+        )
+        # The newest HISTORY_BUILDS runs that timed a test: a build whose
+        # shards ran nothing takes no run's place.
+        history, recent = [], []
+        for result_set in newest_first:
             rows = await self._results_of(result_set)
             packed = result_set.get("value_unit") == PACKED_UNIT
-            history.append(packed_durations_of(rows) if packed else durations_of(rows))
+            durations = packed_durations_of(rows) if packed else durations_of(rows)
+            if durations:
+                history.insert(0, durations)
+                recent.append(result_set)
+            if len(history) == HISTORY_BUILDS:
+                break
         recent_builds = {s["buildid"] for s in recent}
         flake_record: dict[str, int] = {}
         for result_set in complete:
@@ -192,9 +205,6 @@ class TestHistory:
     ) -> None:
         step = self._step
         pass_fail, flaky, durations = rows_of(outcomes)
-        # One row per test, for Buildbot's test-results view: nearly all of the write, so it
-        # takes the executemany path (result_rows.py); the other sets are a few rows each.
-        await store_pass_fail_set(step, self.description, pass_fail)
         duration_set = await step.addTestResultSet(self.durations_description, "performance", PACKED_UNIT)
         # Only the flaky tests, so the flake record costs a few rows per build.
         flaky_set = await step.addTestResultSet(self.flaky_description, "fail_only", "boolean")
@@ -206,3 +216,9 @@ class TestHistory:
             overhead_set = await step.addTestResultSet(self.overhead_description, "performance", "s")
             for worker, seconds in sorted(overhead_by_worker.items()):
                 step.addTestResult(overhead_set, f"{seconds:.6f}", test_name=worker)
+        # Last: what later builds plan from is stored even if this set fails.
+        # One row per test, for Buildbot's test-results view: nearly all of the write, so it
+        # takes the executemany path (result_rows.py); the other sets are a few rows each.
+        # A name past the database's index limit stays out of it (the report lists it).
+        indexable = [row for row in pass_fail if len(row.test_name.encode()) <= MAX_INDEXED_NAME_BYTES]
+        await store_pass_fail_set(step, self.description, indexable)

@@ -35,14 +35,15 @@ from typing import Any
 from buildbot import config
 from buildbot.interfaces import IRenderable
 from buildbot.process import remotecommand
-from buildbot.process.buildstep import BuildStep
+from buildbot.process.buildstep import BuildStep, BuildStepCancelled
 from buildbot.process.properties import Properties
 from buildbot.process.results import FAILURE, SUCCESS
 from twisted.internet import defer, threads
+from twisted.python import log as twisted_log
 from twisted.python.failure import Failure
 
 from buildbot_steps import _core
-from buildbot_steps._core import Plan, TestEstimate, Verdict
+from buildbot_steps._core import Plan, TestEstimate, TestOutcome, Verdict
 from buildbot_steps.shard import report, results
 from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.commands import (
@@ -312,6 +313,8 @@ class ShardedTest(BuildStep):
         session.listeners.append(self.updateSummary)
         shard_session.register_session(self.build.buildid, session)
         try:
+            if self.stopped:  # during discovery, the history read or planning: no shard starts
+                raise BuildStepCancelled()
             await builds.run([self._shard_properties(plan, index, shards) for index in range(shards)])
         finally:
             shard_session.unregister_session(self.build.buildid)
@@ -377,7 +380,13 @@ class ShardedTest(BuildStep):
     async def _publish(self, session: shard_session.ShardSession, plan: Plan) -> int:
         outcomes = list(session.batches.outcomes())
         figures = results.figures(outcomes, session, plan, self._shard_total)
-        await self._history.store(outcomes, session.batches.overhead_by_worker())
+        if self.stopped:
+            # A stopped build ran part of the suite, if any: no history (its
+            # durations would take a whole run's place among the recent ones,
+            # its unfinished tests would read as failed).
+            await self.addCompleteLog("history", "stopped: no results stored for later builds\n")
+        else:
+            await self._store_history(outcomes, session)
         for key, value in figures.items():
             self.setProperty(f"tests_{key}", value, "ShardedTest")
         flaky = [o.id for o in outcomes if o.verdict == Verdict.flaky]
@@ -394,7 +403,18 @@ class ShardedTest(BuildStep):
         self._summary = text
         if result != SUCCESS:
             await self.addCompleteLog("failures", results.failures_text(outcomes))
+        if self.stopped:  # what ran is reported; the build is cancelled, not failed
+            raise BuildStepCancelled()
         return result
+
+    async def _store_history(self, outcomes: list[TestOutcome], session: shard_session.ShardSession) -> None:
+        """The results for later builds. A database that refuses them (a test
+        id too long for its index) costs the history, not the verdict."""
+        try:
+            await self._history.store(outcomes, session.batches.overhead_by_worker())
+        except Exception as error:  # the database's own error types: whichever the backend raises
+            twisted_log.err(error, "ShardedTest: storing the test results")
+            await self.addCompleteLog("history", f"results not stored for later builds: {error}\n")
 
     # ---------------------------------------------------------- summaries
 

@@ -38,6 +38,7 @@ class ShardBuilds:
         self._step = step
         self._scheduler_name = scheduler_name
         self._brids: list[int] = []
+        self._cancelled = False
         self.scheduler = self._find_scheduler()
 
     def _find_scheduler(self) -> Triggerable:
@@ -83,6 +84,8 @@ class ShardBuilds:
         sourcestamps = [ss.asDict() for ss in step.build.getAllSourceStamps()]
         waiting = []
         for index, properties in enumerate(shard_properties):
+            if self._cancelled:  # the parent was stopped: trigger no more
+                break
             ids, finished = self.scheduler.trigger(
                 waited_for=True,
                 sourcestamps=sourcestamps,
@@ -93,6 +96,8 @@ class ShardBuilds:
             _, brids = await ids
             for brid in brids.values():
                 self._brids.append(brid)
+                if self._cancelled:  # stopped while this one was being triggered
+                    self._cancel_request(brid)
                 await step.addURL(f"shard {index} (request {brid})", getURLForBuildrequest(step.master, brid))
             waiting.append(finished)
         await defer.DeferredList(waiting, consumeErrors=True)
@@ -112,8 +117,13 @@ class ShardBuilds:
                 await self._step.addURL(label, getURLForBuild(master, build.builderid, build.number))
 
     def cancel(self) -> None:
-        """Cancels every shard request triggered so far (those already finished ignore it)."""
+        """Cancels every shard request triggered so far (those already finished
+        ignore it), and any that run() triggers after this."""
+        self._cancelled = True
         for brid in self._brids:
-            self._step.master.data.control(
-                "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", brid)
-            )
+            self._cancel_request(brid)
+
+    def _cancel_request(self, brid: int) -> None:
+        self._step.master.data.control(
+            "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", brid)
+        )

@@ -99,6 +99,37 @@ class HistoryRoundTripTests(SqliteHistoryDbCase):
         self.assertEqual((pass_fail["tests_passed"], pass_fail["tests_failed"]), (passed, failed))
 
     @defer.inlineCallbacks
+    def test_builds_that_timed_no_test_take_no_place_among_the_recent_runs(self):
+        timed = [[Outcome("t.py::slow", Verdict.passed, [Attempt(float(n))])] for n in range(10, 13)]
+        for outcomes in timed:
+            yield defer.ensureDeferred(self.store(outcomes))
+        for _ in range(shard_history.HISTORY_BUILDS):  # e.g. their shards never ran: nothing timed
+            yield defer.ensureDeferred(
+                self.store([Outcome("t.py::slow", Verdict.failed, [Attempt(0.0, False)])])
+            )
+        reading = yield defer.ensureDeferred(self.read())
+        self.assertEqual(
+            reading.durations, [{"t.py::slow": 10.0}, {"t.py::slow": 11.0}, {"t.py::slow": 12.0}]
+        )
+
+    @defer.inlineCallbacks
+    def test_an_id_too_long_for_the_names_index_keeps_its_duration(self):
+        long_id = "t.py::test[" + "x" * 3000 + "]"
+        buildid = yield defer.ensureDeferred(
+            self.store(
+                [
+                    Outcome(long_id, Verdict.passed, [Attempt(1.5)]),
+                    Outcome("t.py::ok", Verdict.passed, [Attempt(2.0)]),
+                ]
+            )
+        )
+        reading = yield defer.ensureDeferred(self.read())
+        self.assertEqual(reading.durations, [{long_id: 1.5, "t.py::ok": 2.0}])
+        sets = yield self.db.master.data.get(("builds", buildid, "test_result_sets"))
+        (pass_fail,) = [s for s in sets if s["description"] == DESCRIPTION]
+        self.assertEqual((pass_fail["tests_passed"], pass_fail["complete"]), (1, True))
+
+    @defer.inlineCallbacks
     def test_an_earlier_build_with_one_row_per_test_is_still_read(self):
         step = yield defer.ensureDeferred(self.db.new_step())
         old_set = yield step.addTestResultSet(f"{DESCRIPTION} durations", "performance", "s")

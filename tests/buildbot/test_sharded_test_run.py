@@ -10,7 +10,7 @@ from __future__ import annotations
 from unittest import mock
 
 from buildbot.interfaces import ITriggerableScheduler
-from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.process.results import CANCELLED, FAILURE, SUCCESS, WARNINGS
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import TestBuildStepMixin
 from twisted.internet import defer
@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from buildbot_steps._core import AssignmentKind
 from buildbot_steps.shard import ShardedTest
+from buildbot_steps.shard import history as shard_history
 from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.junit import JUnitTestResult
 
@@ -88,23 +89,23 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
 
     def expect_stored(self, verdicts: dict[str, str]) -> None:
         """The three result sets, each test's rows (all scripted at 2.5 s), and the durations
-        packed into one row."""
+        packed into one row. What later builds plan from first, the pass/fail set last."""
         self.expect_test_result_sets(
             [
-                ("sharded tests", "pass_fail", "boolean"),
                 ("sharded tests durations", "performance", "json"),
                 ("sharded tests flaky", "fail_only", "boolean"),
+                ("sharded tests", "pass_fail", "boolean"),
             ]
         )
         clamped = 2**31 - 1  # 2.5 s does not fit PostgreSQL's int4 duration_ns
-        rows = []
+        rows = [
+            (1001, "0", test, None, None, None) for test, verdict in verdicts.items() if verdict == "flaky"
+        ]
+        rows.append((1000, packed_durations(verdicts), "durations 0", None, None, None))
         for test, verdict in verdicts.items():
             passed = "1" if verdict in ("passed", "flaky") else "0"
             if verdict != "skipped":  # neither a pass nor a failure
-                rows.append((1000, passed, test, None, None, clamped))
-            if verdict == "flaky":
-                rows.append((1002, "0", test, None, None, None))
-        rows.append((1001, packed_durations(verdicts), "durations 0", None, None, None))
+                rows.append((1002, passed, test, None, None, clamped))
         self.expect_test_results(rows)
 
     @defer.inlineCallbacks
@@ -135,19 +136,19 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         self.setup_sharded({TESTS[0]: [True], TESTS[1]: [True]}, startup_s=3.0)
         self.expect_test_result_sets(
             [
-                ("sharded tests", "pass_fail", "boolean"),
                 ("sharded tests durations", "performance", "json"),
                 ("sharded tests flaky", "fail_only", "boolean"),
                 ("sharded tests batch overhead", "performance", "s"),
+                ("sharded tests", "pass_fail", "boolean"),
             ]
         )
         clamped = 2**31 - 1
         self.expect_test_results(
             [
-                (1000, "1", TESTS[0], None, None, clamped),
-                (1000, "1", TESTS[1], None, None, clamped),
-                (1001, packed_durations(TESTS), "durations 0", None, None, None),
-                (1003, "3.000000", "worker0#1", None, None, None),  # one row per puller
+                (1000, packed_durations(TESTS), "durations 0", None, None, None),
+                (1002, "3.000000", "worker0#1", None, None, None),  # one row per puller
+                (1003, "1", TESTS[0], None, None, clamped),
+                (1003, "1", TESTS[1], None, None, clamped),
             ]
         )
         self.expect_outcome(result=SUCCESS)
@@ -186,3 +187,55 @@ class ShardedTestRunTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
         yield self.run_step()
         step = self.get_nth_step(0)
         self.assertIn("1 passed, 0 failed, 0 flaky, 1 skipped", step.getResultSummary()["step"])
+
+
+class StoppedShardedTestTests(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    """A parent stopped before or while its shards start: none starts after
+    the stop, and the build leaves no history for later builds to plan from."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.setup_test_reactor()
+        yield self.setup_test_build_step()
+
+    def setup_stopped(self, shards: ScriptedShards) -> None:
+        self.master.scheduler_manager = mock.Mock(namedServices={"shards": shards})
+        self.setup_step(ShardedTest(shard_scheduler="shards", tests=list(TESTS), shards=2, max_shards=4))
+        self.build.getBuilderId = lambda: defer.succeed(100)
+        self.expect_outcome(result=CANCELLED)
+        self.expect_test_result_sets([])  # nothing stored: no history from a stopped build
+        self.expect_test_results([])
+
+    @defer.inlineCallbacks
+    def test_stopped_while_reading_its_history_it_starts_no_shard(self):
+        shards = ScriptedShards({test: [True] for test in TESTS})
+        self.setup_stopped(shards)
+        read = shard_history.TestHistory.read
+
+        async def read_then_stop(history, builderid):
+            await self.get_nth_step(0).interrupt("stopped by the user")
+            return await read(history, builderid)
+
+        self.patch(shard_history.TestHistory, "read", read_then_stop)
+        yield self.run_step()
+        self.assertEqual(shards.triggered, [])
+
+    @defer.inlineCallbacks
+    def test_stopped_while_triggering_it_starts_no_more_and_cancels_the_one_in_flight(self):
+        step_of = self.get_nth_step
+
+        class StoppingShards(ScriptedShards):
+            def trigger(self, *args, **kwargs):
+                step_of(0).interrupt("stopped by the user")
+                self.triggered.append(kwargs["set_props"].asDict())
+                brids = {100: 500 + len(self.triggered)}
+                return defer.succeed((1, brids)), defer.succeed((CANCELLED, brids))
+
+        shards = StoppingShards({test: [True] for test in TESTS})
+        self.setup_stopped(shards)
+        self.master.data.control = mock.Mock(return_value=defer.succeed(None))
+        yield self.run_step()
+        self.assertEqual(len(shards.triggered), 1)
+        self.master.data.control.assert_called_with(
+            "cancel", {"reason": "parent build was interrupted"}, ("buildrequests", 501)
+        )
