@@ -415,10 +415,15 @@ TEST(Dispatcher, RerunWaitsForAnotherWorkerWhileOneIsAlive) {
   EXPECT_TRUE(for_a.batch.retry);
 }
 
-TEST(Dispatcher, MissingResultsAndBatchErrorsCountAsFailedAttempts) {
+// One worker, and two tests that its first batch holds both of.
+Dispatcher two_tests_in_one_batch(const std::string& first, const std::string& second) {
   DispatchOptions options = workers(1);
-  options.min_batch_s = 10.0;  // both tests in one batch
-  Dispatcher dispatcher(suite({{"a.py::t", 1}, {"b.py::t", 1}}), options);
+  options.min_batch_s = 10.0;
+  return Dispatcher(suite({{first, 1}, {second, 1}}), options);
+}
+
+TEST(Dispatcher, MissingResultsAndBatchErrorsCountAsFailedAttempts) {
+  Dispatcher dispatcher = two_tests_in_one_batch("a.py::t", "b.py::t");
   auto batch = dispatcher.next_batch("w", 0.0);
   ASSERT_EQ(batch.batch.tests.size(), 2u);
   dispatcher.report("w", batch.batch.id, {{"a.py::t", true, 1.0, ""}});
@@ -435,9 +440,7 @@ TEST(Dispatcher, MissingResultsAndBatchErrorsCountAsFailedAttempts) {
 TEST(Dispatcher, RefusedReportLeavesTheBatchInFlightForReportError) {
   // Before: the batch left flight, then the bad value threw half-way, so the
   // tests after it were neither recorded nor queued and the run stalled.
-  DispatchOptions options = workers(1);
-  options.min_batch_s = 10.0;  // both tests in one batch
-  Dispatcher dispatcher(suite({{"a.py::t", 1}, {"b.py::t", 1}}), options);
+  Dispatcher dispatcher = two_tests_in_one_batch("a.py::t", "b.py::t");
   auto batch = dispatcher.next_batch("w", 0.0);
   ASSERT_EQ(batch.batch.tests.size(), 2u);
   for (double bad : {std::numeric_limits<double>::infinity(), -1.0, std::nan("")}) {
@@ -462,9 +465,7 @@ TEST(Dispatcher, RefusedReportLeavesTheBatchInFlightForReportError) {
 // batch-mates are not failing tests, and with no result of their own in any
 // attempt they fail only when their attempts run out.
 TEST(Dispatcher, AWholeBatchFailureIsNoTestsOwnFailure) {
-  DispatchOptions options = workers(1);
-  options.min_batch_s = 10.0;  // both tests in one batch
-  Dispatcher dispatcher(suite({{"hangs.py::t", 1}, {"fine.py::t", 1}}), options);
+  Dispatcher dispatcher = two_tests_in_one_batch("hangs.py::t", "fine.py::t");
   auto batch = dispatcher.next_batch("w", 0.0);
   ASSERT_EQ(batch.batch.tests.size(), 2u);
   dispatcher.report("w", batch.batch.id, {}, 600.0);  // killed at its timeout: no report

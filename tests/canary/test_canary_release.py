@@ -36,6 +36,7 @@ METRICS = [
     },
 ]
 LOAD_LIMIT_S = 120  # the load stops by itself if a test hangs
+SAMPLES_FORMAT = "buildbot-cd/canary-samples/1"
 
 
 def plan(web_fleet, pushed, source=None, timing=TIMING, metrics=METRICS, **options) -> CanaryPlan:
@@ -167,12 +168,7 @@ def test_the_judge_through_a_real_prometheus_server(web_fleet, deployed, prometh
     # The samples log replays offline to the same verdict.
     samples = tmp_path / "samples.json"
     samples.write_text(json.dumps(outcome.samples))
-    replayed = subprocess.run(
-        [sys.executable, "-m", "buildbot_steps.cli", "judge", str(samples)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    replayed = run_judge(samples)
     assert replayed.returncode == 1, replayed.stderr
     assert "canary: FAIL" in replayed.stdout
 
@@ -180,14 +176,8 @@ def test_the_judge_through_a_real_prometheus_server(web_fleet, deployed, prometh
 @pytest.mark.parametrize("alpha", [0.0, 1.5])
 def test_the_judge_command_refuses_a_bad_alpha(tmp_path, alpha):
     samples = tmp_path / "samples.json"
-    samples.write_text(json.dumps({"format": "buildbot-cd/canary-samples/1", "metrics": [], "phases": []}))
-    done = subprocess.run(
-        [sys.executable, "-m", "buildbot_steps.cli", "judge", str(samples), "--alpha", str(alpha)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2 and "--alpha must be in (0, 1)" in done.stderr
+    samples.write_text(json.dumps({"format": SAMPLES_FORMAT, "metrics": [], "phases": []}))
+    check_judge_refuses(samples, "--alpha must be in (0, 1)", "--alpha", str(alpha))
 
 
 @pytest.mark.parametrize(
@@ -203,12 +193,9 @@ def test_the_judge_command_refuses_a_bad_alpha(tmp_path, alpha):
 )  # fmt: skip
 def test_the_judge_command_refuses_a_log_no_run_wrote(tmp_path, phase, message):
     samples = tmp_path / "samples.json"
-    document = {"format": "buildbot-cd/canary-samples/1", "metrics": [], "phases": [phase]}
+    document = {"format": SAMPLES_FORMAT, "metrics": [], "phases": [phase]}
     samples.write_text(json.dumps(document))
     check_judge_refuses(samples, f"phase 0: not a phase of a canary samples log ({message}")
-
-
-SAMPLES_FORMAT = "buildbot-cd/canary-samples/1"
 
 
 @pytest.mark.parametrize(
@@ -234,13 +221,18 @@ def test_the_judge_command_refuses_a_file_that_is_no_log(tmp_path, content, mess
     check_judge_refuses(samples, message)
 
 
-def check_judge_refuses(samples, message: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "buildbot_steps.cli", "judge", str(samples)],
+def run_judge(samples, *options: str) -> subprocess.CompletedProcess:
+    """`buildbot-cd judge SAMPLES [OPTIONS]`, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "buildbot_steps.cli", "judge", str(samples), *options],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def check_judge_refuses(samples, message: str, *options: str) -> None:
+    done = run_judge(samples, *options)
     # 1 would mean "this canary would be rolled back": bad input is 2, one line.
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
