@@ -33,9 +33,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
+
+try:  # pytest's grouping of items by fixture parameter (private, hence optional)
+    from _pytest.fixtures import reorder_items as _reorder_items
+except ImportError:  # pragma: no cover - a pytest without it runs the batch as sent
+
+    def _reorder_items(items):
+        return list(items)
+
 
 # The same names as warm_channel.py's (this file cannot import it on the
 # worker; test_warm_runner.py checks that they agree).
@@ -62,8 +71,18 @@ class _Queue:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+        with _OPENER.open(request, timeout=REQUEST_TIMEOUT_S) as response:
             return json.load(response)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The queue never redirects: a redirect would carry the shard's secret elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's API)
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect())
 
 
 class _SessionOnly:
@@ -166,10 +185,16 @@ def pytest_runtestloop(session: pytest.Session) -> bool:
         answer = queue.call({"op": "next"})
         if answer.get("kind") == "done":
             return True
+        if answer.get("kind") == "wait":
+            continue  # the master held the request as long as it could; ask again
         if answer.get("kind") != "run":
-            continue  # wait: the master held the request as long as it could; ask again
+            raise RuntimeError(
+                f"buildbot-cd warm runner: unexpected answer from the master: {str(answer)[:200]}"
+            )
         _collect_modules_of(answer["tests"], session, items)
-        batch = [items[test] for test in answer["tests"] if test in items]
+        # In the order pytest's collection would give them: each fixture
+        # parameter of a wide scope set up once, not once per switch.
+        batch = _reorder_items([items[test] for test in answer["tests"] if test in items])
         for index, item in enumerate(batch):
             following = batch[index + 1] if index + 1 < len(batch) else _SessionOnly(session)
             item.config.hook.pytest_runtest_protocol(item=item, nextitem=following)

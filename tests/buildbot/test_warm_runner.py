@@ -446,3 +446,25 @@ def test_a_suite_that_makes_its_own_module_collectors_is_collected_at_the_start(
     assert sorted(imported) == ["tests.sub.test_two", "tests.test_one", "tests.test_unused"]
     assert [len(report["results"]) for report in reports] == [1, 2]
     assert all(result["outcome"] == "passed" for report in reports for result in report["results"])
+
+
+# A session fixture with two parameters, set up once each by pytest's own
+# ordering of a batch, whatever order the dispatcher sent its tests in.
+PARAMETRIZED_SESSION_SUITE = {
+    "pytest.ini": "[pytest]\naddopts = -p no:cacheprovider\n",
+    "tests/__init__.py": "",
+    "tests/conftest.py": (
+        "import os\n\nimport pytest\n\n\n@pytest.fixture(scope='session', params=['sqlite', 'postgres'])\n"
+        "def db(request):\n    with open(os.environ['IMPORT_LOG'], 'a') as log:\n"
+        "        log.write('set-up-' + request.param + '\\n')\n    return request.param\n"
+    ),
+    "tests/test_a.py": "def test_1(db):\n    pass\n\n\ndef test_2(db):\n    pass\n",
+}
+
+
+def test_a_batch_runs_in_pytest_s_fixture_order_not_the_dispatcher_s(tmp_path):
+    interleaved = [f"tests/test_a.py::test_{n}[{db}]" for n in (1, 2) for db in ("sqlite", "postgres")]
+    set_ups, reports = run_warm_runner(tmp_path, PARAMETRIZED_SESSION_SUITE, [interleaved])
+    assert set_ups == ["set-up-sqlite", "set-up-postgres"]
+    assert sorted(r["id"] for r in reports[0]["results"]) == sorted(interleaved)
+    assert all(r["outcome"] == "passed" for r in reports[0]["results"])
