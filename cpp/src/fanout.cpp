@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <utility>
@@ -97,6 +99,16 @@ struct HostRun {
   std::unique_ptr<ProcessHandle> process;  // the attempt in flight, if any
 };
 
+// Far more than a host's log is worth, and well below where twice it (the
+// trimming threshold) would wrap around.
+constexpr std::size_t kMaxOutputTailBytes = std::size_t{1} << 30;
+
+// Bytes a host's attempts sent, as rsync reports each: never wrapping round.
+std::int64_t saturating_add(std::int64_t total, std::int64_t more) {
+  return more > std::numeric_limits<std::int64_t>::max() - total ? std::numeric_limits<std::int64_t>::max()
+                                                                 : total + more;
+}
+
 void validate(const FanoutOptions& options, const std::vector<HostJob>& jobs) {
   if (options.concurrency < 1)
     throw InvalidInput(fmt::format("concurrency must be at least 1, got {}", options.concurrency));
@@ -110,6 +122,9 @@ void validate(const FanoutOptions& options, const std::vector<HostJob>& jobs) {
   if (!(options.max_fail_fraction >= 0 && options.max_fail_fraction <= 1))
     throw InvalidInput(
         fmt::format("max_fail_fraction must be within [0, 1], got {}", options.max_fail_fraction));
+  if (options.output_tail_bytes > kMaxOutputTailBytes)
+    throw InvalidInput(fmt::format("output_tail_bytes must be at most {}, got {}", kMaxOutputTailBytes,
+                                   options.output_tail_bytes));
   for (const HostJob& job : jobs) {
     for (std::size_t i = 0; i < job.steps.size(); ++i) {
       const auto& argv = job.steps[i].argv;
@@ -240,7 +255,9 @@ class Engine {
     host.result.stdout_tail = last_bytes(exit.stdout_tail, options_.output_tail_bytes);
     append_log(host, exit.stderr_tail);
     // Every attempt counts: its bytes crossed the network.
-    if (command.parse_rsync_stats) host.result.bytes_sent += parse_rsync_bytes_sent(exit.stdout_tail);
+    if (command.parse_rsync_stats)
+      host.result.bytes_sent =
+          saturating_add(host.result.bytes_sent, parse_rsync_bytes_sent(exit.stdout_tail));
     if (!exit.error.empty()) add_note(host, fmt::format("lost the exit status: {}", exit.error));
     // A last step that had exited 0 when the deadline or a cancel struck
     // (what was killed is a daemon holding its output) did its work.

@@ -325,6 +325,12 @@ void write_stdin(const ProcessPtr& process) {
                     [process](const boost::system::error_code&, std::size_t) { close_quietly(process->in); });
 }
 
+// What the step left running in its process group (holding its pipes open)
+// once it has exited: a daemon in a session of its own, as ssh's
+// ControlPersist master, is not in it. The group's id stays reserved while a
+// member lives, so it names no other process.
+void kill_group(const ProcessState& process) { ::kill(-process.pid, SIGKILL); }
+
 void on_exit(const ProcessPtr& process, const std::error_code& ec) {
   process->exited = true;
   if (ec)
@@ -335,6 +341,7 @@ void on_exit(const ProcessPtr& process, const std::error_code& ec) {
     process->drain_timer.expires_after(kPipeDrainGrace);
     process->drain_timer.async_wait([process](const boost::system::error_code& timer_ec) {
       if (timer_ec || process->completed) return;
+      kill_group(*process);
       close_quietly(process->out);  // pending reads end with operation_aborted
       close_quietly(process->err);
     });
@@ -350,7 +357,8 @@ class ProcessGroup final : public ProcessHandle {
     if (!process_->exited) {
       if (::kill(-process_->pid, SIGKILL) != 0) ::kill(process_->pid, SIGKILL);
     } else {
-      // Exited, but a descendant holds its pipes: stop waiting for EOF.
+      // Exited, but a descendant holds its pipes: end it, stop waiting for EOF.
+      kill_group(*process_);
       close_quietly(process_->out);
       close_quietly(process_->err);
     }
@@ -379,6 +387,11 @@ class SteadyTimer final : public Timer {
   std::shared_ptr<TimerState> state_;
 };
 
+std::mutex& launch_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
 class ProcessLauncher final : public Launcher {
  public:
   std::unique_ptr<ProcessHandle> start(const LaunchRequest& request, ExitHandler on_exit,
@@ -396,6 +409,10 @@ class ProcessLauncher final : public Launcher {
     auto process = std::make_shared<ProcessState>(io_, request, std::move(on_exit));
     std::error_code ec;
     std::vector<std::string> args(request.argv.begin() + 1, request.argv.end());
+    // One launch at a time: Boost makes its exec-error pipe without
+    // close-on-exec, and a child another fan-out thread forked meanwhile
+    // would hold it, blocking this one until that child ends.
+    std::lock_guard<std::mutex> launching(launch_mutex());
     process->child =
         bp::child(bp::exe = *exe, bp::args = args, bp::posix::fd.bind(STDIN_FILENO, stdin_pipe->read.get()),
                   bp::posix::fd.bind(STDOUT_FILENO, stdout_pipe->write.get()),

@@ -315,6 +315,19 @@ echo started
   EXPECT_LT(elapsed, kPromptSeconds);
 }
 
+TEST_F(FanoutProcess, WhatAStepLeavesInItsGroupEndsWithIt) {
+  // Exited 0, a background sleep of its own group holding its pipes: once the
+  // engine stops waiting for them (the drain grace), the group goes too.
+  std::string leaver = script("leaver.sh", "sleep 60 &\necho $! > \"$1\"\nexit 0\n");
+  auto results = Fanout(fast_options()).run({job("leaver", {cmd({leaver, path("left.pid")})})});
+  EXPECT_EQ(results[0].status, HostStatus::Ok);
+  std::string left = read_file(path("left.pid"));
+  left.erase(left.find_last_not_of('\n') + 1);
+  ASSERT_FALSE(left.empty());
+  std::string stat = stat_once_dead(left);
+  EXPECT_TRUE(is_dead(stat)) << "still running: " << stat;
+}
+
 TEST_F(FanoutProcess, ParsesRsyncStatsFromARealTransfer) {
   fs::create_directories(dir_ / "src" / "sub");
   std::ofstream(dir_ / "src" / "a.bin") << std::string(150000, 'a');

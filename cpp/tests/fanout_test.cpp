@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -345,6 +346,17 @@ TEST(FanoutPolicy, TailsAreBoundedAndBytesSentSumsEveryAttempt) {
   EXPECT_EQ(results[1].stderr_tail, note.substr(note.size() - 40));
 }
 
+TEST(FanoutPolicy, BytesSentStopsAtItsLargestValue) {
+  fake::World world;
+  world.script = [](const std::vector<std::string>&, int) {
+    return Script{1.0, 0, "Total bytes sent: 9223372036854775807\n"};
+  };
+  Command step = cmd({"rsync"});
+  step.parse_rsync_stats = true;
+  auto results = Fanout(options(), world.factory()).run({job("a", {step, step})});
+  EXPECT_EQ(results[0].bytes_sent, std::numeric_limits<std::int64_t>::max());
+}
+
 TEST(FanoutPolicy, RejectsInvalidInputBeforeStartingAnything) {
   fake::World world;
   auto with = [](auto change) {
@@ -360,6 +372,9 @@ TEST(FanoutPolicy, RejectsInvalidInputBeforeStartingAnything) {
   EXPECT_THROW(Fanout(with([](auto& o) { o.host_timeout_s = 0; }), world.factory()).run({}), InvalidInput);
   EXPECT_THROW(Fanout(with([](auto& o) { o.max_retries = -1; }), world.factory()).run({}), InvalidInput);
   EXPECT_THROW(Fanout(with([](auto& o) { o.retry_backoff_s = -1; }), world.factory()).run({}), InvalidInput);
+  // Twice it, the trimming threshold, would wrap round and erase every tail.
+  EXPECT_THROW(Fanout(with([](auto& o) { o.output_tail_bytes = SIZE_MAX; }), world.factory()).run({}),
+               InvalidInput);
   EXPECT_TRUE(world.launches.empty());
   EXPECT_TRUE(Fanout(options(), world.factory()).run({}).empty());
 }
