@@ -378,8 +378,10 @@ def live_commit(status: dict) -> list[str]:
     """[revision, seq] of the live slot from a host's status ([] when nothing
     is live): the same revision pushed twice is told apart by its commit."""
     revision = status.get("live_revision")
+    if not revision:
+        return []
     seq = (status.get("slots") or {}).get(status.get("live"), {}).get("seq")
-    return [revision, seq] if revision and seq else [revision] if revision else []
+    return [revision, seq] if seq else [revision]
 
 
 def with_script_details(report: RunReport) -> RunReport:

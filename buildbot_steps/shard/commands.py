@@ -40,6 +40,10 @@ MODES = (DYNAMIC, STATIC)
 NOT_PASSED = (Verdict.failed, Verdict.pending)
 
 
+# How a summary names the tests passed_after_a_batch_failure finds.
+BATCH_FAILURE_NOTE = "passed on re-run after their batch failed as a whole (a hang or a crash)"
+
+
 def passed_after_a_batch_failure(outcome: TestOutcome) -> bool:
     """Passed, after a batch it was in failed as a whole (a hang, a crash, a
     report that could not be read): no failure of its own, so not flaky, but

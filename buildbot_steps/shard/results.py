@@ -16,7 +16,13 @@ from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 
 from buildbot_steps._core import Plan, TestEstimate, TestOutcome, Verdict
 from buildbot_steps.shard import report
-from buildbot_steps.shard.commands import NOT_PASSED, Quarantine, names, passed_after_a_batch_failure
+from buildbot_steps.shard.commands import (
+    BATCH_FAILURE_NOTE,
+    NOT_PASSED,
+    Quarantine,
+    names,
+    passed_after_a_batch_failure,
+)
 from buildbot_steps.shard.history import measured_seconds
 from buildbot_steps.shard.session import ShardSession
 
@@ -104,9 +110,6 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
         "files_split": stats.files_split,
         "batch_tests_cap": stats.batch_tests_cap,
     }
-
-
-BATCH_FAILURE_NOTE = "passed on re-run after their batch failed as a whole (a hang or a crash)"
 
 
 def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quarantine) -> tuple[int, str]:

@@ -29,6 +29,7 @@ from buildbot_steps import _core
 from buildbot_steps._core import AssignmentKind, Verdict
 from buildbot_steps.shard import session as shard_session
 from buildbot_steps.shard.commands import (
+    BATCH_FAILURE_NOTE,
     COMMAND_PROPERTY,
     DEFAULT_BATCH_TIMEOUT_S,
     DEFAULT_MAX_ATTEMPTS,
@@ -449,7 +450,7 @@ class RunShard(WarmRunnerMixin, CommandMixin, BuildStep):
         if flaky:
             self._summary += "; flaky: " + names(flaky)
         if rescued:
-            self._summary += "; passed after their batch failed as a whole: " + names(rescued)
+            self._summary += f"; {BATCH_FAILURE_NOTE}: {names(rescued)}"
         return WARNINGS if flaky or rescued else SUCCESS
 
     def interrupt(self, reason: str | Failure) -> defer.Deferred:
