@@ -402,7 +402,7 @@ class ShardedTest(BuildStep):
         result, text = results.verdict(outcomes, figures, quarantine)
         self._summary = text
         if result != SUCCESS:
-            await self.addCompleteLog("failures", results.failures_text(outcomes))
+            await self.addCompleteLog("failures", results.failures_text(outcomes, session.runner_errors))
         if self.stopped:  # what ran is reported; the build is cancelled, not failed
             raise BuildStepCancelled()
         return result

@@ -56,6 +56,7 @@ FIGURE_LABELS = {
     "flaky": ("Flaky (failed, then passed)", "{}"),
     "skipped": ("Skipped", "{}"),
     "not_run": ("Not run", "{}"),
+    "runner_errors": ("Runner errors outside any test (a session's teardown: see the failures log)", "{}"),
     "workers": ("Workers", "{}"),
     "makespan_s": ("Wall time of the test run", "{:.1f} s"),
     "lower_bound_s": ("Shortest possible on these workers", "{:.1f} s"),

@@ -19,6 +19,7 @@ from buildbot_steps.shard import report
 from buildbot_steps.shard.commands import (
     BATCH_FAILURE_NOTE,
     NOT_PASSED,
+    RUNNER_ERROR_NOTE,
     Quarantine,
     names,
     passed_after_a_batch_failure,
@@ -95,6 +96,7 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
         "flaky": counts[Verdict.flaky],
         "skipped": counts[Verdict.skipped],
         "not_run": counts[Verdict.pending],
+        "runner_errors": len(session.runner_errors),
         "workers": workers,
         "makespan_s": round(makespan, 3),
         "lower_bound_s": round(bound, 3),
@@ -113,7 +115,8 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
 
 
 def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quarantine) -> tuple[int, str]:
-    """The build result and its summary: a failure outside quarantine fails, flakes warn."""
+    """The build result and its summary: a failure outside quarantine, or an
+    error of a run outside any test, fails; flakes warn."""
 
     def bad(o: TestOutcome) -> bool:
         return o.verdict in NOT_PASSED
@@ -129,8 +132,13 @@ def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quara
         + f"; makespan {run_figures['makespan_s']:.1f} s vs bound {run_figures['lower_bound_s']:.1f} s "
         f"({run_figures['lower_bound_with_startups_s']:.1f} s with start-ups)"
     )
-    if gating:
-        return FAILURE, text + "; failed: " + names(gating)
+    problems = ([f"failed: {names(gating)}"] if gating else []) + (
+        [f"{RUNNER_ERROR_NOTE} ({run_figures['runner_errors']}, see the failures log)"]
+        if run_figures["runner_errors"]
+        else []
+    )
+    if problems:
+        return FAILURE, text + "; " + "; ".join(problems)
     notes = (
         ([f"flaky: {names(flaky)}"] if flaky else [])
         + ([f"quarantined failures: {names(quarantined)}"] if quarantined else [])
@@ -141,9 +149,10 @@ def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quara
     return SUCCESS, text
 
 
-def failures_text(outcomes: Sequence[TestOutcome]) -> str:
-    """The "failures" log: every test that did not simply pass, with each attempt's message."""
-    lines = []
+def failures_text(outcomes: Sequence[TestOutcome], runner_errors: Sequence[str] = ()) -> str:
+    """The "failures" log: the runs' errors outside any test, then every test
+    that did not simply pass, with each attempt's message."""
+    lines = [f"ERROR OUTSIDE ANY TEST: {error}" for error in runner_errors]
     for outcome in outcomes:
         rescued = passed_after_a_batch_failure(outcome)
         if outcome.verdict in (Verdict.passed, Verdict.skipped) and not rescued:

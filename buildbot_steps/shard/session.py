@@ -274,6 +274,9 @@ class ShardSession:
         self._waiters: list[defer.Deferred] = []
         self.listeners: list[Callable[[], None]] = []
         self.workers_seen: set[str] = set()
+        # Errors of the runs outside any test (a warm runner's session
+        # teardown): they fail the build, in no test's verdict.
+        self.runner_errors: list[str] = []
 
     def elapsed(self) -> float:
         return self._clock() - self._started_at

@@ -37,6 +37,7 @@ from buildbot_steps.shard.commands import (
     INDEX_PROPERTY,
     NOT_PASSED,
     PARENT_PROPERTY,
+    RUNNER_ERROR_NOTE,
     TESTS_PROPERTY,
     WORKDIR_PROPERTY,
     ShardedTestError,
@@ -178,6 +179,7 @@ class RunShard(WarmRunnerMixin, CommandMixin, BuildStep):
         self._worker = ""
         self._ran = {"batches": 0, "tests": 0, "failed attempts": 0}
         self._ran_ids: set[str] = set()  # the tests this shard ran: its own result is theirs
+        self._runner_errors: list[str] = []  # its warm runner's, outside any test
         self._summary: str | None = None
 
     async def run(self) -> int:
@@ -216,6 +218,9 @@ class RunShard(WarmRunnerMixin, CommandMixin, BuildStep):
         # Standalone: every test of the list is this shard's; else those it ran,
         # judged by their final verdict (a failure re-run elsewhere may be flaky).
         result = self._result_of(session, None if standalone else self._ran_ids)
+        if self._runner_errors:
+            self._summary += f"; {RUNNER_ERROR_NOTE}"
+            return FAILURE
         if result == SUCCESS and self._ran["failed attempts"]:
             return WARNINGS  # failed here; the verdict is not in yet (another shard re-runs it)
         return result

@@ -79,7 +79,9 @@ class WarmChannel:
     step's own wait-and-stall logic), or ASK_AGAIN; hand_in(batch, results, wall_s,
     problem) the step's: `problem` is why the batch failed as a whole (results
     refused), else None. Batches handed out and not reported are `running`
-    (the step fails them if the runner ends first).
+    (the step fails them if the runner ends first). on_error(after, message):
+    the runner's error outside any batch, its session's teardown after the
+    test `after`, once it was told it is done.
     """
 
     def __init__(
@@ -88,14 +90,17 @@ class WarmChannel:
         hand_in: Callable[[Any, list[JUnitTestResult], float, str | None], None],
         clock: Callable[[], float],
         max_body_bytes: int,
+        on_error: Callable[[str, str], None] = lambda after, message: None,
     ):
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.max_body_bytes = max_body_bytes
         self.running: dict[int, RunningBatch] = {}
         self.said_done = False
+        self.ended = False  # the runner said how its session ended
         self.closed = False  # the runner ended: a request still held takes no batch
         self._next_batch = next_batch
         self._hand_in = hand_in
+        self._on_error = on_error
         self._clock = clock
 
     async def handle(self, payload: object) -> dict:
@@ -106,7 +111,9 @@ class WarmChannel:
             return await self._next()
         if op == "report":
             return self._report(payload.get("batch"), payload.get("results"))
-        raise ChannelError(f"unknown op {op!r}: 'next' or 'report'")
+        if op == "end":
+            return self._end(payload.get("error"), payload.get("after"))
+        raise ChannelError(f"unknown op {op!r}: 'next', 'report' or 'end'")
 
     async def _next(self) -> dict:
         if self.said_done:
@@ -132,6 +139,16 @@ class WarmChannel:
             self._hand_in(running.batch, [], wall_s, f"results refused: {refused}")
             raise
         self._hand_in(running.batch, checked, wall_s, None)
+        return {"ok": True}
+
+    def _end(self, error: object, after: object) -> dict:
+        if not self.said_done or self.ended:
+            raise ChannelError("'end' comes once, after 'done'")
+        if not (error is None or isinstance(error, str)) or not (after is None or isinstance(after, str)):
+            raise ChannelError("'error' and 'after' are text or null")
+        self.ended = True
+        if error:
+            self._on_error((after or "")[:MAX_MESSAGE_CHARS], error[-MAX_MESSAGE_CHARS:])
         return {"ok": True}
 
 

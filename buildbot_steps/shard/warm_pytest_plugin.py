@@ -24,8 +24,16 @@ $BUILDBOT_CD_QUEUE_URL with the shard's secret in $BUILDBOT_CD_QUEUE_TOKEN:
                        | {"kind": "wait"} | {"kind": "done"}
     {"op": "report", "batch": 7, "results": [{"id": "a.py::t", "outcome":
         "passed" | "failed" | "skipped", "seconds": 0.12, "message": "..."}]}
+    {"op": "end", "error": null | "...", "after": null | "a.py::t"}
 A test of a batch that this process did not collect is left out of the
 results: the master counts it as not run.
+
+After "done" the runner tears down the session's fixtures, which every batch
+shared, and says how that went ("end"): a failing teardown is an error of
+the run, as in a plain pytest, where it is reported on the last test. `-x`
+and `--maxfail` stop the runner as they stop a pytest, after reporting its
+batch: the batch's tests not run are re-run, and the shard goes on batch by
+batch.
 """
 
 from __future__ import annotations
@@ -181,9 +189,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_runtestloop(session: pytest.Session) -> bool:
     queue = _Queue(os.environ[QUEUE_URL_ENV], os.environ[QUEUE_TOKEN_ENV])
     items = {item.nodeid: item for item in session.items}
+    last_run = None
     while True:
         answer = queue.call({"op": "next"})
         if answer.get("kind") == "done":
+            queue.call({"op": "end", "error": _tear_down_session(session, last_run), "after": _id(last_run)})
             return True
         if answer.get("kind") == "wait":
             continue  # the master held the request as long as it could; ask again
@@ -198,4 +208,38 @@ def pytest_runtestloop(session: pytest.Session) -> bool:
         for index, item in enumerate(batch):
             following = batch[index + 1] if index + 1 < len(batch) else _SessionOnly(session)
             item.config.hook.pytest_runtest_protocol(item=item, nextitem=following)
+            last_run = item
+            if session.shouldfail or session.shouldstop:
+                break
         queue.call({"op": "report", "batch": answer["batch"], "results": _results.take()})
+        # As pytest's own loop ends (-x, --maxfail): pytest tears down what is left.
+        if session.shouldfail:
+            raise session.Failed(session.shouldfail)
+        if session.shouldstop:
+            raise session.Interrupted(session.shouldstop)
+
+
+def _id(item: pytest.Item | None) -> str | None:
+    return None if item is None else item.nodeid
+
+
+def _tear_down_session(session: pytest.Session, last_run: pytest.Item | None) -> str | None:
+    """Tears down what every batch kept set up (the session's fixtures) and
+    returns the error text if that failed, else None. Reported as pytest
+    reports it, a teardown error of the last test run (the terminal, the exit
+    code, --junitxml), but not through that test's teardown hooks, which ran
+    already (the logging plugin's fail if run twice)."""
+    setup_state = getattr(session, "_setupstate", None)  # private, hence optional
+    if last_run is None or setup_state is None:
+        return None  # nothing set up, or pytest's own session end tears it down
+    call = pytest.CallInfo.from_call(
+        lambda: setup_state.teardown_exact(None),
+        when="teardown",
+        reraise=(pytest.exit.Exception, KeyboardInterrupt),
+    )
+    report = last_run.ihook.pytest_runtest_makereport(item=last_run, call=call)
+    if not report.failed:
+        return None
+    last_run.ihook.pytest_runtest_logreport(report=report)
+    _results.take()  # the master hears of it as the run's error, not as a batch's result
+    return report.longreprtext[-MESSAGE_CHARS:]

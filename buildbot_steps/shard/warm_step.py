@@ -49,7 +49,7 @@ HOLD_S = 60.0
 
 class WarmRunnerMixin:
     """RunShard's `_run_warm`; needs its `_next_batch_to_run`, `_hand_in`,
-    `_drop_obsolete` and `_send_text`."""
+    `_drop_obsolete`, `_send_text` and `_runner_errors`."""
 
     async def _run_warm(
         self: Any, session: ShardSession, shard_index: int, workdir: str, reports_dir: str
@@ -90,7 +90,11 @@ class _WarmRun:
         self.timed_out: set[int] = set()
         self.cmd: remotecommand.RemoteShellCommand | None = None
         self.channel = WarmChannel(
-            self.next_batch, self.hand_in, step.master.reactor.seconds, session.settings.max_report_bytes
+            self.next_batch,
+            self.hand_in,
+            step.master.reactor.seconds,
+            session.settings.max_report_bytes,
+            on_error=self.runner_error,
         )
 
     def command(self, workdir: str, reports_dir: str) -> remotecommand.RemoteShellCommand:
@@ -136,6 +140,15 @@ class _WarmRun:
             self.step._drop_obsolete(self.session, batch)
         else:
             self.step._hand_in(self.session, batch, results, problem, None, wall_s)
+        self.step.updateSummary()
+
+    def runner_error(self, after: str, message: str) -> None:
+        """The runner's session teardown failed: an error of the run, in no test's verdict."""
+        after = after or "its last test"
+        text = f"shard {self.shard_index}: the session's teardown failed after {after}:\n{message}"
+        self.session.runner_errors.append(text)
+        self.step._runner_errors.append(text)
+        self.step.stdio.addHeader(f"\n=== {text}\n")
         self.step.updateSummary()
 
     def expire(self, batch_id: int) -> None:

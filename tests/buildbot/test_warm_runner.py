@@ -133,6 +133,15 @@ KILLER_SUITE = {
         "    if os.environ.get('BUILDBOT_CD_QUEUE_TOKEN'):\n        os._exit(3)\n"
     ),
 }
+
+
+def write_suite(directory, files: dict[str, str]):
+    for name, text in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    return directory
+
+
 SUCCESS = 0
 # Each of the two warm runners can die once; the third attempt runs batch by batch.
 KILLER_ATTEMPTS = SHARD_WORKERS + 1
@@ -141,10 +150,7 @@ KILLER_ATTEMPTS = SHARD_WORKERS + 1
 def test_a_runner_that_dies_fails_its_batch_and_the_shard_goes_on_batch_by_batch(
     make_cluster, tmp_path_factory
 ):
-    suite = tmp_path_factory.mktemp("killer-suite")
-    for name, text in KILLER_SUITE.items():
-        (suite / name).parent.mkdir(parents=True, exist_ok=True)
-        (suite / name).write_text(text)
+    suite = write_suite(tmp_path_factory.mktemp("killer-suite"), KILLER_SUITE)
     cluster = make_warm_cluster(
         make_cluster, suite_source=suite, min_batch_s=0.01, max_attempts=KILLER_ATTEMPTS
     )
@@ -167,6 +173,33 @@ def test_a_runner_that_dies_fails_its_batch_and_the_shard_goes_on_batch_by_batch
     # The killer passed, which it does only batch by batch: a shard that fell
     # back ran it as a pytest of its own, with a JUnit report, after the fall-back.
     assert any(fall_back in log and "--junitxml=" in log.split(fall_back, 1)[1] for log in logs), logs
+
+
+# Every test passes; the session fixture every batch shares fails its teardown.
+BROKEN_TEARDOWN_SUITE = {
+    **{name: text for name, text in KILLER_SUITE.items() if name != "tests/test_killer.py"},
+    "tests/conftest.py": KILLER_CONFTEST
+    + (
+        "\n\n@pytest.fixture(scope='session', autouse=True)\ndef server():\n    yield\n"
+        "    raise RuntimeError('the server would not stop')\n"
+    ),
+}
+
+
+def test_a_session_teardown_that_fails_fails_the_build_with_every_test_passed(make_cluster, tmp_path_factory):
+    suite = write_suite(tmp_path_factory.mktemp("broken-teardown-suite"), BROKEN_TEARDOWN_SUITE)
+    cluster = make_warm_cluster(make_cluster, suite_source=suite, min_batch_s=0.01)
+    build = cluster.wait_for_build(cluster.force_build())
+    props = build["properties"]
+    assert build["results"] == FAILURE, build["state_string"]
+    assert (props["tests_passed"], props["tests_failed"], props["tests_flaky"]) == (QUICK_TESTS, 0, 0)
+    # One error per runner that ran a test (a runner that took none set up nothing).
+    starts = (cluster.state_dir / "sessions.log").read_text().split()
+    assert props["tests_runner_errors"] == len(starts) >= 1
+    assert "session teardown failed" in build["state_string"]
+    failures = cluster.step_log(build["buildid"], "sharded-tests", "failures")
+    assert failures.count("ERROR OUTSIDE ANY TEST") == len(starts)
+    assert "the server would not stop" in failures
 
 
 def test_a_warm_runner_held_by_a_surprise_is_copied_and_stopped_when_every_test_is_decided(make_cluster):
@@ -277,6 +310,36 @@ def test_a_channel_hands_out_batches_and_fails_one_whose_results_it_refuses():
     assert ask({"op": "next"}) == {"kind": "done"} and ask({"op": "next"}) == {"kind": "done"}
 
 
+def test_a_runner_s_session_error_is_heard_once_and_only_after_done():
+    queue = [Batch(1, ["a.py::t1"])]
+    errors: list[tuple[str, str]] = []
+
+    async def next_batch():
+        return queue.pop(0) if queue else None
+
+    channel = warm_channel.WarmChannel(
+        next_batch, lambda *_: None, lambda: 0.0, max_body_bytes=1000, on_error=lambda *e: errors.append(e)
+    )
+
+    def ask(payload):
+        return asyncio.run(channel.handle(payload))
+
+    ask({"op": "next"})
+    # Before "done" the runner's session is not over: an "end" then is refused.
+    with pytest.raises(ChannelError, match="once, after 'done'"):
+        ask({"op": "end", "error": "early", "after": "a.py::t1"})
+    ask({"op": "report", "batch": 1, "results": []})
+    assert ask({"op": "next"}) == {"kind": "done"}
+    with pytest.raises(ChannelError, match="text or null"):
+        ask({"op": "end", "error": ["not", "text"], "after": None})
+    assert ask({"op": "end", "error": "x" * 10**5, "after": "a.py::t1"}) == {"ok": True}
+    [(after, message)] = errors
+    assert after == "a.py::t1" and len(message) == warm_channel.MAX_MESSAGE_CHARS
+    with pytest.raises(ChannelError, match="once, after 'done'"):
+        ask({"op": "end", "error": "again", "after": "a.py::t1"})
+    assert len(errors) == 1
+
+
 class StepStandIn:
     """What _WarmRun needs of a RunShard: its own wait loop, on a virtual clock."""
 
@@ -360,16 +423,16 @@ LAZY_BATCHES = [
 @contextlib.contextmanager
 def scripted_queue(batches: list[list[str]]):
     """A stand-in for the master's queue on 127.0.0.1: hands out `batches`, then done;
-    yields the list of the reports it received."""
+    yields its URL and the requests it received other than "next", by op."""
     answers = [{"kind": "run", "batch": n, "tests": tests} for n, tests in enumerate(batches, 1)]
-    reports: list[dict] = []
+    received: dict[str, list[dict]] = {"report": [], "end": []}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if payload["op"] == "report":
-                reports.append(payload)
-                answer: dict = {}
+            if payload["op"] in received:
+                received[payload["op"]].append(payload)
+                answer: dict = {"ok": True}
             else:
                 answer = answers.pop(0) if answers else {"kind": "done"}
             body = json.dumps(answer).encode()
@@ -385,17 +448,22 @@ def scripted_queue(batches: list[list[str]]):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/queue", reports
+        yield f"http://127.0.0.1:{server.server_address[1]}/queue", received
     finally:
         server.shutdown()
         server.server_close()
 
 
 def run_warm_runner(
-    tmp_path, files: dict[str, str], batches: list[list[str]]
-) -> tuple[list[str], list[dict]]:
-    """The plugin in a real pytest over `files`, fed `batches`: the modules
-    imported, in order, and the reports the runner sent."""
+    tmp_path,
+    files: dict[str, str],
+    batches: list[list[str]],
+    options: tuple[str, ...] = (),
+    returncode: int = 0,
+) -> SimpleNamespace:
+    """The plugin in a real pytest over `files` with `options`, fed `batches`:
+    .imported, the lines the suite logged (the modules it imported, in order),
+    .reports and .ends, what the runner sent, and .output, pytest's."""
     suite, plugin_dir = tmp_path / "suite", tmp_path / "plugin"
     for name, text in files.items():
         (suite / name).parent.mkdir(parents=True, exist_ok=True)
@@ -403,7 +471,7 @@ def run_warm_runner(
     plugin_dir.mkdir()
     (plugin_dir / f"{warm_channel.PLUGIN_MODULE}.py").write_text(warm_channel.PLUGIN_SOURCE.read_text())
     import_log = tmp_path / "imports.log"
-    with scripted_queue(batches) as (url, reports):
+    with scripted_queue(batches) as (url, received):
         env = {
             **os.environ,
             "PYTHONPATH": str(plugin_dir),
@@ -421,14 +489,19 @@ def run_warm_runner(
             "no:hypothesispytest",
         ]
         run = subprocess.run(
-            [*command, "tests"], cwd=suite, env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S
-        )
-    assert run.returncode == 0, run.stdout + run.stderr
-    return import_log.read_text().split(), reports
+            [*command, *options, "tests"],
+            cwd=suite, env=env, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S,
+        )  # fmt: skip
+    assert run.returncode == returncode, run.stdout + run.stderr
+    logged = import_log.read_text().split() if import_log.exists() else []
+    return SimpleNamespace(
+        imported=logged, reports=received["report"], ends=received["end"], output=run.stdout + run.stderr
+    )
 
 
 def test_a_warm_runner_imports_only_the_modules_of_the_tests_it_is_given(tmp_path):
-    imported, reports = run_warm_runner(tmp_path, LAZY_SUITE, LAZY_BATCHES)
+    run = run_warm_runner(tmp_path, LAZY_SUITE, LAZY_BATCHES)
+    imported, reports = run.imported, run.reports
     # Imported when a batch first needed it, once; test_unused.py never.
     assert imported == ["tests.test_one", "tests.sub.test_two"]
     outcomes = [{(r["id"], r["outcome"]) for r in report["results"]} for report in reports]
@@ -442,7 +515,8 @@ def test_a_warm_runner_imports_only_the_modules_of_the_tests_it_is_given(tmp_pat
 def test_a_suite_that_makes_its_own_module_collectors_is_collected_at_the_start(tmp_path):
     own_modules = "\n\ndef pytest_pycollect_makemodule(module_path, parent):\n    return None\n"
     files = {**LAZY_SUITE, "tests/conftest.py": LAZY_SUITE["tests/conftest.py"] + own_modules}
-    imported, reports = run_warm_runner(tmp_path, files, LAZY_BATCHES)
+    run = run_warm_runner(tmp_path, files, LAZY_BATCHES)
+    imported, reports = run.imported, run.reports
     assert sorted(imported) == ["tests.sub.test_two", "tests.test_one", "tests.test_unused"]
     assert [len(report["results"]) for report in reports] == [1, 2]
     assert all(result["outcome"] == "passed" for report in reports for result in report["results"])
@@ -464,7 +538,53 @@ PARAMETRIZED_SESSION_SUITE = {
 
 def test_a_batch_runs_in_pytest_s_fixture_order_not_the_dispatcher_s(tmp_path):
     interleaved = [f"tests/test_a.py::test_{n}[{db}]" for n in (1, 2) for db in ("sqlite", "postgres")]
-    set_ups, reports = run_warm_runner(tmp_path, PARAMETRIZED_SESSION_SUITE, [interleaved])
+    run = run_warm_runner(tmp_path, PARAMETRIZED_SESSION_SUITE, [interleaved])
+    set_ups, reports = run.imported, run.reports
     assert set_ups == ["set-up-sqlite", "set-up-postgres"]
     assert sorted(r["id"] for r in reports[0]["results"]) == sorted(interleaved)
     assert all(r["outcome"] == "passed" for r in reports[0]["results"])
+    # A clean session end is said too: the master counts no error.
+    assert run.ends == [{"op": "end", "error": None, "after": reports[0]["results"][-1]["id"]}]
+
+
+# A session fixture that fails its teardown, used by every test, and a test
+# that fails; the tests run in the order of their names.
+TEARDOWN_SUITE = {
+    "pytest.ini": "[pytest]\naddopts = -p no:cacheprovider\n",
+    "tests/__init__.py": "",
+    "tests/conftest.py": (
+        "import os\n\nimport pytest\n\n\n@pytest.fixture(scope='session', autouse=True)\n"
+        "def server():\n    yield\n    if os.environ.get('TEARDOWN_FAILS'):\n"
+        "        raise RuntimeError('the server would not stop')\n"
+    ),
+    "tests/test_a.py": "".join(f"def test_{n}():\n    assert {n} != 2\n\n\n" for n in range(1, 5)),
+}
+TEARDOWN_BATCHES = [["tests/test_a.py::test_1"], ["tests/test_a.py::test_3"]]
+
+
+def test_a_session_teardown_that_fails_after_done_is_sent_as_the_runs_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEARDOWN_FAILS", "1")
+    # Exit code 1, as a plain pytest's: an error at the last test's teardown.
+    run = run_warm_runner(tmp_path, TEARDOWN_SUITE, TEARDOWN_BATCHES, returncode=1)
+    # Each batch's results are its tests' own; the session's teardown comes
+    # after the last one, once the runner was told it is done.
+    assert [[(r["id"], r["outcome"]) for r in report["results"]] for report in run.reports] == [
+        [("tests/test_a.py::test_1", "passed")],
+        [("tests/test_a.py::test_3", "passed")],
+    ]
+    [end] = run.ends
+    assert end["after"] == "tests/test_a.py::test_3"
+    assert "the server would not stop" in end["error"]
+    assert "ERROR at teardown of test_3" in run.output
+
+
+def test_x_stops_a_warm_runner_after_its_batch_is_reported(tmp_path):
+    batches = [[f"tests/test_a.py::test_{n}" for n in (1, 2, 3)], ["tests/test_a.py::test_4"]]
+    run = run_warm_runner(tmp_path, TEARDOWN_SUITE, batches, options=("-x",), returncode=1)
+    # test_3 never ran (the master re-runs it), the second batch was never
+    # asked for, and the runner did not say its session ended well: it did not.
+    assert [[(r["id"], r["outcome"]) for r in report["results"]] for report in run.reports] == [
+        [("tests/test_a.py::test_1", "passed"), ("tests/test_a.py::test_2", "failed")],
+    ]
+    assert run.ends == []
+    assert "stopping after 1 failures" in run.output
