@@ -187,6 +187,7 @@ void bind_results(py::module_& module) {
              sum.whole_part_batches = a.whole_part_batches + b.whole_part_batches;
              sum.workers_released = a.workers_released + b.workers_released;
              sum.files_split = a.files_split + b.files_split;
+             sum.isolated_runs = a.isolated_runs + b.isolated_runs;
              // A cap, not a count: the loosest of the runs'.
              sum.batch_tests_cap = std::max(a.batch_tests_cap, b.batch_tests_cap);
              sum.queued_estimate_s = a.queued_estimate_s + b.queued_estimate_s;
@@ -214,6 +215,7 @@ void bind_results(py::module_& module) {
       .def_readonly("whole_part_batches", &DispatchStats::whole_part_batches)
       .def_readonly("workers_released", &DispatchStats::workers_released)
       .def_readonly("files_split", &DispatchStats::files_split)
+      .def_readonly("isolated_runs", &DispatchStats::isolated_runs)
       .def_readonly("batch_tests_cap", &DispatchStats::batch_tests_cap)
       .def_readonly("queued_estimate_s", &DispatchStats::queued_estimate_s)
       .def_readonly("batch_overhead_s", &DispatchStats::batch_overhead_s)

@@ -217,6 +217,8 @@ class DispatchStats(_Pybind11Object):
     @property
     def files_split(self) -> int: ...
     @property
+    def isolated_runs(self) -> int: ...
+    @property
     def batch_tests_cap(self) -> int:
         """Tests per batch at most: max_batch_tests, or a worker's share of the suite by
         count when its history shows it surprise-prone."""

@@ -70,6 +70,7 @@ FIGURE_LABELS = {
     "whole_part_batches": ("Batches cut as a worker's whole part (suite predictable by its history)", "{}"),
     "workers_released": ("Workers let go early (nothing queued, enough others waiting)", "{}"),
     "files_split": ("Files split to cut a part to the test (their set-up paid once more)", "{}"),
+    "isolated_runs": ("Re-runs isolated to find the test that failed its batch as a whole", "{}"),
     "batch_tests_cap": ("Tests per batch at most (a share by count when the history shows surprises)", "{}"),
 }
 

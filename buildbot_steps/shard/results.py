@@ -110,6 +110,7 @@ def figures(outcomes: list[TestOutcome], session: ShardSession, plan: Plan, shar
         "whole_part_batches": stats.whole_part_batches,
         "workers_released": stats.workers_released,
         "files_split": stats.files_split,
+        "isolated_runs": stats.isolated_runs,
         "batch_tests_cap": stats.batch_tests_cap,
     }
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <mutex>
 #include <optional>
 #include <string_view>
@@ -89,20 +90,20 @@ void Dispatcher::State::resolve(std::size_t test, Verdict verdict) {
   if (verdict == Verdict::Skipped) ++stats.skipped;
 }
 
-void Dispatcher::State::record(std::size_t test, Attempt attempt) {
+bool Dispatcher::State::record(std::size_t test, Attempt attempt, bool hold_rerun) {
   auto& state = test_states[test];
-  if (state.verdict != Verdict::Pending) return;  // another copy decided it first
+  if (state.verdict != Verdict::Pending) return false;  // another copy decided it first
   const bool passed = attempt.passed;
   const bool skipped = attempt.skipped;
   const bool own_result = attempt.timed;
   state.attempts.push_back(std::move(attempt));
   if (skipped && state.failures == 0) {
     resolve(test, Verdict::Skipped);
-    return;
+    return false;
   }
   if (passed) {
     resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Passed);
-    return;
+    return false;
   }
   // A failure, a batch that failed as a whole (no result of the test's own:
   // one hanging or crashing test takes every test of its batch with it, so
@@ -116,7 +117,30 @@ void Dispatcher::State::record(std::size_t test, Attempt attempt) {
     // Re-run now, even while another copy of the test still runs: that copy
     // may be the one held by a surprise, and waiting for it would hold the
     // verdict (and the build) as long. Whichever answers first decides.
+    if (hold_rerun) return true;
     requeue({test}, true);
+  }
+  return false;
+}
+
+// The re-runs of tests whose batch of `batch_size` failed as a whole (no
+// result of their own): in isolated items, one test each while the budget
+// lasts (kIsolatedRunsPerWorker), else as many even runs of consecutive tests
+// (a file's tests stay together) as it has left; together once it is spent,
+// or when the batch held one test, which was its own culprit.
+void Dispatcher::State::requeue_failed_as_a_whole(std::vector<std::size_t> reruns, std::size_t batch_size) {
+  if (reruns.empty()) return;
+  if (batch_size <= 1 || isolated_runs_left == 0) {
+    for (auto test : reruns) requeue({test}, true);
+    return;
+  }
+  const std::size_t runs = std::min(reruns.size(), isolated_runs_left);
+  isolated_runs_left -= runs;
+  stats.isolated_runs += runs;
+  for (std::size_t run = 0; run < runs; ++run) {
+    const auto first = reruns.begin() + static_cast<std::ptrdiff_t>(run * reruns.size() / runs);
+    const auto last = reruns.begin() + static_cast<std::ptrdiff_t>((run + 1) * reruns.size() / runs);
+    requeue({first, last}, true, true);
   }
 }
 
@@ -127,14 +151,15 @@ void Dispatcher::State::drop_queued(std::size_t test) {
     if (std::find(queued_tests.begin(), queued_tests.end(), test) == queued_tests.end()) continue;
     Item item = take(where);
     item.tests.erase(std::find(item.tests.begin(), item.tests.end(), test));
-    if (!item.tests.empty()) requeue(std::move(item.tests), item.retry);
+    if (!item.tests.empty()) requeue(std::move(item.tests), item.retry, item.isolated);
     return;
   }
 }
 
-void Dispatcher::State::requeue(std::vector<std::size_t> batch_tests, bool retry) {
+void Dispatcher::State::requeue(std::vector<std::size_t> batch_tests, bool retry, bool isolated) {
   Item item;
   item.retry = retry;
+  item.isolated = isolated;
   for (auto test : batch_tests) {
     item.estimate_s += tests[test].seconds;
     test_states[test].queued = true;
@@ -207,6 +232,7 @@ Dispatcher::Dispatcher(std::vector<TestEstimate> tests, DispatchOptions options)
       make_units(tests, options.split_file_fraction * share, static_cast<std::size_t>(options.workers)),
       tests, static_cast<std::size_t>(state.options.max_batch_tests));
   state.cost = BatchCostModel(options.batch_overhead_s);
+  state.isolated_runs_left = kIsolatedRunsPerWorker * static_cast<std::size_t>(options.workers);
   state.test_states.resize(tests.size());
   state.stats.tests = tests.size();
   state.tests = std::move(tests);
@@ -267,10 +293,12 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
   for (const auto& result : results) by_id.emplace(result.id, &result);
   double tests_s = 0.0;
   std::size_t answered = 0;
+  std::vector<std::size_t> reruns_without_result;
   for (auto test : flight.tests) {
     auto found = by_id.find(state.tests[test].id);
     if (found == by_id.end()) {
-      state.record(test, {worker, false, 0.0, kNoResultMessage});
+      if (state.record(test, {worker, false, 0.0, kNoResultMessage}, true))
+        reruns_without_result.push_back(test);
     } else {
       const TestResult& result = *found->second;
       tests_s += result.seconds;
@@ -280,6 +308,7 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
                           result.skipped, true});
     }
   }
+  state.requeue_failed_as_a_whole(std::move(reruns_without_result), flight.tests.size());
   // Only a batch that ran to the end says what its start-up costs.
   if (wall_s && answered == flight.tests.size()) state.cost.observe_batch(worker, *wall_s, tests_s);
 }
@@ -288,7 +317,11 @@ void Dispatcher::report_error(const std::string& worker, std::uint64_t batch_id,
   std::lock_guard lock(state_->mutex);
   auto& state = *state_;
   InFlight flight = state.finish(worker, batch_id);
-  for (auto test : flight.tests) state.record(test, {worker, false, 0.0, message});
+  std::vector<std::size_t> reruns;
+  for (auto test : flight.tests) {
+    if (state.record(test, {worker, false, 0.0, message}, true)) reruns.push_back(test);
+  }
+  state.requeue_failed_as_a_whole(std::move(reruns), flight.tests.size());
 }
 
 void Dispatcher::worker_lost(const std::string& worker) {
@@ -303,18 +336,24 @@ void Dispatcher::worker_lost(const std::string& worker) {
   std::sort(lost.begin(), lost.end());
   for (auto id : lost) {
     InFlight flight = state.finish(worker, id);
-    std::vector<std::size_t> orphaned;
+    std::vector<std::size_t> orphaned, isolated;
     for (auto test : flight.tests) {
       const auto& test_state = state.test_states[test];
       if (test_state.verdict != Verdict::Pending || test_state.queued) continue;
       if (!test_state.attempts.empty()) {
         // Its re-run, lost (after a failure, or after a batch that failed as
-        // a whole): re-run now, on a worker that has not run it yet.
-        state.requeue({test}, true);
+        // a whole): re-run now, on a worker that has not run it yet; an
+        // isolated run stays one.
+        if (flight.isolated) {
+          isolated.push_back(test);
+        } else {
+          state.requeue({test}, true);
+        }
       } else if (test_state.copies_in_flight == 0) {
         orphaned.push_back(test);  // else the copy still running answers for it
       }
     }
+    if (!isolated.empty()) state.requeue(std::move(isolated), true, true);
     if (!orphaned.empty()) {
       state.requeue(std::move(orphaned), false);
       ++state.stats.requeued_batches;

@@ -217,6 +217,15 @@ Assignment Dispatcher::State::hand_out(const std::string& worker, double now_s, 
   return assignment;
 }
 
+// An isolated item (Item::isolated) as a batch of its own.
+Assignment Dispatcher::State::hand_out_isolated(const std::string& worker, double now_s,
+                                                std::multimap<double, Item, std::greater<>>::iterator where) {
+  InFlight flight;
+  append(flight, take(where));
+  flight.isolated = true;
+  return hand_out(worker, now_s, std::move(flight), true);
+}
+
 // Longest first to the nearest of the target (an item that would overshoot
 // it by more than the batch falls short stays queued; a part cut to the test
 // takes those of its tests that fit, then is topped up: see top_up), never past
@@ -230,6 +239,10 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
   while (flight.tests.empty() || flight.estimate_s < target) {
     auto where = peek_longest(worker);
     if (!where) break;
+    if (peeked(*where).isolated) {
+      if (flight.tests.empty()) return hand_out_isolated(worker, now_s, *where);
+      break;
+    }
     const Item& next = peeked(*where);
     const double after = flight.estimate_s + estimate_of(next);
     const bool overshoots = after - target > target - flight.estimate_s;
@@ -238,7 +251,8 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
       if (top_up_ok) top_up(target, cap, flight);
       // Nothing shorter left to top up from (the last parts): the longest one's tests, to the nearest.
       auto longest = flight.estimate_s < target ? peek_longest(worker) : std::nullopt;
-      if (longest) take_fitting(*longest, target, cap, flight, Fit::Nearest, retry);
+      if (longest && !peeked(*longest).isolated)
+        take_fitting(*longest, target, cap, flight, Fit::Nearest, retry);
       if (!flight.tests.empty()) break;
     }
     if (!flight.tests.empty() && (overshoots || flight.tests.size() + next.tests.size() > cap)) break;
@@ -367,7 +381,7 @@ void Dispatcher::State::take_crumbs(const std::string& worker, std::size_t cap, 
                                     bool& retry) {
   while (queued_estimate_s() < cost.overhead_s(worker)) {
     auto where = peek_longest(worker);
-    if (!where || flight.tests.size() + peeked(*where).tests.size() > cap) return;
+    if (!where || peeked(*where).isolated || flight.tests.size() + peeked(*where).tests.size() > cap) return;
     Item item = take(*where);
     append(flight, item);
     retry = retry || item.retry;

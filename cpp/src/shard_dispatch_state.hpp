@@ -24,6 +24,9 @@ struct Item {
   std::vector<std::size_t> tests;
   double estimate_s = 0.0;  // as estimated before the run, unscaled
   bool retry = false;
+  // Re-runs after a batch failed as a whole: a batch of their own, never
+  // merged with other items nor split (kIsolatedRunsPerWorker).
+  bool isolated = false;
   double guessed_s = 0.0;         // the part of estimate_s that is guessed, not history
   std::size_t guessed_tests = 0;  // how many of `tests` that part holds
 };
@@ -42,7 +45,8 @@ struct InFlight {
   double started_s = 0.0;
   double estimate_s = 0.0;
   bool speculative = false;
-  bool copied = false;  // a straggler copy of it runs elsewhere
+  bool copied = false;    // a straggler copy of it runs elsewhere
+  bool isolated = false;  // an isolated item (Item::isolated)
   // estimate_s split as the queue keeps it, so that a recalibration applies
   // to batches already running too.
   double known_s = 0.0;
@@ -78,6 +82,8 @@ struct Dispatcher::State {
   double first_arrival_s = 0.0;
   double last_arrival_s = 0.0;
   std::uint64_t next_batch_id = 1;
+  // Isolated runs left to cut this build (kIsolatedRunsPerWorker).
+  std::size_t isolated_runs_left = 0;
   DispatchStats stats;
   BatchCostModel cost;
   // The suite's variance per estimated second (its tests' spreads squared,
@@ -170,6 +176,8 @@ struct Dispatcher::State {
   bool one_batch_is_enough(double share_s, double overhead_s) const;
   bool second_batch_repays(double variance, double share_s, double overhead_s) const;
   Assignment hand_out(const std::string& worker, double now_s, InFlight flight, bool retry);
+  Assignment hand_out_isolated(const std::string& worker, double now_s,
+                               std::multimap<double, Item, std::greater<>>::iterator where);
   std::optional<Assignment> from_queue(const std::string& worker, double now_s);
   std::vector<std::size_t> unresolved(const std::vector<std::size_t>& batch_tests) const;
   std::optional<Assignment> straggler_copy(const std::string& worker, double now_s);
@@ -178,8 +186,11 @@ struct Dispatcher::State {
 
   // Recording results (shard_dispatch.cpp).
   void resolve(std::size_t test, Verdict verdict);
-  void record(std::size_t test, Attempt attempt);
-  void requeue(std::vector<std::size_t> batch_tests, bool retry);
+  // Records an attempt; true when the test is to be re-run and
+  // `hold_rerun` asked the caller to queue it (requeue_failed_as_a_whole).
+  bool record(std::size_t test, Attempt attempt, bool hold_rerun = false);
+  void requeue(std::vector<std::size_t> batch_tests, bool retry, bool isolated = false);
+  void requeue_failed_as_a_whole(std::vector<std::size_t> reruns, std::size_t batch_size);
   std::unordered_map<std::uint64_t, InFlight>::iterator find_in_flight(const std::string& worker,
                                                                        std::uint64_t batch_id);
   InFlight finish(const std::string& worker, std::uint64_t batch_id);

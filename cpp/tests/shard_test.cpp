@@ -451,10 +451,12 @@ TEST(Dispatcher, RefusedReportLeavesTheBatchInFlightForReportError) {
     EXPECT_EQ(dispatcher.stats().resolved, 0u);
   }
   dispatcher.report_error("w", batch.batch.id, "report refused");
-  auto rerun = dispatcher.next_batch("w", 1.0);
-  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
-  EXPECT_EQ(rerun.batch.tests.size(), 2u);  // both re-queued, none lost
-  dispatcher.report("w", rerun.batch.id, all_passed(rerun.batch));
+  for (int rerun_number = 1; rerun_number <= 2; ++rerun_number) {  // both re-queued, none lost
+    auto rerun = dispatcher.next_batch("w", rerun_number);
+    ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+    EXPECT_EQ(rerun.batch.tests.size(), 1u);  // isolated: see below
+    dispatcher.report("w", rerun.batch.id, all_passed(rerun.batch));
+  }
   EXPECT_TRUE(dispatcher.done());
   // A batch that failed as a whole is no failure of its tests: passed, not flaky.
   EXPECT_EQ(dispatcher.stats().passed, 2u);
@@ -469,10 +471,12 @@ TEST(Dispatcher, AWholeBatchFailureIsNoTestsOwnFailure) {
   auto batch = dispatcher.next_batch("w", 0.0);
   ASSERT_EQ(batch.batch.tests.size(), 2u);
   dispatcher.report("w", batch.batch.id, {}, 600.0);  // killed at its timeout: no report
-  auto rerun = dispatcher.next_batch("w", 601.0);
-  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
-  dispatcher.report("w", rerun.batch.id,
-                    {{"fine.py::t", true, 1.0, ""}, {"hangs.py::t", false, 2.0, "boom"}});
+  for (double now_s = 601.0; !dispatcher.done(); ++now_s) {
+    auto rerun = dispatcher.next_batch("w", now_s);
+    ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+    dispatcher.report("w", rerun.batch.id,
+                      {{"fine.py::t", true, 1.0, ""}, {"hangs.py::t", false, 2.0, "boom"}});
+  }
   std::map<std::string, Verdict> verdicts;
   for (const auto& outcome : dispatcher.outcomes()) verdicts[outcome.id] = outcome.verdict;
   EXPECT_EQ(verdicts["fine.py::t"], Verdict::Passed);
@@ -536,6 +540,81 @@ TEST(Dispatcher, SkipAfterAFailureLeavesTheTestToItsRemainingAttempts) {
 
 // A test without a result has no time: its attempt says so, so that its 0 s
 // is never learnt as its duration.
+// The verdicts of a batch's tests after it failed as a whole, run by `workers`
+// that each ask in turn until every test is decided: `culprit` takes every
+// batch it is in down (a hang past the timeout); every other test passes.
+// Fails the test if a re-run batch holds the culprit with another test.
+std::map<std::string, Verdict> run_with_a_culprit(Dispatcher& dispatcher, const std::string& culprit,
+                                                  const std::vector<std::string>& workers) {
+  for (int request = 0; request < 1000 && !dispatcher.done(); ++request) {
+    const std::string& worker = workers[static_cast<std::size_t>(request) % workers.size()];
+    auto next = dispatcher.next_batch(worker, request);
+    if (next.kind != Assignment::Kind::Run) continue;
+    const auto& tests = next.batch.tests;
+    if (std::find(tests.begin(), tests.end(), culprit) == tests.end()) {
+      dispatcher.report(worker, next.batch.id, all_passed(next.batch));
+      continue;
+    }
+    if (next.batch.retry) EXPECT_EQ(tests.size(), 1u) << "the culprit re-run with others";
+    dispatcher.report_error(worker, next.batch.id, "ran over its timeout");
+  }
+  EXPECT_TRUE(dispatcher.done());
+  std::map<std::string, Verdict> verdicts;
+  for (const auto& outcome : dispatcher.outcomes()) verdicts[outcome.id] = outcome.verdict;
+  return verdicts;
+}
+
+// One test hangs in a batch of ten. Re-run together, it took its nine
+// batch-mates down again, and at max_attempts all ten were failed.
+TEST(Dispatcher, ABatchThatFailsAsAWholeIsReRunTestByTestSoOnlyItsCulpritFails) {
+  DispatchOptions options = workers(2);
+  options.min_batch_s = 100.0;  // the whole suite in the first batch
+  Dispatcher dispatcher(random_suite(10, 5, 7), options);
+  const std::string culprit = "tests/test_1.py::test_7";
+  auto verdicts = run_with_a_culprit(dispatcher, culprit, {"w1", "w2"});
+  for (const auto& [id, verdict] : verdicts) {
+    EXPECT_EQ(verdict, id == culprit ? Verdict::Failed : Verdict::Passed) << id;
+  }
+  EXPECT_EQ(dispatcher.stats().isolated_runs, 10u);
+}
+
+// Re-runs of a batch that failed as a whole go in batches of their own, not
+// topped up with the fresh tests still queued.
+TEST(Dispatcher, AnIsolatedReRunIsNeverMergedWithOtherWork) {
+  DispatchOptions options = workers(2);
+  options.min_batch_s = 5.0;
+  Dispatcher dispatcher(suite({{"a.py::t1", 3},
+                               {"a.py::t2", 3},
+                               {"b.py::t1", 2},
+                               {"b.py::t2", 2},
+                               {"c.py::t1", 1},
+                               {"c.py::t2", 1}}),
+                        options);
+  auto verdicts = run_with_a_culprit(dispatcher, "a.py::t2", {"w1", "w2"});
+  EXPECT_EQ(verdicts["a.py::t2"], Verdict::Failed);
+  EXPECT_EQ(verdicts["a.py::t1"], Verdict::Passed);
+}
+
+// A commit that fails every batch (a conftest.py that no longer imports):
+// isolated re-runs stop at the budget, the rest go together and every test
+// fails when its attempts run out, without a start-up per test.
+TEST(Dispatcher, ABuildWhoseEveryBatchFailsSpendsOnlyItsIsolationBudget) {
+  DispatchOptions options = workers(1);
+  options.min_batch_s = 100.0;
+  Dispatcher dispatcher(random_suite(60, 10, 3), options);
+  std::size_t batches = 0;
+  for (int request = 0; request < 1000 && !dispatcher.done(); ++request) {
+    auto next = dispatcher.next_batch("w", request);
+    ASSERT_EQ(next.kind, Assignment::Kind::Run);
+    ++batches;
+    dispatcher.report_error("w", next.batch.id, "ImportError while loading conftest");
+  }
+  ASSERT_TRUE(dispatcher.done());
+  EXPECT_EQ(dispatcher.stats().failed, 60u);
+  EXPECT_EQ(dispatcher.stats().isolated_runs, kIsolatedRunsPerWorker);
+  EXPECT_LE(batches, 1 + kIsolatedRunsPerWorker + 1);  // the first, the isolated runs, the rest together
+}
+
 TEST(Dispatcher, AttemptsSayWhetherTheRunnerTimedThem) {
   Dispatcher dispatcher(suite({{"a.py::t", 1}, {"a.py::u", 1}, {"b.py::t", 1}}), workers(1));
   auto batch = dispatcher.next_batch("w", 0.0);

@@ -134,23 +134,24 @@ class RunShardStandaloneTests(ShardStepCase):
         self.build.setProperty("shard_tests", tests, "test")
 
     @defer.inlineCallbacks
-    def run_with_reports(self, reports: list[str], result: int):
-        """The shard's whole list runs once per report (a re-run after each bad one); returns the step."""
+    def run_with_reports(self, first: str, result: int, rerun: str | None = None):
+        """The shard's whole list runs with the `first` report; if that one is
+        bad, the batch failed as a whole and each test is re-run alone with
+        the `rerun` report. Returns the step."""
         self.setup_shard()
-        self.expect_batches(
-            *[
-                command
-                for number, report in enumerate(reports, 1)
-                for command in self.batch_run(TESTS, number, report)
-            ]
+        reruns = (
+            []
+            if rerun is None
+            else [*self.batch_run(TESTS[:1], 2, rerun), *self.batch_run(TESTS[1:], 3, rerun)]
         )
+        self.expect_batches(*self.batch_run(TESTS, 1, first), *reruns)
         self.expect_outcome(result=result)
         yield self.run_step()
         return self.get_nth_step(0)
 
     @defer.inlineCallbacks
     def test_good_report_passes(self):
-        yield self.run_with_reports([GOOD_REPORT], SUCCESS)
+        yield self.run_with_reports(GOOD_REPORT, SUCCESS)
 
     @defer.inlineCallbacks
     def test_a_tests_file_carries_the_ids_and_the_log_shows_a_count(self):
@@ -179,7 +180,9 @@ class RunShardStandaloneTests(ShardStepCase):
         self.setup_shard(template=TESTS_FILE_TEMPLATE)
         self.expect_batches(
             self.download_of_tests_file(1).exit(1),
+            # Each test re-run alone (a batch that failed as a whole).
             self.download_of_tests_file(2).exit(1),
+            self.download_of_tests_file(3).exit(1),
         )
         self.expect_outcome(result=FAILURE)
         yield self.run_step()
@@ -187,22 +190,22 @@ class RunShardStandaloneTests(ShardStepCase):
 
     @defer.inlineCallbacks
     def test_truncated_report_fails_that_batch_then_rerun_passes(self):
-        step = yield self.run_with_reports([TRUNCATED_REPORT, GOOD_REPORT], WARNINGS)
+        step = yield self.run_with_reports(TRUNCATED_REPORT, WARNINGS, rerun=GOOD_REPORT)
         self.assertIn("not well-formed XML (truncated?)", step.logs["stdio"].stderr)
 
     @defer.inlineCallbacks
     def test_billion_laughs_is_refused_and_fails_the_tests(self):
-        step = yield self.run_with_reports([BILLION_LAUGHS, BILLION_LAUGHS], FAILURE)
+        step = yield self.run_with_reports(BILLION_LAUGHS, FAILURE, rerun=BILLION_LAUGHS)
         self.assertIn("unsafe XML", step.logs["stdio"].stderr)
 
     @defer.inlineCallbacks
     def test_deeply_nested_report_is_refused_and_fails_the_tests(self):
-        step = yield self.run_with_reports([DEEPLY_NESTED, DEEPLY_NESTED], FAILURE)
+        step = yield self.run_with_reports(DEEPLY_NESTED, FAILURE, rerun=DEEPLY_NESTED)
         self.assertIn("nested over 64 deep", step.logs["stdio"].stderr)
 
     @defer.inlineCallbacks
     def test_skipped_test_is_resolved_without_a_rerun(self):
-        step = yield self.run_with_reports([ONE_SKIPPED], SUCCESS)
+        step = yield self.run_with_reports(ONE_SKIPPED, SUCCESS)
         self.assertIn("0 failed attempts", step.getResultSummary()["step"])
 
     @defer.inlineCallbacks
@@ -287,7 +290,8 @@ class RunShardDynamicTests(ShardStepCase):
         session = self.register(workers=1, tests=TESTS, min_batch_s=10.0)
         self.expect_batches(
             *self.batch_run(TESTS, 1, TIMES_SUM_TO_INFINITY),
-            *self.batch_run(TESTS, 2, GOOD_REPORT),
+            *self.batch_run(TESTS[:1], 2, GOOD_REPORT),
+            *self.batch_run(TESTS[1:], 3, GOOD_REPORT),
         )
         self.expect_outcome(result=WARNINGS)
         running = self.run_step()

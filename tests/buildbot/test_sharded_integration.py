@@ -259,3 +259,38 @@ def test_static_mode_hands_each_shard_its_fixed_list(cluster):
     lists = [b["properties"]["shard_tests"][0] for b in mine if b["results"] in (0, 1, 2)]
     assert sorted(t for tests in lists for t in tests) == sorted(set(t for tests in lists for t in tests))
     assert sum(len(tests) for tests in lists) == SUITE_SIZE
+
+
+# One test hangs; its eight batch-mates pass. The first batch holds them all.
+HANGING_TEST = "tests/test_hangs.py::test_never_returns"
+HANGING_SUITE = {
+    "pytest.ini": "[pytest]\naddopts = -p no:cacheprovider\n",
+    "tests/__init__.py": "",
+    "tests/test_hangs.py": "import time\n\n\ndef test_never_returns():\n    time.sleep(3600)\n",
+    **{
+        f"tests/test_quick_{file}.py": "".join(f"def test_{i}():\n    pass\n\n\n" for i in range(4))
+        for file in range(2)
+    },
+}
+# Long enough for a pytest to start and run the quick tests on a loaded
+# machine, short enough that the test waits for it twice.
+HANG_TIMEOUT_S = 15.0
+
+
+def test_a_hanging_test_fails_alone_and_its_batch_mates_pass(make_cluster, tmp_path_factory):
+    suite = tmp_path_factory.mktemp("hanging-suite")
+    for name, text in HANGING_SUITE.items():
+        (suite / name).parent.mkdir(parents=True, exist_ok=True)
+        (suite / name).write_text(text)
+    cluster = make_cluster(
+        shard_workers=2, suite_source=suite, min_batch_s=60.0, batch_timeout=HANG_TIMEOUT_S, speculate=False
+    )
+    build = cluster.wait_for_build(cluster.force_build())
+    props = build["properties"]
+    assert build["results"] == FAILURE, build["state_string"]
+    # Its batch ran over the timeout; re-run each alone, only the hanging test
+    # did again. Re-run together, all nine were failed.
+    assert (props["tests_failed"], props["tests_passed"], props["tests_flaky"]) == (1, 8, 0)
+    assert HANGING_TEST in build["state_string"]
+    assert props["tests_isolated_runs"] == 9
+    assert len(props["tests_passed_after_batch_failure_names"]) == 8
