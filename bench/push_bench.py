@@ -59,6 +59,8 @@ ssh commands per host is not billed for it.
 
 Every ssh connection uses the harness's key and known_hosts with
 StrictHostKeyChecking=yes and BatchMode=yes; all traffic is to 127.0.0.0/8.
+`--kex ALGORITHM` sets ssh's KexAlgorithms for every tool alike (default:
+ssh's own; see bench/ssh_kex_bench.py for what each costs a connection).
 Processes are started with argument vectors, never through a local shell.
 """
 
@@ -133,11 +135,12 @@ class PushResult:
 
 
 class Env:
-    def __init__(self, fleet, workdir: pathlib.Path, concurrency: int):
+    def __init__(self, fleet, workdir: pathlib.Path, concurrency: int, kex: str | None):
         self.fleet = fleet
         self.hosts = fleet.hosts
         self.workdir = workdir
         self.concurrency = concurrency
+        self.kex = kex
         self.peer_base = workdir / "peer"
         # One ssh_config for the peers: per-host ports, the harness's key and
         # known_hosts, strict host key checking, no prompts.
@@ -154,6 +157,7 @@ class Env:
             "  GlobalKnownHostsFile /dev/null",
             "  StrictHostKeyChecking yes",
             "  BatchMode yes",
+            *([f"  KexAlgorithms {kex}"] if kex else []),
             "",
         ]
         self.ssh_config.write_text("\n".join(lines))
@@ -472,6 +476,7 @@ class Ours:
         # Our own socket directory (short: unix socket paths stay under ~100
         # bytes), so close() can end exactly these masters.
         self.transport = self.transport_class(
+            extra_options=(f"KexAlgorithms={self.env.kex}",) if self.env.kex else (),
             known_hosts=str(self.env.fleet.known_hosts),
             identity_file=str(self.env.fleet.identity_file),
             control_dir=tempfile.mkdtemp(prefix="pb-cm-", dir="/tmp"),
@@ -588,6 +593,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run in this directory instead of a temporary one "
         "(with --storage tmpfs, a tmpfs is mounted over it for the run)",
     )
+    ap.add_argument(
+        "--kex",
+        help="ssh KexAlgorithms for every tool, e.g. curve25519-sha256 (default: ssh's own; "
+        "bench/ssh_kex_bench.py says what each costs)",
+    )
     ap.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
     ap.add_argument("--json-file", type=pathlib.Path, help="also write the JSON document to this file")
     ap.add_argument(
@@ -658,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                 "\n"
             )[0],
             "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
+            "kex": args.kex or "ssh's default",
         },
     }
     ours_by_tool: dict[str, Ours] = {}
@@ -681,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         fleet = sshd_hosts.SshdFleet(args.hosts, workdir / "fleet")
         fleet.start()
         cpu.add_hosts([host.process.pid for host in fleet.hosts if host.process is not None])
-        env = Env(fleet, workdir, args.concurrency)
+        env = Env(fleet, workdir, args.concurrency, args.kex)
         log(
             f"{args.hosts} sshd hosts up on 127.0.0.{sshd_hosts.FIRST_HOST_OCTET}.. "
             f"[{time.perf_counter() - t:.1f}s]"
@@ -946,7 +957,7 @@ def print_table(report: dict, args) -> None:
     cfg, tree, ref, results = report["config"], report["tree"], report["reference"], report["results"]
     print(f"Release push: {cfg['hosts']} loopback sshd hosts, concurrency {cfg['concurrency']}, "
           f"median of {cfg['repeat']}, {cfg['cpus']} CPUs, storage {cfg['storage']}; "
-          f"{cfg['rsync']}; {cfg['ssh']}")  # fmt: skip
+          f"{cfg['rsync']}; {cfg['ssh']}, key exchange: {cfg['kex']}")  # fmt: skip
     print(
         f"Tree: {tree['files']} files, {fmt_bytes(tree['bytes'])}; {tree['revisions']} revisions after it, "
         f"each 1 push apart; the steady push's revision: "
