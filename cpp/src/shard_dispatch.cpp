@@ -90,7 +90,7 @@ void Dispatcher::State::resolve(std::size_t test, Verdict verdict) {
   if (verdict == Verdict::Skipped) ++stats.skipped;
 }
 
-bool Dispatcher::State::record(std::size_t test, Attempt attempt, bool hold_rerun) {
+bool Dispatcher::State::record(std::size_t test, Attempt attempt, Rerun rerun) {
   auto& state = test_states[test];
   if (state.verdict != Verdict::Pending) return false;  // another copy decided it first
   const bool passed = attempt.passed;
@@ -111,37 +111,75 @@ bool Dispatcher::State::record(std::size_t test, Attempt attempt, bool hold_reru
   // Flaky), or a skip after a failure (a worker that cannot run the test has
   // not seen it pass): re-run while attempts are left, else Failed.
   if (!skipped && own_result) ++state.failures;
+  if (rerun == Rerun::Held) return true;
+  // No result of its own while another run of it waits or runs (its isolated
+  // re-run, when the straggler copy of its batch fails too): that run decides.
+  if (!own_result && (state.queued || state.copies_in_flight > 0)) return false;
   if (static_cast<int>(state.attempts.size()) >= options.max_attempts) {
     resolve(test, Verdict::Failed);
   } else if (!state.queued) {
     // Re-run now, even while another copy of the test still runs: that copy
     // may be the one held by a surprise, and waiting for it would hold the
     // verdict (and the build) as long. Whichever answers first decides.
-    if (hold_rerun) return true;
-    requeue({test}, true);
+    requeue({test}, true, rerun == Rerun::Isolated);
   }
   return false;
 }
 
-// The re-runs of tests whose batch of `batch_size` failed as a whole (no
-// result of their own): in isolated items, one test each while the budget
-// lasts (kIsolatedRunsPerWorker), else as many even runs of consecutive tests
-// (a file's tests stay together) as it has left; together once it is spent,
-// or when the batch held one test, which was its own culprit.
-void Dispatcher::State::requeue_failed_as_a_whole(std::vector<std::size_t> reruns, std::size_t batch_size) {
-  if (reruns.empty()) return;
-  if (batch_size <= 1 || isolated_runs_left == 0) {
-    for (auto test : reruns) requeue({test}, true);
-    return;
+// A batch that failed as a whole: `without_result`, its tests with no result
+// of their own, get a failed attempt each. Their re-runs are isolated items
+// (kIsolatedRunsPerWorker), cut by isolated_groups, even past max_attempts
+// if it allows re-runs at all (the budget bounds them: a run that holds the
+// culprit with others is cut again); a test that was alone in its batch was its own culprit, and with
+// attempts left its re-run stays alone; once the budget is spent, re-runs
+// that batches may merge, as after any failure. A test whose isolated re-run
+// is already queued or running is left to it.
+void Dispatcher::State::fail_as_a_whole(const InFlight& flight,
+                                        const std::vector<std::size_t>& without_result,
+                                        const std::string& worker, const std::string& message) {
+  std::vector<std::size_t> open, left_to_their_reruns;
+  for (auto test : without_result) {
+    const auto& state = test_states[test];
+    if (state.verdict != Verdict::Pending) continue;  // another copy decided it first
+    (state.queued || in_isolated_run(test) ? left_to_their_reruns : open).push_back(test);
   }
-  const std::size_t runs = std::min(reruns.size(), isolated_runs_left);
+  for (auto test : left_to_their_reruns) record(test, {worker, false, 0.0, message});
+  const bool alone = flight.tests.size() <= 1;
+  // With one attempt allowed, nothing is re-run, nor isolated.
+  const std::size_t groups = alone || options.max_attempts <= 1 ? 0 : isolated_groups(open.size());
+  const Rerun rerun = alone ? Rerun::Isolated : groups > 0 ? Rerun::Held : Rerun::Together;
+  std::vector<std::size_t> held;
+  for (auto test : open) {
+    if (record(test, {worker, false, 0.0, message}, rerun)) held.push_back(test);
+  }
+  if (held.empty()) return;
+  const std::size_t runs = std::min(groups, held.size());
   isolated_runs_left -= runs;
-  stats.isolated_runs += runs;
+  // Consecutive tests of the batch: most of a file's tests share a run.
   for (std::size_t run = 0; run < runs; ++run) {
-    const auto first = reruns.begin() + static_cast<std::ptrdiff_t>(run * reruns.size() / runs);
-    const auto last = reruns.begin() + static_cast<std::ptrdiff_t>((run + 1) * reruns.size() / runs);
+    const auto first = held.begin() + static_cast<std::ptrdiff_t>(run * held.size() / runs);
+    const auto last = held.begin() + static_cast<std::ptrdiff_t>((run + 1) * held.size() / runs);
     requeue({first, last}, true, true);
   }
+}
+
+// How many isolated runs `reruns` tests of a batch that failed as a whole
+// are cut into: one each while the budget holds them all (one round finds
+// the culprit); else half of what is left, at least two, so that the run
+// holding the culprit, failing again, can still be cut; none once fewer than
+// two are left.
+std::size_t Dispatcher::State::isolated_groups(std::size_t reruns) const {
+  if (reruns <= isolated_runs_left) return reruns;
+  if (isolated_runs_left >= 2) return std::max<std::size_t>(2, isolated_runs_left / 2);
+  return 0;
+}
+
+bool Dispatcher::State::in_isolated_run(std::size_t test) const {
+  if (test_states[test].copies_in_flight == 0) return false;
+  return std::any_of(in_flight.begin(), in_flight.end(), [&](const auto& entry) {
+    const InFlight& flight = entry.second;
+    return flight.isolated && std::find(flight.tests.begin(), flight.tests.end(), test) != flight.tests.end();
+  });
 }
 
 // A test decided while its re-run still waits in the queue: the re-run goes.
@@ -292,36 +330,36 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
   std::unordered_map<std::string_view, const TestResult*> by_id;
   for (const auto& result : results) by_id.emplace(result.id, &result);
   double tests_s = 0.0;
-  std::size_t answered = 0;
-  std::vector<std::size_t> reruns_without_result;
+  std::size_t answered = 0, passed = 0;
+  std::vector<std::size_t> without_result;
   for (auto test : flight.tests) {
     auto found = by_id.find(state.tests[test].id);
     if (found == by_id.end()) {
-      if (state.record(test, {worker, false, 0.0, kNoResultMessage}, true))
-        reruns_without_result.push_back(test);
+      without_result.push_back(test);
     } else {
       const TestResult& result = *found->second;
       tests_s += result.seconds;
       ++answered;
+      if (result.passed || result.skipped) ++passed;
       if (guessed(state.tests[test])) state.cost.observe_guessed(state.tests[test].seconds, result.seconds);
       state.record(test, {worker, result.passed && !result.skipped, result.seconds, result.message,
                           result.skipped, true});
     }
   }
-  state.requeue_failed_as_a_whole(std::move(reruns_without_result), flight.tests.size());
+  if (!without_result.empty()) state.fail_as_a_whole(flight, without_result, worker, kNoResultMessage);
   // Only a batch that ran to the end says what its start-up costs.
   if (wall_s && answered == flight.tests.size()) state.cost.observe_batch(worker, *wall_s, tests_s);
+  // An isolated run that passed found batch-mates, not the culprit: the
+  // search is working, and its run goes back to the budget (a commit that
+  // fails every batch gets none back).
+  if (flight.isolated && passed == flight.tests.size()) ++state.isolated_runs_left;
 }
 
 void Dispatcher::report_error(const std::string& worker, std::uint64_t batch_id, const std::string& message) {
   std::lock_guard lock(state_->mutex);
   auto& state = *state_;
   InFlight flight = state.finish(worker, batch_id);
-  std::vector<std::size_t> reruns;
-  for (auto test : flight.tests) {
-    if (state.record(test, {worker, false, 0.0, message}, true)) reruns.push_back(test);
-  }
-  state.requeue_failed_as_a_whole(std::move(reruns), flight.tests.size());
+  state.fail_as_a_whole(flight, flight.tests, worker, message);
 }
 
 void Dispatcher::worker_lost(const std::string& worker) {

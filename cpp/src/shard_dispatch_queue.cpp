@@ -44,10 +44,12 @@ bool Dispatcher::State::may_run(const Item& item, const std::string& worker) con
 
 // The longest eligible item, fresh or requeued, without taking it: the
 // requeued entry, or requeued.end() for the next fresh one; nullopt if none.
+// Isolated items only `with_isolated` (for a batch still empty).
 std::optional<std::multimap<double, Item, std::greater<>>::iterator> Dispatcher::State::peek_longest(
-    const std::string& worker) {
-  auto eligible = std::find_if(requeued.begin(), requeued.end(),
-                               [&](const auto& entry) { return may_run(entry.second, worker); });
+    const std::string& worker, bool with_isolated) {
+  auto eligible = std::find_if(requeued.begin(), requeued.end(), [&](const auto& entry) {
+    return (with_isolated || !entry.second.isolated) && may_run(entry.second, worker);
+  });
   bool have_fresh = next_fresh < fresh.size();
   if (eligible != requeued.end() && (!have_fresh || eligible->first >= fresh[next_fresh].estimate_s)) {
     return eligible;
@@ -223,6 +225,7 @@ Assignment Dispatcher::State::hand_out_isolated(const std::string& worker, doubl
   InFlight flight;
   append(flight, take(where));
   flight.isolated = true;
+  ++stats.isolated_runs;
   return hand_out(worker, now_s, std::move(flight), true);
 }
 
@@ -237,12 +240,9 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
   InFlight flight;
   bool retry = false;
   while (flight.tests.empty() || flight.estimate_s < target) {
-    auto where = peek_longest(worker);
+    auto where = peek_longest(worker, flight.tests.empty());
     if (!where) break;
-    if (peeked(*where).isolated) {
-      if (flight.tests.empty()) return hand_out_isolated(worker, now_s, *where);
-      break;
-    }
+    if (peeked(*where).isolated) return hand_out_isolated(worker, now_s, *where);
     const Item& next = peeked(*where);
     const double after = flight.estimate_s + estimate_of(next);
     const bool overshoots = after - target > target - flight.estimate_s;
@@ -251,8 +251,7 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
       if (top_up_ok) top_up(target, cap, flight);
       // Nothing shorter left to top up from (the last parts): the longest one's tests, to the nearest.
       auto longest = flight.estimate_s < target ? peek_longest(worker) : std::nullopt;
-      if (longest && !peeked(*longest).isolated)
-        take_fitting(*longest, target, cap, flight, Fit::Nearest, retry);
+      if (longest) take_fitting(*longest, target, cap, flight, Fit::Nearest, retry);
       if (!flight.tests.empty()) break;
     }
     if (!flight.tests.empty() && (overshoots || flight.tests.size() + next.tests.size() > cap)) break;
@@ -381,7 +380,7 @@ void Dispatcher::State::take_crumbs(const std::string& worker, std::size_t cap, 
                                     bool& retry) {
   while (queued_estimate_s() < cost.overhead_s(worker)) {
     auto where = peek_longest(worker);
-    if (!where || peeked(*where).isolated || flight.tests.size() + peeked(*where).tests.size() > cap) return;
+    if (!where || flight.tests.size() + peeked(*where).tests.size() > cap) return;
     Item item = take(*where);
     append(flight, item);
     retry = retry || item.retry;

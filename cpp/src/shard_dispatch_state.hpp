@@ -61,6 +61,13 @@ struct TestState {
   std::vector<Attempt> attempts;
 };
 
+// How a failed attempt's re-run is queued (Dispatcher::State::record).
+enum class Rerun {
+  Together,  // a re-run item of its own, which batches may merge with others
+  Isolated,  // an isolated item: its batch failed as a whole with it alone
+  Held,      // re-run in an isolated item the caller cuts (fail_as_a_whole), whatever max_attempts says
+};
+
 struct Dispatcher::State {
   mutable std::mutex mutex;
   DispatchOptions options;
@@ -140,7 +147,7 @@ struct Dispatcher::State {
   bool running(std::size_t test, const std::string& worker) const;
   bool may_run(const Item& item, const std::string& worker) const;
   std::optional<std::multimap<double, Item, std::greater<>>::iterator> peek_longest(
-      const std::string& worker);
+      const std::string& worker, bool with_isolated = false);
   const Item& peeked(std::multimap<double, Item, std::greater<>>::iterator where) const;
   Item take(std::multimap<double, Item, std::greater<>>::iterator where);
   Item take_shortest_fresh();
@@ -186,11 +193,14 @@ struct Dispatcher::State {
 
   // Recording results (shard_dispatch.cpp).
   void resolve(std::size_t test, Verdict verdict);
-  // Records an attempt; true when the test is to be re-run and
-  // `hold_rerun` asked the caller to queue it (requeue_failed_as_a_whole).
-  bool record(std::size_t test, Attempt attempt, bool hold_rerun = false);
+  // Records an attempt; true when the test is to be re-run and `rerun`
+  // (Held) leaves the queueing to the caller.
+  bool record(std::size_t test, Attempt attempt, Rerun rerun = Rerun::Together);
   void requeue(std::vector<std::size_t> batch_tests, bool retry, bool isolated = false);
-  void requeue_failed_as_a_whole(std::vector<std::size_t> reruns, std::size_t batch_size);
+  void fail_as_a_whole(const InFlight& flight, const std::vector<std::size_t>& without_result,
+                       const std::string& worker, const std::string& message);
+  std::size_t isolated_groups(std::size_t reruns) const;
+  bool in_isolated_run(std::size_t test) const;
   std::unordered_map<std::uint64_t, InFlight>::iterator find_in_flight(const std::string& worker,
                                                                        std::uint64_t batch_id);
   InFlight finish(const std::string& worker, std::uint64_t batch_id);

@@ -538,14 +538,13 @@ TEST(Dispatcher, SkipAfterAFailureLeavesTheTestToItsRemainingAttempts) {
   EXPECT_EQ(dispatcher.outcomes()[0].verdict, Verdict::Flaky);
 }
 
-// A test without a result has no time: its attempt says so, so that its 0 s
-// is never learnt as its duration.
 // The verdicts of a batch's tests after it failed as a whole, run by `workers`
 // that each ask in turn until every test is decided: `culprit` takes every
 // batch it is in down (a hang past the timeout); every other test passes.
-// Fails the test if a re-run batch holds the culprit with another test.
+// With `reruns_alone`, fails the test if a re-run holds the culprit with another test.
 std::map<std::string, Verdict> run_with_a_culprit(Dispatcher& dispatcher, const std::string& culprit,
-                                                  const std::vector<std::string>& workers) {
+                                                  const std::vector<std::string>& workers,
+                                                  bool reruns_alone = true) {
   for (int request = 0; request < 1000 && !dispatcher.done(); ++request) {
     const std::string& worker = workers[static_cast<std::size_t>(request) % workers.size()];
     auto next = dispatcher.next_batch(worker, request);
@@ -555,7 +554,7 @@ std::map<std::string, Verdict> run_with_a_culprit(Dispatcher& dispatcher, const 
       dispatcher.report(worker, next.batch.id, all_passed(next.batch));
       continue;
     }
-    if (next.batch.retry) EXPECT_EQ(tests.size(), 1u) << "the culprit re-run with others";
+    if (reruns_alone && next.batch.retry) EXPECT_EQ(tests.size(), 1u) << "the culprit re-run with others";
     dispatcher.report_error(worker, next.batch.id, "ran over its timeout");
   }
   EXPECT_TRUE(dispatcher.done());
@@ -598,6 +597,116 @@ TEST(Dispatcher, AnIsolatedReRunIsNeverMergedWithOtherWork) {
 // A commit that fails every batch (a conftest.py that no longer imports):
 // isolated re-runs stop at the budget, the rest go together and every test
 // fails when its attempts run out, without a start-up per test.
+// A batch larger than the budget is cut into fewer runs, and the run that
+// holds the culprit, failing again, is cut again: no batch-mate is failed.
+TEST(Dispatcher, ABatchLargerThanTheIsolationBudgetIsCutUntilTheCulpritIsAlone) {
+  DispatchOptions options = workers(1);  // a budget of kIsolatedRunsPerWorker
+  options.min_batch_s = 1000.0;
+  const auto tests = random_suite(60, 10, 5);
+  Dispatcher dispatcher(tests, options);
+  const std::string culprit = tests[41].id;
+  auto verdicts = run_with_a_culprit(dispatcher, culprit, {"w"}, false);
+  for (const auto& [id, verdict] : verdicts) {
+    EXPECT_EQ(verdict, id == culprit ? Verdict::Failed : Verdict::Passed) << id;
+  }
+  // Halves of what the budget has left, each passing run given back: a few
+  // rounds, fewer runs than tests.
+  EXPECT_LT(dispatcher.stats().isolated_runs, tests.size());
+}
+
+// A test that failed its batch alone is its own culprit: with attempts left,
+// its re-run is isolated too (merged with other tests, it took them down).
+TEST(Dispatcher, ACulpritThatFailedAloneIsReRunAlone) {
+  DispatchOptions options = workers(1);
+  options.min_batch_s = 20.0;
+  options.max_attempts = 3;
+  std::vector<std::pair<std::string, double>> tests;
+  for (int i = 0; i < 12; ++i) tests.push_back({"f" + std::to_string(i) + ".py::t", 5});
+  Dispatcher dispatcher(suite(tests), options);
+  auto verdicts = run_with_a_culprit(dispatcher, "f3.py::t", {"w"});
+  for (const auto& [id, verdict] : verdicts) {
+    EXPECT_EQ(verdict, id == "f3.py::t" ? Verdict::Failed : Verdict::Passed) << id;
+  }
+}
+
+// The straggler copy of a batch that hangs hangs too, and fails after the
+// original: its failures, with no result of the tests' own, leave the
+// decision to their isolated re-runs (they failed the batch-mates first).
+TEST(Dispatcher, AStragglerCopyFailingAsAWholeLeavesTheVerdictToTheIsolatedReRuns) {
+  DispatchOptions options = workers(2);
+  options.min_batch_s = 100.0;
+  Dispatcher dispatcher(suite({{"h.py::t", 10}, {"q.py::t0", 10}, {"q.py::t1", 10}, {"q.py::t2", 10}}),
+                        options);
+  auto original = dispatcher.next_batch("w1", 0.0);
+  auto copy = dispatcher.next_batch("w2", 1.0);
+  ASSERT_TRUE(copy.batch.speculative);
+  dispatcher.report_error("w1", original.batch.id, "ran over its timeout");
+  auto first_rerun = dispatcher.next_batch("w1", 600.0);  // one isolated re-run runs, the rest wait
+  ASSERT_EQ(first_rerun.batch.tests.size(), 1u);
+  dispatcher.report_error("w2", copy.batch.id, "ran over its timeout");
+  EXPECT_EQ(dispatcher.stats().failed, 0u);
+  const std::string culprit = "h.py::t";
+  const auto report = [&](const std::string& worker, const Assignment& next) {
+    if (next.batch.tests.front() == culprit) {
+      dispatcher.report_error(worker, next.batch.id, "ran over its timeout");
+    } else {
+      dispatcher.report(worker, next.batch.id, all_passed(next.batch));
+    }
+  };
+  report("w1", first_rerun);
+  for (double now = 700.0; !dispatcher.done() && now < 800.0; ++now) {
+    for (const char* worker : {"w1", "w2"}) {
+      auto next = dispatcher.next_batch(worker, now);
+      if (next.kind != Assignment::Kind::Run) continue;
+      ASSERT_EQ(next.batch.tests.size(), 1u);
+      report(worker, next);
+    }
+  }
+  ASSERT_TRUE(dispatcher.done());
+  for (const auto& outcome : dispatcher.outcomes()) {
+    EXPECT_EQ(outcome.verdict, outcome.id == culprit ? Verdict::Failed : Verdict::Passed) << outcome.id;
+  }
+}
+
+// A batch being cut is not stopped short by an isolated item waiting in the
+// queue: it is filled from the other work, and the isolated item goes alone
+// to the next worker that asks.
+TEST(Dispatcher, AnIsolatedItemInTheQueueDoesNotCutAnotherBatchShort) {
+  std::vector<std::pair<std::string, double>> tests{{"A.py::t", 12.0}, {"x.py::t", 5.0}, {"y.py::t", 5.0}};
+  for (int i = 0; i < 20; ++i) tests.push_back({"s" + std::to_string(i) + ".py::t", 1.0});
+  DispatchOptions options = workers(3);
+  options.min_batch_s = 20.0;
+  options.speculate = false;
+  Dispatcher dispatcher(suite(tests), options);
+  auto first = dispatcher.next_batch("w1", 0.0);
+  auto second = dispatcher.next_batch("w2", 0.0);
+  ASSERT_EQ(second.kind, Assignment::Kind::Run);
+  ASSERT_GT(second.batch.tests.size(), 1u);
+  dispatcher.report_error("w2", second.batch.id, "ran over its timeout");  // isolated re-runs queued
+  auto third = dispatcher.next_batch("w3", 1.0);
+  ASSERT_EQ(third.kind, Assignment::Kind::Run);
+  if (third.batch.retry) {
+    EXPECT_EQ(third.batch.tests.size(), 1u);  // an isolated re-run, alone
+  } else {
+    EXPECT_GE(third.batch.estimate_s, options.min_batch_s - 1.0);  // filled, not cut short
+  }
+  (void)first;
+}
+
+// max_attempts 1 re-runs nothing: no isolated run either.
+TEST(Dispatcher, OneAttemptIsolatesNothing) {
+  DispatchOptions options = workers(2);
+  options.min_batch_s = 100.0;
+  options.max_attempts = 1;
+  Dispatcher dispatcher(random_suite(10, 5, 7), options);
+  auto batch = dispatcher.next_batch("w1", 0.0);
+  ASSERT_EQ(batch.batch.tests.size(), 10u);
+  dispatcher.report_error("w1", batch.batch.id, "ran over its timeout");
+  EXPECT_TRUE(dispatcher.done());
+  EXPECT_EQ(dispatcher.stats().failed, 10u);
+  EXPECT_EQ(dispatcher.stats().isolated_runs, 0u);
+}
+
 TEST(Dispatcher, ABuildWhoseEveryBatchFailsSpendsOnlyItsIsolationBudget) {
   DispatchOptions options = workers(1);
   options.min_batch_s = 100.0;
@@ -611,10 +720,13 @@ TEST(Dispatcher, ABuildWhoseEveryBatchFailsSpendsOnlyItsIsolationBudget) {
   }
   ASSERT_TRUE(dispatcher.done());
   EXPECT_EQ(dispatcher.stats().failed, 60u);
-  EXPECT_EQ(dispatcher.stats().isolated_runs, kIsolatedRunsPerWorker);
-  EXPECT_LE(batches, 1 + kIsolatedRunsPerWorker + 1);  // the first, the isolated runs, the rest together
+  EXPECT_LE(dispatcher.stats().isolated_runs, kIsolatedRunsPerWorker);
+  // The first batch, the isolated runs, then the rest together, batch by batch.
+  EXPECT_LE(batches, 1 + kIsolatedRunsPerWorker + 60 / 10 + 1);
 }
 
+// A test without a result has no time: its attempt says so, so that its 0 s
+// is never learnt as its duration.
 TEST(Dispatcher, AttemptsSayWhetherTheRunnerTimedThem) {
   Dispatcher dispatcher(suite({{"a.py::t", 1}, {"a.py::u", 1}, {"b.py::t", 1}}), workers(1));
   auto batch = dispatcher.next_batch("w", 0.0);

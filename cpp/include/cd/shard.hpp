@@ -281,11 +281,13 @@ inline constexpr double kGuidedDivisor = 8.0;
 // crashes its runner) says nothing of which of its tests did it: re-run
 // together, the culprit takes its batch-mates down again, and at
 // max_attempts every one of them is failed. So their re-runs go in batches
-// of their own ("isolated"), one test each while this budget lasts, each
-// paying a runner start-up: this many start-ups per worker per build. A
-// commit that fails every batch (a conftest.py that no longer imports) then
+// of their own ("isolated"): one test each while the budget holds them all,
+// else fewer runs, and the run that fails again is cut again. Each run pays
+// a runner start-up: the budget is this many runs per worker, and a run
+// that passes (it held no culprit) goes back to it. A commit that fails
+// every batch (a conftest.py that no longer imports) gets none back, and
 // costs that many start-ups per worker more, not one per test of the suite;
-// past the budget, re-runs go together as after any failure.
+// past the budget, re-runs go as after any failure.
 inline constexpr std::size_t kIsolatedRunsPerWorker = 8;
 
 struct Batch {
@@ -368,8 +370,9 @@ struct DispatchStats {
   // part meant to end with the others could be cut to the test: each time,
   // the file's import and module fixtures are paid once more.
   std::size_t files_split = 0;
-  // Re-run batches cut from batches that failed as a whole, to find the test
-  // that did it without taking its batch-mates down again (kIsolatedRunsPerWorker).
+  // Isolated runs handed out: re-runs cut from batches that failed as a whole,
+  // to find the test that did it without taking its batch-mates down again
+  // (kIsolatedRunsPerWorker).
   std::size_t isolated_runs = 0;
   // Queued work, the guessed estimates scaled by estimate_scale.
   double queued_estimate_s = 0.0;
