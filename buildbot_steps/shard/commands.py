@@ -43,7 +43,7 @@ NOT_PASSED = (Verdict.failed, Verdict.pending)
 # How a summary names the tests passed_after_a_batch_failure finds.
 BATCH_FAILURE_NOTE = "passed on re-run after their batch failed as a whole (a hang or a crash)"
 # How a summary names the errors of a run outside any test (ShardSession.runner_errors).
-RUNNER_ERROR_NOTE = "a runner's session teardown failed"
+RUNNER_ERROR_NOTE = "runner errors outside any test"
 
 
 def passed_after_a_batch_failure(outcome: TestOutcome) -> bool:

@@ -134,7 +134,7 @@ def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quara
         f"({run_figures['lower_bound_with_startups_s']:.1f} s with start-ups)"
     )
     problems = ([f"failed: {names(gating)}"] if gating else []) + (
-        [f"{RUNNER_ERROR_NOTE} ({run_figures['runner_errors']}, see the failures log)"]
+        [f"{RUNNER_ERROR_NOTE}: {run_figures['runner_errors']} (see the failures log)"]
         if run_figures["runner_errors"]
         else []
     )

@@ -219,7 +219,7 @@ class RunShard(WarmRunnerMixin, CommandMixin, BuildStep):
         # judged by their final verdict (a failure re-run elsewhere may be flaky).
         result = self._result_of(session, None if standalone else self._ran_ids)
         if self._runner_errors:
-            self._summary += f"; {RUNNER_ERROR_NOTE}"
+            self._summary += f"; {RUNNER_ERROR_NOTE}: {len(self._runner_errors)}"
             return FAILURE
         if result == SUCCESS and self._ran["failed attempts"]:
             return WARNINGS  # failed here; the verdict is not in yet (another shard re-runs it)

@@ -90,7 +90,7 @@ class WarmChannel:
         hand_in: Callable[[Any, list[JUnitTestResult], float, str | None], None],
         clock: Callable[[], float],
         max_body_bytes: int,
-        on_error: Callable[[str, str], None] = lambda after, message: None,
+        on_error: Callable[[str, str], None],
     ):
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.max_body_bytes = max_body_bytes

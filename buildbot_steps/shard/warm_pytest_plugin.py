@@ -225,21 +225,36 @@ def _id(item: pytest.Item | None) -> str | None:
 
 def _tear_down_session(session: pytest.Session, last_run: pytest.Item | None) -> str | None:
     """Tears down what every batch kept set up (the session's fixtures) and
-    returns the error text if that failed, else None. Reported as pytest
-    reports it, a teardown error of the last test run (the terminal, the exit
-    code, --junitxml), but not through that test's teardown hooks, which ran
-    already (the logging plugin's fail if run twice)."""
+    returns the error text if that failed, else None. Shown as pytest shows
+    it, an error at the teardown of the last test run (the terminal, the exit
+    code), but not through that test's teardown hooks, which ran already (the
+    logging plugin's fail if run twice)."""
     setup_state = getattr(session, "_setupstate", None)  # private, hence optional
     if last_run is None or setup_state is None:
         return None  # nothing set up, or pytest's own session end tears it down
+
+    def tear_down() -> None:
+        __tracebackhide__ = True  # the error's traceback starts in the fixture, not here
+        setup_state.teardown_exact(None)
+
     call = pytest.CallInfo.from_call(
-        lambda: setup_state.teardown_exact(None),
-        when="teardown",
-        reraise=(pytest.exit.Exception, KeyboardInterrupt),
+        tear_down, when="teardown", reraise=(pytest.exit.Exception, KeyboardInterrupt)
     )
-    report = last_run.ihook.pytest_runtest_makereport(item=last_run, call=call)
-    if not report.failed:
+    # Decided from the exception, not the report: the last test's xfail mark
+    # would turn the report into an expected failure, and a skip is no error.
+    if call.excinfo is None or call.excinfo.errisinstance(pytest.skip.Exception):
         return None
-    last_run.ihook.pytest_runtest_logreport(report=report)
+    last_run.ihook.pytest_runtest_logreport(
+        report=last_run.ihook.pytest_runtest_makereport(item=last_run, call=call)
+    )
     _results.take()  # the master hears of it as the run's error, not as a batch's result
-    return report.longreprtext[-MESSAGE_CHARS:]
+    return _clipped(str(call.excinfo.getrepr(style="short", chain=True)))
+
+
+def _clipped(text: str) -> str:
+    """`text`, or its beginning and its end when longer than MESSAGE_CHARS:
+    an exception group's header comes first, the innermost error last."""
+    if len(text) <= MESSAGE_CHARS:
+        return text
+    half = MESSAGE_CHARS // 2
+    return f"{text[:half]}\n[...]\n{text[-half:]}"

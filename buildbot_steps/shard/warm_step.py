@@ -71,6 +71,10 @@ class WarmRunnerMixin:
             session.listeners.remove(run.stop_if_only_copies_left)
             close_channel(run.channel)
         run.settle_unreported(cmd.rc)
+        if run.channel.said_done and not run.channel.ended and not run.errors and not self.stopped:
+            # The plugin always says "end" after "done": it died in its session's teardown.
+            run.runner_error(f"the runner ended (exit code {cmd.rc}) in its session's teardown")
+        self._runner_errors.extend(run.errors)
         if run.channel.said_done or session.batches.done():
             return True
         await self.stdio.addHeader(
@@ -88,13 +92,16 @@ class _WarmRun:
         self.shard_index = shard_index
         self.timers: dict[int, IDelayedCall] = {}
         self.timed_out: set[int] = set()
+        self.errors: list[str] = []  # the run's own, outside any test (ShardSession.runner_errors)
+        # Set once the runner is told it is done: its session's teardown gets a batch's timeout.
+        self.teardown_timer: IDelayedCall | None = None
         self.cmd: remotecommand.RemoteShellCommand | None = None
         self.channel = WarmChannel(
             self.next_batch,
             self.hand_in,
             step.master.reactor.seconds,
             session.settings.max_report_bytes,
-            on_error=self.runner_error,
+            on_error=self.teardown_failed,
         )
 
     def command(self, workdir: str, reports_dir: str) -> remotecommand.RemoteShellCommand:
@@ -126,12 +133,14 @@ class _WarmRun:
         batch = await self.step._next_batch_to_run(
             self.session, self.shard_index, lambda: self.channel.closed or reactor.seconds() >= answer_by
         )
+        timeout_s = self.session.settings.timeout_s
+        if batch is None and timeout_s and self.teardown_timer is None:
+            self.teardown_timer = reactor.callLater(timeout_s, self.teardown_overran)
         if batch is not None and batch is not ASK_AGAIN:
             # Not awaited: nothing may come between taking the batch and the channel recording it.
             self.step.stdio.addHeader(f"\n=== warm batch {batch.id}: {len(batch.tests)} tests\n")
-            timeout_s = self.session.settings.timeout_s
             if timeout_s:
-                self.timers[batch.id] = self.step.master.reactor.callLater(timeout_s, self.expire, batch.id)
+                self.timers[batch.id] = reactor.callLater(timeout_s, self.expire, batch.id)
         return batch
 
     def hand_in(self, batch: Any, results: list[JUnitTestResult], wall_s: float, problem: str | None) -> None:
@@ -142,12 +151,20 @@ class _WarmRun:
             self.step._hand_in(self.session, batch, results, problem, None, wall_s)
         self.step.updateSummary()
 
-    def runner_error(self, after: str, message: str) -> None:
-        """The runner's session teardown failed: an error of the run, in no test's verdict."""
-        after = after or "its last test"
-        text = f"shard {self.shard_index}: the session's teardown failed after {after}:\n{message}"
+    def teardown_failed(self, after: str, message: str) -> None:
+        """What the runner said of its session's teardown, when it failed."""
+        self.runner_error(f"its session's teardown failed after {after or 'its last test'}:\n{message}")
+
+    def teardown_overran(self) -> None:
+        timeout_s = self.session.settings.timeout_s
+        self.runner_error(f"its session's teardown ran over the batch timeout ({timeout_s:.0f} s)")
+        self._interrupt("the session's teardown ran over the batch timeout")
+
+    def runner_error(self, what: str) -> None:
+        """An error of the run outside any test: in no test's verdict, it fails the build."""
+        text = f"shard {self.shard_index}: {what}"
+        self.errors.append(text)
         self.session.runner_errors.append(text)
-        self.step._runner_errors.append(text)
         self.step.stdio.addHeader(f"\n=== {text}\n")
         self.step.updateSummary()
 
@@ -167,7 +184,7 @@ class _WarmRun:
 
     def settle_unreported(self, rc: int | None) -> None:
         """After the runner ended: the batches it held and never reported."""
-        for timer in self.timers.values():
+        for timer in [*self.timers.values(), self.teardown_timer]:
             _cancel(timer)
         for running in self.channel.running.values():
             batch = running.batch
