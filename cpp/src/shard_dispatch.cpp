@@ -121,40 +121,47 @@ bool Dispatcher::State::record(std::size_t test, Attempt attempt, Rerun rerun) {
     // Re-run now, even while another copy of the test still runs: that copy
     // may be the one held by a surprise, and waiting for it would hold the
     // verdict (and the build) as long. Whichever answers first decides.
-    requeue({test}, true, rerun == Rerun::Isolated);
+    requeue({test}, true, rerun == Rerun::Isolated && take_isolated_run());
   }
   return false;
 }
 
 // A batch that failed as a whole: `without_result`, its tests with no result
-// of their own, get a failed attempt each. Their re-runs are isolated items
-// (kIsolatedRunsPerWorker), cut by isolated_groups, even past max_attempts
-// if it allows re-runs at all (the budget bounds them: a run that holds the
-// culprit with others is cut again); a test that was alone in its batch was its own culprit, and with
-// attempts left its re-run stays alone; once the budget is spent, re-runs
-// that batches may merge, as after any failure. A test whose isolated re-run
-// is already queued or running is left to it.
+// of their own, get a failed attempt each, and their re-runs are isolated
+// (kIsolatedRunsPerWorker). A test whose re-run is already queued or running
+// is left to it. A test alone in its batch, or one that failed alone before,
+// is a culprit: its attempts count as any failure's, and its re-run stays
+// alone while the budget lasts. The others are cut into isolated runs by
+// isolated_groups, re-run even past max_attempts when it allows re-runs at
+// all (the budget bounds them); once the budget is spent, as after any failure.
 void Dispatcher::State::fail_as_a_whole(const InFlight& flight,
                                         const std::vector<std::size_t>& without_result,
                                         const std::string& worker, const std::string& message) {
-  std::vector<std::size_t> open, left_to_their_reruns;
-  for (auto test : without_result) {
-    const auto& state = test_states[test];
-    if (state.verdict != Verdict::Pending) continue;  // another copy decided it first
-    (state.queued || in_isolated_run(test) ? left_to_their_reruns : open).push_back(test);
-  }
-  for (auto test : left_to_their_reruns) record(test, {worker, false, 0.0, message});
   const bool alone = flight.tests.size() <= 1;
+  std::vector<std::size_t> open;
+  for (auto test : without_result) {
+    auto& state = test_states[test];
+    if (state.verdict != Verdict::Pending) continue;  // another copy decided it first
+    if (state.queued || in_isolated_run(test)) {
+      record(test, {worker, false, 0.0, message});
+    } else if (alone || state.failed_alone) {
+      state.failed_alone = true;
+      record(test, {worker, false, 0.0, message}, Rerun::Isolated);
+    } else {
+      open.push_back(test);
+    }
+  }
   // With one attempt allowed, nothing is re-run, nor isolated.
-  const std::size_t groups = alone || options.max_attempts <= 1 ? 0 : isolated_groups(open.size());
-  const Rerun rerun = alone ? Rerun::Isolated : groups > 0 ? Rerun::Held : Rerun::Together;
+  const std::size_t groups = options.max_attempts <= 1 ? 0 : isolated_groups(open.size(), flight.isolated);
   std::vector<std::size_t> held;
   for (auto test : open) {
-    if (record(test, {worker, false, 0.0, message}, rerun)) held.push_back(test);
+    if (record(test, {worker, false, 0.0, message}, groups > 0 ? Rerun::Held : Rerun::Together))
+      held.push_back(test);
   }
   if (held.empty()) return;
   const std::size_t runs = std::min(groups, held.size());
-  isolated_runs_left -= runs;
+  // An isolated run cut again hands its own run on to one of its parts.
+  isolated_runs_left = isolated_runs_left + (flight.isolated ? 1 : 0) - runs;
   // Consecutive tests of the batch: most of a file's tests share a run.
   for (std::size_t run = 0; run < runs; ++run) {
     const auto first = held.begin() + static_cast<std::ptrdiff_t>(run * held.size() / runs);
@@ -163,15 +170,25 @@ void Dispatcher::State::fail_as_a_whole(const InFlight& flight,
   }
 }
 
-// How many isolated runs `reruns` tests of a batch that failed as a whole
-// are cut into: one each while the budget holds them all (one round finds
-// the culprit); else half of what is left, at least two, so that the run
-// holding the culprit, failing again, can still be cut; none once fewer than
-// two are left.
-std::size_t Dispatcher::State::isolated_groups(std::size_t reruns) const {
-  if (reruns <= isolated_runs_left) return reruns;
-  if (isolated_runs_left >= 2) return std::max<std::size_t>(2, isolated_runs_left / 2);
+// How many isolated runs the `reruns` tests of a batch that failed as a
+// whole are cut into: one each while the budget holds them all (one round
+// finds the culprit); else half of what is left, at least two, so that the
+// run holding the culprit, failing again, can be cut again; none once fewer
+// than two are left. An isolated run cut again (`recut`) has its own run to
+// hand on: a search costs the budget one run per round, the runs that pass
+// giving theirs back.
+std::size_t Dispatcher::State::isolated_groups(std::size_t reruns, bool recut) const {
+  const std::size_t available = isolated_runs_left + (recut ? 1 : 0);
+  if (reruns <= available) return reruns;
+  if (available >= 2) return std::max<std::size_t>(2, available / 2);
   return 0;
+}
+
+// One run of the budget for a culprit's re-run alone; false when spent.
+bool Dispatcher::State::take_isolated_run() {
+  if (isolated_runs_left == 0) return false;
+  --isolated_runs_left;
+  return true;
 }
 
 bool Dispatcher::State::in_isolated_run(std::size_t test) const {
@@ -385,7 +402,7 @@ void Dispatcher::worker_lost(const std::string& worker) {
         if (flight.isolated) {
           isolated.push_back(test);
         } else {
-          state.requeue({test}, true);
+          state.requeue({test}, true, test_state.failed_alone && state.take_isolated_run());
         }
       } else if (test_state.copies_in_flight == 0) {
         orphaned.push_back(test);  // else the copy still running answers for it

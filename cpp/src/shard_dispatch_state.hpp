@@ -58,13 +58,15 @@ struct TestState {
   int failures = 0;
   int copies_in_flight = 0;
   bool queued = false;  // waiting in the requeued list
+  // A batch holding it alone failed as a whole: it hangs or crashes its runner.
+  bool failed_alone = false;
   std::vector<Attempt> attempts;
 };
 
 // How a failed attempt's re-run is queued (Dispatcher::State::record).
 enum class Rerun {
   Together,  // a re-run item of its own, which batches may merge with others
-  Isolated,  // an isolated item: its batch failed as a whole with it alone
+  Isolated,  // an isolated item while the budget lasts: a culprit, which failed a batch alone
   Held,      // re-run in an isolated item the caller cuts (fail_as_a_whole), whatever max_attempts says
 };
 
@@ -199,7 +201,8 @@ struct Dispatcher::State {
   void requeue(std::vector<std::size_t> batch_tests, bool retry, bool isolated = false);
   void fail_as_a_whole(const InFlight& flight, const std::vector<std::size_t>& without_result,
                        const std::string& worker, const std::string& message);
-  std::size_t isolated_groups(std::size_t reruns) const;
+  std::size_t isolated_groups(std::size_t reruns, bool recut) const;
+  bool take_isolated_run();
   bool in_isolated_run(std::size_t test) const;
   std::unordered_map<std::uint64_t, InFlight>::iterator find_in_flight(const std::string& worker,
                                                                        std::uint64_t batch_id);

@@ -668,6 +668,61 @@ TEST(Dispatcher, AStragglerCopyFailingAsAWholeLeavesTheVerdictToTheIsolatedReRun
   }
 }
 
+// The culprit failed alone while the straggler copy of its first batch still
+// ran; that copy failing later adds no isolated run of the culprit past
+// max_attempts: it is a known culprit, and fails.
+TEST(Dispatcher, ACulpritThatFailedAloneIsNotSearchedForAgainWhenACopyFails) {
+  DispatchOptions options = workers(2);
+  options.min_batch_s = 100.0;
+  Dispatcher dispatcher(suite({{"h.py::t", 10}, {"q.py::t0", 10}, {"q.py::t1", 10}, {"q.py::t2", 10}}),
+                        options);
+  auto original = dispatcher.next_batch("w1", 0.0);
+  auto copy = dispatcher.next_batch("w2", 1.0);
+  ASSERT_TRUE(copy.batch.speculative);
+  dispatcher.report_error("w1", original.batch.id, "crashed");
+  for (double now = 10.0; now < 20.0; ++now) {  // the isolated re-runs, on w1; the culprit crashes alone
+    auto next = dispatcher.next_batch("w1", now);
+    if (next.kind != Assignment::Kind::Run) break;
+    if (next.batch.tests.front() == "h.py::t") {
+      dispatcher.report_error("w1", next.batch.id, "crashed");
+    } else {
+      dispatcher.report("w1", next.batch.id, all_passed(next.batch));
+    }
+  }
+  dispatcher.report_error("w2", copy.batch.id, "crashed");
+  EXPECT_TRUE(dispatcher.done());
+  for (const auto& outcome : dispatcher.outcomes()) {
+    EXPECT_EQ(outcome.verdict, outcome.id == "h.py::t" ? Verdict::Failed : Verdict::Passed) << outcome.id;
+  }
+  EXPECT_EQ(dispatcher.stats().isolated_runs, 4u);
+}
+
+// A culprit's re-run waited for the straggler copy of its batch; that copy's
+// worker is lost: the re-run stays alone.
+TEST(Dispatcher, ACulpritsReRunStaysAloneWhenItsCopysWorkerIsLost) {
+  std::vector<std::pair<std::string, double>> tests{{"x.py::t", 100}};
+  for (int i = 0; i < 10; ++i) tests.push_back({"s" + std::to_string(i) + ".py::t", 1});
+  DispatchOptions options = workers(3);
+  options.min_batch_s = 5.0;
+  options.max_attempts = 3;
+  Dispatcher dispatcher(suite(tests), options);
+  auto alone = dispatcher.next_batch("w1", 0.0);
+  ASSERT_EQ(alone.batch.tests, std::vector<std::string>{"x.py::t"});
+  Assignment copy;
+  for (double now = 1.0; now < 20.0; ++now) {  // w2 runs the rest, then copies x
+    copy = dispatcher.next_batch("w2", now);
+    if (copy.kind != Assignment::Kind::Run || copy.batch.speculative) break;
+    dispatcher.report("w2", copy.batch.id, all_passed(copy.batch), 2.0);
+  }
+  ASSERT_TRUE(copy.batch.speculative);
+  dispatcher.report_error("w1", alone.batch.id, "crashed");
+  dispatcher.worker_lost("w2");
+  auto rerun = dispatcher.next_batch("w3", 30.0);
+  ASSERT_EQ(rerun.kind, Assignment::Kind::Run);
+  EXPECT_EQ(rerun.batch.tests, std::vector<std::string>{"x.py::t"});
+  EXPECT_EQ(dispatcher.stats().isolated_runs, 1u);
+}
+
 // A batch being cut is not stopped short by an isolated item waiting in the
 // queue: it is filled from the other work, and the isolated item goes alone
 // to the next worker that asks.
@@ -720,9 +775,11 @@ TEST(Dispatcher, ABuildWhoseEveryBatchFailsSpendsOnlyItsIsolationBudget) {
   }
   ASSERT_TRUE(dispatcher.done());
   EXPECT_EQ(dispatcher.stats().failed, 60u);
-  EXPECT_LE(dispatcher.stats().isolated_runs, kIsolatedRunsPerWorker);
+  // Each cut takes its runs from the budget (a run cut again hands its own
+  // on, and takes at least one more), and none passes to give one back.
+  EXPECT_LE(dispatcher.stats().isolated_runs, 2 * kIsolatedRunsPerWorker);
   // The first batch, the isolated runs, then the rest together, batch by batch.
-  EXPECT_LE(batches, 1 + kIsolatedRunsPerWorker + 60 / 10 + 1);
+  EXPECT_LE(batches, 1 + 2 * kIsolatedRunsPerWorker + 60 / 10 + 1);
 }
 
 // A test without a result has no time: its attempt says so, so that its 0 s

@@ -283,11 +283,12 @@ inline constexpr double kGuidedDivisor = 8.0;
 // max_attempts every one of them is failed. So their re-runs go in batches
 // of their own ("isolated"): one test each while the budget holds them all,
 // else fewer runs, and the run that fails again is cut again. Each run pays
-// a runner start-up: the budget is this many runs per worker, and a run
-// that passes (it held no culprit) goes back to it. A commit that fails
-// every batch (a conftest.py that no longer imports) gets none back, and
-// costs that many start-ups per worker more, not one per test of the suite;
-// past the budget, re-runs go as after any failure.
+// a runner start-up: the budget is this many runs per worker, a run that
+// passes (it held no culprit) goes back to it, and a run cut again hands its
+// own on. A commit that fails every batch (a conftest.py that no longer
+// imports) gets none back, and costs at most twice that many start-ups per
+// worker more, not one per test of the suite; past the budget, re-runs go as
+// after any failure.
 inline constexpr std::size_t kIsolatedRunsPerWorker = 8;
 
 struct Batch {
