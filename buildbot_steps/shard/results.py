@@ -153,7 +153,11 @@ def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quara
 def failures_text(outcomes: Sequence[TestOutcome], runner_errors: Sequence[str] = ()) -> str:
     """The "failures" log: the runs' errors outside any test, then every test
     that did not simply pass, with each attempt's message."""
-    lines = [f"ERROR OUTSIDE ANY TEST: {error}" for error in runner_errors]
+    lines = []
+    for error in runner_errors:
+        first, *rest = error.splitlines() or [""]
+        lines.append(f"ERROR OUTSIDE ANY TEST: {first}")
+        lines.extend(f"    {line}" for line in rest)
     for outcome in outcomes:
         rescued = passed_after_a_batch_failure(outcome)
         if outcome.verdict in (Verdict.passed, Verdict.skipped) and not rescued:

@@ -79,9 +79,9 @@ class WarmChannel:
     step's own wait-and-stall logic), or ASK_AGAIN; hand_in(batch, results, wall_s,
     problem) the step's: `problem` is why the batch failed as a whole (results
     refused), else None. Batches handed out and not reported are `running`
-    (the step fails them if the runner ends first). on_error(after, message):
-    the runner's error outside any batch, its session's teardown after the
-    test `after`, once it was told it is done.
+    (the step fails them if the runner ends first). on_end(after, error): how
+    the runner's session ended once it was told it is done, its teardown
+    after the test `after`: None, or the error.
     """
 
     def __init__(
@@ -90,7 +90,7 @@ class WarmChannel:
         hand_in: Callable[[Any, list[JUnitTestResult], float, str | None], None],
         clock: Callable[[], float],
         max_body_bytes: int,
-        on_error: Callable[[str, str], None],
+        on_end: Callable[[str, str | None], None],
     ):
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.max_body_bytes = max_body_bytes
@@ -100,7 +100,7 @@ class WarmChannel:
         self.closed = False  # the runner ended: a request still held takes no batch
         self._next_batch = next_batch
         self._hand_in = hand_in
-        self._on_error = on_error
+        self._on_end = on_end
         self._clock = clock
 
     async def handle(self, payload: object) -> dict:
@@ -147,8 +147,9 @@ class WarmChannel:
         if not (error is None or isinstance(error, str)) or not (after is None or isinstance(after, str)):
             raise ChannelError("'error' and 'after' are text or null")
         self.ended = True
-        if error:
-            self._on_error((after or "")[:MAX_MESSAGE_CHARS], error[-MAX_MESSAGE_CHARS:])
+        # One line: a runner's text must not pass for the master's lines in the logs.
+        after_line = " ".join((after or "").split())[:MAX_MESSAGE_CHARS]
+        self._on_end(after_line, error[:MAX_MESSAGE_CHARS] if error else None)
         return {"ok": True}
 
 

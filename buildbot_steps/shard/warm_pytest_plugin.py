@@ -225,10 +225,11 @@ def _id(item: pytest.Item | None) -> str | None:
 
 def _tear_down_session(session: pytest.Session, last_run: pytest.Item | None) -> str | None:
     """Tears down what every batch kept set up (the session's fixtures) and
-    returns the error text if that failed, else None. Shown as pytest shows
-    it, an error at the teardown of the last test run (the terminal, the exit
-    code), but not through that test's teardown hooks, which ran already (the
-    logging plugin's fail if run twice)."""
+    returns the error text if that failed, else None. Reported to pytest as
+    a teardown of the last test run (the terminal, the exit code; an xfail
+    mark on that test makes it an expected failure there, never here), but
+    not through that test's teardown hooks, which ran already (the logging
+    plugin's fail if run twice)."""
     setup_state = getattr(session, "_setupstate", None)  # private, hence optional
     if last_run is None or setup_state is None:
         return None  # nothing set up, or pytest's own session end tears it down
@@ -248,7 +249,8 @@ def _tear_down_session(session: pytest.Session, last_run: pytest.Item | None) ->
         report=last_run.ihook.pytest_runtest_makereport(item=last_run, call=call)
     )
     _results.take()  # the master hears of it as the run's error, not as a batch's result
-    return _clipped(str(call.excinfo.getrepr(style="short", chain=True)))
+    # As pytest words a test's error: its internal frames left out.
+    return _clipped(str(last_run.repr_failure(call.excinfo)))
 
 
 def _clipped(text: str) -> str:
@@ -256,5 +258,6 @@ def _clipped(text: str) -> str:
     an exception group's header comes first, the innermost error last."""
     if len(text) <= MESSAGE_CHARS:
         return text
-    half = MESSAGE_CHARS // 2
-    return f"{text[:half]}\n[...]\n{text[-half:]}"
+    cut = "\n[...]\n"
+    half = (MESSAGE_CHARS - len(cut)) // 2
+    return f"{text[:half]}{cut}{text[-half:]}"

@@ -70,6 +70,7 @@ class WarmRunnerMixin:
         finally:
             session.listeners.remove(run.stop_if_only_copies_left)
             close_channel(run.channel)
+            run.cancel_timers()  # a lost worker raises here: no timer may outlive the command
         run.settle_unreported(cmd.rc)
         if run.channel.said_done and not run.channel.ended and not run.errors and not self.stopped:
             # The plugin always says "end" after "done": it died in its session's teardown.
@@ -101,7 +102,7 @@ class _WarmRun:
             self.hand_in,
             step.master.reactor.seconds,
             session.settings.max_report_bytes,
-            on_error=self.teardown_failed,
+            on_end=self.session_ended,
         )
 
     def command(self, workdir: str, reports_dir: str) -> remotecommand.RemoteShellCommand:
@@ -134,7 +135,8 @@ class _WarmRun:
             self.session, self.shard_index, lambda: self.channel.closed or reactor.seconds() >= answer_by
         )
         timeout_s = self.session.settings.timeout_s
-        if batch is None and timeout_s and self.teardown_timer is None:
+        told_done = batch is None and not self.channel.closed and not self.step.stopped
+        if told_done and timeout_s and self.teardown_timer is None:
             self.teardown_timer = reactor.callLater(timeout_s, self.teardown_overran)
         if batch is not None and batch is not ASK_AGAIN:
             # Not awaited: nothing may come between taking the batch and the channel recording it.
@@ -151,11 +153,17 @@ class _WarmRun:
             self.step._hand_in(self.session, batch, results, problem, None, wall_s)
         self.step.updateSummary()
 
-    def teardown_failed(self, after: str, message: str) -> None:
-        """What the runner said of its session's teardown, when it failed."""
-        self.runner_error(f"its session's teardown failed after {after or 'its last test'}:\n{message}")
+    def session_ended(self, after: str, error: str | None) -> None:
+        """What the runner said of its session's teardown ("end")."""
+        if self.teardown_timer is not None and not self.teardown_timer.active():
+            return  # it said so past the timeout, which counted already
+        _cancel(self.teardown_timer)
+        if error:
+            self.runner_error(f"its session's teardown failed after {after or 'its last test'}:\n{error}")
 
     def teardown_overran(self) -> None:
+        if self.cmd is None or not self.cmd.active:
+            return  # the runner has ended
         timeout_s = self.session.settings.timeout_s
         self.runner_error(f"its session's teardown ran over the batch timeout ({timeout_s:.0f} s)")
         self._interrupt("the session's teardown ran over the batch timeout")
@@ -182,10 +190,13 @@ class _WarmRun:
             self.step.stdio.addHeader(f"{why}\n")
             self.cmd.interrupt(why)
 
-    def settle_unreported(self, rc: int | None) -> None:
-        """After the runner ended: the batches it held and never reported."""
+    def cancel_timers(self) -> None:
         for timer in [*self.timers.values(), self.teardown_timer]:
             _cancel(timer)
+
+    def settle_unreported(self, rc: int | None) -> None:
+        """After the runner ended: the batches it held and never reported."""
+        self.cancel_timers()
         for running in self.channel.running.values():
             batch = running.batch
             if self.session.batch_obsolete(batch.id):

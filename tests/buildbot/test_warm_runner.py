@@ -306,7 +306,7 @@ def test_a_channel_hands_out_batches_and_fails_one_whose_results_it_refuses():
         handed_in.append((batch.id, [r.id for r in results], problem))
 
     channel = warm_channel.WarmChannel(
-        next_batch, hand_in, lambda: 0.0, max_body_bytes=1000, on_error=lambda *error: None
+        next_batch, hand_in, lambda: 0.0, max_body_bytes=1000, on_end=lambda *end: None
     )
 
     def ask(payload):
@@ -333,13 +333,13 @@ def test_a_channel_hands_out_batches_and_fails_one_whose_results_it_refuses():
 
 def test_a_runner_s_session_error_is_heard_once_and_only_after_done():
     queue = [Batch(1, ["a.py::t1"])]
-    errors: list[tuple[str, str]] = []
+    ends: list[tuple[str, str | None]] = []
 
     async def next_batch():
         return queue.pop(0) if queue else None
 
     channel = warm_channel.WarmChannel(
-        next_batch, lambda *_: None, lambda: 0.0, max_body_bytes=1000, on_error=lambda *e: errors.append(e)
+        next_batch, lambda *_: None, lambda: 0.0, max_body_bytes=1000, on_end=lambda *end: ends.append(end)
     )
 
     def ask(payload):
@@ -353,12 +353,13 @@ def test_a_runner_s_session_error_is_heard_once_and_only_after_done():
     assert ask({"op": "next"}) == {"kind": "done"}
     with pytest.raises(ChannelError, match="text or null"):
         ask({"op": "end", "error": ["not", "text"], "after": None})
-    assert ask({"op": "end", "error": "x" * 10**5, "after": "a.py::t1"}) == {"ok": True}
-    [(after, message)] = errors
-    assert after == "a.py::t1" and len(message) == warm_channel.MAX_MESSAGE_CHARS
+    # A test id is one line in the logs, whatever the runner sends.
+    assert ask({"op": "end", "error": "x" * 10**5, "after": "a.py::t1\n=== forged"}) == {"ok": True}
+    [(after, message)] = ends
+    assert after == "a.py::t1 === forged" and len(message) == warm_channel.MAX_MESSAGE_CHARS
     with pytest.raises(ChannelError, match="once, after 'done'"):
         ask({"op": "end", "error": "again", "after": "a.py::t1"})
-    assert len(errors) == 1
+    assert len(ends) == 1
 
 
 class StepStandIn:
@@ -416,23 +417,72 @@ def test_a_held_request_is_told_to_ask_again_and_one_left_by_an_ended_runner_tak
     assert list(rerun.result.tests) == ["long.py::t"]
 
 
-def test_a_session_teardown_that_runs_over_the_batch_timeout_is_a_runner_error():
+TEARDOWN_TIMEOUT_S = 30.0
+OVERRAN = f"shard 0: its session's teardown ran over the batch timeout ({TEARDOWN_TIMEOUT_S:.0f} s)"
+
+
+def warm_run_told_done(stopped_first: bool = False) -> tuple[task.Clock, _WarmRun, list[str]]:
+    """A _WarmRun on a virtual clock whose runner ran its one batch and was
+    told it is done (`stopped_first`: the step was stopped and its runner had
+    ended); and the reasons it was interrupted for."""
     clock = task.Clock()
     dispatcher = _core.Dispatcher([_core.TestEstimate("a.py::t", 1.0)], workers=1)
     settings = shard_session.ShardCommandSettings(
-        ["pytest", "{tests}"], "w", {}, 30.0, 10**6, warm_command=["pytest"], queue_url="http://m/"
+        ["pytest", "{tests}"],
+        "w",
+        {},
+        TEARDOWN_TIMEOUT_S,
+        10**6,
+        warm_command=["pytest"],
+        queue_url="http://m/",
     )
     session = shard_session.ShardSession(shard_session.DynamicBatches(dispatcher), settings, clock.seconds)
-    step = StepStandIn("w1#1", clock)
-    run = _WarmRun(step, session, 0)
+    run = _WarmRun(StepStandIn("w1#1", clock), session, 0)
+    interrupts: list[str] = []
+    run.cmd = SimpleNamespace(active=True, interrupted=False, interrupt=interrupts.append)
     batch_id = defer.ensureDeferred(run.channel.handle({"op": "next"})).result["batch"]
+    report = {
+        "op": "report",
+        "batch": batch_id,
+        "results": [{"id": "a.py::t", "outcome": "passed", "seconds": 1.0}],
+    }
+    assert defer.ensureDeferred(run.channel.handle(report)).result
     session.report("w1#1", batch_id, [shard_session.JUnitTestResult("a.py::t", True, 1.0)])
+    if stopped_first:
+        run.step.stopped = True
+        warm_channel.close_channel(run.channel)
     assert defer.ensureDeferred(run.channel.handle({"op": "next"})).result == {"kind": "done"}
-    clock.advance(29.0)
-    assert session.runner_errors == []
-    clock.advance(2.0)  # the teardown, with no "end", runs past the batch timeout
-    assert session.runner_errors == ["shard 0: its session's teardown ran over the batch timeout (30 s)"]
-    assert run.errors == session.runner_errors
+    return clock, run, interrupts
+
+
+def end(run: _WarmRun, error: str | None) -> None:
+    assert defer.ensureDeferred(run.channel.handle({"op": "end", "error": error, "after": "a.py::t"})).result
+
+
+def test_a_session_teardown_that_runs_over_the_batch_timeout_is_a_runner_error():
+    clock, run, interrupts = warm_run_told_done()
+    clock.advance(TEARDOWN_TIMEOUT_S - 1)
+    assert run.session.runner_errors == [] and interrupts == []
+    clock.advance(2)  # no "end" yet: the teardown runs past the batch timeout
+    assert run.session.runner_errors == run.errors == [OVERRAN]
+    assert interrupts == ["the session's teardown ran over the batch timeout"]
+    end(run, "boom")  # said too late: counted already
+    assert run.session.runner_errors == [OVERRAN]
+
+
+@pytest.mark.parametrize("error", [None, "boom"])
+def test_the_teardown_timeout_ends_with_end_and_an_error_counts_once(error):
+    clock, run, interrupts = warm_run_told_done()
+    end(run, error)
+    clock.advance(2 * TEARDOWN_TIMEOUT_S)  # pytest's own session end (reports, coverage) may take long
+    expected = [] if error is None else ["shard 0: its session's teardown failed after a.py::t:\nboom"]
+    assert run.session.runner_errors == expected and interrupts == []
+
+
+def test_no_teardown_timeout_for_a_runner_that_has_ended():
+    clock, run, interrupts = warm_run_told_done(stopped_first=True)
+    clock.advance(2 * TEARDOWN_TIMEOUT_S)
+    assert run.session.runner_errors == [] and interrupts == []
 
 
 # A suite whose modules record that they were imported: the warm runner must
