@@ -157,7 +157,7 @@ def failures_text(outcomes: Sequence[TestOutcome], runner_errors: Sequence[str] 
     for error in runner_errors:
         first, *rest = error.splitlines() or [""]
         lines.append(f"ERROR OUTSIDE ANY TEST: {first}")
-        lines.extend(f"    {line}" for line in rest)
+        lines.extend(f"    {line}".rstrip() for line in rest)
     for outcome in outcomes:
         rescued = passed_after_a_batch_failure(outcome)
         if outcome.verdict in (Verdict.passed, Verdict.skipped) and not rescued:

@@ -94,8 +94,10 @@ class _WarmRun:
         self.timers: dict[int, IDelayedCall] = {}
         self.timed_out: set[int] = set()
         self.errors: list[str] = []  # the run's own, outside any test (ShardSession.runner_errors)
-        # Set once the runner is told it is done: its session's teardown gets a batch's timeout.
+        # Set once the runner is told it is done: its session's teardown gets a
+        # batch's timeout, and so does its exit once it said "end".
         self.teardown_timer: IDelayedCall | None = None
+        self.exit_timer: IDelayedCall | None = None
         self.cmd: remotecommand.RemoteShellCommand | None = None
         self.channel = WarmChannel(
             self.next_batch,
@@ -158,22 +160,32 @@ class _WarmRun:
         if self.teardown_timer is not None and not self.teardown_timer.active():
             return  # it said so past the timeout, which counted already
         _cancel(self.teardown_timer)
+        timeout_s = self.session.settings.timeout_s
+        if timeout_s:
+            self.exit_timer = self.step.master.reactor.callLater(timeout_s, self.exit_overran)
         if error:
             self.runner_error(f"its session's teardown failed after {after or 'its last test'}:\n{error}")
 
     def teardown_overran(self) -> None:
-        if self.cmd is None or not self.cmd.active:
-            return  # the runner has ended
-        timeout_s = self.session.settings.timeout_s
-        self.runner_error(f"its session's teardown ran over the batch timeout ({timeout_s:.0f} s)")
-        self._interrupt("the session's teardown ran over the batch timeout")
+        self._stop_overrun("its session's teardown ran over the batch timeout")
+
+    def exit_overran(self) -> None:
+        """pytest's own end (reports, a plugin's) or a thread left running held the runner."""
+        self._stop_overrun("it did not exit within the batch timeout after its session ended")
+
+    def _stop_overrun(self, what: str) -> None:
+        if self.cmd is None or not self.cmd.active or self.step.stopped:
+            return  # the runner has ended, or is being stopped with its build
+        self.runner_error(f"{what} ({self.session.settings.timeout_s:.0f} s)")
+        self._interrupt(what)
 
     def runner_error(self, what: str) -> None:
         """An error of the run outside any test: in no test's verdict, it fails the build."""
         text = f"shard {self.shard_index}: {what}"
         self.errors.append(text)
         self.session.runner_errors.append(text)
-        self.step.stdio.addHeader(f"\n=== {text}\n")
+        # Indented: the runner's lines must not pass for the master's.
+        self.step.stdio.addHeader("\n=== " + text.replace("\n", "\n    ") + "\n")
         self.step.updateSummary()
 
     def expire(self, batch_id: int) -> None:
@@ -191,7 +203,7 @@ class _WarmRun:
             self.cmd.interrupt(why)
 
     def cancel_timers(self) -> None:
-        for timer in [*self.timers.values(), self.teardown_timer]:
+        for timer in [*self.timers.values(), self.teardown_timer, self.exit_timer]:
             _cancel(timer)
 
     def settle_unreported(self, rc: int | None) -> None:

@@ -206,7 +206,11 @@ void Dispatcher::State::drop_queued(std::size_t test) {
     if (std::find(queued_tests.begin(), queued_tests.end(), test) == queued_tests.end()) continue;
     Item item = take(where);
     item.tests.erase(std::find(item.tests.begin(), item.tests.end(), test));
-    if (!item.tests.empty()) requeue(std::move(item.tests), item.retry, item.isolated);
+    if (!item.tests.empty()) {
+      requeue(std::move(item.tests), item.retry, item.isolated);
+    } else if (item.isolated) {
+      ++isolated_runs_left;  // never run: its run goes back to the budget
+    }
     return;
   }
 }
@@ -344,6 +348,7 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
         fmt::format("batch {}: wall time {} (must be a finite number of seconds >= 0)", batch_id, *wall_s));
   }
   InFlight flight = state.finish(worker, batch_id);
+  const bool decided_before = state.unresolved(flight.tests).empty();
   std::unordered_map<std::string_view, const TestResult*> by_id;
   for (const auto& result : results) by_id.emplace(result.id, &result);
   double tests_s = 0.0;
@@ -368,8 +373,9 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
   if (wall_s && answered == flight.tests.size()) state.cost.observe_batch(worker, *wall_s, tests_s);
   // An isolated run that passed found batch-mates, not the culprit: the
   // search is working, and its run goes back to the budget (a commit that
-  // fails every batch gets none back).
-  if (flight.isolated && passed == flight.tests.size()) ++state.isolated_runs_left;
+  // fails every batch gets none back); so does one whose tests another copy
+  // decided first.
+  if (flight.isolated && (passed == flight.tests.size() || decided_before)) ++state.isolated_runs_left;
 }
 
 void Dispatcher::report_error(const std::string& worker, std::uint64_t batch_id, const std::string& message) {

@@ -465,18 +465,30 @@ def test_a_session_teardown_that_runs_over_the_batch_timeout_is_a_runner_error()
     assert run.session.runner_errors == [] and interrupts == []
     clock.advance(2)  # no "end" yet: the teardown runs past the batch timeout
     assert run.session.runner_errors == run.errors == [OVERRAN]
-    assert interrupts == ["the session's teardown ran over the batch timeout"]
+    assert interrupts == ["its session's teardown ran over the batch timeout"]
     end(run, "boom")  # said too late: counted already
     assert run.session.runner_errors == [OVERRAN]
 
 
 @pytest.mark.parametrize("error", [None, "boom"])
-def test_the_teardown_timeout_ends_with_end_and_an_error_counts_once(error):
+def test_end_gives_the_runner_s_exit_a_timeout_of_its_own_and_an_error_counts_once(error):
     clock, run, interrupts = warm_run_told_done()
+    clock.advance(TEARDOWN_TIMEOUT_S - 1)
     end(run, error)
-    clock.advance(2 * TEARDOWN_TIMEOUT_S)  # pytest's own session end (reports, coverage) may take long
-    expected = [] if error is None else ["shard 0: its session's teardown failed after a.py::t:\nboom"]
-    assert run.session.runner_errors == expected and interrupts == []
+    failed = [] if error is None else ["shard 0: its session's teardown failed after a.py::t:\nboom"]
+    clock.advance(TEARDOWN_TIMEOUT_S - 1)  # pytest's own session end (reports, coverage) may take a while
+    assert run.session.runner_errors == failed and interrupts == []
+    clock.advance(2)  # but a runner that never exits (a thread left running) is stopped
+    overran = "it did not exit within the batch timeout after its session ended"
+    assert run.session.runner_errors == [*failed, f"shard 0: {overran} ({TEARDOWN_TIMEOUT_S:.0f} s)"]
+    assert interrupts == [overran]
+
+
+def test_no_timeout_stops_a_runner_whose_build_is_being_stopped():
+    clock, run, interrupts = warm_run_told_done()
+    run.step.stopped = True
+    clock.advance(2 * TEARDOWN_TIMEOUT_S)
+    assert run.session.runner_errors == [] and interrupts == []
 
 
 def test_no_teardown_timeout_for_a_runner_that_has_ended():
