@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the test harness, imported as the tests do
 
-from harness.sshd_hosts import SshdFleet  # noqa: E402 (after the path above)
+from harness.sshd_hosts import SSHD, SshdFleet  # noqa: E402 (after the path above)
 
 # The algorithms compared when both sides offer them: the post-quantum
 # hybrids OpenSSH made its default (sntrup761x25519 in 9.0, mlkem768x25519
@@ -78,6 +78,8 @@ def main() -> None:
         sys.exit("ssh_kex_bench: --connections 1..1000 and --repeat 1..20")
     with tempfile.TemporaryDirectory(prefix="ssh-kex-bench-") as work, SshdFleet(1, Path(work)) as fleet:
         host = fleet.hosts[0]
+        if host.process is None:
+            sys.exit("ssh_kex_bench: the sshd host did not start")
         target = f"root@{host.address}"
         base = [
             "ssh", "-i", str(fleet.identity_file), "-o", "IdentitiesOnly=yes",
@@ -85,7 +87,7 @@ def main() -> None:
             "-o", "BatchMode=yes", "-p", str(host.port), target,
         ]  # fmt: skip
         client_kexes = kex_setting(["ssh", "-G", *base])
-        both = set(client_kexes) & set(kex_setting(["/usr/sbin/sshd", "-T", "-f", "/dev/null"]))
+        both = set(client_kexes) & set(kex_setting([SSHD, "-T", "-f", "/dev/null"]))
         default = client_kexes[0]
         kexes = [DEFAULT, *(k for k in CANDIDATES if k in both)]
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in kexes}

@@ -46,6 +46,13 @@ BATCH_FAILURE_NOTE = "passed on re-run after their batch failed as a whole (a ha
 RUNNER_ERROR_NOTE = "runner errors outside any test"
 
 
+def indented_after_first_line(text: str) -> str:
+    """`text` with every line after the first indented: a runner's lines in a
+    log of ours must not pass for the log's own."""
+    first, *rest = text.splitlines() or [""]
+    return "\n".join([first, *(f"    {line}".rstrip() for line in rest)])
+
+
 def passed_after_a_batch_failure(outcome: TestOutcome) -> bool:
     """Passed, after a batch it was in failed as a whole (a hang, a crash, a
     report that could not be read): no failure of its own, so not flaky, but

@@ -21,6 +21,7 @@ from buildbot_steps.shard.commands import (
     NOT_PASSED,
     RUNNER_ERROR_NOTE,
     Quarantine,
+    indented_after_first_line,
     names,
     passed_after_a_batch_failure,
 )
@@ -153,11 +154,7 @@ def verdict(outcomes: list[TestOutcome], run_figures: Figures, quarantine: Quara
 def failures_text(outcomes: Sequence[TestOutcome], runner_errors: Sequence[str] = ()) -> str:
     """The "failures" log: the runs' errors outside any test, then every test
     that did not simply pass, with each attempt's message."""
-    lines = []
-    for error in runner_errors:
-        first, *rest = error.splitlines() or [""]
-        lines.append(f"ERROR OUTSIDE ANY TEST: {first}")
-        lines.extend(f"    {line}".rstrip() for line in rest)
+    lines = [f"ERROR OUTSIDE ANY TEST: {indented_after_first_line(error)}" for error in runner_errors]
     for outcome in outcomes:
         rescued = passed_after_a_batch_failure(outcome)
         if outcome.verdict in (Verdict.passed, Verdict.skipped) and not rescued:

@@ -80,8 +80,8 @@ class WarmChannel:
     problem) the step's: `problem` is why the batch failed as a whole (results
     refused), else None. Batches handed out and not reported are `running`
     (the step fails them if the runner ends first). on_end(after, error): how
-    the runner's session ended once it was told it is done, its teardown
-    after the test `after`: None, or the error.
+    the runner's session ended once it was told it is done: its teardown
+    after the test `after` ("" if none ran), and None or the error.
     """
 
     def __init__(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from buildbot.process import remotecommand
 from twisted.internet.interfaces import IDelayedCall
 
+from buildbot_steps.shard.commands import indented_after_first_line
 from buildbot_steps.shard.junit import JUnitTestResult
 from buildbot_steps.shard.warm_channel import (
     ASK_AGAIN,
@@ -85,7 +86,9 @@ class WarmRunnerMixin:
 
 
 class _WarmRun:
-    """One warm runner's life on the master: its channel, command and batch timers."""
+    """One warm runner's life on the master: its channel and command, the
+    timers of its batches, its session's teardown and its exit, and its
+    errors outside any test."""
 
     def __init__(self, step: Any, session: ShardSession, shard_index: int):
         self.step = step
@@ -94,8 +97,8 @@ class _WarmRun:
         self.timers: dict[int, IDelayedCall] = {}
         self.timed_out: set[int] = set()
         self.errors: list[str] = []  # the run's own, outside any test (ShardSession.runner_errors)
-        # Set once the runner is told it is done: its session's teardown gets a
-        # batch's timeout, and so does its exit once it said "end".
+        # The session's teardown gets a batch's timeout from "done", and the
+        # runner's exit another from "end".
         self.teardown_timer: IDelayedCall | None = None
         self.exit_timer: IDelayedCall | None = None
         self.cmd: remotecommand.RemoteShellCommand | None = None
@@ -130,7 +133,8 @@ class _WarmRun:
     async def next_batch(self) -> Any:
         """A request held while the shard waits: ASK_AGAIN after HOLD_S (the
         runner asks again, well within its request timeout) or once the runner
-        has ended (a request it gave up on must not take a batch nobody runs)."""
+        has ended (a request it gave up on must not take a batch nobody runs).
+        None ("done") starts the session teardown's timeout."""
         reactor = self.step.master.reactor
         answer_by = reactor.seconds() + HOLD_S
         batch = await self.step._next_batch_to_run(
@@ -184,8 +188,7 @@ class _WarmRun:
         text = f"shard {self.shard_index}: {what}"
         self.errors.append(text)
         self.session.runner_errors.append(text)
-        # Indented: the runner's lines must not pass for the master's.
-        self.step.stdio.addHeader("\n=== " + text.replace("\n", "\n    ") + "\n")
+        self.step.stdio.addHeader(f"\n=== {indented_after_first_line(text)}\n")
         self.step.updateSummary()
 
     def expire(self, batch_id: int) -> None:

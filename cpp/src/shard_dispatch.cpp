@@ -90,82 +90,80 @@ void Dispatcher::State::resolve(std::size_t test, Verdict verdict) {
   if (verdict == Verdict::Skipped) ++stats.skipped;
 }
 
-bool Dispatcher::State::record(std::size_t test, Attempt attempt, Rerun rerun) {
+void Dispatcher::State::record(std::size_t test, Attempt attempt, Rerun rerun) {
   auto& state = test_states[test];
-  if (state.verdict != Verdict::Pending) return false;  // another copy decided it first
+  if (state.verdict != Verdict::Pending) return;  // another copy decided it first
   const bool passed = attempt.passed;
   const bool skipped = attempt.skipped;
   const bool own_result = attempt.timed;
   state.attempts.push_back(std::move(attempt));
   if (skipped && state.failures == 0) {
     resolve(test, Verdict::Skipped);
-    return false;
+    return;
   }
   if (passed) {
     resolve(test, state.failures > 0 ? Verdict::Flaky : Verdict::Passed);
-    return false;
+    return;
   }
   // A failure, a batch that failed as a whole (no result of the test's own:
   // one hanging or crashing test takes every test of its batch with it, so
   // it is no failure of this test, and a later pass makes it Passed, not
   // Flaky), or a skip after a failure (a worker that cannot run the test has
-  // not seen it pass): re-run while attempts are left, else Failed.
+  // not seen it pass).
   if (!skipped && own_result) ++state.failures;
-  if (rerun == Rerun::Held) return true;
-  // No result of its own while another run of it waits or runs (its isolated
-  // re-run, when the straggler copy of its batch fails too): that run decides.
-  if (!own_result && (state.queued || state.copies_in_flight > 0)) return false;
+  if (rerun == Rerun::InSearch) return;  // the caller queues it, whatever max_attempts says
+  // No result of its own while another run of it waits or runs (a re-run
+  // queued, a straggler copy, an isolated run): that run decides.
+  if (!own_result && (state.queued || state.copies_in_flight > 0)) return;
+  // Re-run while attempts are left, else Failed.
   if (static_cast<int>(state.attempts.size()) >= options.max_attempts) {
     resolve(test, Verdict::Failed);
   } else if (!state.queued) {
-    // Re-run now, even while another copy of the test still runs: that copy
-    // may be the one held by a surprise, and waiting for it would hold the
-    // verdict (and the build) as long. Whichever answers first decides.
+    // A failure of its own is re-run now, even while another copy of the test
+    // still runs: that copy may be the one held by a surprise, and waiting
+    // for it would hold the verdict (and the build) as long. Whichever
+    // answers first decides.
     requeue({test}, true, rerun == Rerun::Isolated && take_isolated_run());
   }
-  return false;
 }
 
-// A batch that failed as a whole: `without_result`, its tests with no result
-// of their own, get a failed attempt each, and their re-runs are isolated
-// (kIsolatedRunsPerWorker). A test whose re-run is already queued or running
-// is left to it. A test alone in its batch, or one that failed alone before,
-// is a culprit: its attempts count as any failure's, and its re-run stays
-// alone while the budget lasts. The others are cut into isolated runs by
-// isolated_groups, re-run even past max_attempts when it allows re-runs at
-// all (the budget bounds them); once the budget is spent, as after any failure.
+// A batch that failed as a whole (no result at all): `without_result`, its
+// tests, get a failed attempt each, and their re-runs are isolated
+// (kIsolatedRunsPerWorker). A test whose re-run is queued, or running in an
+// isolated run, is left to it. A test alone in its batch, or one that failed
+// alone before, is a culprit: its attempts count as any failure's, and its
+// re-run stays alone while the budget lasts. The others are searched: cut
+// into isolated runs by isolated_groups, and re-run even past max_attempts
+// when it allows re-runs at all (the budget bounds them); once the budget is
+// spent, re-run as after any failure.
 void Dispatcher::State::fail_as_a_whole(const InFlight& flight,
                                         const std::vector<std::size_t>& without_result,
                                         const std::string& worker, const std::string& message) {
+  const Attempt failed{worker, false, 0.0, message};
   const bool alone = flight.tests.size() <= 1;
-  std::vector<std::size_t> open;
+  std::vector<std::size_t> searched;
   for (auto test : without_result) {
     auto& state = test_states[test];
     if (state.verdict != Verdict::Pending) continue;  // another copy decided it first
     if (state.queued || in_isolated_run(test)) {
-      record(test, {worker, false, 0.0, message});
+      record(test, failed);
     } else if (alone || state.failed_alone) {
       state.failed_alone = true;
-      record(test, {worker, false, 0.0, message}, Rerun::Isolated);
+      record(test, failed, Rerun::Isolated);
     } else {
-      open.push_back(test);
+      searched.push_back(test);
     }
   }
   // With one attempt allowed, nothing is re-run, nor isolated.
-  const std::size_t groups = options.max_attempts <= 1 ? 0 : isolated_groups(open.size(), flight.isolated);
-  std::vector<std::size_t> held;
-  for (auto test : open) {
-    if (record(test, {worker, false, 0.0, message}, groups > 0 ? Rerun::Held : Rerun::Together))
-      held.push_back(test);
-  }
-  if (held.empty()) return;
-  const std::size_t runs = std::min(groups, held.size());
+  const std::size_t runs = options.max_attempts <= 1 ? 0 : isolated_groups(searched.size(), flight.isolated);
+  for (auto test : searched) record(test, failed, runs > 0 ? Rerun::InSearch : Rerun::Together);
+  if (runs == 0) return;
   // An isolated run cut again hands its own run on to one of its parts.
   isolated_runs_left = isolated_runs_left + (flight.isolated ? 1 : 0) - runs;
   // Consecutive tests of the batch: most of a file's tests share a run.
   for (std::size_t run = 0; run < runs; ++run) {
-    const auto first = held.begin() + static_cast<std::ptrdiff_t>(run * held.size() / runs);
-    const auto last = held.begin() + static_cast<std::ptrdiff_t>((run + 1) * held.size() / runs);
+    const auto first = searched.begin() + static_cast<std::ptrdiff_t>(run * searched.size() / runs);
+    const auto last = searched.begin() + static_cast<std::ptrdiff_t>((run + 1) * searched.size() / runs);
     requeue({first, last}, true, true);
   }
 }
@@ -174,14 +172,22 @@ void Dispatcher::State::fail_as_a_whole(const InFlight& flight,
 // whole are cut into: one each while the budget holds them all (one round
 // finds the culprit); else half of what is left, at least two, so that the
 // run holding the culprit, failing again, can be cut again; none once fewer
-// than two are left. An isolated run cut again (`recut`) has its own run to
-// hand on: a search costs the budget one run per round, the runs that pass
-// giving theirs back.
+// than two are left. An isolated run cut again (`recut`) hands its own run on,
+// and its parts that pass give theirs back (give_back): a search for one
+// culprit keeps about one run of the budget, though each cut pays a runner
+// start-up per run.
 std::size_t Dispatcher::State::isolated_groups(std::size_t reruns, bool recut) const {
   const std::size_t available = isolated_runs_left + (recut ? 1 : 0);
   if (reruns <= available) return reruns;
   if (available >= 2) return std::max<std::size_t>(2, available / 2);
   return 0;
+}
+
+// An isolated run that needed no search (it passed, or another copy decided
+// its tests first, or it was never run) gives its run back to the budget: a
+// commit that fails every batch gets none back.
+void Dispatcher::State::give_back(const InFlight& flight) {
+  if (flight.isolated) ++isolated_runs_left;
 }
 
 // One run of the budget for a culprit's re-run alone; false when spent.
@@ -209,7 +215,7 @@ void Dispatcher::State::drop_queued(std::size_t test) {
     if (!item.tests.empty()) {
       requeue(std::move(item.tests), item.retry, item.isolated);
     } else if (item.isolated) {
-      ++isolated_runs_left;  // never run: its run goes back to the budget
+      ++isolated_runs_left;  // never run (give_back)
     }
     return;
   }
@@ -352,7 +358,7 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
   std::unordered_map<std::string_view, const TestResult*> by_id;
   for (const auto& result : results) by_id.emplace(result.id, &result);
   double tests_s = 0.0;
-  std::size_t answered = 0, passed = 0;
+  std::size_t answered = 0, passed_or_skipped = 0;
   std::vector<std::size_t> without_result;
   for (auto test : flight.tests) {
     auto found = by_id.find(state.tests[test].id);
@@ -362,26 +368,29 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
       const TestResult& result = *found->second;
       tests_s += result.seconds;
       ++answered;
-      if (result.passed || result.skipped) ++passed;
+      if (result.passed || result.skipped) ++passed_or_skipped;
       if (guessed(state.tests[test])) state.cost.observe_guessed(state.tests[test].seconds, result.seconds);
       state.record(test, {worker, result.passed && !result.skipped, result.seconds, result.message,
                           result.skipped, true});
     }
   }
-  if (!without_result.empty()) state.fail_as_a_whole(flight, without_result, worker, kNoResultMessage);
+  if (answered == 0) {
+    state.fail_as_a_whole(flight, without_result, worker, kNoResultMessage);
+  } else {
+    // Left out of a report that answered for others (-x, a module that did
+    // not import): not run, and re-run as after any failure.
+    for (auto test : without_result) state.record(test, {worker, false, 0.0, kNoResultMessage});
+  }
   // Only a batch that ran to the end says what its start-up costs.
   if (wall_s && answered == flight.tests.size()) state.cost.observe_batch(worker, *wall_s, tests_s);
-  // An isolated run that passed found batch-mates, not the culprit: the
-  // search is working, and its run goes back to the budget (a commit that
-  // fails every batch gets none back); so does one whose tests another copy
-  // decided first.
-  if (flight.isolated && (passed == flight.tests.size() || decided_before)) ++state.isolated_runs_left;
+  if (passed_or_skipped == flight.tests.size() || decided_before) state.give_back(flight);
 }
 
 void Dispatcher::report_error(const std::string& worker, std::uint64_t batch_id, const std::string& message) {
   std::lock_guard lock(state_->mutex);
   auto& state = *state_;
   InFlight flight = state.finish(worker, batch_id);
+  if (state.unresolved(flight.tests).empty()) state.give_back(flight);
   state.fail_as_a_whole(flight, flight.tests, worker, message);
 }
 
@@ -414,7 +423,11 @@ void Dispatcher::worker_lost(const std::string& worker) {
         orphaned.push_back(test);  // else the copy still running answers for it
       }
     }
-    if (!isolated.empty()) state.requeue(std::move(isolated), true, true);
+    if (!isolated.empty()) {
+      state.requeue(std::move(isolated), true, true);
+    } else {
+      state.give_back(flight);
+    }
     if (!orphaned.empty()) {
       state.requeue(std::move(orphaned), false);
       ++state.stats.requeued_batches;

@@ -27,19 +27,22 @@ bool Dispatcher::State::running(std::size_t test, const std::string& worker) con
   });
 }
 
-// A re-run goes to a worker that has not run the test yet, unless every
-// live worker has or is running it now (a straggler copy's original, maybe
-// held by a surprise): then any worker beats waiting for ever.
+// A re-run goes to a worker that has not run its tests yet, unless no other
+// live worker has neither run them nor runs them now (a straggler copy's
+// original, maybe held by a surprise): then any worker beats waiting for
+// ever. Judged for the item as a whole: an isolated run of several tests,
+// each tried by other workers, must still find one.
 bool Dispatcher::State::may_run(const Item& item, const std::string& worker) const {
   if (!item.retry) return true;
-  for (auto test : item.tests) {
-    if (!tried_by(test, worker)) continue;
-    bool someone_else = std::any_of(live_workers.begin(), live_workers.end(), [&](const std::string& other) {
-      return other != worker && !tried_by(test, other) && !running(test, other);
+  const auto none_tried_by = [&](const std::string& candidate, bool or_running) {
+    return std::none_of(item.tests.begin(), item.tests.end(), [&](std::size_t test) {
+      return tried_by(test, candidate) || (or_running && running(test, candidate));
     });
-    if (someone_else) return false;
-  }
-  return true;
+  };
+  if (none_tried_by(worker, false)) return true;
+  return std::none_of(live_workers.begin(), live_workers.end(), [&](const std::string& other) {
+    return other != worker && none_tried_by(other, true);
+  });
 }
 
 // The longest eligible item, fresh or requeued, without taking it: the
@@ -242,8 +245,8 @@ std::optional<Assignment> Dispatcher::State::from_queue(const std::string& worke
   while (flight.tests.empty() || flight.estimate_s < target) {
     auto where = peek_longest(worker, flight.tests.empty());
     if (!where) break;
-    if (peeked(*where).isolated) return hand_out_isolated(worker, now_s, *where);
     const Item& next = peeked(*where);
+    if (next.isolated) return hand_out_isolated(worker, now_s, *where);
     const double after = flight.estimate_s + estimate_of(next);
     const bool overshoots = after - target > target - flight.estimate_s;
     if (to_the_test && after > target) {

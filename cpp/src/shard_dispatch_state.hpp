@@ -67,7 +67,7 @@ struct TestState {
 enum class Rerun {
   Together,  // a re-run item of its own, which batches may merge with others
   Isolated,  // an isolated item while the budget lasts: a culprit, which failed a batch alone
-  Held,      // re-run in an isolated item the caller cuts (fail_as_a_whole), whatever max_attempts says
+  InSearch,  // in an isolated run of the search for a culprit, cut by the caller (fail_as_a_whole)
 };
 
 struct Dispatcher::State {
@@ -195,14 +195,13 @@ struct Dispatcher::State {
 
   // Recording results (shard_dispatch.cpp).
   void resolve(std::size_t test, Verdict verdict);
-  // Records an attempt; true when the test is to be re-run and `rerun`
-  // (Held) leaves the queueing to the caller.
-  bool record(std::size_t test, Attempt attempt, Rerun rerun = Rerun::Together);
+  void record(std::size_t test, Attempt attempt, Rerun rerun = Rerun::Together);
   void requeue(std::vector<std::size_t> batch_tests, bool retry, bool isolated = false);
   void fail_as_a_whole(const InFlight& flight, const std::vector<std::size_t>& without_result,
                        const std::string& worker, const std::string& message);
   std::size_t isolated_groups(std::size_t reruns, bool recut) const;
   bool take_isolated_run();
+  void give_back(const InFlight& flight);
   bool in_isolated_run(std::size_t test) const;
   std::unordered_map<std::uint64_t, InFlight>::iterator find_in_flight(const std::string& worker,
                                                                        std::uint64_t batch_id);

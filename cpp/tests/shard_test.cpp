@@ -594,9 +594,6 @@ TEST(Dispatcher, AnIsolatedReRunIsNeverMergedWithOtherWork) {
   EXPECT_EQ(verdicts["a.py::t1"], Verdict::Passed);
 }
 
-// A commit that fails every batch (a conftest.py that no longer imports):
-// isolated re-runs stop at the budget, the rest go together and every test
-// fails when its attempts run out, without a start-up per test.
 // A batch larger than the budget is cut into fewer runs, and the run that
 // holds the culprit, failing again, is cut again: no batch-mate is failed.
 TEST(Dispatcher, ABatchLargerThanTheIsolationBudgetIsCutUntilTheCulpritIsAlone) {
@@ -724,28 +721,29 @@ TEST(Dispatcher, ACulpritsReRunStaysAloneWhenItsCopysWorkerIsLost) {
 }
 
 // A batch being cut is not stopped short by an isolated item waiting in the
-// queue: it is filled from the other work, and the isolated item goes alone
-// to the next worker that asks.
+// queue: a re-run of another test's own failure is topped up from the fresh
+// work, and the isolated items go alone to the workers that ask next.
 TEST(Dispatcher, AnIsolatedItemInTheQueueDoesNotCutAnotherBatchShort) {
   std::vector<std::pair<std::string, double>> tests{{"A.py::t", 12.0}, {"x.py::t", 5.0}, {"y.py::t", 5.0}};
   for (int i = 0; i < 20; ++i) tests.push_back({"s" + std::to_string(i) + ".py::t", 1.0});
+  for (int i = 0; i < 20; ++i) tests.push_back({"t" + std::to_string(i) + ".py::t", 0.5});
   DispatchOptions options = workers(3);
   options.min_batch_s = 20.0;
   options.speculate = false;
   Dispatcher dispatcher(suite(tests), options);
   auto first = dispatcher.next_batch("w1", 0.0);
+  ASSERT_EQ(first.batch.tests, (std::vector<std::string>{"A.py::t", "x.py::t", "y.py::t"}));
   auto second = dispatcher.next_batch("w2", 0.0);
-  ASSERT_EQ(second.kind, Assignment::Kind::Run);
-  ASSERT_GT(second.batch.tests.size(), 1u);
-  dispatcher.report_error("w2", second.batch.id, "ran over its timeout");  // isolated re-runs queued
+  ASSERT_EQ(second.batch.tests.size(), 20u);                               // the s tests
+  dispatcher.report_error("w2", second.batch.id, "ran over its timeout");  // 20 isolated items
+  std::vector<TestResult> results = all_passed(first.batch);
+  results[0].passed = false;  // A fails on its own
+  dispatcher.report("w1", first.batch.id, results);
   auto third = dispatcher.next_batch("w3", 1.0);
   ASSERT_EQ(third.kind, Assignment::Kind::Run);
-  if (third.batch.retry) {
-    EXPECT_EQ(third.batch.tests.size(), 1u);  // an isolated re-run, alone
-  } else {
-    EXPECT_GE(third.batch.estimate_s, options.min_batch_s - 1.0);  // filled, not cut short
-  }
-  (void)first;
+  EXPECT_EQ(third.batch.tests.front(), "A.py::t");
+  EXPECT_GT(third.batch.tests.size(), 1u);  // topped up with fresh t tests
+  for (const auto& test : third.batch.tests) EXPECT_NE(test.front(), 's') << test;
 }
 
 // max_attempts 1 re-runs nothing: no isolated run either.
@@ -762,6 +760,9 @@ TEST(Dispatcher, OneAttemptIsolatesNothing) {
   EXPECT_EQ(dispatcher.stats().isolated_runs, 0u);
 }
 
+// A commit that fails every batch (a conftest.py that no longer imports):
+// isolated re-runs stop at the budget, the rest go together and every test
+// fails when its attempts run out, without a start-up per test.
 TEST(Dispatcher, ABuildWhoseEveryBatchFailsSpendsOnlyItsIsolationBudget) {
   DispatchOptions options = workers(1);
   options.min_batch_s = 100.0;
