@@ -626,16 +626,20 @@ TEST(Dispatcher, ACulpritThatFailedAloneIsReRunAlone) {
   }
 }
 
+// h.py::t and three q.py tests, in one batch for the first worker that asks.
+Dispatcher four_tests_in_one_batch_on_two_workers() {
+  DispatchOptions options = workers(2);
+  options.min_batch_s = 100.0;
+  return Dispatcher(suite({{"h.py::t", 10}, {"q.py::t0", 10}, {"q.py::t1", 10}, {"q.py::t2", 10}}), options);
+}
+
 // The straggler copy of a batch that hangs hangs too, and fails after the
 // original: its failures, with no result of the tests' own, leave the
 // decision to their isolated re-runs (they failed the batch-mates first).
 TEST(Dispatcher, AStragglerCopyFailingAsAWholeLeavesTheVerdictToTheIsolatedReRuns) {
-  DispatchOptions options = workers(2);
-  options.min_batch_s = 100.0;
-  Dispatcher dispatcher(suite({{"h.py::t", 10}, {"q.py::t0", 10}, {"q.py::t1", 10}, {"q.py::t2", 10}}),
-                        options);
+  Dispatcher dispatcher = four_tests_in_one_batch_on_two_workers();
   auto original = dispatcher.next_batch("w1", 0.0);
-  auto copy = dispatcher.next_batch("w2", 1.0);
+  auto copy = dispatcher.next_batch("w2", 1.0);  // its straggler copy
   ASSERT_TRUE(copy.batch.speculative);
   dispatcher.report_error("w1", original.batch.id, "ran over its timeout");
   auto first_rerun = dispatcher.next_batch("w1", 600.0);  // one isolated re-run runs, the rest wait
@@ -669,12 +673,9 @@ TEST(Dispatcher, AStragglerCopyFailingAsAWholeLeavesTheVerdictToTheIsolatedReRun
 // ran; that copy failing later adds no isolated run of the culprit past
 // max_attempts: it is a known culprit, and fails.
 TEST(Dispatcher, ACulpritThatFailedAloneIsNotSearchedForAgainWhenACopyFails) {
-  DispatchOptions options = workers(2);
-  options.min_batch_s = 100.0;
-  Dispatcher dispatcher(suite({{"h.py::t", 10}, {"q.py::t0", 10}, {"q.py::t1", 10}, {"q.py::t2", 10}}),
-                        options);
+  Dispatcher dispatcher = four_tests_in_one_batch_on_two_workers();
   auto original = dispatcher.next_batch("w1", 0.0);
-  auto copy = dispatcher.next_batch("w2", 1.0);
+  auto copy = dispatcher.next_batch("w2", 1.0);  // its straggler copy
   ASSERT_TRUE(copy.batch.speculative);
   dispatcher.report_error("w1", original.batch.id, "crashed");
   for (double now = 10.0; now < 20.0; ++now) {  // the isolated re-runs, on w1; the culprit crashes alone
