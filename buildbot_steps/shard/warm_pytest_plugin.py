@@ -32,8 +32,8 @@ After "done" the runner tears down the session's fixtures, which every batch
 shared, and says how that went ("end"): a failing teardown is an error of
 the run, as in a plain pytest, where it is reported on the last test. `-x`
 and `--maxfail` stop the runner as they stop a pytest, after reporting its
-batch: the batch's tests not run have no result (the master re-runs them
-while attempts are left), and the shard goes on batch by batch.
+batch: the master runs the batch's tests it did not run again, and the
+shard goes on batch by batch.
 """
 
 from __future__ import annotations

@@ -168,6 +168,23 @@ void Dispatcher::State::fail_as_a_whole(const InFlight& flight,
   }
 }
 
+// Tests that a runner did not run, queued again as they were: a re-run stays
+// one (for a worker that has not run it), the others go back as fresh work.
+// A test queued already, or still running elsewhere, is left to that run.
+void Dispatcher::State::queue_not_run(const std::vector<std::size_t>& not_run) {
+  std::vector<std::size_t> never_run;
+  for (auto test : not_run) {
+    const auto& state = test_states[test];
+    if (state.verdict != Verdict::Pending || state.queued || state.copies_in_flight > 0) continue;
+    if (state.attempts.empty()) {
+      never_run.push_back(test);
+    } else {
+      requeue({test}, true, state.failed_alone && take_isolated_run());
+    }
+  }
+  if (!never_run.empty()) requeue(std::move(never_run), false);
+}
+
 // How many isolated runs the `reruns` tests of a batch that failed as a
 // whole are cut into: one each while the budget holds them all (one round
 // finds the culprit); else half of what is left, at least two, so that the
@@ -376,9 +393,15 @@ void Dispatcher::State::accept(const std::string& worker, std::uint64_t batch_id
   }
   if (answered == 0) {
     state.fail_as_a_whole(flight, without_result, worker, kNoResultMessage);
+  } else if (answered > passed_or_skipped) {
+    // Left out of a report with a failure of its own: the runner stopped
+    // there (-x, --maxfail), so they were not run. Queued again at no cost
+    // of an attempt (charged, a re-run behind the failing test's re-run met
+    // -x again at every attempt); the failure's own attempts bound the rounds.
+    state.queue_not_run(without_result);
   } else {
-    // Left out of a report that answered for others (-x, a module that did
-    // not import): not run, and re-run as after any failure.
+    // Left out of a report with no failure (a module that did not import):
+    // a failure with no result, re-run as after any failure.
     for (auto test : without_result) state.record(test, {worker, false, 0.0, kNoResultMessage});
   }
   // Only a batch that ran to the end says what its start-up costs.

@@ -34,6 +34,13 @@ bool Dispatcher::State::running(std::size_t test, const std::string& worker) con
 // each tried by other workers, must still find one.
 bool Dispatcher::State::may_run(const Item& item, const std::string& worker) const {
   if (!item.retry) return true;
+  if (item.tests.size() == 1) {  // most re-runs: the same rule, without the item-wide scans
+    const std::size_t test = item.tests.front();
+    if (!tried_by(test, worker)) return true;
+    return std::none_of(live_workers.begin(), live_workers.end(), [&](const std::string& other) {
+      return other != worker && !tried_by(test, other) && !running(test, other);
+    });
+  }
   const auto none_tried_by = [&](const std::string& candidate, bool or_running) {
     return std::none_of(item.tests.begin(), item.tests.end(), [&](std::size_t test) {
       return tried_by(test, candidate) || (or_running && running(test, candidate));

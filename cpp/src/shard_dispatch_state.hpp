@@ -199,6 +199,7 @@ struct Dispatcher::State {
   void requeue(std::vector<std::size_t> batch_tests, bool retry, bool isolated = false);
   void fail_as_a_whole(const InFlight& flight, const std::vector<std::size_t>& without_result,
                        const std::string& worker, const std::string& message);
+  void queue_not_run(const std::vector<std::size_t>& not_run);
   std::size_t isolated_groups(std::size_t reruns, bool recut) const;
   bool take_isolated_run();
   void give_back(const InFlight& flight);

@@ -747,6 +747,34 @@ TEST(Dispatcher, AnIsolatedItemInTheQueueDoesNotCutAnotherBatchShort) {
   for (const auto& test : third.batch.tests) EXPECT_NE(test.front(), 's') << test;
 }
 
+// -x: a runner stops at the first failure and leaves the rest of its batch
+// out of its report. Those tests were not run: charged an attempt each, their
+// re-run rode behind the failing test's re-run, met -x again, and a test that
+// always passes was failed.
+TEST(Dispatcher, TestsLeftOutBehindAFailureAreRunAgainAtNoCostOfAnAttempt) {
+  for (int worker_count : {1, 2}) {
+    DispatchOptions options = workers(worker_count);
+    options.min_batch_s = 100.0;
+    Dispatcher dispatcher(suite({{"f.py::a", 2.0}, {"f.py::b", 1.0}}), options);
+    for (int request = 0; request < 50 && !dispatcher.done(); ++request) {
+      const std::string worker = "w" + std::to_string(request % worker_count);
+      auto next = dispatcher.next_batch(worker, request);
+      if (next.kind != Assignment::Kind::Run) continue;
+      std::vector<TestResult> until_the_first_failure;
+      for (const auto& test : next.batch.tests) {
+        until_the_first_failure.push_back({test, test != "f.py::a", 0.1, test == "f.py::a" ? "boom" : ""});
+        if (test == "f.py::a") break;
+      }
+      dispatcher.report(worker, next.batch.id, until_the_first_failure, 1.0);
+    }
+    ASSERT_TRUE(dispatcher.done());
+    std::map<std::string, Verdict> verdicts;
+    for (const auto& outcome : dispatcher.outcomes()) verdicts[outcome.id] = outcome.verdict;
+    EXPECT_EQ(verdicts["f.py::a"], Verdict::Failed) << worker_count;
+    EXPECT_EQ(verdicts["f.py::b"], Verdict::Passed) << worker_count;
+  }
+}
+
 // max_attempts 1 re-runs nothing: no isolated run either.
 TEST(Dispatcher, OneAttemptIsolatesNothing) {
   DispatchOptions options = workers(2);

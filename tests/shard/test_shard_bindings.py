@@ -199,26 +199,25 @@ def test_the_stats_say_a_surprise_prone_suite_caps_its_batches_at_a_share_by_cou
 
 
 def test_re_runs_cut_from_batches_failing_every_way_never_stall_the_dispatcher():
-    # Workers report at random: in part (some tests fail on their own, the
-    # rest are left out) or not at all. An isolated run of several tests,
-    # each tried by another worker, once stalled it: each worker waited for
-    # another that had not run one of its tests, and all of them waited.
-    rng = random.Random(400)
-    estimates = [_core.TestEstimate(f"t/f{i // 13}.py::t{i}", 0.2 + rng.random() * 3) for i in range(400)]
-    dispatcher = _core.Dispatcher(estimates, workers=5, max_attempts=3, speculate=False, min_batch_s=1)
-    workers = [f"w{k}" for k in range(5)]
+    # Workers report at random: every test failing on its own, or nothing at
+    # all (a batch that failed as a whole: its tests are searched in isolated
+    # runs). An isolated run of several tests, each tried by another worker,
+    # once stalled it: each worker waited for another that had not run one of
+    # its tests, and all of them waited.
+    rng = random.Random(93)
+    estimates = [_core.TestEstimate(f"t/f{i // 13}.py::t{i}", 0.2 + rng.random() * 3) for i in range(200)]
+    dispatcher = _core.Dispatcher(estimates, workers=3, max_attempts=3, speculate=False, min_batch_s=1)
+    workers = [f"w{k}" for k in range(3)]
     running: dict[str, tuple[int, list[str]]] = {}
     now = 0.0
-    for _ in range(100_000):
+    for _ in range(50_000):
         if dispatcher.done():
             break
         worker = rng.choice(workers)
         if worker in running:
             batch_id, tests = running.pop(worker)
-            own_failures = tests[: rng.randrange(len(tests))]
-            dispatcher.report(
-                worker, batch_id, [_core.TestResult(t, False, 0.1, "boom") for t in own_failures], 1.0
-            )
+            failed = [_core.TestResult(t, False, 0.1, "boom") for t in tests] if rng.random() < 0.5 else []
+            dispatcher.report(worker, batch_id, failed, 1.0)
             continue
         assignment = dispatcher.next_batch(worker, now)
         now += rng.random() * 3
