@@ -193,7 +193,8 @@ def pytest_runtestloop(session: pytest.Session) -> bool:
     while True:
         answer = queue.call({"op": "next"})
         if answer.get("kind") == "done":
-            queue.call({"op": "end", "error": _tear_down_session(session, last_run), "after": _id(last_run)})
+            error = _tear_down_session(session, last_run)
+            queue.call({"op": "end", "error": error, "after": last_run.nodeid if last_run else None})
             return True
         if answer.get("kind") == "wait":
             continue  # the master held the request as long as it could; ask again
@@ -217,10 +218,6 @@ def pytest_runtestloop(session: pytest.Session) -> bool:
             raise session.Failed(session.shouldfail)
         if session.shouldstop:
             raise session.Interrupted(session.shouldstop)
-
-
-def _id(item: pytest.Item | None) -> str | None:
-    return None if item is None else item.nodeid
 
 
 def _tear_down_session(session: pytest.Session, last_run: pytest.Item | None) -> str | None:

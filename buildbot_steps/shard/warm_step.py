@@ -210,8 +210,7 @@ class _WarmRun:
             _cancel(timer)
 
     def settle_unreported(self, rc: int | None) -> None:
-        """After the runner ended: the batches it held and never reported."""
-        self.cancel_timers()
+        """After the runner ended (and cancel_timers): the batches it held and never reported."""
         for running in self.channel.running.values():
             batch = running.batch
             if self.session.batch_obsolete(batch.id):

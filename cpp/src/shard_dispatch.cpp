@@ -179,7 +179,7 @@ void Dispatcher::State::queue_not_run(const std::vector<std::size_t>& not_run) {
     if (state.attempts.empty()) {
       never_run.push_back(test);
     } else {
-      requeue({test}, true, state.failed_alone && take_isolated_run());
+      requeue_rerun(test);
     }
   }
   if (!never_run.empty()) requeue(std::move(never_run), false);
@@ -205,6 +205,12 @@ std::size_t Dispatcher::State::isolated_groups(std::size_t reruns, bool recut) c
 // commit that fails every batch gets none back.
 void Dispatcher::State::give_back(const InFlight& flight) {
   if (flight.isolated) ++isolated_runs_left;
+}
+
+// A test's re-run, for a worker that has not run it: alone for a known
+// culprit while the budget lasts.
+void Dispatcher::State::requeue_rerun(std::size_t test) {
+  requeue({test}, true, test_states[test].failed_alone && take_isolated_run());
 }
 
 // One run of the budget for a culprit's re-run alone; false when spent.
@@ -440,7 +446,7 @@ void Dispatcher::worker_lost(const std::string& worker) {
         if (flight.isolated) {
           isolated.push_back(test);
         } else {
-          state.requeue({test}, true, test_state.failed_alone && state.take_isolated_run());
+          state.requeue_rerun(test);
         }
       } else if (test_state.copies_in_flight == 0) {
         orphaned.push_back(test);  // else the copy still running answers for it

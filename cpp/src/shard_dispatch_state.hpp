@@ -197,6 +197,7 @@ struct Dispatcher::State {
   void resolve(std::size_t test, Verdict verdict);
   void record(std::size_t test, Attempt attempt, Rerun rerun = Rerun::Together);
   void requeue(std::vector<std::size_t> batch_tests, bool retry, bool isolated = false);
+  void requeue_rerun(std::size_t test);
   void fail_as_a_whole(const InFlight& flight, const std::vector<std::size_t>& without_result,
                        const std::string& worker, const std::string& message);
   void queue_not_run(const std::vector<std::size_t>& not_run);
